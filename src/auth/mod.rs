@@ -1,0 +1,2 @@
+pub mod plain;
+pub mod scram;

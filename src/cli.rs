@@ -1,0 +1,228 @@
+//! Command line: `wockd run`, account management, and the admin view.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+use std::rc::Rc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Parser, Subcommand};
+use jid::BareJid;
+
+use crate::auth::scram::{self, Hash};
+use crate::config::Config;
+use crate::server::Server;
+use crate::store::Store;
+
+#[derive(Parser)]
+#[command(name = "wockd", version = crate::VERSION, about = "A personal XMPP gateway server")]
+struct Cli {
+    /// Configuration file (TOML). Without it, the embedded default is used.
+    #[arg(short, long, global = true, env = "WOCKD_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default command).
+    Run,
+    /// Create an account.
+    Adduser(UserArgs),
+    /// Change an account's password.
+    Passwd(UserArgs),
+    /// Delete an account and everything stored for it.
+    Deluser {
+        /// The account, e.g. alice@localhost.
+        jid: String,
+    },
+    /// List accounts.
+    Users,
+    /// Print the effective configuration.
+    Config,
+}
+
+#[derive(clap::Args)]
+struct UserArgs {
+    /// The account, e.g. alice@localhost.
+    jid: String,
+    /// Read the password from the first line of standard input instead of a prompt.
+    #[arg(long)]
+    password_stdin: bool,
+}
+
+pub fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let config = Config::load(cli.config.as_deref())?;
+    let embedded = cli.config.is_none();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => run(config, embedded),
+        Command::Adduser(args) => {
+            let (store, node, domain) = open_for(&config, &args.jid)?;
+            let password = read_password(args.password_stdin, true)?;
+            store
+                .create_account(&node, &domain, &derive_all(&config, &password)?)
+                .map_err(|e| match e {
+                    crate::store::StoreError::AccountExists => anyhow!("{node}@{domain} already exists"),
+                    e => e.into(),
+                })?;
+            println!("created {node}@{domain}");
+            Ok(())
+        }
+        Command::Passwd(args) => {
+            let (store, node, domain) = open_for(&config, &args.jid)?;
+            if !store.account_exists(&node, &domain)? {
+                bail!("no account {node}@{domain}");
+            }
+            let password = read_password(args.password_stdin, true)?;
+            store.set_keys(&node, &domain, &derive_all(&config, &password)?)?;
+            println!("password changed for {node}@{domain}");
+            Ok(())
+        }
+        Command::Deluser { jid } => {
+            let (store, node, domain) = open_for(&config, &jid)?;
+            store.delete_account(&node, &domain).map_err(|e| match e {
+                crate::store::StoreError::NoSuchAccount => anyhow!("no account {node}@{domain}"),
+                e => e.into(),
+            })?;
+            println!("deleted {node}@{domain}");
+            Ok(())
+        }
+        Command::Users => {
+            let store = open_store(&config)?;
+            for (node, domain) in store.list_accounts()? {
+                println!("{node}@{domain}");
+            }
+            Ok(())
+        }
+        Command::Config => {
+            print!("{}", toml::to_string_pretty(&config)?);
+            Ok(())
+        }
+    }
+}
+
+fn open_store(config: &Config) -> Result<Store> {
+    let path = config.database_path();
+    Store::open(&path).with_context(|| format!("opening {}", path.display()))
+}
+
+/// Validates an account JID (nodeprep through the `jid` crate) against the hosted domains.
+fn open_for(config: &Config, jid: &str) -> Result<(Store, String, String)> {
+    let bare = BareJid::new(jid).map_err(|e| anyhow!("`{jid}` is not a valid JID: {e}"))?;
+    let node = bare
+        .node()
+        .ok_or_else(|| anyhow!("`{jid}` has no user part; write it as user@{}", bare.domain()))?
+        .to_string();
+    let domain = bare.domain().to_string();
+    if !config.is_hosted(&domain) {
+        bail!("`{domain}` is not a hosted domain (configured: {})", config.domains.join(", "));
+    }
+    Ok((open_store(config)?, node, domain))
+}
+
+fn read_password(from_stdin: bool, confirm: bool) -> Result<String> {
+    let password = if from_stdin || !std::io::stdin().is_terminal() {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    } else {
+        let p = rpassword::prompt_password("Password: ")?;
+        if confirm && rpassword::prompt_password("Again: ")? != p {
+            bail!("the passwords differ");
+        }
+        p
+    };
+    if password.is_empty() {
+        bail!("empty password");
+    }
+    Ok(password)
+}
+
+fn derive_all(config: &Config, password: &str) -> Result<Vec<(Hash, scram::ScramKeys)>> {
+    let i = config.auth.scram_iterations;
+    Ok(vec![
+        (Hash::Sha1, scram::new_keys(Hash::Sha1, password, i).map_err(|e| anyhow!("{e}"))?),
+        (Hash::Sha256, scram::new_keys(Hash::Sha256, password, i).map_err(|e| anyhow!("{e}"))?),
+    ])
+}
+
+fn random_password() -> String {
+    use rand::Rng;
+    rand::thread_rng()
+        .sample_iter(&rand::distributions::Alphanumeric)
+        .take(16)
+        .map(char::from)
+        .collect()
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs the server until SIGINT or SIGTERM.
+/// `embedded`: no configuration file was given, so the first run also makes a ready account.
+pub fn run(config: Config, embedded: bool) -> Result<()> {
+    init_logging(&config);
+    let data_dir = config.data_dir();
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let store = open_store(&config)?;
+    let mut accounts = store.list_accounts()?;
+    if embedded && accounts.is_empty() {
+        let domain = config.default_domain().to_owned();
+        let password = random_password();
+        store.create_account("me", &domain, &derive_all(&config, &password)?)?;
+        eprintln!("Made the first account: me@{domain}  password: {password}");
+        eprintln!("(shown once; change it with `wockd passwd me@{domain}`)");
+        accounts = store.list_accounts()?;
+    }
+    let server = Server::new(config, store, crate::modules::install_all)?;
+    let bound = server.start()?;
+    print_welcome(&server, &bound, &accounts);
+
+    let main_loop = glib::MainLoop::new(None, false);
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        let server = Rc::downgrade(&server);
+        let main_loop = main_loop.clone();
+        glib_unix::unix_signal_add_local(signal, move || {
+            tracing::info!("shutting down");
+            if let Some(s) = server.upgrade() {
+                s.shutdown();
+            }
+            main_loop.quit();
+            glib::ControlFlow::Break
+        });
+    }
+    main_loop.run();
+    Ok(())
+}
+
+fn print_welcome(server: &Server, bound: &[(std::net::SocketAddr, bool)], accounts: &[(String, String)]) {
+    let c = &server.config;
+    eprintln!("wockd {} serving {}", crate::VERSION, c.domains.join(", "));
+    for (addr, tls) in bound {
+        eprintln!("  listening on {addr}{}", if *tls { " (direct TLS)" } else { " (STARTTLS)" });
+    }
+    eprintln!("  data: {}", c.data_dir().display());
+    let (cert, _) = crate::net::tls::cert_paths(c);
+    eprintln!("  certificate: {}", cert.display());
+    if accounts.is_empty() {
+        eprintln!(
+            "No accounts yet. Make one (in another terminal):\n  wockd adduser you@{}",
+            c.default_domain()
+        );
+    } else {
+        let list: Vec<String> = accounts.iter().map(|(n, d)| format!("{n}@{d}")).collect();
+        eprintln!("  accounts: {}", list.join(", "));
+    }
+    eprintln!(
+        "Connect a client (Gajim, Dino, Profanity…) as that JID, server 127.0.0.1 port {}; \
+         accept the self-signed certificate on first use.",
+        bound.first().map(|(a, _)| a.port()).unwrap_or(5222)
+    );
+}

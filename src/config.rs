@@ -1,0 +1,258 @@
+//! The one TOML configuration file. Every option has a default, so `wockd run` with no file
+//! serves the embedded default: domain `localhost`, data under the XDG data dir, loopback only.
+//! README.md documents each option; `wockd config` prints the effective configuration.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Domains this server hosts; the first is the default for clients that send no `to`.
+    pub domains: Vec<String>,
+    /// Where the database, certificates and per-user folders live.
+    /// Default: `$XDG_DATA_HOME/wockd` (usually `~/.local/share/wockd`).
+    pub data_dir: Option<PathBuf>,
+    /// Client listeners.
+    pub listen: Vec<Listener>,
+    pub tls: Tls,
+    pub limits: Limits,
+    pub auth: Auth,
+    pub log: Log,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// `ip:port`; IPv6 in brackets, e.g. `[::1]:5222`.
+    pub address: SocketAddr,
+    /// XEP-0368 direct TLS: TLS from the first byte instead of STARTTLS.
+    #[serde(default)]
+    pub direct_tls: bool,
+    /// Treat this listener as trusted loopback: PLAIN and legacy iq-auth are allowed without
+    /// TLS. Only accepted on loopback addresses.
+    #[serde(default)]
+    pub trusted_loopback: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tls {
+    /// PEM certificate chain. Empty: a self-signed certificate for `domains` is made on first
+    /// run under `<data_dir>/tls/`.
+    pub cert: Option<PathBuf>,
+    /// PEM private key for `cert`.
+    pub key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest stanza accepted, in bytes (RFC 6120 §13.12 asks servers to have one).
+    pub max_stanza_bytes: usize,
+    /// Deepest element nesting inside a stanza.
+    pub max_depth: u32,
+    /// Seconds a connection may take to authenticate before `connection-timeout`.
+    pub auth_timeout_secs: u64,
+    /// Seconds of silence after which the server sends a whitespace keepalive.
+    pub keepalive_secs: u64,
+    /// Seconds of silence after which a stream is closed with `connection-timeout`.
+    pub idle_timeout_secs: u64,
+    /// Most simultaneous client connections.
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Auth {
+    /// PBKDF2 iterations for new SCRAM keys (RFC 7677 asks for at least 4096).
+    pub scram_iterations: u32,
+    /// Offer XEP-0078 legacy authentication (plaintext only, where PLAIN is allowed).
+    pub legacy_auth: bool,
+    /// Failed SASL attempts before the stream is closed.
+    pub max_failures: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Log {
+    /// `error`, `warn`, `info`, `debug` or `trace`, or a tracing filter such as `wockd=debug`.
+    pub level: String,
+    /// Log every XML stanza in and out (at info level), with SASL and iq-auth payloads redacted.
+    pub xml: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            domains: vec!["localhost".to_owned()],
+            data_dir: None,
+            listen: vec![
+                Listener::loopback("127.0.0.1:5222"),
+                Listener::loopback("[::1]:5222"),
+            ],
+            tls: Tls::default(),
+            limits: Limits::default(),
+            auth: Auth::default(),
+            log: Log::default(),
+        }
+    }
+}
+
+impl Listener {
+    fn loopback(addr: &str) -> Listener {
+        Listener {
+            address: addr.parse().expect("constant address"),
+            direct_tls: false,
+            trusted_loopback: true,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_stanza_bytes: 256 * 1024,
+            max_depth: 32,
+            auth_timeout_secs: 60,
+            keepalive_secs: 120,
+            idle_timeout_secs: 600,
+            max_connections: 10_000,
+        }
+    }
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            scram_iterations: 4096,
+            legacy_auth: true,
+            max_failures: 3,
+        }
+    }
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            level: "info".to_owned(),
+            xml: false,
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`, or the embedded default when `None`.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let config = match path {
+            None => Config::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                    path: path.to_owned(),
+                    source,
+                })?
+            }
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.domains.is_empty() {
+            return Err(ConfigError::Invalid("`domains` must name at least one domain".into()));
+        }
+        for d in &self.domains {
+            if jid::BareJid::new(d).map(|j| j.node().is_some()).unwrap_or(true) {
+                return Err(ConfigError::Invalid(format!("`{d}` is not a valid domain")));
+            }
+        }
+        for l in &self.listen {
+            if l.trusted_loopback && !l.address.ip().is_loopback() {
+                return Err(ConfigError::Invalid(format!(
+                    "listener {} is marked trusted_loopback but is not a loopback address",
+                    l.address
+                )));
+            }
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err(ConfigError::Invalid("`tls.cert` and `tls.key` go together".into()));
+        }
+        if self.limits.max_stanza_bytes < 4096 {
+            return Err(ConfigError::Invalid("`limits.max_stanza_bytes` must be at least 4096".into()));
+        }
+        if self.auth.scram_iterations < 4096 {
+            return Err(ConfigError::Invalid("`auth.scram_iterations` must be at least 4096".into()));
+        }
+        Ok(())
+    }
+
+    /// The data directory: configured, or `$XDG_DATA_HOME/wockd`.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(|| {
+            dirs::data_dir()
+                .unwrap_or_else(|| PathBuf::from("."))
+                .join("wockd")
+        })
+    }
+
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir().join("wockd.sqlite")
+    }
+
+    pub fn is_hosted(&self, domain: &str) -> bool {
+        self.domains.iter().any(|d| d == domain)
+    }
+
+    pub fn default_domain(&self) -> &str {
+        &self.domains[0]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_loopback_and_valid() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert!(c.listen.iter().all(|l| l.address.ip().is_loopback()));
+    }
+
+    #[test]
+    fn parses_file_and_refuses_trusted_public_listener() {
+        let c: Config = toml::from_str(
+            "domains = ['example.org']\n[[listen]]\naddress = '0.0.0.0:5222'\n[[listen]]\naddress = '[::]:5223'\ndirect_tls = true\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert!(c.listen[1].direct_tls);
+        let bad: Config =
+            toml::from_str("[[listen]]\naddress = '0.0.0.0:5222'\ntrusted_loopback = true\n").unwrap();
+        assert!(bad.validate().is_err());
+        assert!(toml::from_str::<Config>("nonsense = 1").is_err());
+    }
+}

@@ -1,0 +1,146 @@
+//! An IQ request handed to a rule: the responder that must be answered exactly once.
+
+use std::rc::{Rc, Weak};
+
+use jid::{FullJid, Jid};
+
+use super::IqType;
+use crate::server::Server;
+use crate::stanza::{Condition, ErrorType, error_element};
+use crate::stream::Connection;
+use crate::xml::Element;
+
+/// Where the answer goes.
+#[derive(Clone)]
+pub enum ReplyTo {
+    /// Straight down the stream the request came on (also before authentication).
+    Stream(Weak<Connection>),
+    /// Through the router to the requester's address (services, other users' requests).
+    Route,
+}
+
+/// An IQ get/set awaiting its answer. Answer with [`Incoming::result`] or [`Incoming::error`];
+/// dropping it unanswered sends `internal-server-error`, so a requester never waits forever.
+pub struct Incoming {
+    pub id: String,
+    pub kind: IqType,
+    /// The sender's full JID; `None` before authentication.
+    pub from: Option<FullJid>,
+    /// The `to` the sender wrote; `None` means "the server, on behalf of my account".
+    pub to: Option<Jid>,
+    pub lang: Option<String>,
+    /// The single child of the request.
+    pub payload: Element,
+    server: Rc<Server>,
+    reply_to: ReplyTo,
+    answered: bool,
+}
+
+impl Incoming {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        server: Rc<Server>,
+        reply_to: ReplyTo,
+        id: String,
+        kind: IqType,
+        from: Option<FullJid>,
+        to: Option<Jid>,
+        lang: Option<String>,
+        payload: Element,
+    ) -> Incoming {
+        Incoming {
+            id,
+            kind,
+            from,
+            to,
+            lang,
+            payload,
+            server,
+            reply_to,
+            answered: false,
+        }
+    }
+
+    pub fn server(&self) -> &Rc<Server> {
+        &self.server
+    }
+
+    /// The stream the request came on, if it is still open.
+    pub fn connection(&self) -> Option<Rc<Connection>> {
+        match &self.reply_to {
+            ReplyTo::Stream(w) => w.upgrade(),
+            ReplyTo::Route => None,
+        }
+    }
+
+    /// The account the request acts for: the sender's bare JID.
+    pub fn account(&self) -> Option<jid::BareJid> {
+        self.from.as_ref().map(|f| f.to_bare())
+    }
+
+    /// Answers `type='result'`, with an optional payload.
+    pub fn result(mut self, payload: Option<Element>) {
+        let mut iq = self.reply_head("result");
+        if let Some(p) = payload {
+            iq.push(p);
+        }
+        self.send(iq);
+    }
+
+    /// Answers `type='error'` with a defined condition and an optional human-readable text.
+    pub fn error(mut self, kind: ErrorType, cond: Condition, text: &str) {
+        let iq = self
+            .reply_head("error")
+            .child(error_element(kind, cond, Some(text)));
+        self.send(iq);
+    }
+
+    /// Like [`Incoming::error`] with the condition's usual type.
+    pub fn fail(self, cond: Condition, text: &str) {
+        self.error(cond.default_type(), cond, text);
+    }
+
+    /// A request without `to` was addressed to the account on this stream: the answer carries
+    /// neither `from` nor `to` (RFC 6120 §8.1.2.1), exactly as the seed's protocol example
+    /// shows. Otherwise the addresses are swapped.
+    fn reply_head(&self, kind: &str) -> Element {
+        let mut iq = Element::stanza("iq").attr("type", kind).attr("id", self.id.as_str());
+        if let Some(to) = &self.to {
+            iq.set_attr("from", to.to_string());
+            if let Some(from) = &self.from {
+                iq.set_attr("to", from.to_string());
+            }
+        }
+        iq
+    }
+
+    fn send(&mut self, iq: Element) {
+        self.answered = true;
+        match &self.reply_to {
+            ReplyTo::Stream(w) => {
+                if let Some(conn) = w.upgrade() {
+                    conn.send(&iq);
+                }
+            }
+            ReplyTo::Route => {
+                if let Some(from) = &self.from {
+                    self.server.deliver_to_full(from, &iq);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        if !self.answered {
+            tracing::warn!(id = %self.id, ns = %self.payload.ns, "IQ handler dropped its request unanswered");
+            let iq = self.reply_head("error").child(error_element(
+                ErrorType::Cancel,
+                Condition::InternalServerError,
+                Some("the request was dropped unanswered"),
+            ));
+            self.send(iq);
+        }
+    }
+}

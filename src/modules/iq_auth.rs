@@ -1,0 +1,58 @@
+//! XEP-0078 Non-SASL Authentication, exactly as the seed's protocol example: the feature
+//! `http://jabber.org/features/iq-auth`, a get answered with empty username/password/resource,
+//! a wrong password answered `modify`/`not-acceptable`, a right one with an empty result that
+//! binds the stream. Plaintext only (no digest), and only where SASL PLAIN would be allowed;
+//! the password is checked against the same stored SCRAM keys as SASL.
+
+use jid::BareJid;
+
+use crate::iq::Incoming;
+use crate::stanza::{Condition, ErrorType};
+use crate::stream::Stream;
+use crate::xml::{Element, ns};
+
+pub fn install(s: &mut Stream) {
+    let stage = s.before_auth();
+    stage.feature_when(Element::new("auth", ns::IQ_AUTH_FEATURE), |info| info.plaintext_ok);
+    stage.iqs().rule(ns::IQ_AUTH, "query").get(get_iq_auth).set(set_iq_auth);
+}
+
+fn allowed(iq: &Incoming) -> bool {
+    iq.server().config.auth.legacy_auth && iq.connection().is_some_and(|c| c.info().plaintext_ok)
+}
+
+fn get_iq_auth(iq: Incoming) {
+    if !allowed(&iq) {
+        return iq.error(ErrorType::Cancel, Condition::NotAllowed, "use TLS and SASL");
+    }
+    let q = Element::new("query", ns::IQ_AUTH)
+        .child(Element::new("username", ns::IQ_AUTH))
+        .child(Element::new("password", ns::IQ_AUTH))
+        .child(Element::new("resource", ns::IQ_AUTH));
+    iq.result(Some(q));
+}
+
+fn set_iq_auth(iq: Incoming) {
+    if !allowed(&iq) {
+        return iq.error(ErrorType::Cancel, Condition::NotAllowed, "use TLS and SASL");
+    }
+    let Some(conn) = iq.connection() else { return };
+    let field = |name: &str| iq.payload.child_text(name, ns::IQ_AUTH).filter(|s| !s.is_empty());
+    let (Some(username), Some(password), Some(resource)) = (field("username"), field("password"), field("resource")) else {
+        return iq.error(ErrorType::Modify, Condition::NotAcceptable, "username, password and resource are required");
+    };
+    let account = BareJid::new(&format!("{username}@{}", conn.domain())).ok();
+    let ok = account.as_ref().is_some_and(|a| iq.server().check_password(a, &password));
+    let Some(account) = account.filter(|_| ok) else {
+        tracing::info!(conn = conn.id, peer = %conn.peer, "legacy auth failed");
+        return iq.error(ErrorType::Modify, Condition::NotAcceptable, "");
+    };
+    conn.set_authenticated(account);
+    match conn.bind_resource(Some(&resource)) {
+        Ok(full) => {
+            tracing::info!(%full, "authenticated (legacy iq-auth)");
+            iq.result(None);
+        }
+        Err((cond, text)) => iq.error(ErrorType::Modify, cond, text),
+    }
+}

@@ -1,0 +1,4 @@
+//! Sockets on the glib main loop: listeners, per-fd sources and TLS.
+
+pub mod source;
+pub mod tls;

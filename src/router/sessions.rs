@@ -1,0 +1,78 @@
+//! The table of bound resources: bare JID → its sessions.
+
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
+
+use jid::{BareJid, FullJid};
+
+use crate::stream::Connection;
+
+/// One bound resource.
+pub struct Session {
+    pub jid: FullJid,
+    pub conn: Weak<Connection>,
+    /// Presence priority; `None` until the resource sends initial presence (not available).
+    pub priority: Option<i8>,
+}
+
+impl Session {
+    pub fn connection(&self) -> Option<Rc<Connection>> {
+        self.conn.upgrade()
+    }
+}
+
+#[derive(Default)]
+pub struct Sessions {
+    by_bare: HashMap<BareJid, Vec<Session>>,
+}
+
+impl Sessions {
+    /// Adds a session; returns the connection it replaces (same full JID), if any.
+    pub fn bind(&mut self, jid: FullJid, conn: &Rc<Connection>) -> Option<Rc<Connection>> {
+        let list = self.by_bare.entry(jid.to_bare()).or_default();
+        let old = list
+            .iter()
+            .position(|s| s.jid == jid)
+            .map(|i| list.remove(i))
+            .and_then(|s| s.conn.upgrade());
+        list.push(Session {
+            jid,
+            conn: Rc::downgrade(conn),
+            priority: None,
+        });
+        old
+    }
+
+    /// Removes the session of `conn` (if it is still the one bound to `jid`).
+    pub fn unbind(&mut self, jid: &FullJid, conn_id: u64) -> bool {
+        let bare = jid.to_bare();
+        let Some(list) = self.by_bare.get_mut(&bare) else { return false };
+        let before = list.len();
+        list.retain(|s| !(s.jid == *jid && s.conn.upgrade().is_none_or(|c| c.id == conn_id)));
+        let removed = list.len() != before;
+        if list.is_empty() {
+            self.by_bare.remove(&bare);
+        }
+        removed
+    }
+
+    pub fn get(&self, jid: &FullJid) -> Option<&Session> {
+        self.by_bare.get(&jid.to_bare())?.iter().find(|s| s.jid == *jid)
+    }
+
+    pub fn get_mut(&mut self, jid: &FullJid) -> Option<&mut Session> {
+        self.by_bare.get_mut(&jid.to_bare())?.iter_mut().find(|s| s.jid == *jid)
+    }
+
+    pub fn of(&self, bare: &BareJid) -> &[Session] {
+        self.by_bare.get(bare).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Session> {
+        self.by_bare.values().flatten()
+    }
+
+    pub fn count(&self) -> usize {
+        self.by_bare.values().map(Vec::len).sum()
+    }
+}

@@ -1,0 +1,348 @@
+//! The server: configuration, store, listeners, the connection registry and the session table,
+//! all owned by the thread that runs the glib main context.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::io;
+use std::net::TcpListener;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use glib::{ControlFlow, IOCondition, Source};
+use jid::{BareJid, FullJid};
+use socket2::{Domain, Socket, Type};
+
+use crate::auth::scram::{self, Hash};
+use crate::config::{Config, Listener};
+use crate::net::{source, tls};
+use crate::router::{self, Service, Sessions};
+use crate::stanza::{Condition, StreamError};
+use crate::store::Store;
+use crate::stream::{Connection, Stream};
+use crate::xml::Element;
+
+/// A callback for the response to an IQ the server sent.
+pub type IqCallback = Box<dyn FnOnce(&Rc<Server>, Element)>;
+
+pub struct Server {
+    pub config: Config,
+    pub store: Store,
+    /// What every client stream offers; built by the `install` functions at start-up.
+    pub stream: Stream,
+    pub tls: Arc<rustls::ServerConfig>,
+    pub sessions: RefCell<Sessions>,
+    conns: RefCell<HashMap<u64, Rc<Connection>>>,
+    services: RefCell<HashMap<String, Rc<dyn Service>>>,
+    pending_iqs: RefCell<HashMap<String, IqCallback>>,
+    next_id: Cell<u64>,
+    flush_queue: RefCell<Vec<u64>>,
+    listeners: RefCell<Vec<(TcpListener, Source)>>,
+    timers: RefCell<Vec<Source>>,
+    started: Instant,
+}
+
+impl Server {
+    /// Builds the server. `install` adds features and IQ rules to the stream template, the
+    /// seed's `initialize_stream`.
+    pub fn new(config: Config, store: Store, install: impl FnOnce(&mut Stream)) -> Result<Rc<Server>, tls::TlsError> {
+        let tls = tls::server_config(&config)?;
+        let mut stream = Stream::default();
+        install(&mut stream);
+        Ok(Rc::new(Server {
+            config,
+            store,
+            stream,
+            tls,
+            sessions: RefCell::new(Sessions::default()),
+            conns: RefCell::new(HashMap::new()),
+            services: RefCell::new(HashMap::new()),
+            pending_iqs: RefCell::new(HashMap::new()),
+            next_id: Cell::new(1),
+            flush_queue: RefCell::new(Vec::new()),
+            listeners: RefCell::new(Vec::new()),
+            timers: RefCell::new(Vec::new()),
+            started: Instant::now(),
+        }))
+    }
+
+    /// Binds every configured listener and starts housekeeping. Returns the bound addresses
+    /// (port 0 in the config gives an ephemeral port, which tests use).
+    pub fn start(self: &Rc<Self>) -> io::Result<Vec<(std::net::SocketAddr, bool)>> {
+        let mut bound = Vec::new();
+        for l in self.config.listen.clone() {
+            match self.listen(&l) {
+                Ok(addr) => {
+                    tracing::info!(address = %addr, direct_tls = l.direct_tls, trusted = l.trusted_loopback, "listening");
+                    bound.push((addr, l.direct_tls));
+                }
+                // A machine without IPv6 still serves IPv4 (and the reverse).
+                Err(e) => tracing::warn!(address = %l.address, "cannot listen: {e}"),
+            }
+        }
+        if bound.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::AddrNotAvailable, "no listener could be bound"));
+        }
+        let weak = Rc::downgrade(self);
+        let timer = source::every(Duration::from_secs(1), move || match weak.upgrade() {
+            Some(s) => {
+                s.housekeeping();
+                ControlFlow::Continue
+            }
+            None => ControlFlow::Break,
+        });
+        self.timers.borrow_mut().push(timer);
+        Ok(bound)
+    }
+
+    fn listen(self: &Rc<Self>, l: &Listener) -> io::Result<std::net::SocketAddr> {
+        let domain = if l.address.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
+        let sock = Socket::new(domain, Type::STREAM, None)?;
+        if l.address.is_ipv6() {
+            // Separate v4 and v6 listeners may share a port.
+            sock.set_only_v6(true)?;
+        }
+        sock.set_reuse_address(true)?;
+        sock.bind(&l.address.into())?;
+        sock.listen(1024)?;
+        sock.set_nonblocking(true)?;
+        let listener: TcpListener = sock.into();
+        let addr = listener.local_addr()?;
+        let weak = Rc::downgrade(self);
+        let trusted = l.trusted_loopback;
+        let direct_tls = l.direct_tls;
+        let fd = listener.as_raw_fd();
+        let src = source::watch_fd(fd, IOCondition::IN, move |fd, _| {
+            let Some(server) = weak.upgrade() else { return ControlFlow::Break };
+            server.accept_all(fd, trusted, direct_tls);
+            ControlFlow::Continue
+        });
+        self.listeners.borrow_mut().push((listener, src));
+        Ok(addr)
+    }
+
+    fn accept_all(self: &Rc<Self>, fd: i32, trusted: bool, direct_tls: bool) {
+        loop {
+            let accepted = {
+                let listeners = self.listeners.borrow();
+                let Some((l, _)) = listeners.iter().find(|(l, _)| l.as_raw_fd() == fd) else { return };
+                l.accept()
+            };
+            match accepted {
+                Ok((sock, peer)) => {
+                    if self.conns.borrow().len() >= self.config.limits.max_connections {
+                        tracing::warn!(%peer, "connection limit reached; refusing");
+                        drop(sock);
+                        continue;
+                    }
+                    let id = self.next_id.get();
+                    self.next_id.set(id + 1);
+                    let tls = direct_tls.then(|| self.tls.clone());
+                    match Connection::start(self, id, sock, peer, trusted, tls) {
+                        Ok(conn) => {
+                            tracing::debug!(conn = id, %peer, "connected");
+                            self.conns.borrow_mut().insert(id, conn);
+                        }
+                        Err(e) => tracing::warn!(%peer, "cannot set up connection: {e}"),
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: log and try again on the next wake-up.
+                    tracing::warn!("accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    pub fn connection(&self, id: u64) -> Option<Rc<Connection>> {
+        self.conns.borrow().get(&id).cloned()
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.conns.borrow().len()
+    }
+
+    pub(crate) fn forget_connection(&self, id: u64) {
+        // Dropped after the borrow ends: the connection's destructor may touch the server.
+        let conn = self.conns.borrow_mut().remove(&id);
+        drop(conn);
+    }
+
+    /// Coalesces output: every connection written to during this loop turn is flushed once,
+    /// when the loop is next idle.
+    pub(crate) fn queue_flush(self: &Rc<Self>, id: u64) {
+        let first = {
+            let mut q = self.flush_queue.borrow_mut();
+            q.push(id);
+            q.len() == 1
+        };
+        if first {
+            let weak = Rc::downgrade(self);
+            source::idle_once(move || {
+                if let Some(s) = weak.upgrade() {
+                    s.flush_all();
+                }
+            });
+        }
+    }
+
+    fn flush_all(&self) {
+        let ids = std::mem::take(&mut *self.flush_queue.borrow_mut());
+        for id in ids {
+            if let Some(c) = self.connection(id) {
+                c.flush();
+            }
+        }
+    }
+
+    fn housekeeping(&self) {
+        let now = Instant::now();
+        let conns: Vec<Rc<Connection>> = self.conns.borrow().values().cloned().collect();
+        for c in conns {
+            c.housekeeping(now);
+        }
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    // ---- accounts -------------------------------------------------------------------------
+
+    /// Checks a plaintext password (SASL PLAIN, legacy iq-auth) against the stored SCRAM keys:
+    /// the password itself is never stored.
+    pub fn check_password(&self, account: &BareJid, password: &str) -> bool {
+        let node = account.node().map(|n| n.to_string()).unwrap_or_default();
+        let domain = account.domain().to_string();
+        match self.store.account_keys(&node, &domain, Hash::Sha256) {
+            Ok(Some(keys)) => scram::verify_password(Hash::Sha256, &keys, password),
+            Ok(None) => false,
+            Err(e) => {
+                tracing::error!("store error checking password: {e}");
+                false
+            }
+        }
+    }
+
+    pub fn account_exists(&self, account: &BareJid) -> bool {
+        let node = account.node().map(|n| n.to_string()).unwrap_or_default();
+        self.store
+            .account_exists(&node, account.domain().as_str())
+            .unwrap_or(false)
+    }
+
+    // ---- sessions and delivery ------------------------------------------------------------
+
+    /// Registers `conn` as the session for `jid`, replacing (with a `conflict` stream error)
+    /// a session that used the same full JID.
+    pub fn bind_session(self: &Rc<Self>, conn: &Rc<Connection>, jid: FullJid) {
+        let old = self.sessions.borrow_mut().bind(jid.clone(), conn);
+        if let Some(old) = old
+            && old.id != conn.id
+        {
+            tracing::info!(%jid, "resource conflict: replacing the older session");
+            // Detach the old session first so its close does not unbind the new one.
+            old.state.borrow_mut().jid = None;
+            old.close(Some((StreamError::Conflict, Some("replaced by a new connection".into()))));
+        }
+        tracing::info!(%jid, conn = conn.id, "session bound");
+    }
+
+    /// A stream closed or died: its session (if any) ends.
+    pub(crate) fn session_ended(self: &Rc<Self>, conn: &Connection) {
+        let Some(jid) = conn.state.borrow_mut().jid.take() else { return };
+        let was_available = self.sessions.borrow().get(&jid).is_some_and(|s| s.priority.is_some());
+        if self.sessions.borrow_mut().unbind(&jid, conn.id) {
+            tracing::info!(%jid, "session ended");
+            if was_available {
+                crate::modules::presence::session_gone(self, &jid);
+            }
+        }
+    }
+
+    /// Delivers to one session. Returns false if `jid` has no session.
+    pub fn deliver_to_full(&self, jid: &FullJid, el: &Element) -> bool {
+        let conn = self.sessions.borrow().get(jid).and_then(|s| s.connection());
+        match conn {
+            Some(c) => {
+                c.send(el);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// RFC 6121 §8.5.2: a message to a bare JID goes to the available resources of highest
+    /// non-negative priority; when there are none the mailbox module takes it.
+    pub fn deliver_message_to_bare(self: &Rc<Self>, from_conn: &Connection, to: &BareJid, el: Element) {
+        crate::modules::message::deliver_to_bare(self, Some(from_conn), to, el);
+    }
+
+    pub fn own_presence(self: &Rc<Self>, conn: &Rc<Connection>, from: &FullJid, el: Element) {
+        crate::modules::presence::own_presence(self, conn, from, el);
+    }
+
+    pub fn directed_presence_to_bare(self: &Rc<Self>, from: &FullJid, to: &BareJid, el: Element) {
+        crate::modules::presence::directed_to_bare(self, from, to, el);
+    }
+
+    // ---- IQs the server sends ---------------------------------------------------------------
+
+    /// Sends an IQ request to a session and calls `on_response` with the reply.
+    pub fn send_iq(&self, to: &FullJid, mut iq: Element, on_response: IqCallback) {
+        let n = self.next_id.get();
+        self.next_id.set(n + 1);
+        let id = format!("wockd-{n}");
+        iq.set_attr("id", id.as_str());
+        iq.set_attr("to", to.to_string());
+        self.pending_iqs.borrow_mut().insert(format!("{to}\u{0}{id}"), on_response);
+        self.deliver_to_full(to, &iq);
+    }
+
+    pub(crate) fn iq_response(self: &Rc<Self>, from: &FullJid, id: &str, el: Element) {
+        let cb = self.pending_iqs.borrow_mut().remove(&format!("{from}\u{0}{id}"));
+        if let Some(cb) = cb {
+            cb(self, el);
+        }
+        // Otherwise: a response nobody waits for. Responses are never answered.
+    }
+
+    // ---- services ---------------------------------------------------------------------------
+
+    pub fn add_service(&self, domain: &str, service: Rc<dyn Service>) {
+        self.services.borrow_mut().insert(domain.to_owned(), service);
+    }
+
+    pub fn service(&self, domain: &str) -> Option<Rc<dyn Service>> {
+        self.services.borrow().get(domain).cloned()
+    }
+
+    pub(crate) fn route_from_client(self: &Rc<Self>, conn: &Rc<Connection>, el: Element) {
+        router::route_from_client(self, conn, el);
+    }
+
+    // ---- shutdown ---------------------------------------------------------------------------
+
+    /// Stops listening and closes every stream with `system-shutdown`, flushing what it can.
+    pub fn shutdown(self: &Rc<Self>) {
+        for (_, src) in self.listeners.borrow_mut().drain(..) {
+            src.destroy();
+        }
+        for t in self.timers.borrow_mut().drain(..) {
+            t.destroy();
+        }
+        let conns: Vec<Rc<Connection>> = self.conns.borrow().values().cloned().collect();
+        for c in &conns {
+            c.close(Some((StreamError::SystemShutdown, None)));
+            c.flush();
+        }
+        for c in conns {
+            c.teardown();
+        }
+        let _ = Condition::ServiceUnavailable;
+    }
+}

@@ -1,0 +1,190 @@
+//! Stanza-level and stream-level error conditions (RFC 6120 §8.3 and §4.9) and the helpers
+//! that build error replies.
+
+use crate::xml::{Element, ns};
+
+/// RFC 6120 §8.3.2 error types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorType {
+    Auth,
+    Cancel,
+    Continue,
+    Modify,
+    Wait,
+}
+
+impl ErrorType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorType::Auth => "auth",
+            ErrorType::Cancel => "cancel",
+            ErrorType::Continue => "continue",
+            ErrorType::Modify => "modify",
+            ErrorType::Wait => "wait",
+        }
+    }
+}
+
+/// RFC 6120 §8.3.3 defined stanza error conditions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Condition {
+    BadRequest,
+    Conflict,
+    FeatureNotImplemented,
+    Forbidden,
+    Gone,
+    InternalServerError,
+    ItemNotFound,
+    JidMalformed,
+    NotAcceptable,
+    NotAllowed,
+    NotAuthorized,
+    PolicyViolation,
+    RecipientUnavailable,
+    Redirect,
+    RegistrationRequired,
+    RemoteServerNotFound,
+    RemoteServerTimeout,
+    ResourceConstraint,
+    ServiceUnavailable,
+    SubscriptionRequired,
+    UndefinedCondition,
+    UnexpectedRequest,
+}
+
+impl Condition {
+    pub fn as_str(self) -> &'static str {
+        use Condition::*;
+        match self {
+            BadRequest => "bad-request",
+            Conflict => "conflict",
+            FeatureNotImplemented => "feature-not-implemented",
+            Forbidden => "forbidden",
+            Gone => "gone",
+            InternalServerError => "internal-server-error",
+            ItemNotFound => "item-not-found",
+            JidMalformed => "jid-malformed",
+            NotAcceptable => "not-acceptable",
+            NotAllowed => "not-allowed",
+            NotAuthorized => "not-authorized",
+            PolicyViolation => "policy-violation",
+            RecipientUnavailable => "recipient-unavailable",
+            Redirect => "redirect",
+            RegistrationRequired => "registration-required",
+            RemoteServerNotFound => "remote-server-not-found",
+            RemoteServerTimeout => "remote-server-timeout",
+            ResourceConstraint => "resource-constraint",
+            ServiceUnavailable => "service-unavailable",
+            SubscriptionRequired => "subscription-required",
+            UndefinedCondition => "undefined-condition",
+            UnexpectedRequest => "unexpected-request",
+        }
+    }
+
+    /// The type RFC 6120 §8.3.3 suggests for the condition.
+    pub fn default_type(self) -> ErrorType {
+        use Condition::*;
+        match self {
+            BadRequest | JidMalformed | NotAcceptable | PolicyViolation | Redirect => ErrorType::Modify,
+            NotAuthorized | Forbidden | RegistrationRequired | SubscriptionRequired => ErrorType::Auth,
+            InternalServerError | RecipientUnavailable | RemoteServerTimeout | ResourceConstraint
+            | UnexpectedRequest => ErrorType::Wait,
+            _ => ErrorType::Cancel,
+        }
+    }
+}
+
+/// `<error type='…'><condition/><text/></error>`.
+pub fn error_element(kind: ErrorType, cond: Condition, text: Option<&str>) -> Element {
+    let mut err = Element::stanza("error")
+        .attr("type", kind.as_str())
+        .child(Element::new(cond.as_str(), ns::STANZA_ERRORS));
+    if let Some(text) = text.filter(|t| !t.is_empty()) {
+        err.push(
+            Element::new("text", ns::STANZA_ERRORS)
+                .attr("xml:lang", "en")
+                .text(text),
+        );
+    }
+    err
+}
+
+/// The error reply to `stanza` (RFC 6120 §8.3.1): same name and id, addresses swapped,
+/// `type='error'`. The original payload is not echoed (a MAY), which keeps replies small.
+/// Returns `None` for stanzas that must never be answered with an error (errors themselves).
+pub fn error_reply(stanza: &Element, kind: ErrorType, cond: Condition, text: Option<&str>) -> Option<Element> {
+    if stanza.get_attr("type") == Some("error") {
+        return None;
+    }
+    let mut reply = Element::stanza(&stanza.name).attr("type", "error");
+    if let Some(id) = stanza.get_attr("id") {
+        reply.set_attr("id", id);
+    }
+    if let Some(from) = stanza.get_attr("to") {
+        reply.set_attr("from", from);
+    }
+    if let Some(to) = stanza.get_attr("from") {
+        reply.set_attr("to", to);
+    }
+    reply.push(error_element(kind, cond, text));
+    Some(reply)
+}
+
+/// RFC 6120 §4.9.3 stream error conditions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamError {
+    BadFormat,
+    Conflict,
+    ConnectionTimeout,
+    HostUnknown,
+    InternalServerError,
+    InvalidNamespace,
+    InvalidXml,
+    NotAuthorized,
+    NotWellFormed,
+    PolicyViolation,
+    ResourceConstraint,
+    RestrictedXml,
+    SystemShutdown,
+    UnsupportedEncoding,
+    UnsupportedStanzaType,
+    UnsupportedVersion,
+}
+
+impl StreamError {
+    pub fn as_str(self) -> &'static str {
+        use StreamError::*;
+        match self {
+            BadFormat => "bad-format",
+            Conflict => "conflict",
+            ConnectionTimeout => "connection-timeout",
+            HostUnknown => "host-unknown",
+            InternalServerError => "internal-server-error",
+            InvalidNamespace => "invalid-namespace",
+            InvalidXml => "invalid-xml",
+            NotAuthorized => "not-authorized",
+            NotWellFormed => "not-well-formed",
+            PolicyViolation => "policy-violation",
+            ResourceConstraint => "resource-constraint",
+            RestrictedXml => "restricted-xml",
+            SystemShutdown => "system-shutdown",
+            UnsupportedEncoding => "unsupported-encoding",
+            UnsupportedStanzaType => "unsupported-stanza-type",
+            UnsupportedVersion => "unsupported-version",
+        }
+    }
+
+    /// `<stream:error><condition/><text/></stream:error>`.
+    pub fn element(self, text: Option<&str>) -> Element {
+        let mut e = Element::new("error", ns::STREAMS)
+            .child(Element::new(self.as_str(), ns::STREAM_ERRORS));
+        if let Some(text) = text {
+            e.push(
+                Element::new("text", ns::STREAM_ERRORS)
+                    .attr("xml:lang", "en")
+                    .text(text),
+            );
+        }
+        e
+    }
+}

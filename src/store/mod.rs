@@ -1,0 +1,477 @@
+//! Persistent storage: one SQLite database file per server.
+//!
+//! # What is stored
+//!
+//! * `accounts`: the local XMPP accounts — username and domain (both already
+//!   nodeprep/nameprep-normalised by the caller) and the creation time.
+//! * `account_keys`: for each account and SASL mechanism (`SCRAM-SHA-1`,
+//!   `SCRAM-SHA-256`) the SCRAM verifier of RFC 5802 §3: salt, iteration
+//!   count, StoredKey and ServerKey.
+//!
+//! Later features add their own tables by appending to `MIGRATIONS` in
+//! `migrations.rs`; tables that belong to an account reference
+//! `accounts(id) ON DELETE CASCADE`, so deleting an account deletes
+//! everything it owns.
+//!
+//! # Security properties
+//!
+//! * **No password is ever stored**, in clear or reversibly encrypted: the
+//!   schema has no password column. Only SCRAM verifiers are kept, from which
+//!   a password can be recovered only by a dictionary attack slowed down by
+//!   the salted, iterated PBKDF2. They are still secrets — ServerKey lets its
+//!   holder impersonate this server to a client, and StoredKey together with
+//!   one observed authentication exchange yields the ClientKey — so:
+//! * **The database is private to its owner (mode 0600).** [`Store::open`]
+//!   creates the file itself with mode 0600 before SQLite opens it (and the
+//!   parent directory, if missing, with 0700). That needs no change of the
+//!   process-wide umask: a umask can only remove permission bits, and we set
+//!   the exact mode afterwards with `fchmod` anyway. An existing file with
+//!   group or other permission bits is tightened, with a warning. SQLite
+//!   creates the `-wal` and `-shm` side files with the permissions (and,
+//!   running as root, the owner) of the database file itself; after opening
+//!   we check them as well and tighten them should they be looser.
+//! * **`secure_delete` is on**: deleted or replaced rows (old keys after a
+//!   password change, deleted accounts) are overwritten with zeros in the
+//!   database file instead of lingering in free pages. This is best effort:
+//!   copies may survive in the WAL until it is checkpointed and overwritten,
+//!   and in any backups.
+//!
+//! # Durability and concurrency
+//!
+//! The database runs in WAL mode with `synchronous=NORMAL`. A commit has been
+//! written to the WAL file (the OS page cache) when `COMMIT` returns, so it
+//! survives the process crashing or being killed (`kill -9`), but the WAL is
+//! fsynced only at checkpoints, so the last transactions before a power loss
+//! or kernel crash may be lost. The database is never corrupted either way —
+//! it just comes back as of an earlier commit. For a personal server this is
+//! the right trade for not fsyncing on every message.
+//!
+//! The server is single-threaded and uses its [`Store`] from the glib main
+//! thread only (the type is `Send` but not `Sync`). CLI commands open the
+//! same file while the server runs: WAL lets readers run alongside a writer,
+//! and a writer waits up to 5 s (`busy_timeout`) for another. Write
+//! transactions start with `BEGIN IMMEDIATE` ([`Store::transaction`]),
+//! because a deferred transaction that later upgrades from reading to writing
+//! gets `SQLITE_BUSY` at once, without waiting, if another process committed
+//! in between.
+
+mod accounts;
+mod migrations;
+
+use std::fs::{DirBuilder, File, OpenOptions, Permissions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, ErrorCode, OpenFlags, Transaction, TransactionBehavior};
+
+/// How long a connection waits for another process's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Errors from the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Any SQLite failure not covered by a more specific variant.
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    /// A filesystem operation on the database file or its directory failed.
+    #[error("{what} {}: {error}", path.display())]
+    Io {
+        /// What was being done, e.g. "cannot create database directory".
+        what: &'static str,
+        path: PathBuf,
+        error: io::Error,
+    },
+    /// `create_account` for a username and domain that already exist.
+    #[error("account already exists")]
+    AccountExists,
+    /// The account named does not exist.
+    #[error("no such account")]
+    NoSuchAccount,
+    /// The database was written by a newer wockd (its schema version is
+    /// beyond the migrations this binary knows), so it is left untouched.
+    #[error(
+        "database schema version {found} is not one this wockd knows (it knows up to {known}); \
+         it was probably written by a newer wockd: run that, or restore a backup"
+    )]
+    TooNew { found: i64, known: i64 },
+    /// Migration number `version` (1-based) failed; the database was left
+    /// exactly as it was before the upgrade started.
+    #[error("database migration {version} failed (nothing was changed): {error}")]
+    Migration {
+        version: usize,
+        error: rusqlite::Error,
+    },
+    /// After the migrations up to `version`, `PRAGMA foreign_key_check`
+    /// found violations; the upgrade was rolled back.
+    #[error(
+        "database migration to version {version} left {violations} foreign key violation(s); \
+         nothing was changed"
+    )]
+    MigrationForeignKeys { version: usize, violations: usize },
+}
+
+impl StoreError {
+    fn io(what: &'static str, path: &Path, error: io::Error) -> StoreError {
+        StoreError::Io {
+            what,
+            path: path.to_owned(),
+            error,
+        }
+    }
+}
+
+/// The server's database: one SQLite connection.
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` and brings its
+    /// schema up to date.
+    ///
+    /// Creates the parent directory (mode 0700) if missing and the file with
+    /// mode 0600; see the module documentation for the permission handling,
+    /// the pragmas set and what they mean for durability.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            // Only directories created here get 0700; existing ones are left
+            // alone (the file itself is 0600 whatever its directory is).
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| StoreError::io("cannot create database directory", dir, e))?;
+        }
+        create_private_file(path)?;
+
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let store = Store {
+            conn: Connection::open_with_flags(path, flags)?,
+        };
+        store.init(true)?;
+
+        // SQLite gives these the database file's mode; check anyway, e.g. for
+        // side files left over from a run that had looser permissions.
+        for suffix in ["-wal", "-shm"] {
+            let mut side = path.as_os_str().to_owned();
+            side.push(suffix);
+            tighten_existing(Path::new(&side))?;
+        }
+        Ok(store)
+    }
+
+    /// A private in-memory database with the full schema, for tests.
+    pub fn open_in_memory() -> Result<Store, StoreError> {
+        let store = Store {
+            conn: Connection::open_in_memory()?,
+        };
+        store.init(false)?;
+        Ok(store)
+    }
+
+    /// Sets the connection's pragmas and runs pending migrations.
+    fn init(&self, file_backed: bool) -> Result<(), StoreError> {
+        let conn = &self.conn;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        let mode = set_wal_mode(conn)?;
+        if file_backed && !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(journal_mode = %mode, "SQLite refused WAL mode; continuing without it");
+        }
+        // See the module documentation on durability.
+        conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA secure_delete = ON;")?;
+        // Migrations run with foreign keys off (SQLite's recommended way to
+        // change a schema; a table rebuild would otherwise fire ON DELETE
+        // CASCADE) and check consistency themselves before committing.
+        migrations::migrate(conn)?;
+        // Per connection, and only effective outside a transaction.
+        conn.execute_batch("PRAGMA foreign_keys = ON")?;
+        Ok(())
+    }
+
+    /// The underlying connection, for modules that keep their own tables.
+    ///
+    /// Use [`Store::transaction`] for anything that writes more than one
+    /// statement, and `prepare_cached` for statements on hot paths.
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Runs `f` inside a write transaction (`BEGIN IMMEDIATE`): commits if
+    /// `f` returns `Ok`, rolls back if it returns `Err`.
+    ///
+    /// Transactions do not nest: calling this from inside `f` fails at run
+    /// time with an SQLite error ("cannot start a transaction within a
+    /// transaction"). Use `tx.savepoint()` for that.
+    pub fn transaction<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&Transaction<'_>) -> Result<T, E>,
+        E: From<rusqlite::Error>,
+    {
+        let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)?;
+        let value = f(&tx)?; // on Err, dropping `tx` rolls back
+        tx.commit()?;
+        Ok(value)
+    }
+}
+
+/// Switches `conn` to WAL mode and returns the journal mode now in force.
+///
+/// The mode is persistent in the file, so this is a no-op after the first
+/// open. But the first switch needs an exclusive lock, and when several
+/// processes open a new database at once SQLite can answer `SQLITE_BUSY` at
+/// once, without calling the busy handler (two connections each holding a
+/// shared lock and wanting the exclusive one), so retry for up to
+/// [`BUSY_TIMEOUT`] ourselves.
+fn set_wal_mode(conn: &Connection) -> Result<String, StoreError> {
+    let deadline = Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)) {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == ErrorCode::DatabaseBusy && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            result => return Ok(result?),
+        }
+    }
+}
+
+/// Creates `path` with mode 0600, or opens it if it exists; then makes sure
+/// group and others have no access.
+fn create_private_file(path: &Path) -> Result<(), StoreError> {
+    let created = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
+    match created {
+        // The umask may have removed bits from 0600; set it exactly.
+        Ok(file) => set_mode(&file, path, |_| 0o600),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => tighten_existing(path),
+        Err(e) => Err(StoreError::io("cannot create database", path, e)),
+    }
+}
+
+/// Removes group and other permissions from `path` if it exists and has any,
+/// with a warning.
+fn tighten_existing(path: &Path) -> Result<(), StoreError> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StoreError::io("cannot open", path, e)),
+    };
+    set_mode(&file, path, |mode| {
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                mode = format_args!("{mode:o}"),
+                "database file was accessible to other users; restricting it to its owner"
+            );
+        }
+        mode & 0o700
+    })
+}
+
+/// `fchmod`s `file` to `want(current mode)` if that differs from its mode.
+fn set_mode(file: &File, path: &Path, want: impl FnOnce(u32) -> u32) -> Result<(), StoreError> {
+    let mode = file
+        .metadata()
+        .map_err(|e| StoreError::io("cannot stat", path, e))?
+        .permissions()
+        .mode()
+        & 0o7777;
+    let new = want(mode);
+    if new != mode {
+        file.set_permissions(Permissions::from_mode(new))
+            .map_err(|e| StoreError::io("cannot set permissions of", path, e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn mode_of(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    fn user_version(store: &Store) -> i64 {
+        store
+            .conn()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn open_creates_private_dir_and_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state").join("wockd");
+        let db = dir.join("wockd.db");
+        let store = Store::open(&db).unwrap();
+        assert_eq!(mode_of(&dir), 0o700);
+        assert_eq!(mode_of(&tmp.path().join("state")), 0o700);
+        assert_eq!(mode_of(&db), 0o600);
+
+        // A write makes sure the WAL and shared-memory files exist.
+        store
+            .conn()
+            .execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+            .unwrap();
+        for side in ["wockd.db-wal", "wockd.db-shm"] {
+            let side = dir.join(side);
+            assert!(side.exists(), "{} missing", side.display());
+            assert_eq!(mode_of(&side), 0o600, "{}", side.display());
+        }
+    }
+
+    #[test]
+    fn open_tightens_existing_loose_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = tmp.path().join("wockd.db");
+        fs::write(&db, b"").unwrap(); // an empty file is an empty database
+        fs::set_permissions(&db, Permissions::from_mode(0o644)).unwrap();
+        drop(Store::open(&db).unwrap());
+        assert_eq!(mode_of(&db), 0o600);
+    }
+
+    #[test]
+    fn pragmas_are_set() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(&tmp.path().join("wockd.db")).unwrap();
+        let conn = store.conn();
+        let journal: String = conn
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))
+            .unwrap();
+        assert_eq!(journal, "wal");
+        let get = |name| -> i64 { conn.pragma_query_value(None, name, |r| r.get(0)).unwrap() };
+        assert_eq!(get("synchronous"), 1); // NORMAL
+        assert_eq!(get("foreign_keys"), 1);
+        assert_eq!(get("secure_delete"), 1);
+        assert_eq!(get("busy_timeout"), 5000);
+    }
+
+    #[test]
+    fn migrations_run_once_and_reopen_is_idempotent() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = tmp.path().join("wockd.db");
+        let known = migrations::MIGRATIONS.len() as i64;
+
+        let store = Store::open(&db).unwrap();
+        assert_eq!(user_version(&store), known);
+        store
+            .conn()
+            .execute(
+                "INSERT INTO accounts (username, domain, created) VALUES ('a', 'b', 0)",
+                [],
+            )
+            .unwrap();
+        drop(store);
+
+        let store = Store::open(&db).unwrap();
+        assert_eq!(user_version(&store), known);
+        let n: i64 = store
+            .conn()
+            .query_row("SELECT count(*) FROM accounts", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1, "reopening must not recreate or clear tables");
+    }
+
+    #[test]
+    fn too_new_database_is_refused_and_left_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = tmp.path().join("wockd.db");
+        let known = migrations::MIGRATIONS.len() as i64;
+        let store = Store::open(&db).unwrap();
+        store
+            .conn()
+            .pragma_update(None, "user_version", known + 1)
+            .unwrap();
+        drop(store);
+
+        match Store::open(&db) {
+            Err(StoreError::TooNew { found, known: k }) => {
+                assert_eq!((found, k), (known + 1, known));
+            }
+            other => panic!("expected TooNew, got {other:?}"),
+        }
+        let conn = Connection::open(&db).unwrap();
+        let v: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, known + 1);
+    }
+
+    #[test]
+    fn concurrent_first_opens_and_two_connections() {
+        // The server and a CLI command may open (and migrate) the same new
+        // file at once; every opener must succeed and see the same schema.
+        let tmp = tempfile::tempdir().unwrap();
+        let db = tmp.path().join("wockd.db");
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let db = db.clone();
+                std::thread::spawn(move || Store::open(&db).map(drop))
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap().unwrap();
+        }
+
+        let a = Store::open(&db).unwrap();
+        let b = Store::open(&db).unwrap();
+        assert_eq!(user_version(&a), migrations::MIGRATIONS.len() as i64);
+        a.conn()
+            .execute(
+                "INSERT INTO accounts (username, domain, created) VALUES ('a', 'b', 0)",
+                [],
+            )
+            .unwrap();
+        let n: i64 = b
+            .conn()
+            .query_row("SELECT count(*) FROM accounts", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn transaction_commits_on_ok_and_rolls_back_on_err() {
+        let store = Store::open_in_memory().unwrap();
+        store.conn().execute_batch("CREATE TABLE t (x)").unwrap();
+        let count = || -> i64 {
+            store
+                .conn()
+                .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+                .unwrap()
+        };
+
+        let r: Result<i32, StoreError> = store.transaction(|tx| {
+            tx.execute("INSERT INTO t VALUES (1)", [])?;
+            Ok(7)
+        });
+        assert_eq!(r.unwrap(), 7);
+        assert_eq!(count(), 1);
+
+        let r: Result<(), StoreError> = store.transaction(|tx| {
+            tx.execute("INSERT INTO t VALUES (2)", [])?;
+            Err(StoreError::NoSuchAccount)
+        });
+        assert!(matches!(r, Err(StoreError::NoSuchAccount)));
+        assert_eq!(count(), 1);
+        assert!(store.conn().is_autocommit());
+    }
+
+    #[test]
+    fn io_error_names_the_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("not-a-dir");
+        fs::write(&file, b"x").unwrap();
+        let err = Store::open(&file.join("wockd.db")).unwrap_err();
+        assert!(matches!(err, StoreError::Io { .. }), "{err:?}");
+        assert!(err.to_string().contains("not-a-dir"), "{err}");
+    }
+}

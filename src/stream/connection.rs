@@ -1,0 +1,588 @@
+//! One client connection: a non-blocking socket watched by a glib source, optional TLS
+//! (rustls), incremental framing, and buffered output flushed once per loop turn.
+//!
+//! Borrowing rule: the connection's `RefCell` is never held while calling out (to the router,
+//! handlers or other connections), so a stanza to oneself or a handler that replies at once
+//! cannot re-enter a live borrow.
+
+use std::cell::{Cell, RefCell};
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use glib::{ControlFlow, IOCondition, Source};
+use jid::{BareJid, FullJid};
+
+use crate::net::source;
+use crate::server::Server;
+use crate::stanza::StreamError;
+use crate::xml::parse::{self, Scope};
+use crate::xml::{Element, Framer, FramerError, ParseError, Token};
+
+use super::StreamInfo;
+use super::sasl::SaslState;
+
+/// Read at most this much per wake-up before yielding to other sources (fairness).
+const READ_BUDGET: usize = 256 * 1024;
+/// A client that lets this much output pile up unread is dropped rather than grow without end.
+const MAX_PENDING_OUTPUT: usize = 16 * 1024 * 1024;
+/// How long a closing stream waits for the peer's `</stream:stream>` or EOF.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+thread_local! {
+    /// One read buffer for all connections of the loop: idle connections hold none.
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; 64 * 1024]);
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Waiting for a stream header (first, or after a restart).
+    AwaitHeader,
+    /// Header received; negotiating (or, once bound, exchanging stanzas).
+    Open,
+    /// We sent `</stream:stream>`; waiting for the peer to finish.
+    Closing,
+    Closed,
+}
+
+pub(crate) struct State {
+    pub(crate) sock: TcpStream,
+    pub(crate) tls: Option<Box<rustls::ServerConnection>>,
+    inbuf: Vec<u8>,
+    pub(crate) framer: Framer,
+    /// Raw bytes for the socket (everything before TLS starts; with TLS only `<proceed/>`).
+    out: Vec<u8>,
+    write_source: Option<Source>,
+    pub(crate) phase: Phase,
+    /// Namespace declarations of the current stream header.
+    pub(crate) scope: Scope,
+    pub(crate) header_sent: bool,
+    /// The client announced version 1.0 (else it is a pre-RFC 3920 client: no SASL features).
+    pub(crate) version1: bool,
+    pub(crate) domain: String,
+    pub(crate) sasl: Option<Box<SaslState>>,
+    pub(crate) sasl_failures: u32,
+    /// SASL PLAIN was started without an initial response.
+    pub(crate) plain_pending: bool,
+    /// Stream headers received so far (restarts after STARTTLS and SASL count).
+    pub(crate) headers: u8,
+    /// Set by SASL; the stream then restarts and binds a resource.
+    pub(crate) authenticated: Option<BareJid>,
+    /// Set by resource binding or legacy auth.
+    pub(crate) jid: Option<FullJid>,
+    pub(crate) last_read: Instant,
+    pub(crate) opened: Instant,
+    pub(crate) closing_since: Option<Instant>,
+    pub(crate) keepalive_sent: bool,
+}
+
+/// A client connection. Owned by the server's registry; sources hold weak references.
+pub struct Connection {
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub(crate) trusted: bool,
+    server: Weak<Server>,
+    pub(crate) state: RefCell<State>,
+    read_source: RefCell<Option<Source>>,
+    flush_queued: Cell<bool>,
+}
+
+impl Connection {
+    pub(crate) fn start(
+        server: &Rc<Server>,
+        id: u64,
+        sock: TcpStream,
+        peer: SocketAddr,
+        trusted: bool,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> io::Result<Rc<Connection>> {
+        sock.set_nonblocking(true)?;
+        // Prosody's 40 ms stalls come from Nagle; stanzas are small and latency matters.
+        sock.set_nodelay(true)?;
+        let tls = match tls {
+            Some(cfg) => Some(Box::new(
+                rustls::ServerConnection::new(cfg).map_err(io::Error::other)?,
+            )),
+            None => None,
+        };
+        let limits = &server.config.limits;
+        let now = Instant::now();
+        let conn = Rc::new(Connection {
+            id,
+            peer,
+            trusted,
+            server: Rc::downgrade(server),
+            state: RefCell::new(State {
+                sock,
+                tls,
+                inbuf: Vec::new(),
+                framer: Framer::new(limits.max_stanza_bytes, limits.max_depth),
+                out: Vec::new(),
+                write_source: None,
+                phase: Phase::AwaitHeader,
+                scope: Scope::new(),
+                header_sent: false,
+                version1: false,
+                domain: server.config.default_domain().to_owned(),
+                sasl: None,
+                sasl_failures: 0,
+                plain_pending: false,
+                headers: 0,
+                authenticated: None,
+                jid: None,
+                last_read: now,
+                opened: now,
+                closing_since: None,
+                keepalive_sent: false,
+            }),
+            read_source: RefCell::new(None),
+            flush_queued: Cell::new(false),
+        });
+        let fd = conn.state.borrow().sock.as_raw_fd();
+        let weak = Rc::downgrade(&conn);
+        let src = source::watch_fd(fd, IOCondition::IN | IOCondition::HUP | IOCondition::ERR, move |_, _| {
+            match weak.upgrade() {
+                Some(c) => {
+                    c.on_readable();
+                    ControlFlow::Continue
+                }
+                None => ControlFlow::Break,
+            }
+        });
+        *conn.read_source.borrow_mut() = Some(src);
+        Ok(conn)
+    }
+
+    pub fn server(&self) -> Option<Rc<Server>> {
+        self.server.upgrade()
+    }
+
+    /// The bound full JID, once the session exists.
+    pub fn jid(&self) -> Option<FullJid> {
+        self.state.borrow().jid.clone()
+    }
+
+    pub fn info(&self) -> StreamInfo {
+        let st = self.state.borrow();
+        let secure = st.tls.is_some();
+        StreamInfo {
+            secure,
+            plaintext_ok: secure || self.trusted,
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        matches!(self.state.borrow().phase, Phase::AwaitHeader | Phase::Open)
+    }
+
+    // ---- input ----------------------------------------------------------------------------
+
+    fn on_readable(self: &Rc<Self>) {
+        let eof = match self.read_available() {
+            Ok(eof) => eof,
+            Err(e) => {
+                tracing::debug!(conn = self.id, "read error: {e}");
+                self.teardown();
+                return;
+            }
+        };
+        let closing = self.state.borrow().phase == Phase::Closing;
+        if closing {
+            // Discard whatever arrives after we closed; only the peer's EOF matters now.
+            self.state.borrow_mut().inbuf.clear();
+        } else {
+            self.process_input();
+        }
+        if eof {
+            self.teardown();
+        }
+    }
+
+    /// Reads what the socket has (through TLS if active) into `inbuf`. Returns true on EOF.
+    fn read_available(&self) -> io::Result<bool> {
+        let mut st = self.state.borrow_mut();
+        let st = &mut *st;
+        st.last_read = Instant::now();
+        st.keepalive_sent = false;
+        let mut total = 0;
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            while total < READ_BUDGET {
+                if let Some(tls) = st.tls.as_mut() {
+                    match tls.read_tls(&mut st.sock) {
+                        Ok(0) => return Ok(true),
+                        Ok(n) => total += n,
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(e),
+                    }
+                    let state = tls.process_new_packets().map_err(|e| {
+                        // Let the alert out before the socket goes.
+                        let _ = tls.write_tls(&mut st.sock);
+                        io::Error::new(io::ErrorKind::InvalidData, e)
+                    })?;
+                    if state.plaintext_bytes_to_read() > 0 {
+                        loop {
+                            match tls.reader().read(&mut scratch) {
+                                Ok(0) => return Ok(true),
+                                Ok(n) => st.inbuf.extend_from_slice(&scratch[..n]),
+                                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                                Err(e) => return Err(e),
+                            }
+                        }
+                    }
+                    if state.peer_has_closed() {
+                        return Ok(true);
+                    }
+                    if tls.wants_write() {
+                        self.queue_flush();
+                    }
+                } else {
+                    match st.sock.read(&mut scratch) {
+                        Ok(0) => return Ok(true),
+                        Ok(n) => {
+                            total += n;
+                            st.inbuf.extend_from_slice(&scratch[..n]);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+            Ok(false)
+        })
+    }
+
+    /// Frames and handles every complete token in `inbuf`.
+    pub(crate) fn process_input(self: &Rc<Self>) {
+        loop {
+            let next = {
+                let mut st = self.state.borrow_mut();
+                let st = &mut *st;
+                if !matches!(st.phase, Phase::AwaitHeader | Phase::Open) {
+                    break;
+                }
+                match st.framer.next(&st.inbuf) {
+                    Ok(None) => None,
+                    Ok(Some(Token::StreamOpen(r))) => {
+                        Some(parse::stream_header(&st.inbuf[r]).map(Input::Header))
+                    }
+                    Ok(Some(Token::Element(r))) => {
+                        if let Some(server) = self.server.upgrade()
+                            && server.config.log.xml
+                        {
+                            crate::stream::negotiate::log_in(self.id, &st.inbuf[r.clone()]);
+                        }
+                        Some(parse::element(&st.inbuf[r], &st.scope).map(Input::Element))
+                    }
+                    Ok(Some(Token::StreamClose)) => Some(Ok(Input::Close)),
+                    Err(e) => Some(Err(framer_error(e))),
+                }
+            };
+            match next {
+                None => break,
+                Some(Ok(Input::Header(h))) => self.on_header(h),
+                Some(Ok(Input::Element(el))) => self.on_element(el),
+                Some(Ok(Input::Close)) => {
+                    self.close(None);
+                    break;
+                }
+                Some(Err(e)) => {
+                    let (cond, text) = parse_error(&e);
+                    self.close(Some((cond, text)));
+                    break;
+                }
+            }
+        }
+        // Drop consumed bytes; give memory back when the buffer drains.
+        let mut st = self.state.borrow_mut();
+        let st = &mut *st;
+        let n = st.framer.consumed().min(st.inbuf.len());
+        if n > 0 {
+            st.inbuf.drain(..n);
+            st.framer.shift(n);
+        }
+        if st.inbuf.is_empty() && st.inbuf.capacity() > 1024 {
+            st.inbuf = Vec::new();
+        }
+    }
+
+    /// Bytes received but not yet framed (handed to TLS at STARTTLS).
+    pub(crate) fn take_unconsumed(&self) -> Vec<u8> {
+        let mut st = self.state.borrow_mut();
+        let n = st.framer.consumed().min(st.inbuf.len());
+        let rest = st.inbuf.split_off(n);
+        st.inbuf.clear();
+        st.framer.restart(0);
+        rest
+    }
+
+    // ---- output ---------------------------------------------------------------------------
+
+    /// Queues a top-level element for the client. Written at the end of this loop turn.
+    pub fn send(&self, el: &Element) {
+        let mut buf = Vec::with_capacity(256);
+        el.write_to(&mut buf, crate::xml::ns::CLIENT);
+        self.send_raw(&buf);
+    }
+
+    /// Queues raw bytes (stream header, closing tag, keepalive whitespace).
+    pub(crate) fn send_raw(&self, bytes: &[u8]) {
+        {
+            let mut st = self.state.borrow_mut();
+            if matches!(st.phase, Phase::Closed) {
+                return;
+            }
+            if let Some(server) = self.server.upgrade()
+                && server.config.log.xml
+            {
+                crate::stream::negotiate::log_out(self.id, bytes);
+            }
+            match st.tls.as_mut() {
+                // rustls buffers plaintext until the handshake completes.
+                Some(tls) => {
+                    if tls.writer().write_all(bytes).is_err() {
+                        return;
+                    }
+                }
+                None => st.out.extend_from_slice(bytes),
+            }
+        }
+        self.queue_flush();
+    }
+
+    /// Writes bytes that must reach the socket in clear before TLS starts (`<proceed/>`).
+    pub(crate) fn send_raw_cleartext(&self, bytes: &[u8]) {
+        self.state.borrow_mut().out.extend_from_slice(bytes);
+        self.flush();
+    }
+
+    fn queue_flush(&self) {
+        if self.flush_queued.replace(true) {
+            return;
+        }
+        if let Some(server) = self.server.upgrade() {
+            server.queue_flush(self.id);
+        }
+    }
+
+    /// Writes pending output. Returns false if the connection failed.
+    pub(crate) fn flush(&self) -> bool {
+        self.flush_queued.set(false);
+        let (blocked, failed, finished_closing, pending) = {
+            let mut st = self.state.borrow_mut();
+            let st = &mut *st;
+            if st.phase == Phase::Closed {
+                return false;
+            }
+            let mut blocked = false;
+            let mut failed = false;
+            while !st.out.is_empty() {
+                match st.sock.write(&st.out) {
+                    Ok(n) => {
+                        st.out.drain(..n);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        blocked = true;
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            if st.out.is_empty() && st.out.capacity() > 4096 {
+                st.out = Vec::new();
+            }
+            let mut pending = st.out.len();
+            if !blocked && !failed && let Some(tls) = st.tls.as_mut() {
+                while tls.wants_write() {
+                    match tls.write_tls(&mut st.sock) {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            blocked = true;
+                            break;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(_) => {
+                            failed = true;
+                            break;
+                        }
+                    }
+                }
+                if tls.wants_write() {
+                    pending += 1;
+                }
+            }
+            let finished_closing = st.phase == Phase::Closing && !blocked && !failed;
+            if finished_closing {
+                let _ = st.sock.shutdown(Shutdown::Write);
+            }
+            (blocked, failed, finished_closing, pending)
+        };
+        if failed {
+            self.teardown();
+            return false;
+        }
+        let _ = finished_closing;
+        if pending > MAX_PENDING_OUTPUT {
+            tracing::warn!(conn = self.id, "client does not read its output; dropping it");
+            self.teardown();
+            return false;
+        }
+        self.set_write_watch(blocked);
+        true
+    }
+
+    fn set_write_watch(&self, want: bool) {
+        let mut st = self.state.borrow_mut();
+        match (want, st.write_source.is_some()) {
+            (true, false) => {
+                let fd = st.sock.as_raw_fd();
+                let server = self.server.clone();
+                let id = self.id;
+                st.write_source = Some(source::watch_fd(fd, IOCondition::OUT, move |_, _| {
+                    if let Some(c) = server.upgrade().and_then(|s| s.connection(id)) {
+                        c.state.borrow_mut().write_source = None;
+                        c.flush();
+                    }
+                    ControlFlow::Break
+                }));
+            }
+            (false, true) => {
+                if let Some(s) = st.write_source.take() {
+                    s.destroy();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    // ---- closing --------------------------------------------------------------------------
+
+    /// Closes the stream: with a stream error when `error` is given, else gracefully.
+    /// Sends the header first if none was sent (RFC 6120 §4.9.1.1).
+    pub fn close(self: &Rc<Self>, error: Option<(StreamError, Option<String>)>) {
+        {
+            let st = self.state.borrow();
+            if !matches!(st.phase, Phase::AwaitHeader | Phase::Open) {
+                return;
+            }
+        }
+        if !self.state.borrow().header_sent {
+            self.send_header(None);
+        }
+        if let Some((cond, text)) = &error {
+            tracing::debug!(conn = self.id, "stream error {}: {}", cond.as_str(), text.as_deref().unwrap_or(""));
+            self.send(&cond.element(text.as_deref()));
+        }
+        self.send_raw(b"</stream:stream>");
+        {
+            let mut st = self.state.borrow_mut();
+            st.phase = Phase::Closing;
+            st.closing_since = Some(Instant::now());
+            if let Some(tls) = st.tls.as_mut() {
+                tls.send_close_notify();
+            }
+        }
+        // The session ends now: unavailable presence goes out, nothing more is routed here.
+        if let Some(server) = self.server.upgrade() {
+            server.session_ended(self);
+        }
+        self.flush();
+    }
+
+    /// Releases everything: sources, registry entry, router session.
+    pub(crate) fn teardown(&self) {
+        {
+            let mut st = self.state.borrow_mut();
+            if st.phase == Phase::Closed {
+                return;
+            }
+            st.phase = Phase::Closed;
+            if let Some(s) = st.write_source.take() {
+                s.destroy();
+            }
+            let _ = st.sock.shutdown(Shutdown::Both);
+            st.inbuf = Vec::new();
+            st.out = Vec::new();
+            st.tls = None;
+        }
+        if let Some(s) = self.read_source.borrow_mut().take() {
+            s.destroy();
+        }
+        if let Some(server) = self.server.upgrade() {
+            server.session_ended(self);
+            server.forget_connection(self.id);
+        }
+    }
+
+    /// Called by the server's housekeeping timer.
+    pub(crate) fn housekeeping(self: &Rc<Self>, now: Instant) {
+        let Some(server) = self.server.upgrade() else { return };
+        let limits = &server.config.limits;
+        let (phase, opened, last_read, bound, closing_since, keepalive_sent) = {
+            let st = self.state.borrow();
+            (st.phase, st.opened, st.last_read, st.jid.is_some(), st.closing_since, st.keepalive_sent)
+        };
+        match phase {
+            Phase::Closing => {
+                if closing_since.is_some_and(|t| now - t > CLOSE_GRACE) {
+                    self.teardown();
+                }
+            }
+            Phase::AwaitHeader | Phase::Open => {
+                let silent = now - last_read;
+                if !bound && now - opened > Duration::from_secs(limits.auth_timeout_secs) {
+                    self.close(Some((StreamError::ConnectionTimeout, Some("authentication took too long".into()))));
+                } else if silent > Duration::from_secs(limits.idle_timeout_secs) {
+                    self.close(Some((StreamError::ConnectionTimeout, None)));
+                } else if bound && !keepalive_sent && silent > Duration::from_secs(limits.keepalive_secs) {
+                    // A write on a dead TCP connection fails: this is how dead peers are found.
+                    self.state.borrow_mut().keepalive_sent = true;
+                    self.send_raw(b" ");
+                }
+            }
+            Phase::Closed => {}
+        }
+    }
+}
+
+enum Input {
+    Header(parse::StreamHeader),
+    Element(Element),
+    Close,
+}
+
+fn framer_error(e: FramerError) -> ParseError {
+    match e {
+        FramerError::TooLarge(n) => ParseError::NotWellFormed(format!("\u{0}policy:stanza larger than {n} bytes")),
+        FramerError::TooDeep(n) => ParseError::NotWellFormed(format!("\u{0}policy:elements nested deeper than {n}")),
+        FramerError::Restricted(what) => ParseError::Restricted(what),
+        FramerError::NotWellFormed(what) => ParseError::NotWellFormed(what.to_owned()),
+        FramerError::TextAtStreamLevel => ParseError::NotWellFormed("\u{0}format:character data at stream level".into()),
+    }
+}
+
+/// Maps a framing/parsing failure to the stream error RFC 6120 §4.9.3 names for it.
+fn parse_error(e: &ParseError) -> (StreamError, Option<String>) {
+    match e {
+        ParseError::Restricted(what) => (StreamError::RestrictedXml, Some(format!("{what} not allowed"))),
+        ParseError::UnboundPrefix(p) => (StreamError::InvalidNamespace, Some(format!("undeclared prefix {p}"))),
+        ParseError::NotWellFormed(msg) => {
+            if let Some(m) = msg.strip_prefix("\u{0}policy:") {
+                (StreamError::PolicyViolation, Some(m.to_owned()))
+            } else if let Some(m) = msg.strip_prefix("\u{0}format:") {
+                (StreamError::BadFormat, Some(m.to_owned()))
+            } else {
+                (StreamError::NotWellFormed, Some(msg.clone()))
+            }
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! Client-to-server streams (RFC 6120): what every stream offers ([`Stream`], built once at
+//! start-up by `install` functions, as in the seed's `initialize_stream`), and the per-socket
+//! negotiation and dispatch ([`Connection`]).
+
+mod connection;
+pub(crate) mod negotiate;
+mod sasl;
+
+use std::rc::Rc;
+
+pub use connection::Connection;
+
+use crate::iq::IqRules;
+use crate::xml::Element;
+
+/// What a feature's predicate may look at.
+#[derive(Clone, Copy, Debug)]
+pub struct StreamInfo {
+    /// TLS is active on this stream.
+    pub secure: bool,
+    /// Plaintext passwords may be sent here: TLS is active or the listener is trusted loopback.
+    pub plaintext_ok: bool,
+}
+
+type Predicate = Rc<dyn Fn(&StreamInfo) -> bool>;
+
+/// The features and IQ rules of one stage of a stream.
+#[derive(Clone, Default)]
+pub struct Stage {
+    features: Vec<(Element, Option<Predicate>)>,
+    iqs: IqRules,
+}
+
+impl Stage {
+    /// Advertises `feature` in `<stream:features/>` at this stage.
+    pub fn feature(&mut self, feature: Element) -> &mut Stage {
+        self.features.push((feature, None));
+        self
+    }
+
+    /// Advertises `feature` only on streams where `when` holds.
+    pub fn feature_when(
+        &mut self,
+        feature: Element,
+        when: impl Fn(&StreamInfo) -> bool + 'static,
+    ) -> &mut Stage {
+        self.features.push((feature, Some(Rc::new(when))));
+        self
+    }
+
+    pub fn iqs(&mut self) -> &mut IqRules {
+        &mut self.iqs
+    }
+
+    pub fn rules(&self) -> &IqRules {
+        &self.iqs
+    }
+
+    pub(crate) fn features_for<'a>(&'a self, info: &'a StreamInfo) -> impl Iterator<Item = &'a Element> {
+        self.features
+            .iter()
+            .filter(move |(_, when)| when.as_ref().is_none_or(|w| w(info)))
+            .map(|(f, _)| f)
+    }
+}
+
+/// Everything a client stream offers: the stage before authentication (legacy iq-auth lives
+/// there) and the stage of an authenticated, bound session.
+#[derive(Clone, Default)]
+pub struct Stream {
+    before_auth: Stage,
+    session: Stage,
+}
+
+impl Stream {
+    /// The stage before authentication.
+    pub fn before_auth(&mut self) -> &mut Stage {
+        &mut self.before_auth
+    }
+
+    /// Advertises a feature to authenticated streams.
+    pub fn feature(&mut self, feature: Element) -> &mut Stage {
+        self.session.feature(feature)
+    }
+
+    /// Rules for IQs from authenticated sessions.
+    pub fn iqs(&mut self) -> &mut IqRules {
+        self.session.iqs()
+    }
+
+    pub fn session_stage(&self) -> &Stage {
+        &self.session
+    }
+
+    pub fn before_auth_stage(&self) -> &Stage {
+        &self.before_auth
+    }
+}

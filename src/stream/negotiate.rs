@@ -1,0 +1,355 @@
+//! Stream negotiation (RFC 6120 §4–§7): header checks, features, STARTTLS, SASL hand-off,
+//! resource binding, and the gate that keeps stanzas out until the stream is authenticated.
+
+use std::rc::Rc;
+
+use jid::{FullJid, Jid};
+use rand::Rng;
+
+use super::Connection;
+use super::connection::Phase;
+use crate::iq::{Incoming, IqType, ReplyTo};
+use crate::stanza::{Condition, ErrorType, StreamError, error_reply};
+use crate::xml::parse::StreamHeader;
+use crate::xml::{Element, ns};
+
+/// Logs inbound XML with credentials redacted (SASL payloads, iq-auth passwords).
+pub(crate) fn log_in(conn: u64, bytes: &[u8]) {
+    tracing::info!(conn, "<< {}", redact(bytes));
+}
+
+pub(crate) fn log_out(conn: u64, bytes: &[u8]) {
+    tracing::info!(conn, ">> {}", redact(bytes));
+}
+
+fn redact(bytes: &[u8]) -> String {
+    let s = String::from_utf8_lossy(bytes);
+    if s.contains(ns::SASL) && (s.starts_with("<auth") || s.starts_with("<response") || s.starts_with("<challenge") || s.starts_with("<success")) {
+        let head = s.split('>').next().unwrap_or("");
+        return format!("{head}>[redacted]");
+    }
+    if s.contains(ns::IQ_AUTH) && s.contains("<password") {
+        return "<iq …jabber:iq:auth…>[redacted]".to_owned();
+    }
+    s.into_owned()
+}
+
+fn parse_version(v: &str) -> Option<(u32, u32)> {
+    let (maj, min) = v.split_once('.')?;
+    Some((maj.parse().ok()?, min.parse().ok()?))
+}
+
+impl Connection {
+    pub(crate) fn send_header(&self, client_from: Option<&str>) {
+        let (domain, version1) = {
+            let st = self.state.borrow();
+            (st.domain.clone(), st.version1)
+        };
+        let id: String = rand::thread_rng()
+            .sample_iter(&rand::distributions::Alphanumeric)
+            .take(16)
+            .map(char::from)
+            .collect();
+        let mut h = format!(
+            "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' id='{id}' from='{}'",
+            quick_xml::escape::escape(domain.as_str())
+        );
+        if let Some(to) = client_from {
+            h.push_str(&format!(" to='{}'", quick_xml::escape::escape(to)));
+        }
+        if version1 {
+            h.push_str(" version='1.0'");
+        }
+        h.push_str(" xml:lang='en'>");
+        self.state.borrow_mut().header_sent = true;
+        self.send_raw(h.as_bytes());
+    }
+
+    pub(crate) fn on_header(self: &Rc<Self>, h: StreamHeader) {
+        let Some(server) = self.server() else { return };
+        // Version first: a 0.9 client gets a reply without version and no SASL features.
+        let version = h.version.as_deref().map(parse_version);
+        let version1 = match version {
+            None => false,
+            Some(Some((maj, _))) if maj == 1 => true,
+            Some(Some((maj, _))) if maj == 0 => false,
+            Some(Some(_)) => {
+                self.state.borrow_mut().version1 = true;
+                self.close(Some((StreamError::UnsupportedVersion, Some("this server speaks XMPP 1.0".into()))));
+                return;
+            }
+            Some(None) => {
+                self.close(Some((StreamError::BadFormat, Some("unparseable version".into()))));
+                return;
+            }
+        };
+        let restart = {
+            let mut st = self.state.borrow_mut();
+            st.version1 = version1;
+            st.scope = h.scope.clone();
+            st.phase = Phase::Open;
+            st.headers = st.headers.saturating_add(1);
+            st.headers > 1
+        };
+        let requested = h.to.clone().unwrap_or_else(|| server.config.default_domain().to_owned());
+        let domain = jid::BareJid::new(&requested).ok().map(|j| j.to_string());
+        let hosted = domain.as_deref().filter(|d| server.config.is_hosted(d)).map(str::to_owned);
+        if let Some(d) = &hosted
+            && !restart
+        {
+            self.state.borrow_mut().domain = d.clone();
+        }
+        // The header goes out before any error (RFC 6120 §4.9.1.1); on restart a fresh one.
+        self.state.borrow_mut().header_sent = false;
+        self.send_header(h.from.as_deref());
+
+        if h.name != "stream" || h.ns != ns::STREAMS {
+            self.close(Some((StreamError::InvalidNamespace, Some("the root element must be stream:stream".into()))));
+            return;
+        }
+        if h.content_ns() != Some(ns::CLIENT) {
+            self.close(Some((StreamError::InvalidNamespace, Some("this port serves jabber:client".into()))));
+            return;
+        }
+        let current_domain = self.state.borrow().domain.clone();
+        match hosted {
+            Some(d) if d == current_domain => {}
+            _ => {
+                self.close(Some((StreamError::HostUnknown, Some(format!("{requested} is not served here")))));
+                return;
+            }
+        }
+        self.send_features(version1);
+    }
+
+    fn send_features(&self, version1: bool) {
+        let Some(server) = self.server() else { return };
+        let info = self.info();
+        let (authenticated, bound) = {
+            let st = self.state.borrow();
+            (st.authenticated.is_some(), st.jid.is_some())
+        };
+        let mut features = Element::new("features", ns::STREAMS);
+        if !authenticated && !bound {
+            if version1 {
+                if !info.secure {
+                    let mut starttls = Element::new("starttls", ns::TLS);
+                    if !info.plaintext_ok {
+                        starttls.push(Element::new("required", ns::TLS));
+                    }
+                    features.push(starttls);
+                }
+                if info.plaintext_ok {
+                    let mut mechs = Element::new("mechanisms", ns::SASL);
+                    for m in super::sasl::mechanisms(&info) {
+                        mechs.push(Element::new("mechanism", ns::SASL).text(m));
+                    }
+                    features.push(mechs);
+                }
+            }
+            for f in server.stream.before_auth_stage().features_for(&info) {
+                features.push(f.clone());
+            }
+        } else if !bound {
+            features.push(Element::new("bind", ns::BIND));
+            features.push(Element::new("session", ns::SESSION).child(Element::new("optional", ns::SESSION)));
+            for f in server.stream.session_stage().features_for(&info) {
+                features.push(f.clone());
+            }
+        }
+        self.send(&features);
+    }
+
+    pub(crate) fn on_element(self: &Rc<Self>, el: Element) {
+        let (authenticated, bound) = {
+            let st = self.state.borrow();
+            (st.authenticated.is_some(), st.jid.is_some())
+        };
+        match (el.ns.as_str(), el.name.as_str()) {
+            (ns::CLIENT, "iq" | "message" | "presence") => {
+                if bound {
+                    if let Some(server) = self.server() {
+                        server.route_from_client(self, el);
+                    }
+                } else if el.name == "iq" && authenticated {
+                    self.on_unbound_iq(el);
+                } else if el.name == "iq" && !authenticated && self.before_auth_rule(&el) {
+                    // handled
+                } else {
+                    self.close(Some((StreamError::NotAuthorized, Some("authenticate first".into()))));
+                }
+            }
+            (ns::TLS, "starttls") => self.on_starttls(),
+            (ns::SASL, _) if !authenticated && !bound => self.on_sasl(el),
+            (ns::SASL, _) => self.close(Some((StreamError::PolicyViolation, Some("already authenticated".into())))),
+            ("jabber:server" | "jabber:component:accept", _) => {
+                self.close(Some((StreamError::InvalidNamespace, None)));
+            }
+            _ => self.close(Some((StreamError::UnsupportedStanzaType, Some(format!("<{} xmlns='{}'/>", el.name, el.ns))))),
+        }
+    }
+
+    fn on_starttls(self: &Rc<Self>) {
+        let Some(server) = self.server() else { return };
+        let (secure, authenticated) = {
+            let st = self.state.borrow();
+            (st.tls.is_some(), st.authenticated.is_some() || st.jid.is_some())
+        };
+        if secure || authenticated {
+            self.send(&Element::new("failure", ns::TLS));
+            self.close(None);
+            return;
+        }
+        self.send_raw_cleartext(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+        let mut tls = match rustls::ServerConnection::new(server.tls.clone()) {
+            Ok(t) => Box::new(t),
+            Err(e) => {
+                tracing::error!("TLS setup failed: {e}");
+                self.close(Some((StreamError::InternalServerError, None)));
+                return;
+            }
+        };
+        // Anything the client pipelined after <starttls/> is already TLS handshake data.
+        let rest = self.take_unconsumed();
+        if !rest.is_empty() {
+            let mut slice = &rest[..];
+            while !slice.is_empty() {
+                if tls.read_tls(&mut slice).is_err() {
+                    break;
+                }
+            }
+            if tls.process_new_packets().is_err() {
+                self.teardown();
+                return;
+            }
+        }
+        let mut st = self.state.borrow_mut();
+        st.tls = Some(tls);
+        st.phase = Phase::AwaitHeader;
+        st.header_sent = false;
+    }
+
+    /// A stream restart (after SASL success): a new header is expected next.
+    pub(crate) fn restart_stream(&self) {
+        let mut st = self.state.borrow_mut();
+        let at = st.framer.consumed();
+        st.framer.restart(at);
+        st.phase = Phase::AwaitHeader;
+        st.header_sent = false;
+    }
+
+    /// IQ before authentication: only rules of the before-auth stage (legacy iq-auth) apply.
+    fn before_auth_rule(self: &Rc<Self>, el: &Element) -> bool {
+        let Some(server) = self.server() else { return false };
+        let Some((kind, payload)) = request_parts(el) else { return false };
+        let Some(handler) = server.stream.before_auth_stage().rules().find(&payload.ns, &payload.name, kind) else {
+            return false;
+        };
+        let Some(id) = el.get_attr("id") else { return false };
+        let iq = Incoming::new(
+            server.clone(),
+            ReplyTo::Stream(Rc::downgrade(self)),
+            id.to_owned(),
+            kind,
+            None,
+            None,
+            el.get_attr("xml:lang").map(str::to_owned),
+            payload.clone(),
+        );
+        handler(iq);
+        true
+    }
+
+    /// IQs after SASL but before a resource is bound: bind and session only.
+    fn on_unbound_iq(self: &Rc<Self>, el: Element) {
+        if let Some(bind) = el.get_child("bind", ns::BIND)
+            && el.get_attr("type") == Some("set")
+        {
+            let resource = bind.child_text("resource", ns::BIND).filter(|r| !r.is_empty());
+            let id = el.get_attr("id").unwrap_or("").to_owned();
+            match self.bind_resource(resource.as_deref()) {
+                Ok(full) => {
+                    let reply = Element::stanza("iq").attr("type", "result").attr("id", id).child(
+                        Element::new("bind", ns::BIND).child(Element::new("jid", ns::BIND).text(full.to_string())),
+                    );
+                    self.send(&reply);
+                }
+                Err((cond, text)) => {
+                    if let Some(reply) = error_reply(&el, cond.default_type(), cond, Some(text)) {
+                        self.send(&reply);
+                    }
+                }
+            }
+        } else if el.get_child("session", ns::SESSION).is_some() {
+            // RFC 3921 session establishment is a no-op kept for old clients.
+            let id = el.get_attr("id").unwrap_or("");
+            self.send(&Element::stanza("iq").attr("type", "result").attr("id", id));
+        } else {
+            self.close(Some((StreamError::NotAuthorized, Some("bind a resource first".into()))));
+        }
+    }
+
+    /// Binds `resource` (or a generated one) for the authenticated account. A session already
+    /// using that resource is replaced (RFC 6120 §7.7.2.2): it gets a `conflict` stream error.
+    pub fn bind_resource(self: &Rc<Self>, resource: Option<&str>) -> Result<FullJid, (Condition, &'static str)> {
+        let Some(server) = self.server() else {
+            return Err((Condition::InternalServerError, "server is shutting down"));
+        };
+        let Some(bare) = self.state.borrow().authenticated.clone() else {
+            return Err((Condition::NotAuthorized, "not authenticated"));
+        };
+        let resource = match resource {
+            Some(r) => r.to_owned(),
+            None => {
+                let n: u64 = rand::thread_rng().r#gen();
+                format!("wockd-{n:016x}")
+            }
+        };
+        let full = FullJid::new(&format!("{bare}/{resource}")).map_err(|_| (Condition::BadRequest, "invalid resource"))?;
+        server.bind_session(self, full.clone());
+        self.state.borrow_mut().jid = Some(full.clone());
+        Ok(full)
+    }
+
+    /// Marks the stream authenticated as `bare` (SASL success or legacy auth).
+    pub fn set_authenticated(&self, bare: jid::BareJid) {
+        self.state.borrow_mut().authenticated = Some(bare);
+    }
+
+    pub fn domain(&self) -> String {
+        self.state.borrow().domain.clone()
+    }
+}
+
+/// Splits a get/set IQ into its type and single payload; `None` when it is not a well-formed
+/// request (the router answers those with `bad-request`).
+pub(crate) fn request_parts(el: &Element) -> Option<(IqType, &Element)> {
+    let kind = match el.get_attr("type")? {
+        "get" => IqType::Get,
+        "set" => IqType::Set,
+        _ => return None,
+    };
+    let mut children = el.elements();
+    let payload = children.next()?;
+    if children.next().is_some() {
+        return None;
+    }
+    Some((kind, payload))
+}
+
+/// The `to` of a stanza, parsed; `Err` when present but malformed.
+pub(crate) fn parse_to(el: &Element) -> Result<Option<Jid>, ()> {
+    match el.get_attr("to") {
+        None => Ok(None),
+        Some(s) => Jid::new(s).map(Some).map_err(|_| ()),
+    }
+}
+
+pub(crate) fn stanza_error(el: &Element, cond: Condition, text: &str) -> Option<Element> {
+    error_reply(el, cond.default_type(), cond, Some(text))
+}
+
+#[allow(dead_code)]
+pub(crate) fn modify_error(el: &Element, cond: Condition) -> Option<Element> {
+    error_reply(el, ErrorType::Modify, cond, None)
+}

@@ -1,0 +1,225 @@
+//! SASL negotiation (RFC 6120 §6): SCRAM-SHA-256, SCRAM-SHA-1 and PLAIN against the stored
+//! SCRAM keys. PLAIN is offered only where plaintext passwords may travel (TLS, or a listener
+//! configured as trusted loopback).
+
+use std::rc::Rc;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use jid::BareJid;
+
+use super::{Connection, StreamInfo};
+use crate::auth::plain;
+use crate::auth::scram::{Hash, ScramServer};
+use crate::server::Server;
+use crate::stanza::StreamError;
+use crate::xml::{Element, ns};
+
+/// Mechanisms in order of preference.
+pub(crate) fn mechanisms(info: &StreamInfo) -> Vec<&'static str> {
+    let mut m = vec!["SCRAM-SHA-256", "SCRAM-SHA-1"];
+    if info.plaintext_ok {
+        m.push("PLAIN");
+    }
+    m
+}
+
+/// A SCRAM exchange in progress.
+pub(crate) struct SaslState {
+    scram: ScramServer,
+    hash: Hash,
+    username: Option<String>,
+    awaiting_final: bool,
+}
+
+fn failure(condition: &str, text: Option<&str>) -> Element {
+    let mut f = Element::new("failure", ns::SASL).child(Element::new(condition, ns::SASL));
+    if let Some(t) = text {
+        f.push(Element::new("text", ns::SASL).attr("xml:lang", "en").text(t));
+    }
+    f
+}
+
+fn challenge(data: &[u8]) -> Element {
+    Element::new("challenge", ns::SASL).text(B64.encode(data))
+}
+
+/// Decodes a SASL payload: empty element = no data, `=` = empty data (RFC 6120 §6.4.2).
+fn decode_payload(el: &Element) -> Result<Option<Vec<u8>>, ()> {
+    let text = el.text_content();
+    let text = text.trim();
+    match text {
+        "" => Ok(None),
+        "=" => Ok(Some(Vec::new())),
+        t => B64.decode(t).map(Some).map_err(|_| ()),
+    }
+}
+
+/// Normalises a SASL authcid into the account's local part (nodeprep via the `jid` crate).
+fn account_for(username: &str, domain: &str) -> Option<BareJid> {
+    BareJid::new(&format!("{username}@{domain}")).ok()
+}
+
+impl Connection {
+    pub(crate) fn on_sasl(self: &Rc<Self>, el: Element) {
+        let Some(server) = self.server() else { return };
+        let info = self.info();
+        if !info.plaintext_ok {
+            // TLS is mandatory on this listener and was not negotiated.
+            self.send(&failure("encryption-required", None));
+            return;
+        }
+        match el.name.as_str() {
+            "auth" => self.on_sasl_auth(&server, &info, &el),
+            "response" => self.on_sasl_response(&server, &el),
+            "abort" => {
+                self.state.borrow_mut().sasl = None;
+                self.sasl_failed(&server, "aborted", None);
+            }
+            _ => self.close(Some((StreamError::UnsupportedStanzaType, None))),
+        }
+    }
+
+    fn on_sasl_auth(self: &Rc<Self>, server: &Rc<Server>, info: &StreamInfo, el: &Element) {
+        let mech = el.get_attr("mechanism").unwrap_or("");
+        if !mechanisms(info).contains(&mech) {
+            self.sasl_failed(server, "invalid-mechanism", None);
+            return;
+        }
+        let Ok(initial) = decode_payload(el) else {
+            self.sasl_failed(server, "incorrect-encoding", None);
+            return;
+        };
+        if mech == "PLAIN" {
+            match initial {
+                Some(data) => self.sasl_plain(server, &data),
+                None => {
+                    // Empty challenge; the client answers with its credentials.
+                    self.state.borrow_mut().plain_pending = true;
+                    self.send(&Element::new("challenge", ns::SASL));
+                }
+            }
+            return;
+        }
+        let Some(hash) = Hash::from_mechanism(mech) else {
+            self.sasl_failed(server, "invalid-mechanism", None);
+            return;
+        };
+        self.state.borrow_mut().sasl = Some(Box::new(SaslState {
+            scram: ScramServer::new(hash).with_unknown_user_iterations(server.config.auth.scram_iterations),
+            hash,
+            username: None,
+            awaiting_final: false,
+        }));
+        match initial {
+            Some(data) => self.scram_step(server, &data),
+            None => self.send(&Element::new("challenge", ns::SASL)),
+        }
+    }
+
+    fn on_sasl_response(self: &Rc<Self>, server: &Rc<Server>, el: &Element) {
+        let Ok(data) = decode_payload(el) else {
+            self.sasl_failed(server, "incorrect-encoding", None);
+            return;
+        };
+        let data = data.unwrap_or_default();
+        if std::mem::take(&mut self.state.borrow_mut().plain_pending) {
+            self.sasl_plain(server, &data);
+            return;
+        }
+        if self.state.borrow().sasl.is_none() {
+            self.sasl_failed(server, "malformed-request", Some("no exchange in progress"));
+            return;
+        }
+        self.scram_step(server, &data);
+    }
+
+    fn scram_step(self: &Rc<Self>, server: &Rc<Server>, data: &[u8]) {
+        let domain = self.domain();
+        let Some(mut sasl) = self.state.borrow_mut().sasl.take() else { return };
+        if !sasl.awaiting_final {
+            let first = match sasl.scram.client_first(data) {
+                Ok(f) => f,
+                Err(e) => return self.sasl_failed(server, e.condition(), None),
+            };
+            let Some(account) = account_for(&first.username, &domain) else {
+                return self.sasl_failed(server, "not-authorized", None);
+            };
+            if let Some(authzid) = &first.authzid
+                && BareJid::new(authzid).ok().as_ref() != Some(&account)
+            {
+                return self.sasl_failed(server, "invalid-authzid", None);
+            }
+            let node = account.node().map(|n| n.to_string()).unwrap_or_default();
+            let keys = server.store.account_keys(&node, &domain, sasl.hash).ok().flatten();
+            let reply = match keys {
+                Some(k) => sasl.scram.server_first(k),
+                // Same shape of answer for unknown users: existence is not revealed here.
+                None => sasl.scram.server_first_unknown_user(&node),
+            };
+            sasl.username = Some(node);
+            sasl.awaiting_final = true;
+            self.send(&challenge(&reply));
+            self.state.borrow_mut().sasl = Some(sasl);
+        } else {
+            match sasl.scram.client_final(data) {
+                Ok(server_final) => {
+                    let username = sasl.username.unwrap_or_default();
+                    let Some(account) = account_for(&username, &domain) else {
+                        return self.sasl_failed(server, "not-authorized", None);
+                    };
+                    self.sasl_succeeded(account, Some(&server_final));
+                }
+                Err(e) => self.sasl_failed(server, e.condition(), None),
+            }
+        }
+    }
+
+    fn sasl_plain(self: &Rc<Self>, server: &Rc<Server>, data: &[u8]) {
+        let domain = self.domain();
+        let creds = match plain::parse(data) {
+            Ok(c) => c,
+            Err(_) => return self.sasl_failed(server, "malformed-request", None),
+        };
+        let Some(account) = account_for(creds.authcid, &domain) else {
+            return self.sasl_failed(server, "not-authorized", None);
+        };
+        if let Some(authzid) = creds.authzid
+            && BareJid::new(authzid).ok().as_ref() != Some(&account)
+        {
+            return self.sasl_failed(server, "invalid-authzid", None);
+        }
+        if server.check_password(&account, creds.password) {
+            self.sasl_succeeded(account, None);
+        } else {
+            self.sasl_failed(server, "not-authorized", None);
+        }
+    }
+
+    fn sasl_succeeded(self: &Rc<Self>, account: BareJid, additional: Option<&[u8]>) {
+        tracing::info!(conn = self.id, %account, "authenticated");
+        let mut success = Element::new("success", ns::SASL);
+        if let Some(data) = additional {
+            success.children.push(crate::xml::Node::Text(B64.encode(data)));
+        }
+        self.state.borrow_mut().sasl = None;
+        self.set_authenticated(account);
+        self.send(&success);
+        self.restart_stream();
+    }
+
+    fn sasl_failed(self: &Rc<Self>, server: &Rc<Server>, condition: &str, text: Option<&str>) {
+        let failures = {
+            let mut st = self.state.borrow_mut();
+            st.sasl = None;
+            st.plain_pending = false;
+            st.sasl_failures += 1;
+            st.sasl_failures
+        };
+        tracing::info!(conn = self.id, peer = %self.peer, "SASL failure: {condition}");
+        self.send(&failure(condition, text));
+        if condition != "aborted" && failures >= server.config.auth.max_failures {
+            self.close(Some((StreamError::PolicyViolation, Some("too many failed authentication attempts".into()))));
+        }
+    }
+}

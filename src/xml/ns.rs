@@ -1,0 +1,15 @@
+//! Namespace names used across the server, in one place so a typo cannot split a feature.
+
+pub const CLIENT: &str = "jabber:client";
+pub const STREAMS: &str = "http://etherx.jabber.org/streams";
+pub const STREAM_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
+pub const STANZA_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
+pub const TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
+pub const SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
+pub const BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
+pub const SESSION: &str = "urn:ietf:params:xml:ns:xmpp-session";
+pub const IQ_AUTH: &str = "jabber:iq:auth";
+pub const IQ_AUTH_FEATURE: &str = "http://jabber.org/features/iq-auth";
+pub const XML: &str = "http://www.w3.org/XML/1998/namespace";
+pub const PING: &str = "urn:xmpp:ping";
+pub const TORRENT: &str = "http://wockd.org/ns/torrent";
