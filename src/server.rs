@@ -40,6 +40,8 @@ pub struct Server {
     flush_queue: RefCell<Vec<u64>>,
     listeners: RefCell<Vec<(TcpListener, Source)>>,
     timers: RefCell<Vec<Source>>,
+    /// Per-module state, one value per type (see [`Server::ext`]).
+    ext: RefCell<HashMap<std::any::TypeId, Rc<dyn std::any::Any>>>,
     started: Instant,
 }
 
@@ -63,6 +65,7 @@ impl Server {
             flush_queue: RefCell::new(Vec::new()),
             listeners: RefCell::new(Vec::new()),
             timers: RefCell::new(Vec::new()),
+            ext: RefCell::new(HashMap::new()),
             started: Instant::now(),
         }))
     }
@@ -205,6 +208,31 @@ impl Server {
         for c in conns {
             c.housekeeping(now);
         }
+    }
+
+    /// The module state of type `T`, made with `T::default()` on first use. Modules keep their
+    /// own state here instead of in this struct, so a new module touches no shared file.
+    pub fn ext<T: Default + 'static>(&self) -> Rc<T> {
+        let id = std::any::TypeId::of::<T>();
+        if let Some(v) = self.ext.borrow().get(&id)
+            && let Ok(t) = v.clone().downcast::<T>()
+        {
+            return t;
+        }
+        let t = Rc::new(T::default());
+        self.ext.borrow_mut().insert(id, t.clone());
+        t
+    }
+
+    /// Runs `f` after `delay` on the main loop (timeouts of modules).
+    pub fn after(&self, delay: Duration, f: impl FnOnce() + 'static) -> Source {
+        let mut f = Some(f);
+        source::every(delay, move || {
+            if let Some(f) = f.take() {
+                f();
+            }
+            ControlFlow::Break
+        })
     }
 
     pub fn uptime(&self) -> Duration {

@@ -1,11 +1,21 @@
 //! Server modules, one feature per file. Each has `install(s: &mut Stream)` that registers its
 //! stream features and IQ rules — the seed's `stream_auth(s)` / `stream_torrent(s)` shape.
 
+pub mod blocking;
+pub mod disco;
 pub mod iq_auth;
+pub mod last;
 pub mod message;
+pub mod offline;
 pub mod ping;
 pub mod presence;
+pub mod private;
+pub mod register;
+pub mod roster;
 pub mod session;
+pub mod time;
+pub mod vcard;
+pub mod version;
 
 use crate::stream::Stream;
 
@@ -14,4 +24,15 @@ pub fn install_all(s: &mut Stream) {
     iq_auth::install(s);
     session::install(s);
     ping::install(s);
+    roster::install(s);
+    presence::install(s);
+    offline::install(s);
+    disco::install(s);
+    vcard::install(s);
+    private::install(s);
+    blocking::install(s);
+    register::install(s);
+    version::install(s);
+    time::install(s);
+    last::install(s);
 }

@@ -5,8 +5,11 @@ use std::rc::Rc;
 use jid::{BareJid, FullJid};
 
 use crate::server::Server;
+use crate::stream::Stream;
 use crate::stream::Connection;
 use crate::xml::{Element, ns};
+
+pub fn install(_s: &mut Stream) {}
 
 /// Presence without `to`: the session's own availability.
 pub fn own_presence(server: &Rc<Server>, _conn: &Rc<Connection>, from: &FullJid, el: Element) {

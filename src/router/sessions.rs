@@ -13,6 +13,10 @@ pub struct Session {
     pub conn: Weak<Connection>,
     /// Presence priority; `None` until the resource sends initial presence (not available).
     pub priority: Option<i8>,
+    /// The last available presence the resource broadcast (sent again to new subscribers).
+    pub presence: Option<crate::xml::Element>,
+    /// The resource requested the roster (RFC 6121 §2.1.6: it gets roster pushes).
+    pub roster_requested: bool,
 }
 
 impl Session {
@@ -39,6 +43,8 @@ impl Sessions {
             jid,
             conn: Rc::downgrade(conn),
             priority: None,
+            presence: None,
+            roster_requested: false,
         });
         old
     }

@@ -44,6 +44,12 @@ pub(super) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (account, mechanism)
     );
     "#,
+    // 2: rosters (src/store/roster.rs).
+    super::roster::SCHEMA,
+    // 3: the mailbox (src/store/mailbox.rs).
+    super::mailbox::SCHEMA,
+    // 4: vCards, private XML, blocklists, last activity (src/store/xeps.rs).
+    super::xeps::SCHEMA,
 ];
 
 /// Brings the schema of `conn` up to date with [`MIGRATIONS`].

@@ -56,7 +56,10 @@
 //! in between.
 
 mod accounts;
+pub mod mailbox;
 mod migrations;
+pub mod roster;
+pub mod xeps;
 
 use std::fs::{DirBuilder, File, OpenOptions, Permissions};
 use std::io;

@@ -1,0 +1,230 @@
+//! Test harness: a real wockd on ephemeral loopback ports, on its own thread with its own glib
+//! main context, plus a small raw-socket XMPP client for byte-level tests.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use wockd::config::{Config, Listener};
+use wockd::stream::Stream;
+
+pub const DOMAIN: &str = "localhost";
+
+/// A running server. Dropping it shuts the server down and joins its thread.
+pub struct TestServer {
+    /// Plain listener marked trusted loopback (PLAIN and iq-auth allowed without TLS).
+    pub trusted: SocketAddr,
+    /// Plain listener that requires STARTTLS before authentication.
+    pub untrusted: SocketAddr,
+    /// XEP-0368 direct TLS listener.
+    pub direct_tls: SocketAddr,
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    stop: Option<async_channel::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+pub fn test_config(dir: &Path) -> Config {
+    let mut c = Config::default();
+    c.domains = vec![DOMAIN.to_owned()];
+    c.data_dir = Some(dir.to_owned());
+    let l = |trusted, tls| Listener {
+        address: "127.0.0.1:0".parse().unwrap(),
+        direct_tls: tls,
+        trusted_loopback: trusted,
+    };
+    c.listen = vec![l(true, false), l(false, false), l(false, true)];
+    c.log.level = "warn".into();
+    c
+}
+
+impl TestServer {
+    pub fn start() -> TestServer {
+        Self::start_with(|_| {}, |_| {})
+    }
+
+    /// Starts a server; `tweak` edits the config, `install` adds test rules to the stream.
+    pub fn start_with(
+        tweak: impl FnOnce(&mut Config) + Send + 'static,
+        install: impl FnOnce(&mut Stream) + Send + 'static,
+    ) -> TestServer {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_owned();
+        let mut s = Self::start_in(&dir, tweak, install);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// Starts a server on an existing data directory (for restart tests).
+    pub fn start_in(
+        dir: &Path,
+        tweak: impl FnOnce(&mut Config) + Send + 'static,
+        install: impl FnOnce(&mut Stream) + Send + 'static,
+    ) -> TestServer {
+        let _ = tracing_subscriber_init();
+        let mut config = test_config(dir);
+        tweak(&mut config);
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = async_channel::bounded::<()>(1);
+        let thread = std::thread::spawn(move || {
+            let ctx = glib::MainContext::new();
+            ctx.with_thread_default(|| {
+                let store = wockd::store::Store::open(&config.database_path()).unwrap();
+                let server = wockd::server::Server::new(config, store, |s| {
+                    wockd::modules::install_all(s);
+                    install(s);
+                })
+                .unwrap();
+                let bound = server.start().unwrap();
+                addr_tx.send(bound).unwrap();
+                let main_loop = glib::MainLoop::new(Some(&ctx), false);
+                let ml = main_loop.clone();
+                let srv = server.clone();
+                ctx.spawn_local(async move {
+                    let _ = stop_rx.recv().await;
+                    srv.shutdown();
+                    ml.quit();
+                });
+                main_loop.run();
+                drop(server);
+            })
+            .unwrap();
+        });
+        let bound = addr_rx.recv_timeout(Duration::from_secs(30)).expect("server did not start");
+        TestServer {
+            trusted: bound[0].0,
+            untrusted: bound[1].0,
+            direct_tls: bound[2].0,
+            dir: dir.to_owned(),
+            _tmp: None,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// Creates an account through the same store API the CLI uses.
+    pub fn add_user(&self, name: &str, password: &str) {
+        let store = wockd::store::Store::open(&self.dir.join("wockd.sqlite")).unwrap();
+        use wockd::auth::scram::{Hash, new_keys};
+        let keys = vec![
+            (Hash::Sha1, new_keys(Hash::Sha1, password, 4096).unwrap()),
+            (Hash::Sha256, new_keys(Hash::Sha256, password, 4096).unwrap()),
+        ];
+        store.create_account(name, DOMAIN, &keys).unwrap();
+    }
+
+    /// The self-signed certificate the server made (PEM), for clients to trust.
+    pub fn cert_path(&self) -> PathBuf {
+        self.dir.join("tls").join("cert.pem")
+    }
+
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send_blocking(());
+        }
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn tracing_subscriber_init() -> Result<(), ()> {
+    if std::env::var_os("WOCKD_TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_env("WOCKD_TEST_LOG"))
+            .with_test_writer()
+            .try_init();
+    }
+    Ok(())
+}
+
+/// A raw-socket client: writes bytes, reads until a predicate on the accumulated text holds.
+pub struct Raw {
+    pub sock: TcpStream,
+    pub buf: String,
+}
+
+pub const HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>";
+
+impl Raw {
+    pub fn connect(addr: SocketAddr) -> Raw {
+        let sock = TcpStream::connect(addr).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        Raw { sock, buf: String::new() }
+    }
+
+    pub fn send(&mut self, s: &str) {
+        self.sock.write_all(s.as_bytes()).unwrap();
+    }
+
+    /// Reads until `needle` appears in the unread text; returns the text up to and including
+    /// it and keeps the rest. Panics after 10 s.
+    pub fn until(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(i) = self.buf.find(needle) {
+                let end = i + needle.len();
+                let out = self.buf[..end].to_owned();
+                self.buf.drain(..end);
+                return out;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {needle:?}; have {:?}", self.buf);
+            let mut chunk = [0u8; 65536];
+            match self.sock.read(&mut chunk) {
+                Ok(0) => panic!("connection closed waiting for {needle:?}; have {:?}", self.buf),
+                Ok(n) => self.buf.push_str(&String::from_utf8_lossy(&chunk[..n])),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e) => panic!("read error: {e}"),
+            }
+        }
+    }
+
+    /// Reads until the server closes the connection; returns everything unread.
+    pub fn until_closed(&mut self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(Instant::now() < deadline, "server did not close; have {:?}", self.buf);
+            let mut chunk = [0u8; 65536];
+            match self.sock.read(&mut chunk) {
+                Ok(0) => return std::mem::take(&mut self.buf),
+                Ok(n) => self.buf.push_str(&String::from_utf8_lossy(&chunk[..n])),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    return std::mem::take(&mut self.buf);
+                }
+                Err(e) => panic!("read error: {e}"),
+            }
+        }
+    }
+
+    /// Opens a stream on a trusted listener and logs in with SASL PLAIN; returns after bind.
+    pub fn login_plain(addr: SocketAddr, user: &str, password: &str, resource: &str) -> Raw {
+        use base64::Engine;
+        let mut c = Raw::connect(addr);
+        c.send(HEADER);
+        c.until("</stream:features>");
+        let creds = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+        c.send(&format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{creds}</auth>"));
+        c.until("<success");
+        c.send(HEADER);
+        c.until("</stream:features>");
+        c.send(&format!(
+            "<iq type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{resource}</resource></bind></iq>"
+        ));
+        c.until("</iq>");
+        c
+    }
+}
