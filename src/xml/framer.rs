@@ -60,6 +60,10 @@ pub struct Framer {
     header_seen: bool,
     max_bytes: usize,
     max_depth: u32,
+    /// Names of the open elements, concatenated, so a mismatched end tag is caught here
+    /// rather than leaving the framer waiting for an end that never comes.
+    names: Vec<u8>,
+    name_starts: Vec<usize>,
 }
 
 impl Framer {
@@ -73,6 +77,8 @@ impl Framer {
             header_seen: false,
             max_bytes,
             max_depth,
+            names: Vec::new(),
+            name_starts: Vec::new(),
         }
     }
 
@@ -179,6 +185,9 @@ impl Framer {
                         b'/' => self.state = State::StartTag { quote: 0, slash: true },
                         b'>' => {
                             self.state = State::Content;
+                            if !slash {
+                                self.push_name(buf);
+                            }
                             if let Some(tok) = self.start_tag_done(slash)? {
                                 return Ok(Some(tok));
                             }
@@ -193,6 +202,7 @@ impl Framer {
                     Some(i) => {
                         self.pos += i + 1;
                         self.state = State::Content;
+                        self.pop_name(buf)?;
                         if let Some(tok) = self.end_tag_done()? {
                             return Ok(Some(tok));
                         }
@@ -233,6 +243,31 @@ impl Framer {
             return Err(FramerError::TooLarge(self.max_bytes));
         }
         Ok(None)
+    }
+
+    fn push_name(&mut self, buf: &[u8]) {
+        let tag = &buf[self.tag_start + 1..self.pos];
+        let end = tag
+            .iter()
+            .position(|b| b" \t\r\n/>".contains(b))
+            .unwrap_or(tag.len());
+        self.name_starts.push(self.names.len());
+        self.names.extend_from_slice(&tag[..end]);
+    }
+
+    fn pop_name(&mut self, buf: &[u8]) -> Result<(), FramerError> {
+        let name = buf[self.tag_start + 2..self.pos - 1].trim_ascii_end();
+        let Some(start) = self.name_starts.pop() else {
+            return Err(FramerError::NotWellFormed("end tag without start tag"));
+        };
+        if &self.names[start..] != name {
+            return Err(FramerError::NotWellFormed("mismatched end tag"));
+        }
+        self.names.truncate(start);
+        if self.names.is_empty() && self.names.capacity() > 256 {
+            self.names = Vec::new();
+        }
+        Ok(())
     }
 
     fn bang_error(&self, rest: &[u8]) -> FramerError {
