@@ -11,10 +11,13 @@ use std::path::PathBuf;
 /// Items whose names match this are bound; bindgen adds whatever they refer to.
 /// `serv_*` (server.h) and `xmlnode*` (xmlnode.h) are libpurple API that predates
 /// the `purple_` prefix.
-const ALLOW: &str = "purple_.*|Purple.*|PURPLE_.*|_Purple.*|serv_.*|xmlnode.*|_xmlnode.*";
+const ALLOW: &str =
+    "purple_.*|Purple.*|PURPLE_.*|_Purple.*|serv_.*|xmlnode.*|_xmlnode.*|wockd_.*|Wockd.*";
 
 fn main() {
     println!("cargo::rerun-if-changed=wrapper.h");
+    println!("cargo::rerun-if-changed=shim.h");
+    println!("cargo::rerun-if-changed=shim.c");
     println!("cargo::rerun-if-changed=build.rs");
     println!("cargo::rerun-if-env-changed=PKG_CONFIG_PATH");
 
@@ -34,8 +37,20 @@ fn main() {
     let include = env::join_paths(&purple.include_paths).expect("include path with a separator");
     println!("cargo::metadata=include={}", include.to_string_lossy());
 
+    // The va_list shim (see shim.h), compiled against the same headers.
+    let mut cc = cc::Build::new();
+    cc.file("shim.c").include(".").warnings(true);
+    for p in &purple.include_paths {
+        cc.include(p);
+    }
+    for (k, v) in &purple.defines {
+        cc.define(k, v.as_deref());
+    }
+    cc.compile("wockd_purple_shim");
+
     let bindings = bindgen::Builder::default()
         .header("wrapper.h")
+        .clang_arg("-I.")
         .clang_args(
             purple
                 .include_paths

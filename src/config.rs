@@ -90,6 +90,10 @@ pub struct Auth {
     pub legacy_auth: bool,
     /// Failed SASL attempts before the stream is closed.
     pub max_failures: u32,
+    /// Let anyone create an account in-band (XEP-0077) before logging in, on streams where
+    /// passwords may be sent (TLS or trusted loopback). Off by default: accounts are made with
+    /// `wockd adduser`. Changing one's password and deleting one's account are always allowed.
+    pub registration: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -147,6 +151,7 @@ impl Default for Auth {
             scram_iterations: 4096,
             legacy_auth: true,
             max_failures: 3,
+            registration: false,
         }
     }
 }

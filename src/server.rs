@@ -349,6 +349,13 @@ impl Server {
         self.services.borrow().get(domain).cloned()
     }
 
+    /// The domains of the registered services, sorted (XEP-0030 items of the server).
+    pub fn service_domains(&self) -> Vec<String> {
+        let mut domains: Vec<String> = self.services.borrow().keys().cloned().collect();
+        domains.sort();
+        domains
+    }
+
     pub(crate) fn route_from_client(self: &Rc<Self>, conn: &Rc<Connection>, el: Element) {
         router::route_from_client(self, conn, el);
     }

@@ -171,6 +171,7 @@ impl Connection {
         StreamInfo {
             secure,
             plaintext_ok: secure || self.trusted,
+            registration: self.server.upgrade().is_some_and(|s| s.config.auth.registration),
         }
     }
 

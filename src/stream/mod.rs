@@ -20,6 +20,9 @@ pub struct StreamInfo {
     pub secure: bool,
     /// Plaintext passwords may be sent here: TLS is active or the listener is trusted loopback.
     pub plaintext_ok: bool,
+    /// XEP-0077 account creation is enabled (`auth.registration`), so the register module can
+    /// advertise it before authentication.
+    pub registration: bool,
 }
 
 type Predicate = Rc<dyn Fn(&StreamInfo) -> bool>;
@@ -29,6 +32,8 @@ type Predicate = Rc<dyn Fn(&StreamInfo) -> bool>;
 pub struct Stage {
     features: Vec<(Element, Option<Predicate>)>,
     iqs: IqRules,
+    /// XEP-0030 features with no IQ rule behind them (e.g. `msgoffline`).
+    disco: Vec<String>,
 }
 
 impl Stage {
@@ -54,6 +59,20 @@ impl Stage {
 
     pub fn rules(&self) -> &IqRules {
         &self.iqs
+    }
+
+    /// Advertises `ns` in service discovery (XEP-0030) although no IQ rule answers it; namespaces
+    /// with a rule are advertised already.
+    pub fn disco_feature(&mut self, ns: &str) -> &mut Stage {
+        if !self.disco.iter().any(|f| f == ns) {
+            self.disco.push(ns.to_owned());
+        }
+        self
+    }
+
+    /// The features registered with [`Stage::disco_feature`].
+    pub fn disco_features(&self) -> impl Iterator<Item = &str> {
+        self.disco.iter().map(String::as_str)
     }
 
     pub(crate) fn features_for<'a>(&'a self, info: &'a StreamInfo) -> impl Iterator<Item = &'a Element> {
@@ -86,6 +105,11 @@ impl Stream {
     /// Rules for IQs from authenticated sessions.
     pub fn iqs(&mut self) -> &mut IqRules {
         self.session.iqs()
+    }
+
+    /// Advertises a server feature in service discovery that no IQ rule stands for.
+    pub fn disco_feature(&mut self, ns: &str) -> &mut Stage {
+        self.session.disco_feature(ns)
     }
 
     pub fn session_stage(&self) -> &Stage {

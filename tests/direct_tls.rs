@@ -1,0 +1,87 @@
+//! XEP-0368 direct TLS: TLS from the first byte, verified against the server's self-signed
+//! certificate (made on first run), then SASL PLAIN inside TLS on an untrusted listener.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{HEADER, TestServer};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+
+fn tls_client(srv: &TestServer) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(srv.cert_path()).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let conn = rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap()).unwrap();
+    let sock = TcpStream::connect(srv.direct_tls).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    rustls::StreamOwned::new(conn, sock)
+}
+
+fn read_until(s: &mut impl Read, buf: &mut String, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(i) = buf.find(needle) {
+            let out = buf[..i + needle.len()].to_owned();
+            buf.drain(..i + needle.len());
+            return out;
+        }
+        assert!(Instant::now() < deadline, "timeout waiting for {needle}: {buf}");
+        let mut chunk = [0u8; 16384];
+        match s.read(&mut chunk) {
+            Ok(0) => panic!("closed waiting for {needle}: {buf}"),
+            Ok(n) => buf.push_str(&String::from_utf8_lossy(&chunk[..n])),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+#[test]
+fn direct_tls_login_with_plain() {
+    use base64::Engine;
+    let srv = TestServer::start();
+    srv.add_user("alice", "pw");
+    let mut s = tls_client(&srv);
+    let mut buf = String::new();
+    s.write_all(HEADER.as_bytes()).unwrap();
+    let features = read_until(&mut s, &mut buf, "</stream:features>");
+    // Already encrypted: no STARTTLS offered, PLAIN allowed.
+    assert!(!features.contains("starttls"), "{features}");
+    assert!(features.contains("<mechanism>PLAIN</mechanism>"), "{features}");
+    let creds = base64::engine::general_purpose::STANDARD.encode("\0alice\0pw");
+    s.write_all(format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{creds}</auth>").as_bytes()).unwrap();
+    read_until(&mut s, &mut buf, "<success");
+    s.write_all(HEADER.as_bytes()).unwrap();
+    let features = read_until(&mut s, &mut buf, "</stream:features>");
+    assert!(features.contains("urn:ietf:params:xml:ns:xmpp-bind"), "{features}");
+    s.write_all(b"<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>").unwrap();
+    let bound = read_until(&mut s, &mut buf, "</iq>");
+    // A server-generated resource.
+    assert!(bound.contains("<jid>alice@localhost/"), "{bound}");
+    s.write_all(b"<iq type='set' id='s'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>").unwrap();
+    assert!(read_until(&mut s, &mut buf, "id=\"s\"/>").contains("result"));
+    s.write_all(b"</stream:stream>").unwrap();
+    assert!(read_until(&mut s, &mut buf, "</stream:stream>").contains("</stream:stream>"));
+}
+
+#[test]
+fn certificate_and_database_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let srv = TestServer::start();
+    for f in [srv.dir.join("tls/key.pem"), srv.dir.join("wockd.sqlite")] {
+        let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{} has mode {mode:o}", f.display());
+    }
+}
