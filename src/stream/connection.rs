@@ -325,10 +325,28 @@ impl Connection {
     // ---- output ---------------------------------------------------------------------------
 
     /// Queues a top-level element for the client. Written at the end of this loop turn.
+    /// Serialises straight into the output buffer (no per-stanza allocation on plain streams).
     pub fn send(&self, el: &Element) {
-        let mut buf = Vec::with_capacity(256);
-        el.write_to(&mut buf, crate::xml::ns::CLIENT);
-        self.send_raw(&buf);
+        let log_xml = self.server.upgrade().is_some_and(|s| s.config.log.xml);
+        let written = {
+            let mut st = self.state.borrow_mut();
+            if st.phase == Phase::Closed {
+                return;
+            }
+            if st.tls.is_none() && !log_xml {
+                el.write_to(&mut st.out, crate::xml::ns::CLIENT);
+                true
+            } else {
+                false
+            }
+        };
+        if written {
+            self.queue_flush();
+        } else {
+            let mut buf = Vec::with_capacity(256);
+            el.write_to(&mut buf, crate::xml::ns::CLIENT);
+            self.send_raw(&buf);
+        }
     }
 
     /// Queues raw bytes (stream header, closing tag, keepalive whitespace).
