@@ -39,14 +39,25 @@ where
     source
 }
 
-/// Calls `f` once when the loop is next idle: used to coalesce work (flushes, store batches)
-/// to one run per loop turn.
+/// Calls `f` once on the next loop iteration: used to coalesce work (output flushes) to one
+/// run per loop turn.
+///
+/// At `DEFAULT` priority, like the socket sources: glib dispatches only the most urgent ready
+/// priority, so an idle-priority flush would starve while sockets stay readable under load.
 pub fn idle_once<F>(f: F) -> Source
 where
     F: FnOnce() + 'static,
 {
+    idle_once_at(Priority::DEFAULT, f)
+}
+
+/// Like [`idle_once`] at another priority (the mailbox commits just before output flushes).
+pub fn idle_once_at<F>(priority: Priority, f: F) -> Source
+where
+    F: FnOnce() + 'static,
+{
     let mut guarded = ThreadGuard::new(Some(f));
-    let source = glib::idle_source_new(None, Priority::HIGH_IDLE, move || {
+    let source = glib::idle_source_new(None, priority, move || {
         if let Some(f) = guarded.get_mut().take() {
             f();
         }

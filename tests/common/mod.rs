@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use wockd::config::{Config, Listener};
 use wockd::stream::Stream;
 
+pub mod xmpp;
+
 pub const DOMAIN: &str = "localhost";
 
 /// A running server. Dropping it shuts the server down and joins its thread.
