@@ -193,6 +193,16 @@ impl Server {
         }
     }
 
+    /// Closes a connection on the next loop turn (from places that must not re-enter it).
+    pub(crate) fn queue_close(self: &Rc<Self>, id: u64) {
+        let weak = Rc::downgrade(self);
+        source::idle_once(move || {
+            if let Some(c) = weak.upgrade().and_then(|s| s.connection(id)) {
+                c.close(Some((StreamError::ResourceConstraint, Some("too many unacknowledged stanzas".into()))));
+            }
+        });
+    }
+
     fn flush_all(&self) {
         let ids = std::mem::take(&mut *self.flush_queue.borrow_mut());
         for id in ids {

@@ -49,6 +49,13 @@ impl Sessions {
         old
     }
 
+    /// Points an existing session at another connection (XEP-0198 resumption).
+    pub fn rebind(&mut self, jid: &FullJid, conn: &Rc<Connection>) {
+        if let Some(s) = self.get_mut(jid) {
+            s.conn = Rc::downgrade(conn);
+        }
+    }
+
     /// Removes the session of `conn` (if it is still the one bound to `jid`).
     pub fn unbind(&mut self, jid: &FullJid, conn_id: u64) -> bool {
         let bare = jid.to_bare();

@@ -45,6 +45,8 @@ pub(crate) enum Phase {
     Open,
     /// We sent `</stream:stream>`; waiting for the peer to finish.
     Closing,
+    /// The socket died with XEP-0198 resumption enabled: the session waits for `<resume/>`.
+    Hibernating,
     Closed,
 }
 
@@ -65,6 +67,8 @@ pub(crate) struct State {
     pub(crate) domain: String,
     pub(crate) sasl: Option<Box<SaslState>>,
     pub(crate) sasl_failures: u32,
+    /// XEP-0198 state, once the client enabled stream management.
+    pub(crate) sm: Option<Box<super::sm::SmState>>,
     /// SASL PLAIN was started without an initial response.
     pub(crate) plain_pending: bool,
     /// Stream headers received so far (restarts after STARTTLS and SASL count).
@@ -129,6 +133,7 @@ impl Connection {
                 domain: server.config.default_domain().to_owned(),
                 sasl: None,
                 sasl_failures: 0,
+                sm: None,
                 plain_pending: false,
                 headers: 0,
                 authenticated: None,
@@ -186,7 +191,7 @@ impl Connection {
             Ok(eof) => eof,
             Err(e) => {
                 tracing::debug!(conn = self.id, "read error: {e}");
-                self.teardown();
+                self.lost();
                 return;
             }
         };
@@ -198,7 +203,34 @@ impl Connection {
             self.process_input();
         }
         if eof {
-            self.teardown();
+            self.lost();
+        }
+    }
+
+    /// The TCP connection died (no `</stream:stream>`): the session hibernates if it can be
+    /// resumed (XEP-0198), else it ends.
+    pub(crate) fn lost(self: &Rc<Self>) {
+        if self.state.borrow().phase == Phase::Open && self.try_hibernate() {
+            self.close_quietly();
+            return;
+        }
+        self.teardown();
+    }
+
+    /// Releases the socket and its sources but keeps the session (hibernation, or a
+    /// connection whose session was taken over by `<resume/>`).
+    pub(crate) fn close_quietly(&self) {
+        let mut st = self.state.borrow_mut();
+        if let Some(s) = st.write_source.take() {
+            s.destroy();
+        }
+        let _ = st.sock.shutdown(Shutdown::Both);
+        st.inbuf = Vec::new();
+        st.out = Vec::new();
+        st.tls = None;
+        drop(st);
+        if let Some(s) = self.read_source.borrow_mut().take() {
+            s.destroy();
         }
     }
 
@@ -327,10 +359,16 @@ impl Connection {
     /// Queues a top-level element for the client. Written at the end of this loop turn.
     /// Serialises straight into the output buffer (no per-stanza allocation on plain streams).
     pub fn send(&self, el: &Element) {
+        if self.state.borrow().sm.is_some() && super::sm::is_stanza(el) && !self.sm_track(el) {
+            tracing::warn!(conn = self.id, "too many unacknowledged stanzas; ending the session");
+            if let Some(server) = self.server() {
+                server.queue_close(self.id);
+            }
+        }
         let log_xml = self.server.upgrade().is_some_and(|s| s.config.log.xml);
         let written = {
             let mut st = self.state.borrow_mut();
-            if st.phase == Phase::Closed {
+            if matches!(st.phase, Phase::Closed | Phase::Hibernating) {
                 return;
             }
             if st.tls.is_none() && !log_xml {
@@ -353,7 +391,7 @@ impl Connection {
     pub(crate) fn send_raw(&self, bytes: &[u8]) {
         {
             let mut st = self.state.borrow_mut();
-            if matches!(st.phase, Phase::Closed) {
+            if matches!(st.phase, Phase::Closed | Phase::Hibernating) {
                 return;
             }
             if let Some(server) = self.server.upgrade()
@@ -392,6 +430,10 @@ impl Connection {
     /// Writes pending output. Returns false if the connection failed.
     pub(crate) fn flush(&self) -> bool {
         self.flush_queued.set(false);
+        if self.state.borrow().phase == Phase::Open && self.sm_request() {
+            self.send_raw(b"<r xmlns='urn:xmpp:sm:3'/>");
+            self.flush_queued.set(false);
+        }
         let (blocked, failed, finished_closing, pending) = {
             let mut st = self.state.borrow_mut();
             let st = &mut *st;
@@ -446,7 +488,11 @@ impl Connection {
             (blocked, failed, finished_closing, pending)
         };
         if failed {
-            self.teardown();
+            if let Some(c) = self.server().and_then(|s| s.connection(self.id)) {
+                c.lost();
+            } else {
+                self.teardown();
+            }
             return false;
         }
         let _ = finished_closing;
@@ -512,10 +558,9 @@ impl Connection {
                 tls.send_close_notify();
             }
         }
-        // The session ends now: unavailable presence goes out, nothing more is routed here.
-        if let Some(server) = self.server.upgrade() {
-            server.session_ended(self);
-        }
+        // The session ends now: unavailable presence goes out, nothing more is routed here;
+        // what the client never acknowledged goes back to the mailbox.
+        self.end_session_with_requeue();
         self.flush();
     }
 
@@ -539,7 +584,11 @@ impl Connection {
             s.destroy();
         }
         if let Some(server) = self.server.upgrade() {
-            server.session_ended(self);
+            if let Some(me) = server.connection(self.id) {
+                me.end_session_with_requeue();
+            } else {
+                server.session_ended(self);
+            }
             server.forget_connection(self.id);
         }
     }
@@ -564,13 +613,29 @@ impl Connection {
                     self.close(Some((StreamError::ConnectionTimeout, Some("authentication took too long".into()))));
                 } else if silent > Duration::from_secs(limits.idle_timeout_secs) {
                     self.close(Some((StreamError::ConnectionTimeout, None)));
-                } else if bound && !keepalive_sent && silent > Duration::from_secs(limits.keepalive_secs) {
-                    // A write on a dead TCP connection fails: this is how dead peers are found.
-                    self.state.borrow_mut().keepalive_sent = true;
-                    self.send_raw(b" ");
+                } else if bound && silent > Duration::from_secs(limits.keepalive_secs) {
+                    // XEP-0199 §4.1: ping a silent client; any input (the pong or anything else)
+                    // clears `keepalive_sent`. No answer within min(keepalive, 60 s): dead peer.
+                    // Sent directly rather than with `send_iq`: a dead client never answers, and
+                    // its pending callback would be kept forever.
+                    let grace = Duration::from_secs(limits.keepalive_secs.clamp(1, 60));
+                    if !keepalive_sent {
+                        self.state.borrow_mut().keepalive_sent = true;
+                        if let Some(jid) = self.jid() {
+                            let ping = Element::stanza("iq")
+                                .attr("type", "get")
+                                .attr("id", format!("ping-{}-{}", self.id, (now - opened).as_secs()))
+                                .attr("from", jid.domain().as_str())
+                                .attr("to", jid.to_string())
+                                .child(Element::new("ping", crate::xml::ns::PING));
+                            self.send(&ping);
+                        }
+                    } else if silent > Duration::from_secs(limits.keepalive_secs) + grace {
+                        self.close(Some((StreamError::ConnectionTimeout, Some("no answer to ping".into()))));
+                    }
                 }
             }
-            Phase::Closed => {}
+            Phase::Closed | Phase::Hibernating => {}
         }
     }
 }

@@ -5,6 +5,7 @@
 mod connection;
 pub(crate) mod negotiate;
 mod sasl;
+pub mod sm;
 
 use std::rc::Rc;
 

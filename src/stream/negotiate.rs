@@ -153,6 +153,7 @@ impl Connection {
         } else if !bound {
             features.push(Element::new("bind", ns::BIND));
             features.push(Element::new("session", ns::SESSION).child(Element::new("optional", ns::SESSION)));
+            features.push(Element::new("sm", super::sm::NS));
             for f in server.stream.session_stage().features_for(&info) {
                 features.push(f.clone());
             }
@@ -168,6 +169,7 @@ impl Connection {
         match (el.ns.as_str(), el.name.as_str()) {
             (ns::CLIENT, "iq" | "message" | "presence") => {
                 if bound {
+                    self.sm_count_in();
                     if let Some(server) = self.server() {
                         server.route_from_client(self, el);
                     }
@@ -180,6 +182,7 @@ impl Connection {
                 }
             }
             (ns::TLS, "starttls") => self.on_starttls(),
+            (super::sm::NS, _) if authenticated || bound => self.on_sm(el),
             (ns::SASL, _) if !authenticated && !bound => self.on_sasl(el),
             (ns::SASL, _) => self.close(Some((StreamError::PolicyViolation, Some("already authenticated".into())))),
             ("jabber:server" | "jabber:component:accept", _) => {

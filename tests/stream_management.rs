@@ -1,0 +1,146 @@
+//! XEP-0198 stream management: acks, resumption after a dead TCP connection with every
+//! unacknowledged stanza replayed once, and a resumption timeout after which unacknowledged
+//! messages reach the mailbox.
+
+mod common;
+
+use common::{HEADER, Raw, TestServer};
+
+const SM: &str = "urn:xmpp:sm:3";
+
+fn attr(text: &str, name: &str) -> String {
+    let start = text.find(&format!("{name}=\"")).unwrap_or_else(|| panic!("no {name} in {text}")) + name.len() + 2;
+    text[start..].split('"').next().unwrap().to_owned()
+}
+
+/// Logs in, enables SM with resumption; returns the client and the resumption id.
+fn login_sm(srv: &TestServer, user: &str, res: &str, max: u32) -> (Raw, String) {
+    let mut c = Raw::login_plain(srv.trusted, user, "pw", res);
+    c.send(&format!("<enable xmlns='{SM}' resume='true' max='{max}'/>"));
+    let enabled = c.until("/>");
+    assert!(enabled.contains("<enabled") && enabled.contains("resume=\"true\""), "{enabled}");
+    let id = attr(&enabled, "id");
+    c.send("<presence/>");
+    (c, id)
+}
+
+/// Number of stanzas in `text` before `marker` (what a client has handled up to there).
+fn stanzas_before(text: &str, marker: &str) -> usize {
+    let at = text.find(marker).unwrap_or_else(|| panic!("{marker} not in {text}"));
+    // Up to the start of the stanza that holds the marker.
+    let upto = &text[..text[..at].rfind("<message").unwrap_or(0)];
+    ["<message", "<presence", "<iq"].iter().map(|t| upto.matches(t).count()).sum()
+}
+
+fn send_msgs(from: &mut Raw, to: &str, range: std::ops::Range<u32>) {
+    for i in range {
+        from.send(&format!("<message type='chat' to='{to}'><body>m{i}</body></message>"));
+    }
+}
+
+/// Authenticates a fresh stream without binding (for <resume/>).
+fn authenticated(srv: &TestServer, user: &str) -> Raw {
+    use base64::Engine;
+    let mut c = Raw::connect(srv.trusted);
+    c.send(HEADER);
+    c.until("</stream:features>");
+    let creds = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0pw"));
+    c.send(&format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{creds}</auth>"));
+    c.until("<success");
+    c.send(HEADER);
+    let f = c.until("</stream:features>");
+    assert!(f.contains(SM), "SM not offered: {f}");
+    c
+}
+
+#[test]
+fn acks_count_stanzas_both_ways() {
+    let srv = TestServer::start();
+    srv.add_user("alice", "pw");
+    let (mut a, _) = login_sm(&srv, "alice", "phone", 60);
+    // Three stanzas from the client (presence + two pings), then an ack request.
+    a.send("<iq type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq><iq type='get' id='p2'><ping xmlns='urn:xmpp:ping'/></iq>");
+    a.send(&format!("<r xmlns='{SM}'/>"));
+    let got = a.until(&format!("<a xmlns=\"{SM}\""));
+    assert!(got.contains("id=\"p2\""), "{got}");
+    let rest = a.until("/>");
+    assert_eq!(attr(&rest, "h"), "3", "{rest}");
+    // The server asks for acks of what it sent; acknowledging more than sent is an error.
+    a.send(&format!("<a xmlns='{SM}' h='99'/>"));
+    let all = a.until_closed();
+    assert!(all.contains("handled-count-too-high") && all.contains("undefined-condition"), "{all}");
+}
+
+#[test]
+fn resume_after_dead_tcp_replays_only_unacked() {
+    let srv = TestServer::start();
+    srv.add_user("alice", "pw");
+    srv.add_user("bob", "pw");
+    let (mut phone, id) = login_sm(&srv, "alice", "phone", 60);
+    let mut bob = Raw::login_plain(srv.trusted, "bob", "pw", "b");
+    send_msgs(&mut bob, "alice@localhost/phone", 0..10);
+    // The phone reads the burst and acknowledges the first 4 stanzas it handled… then dies.
+    let burst = phone.until("<body>m9</body></message>");
+    let h = stanzas_before(&burst, "<body>m4</body>");
+    phone.send(&format!("<a xmlns='{SM}' h='{h}'/>"));
+    drop(phone);
+    // While the phone is away, more arrives.
+    send_msgs(&mut bob, "alice@localhost/phone", 10..12);
+    bob.send("<iq type='get' id='sync'><ping xmlns='urn:xmpp:ping'/></iq>");
+    bob.until("id=\"sync\"");
+
+    let mut again = authenticated(&srv, "alice");
+    again.send(&format!("<resume xmlns='{SM}' previd='{id}' h='{h}'/>"));
+    let resumed = again.until("/>");
+    assert!(resumed.contains("<resumed") && resumed.contains(&id), "{resumed}");
+    let replay = again.until("<body>m11</body></message>");
+    for i in 4..12 {
+        assert_eq!(replay.matches(&format!("<body>m{i}</body>")).count(), 1, "m{i} not replayed exactly once: {replay}");
+    }
+    for i in 0..4 {
+        assert!(!replay.contains(&format!("<body>m{i}</body>")), "acked m{i} replayed: {replay}");
+    }
+    // The resumed session is the same full JID and keeps working.
+    send_msgs(&mut bob, "alice@localhost/phone", 12..13);
+    assert!(again.until("</message>").contains("m12"));
+
+    // An unknown id fails cleanly.
+    let mut bad = authenticated(&srv, "alice");
+    bad.send(&format!("<resume xmlns='{SM}' previd='nope' h='0'/>"));
+    let failed = bad.until("</failed>");
+    assert!(failed.contains("item-not-found"), "{failed}");
+}
+
+#[test]
+fn unacked_messages_reach_the_mailbox_after_the_resumption_timeout() {
+    let srv = TestServer::start();
+    srv.add_user("alice", "pw");
+    srv.add_user("bob", "pw");
+    let mut bob = Raw::login_plain(srv.trusted, "bob", "pw", "b");
+    // An observer resource with negative priority: it sees its own account's presence but
+    // gets no bare-JID messages.
+    let mut watch = Raw::login_plain(srv.trusted, "alice", "pw", "watch");
+    watch.send("<presence><priority>-5</priority></presence>");
+
+    let (mut phone, _) = login_sm(&srv, "alice", "phone", 1);
+    watch.until("from=\"alice@localhost/phone\"");
+    send_msgs(&mut bob, "alice@localhost/phone", 0..3);
+    let burst = phone.until("<body>m2</body></message>");
+    let h = stanzas_before(&burst, "<body>m1</body>");
+    phone.send(&format!("<a xmlns='{SM}' h='{h}'/>"));
+    drop(phone); // never comes back
+
+    // After the 1 s window the session ends (the account's other resource sees it go) and the
+    // two unacknowledged messages wait in the mailbox for the next login, exactly once.
+    let gone = watch.until("type=\"unavailable\"");
+    assert!(gone.contains("alice@localhost/phone"), "{gone}");
+    let mut desk = Raw::login_plain(srv.trusted, "alice", "pw", "desk");
+    desk.send("<presence/>");
+    let got = desk.until("<body>m2</body>");
+    assert_eq!(got.matches("<body>m1</body>").count(), 1, "{got}");
+    assert!(!got.contains("<body>m0</body>"), "acked m0 delivered again: {got}");
+    // Exactly once: a later login gets nothing more of them.
+    desk.send("<iq type='get' id='sync'><ping xmlns='urn:xmpp:ping'/></iq>");
+    let rest = desk.until("id=\"sync\"");
+    assert!(!rest.contains("<body>m"), "{rest}");
+}
