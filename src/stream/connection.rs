@@ -69,6 +69,8 @@ pub(crate) struct State {
     pub(crate) sasl_failures: u32,
     /// XEP-0198 state, once the client enabled stream management.
     pub(crate) sm: Option<Box<super::sm::SmState>>,
+    /// XEP-0352: whether the client is inactive, and what is held back meanwhile.
+    pub(crate) csi: super::csi::CsiState,
     /// SASL PLAIN was started without an initial response.
     pub(crate) plain_pending: bool,
     /// Stream headers received so far (restarts after STARTTLS and SASL count).
@@ -134,6 +136,7 @@ impl Connection {
                 sasl: None,
                 sasl_failures: 0,
                 sm: None,
+                csi: Default::default(),
                 plain_pending: false,
                 headers: 0,
                 authenticated: None,
@@ -359,6 +362,9 @@ impl Connection {
     /// Queues a top-level element for the client. Written at the end of this loop turn.
     /// Serialises straight into the output buffer (no per-stanza allocation on plain streams).
     pub fn send(&self, el: &Element) {
+        if self.state.borrow().csi.inactive && self.csi_hold(el) {
+            return;
+        }
         if self.state.borrow().sm.is_some() && super::sm::is_stanza(el) && !self.sm_track(el) {
             tracing::warn!(conn = self.id, "too many unacknowledged stanzas; ending the session");
             if let Some(server) = self.server() {

@@ -4,6 +4,7 @@
 
 mod connection;
 pub(crate) mod negotiate;
+mod csi;
 mod sasl;
 pub mod sm;
 

@@ -154,6 +154,7 @@ impl Connection {
             features.push(Element::new("bind", ns::BIND));
             features.push(Element::new("session", ns::SESSION).child(Element::new("optional", ns::SESSION)));
             features.push(Element::new("sm", super::sm::NS));
+            features.push(Element::new("csi", super::csi::NS));
             for f in server.stream.session_stage().features_for(&info) {
                 features.push(f.clone());
             }
@@ -183,6 +184,7 @@ impl Connection {
             }
             (ns::TLS, "starttls") => self.on_starttls(),
             (super::sm::NS, _) if authenticated || bound => self.on_sm(el),
+            (super::csi::NS, _) if bound => self.on_csi(&el),
             (ns::SASL, _) if !authenticated && !bound => self.on_sasl(el),
             (ns::SASL, _) => self.close(Some((StreamError::PolicyViolation, Some("already authenticated".into())))),
             ("jabber:server" | "jabber:component:accept", _) => {
