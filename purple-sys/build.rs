@@ -12,7 +12,7 @@ use std::path::PathBuf;
 /// `serv_*` (server.h) and `xmlnode*` (xmlnode.h) are libpurple API that predates
 /// the `purple_` prefix.
 const ALLOW: &str =
-    "purple_.*|Purple.*|PURPLE_.*|_Purple.*|serv_.*|xmlnode.*|_xmlnode.*|wockd_.*|Wockd.*";
+    "purple_.*|Purple.*|PURPLE_.*|_Purple.*|serv_.*|xmlnode.*|_xmlnode.*|wockd_.*|Wockd.*|proto_chat_entry";
 
 fn main() {
     println!("cargo::rerun-if-changed=wrapper.h");

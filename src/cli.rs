@@ -40,6 +40,8 @@ enum Command {
     Users,
     /// Print the effective configuration.
     Config,
+    /// Show whether the server runs, who is online and the size of each mailbox.
+    Status,
 }
 
 #[derive(clap::Args)]
@@ -99,7 +101,39 @@ pub fn main() -> Result<()> {
             print!("{}", toml::to_string_pretty(&config)?);
             Ok(())
         }
+        Command::Status => status(&config),
     }
+}
+
+/// `wockd status`: the running server's `online.txt` (see `modules/status.rs`) and the
+/// mailbox sizes from the database (readable while the server runs: WAL).
+fn status(config: &Config) -> Result<()> {
+    use crate::modules::status;
+    let dir = config.data_dir();
+    match status::read(&dir).with_context(|| format!("reading {}", dir.join(status::FILE).display()))? {
+        Some(snap) if status::is_running(snap.pid) => {
+            println!("server running (pid {})", snap.pid);
+            println!("online: {}", snap.sessions.len());
+            for (jid, priority) in &snap.sessions {
+                match priority {
+                    Some(p) => println!("  {jid}  priority {p}"),
+                    None => println!("  {jid}  not available"),
+                }
+            }
+        }
+        Some(snap) => println!("server not running (pid {} is gone; it did not shut down cleanly)", snap.pid),
+        None => println!("server not running"),
+    }
+    let store = open_store(config)?;
+    let stats = crate::store::mailbox::stats(store.conn())?;
+    let width = stats.iter().map(|s| s.username.len() + s.domain.len() + 1).max().unwrap_or(0).max(7);
+    println!("mailboxes:");
+    println!("  {:width$}  {:>8}  {:>8}", "account", "archived", "pending");
+    for s in stats {
+        let account = format!("{}@{}", s.username, s.domain);
+        println!("  {account:width$}  {:>8}  {:>8}", s.archived, s.pending);
+    }
+    Ok(())
 }
 
 fn open_store(config: &Config) -> Result<Store> {
@@ -183,6 +217,8 @@ pub fn run(config: Config, embedded: bool) -> Result<()> {
     }
     let server = Server::new(config, store, crate::modules::install_all)?;
     let bound = server.start()?;
+    crate::transport::install(&server); // IM transport (libpurple); no-op unless [transport] enabled
+    crate::modules::status::start(&server);
     print_welcome(&server, &bound, &accounts);
 
     let main_loop = glib::MainLoop::new(None, false);
@@ -199,6 +235,11 @@ pub fn run(config: Config, embedded: bool) -> Result<()> {
         });
     }
     main_loop.run();
+    // What the last loop turn queued for the mailbox, had its commit not run yet.
+    if let Err(e) = crate::modules::offline::commit(&server) {
+        tracing::error!("mailbox: messages lost at shutdown: {e}");
+    }
+    crate::modules::status::stop(&server);
     Ok(())
 }
 

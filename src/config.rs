@@ -38,6 +38,12 @@ pub struct Config {
     pub limits: Limits,
     pub auth: Auth,
     pub log: Log,
+    /// The IM transport (libpurple): other networks as contacts and rooms.
+    pub transport: Transport,
+    /// The torrent service (librqbit). A file without `[torrent]` gets [`Torrent::default`]
+    /// (DHT on, for real use); `wockd run` without a file gets [`Torrent::embedded`].
+    #[serde(default)]
+    pub torrent: Torrent,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -105,6 +111,112 @@ pub struct Log {
     pub xml: bool,
 }
 
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Transport {
+    /// Run libpurple inside the server and offer the services below.
+    pub enabled: bool,
+    /// One service JID per network. Empty: `irc.<domain>` (prpl-irc) and `xmpp.<domain>`
+    /// (prpl-jabber) for the first hosted domain.
+    pub services: Vec<TransportService>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransportService {
+    /// The service's domain, e.g. `irc.localhost`; must not be a hosted domain.
+    pub domain: String,
+    /// The libpurple protocol plugin id, e.g. `prpl-irc`, `prpl-jabber`.
+    pub prpl: String,
+    /// Display name in service discovery; default: the plugin's name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Protocol option defaults for new accounts (setting name → value), e.g.
+    /// `ratelimit-interval = "2"`; users can change them in the registration form.
+    #[serde(default)]
+    pub defaults: std::collections::BTreeMap<String, String>,
+}
+
+/// `[torrent]`: remote BitTorrent downloads over XMPP (src/torrent/).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Torrent {
+    pub enabled: bool,
+    /// The service's address. Default: `torrent.<first domain>`.
+    pub domain: Option<String>,
+    /// Root of the per-user download folders (`<root>/<user@domain>/`). Default:
+    /// `<data_dir>/downloads`.
+    pub download_dir: Option<PathBuf>,
+    /// Most jobs one user may have (0: no limit).
+    pub max_jobs_per_user: u32,
+    /// Most bytes all of one user's torrents may add up to (0: no limit).
+    pub max_bytes_per_user: u64,
+    /// Mainline DHT (finds peers for magnets without trackers; talks to the internet).
+    pub dht: bool,
+    /// Local service discovery (multicast on the LAN).
+    pub lsd: bool,
+    /// Ask the router to forward the listening port (UPnP).
+    pub upnp: bool,
+    /// Address for incoming peer connections; none: only outgoing connections.
+    pub listen_address: Option<std::net::IpAddr>,
+    /// First and last port tried for incoming peer connections (`[0, 0]`: any free port).
+    pub listen_ports: [u16; 2],
+    /// Bind every torrent socket to this network device (SO_BINDTODEVICE), e.g. `lo`, `wg0`.
+    pub bind_device: Option<String>,
+    /// Limits for fetching a .torrent from an http(s) URL.
+    pub fetch_timeout_secs: u64,
+    pub fetch_max_bytes: u64,
+    /// Allow .torrent URLs on loopback, private and link-local addresses (off: such URLs are
+    /// refused, so users cannot make the server probe its own network).
+    pub fetch_private_addresses: bool,
+    /// How long a magnet may wait for its metadata before the job fails.
+    pub metadata_timeout_secs: u64,
+    /// Interval of the periodic progress messages a user can switch on (0: never offered).
+    pub progress_interval_secs: u64,
+    /// Session-wide rate limits in KiB/s (0: unlimited).
+    pub download_limit_kib: u32,
+    pub upload_limit_kib: u32,
+}
+
+impl Default for Torrent {
+    fn default() -> Self {
+        Torrent {
+            enabled: true,
+            domain: None,
+            download_dir: None,
+            max_jobs_per_user: 100,
+            max_bytes_per_user: 0,
+            dht: true,
+            lsd: false,
+            upnp: false,
+            listen_address: Some(std::net::Ipv4Addr::UNSPECIFIED.into()),
+            listen_ports: [6881, 6889],
+            bind_device: None,
+            fetch_timeout_secs: 30,
+            fetch_max_bytes: 10 * 1024 * 1024,
+            fetch_private_addresses: false,
+            metadata_timeout_secs: 600,
+            progress_interval_secs: 600,
+            download_limit_kib: 0,
+            upload_limit_kib: 0,
+        }
+    }
+}
+
+impl Torrent {
+    /// What `wockd run` without a configuration file uses: nothing that announces this machine
+    /// beyond the torrents a user adds — no DHT, no LAN multicast, no UPnP, no listening port.
+    pub fn embedded() -> Torrent {
+        Torrent {
+            dht: false,
+            lsd: false,
+            upnp: false,
+            listen_address: None,
+            ..Torrent::default()
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -118,6 +230,8 @@ impl Default for Config {
             limits: Limits::default(),
             auth: Auth::default(),
             log: Log::default(),
+            transport: Transport::default(),
+            torrent: Torrent::embedded(),
         }
     }
 }
@@ -208,6 +322,32 @@ impl Config {
         if self.limits.max_stanza_bytes < 4096 {
             return Err(ConfigError::Invalid("`limits.max_stanza_bytes` must be at least 4096".into()));
         }
+        for t in &self.transport.services {
+            if self.is_hosted(&t.domain) || jid::BareJid::new(&t.domain).map(|j| j.node().is_some()).unwrap_or(true) {
+                return Err(ConfigError::Invalid(format!(
+                    "transport service `{}` must be a valid domain that is not a hosted one",
+                    t.domain
+                )));
+            }
+        }
+        // [torrent]
+        let t = &self.torrent;
+        if t.enabled {
+            let d = self.torrent_domain();
+            if self.is_hosted(&d) || jid::BareJid::new(&d).map(|j| j.node().is_some()).unwrap_or(true) {
+                return Err(ConfigError::Invalid(format!(
+                    "`torrent.domain` `{d}` must be a valid domain that is not a hosted one"
+                )));
+            }
+            if t.listen_ports[0] > t.listen_ports[1] {
+                return Err(ConfigError::Invalid("`torrent.listen_ports` must be [first, last]".into()));
+            }
+            if t.fetch_timeout_secs == 0 || t.metadata_timeout_secs == 0 || t.fetch_max_bytes == 0 {
+                return Err(ConfigError::Invalid(
+                    "`torrent.fetch_timeout_secs`, `fetch_max_bytes` and `metadata_timeout_secs` must be positive".into(),
+                ));
+            }
+        }
         if self.auth.scram_iterations < 4096 {
             return Err(ConfigError::Invalid("`auth.scram_iterations` must be at least 4096".into()));
         }
@@ -225,6 +365,22 @@ impl Config {
 
     pub fn database_path(&self) -> PathBuf {
         self.data_dir().join("wockd.sqlite")
+    }
+
+    /// The torrent service's domain: configured, or `torrent.<first domain>`.
+    pub fn torrent_domain(&self) -> String {
+        self.torrent
+            .domain
+            .clone()
+            .unwrap_or_else(|| format!("torrent.{}", self.default_domain()))
+    }
+
+    /// Root of the per-user download folders: configured, or `<data_dir>/downloads`.
+    pub fn torrent_download_dir(&self) -> PathBuf {
+        self.torrent
+            .download_dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir().join("downloads"))
     }
 
     pub fn is_hosted(&self, domain: &str) -> bool {

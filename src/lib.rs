@@ -16,6 +16,8 @@ pub mod server;
 pub mod stanza;
 pub mod store;
 pub mod stream;
+pub mod torrent;
+pub mod transport;
 pub mod xml;
 
 /// The version string shown by `wockd --version` and in XEP-0092 answers.

@@ -29,6 +29,13 @@
 
 include!(concat!(env!("OUT_DIR"), "/bindings.rs"));
 
+unsafe extern "C" {
+    /// `dbus-server.h` (not included by `purple.h`): unregisters libpurple's D-Bus service,
+    /// which `purple_core_init` starts when the Debian build finds a session bus. A no-op when
+    /// no bus was found.
+    pub fn purple_dbus_uninit();
+}
+
 /// The `(major, minor, micro)` version of the libpurple linked at run time
 /// (as opposed to the `PURPLE_*_VERSION` constants, which are the headers'
 /// version at build time).

@@ -1,5 +1,374 @@
-//! (to be written)
+//! XEP-0191 Blocking Command.
+//!
+//! * §3.2 get the blocklist; the requesting resource then receives pushes.
+//! * §3.3 block, §3.4 unblock, §3.5 unblock all: stored, answered, and pushed to every resource
+//!   of the account that requested the blocklist. `<block/>` without items: `bad-request`; an
+//!   item whose `jid` is not a JID: `jid-malformed`. Only for one's own account (`forbidden`).
+//! * §3.3 enforcement, on the routing path ([`intercept`], called by the router for every
+//!   stanza a client sends): a stanza *to* a JID the sender blocked is not routed and gets
+//!   `not-acceptable` + `<blocked xmlns='urn:xmpp:blocking:errors'/>`; a stanza *from* a JID
+//!   the local recipient blocked is not delivered: presence silently, messages and IQ get/set
+//!   with `service-unavailable` (so the user appears offline), other IQs and errors silently.
+//! * JID matching as in XEP-0016 §2.1: an item `user@domain/resource` matches only that JID,
+//!   `user@domain` any of its resources, `domain/resource` that JID, `domain` the domain and
+//!   every JID at it.
+//!
+//! Blocklists are cached in memory (per account, on first use) because the check runs for
+//! every routed stanza; the database is the source of truth across restarts.
+//!
+//! Not done here: the unavailable presence to a blocked contact (and current presence on
+//! unblock) that §3.3/§3.4 ask for when the contact is subscribed — the presence module owns
+//! subscriptions and should consult [`is_blocked`] when it broadcasts.
 
-use crate::stream::Stream;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
 
-pub fn install(_s: &mut Stream) {}
+use jid::{BareJid, FullJid, Jid};
+
+use crate::iq::Incoming;
+use crate::server::Server;
+use crate::stanza::{Condition, ErrorType, error_reply};
+use crate::stream::{Connection, Stream};
+use crate::xml::{Element, ns};
+
+use super::disco::{Addressee, addressee};
+
+pub fn install(s: &mut Stream) {
+    s.iqs().rule(ns::BLOCKING, "blocklist").get(get_blocklist);
+    s.iqs().rule(ns::BLOCKING, "block").set(block);
+    s.iqs().rule(ns::BLOCKING, "unblock").set(unblock);
+}
+
+#[derive(Default)]
+struct Blocking {
+    /// Blocked JIDs (normalised strings) of the accounts looked at so far.
+    lists: RefCell<HashMap<BareJid, HashSet<String>>>,
+    /// Resources that requested the blocklist, with the id of their connection (a later
+    /// session with the same full JID has not asked, and gets no pushes).
+    requested: RefCell<HashMap<BareJid, Vec<(FullJid, u64)>>>,
+    next_push: Cell<u64>,
+}
+
+// ---- enforcement ------------------------------------------------------------------------------
+
+/// Whether the local account `owner` blocked `other`.
+pub fn is_blocked(server: &Server, owner: &BareJid, other: &Jid) -> bool {
+    let state = server.ext::<Blocking>();
+    if let Some(list) = state.lists.borrow().get(owner) {
+        return matches(list, other);
+    }
+    match load(server, owner) {
+        Some(list) => {
+            let hit = matches(&list, other);
+            state.lists.borrow_mut().insert(owner.clone(), list);
+            hit
+        }
+        None => false,
+    }
+}
+
+/// The blocklist from the database; `None` (not cached) when `owner` is not an account, so
+/// stanzas to made-up JIDs cannot grow the cache.
+fn load(server: &Server, owner: &BareJid) -> Option<HashSet<String>> {
+    let loaded = server.store.account_id_of(owner).and_then(|id| match id {
+        Some(id) => server.store.blocklist(id).map(Some),
+        None => Ok(None),
+    });
+    match loaded {
+        Ok(list) => list.map(|l| l.into_iter().collect()),
+        Err(e) => {
+            tracing::error!(%owner, "store error reading blocklist: {e}");
+            None
+        }
+    }
+}
+
+fn matches(list: &HashSet<String>, jid: &Jid) -> bool {
+    if list.is_empty() {
+        return false;
+    }
+    let s = jid.as_str();
+    // Node and domain cannot contain '/', so the first one starts the resource.
+    let bare = s.split_once('/').map_or(s, |(b, _)| b);
+    let domain = jid.domain().as_str();
+    list.contains(s)
+        || list.contains(bare)
+        || list.contains(domain)
+        || jid
+            .resource()
+            .is_some_and(|r| jid.node().is_some() && list.contains(&format!("{domain}/{r}")))
+}
+
+/// Applies the blocklists of sender and recipient to a stanza a client sent (`from` is its
+/// bound JID, `to` the parsed `to`). Returns true when the stanza must not be routed; it has
+/// then been answered as XEP-0191 §3.3 says.
+pub fn intercept(
+    server: &Rc<Server>,
+    conn: &Connection,
+    from: &FullJid,
+    to: Option<&Jid>,
+    el: &Element,
+) -> bool {
+    let Some(to) = to else { return false };
+    let to_local = server.config.is_hosted(to.domain().as_str());
+    // The server itself and one's own account are never "contacts".
+    if to_local && to.node().is_none() {
+        return false;
+    }
+    let me = from.to_bare();
+    let to_bare = to.to_bare();
+    if to_bare == me {
+        return false;
+    }
+    let kind = el.get_attr("type");
+    let is_response = kind == Some("error") || (el.name == "iq" && kind == Some("result"));
+    if is_blocked(server, &me, to) {
+        if !is_response
+            && let Some(mut reply) =
+                error_reply(el, ErrorType::Cancel, Condition::NotAcceptable, None)
+        {
+            if let Some(err) = reply.get_child_mut("error", ns::CLIENT) {
+                err.push(Element::new("blocked", ns::BLOCKING_ERRORS));
+            }
+            conn.send(&reply);
+        }
+        return true;
+    }
+    if to_local && is_blocked(server, &to_bare, from) {
+        if !is_response
+            && el.name != "presence"
+            && let Some(reply) =
+                error_reply(el, ErrorType::Cancel, Condition::ServiceUnavailable, None)
+        {
+            conn.send(&reply);
+        }
+        return true;
+    }
+    false
+}
+
+// ---- the protocol -----------------------------------------------------------------------------
+
+/// The sender's account, when the request is for it; otherwise answers `forbidden`.
+fn own_account(iq: Incoming) -> Option<(Incoming, BareJid)> {
+    match (addressee(&iq), iq.account()) {
+        (Addressee::Unaddressed | Addressee::Own, Some(me)) => Some((iq, me)),
+        _ => {
+            iq.fail(Condition::Forbidden, "a blocklist belongs to its owner");
+            None
+        }
+    }
+}
+
+fn account_id(iq: Incoming, me: &BareJid) -> Option<(Incoming, i64)> {
+    match iq.server().store.account_id_of(me) {
+        Ok(Some(id)) => Some((iq, id)),
+        Ok(None) => {
+            iq.fail(Condition::ItemNotFound, "no such account");
+            None
+        }
+        Err(e) => {
+            tracing::error!(%me, "store error looking up account: {e}");
+            iq.fail(Condition::InternalServerError, "");
+            None
+        }
+    }
+}
+
+fn get_blocklist(iq: Incoming) {
+    let Some((iq, me)) = own_account(iq) else {
+        return;
+    };
+    let Some((iq, id)) = account_id(iq, &me) else {
+        return;
+    };
+    let list = match iq.server().store.blocklist(id) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(%me, "store error reading blocklist: {e}");
+            return iq.fail(Condition::InternalServerError, "");
+        }
+    };
+    let server = iq.server().clone();
+    let state = server.ext::<Blocking>();
+    state
+        .lists
+        .borrow_mut()
+        .insert(me.clone(), list.iter().cloned().collect());
+    if let (Some(full), Some(conn)) = (iq.from.clone(), iq.connection()) {
+        let mut requested = state.requested.borrow_mut();
+        let entry = requested.entry(me).or_default();
+        entry.retain(|(j, _)| *j != full);
+        entry.push((full, conn.id));
+    }
+    iq.result(Some(items_element("blocklist", &list)));
+}
+
+/// The `jid`s of the request's items, normalised; `Err` when one is missing or malformed.
+fn item_jids(payload: &Element) -> Result<Vec<String>, ()> {
+    payload
+        .elements()
+        .filter(|e| e.is("item", ns::BLOCKING))
+        .map(|e| {
+            let j = e.get_attr("jid").ok_or(())?;
+            Jid::new(j).map(|j| j.to_string()).map_err(|_| ())
+        })
+        .collect()
+}
+
+fn block(iq: Incoming) {
+    let Some((iq, me)) = own_account(iq) else {
+        return;
+    };
+    let Ok(jids) = item_jids(&iq.payload) else {
+        return iq.error(
+            ErrorType::Modify,
+            Condition::JidMalformed,
+            "an item's jid is not a JID",
+        );
+    };
+    if jids.is_empty() {
+        return iq.fail(Condition::BadRequest, "block at least one JID");
+    }
+    let Some((iq, id)) = account_id(iq, &me) else {
+        return;
+    };
+    if let Err(e) = iq.server().store.block(id, &jids) {
+        tracing::error!(%me, "store error writing blocklist: {e}");
+        return iq.fail(Condition::InternalServerError, "");
+    }
+    let server = iq.server().clone();
+    update_cache(&server, &me, |list| list.extend(jids.iter().cloned()));
+    iq.result(None);
+    push(&server, &me, items_element("block", &jids));
+}
+
+fn unblock(iq: Incoming) {
+    let Some((iq, me)) = own_account(iq) else {
+        return;
+    };
+    let Ok(jids) = item_jids(&iq.payload) else {
+        return iq.error(
+            ErrorType::Modify,
+            Condition::JidMalformed,
+            "an item's jid is not a JID",
+        );
+    };
+    let Some((iq, id)) = account_id(iq, &me) else {
+        return;
+    };
+    let stored = if jids.is_empty() {
+        iq.server().store.unblock_all(id)
+    } else {
+        iq.server().store.unblock(id, &jids)
+    };
+    if let Err(e) = stored {
+        tracing::error!(%me, "store error writing blocklist: {e}");
+        return iq.fail(Condition::InternalServerError, "");
+    }
+    let server = iq.server().clone();
+    update_cache(&server, &me, |list| {
+        if jids.is_empty() {
+            list.clear();
+        } else {
+            for j in &jids {
+                list.remove(j);
+            }
+        }
+    });
+    iq.result(None);
+    push(&server, &me, items_element("unblock", &jids));
+}
+
+fn update_cache(server: &Server, me: &BareJid, f: impl FnOnce(&mut HashSet<String>)) {
+    let state = server.ext::<Blocking>();
+    let cached = state.lists.borrow().contains_key(me);
+    if !cached {
+        // Load the stored list (which already has the change) rather than guess.
+        if let Some(list) = load(server, me) {
+            state.lists.borrow_mut().insert(me.clone(), list);
+        }
+        return;
+    }
+    if let Some(list) = state.lists.borrow_mut().get_mut(me) {
+        f(list);
+    }
+}
+
+fn items_element(name: &str, jids: &[String]) -> Element {
+    let mut el = Element::new(name, ns::BLOCKING);
+    for j in jids {
+        el.push(Element::new("item", ns::BLOCKING).attr("jid", j.as_str()));
+    }
+    el
+}
+
+/// Sends `payload` as an IQ set to every resource of `me` that requested the blocklist.
+fn push(server: &Server, me: &BareJid, payload: Element) {
+    let state = server.ext::<Blocking>();
+    let targets: Vec<FullJid> = {
+        let sessions = server.sessions.borrow();
+        let mut requested = state.requested.borrow_mut();
+        let Some(list) = requested.get_mut(me) else {
+            return;
+        };
+        // Forget resources whose session has gone (or been replaced by another connection).
+        list.retain(|(jid, conn_id)| {
+            sessions
+                .get(jid)
+                .and_then(|s| s.connection())
+                .is_some_and(|c| c.id == *conn_id)
+        });
+        if list.is_empty() {
+            requested.remove(me);
+            return;
+        }
+        list.iter().map(|(j, _)| j.clone()).collect()
+    };
+    for to in targets {
+        let n = state.next_push.get() + 1;
+        state.next_push.set(n);
+        let iq = Element::stanza("iq")
+            .attr("type", "set")
+            .attr("id", format!("block-push-{n}"))
+            .attr("to", to.to_string())
+            .child(payload.clone());
+        server.deliver_to_full(&to, &iq);
+    }
+}
+
+/// Drops what is cached for `account` (it was deleted).
+pub(crate) fn forget(server: &Rc<Server>, account: &BareJid) {
+    let state = server.ext::<Blocking>();
+    state.lists.borrow_mut().remove(account);
+    state.requested.borrow_mut().remove(account);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jid_matching_follows_xep_0016() {
+        let list = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<HashSet<_>>();
+        let j = |s: &str| Jid::new(s).unwrap();
+        let full = list(&["romeo@montague.net/orchard"]);
+        assert!(matches(&full, &j("romeo@montague.net/orchard")));
+        assert!(!matches(&full, &j("romeo@montague.net/garden")));
+        assert!(!matches(&full, &j("romeo@montague.net")));
+        let bare = list(&["romeo@montague.net"]);
+        assert!(matches(&bare, &j("romeo@montague.net/orchard")));
+        assert!(matches(&bare, &j("romeo@montague.net")));
+        assert!(!matches(&bare, &j("juliet@montague.net")));
+        let domain = list(&["montague.net"]);
+        assert!(matches(&domain, &j("romeo@montague.net/orchard")));
+        assert!(matches(&domain, &j("montague.net")));
+        assert!(!matches(&domain, &j("romeo@capulet.net")));
+        let domres = list(&["montague.net/x"]);
+        assert!(matches(&domres, &j("montague.net/x")));
+        assert!(!matches(&domres, &j("montague.net")));
+        assert!(matches(&domres, &j("romeo@montague.net/x")));
+        assert!(!matches(&list(&[]), &j("a@b")));
+    }
+}

@@ -1,5 +1,120 @@
-//! (to be written)
+//! XEP-0012 Last Activity.
+//!
+//! * §5 server query (no `to`, or a hosted domain): `seconds` is the server's uptime.
+//! * §4 offline user query (an account's bare JID): `seconds='0'` while the account has an
+//!   available resource, else the seconds since its last session ended (recorded by
+//!   [`session_ended`]) with the status text of that moment if one was recorded. Only the
+//!   owner and entities allowed to see the account's presence may ask (§4, §8); others get
+//!   `forbidden`, and an account that does not exist `service-unavailable` (RFC 6121 §8.5.1).
+//!   An account that never logged out has nothing to tell: `item-not-found`.
+//!
+//! Full JIDs (§6, idle time) are the clients' business; the router delivers those.
 
+use std::rc::Rc;
+
+use jid::{BareJid, FullJid};
+
+use crate::iq::Incoming;
+use crate::server::Server;
+use crate::stanza::Condition;
+use crate::store::xeps::unix_now;
 use crate::stream::Stream;
+use crate::xml::{Element, ns};
 
-pub fn install(_s: &mut Stream) {}
+use super::disco::{Addressee, addressee};
+
+pub fn install(s: &mut Stream) {
+    s.iqs().rule(ns::LAST, "query").get(get);
+}
+
+fn get(iq: Incoming) {
+    let account = match addressee(&iq) {
+        Addressee::Unaddressed | Addressee::Server => {
+            let q = Element::new("query", ns::LAST)
+                .attr("seconds", iq.server().uptime().as_secs().to_string());
+            return iq.result(Some(q));
+        }
+        Addressee::Own => match iq.account() {
+            Some(a) => a,
+            None => return iq.fail(Condition::Forbidden, ""),
+        },
+        Addressee::Other(bare) => {
+            if !iq.server().account_exists(&bare) {
+                return iq.fail(Condition::ServiceUnavailable, "");
+            }
+            let allowed = iq
+                .account()
+                .is_some_and(|me| may_see_presence(iq.server(), &bare, &me));
+            if !allowed {
+                return iq.fail(
+                    Condition::Forbidden,
+                    "last activity is shown to contacts with a presence subscription",
+                );
+            }
+            bare
+        }
+    };
+    let server = iq.server().clone();
+    let online = server
+        .sessions
+        .borrow()
+        .of(&account)
+        .iter()
+        .any(|s| s.priority.is_some());
+    if online {
+        return iq.result(Some(Element::new("query", ns::LAST).attr("seconds", "0")));
+    }
+    let logout = server
+        .store
+        .account_id_of(&account)
+        .and_then(|id| match id {
+            Some(id) => server.store.last_logout(id),
+            None => Ok(None),
+        });
+    match logout {
+        Ok(Some((at, status))) => {
+            let secs = unix_now().saturating_sub(at).max(0);
+            let mut q = Element::new("query", ns::LAST).attr("seconds", secs.to_string());
+            if let Some(s) = status.filter(|s| !s.is_empty()) {
+                q = q.text(s);
+            }
+            iq.result(Some(q));
+        }
+        Ok(None) => iq.fail(Condition::ItemNotFound, "no logout recorded"),
+        Err(e) => {
+            tracing::error!(%account, "store error reading last activity: {e}");
+            iq.fail(Condition::InternalServerError, "");
+        }
+    }
+}
+
+/// Records the time the account's last session ended. Call it whenever a session ends (before
+/// or after it is removed from the session table): it writes only when `jid` was the account's
+/// last session.
+pub fn session_ended(server: &Rc<Server>, jid: &FullJid) {
+    let bare = jid.to_bare();
+    let others = server
+        .sessions
+        .borrow()
+        .of(&bare)
+        .iter()
+        .any(|s| s.jid != *jid);
+    if others {
+        return;
+    }
+    let stored = server.store.account_id_of(&bare).and_then(|id| match id {
+        Some(id) => server.store.set_last_logout(id, unix_now(), None),
+        // Deleted meanwhile (XEP-0077 cancellation): nothing to remember.
+        None => Ok(()),
+    });
+    if let Err(e) = stored {
+        tracing::error!(%bare, "store error recording last logout: {e}");
+    }
+}
+
+/// Whether `requester` may see the presence (and so the last activity, disco information) of
+/// the local account `owner`: the owner itself, or a contact subscribed to its presence
+/// (subscription `from` or `both` in the owner's roster).
+pub fn may_see_presence(server: &Server, owner: &BareJid, requester: &BareJid) -> bool {
+    owner == requester || super::roster::subscription(server, owner, requester).has_from()
+}

@@ -1,46 +1,288 @@
-//! Message delivery to bare JIDs (RFC 6121 §8.5.2).
+//! Message delivery to local accounts (RFC 6121 §8.5.1–§8.5.3) and what the mailbox keeps of
+//! it (XEP-0359 stanza ids; XEP-0160 offline storage through `offline.rs`; XEP-0334 hints).
+//!
+//! The router delivers a message for an online full JID itself and hands everything else for a
+//! local account to [`deliver_to_bare`]:
+//!
+//! | type       | no such account     | available resources (priority ≥ 0)   | none available        |
+//! |------------|---------------------|---------------------------------------|-----------------------|
+//! | normal     | service-unavailable | those of highest priority             | offline storage       |
+//! | chat       | service-unavailable | those of highest priority             | offline storage       |
+//! | headline   | service-unavailable | all of them                           | dropped               |
+//! | groupchat  | service-unavailable | service-unavailable                   | service-unavailable   |
+//! | error      | dropped             | dropped                               | dropped               |
+//!
+//! A message for a full JID whose resource is not online is handled as if sent to the bare JID
+//! (RFC 6121 §8.5.3.2.1 allows that for chat; for normal it asks to drop or bounce — we store
+//! it like Prosody does, since clients address normal messages to full JIDs too), except that a
+//! headline for a resource that is gone is dropped. Resources with a negative priority never
+//! get messages for the bare JID (§8.5.2.1.1).
+//!
+//! Messages with content for the user (chat and normal, with a body or a `<store/>` hint) are
+//! archived in the recipient's mailbox with a server-assigned
+//! `<stanza-id xmlns='urn:xmpp:sid:0' by='user@domain' id='…'/>` when delivered live too;
+//! one a sender forged in the recipient's name is removed first (XEP-0359 §5); one the server
+//! hands back (stream management's unacknowledged messages) is kept and not archived twice
+//! when delivered live again (stored offline, it gets a new row and id). Offline storage
+//! keeps every chat or normal message except bare chat-state notifications (XEP-0085 §5.6) and
+//! messages with a `<no-store/>` hint.
 
 use std::rc::Rc;
 
-use jid::BareJid;
+use base64::Engine;
+use jid::{BareJid, FullJid, Jid};
+use rand::Rng;
 
 use crate::server::Server;
-use crate::stanza::Condition;
+use crate::stanza::{Condition, ErrorType, error_reply};
+use crate::store::mailbox::{Direction, NewEntry};
 use crate::stream::Connection;
 use crate::stream::negotiate::stanza_error;
-use crate::xml::Element;
+use crate::xml::{Element, Node, ns};
 
-/// Delivers to the available resources with the highest non-negative priority.
-pub fn deliver_to_bare(server: &Rc<Server>, from_conn: Option<&Connection>, to: &BareJid, el: Element) {
-    let kind = el.get_attr("type").unwrap_or("normal");
-    let targets: Vec<_> = {
+use super::offline;
+
+/// RFC 6121 §5.2.2 message types; anything unknown counts as normal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Normal,
+    Chat,
+    Groupchat,
+    Headline,
+    Error,
+}
+
+impl Kind {
+    pub fn of(el: &Element) -> Kind {
+        match el.get_attr("type") {
+            Some("chat") => Kind::Chat,
+            Some("groupchat") => Kind::Groupchat,
+            Some("headline") => Kind::Headline,
+            Some("error") => Kind::Error,
+            _ => Kind::Normal,
+        }
+    }
+}
+
+/// Delivers a message for the local account `to` that no online full JID took (see the
+/// module documentation). `from_conn` is the sender's stream, for error replies; `None` for
+/// messages the server or a service emits.
+pub fn deliver_to_bare(server: &Rc<Server>, from_conn: Option<&Connection>, to: &BareJid, mut el: Element) {
+    let kind = Kind::of(&el);
+    if kind == Kind::Error {
+        // Never answered, never stored: no bounce loops (RFC 6120 §8.3.1).
+        return;
+    }
+    let bounce = |el: &Element, cond: Condition| {
+        if let (Some(conn), Some(reply)) = (from_conn, stanza_error(el, cond, "")) {
+            conn.send(&reply);
+        }
+    };
+    let account = match account_id(server, to) {
+        Ok(Some(id)) => id,
+        // RFC 6121 §8.5.1.
+        Ok(None) => return bounce(&el, Condition::ServiceUnavailable),
+        Err(e) => {
+            tracing::error!(%to, "store error looking up account: {e}");
+            return bounce(&el, Condition::InternalServerError);
+        }
+    };
+    let for_resource = el
+        .get_attr("to")
+        .and_then(|t| Jid::new(t).ok())
+        .is_some_and(|j| j.resource().is_some());
+    let targets: Vec<Rc<Connection>> = {
         let sessions = server.sessions.borrow();
         let list = sessions.of(to);
         let best = list.iter().filter_map(|s| s.priority).filter(|p| *p >= 0).max();
-        match best {
-            Some(best) => list
-                .iter()
-                .filter(|s| s.priority == Some(best) || (kind == "headline" && s.priority.is_some_and(|p| p >= 0)))
-                .filter_map(|s| s.connection())
-                .collect(),
-            None => Vec::new(),
-        }
+        list.iter()
+            .filter(|s| match (kind, s.priority) {
+                (Kind::Headline, Some(p)) => p >= 0,
+                (_, Some(p)) => Some(p) == best,
+                (_, None) => false,
+            })
+            .filter_map(|s| s.connection())
+            .collect()
     };
-    if !targets.is_empty() {
-        for c in targets {
-            c.send(&el);
+    match kind {
+        Kind::Error => {}
+        Kind::Groupchat => bounce(&el, Condition::ServiceUnavailable),
+        Kind::Headline => {
+            if !for_resource {
+                for c in &targets {
+                    c.send(&el);
+                }
+            }
         }
-        return;
-    }
-    if !server.account_exists(to) {
-        if kind != "error"
-            && kind != "groupchat"
-            && kind != "headline"
-            && let (Some(conn), Some(reply)) = (from_conn, stanza_error(&el, Condition::ServiceUnavailable, ""))
-        {
-            conn.send(&reply);
+        Kind::Chat | Kind::Normal if !targets.is_empty() => {
+            // Handed back by the server (stream management's unacknowledged messages) with
+            // our stanza id: archived already.
+            let redelivered = from_conn.is_none() && own_stanza_id(&el, to).is_some();
+            if archived_live(&el) && !redelivered {
+                let entry = archive_entry(to, account, &mut el, false);
+                offline::append(server, entry);
+            }
+            for c in &targets {
+                c.send(&el);
+            }
         }
-        return;
+        Kind::Chat | Kind::Normal => {
+            if !stored_offline(&el) {
+                return;
+            }
+            let entry = archive_entry(to, account, &mut el, true);
+            if let Err(full) = offline::store(server, to, entry)
+                && let Some(conn) = from_conn
+                && let Some(reply) = error_reply(
+                    &el,
+                    ErrorType::Wait,
+                    Condition::ResourceConstraint,
+                    Some(&full.to_string()),
+                )
+            {
+                conn.send(&reply);
+            }
+        }
     }
-    tracing::debug!(%to, "no available resource; message not delivered");
+}
+
+/// Delivers a message to the online session `to`, archiving it like [`deliver_to_bare`] does.
+/// Gives the message back when `to` has no session. (For the router's full-JID path, so that
+/// messages to full JIDs are archived and stamped too.)
+pub fn deliver_to_full(server: &Rc<Server>, to: &FullJid, mut el: Element) -> Result<(), Element> {
+    let Some(conn) = server.sessions.borrow().get(to).and_then(|s| s.connection()) else {
+        return Err(el);
+    };
+    if matches!(Kind::of(&el), Kind::Chat | Kind::Normal) && archived_live(&el) {
+        let owner = to.to_bare();
+        match account_id(server, &owner) {
+            Ok(Some(account)) => {
+                let entry = archive_entry(&owner, account, &mut el, false);
+                offline::append(server, entry);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(%owner, "store error looking up account: {e}"),
+        }
+    }
+    conn.send(&el);
+    Ok(())
+}
+
+fn account_id(server: &Server, bare: &BareJid) -> Result<Option<i64>, crate::store::StoreError> {
+    let node = bare.node().map(|n| n.to_string()).unwrap_or_default();
+    server.store.account_id(&node, bare.domain().as_str())
+}
+
+/// The XEP-0359 id `el` carries for `owner`'s archive, if any.
+pub fn own_stanza_id<'a>(el: &'a Element, owner: &BareJid) -> Option<&'a str> {
+    let by = owner.to_string();
+    el.elements()
+        .find(|c| c.is("stanza-id", ns::SID) && c.get_attr("by") == Some(by.as_str()))
+        .and_then(|c| c.get_attr("id"))
+}
+
+fn hint(el: &Element, name: &str) -> bool {
+    el.get_child(name, ns::HINTS).is_some()
+}
+
+/// Worth a place in the archive when delivered live: content a user reads later.
+fn archived_live(el: &Element) -> bool {
+    if hint(el, "no-store") || hint(el, "no-permanent-store") {
+        return false;
+    }
+    el.get_child("body", ns::CLIENT).is_some() || hint(el, "store")
+}
+
+/// Kept for a user who is offline: anything but a bare chat-state notification (or a message
+/// without any payload), unless a hint says otherwise.
+fn stored_offline(el: &Element) -> bool {
+    if hint(el, "no-store") {
+        return false;
+    }
+    hint(el, "store")
+        || el.elements().any(|c| {
+            !(c.ns == ns::CHATSTATES || c.ns == ns::HINTS || c.ns == ns::SID || c.is("thread", ns::CLIENT))
+        })
+}
+
+/// Stamps `el` with a new XEP-0359 stanza id for `owner`'s mailbox and builds its row.
+fn archive_entry(owner: &BareJid, account: i64, el: &mut Element, offline: bool) -> NewEntry {
+    let by = owner.to_string();
+    // XEP-0359 §5: a stanza id in our name that we did not add is a forgery.
+    el.children.retain(|n| {
+        !matches!(n, Node::Element(c) if c.is("stanza-id", ns::SID) && c.get_attr("by") == Some(by.as_str()))
+    });
+    let stanza_id = new_stanza_id();
+    el.push(
+        Element::new("stanza-id", ns::SID)
+            .attr("id", stanza_id.as_str())
+            .attr("by", by),
+    );
+    let with = el
+        .get_attr("from")
+        .and_then(|f| Jid::new(f).ok())
+        .map(|j| j.to_bare().to_string())
+        .unwrap_or_default();
+    let mut xml = Vec::with_capacity(256);
+    // With its xmlns, so the row stands on its own.
+    el.write_to(&mut xml, "");
+    NewEntry {
+        account,
+        stanza_id,
+        ts: offline::now_micros(),
+        with,
+        direction: Direction::In,
+        offline,
+        xml,
+    }
+}
+
+/// A XEP-0359 stanza id: 96 random bits, URL-safe base64 (16 characters).
+pub fn new_stanza_id() -> String {
+    let bytes: [u8; 12] = rand::thread_rng().r#gen();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Element {
+        crate::xml::parse::element(s.as_bytes(), &vec![(String::new(), ns::CLIENT.to_owned())]).unwrap()
+    }
+
+    #[test]
+    fn what_is_kept() {
+        let body = parse("<message type='chat'><body>hi</body></message>");
+        assert!(archived_live(&body) && stored_offline(&body));
+        let state = parse("<message type='chat'><composing xmlns='http://jabber.org/protocol/chatstates'/><thread>t</thread></message>");
+        assert!(!archived_live(&state) && !stored_offline(&state));
+        let receipt = parse("<message><received xmlns='urn:xmpp:receipts' id='x'/></message>");
+        assert!(!archived_live(&receipt) && stored_offline(&receipt));
+        let no_store = parse("<message><body>x</body><no-store xmlns='urn:xmpp:hints'/></message>");
+        assert!(!archived_live(&no_store) && !stored_offline(&no_store));
+        let store = parse("<message><active xmlns='http://jabber.org/protocol/chatstates'/><store xmlns='urn:xmpp:hints'/></message>");
+        assert!(archived_live(&store) && stored_offline(&store));
+    }
+
+    #[test]
+    fn stanza_id_replaces_forgery_and_row_stands_alone() {
+        let owner = BareJid::new("alice@localhost").unwrap();
+        let mut el = parse(
+            "<message from='bob@localhost/x' to='alice@localhost'><body>hi</body>\
+             <stanza-id xmlns='urn:xmpp:sid:0' by='alice@localhost' id='forged'/>\
+             <stanza-id xmlns='urn:xmpp:sid:0' by='room@muc' id='kept'/></message>",
+        );
+        let entry = archive_entry(&owner, 7, &mut el, true);
+        let ids: Vec<_> = el
+            .elements()
+            .filter(|c| c.is("stanza-id", ns::SID))
+            .map(|c| c.get_attr("id").unwrap().to_owned())
+            .collect();
+        assert_eq!(ids, ["kept".to_owned(), entry.stanza_id.clone()]);
+        assert_eq!(entry.with, "bob@localhost");
+        assert_eq!(entry.stanza_id.len(), 16);
+        let back = crate::xml::parse::element(&entry.xml, &Vec::new()).unwrap();
+        assert_eq!(back, el);
+    }
 }

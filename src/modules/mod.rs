@@ -13,6 +13,7 @@ pub mod private;
 pub mod register;
 pub mod roster;
 pub mod session;
+pub mod status;
 pub mod time;
 pub mod vcard;
 pub mod version;

@@ -1,5 +1,377 @@
-//! (to be written)
+//! Offline messages (XEP-0160, RFC 6121 §8.5.2.2) as a view of the mailbox, and the mailbox's
+//! write path.
+//!
+//! * **Storing.** A chat or normal message for an account with no available resource becomes a
+//!   mailbox row with `offline = 1` (see `store/mailbox.rs`), carrying the server's XEP-0359
+//!   stanza id. At most [`QUOTA`] undelivered rows per account: beyond that the sender gets
+//!   `<resource-constraint/>` (type `wait`).
+//! * **Delivering.** When a resource becomes available with a non-negative priority,
+//!   [`deliver_offline`] pushes the pending rows, oldest first, each with a XEP-0203
+//!   `<delay from='domain' stamp='…'/>` (the time the server received it), and moves the
+//!   account's offline cursor past them in the same transaction: each is delivered once, to
+//!   whichever resource comes first. Large backlogs go out in chunks of about [`CHUNK_BYTES`],
+//!   the next chunk only once the previous one has left the TLS buffer.
+//! * **Batching.** Rows are queued in memory and written by one job per loop turn in a single
+//!   transaction (WAL, `synchronous=NORMAL`: a commit survives `kill -9`, and a burst of
+//!   messages costs one commit, not one per message). The job is an idle source of priority
+//!   [`COMMIT_PRIORITY`], just above `DEFAULT`, where the sockets and the output flushes
+//!   (`Server::queue_flush`) are: glib dispatches only the most urgent ready priority per
+//!   iteration, and an idle source is always ready, so the batch of a turn is committed
+//!   before the next socket is read and before any reply of that turn is written. Hence a
+//!   client that gets the answer to an IQ sent after its messages knows those messages are
+//!   on disk. (Writes that bypass the flush queue — `Connection::close` flushes at once —
+//!   are the exception.)
+//!
+//! Other readers of the mailbox (the message archive later) call [`commit`] first so they see
+//! queued rows.
 
-use crate::stream::Stream;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub fn install(_s: &mut Stream) {}
+use glib::Priority;
+use jid::{BareJid, FullJid};
+
+use crate::net::source;
+use crate::server::Server;
+use crate::store::StoreError;
+use crate::store::mailbox::{self, NewEntry, OFFLINE_CURSOR};
+use crate::stream::{Connection, Stream};
+use crate::xml::{Element, ns};
+
+/// Most undelivered offline messages kept per account.
+pub const QUOTA: u64 = 10_000;
+/// About how much stanza XML one delivery step sends (at least one message). Kept under
+/// rustls' 64 KiB send buffer, which refuses what does not fit.
+pub const CHUNK_BYTES: usize = 32 * 1024;
+/// Most messages one delivery step sends.
+const CHUNK_MESSAGES: usize = 256;
+/// glib priority of the commit job: just more urgent than `DEFAULT`, where the sockets and the
+/// output flushes are.
+pub const COMMIT_PRIORITY: i32 = glib::ffi::G_PRIORITY_DEFAULT - 1;
+/// Wait before retrying a failed commit (disk full, database locked by another process).
+const RETRY: Duration = Duration::from_secs(1);
+
+pub fn install(s: &mut Stream) {
+    s.disco_feature(ns::MSGOFFLINE);
+}
+
+/// The sender's message was refused because the recipient's mailbox is full.
+#[derive(Debug, thiserror::Error)]
+#[error("the mailbox of {0} is full ({QUOTA} undelivered messages)")]
+pub struct MailboxFull(pub BareJid);
+
+/// Runtime state, one per server (`Server::ext`).
+#[derive(Default)]
+struct Writer {
+    /// Rows waiting for this turn's commit.
+    queue: RefCell<Vec<NewEntry>>,
+    /// Sessions that asked for their offline messages this turn.
+    deliveries: RefCell<Vec<FullJid>>,
+    /// The commit job is attached.
+    scheduled: Cell<bool>,
+    /// Undelivered offline rows per account (committed and queued), once looked up.
+    pending: RefCell<HashMap<BareJid, u64>>,
+    /// Accounts with a delivery under way (possibly spread over several steps).
+    delivering: RefCell<HashSet<BareJid>>,
+}
+
+/// Queues a mailbox row; it is committed at the end of this loop turn.
+pub fn append(server: &Rc<Server>, entry: NewEntry) {
+    server.ext::<Writer>().queue.borrow_mut().push(entry);
+    schedule(server);
+}
+
+/// Queues `entry` (which must have `offline: true`) as an offline message for `owner`, unless
+/// that would exceed the quota.
+pub fn store(server: &Rc<Server>, owner: &BareJid, entry: NewEntry) -> Result<(), MailboxFull> {
+    debug_assert!(entry.offline);
+    let w = server.ext::<Writer>();
+    let cached = w.pending.borrow().get(owner).copied();
+    let mut count = match cached {
+        Some(n) => n,
+        None => count_pending(server, &w, entry.account),
+    };
+    if count >= QUOTA {
+        // Rare, so worth a fresh count: the cache could be stale after an account was
+        // deleted and made again by the command line while the server ran.
+        count = count_pending(server, &w, entry.account);
+    }
+    if count >= QUOTA {
+        w.pending.borrow_mut().insert(owner.clone(), count);
+        return Err(MailboxFull(owner.clone()));
+    }
+    w.pending.borrow_mut().insert(owner.clone(), count + 1);
+    w.queue.borrow_mut().push(entry);
+    schedule(server);
+    Ok(())
+}
+
+/// Committed plus queued undelivered rows of `account`.
+fn count_pending(server: &Server, w: &Writer, account: i64) -> u64 {
+    let queued = w.queue.borrow().iter().filter(|e| e.account == account && e.offline).count() as u64;
+    let stored = mailbox::count_pending(server.store.conn(), account).unwrap_or_else(|e| {
+        tracing::error!("mailbox: cannot count pending messages: {e}");
+        0
+    });
+    stored + queued
+}
+
+/// Pushes the offline messages of `full`'s account to `full`, which has just become available
+/// with a non-negative priority. Call it for every such presence: it does nothing when nothing
+/// is pending, and the work runs at the end of the loop turn (after the rows queued meanwhile
+/// are committed), so it is safe to call with the session table borrowed.
+pub fn deliver_offline(server: &Rc<Server>, full: &FullJid) {
+    let w = server.ext::<Writer>();
+    let bare = full.to_bare();
+    if w.pending.borrow().get(&bare) == Some(&0) {
+        return;
+    }
+    // One delivery per account at a time; a running one carries on with whichever resource
+    // is available.
+    if !w.delivering.borrow_mut().insert(bare) {
+        return;
+    }
+    w.deliveries.borrow_mut().push(full.clone());
+    schedule(server);
+}
+
+/// Commits the queued rows now, for a reader that must see them (a mailbox query).
+pub fn commit(server: &Server) -> Result<(), StoreError> {
+    let w = server.ext::<Writer>();
+    let entries = std::mem::take(&mut *w.queue.borrow_mut());
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let result = server.store.transaction(|tx| write(tx, &entries));
+    if result.is_err() {
+        requeue(&w, entries);
+    }
+    result
+}
+
+/// Attaches the commit job unless it is attached already.
+fn schedule(server: &Rc<Server>) {
+    let w = server.ext::<Writer>();
+    if w.scheduled.replace(true) {
+        return;
+    }
+    let weak = Rc::downgrade(server);
+    source::idle_once_at(Priority::from(COMMIT_PRIORITY), move || {
+        if let Some(server) = weak.upgrade() {
+            run(&server);
+        }
+    });
+}
+
+/// What one delivery step sends to one session.
+struct Push {
+    target: FullJid,
+    conn: Rc<Connection>,
+    owner: BareJid,
+    stanzas: Vec<Element>,
+    remaining: u64,
+}
+
+/// The commit job: writes the queued rows and takes one delivery step for each session that
+/// asked, all in one transaction; sends only once that has committed.
+fn run(server: &Rc<Server>) {
+    let w = server.ext::<Writer>();
+    w.scheduled.set(false);
+    let entries = std::mem::take(&mut *w.queue.borrow_mut());
+    let deliveries = std::mem::take(&mut *w.deliveries.borrow_mut());
+    if entries.is_empty() && deliveries.is_empty() {
+        return;
+    }
+    let mut pushes = Vec::new();
+    let mut idle = Vec::new();
+    let result = server.store.transaction(|tx| -> Result<(), StoreError> {
+        write(tx, &entries)?;
+        for full in &deliveries {
+            match next_step(server, tx, full)? {
+                Some(p) => pushes.push(p),
+                None => idle.push(full.to_bare()),
+            }
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        tracing::error!(rows = entries.len(), "mailbox: commit failed, retrying in {RETRY:?}: {e}");
+        requeue(&w, entries);
+        w.deliveries.borrow_mut().extend(deliveries);
+        let weak = Rc::downgrade(server);
+        server.after(RETRY, move || {
+            if let Some(s) = weak.upgrade() {
+                schedule(&s);
+            }
+        });
+        return;
+    }
+    for bare in idle {
+        w.delivering.borrow_mut().remove(&bare);
+    }
+    for p in pushes {
+        for el in &p.stanzas {
+            p.conn.send(el);
+        }
+        w.pending.borrow_mut().insert(p.owner.clone(), p.remaining);
+        if p.remaining > 0 {
+            continue_later(server, p.target, Duration::from_millis(1));
+        } else {
+            w.delivering.borrow_mut().remove(&p.owner);
+        }
+    }
+}
+
+/// Puts rows whose commit failed back in front of the queue.
+fn requeue(w: &Writer, mut entries: Vec<NewEntry>) {
+    let mut q = w.queue.borrow_mut();
+    entries.append(&mut q);
+    *q = entries;
+}
+
+fn write(tx: &rusqlite::Connection, entries: &[NewEntry]) -> Result<(), StoreError> {
+    for e in entries {
+        match mailbox::append(tx, e) {
+            Ok(_) => {}
+            // A row that can never be written (its account was deleted meanwhile; a stanza id
+            // collision) must not hold back the others. SQLite undoes just that statement.
+            Err(rusqlite::Error::SqliteFailure(f, msg)) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
+                tracing::warn!(account = e.account, "mailbox: row dropped: {}", msg.unwrap_or_default());
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Ok(())
+}
+
+/// The next chunk of `full`'s account's pending messages, with the cursor moved past it.
+/// `None` when nothing is pending or no resource can take it.
+fn next_step(server: &Server, tx: &rusqlite::Connection, full: &FullJid) -> Result<Option<Push>, StoreError> {
+    let owner = full.to_bare();
+    let Some((target, conn)) = target(server, full) else { return Ok(None) };
+    let node = owner.node().map(|n| n.to_string()).unwrap_or_default();
+    let Some(account) = server.store.account_id(&node, owner.domain().as_str())? else {
+        return Ok(None);
+    };
+    let rows = mailbox::pending(tx, account, CHUNK_MESSAGES)?;
+    let Some(first) = rows.first() else {
+        server.ext::<Writer>().pending.borrow_mut().insert(owner, 0);
+        return Ok(None);
+    };
+    let mut bytes = first.xml.len();
+    let take = 1 + rows[1..]
+        .iter()
+        .take_while(|r| {
+            bytes += r.xml.len();
+            bytes <= CHUNK_BYTES
+        })
+        .count();
+    let rows = &rows[..take];
+    let domain = owner.domain().to_string();
+    let mut stanzas = Vec::with_capacity(rows.len());
+    for row in rows {
+        match crate::xml::parse::element(&row.xml, &Vec::new()) {
+            Ok(mut el) => {
+                el.push(
+                    Element::new("delay", ns::DELAY)
+                        .attr("from", domain.as_str())
+                        .attr("stamp", datetime(row.ts)),
+                );
+                stanzas.push(el);
+            }
+            Err(e) => tracing::error!(id = row.id, "mailbox: stored message unreadable, skipped: {e}"),
+        }
+    }
+    mailbox::advance_cursor(tx, account, OFFLINE_CURSOR, rows[rows.len() - 1].id)?;
+    let remaining = mailbox::count_pending(tx, account)?;
+    Ok(Some(Push { target, conn, owner, stanzas, remaining }))
+}
+
+/// Where `full`'s offline messages go: `full` itself if it is still available with a
+/// non-negative priority, else the most available other resource of the account.
+fn target(server: &Server, full: &FullJid) -> Option<(FullJid, Rc<Connection>)> {
+    let sessions = server.sessions.borrow();
+    let usable = |s: &&crate::router::Session| s.priority.is_some_and(|p| p >= 0);
+    let session = sessions.get(full).filter(usable).or_else(|| {
+        sessions.of(&full.to_bare()).iter().filter(usable).max_by_key(|s| s.priority)
+    })?;
+    Some((session.jid.clone(), session.connection()?))
+}
+
+/// Takes the next delivery step for `full` after `delay`, once its TLS output has drained.
+fn continue_later(server: &Rc<Server>, full: FullJid, delay: Duration) {
+    let weak = Rc::downgrade(server);
+    server.after(delay, move || {
+        let Some(server) = weak.upgrade() else { return };
+        let backlog = server
+            .sessions
+            .borrow()
+            .get(&full)
+            .and_then(|s| s.connection())
+            .is_some_and(|c| tls_backlog(&c));
+        if backlog {
+            continue_later(&server, full, Duration::from_millis(20));
+        } else {
+            server.ext::<Writer>().deliveries.borrow_mut().push(full);
+            schedule(&server);
+        }
+    });
+}
+
+/// TLS records still wait for the socket: rustls refuses output beyond its 64 KiB buffer, so
+/// the next chunk waits. (Plain streams exist only on trusted loopback and buffer freely.)
+fn tls_backlog(conn: &Connection) -> bool {
+    conn.state.borrow().tls.as_ref().is_some_and(|t| t.wants_write())
+}
+
+/// Now, in Unix microseconds (the mailbox's `ts`).
+pub fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// XEP-0082 DateTime in UTC with milliseconds, e.g. `2026-03-01T12:00:00.250Z`.
+pub fn datetime(micros: i64) -> String {
+    let secs = micros.div_euclid(1_000_000);
+    let millis = micros.rem_euclid(1_000_000) / 1000;
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let s = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        s / 3600,
+        s % 3600 / 60,
+        s % 60
+    )
+}
+
+/// Proleptic Gregorian (year, month, day) of a day count since 1970-01-01 (H. Hinnant's
+/// `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn datetimes() {
+        assert_eq!(datetime(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(datetime(1_700_000_000_123_456), "2023-11-14T22:13:20.123Z");
+        assert_eq!(datetime(951_825_600_000_000), "2000-02-29T12:00:00.000Z");
+        assert_eq!(datetime(4_107_542_400_000_000), "2100-03-01T00:00:00.000Z");
+        assert_eq!(datetime(-1_000), "1969-12-31T23:59:59.999Z");
+    }
+}

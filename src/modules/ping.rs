@@ -1,8 +1,23 @@
-//! XEP-0199 XMPP Ping: the server answers pings addressed to it.
+//! XEP-0199 XMPP Ping.
+//!
+//! * §4.2/§4.3 client-to-server: the server answers pings addressed to it (no `to`, a hosted
+//!   domain) or to the sender's own bare JID; a ping to another account's bare JID gets
+//!   `service-unavailable` (the server does not answer for other users).
+//! * §4.1 server-to-client: the connection's housekeeping (src/stream/connection.rs) pings a
+//!   bound client that has been silent for `limits.keepalive_secs` and drops it with
+//!   `connection-timeout` when nothing at all comes back in time.
 
+use crate::stanza::Condition;
 use crate::stream::Stream;
 use crate::xml::ns;
 
+use super::disco::{Addressee, addressee};
+
 pub fn install(s: &mut Stream) {
-    s.iqs().rule(ns::PING, "ping").get(|iq| iq.result(None));
+    s.iqs()
+        .rule(ns::PING, "ping")
+        .get(|iq| match addressee(&iq) {
+            Addressee::Other(_) => iq.fail(Condition::ServiceUnavailable, ""),
+            _ => iq.result(None),
+        });
 }

@@ -1,48 +1,537 @@
-//! Presence (RFC 6121 §4): availability and priority of a session, directed presence.
+//! Presence (RFC 6121 §3 and §4).
+//!
+//! Implemented:
+//! * §3 subscriptions: the full state machine of Appendix A for subscribe, subscribed,
+//!   unsubscribe and unsubscribed in any order, pending-in requests stored (with their stanza)
+//!   and delivered again at every initial presence until answered, and §3.4 pre-approval
+//!   (advertised with `<sub xmlns='urn:xmpp:features:pre-approval'/>`). There is no
+//!   federation, so both ends are local: an outbound stanza updates the sender's roster (the
+//!   "user's server" role) and is then processed at once as inbound for the contact (the
+//!   "contact's server" role), with the sender's bare JID as `from` (§3.1.2). A subscribe to a
+//!   local JID without an account is answered with unsubscribed (§8.5.1).
+//! * §4 presence: initial presence broadcast to subscribers and to the user's own available
+//!   resources (including the sender), updates likewise, unavailable presence (sent, or when
+//!   the session ends) to subscribers, own resources and entities that got directed presence
+//!   (§4.6). Probes are answered inside the server: when a resource becomes available it is
+//!   sent the last presence of every available resource of the contacts it is subscribed to
+//!   and of its own other resources; a client's explicit probe gets the same answer if it is
+//!   entitled to it (§4.3.2). Priority is kept on the session (`None` = unavailable), which is
+//!   what message delivery to bare JIDs uses.
 
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
 
-use jid::{BareJid, FullJid};
+use jid::{BareJid, FullJid, Jid};
 
+use crate::modules::roster;
 use crate::server::Server;
-use crate::stream::Stream;
-use crate::stream::Connection;
+use crate::stanza::Condition;
+use crate::store::roster::RosterRow;
+use crate::stream::negotiate::stanza_error;
+use crate::stream::{Connection, Stream};
 use crate::xml::{Element, ns};
 
-pub fn install(_s: &mut Stream) {}
+/// Module state on the server (`server.ext::<PresenceState>()`).
+#[derive(Default)]
+pub struct PresenceState {
+    /// Entities that got directed available presence from a resource and so must get its
+    /// unavailable presence too (§4.6.3), by sender.
+    directed: RefCell<HashMap<FullJid, BTreeSet<Jid>>>,
+}
 
-/// Presence without `to`: the session's own availability.
-pub fn own_presence(server: &Rc<Server>, _conn: &Rc<Connection>, from: &FullJid, el: Element) {
-    let kind = el.get_attr("type");
-    let mut sessions = server.sessions.borrow_mut();
-    let Some(s) = sessions.get_mut(from) else { return };
-    match kind {
-        None => {
-            let prio = el
-                .child_text("priority", ns::CLIENT)
-                .and_then(|p| p.parse::<i8>().ok())
-                .unwrap_or(0);
-            s.priority = Some(prio);
+/// The subscription-related presence types (§3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubscriptionType {
+    Subscribe,
+    Subscribed,
+    Unsubscribe,
+    Unsubscribed,
+}
+
+impl SubscriptionType {
+    pub fn parse(s: &str) -> Option<SubscriptionType> {
+        Some(match s {
+            "subscribe" => SubscriptionType::Subscribe,
+            "subscribed" => SubscriptionType::Subscribed,
+            "unsubscribe" => SubscriptionType::Unsubscribe,
+            "unsubscribed" => SubscriptionType::Unsubscribed,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubscriptionType::Subscribe => "subscribe",
+            SubscriptionType::Subscribed => "subscribed",
+            SubscriptionType::Unsubscribe => "unsubscribe",
+            SubscriptionType::Unsubscribed => "unsubscribed",
         }
-        Some("unavailable") => s.priority = None,
-        _ => {}
     }
 }
 
-/// Directed presence to a bare JID goes to each of its available resources.
-pub fn directed_to_bare(server: &Rc<Server>, _from: &FullJid, to: &BareJid, el: Element) {
-    let targets: Vec<_> = server
+pub fn install(s: &mut Stream) {
+    s.feature(Element::new("sub", ns::PRE_APPROVAL));
+}
+
+// ---- entry points from the router -------------------------------------------------------------
+
+/// Presence without `to`: the session's own availability (§4.2, §4.4, §4.5).
+pub fn own_presence(server: &Rc<Server>, conn: &Rc<Connection>, from: &FullJid, el: Element) {
+    match el.get_attr("type") {
+        None => available(server, conn, from, el),
+        Some("unavailable") => {
+            let was_available = {
+                let mut sessions = server.sessions.borrow_mut();
+                let Some(s) = sessions.get_mut(from) else { return };
+                s.presence = None;
+                s.priority.take().is_some()
+            };
+            going_offline(server, from, &el, was_available);
+        }
+        // Subscription stanzas, probes and errors need an addressee; without one they mean
+        // nothing and are dropped.
+        Some("subscribe" | "subscribed" | "unsubscribe" | "unsubscribed" | "probe" | "error") => {}
+        Some(_) => bounce(conn, &el, Condition::BadRequest, "unknown presence type"),
+    }
+}
+
+/// Presence to a local bare JID: subscription stanzas go through the state machine, probes
+/// are answered, anything else is directed presence to the account's available resources.
+pub fn directed_to_bare(server: &Rc<Server>, from: &FullJid, to: &BareJid, el: Element) {
+    let kind = el.get_attr("type").map(str::to_owned);
+    match kind.as_deref() {
+        None | Some("unavailable") => {
+            if *to != from.to_bare() {
+                note_directed(server, from, &Jid::from(to.clone()), kind.is_none());
+            }
+            deliver_to_available(server, to, &el);
+        }
+        Some("probe") => probe(server, from, to),
+        // §8.5.2: presence errors for a bare JID are not delivered.
+        Some("error") => {}
+        Some(t) => match SubscriptionType::parse(t) {
+            Some(st) => outbound(server, &from.to_bare(), to, st, el),
+            None => {
+                if let Some(reply) = stanza_error(&el, Condition::BadRequest, "unknown presence type") {
+                    server.deliver_to_full(from, &reply);
+                }
+            }
+        },
+    }
+}
+
+/// A session ended while available (stream closed or connection lost): its unavailable
+/// presence goes to everyone who saw it available (§4.5.2). The session is already unbound.
+pub fn session_gone(server: &Rc<Server>, jid: &FullJid) {
+    let el = Element::stanza("presence")
+        .attr("from", jid.to_string())
+        .attr("type", "unavailable");
+    going_offline(server, jid, &el, true);
+}
+
+// ---- availability -----------------------------------------------------------------------------
+
+fn available(server: &Rc<Server>, conn: &Rc<Connection>, from: &FullJid, el: Element) {
+    let priority = match el.child_text("priority", ns::CLIENT) {
+        None => 0,
+        Some(p) => match p.parse::<i8>() {
+            Ok(p) => p,
+            Err(_) => {
+                return bounce(conn, &el, Condition::BadRequest, "priority must be an integer from -128 to 127");
+            }
+        },
+    };
+    let was_available = {
+        let mut sessions = server.sessions.borrow_mut();
+        let Some(s) = sessions.get_mut(from) else { return };
+        s.presence = Some(el.clone());
+        s.priority.replace(priority).is_some()
+    };
+    broadcast(server, from, &el);
+    // XEP-0160 (offline.rs): pending offline messages; a no-op when none wait or after the first.
+    if priority >= 0 { crate::modules::offline::deliver_offline(server, from); }
+    if !was_available {
+        initial(server, conn, from);
+    }
+}
+
+/// Sends `el` (presence from `from`) to the available resources of every local subscriber
+/// (`from`/`both`) and to all of the user's own available resources, the sender included
+/// (§4.2.2, §4.4.2). Each copy is addressed to the recipient's bare JID.
+pub fn broadcast(server: &Rc<Server>, from: &FullJid, el: &Element) {
+    let user = from.to_bare();
+    let mut targets = available_sessions(server, &user);
+    for contact in roster::subscribers(server, &user) {
+        targets.extend(available_sessions(server, &contact));
+    }
+    send_each(&targets, el);
+}
+
+/// What a resource learns when it becomes available: its own other resources' presence, the
+/// presence of contacts it is subscribed to (the answer to the probes of §4.3, given here
+/// directly since every contact is local), and unanswered subscription requests (§3.1.3).
+fn initial(server: &Rc<Server>, conn: &Rc<Connection>, from: &FullJid) {
+    let user = from.to_bare();
+    let to = from.to_string();
+    let mut presences = Vec::new();
+    let mut collect = |server: &Server, bare: &BareJid| {
+        let sessions = server.sessions.borrow();
+        for s in sessions.of(bare) {
+            if s.jid != *from
+                && s.priority.is_some()
+                && let Some(p) = &s.presence
+            {
+                presences.push(p.clone());
+            }
+        }
+    };
+    collect(server, &user);
+    for contact in roster::subscribed_to(server, &user) {
+        // The contact's own roster decides (§4.3.2); both are normally in step.
+        if roster::subscription(server, &contact, &user).has_from() {
+            collect(server, &contact);
+        }
+    }
+    for mut p in presences {
+        p.set_attr("to", to.as_str());
+        conn.send(&p);
+    }
+    for req in roster::pending_requests(server, &user) {
+        conn.send(&req);
+    }
+}
+
+/// Unavailable presence from `from`: to subscribers and own resources if it was available,
+/// and to every entity it sent directed presence to (§4.5.2, §4.6.3).
+fn going_offline(server: &Rc<Server>, from: &FullJid, el: &Element, was_available: bool) {
+    let directed = server.ext::<PresenceState>().directed.borrow_mut().remove(from);
+    let user = from.to_bare();
+    let mut targets = Vec::new();
+    if was_available {
+        targets.extend(available_sessions(server, &user).into_iter().filter(|(j, _)| j != from));
+        for contact in roster::subscribers(server, &user) {
+            targets.extend(available_sessions(server, &contact));
+        }
+    }
+    let mut elsewhere = Vec::new();
+    for to in directed.into_iter().flatten() {
+        match to.try_as_full() {
+            Ok(full) if server.config.is_hosted(full.domain().as_str()) => {
+                if let Some(c) = server.sessions.borrow().get(full).and_then(|s| s.connection()) {
+                    targets.push((full.clone(), c));
+                }
+            }
+            Err(bare) if server.config.is_hosted(bare.domain().as_str()) => {
+                targets.extend(available_sessions(server, bare));
+            }
+            _ => elsewhere.push(to),
+        }
+    }
+    send_each(&targets, el);
+    for to in elsewhere {
+        if let Some(service) = server.service(to.domain().as_str()) {
+            let mut el = el.clone();
+            el.set_attr("to", to.to_string());
+            service.handle(server, el, from);
+        }
+    }
+}
+
+/// Records (or, for unavailable presence, forgets) that `from` sent directed presence to
+/// `to`, so `to` gets `from`'s unavailable presence when it goes offline (§4.6). The router
+/// calls this for bare JIDs; other callers may add full JIDs and services.
+pub fn note_directed(server: &Server, from: &FullJid, to: &Jid, available: bool) {
+    let state = server.ext::<PresenceState>();
+    let mut directed = state.directed.borrow_mut();
+    if available {
+        directed.entry(from.clone()).or_default().insert(to.clone());
+    } else if let Some(set) = directed.get_mut(from) {
+        set.remove(to);
+        if set.is_empty() {
+            directed.remove(from);
+        }
+    }
+}
+
+/// A client's probe (§4.3.2): answered with the contact's available presence if the sender is
+/// subscribed to it (or probes its own account), with unavailable if it has none; otherwise
+/// nothing is revealed.
+fn probe(server: &Rc<Server>, from: &FullJid, to: &BareJid) {
+    let user = from.to_bare();
+    if *to != user && !roster::subscription(server, to, &user).has_from() {
+        return;
+    }
+    let presences: Vec<Element> = server
         .sessions
         .borrow()
         .of(to)
         .iter()
-        .filter(|s| s.priority.is_some())
-        .filter_map(|s| s.connection())
+        .filter(|s| s.jid != *from && s.priority.is_some())
+        .filter_map(|s| s.presence.clone())
         .collect();
-    for c in targets {
-        c.send(&el);
+    if presences.is_empty() {
+        let el = Element::stanza("presence")
+            .attr("from", to.to_string())
+            .attr("to", from.to_string())
+            .attr("type", "unavailable");
+        server.deliver_to_full(from, &el);
+    }
+    for mut p in presences {
+        p.set_attr("to", from.to_string());
+        server.deliver_to_full(from, &p);
     }
 }
 
-/// A session ended while available.
-pub fn session_gone(_server: &Rc<Server>, _jid: &FullJid) {}
+// ---- subscriptions ----------------------------------------------------------------------------
+
+/// An outbound subscription stanza from `user` to `contact` (§3.1.2, §3.2.2, §3.3.2, §3.4):
+/// updates `user`'s roster, then hands the stanza to the contact's side.
+pub fn outbound(server: &Rc<Server>, user: &BareJid, contact: &BareJid, kind: SubscriptionType, mut el: Element) {
+    // A user is implicitly subscribed both ways to itself.
+    if user == contact {
+        return;
+    }
+    el.set_attr("from", user.to_string());
+    el.set_attr("to", contact.to_string());
+    use SubscriptionType::*;
+    match kind {
+        Subscribe => {
+            roster::update(server, user, contact, |r| {
+                if !r.subscription.has_to() {
+                    r.ask = true;
+                    r.in_roster = true;
+                }
+            });
+            inbound(server, contact, user, kind, el);
+        }
+        Subscribed => {
+            let row = roster::row(server, user, contact).unwrap_or_default();
+            if row.pending_in.is_some() {
+                let approved = roster::update(server, user, contact, |r| {
+                    r.subscription = r.subscription.with_from(true);
+                    r.pending_in = None;
+                    r.approved = false;
+                    r.in_roster = true;
+                });
+                if approved.is_some() {
+                    inbound(server, contact, user, kind, el);
+                    send_presence_of(server, user, contact);
+                }
+            } else if !row.subscription.has_from() {
+                // Pre-approval (§3.4.2): remembered, not routed.
+                roster::update(server, user, contact, |r| {
+                    r.approved = true;
+                    r.in_roster = true;
+                });
+            }
+        }
+        Unsubscribe => {
+            roster::update(server, user, contact, |r| {
+                r.subscription = r.subscription.with_to(false);
+                r.ask = false;
+            });
+            inbound(server, contact, user, kind, el);
+        }
+        Unsubscribed => {
+            let change = roster::update(server, user, contact, |r| {
+                r.subscription = r.subscription.with_from(false);
+                r.pending_in = None;
+                r.approved = false;
+            });
+            inbound(server, contact, user, kind, el);
+            if change.is_some_and(|c| c.before.subscription.has_from()) {
+                send_unavailable_of(server, user, contact);
+            }
+        }
+    }
+}
+
+/// The contact's side of a subscription stanza from `sender` to local `recipient` (§3.1.3,
+/// §3.1.6, §3.2.3, §3.3.3, §3.4.2). Stanzas for other domains are dropped: no federation.
+fn inbound(server: &Rc<Server>, recipient: &BareJid, sender: &BareJid, kind: SubscriptionType, el: Element) {
+    if !server.config.is_hosted(recipient.domain().as_str()) {
+        return;
+    }
+    use SubscriptionType::*;
+    if !roster::exists(server, recipient) {
+        if kind == Subscribe {
+            // §8.5.1: no such user; deny on its behalf so the request does not stay pending.
+            let deny = subscription_stanza(Unsubscribed, recipient, sender);
+            inbound(server, sender, recipient, Unsubscribed, deny);
+        }
+        return;
+    }
+    match kind {
+        Subscribe => {
+            let row = roster::row(server, recipient, sender).unwrap_or_default();
+            if row.subscription.has_from() {
+                // Already subscribed: answer on the recipient's behalf (§3.1.3).
+                auto_approve(server, recipient, sender);
+            } else if row.approved {
+                let changed = roster::update(server, recipient, sender, |r| {
+                    r.subscription = r.subscription.with_from(true);
+                    r.approved = false;
+                });
+                if changed.is_some() {
+                    auto_approve(server, recipient, sender);
+                }
+            } else {
+                let stored = el.to_string();
+                roster::update(server, recipient, sender, |r| r.pending_in = Some(stored));
+                deliver_to_available(server, recipient, &el);
+            }
+        }
+        Subscribed => {
+            let change = roster::update(server, recipient, sender, |r| {
+                if r.ask {
+                    r.ask = false;
+                    r.subscription = r.subscription.with_to(true);
+                }
+            });
+            if change.is_some_and(|c| c.changed()) {
+                deliver_to_available(server, recipient, &el);
+            }
+        }
+        Unsubscribe => {
+            let change = roster::update(server, recipient, sender, |r| {
+                r.subscription = r.subscription.with_from(false);
+                r.pending_in = None;
+            });
+            if let Some(c) = change
+                && c.changed()
+            {
+                deliver_to_available(server, recipient, &el);
+                if c.before.subscription.has_from() {
+                    send_unavailable_of(server, recipient, sender);
+                }
+            }
+        }
+        Unsubscribed => {
+            let change = roster::update(server, recipient, sender, |r| {
+                r.subscription = r.subscription.with_to(false);
+                r.ask = false;
+            });
+            if change.is_some_and(|c| c.changed()) {
+                deliver_to_available(server, recipient, &el);
+            }
+        }
+    }
+}
+
+/// `approver` (already subscribed-to or pre-approved) approves `requester`: the subscribed
+/// goes to the requester's side, followed by the approver's current presence.
+fn auto_approve(server: &Rc<Server>, approver: &BareJid, requester: &BareJid) {
+    let el = subscription_stanza(SubscriptionType::Subscribed, approver, requester);
+    inbound(server, requester, approver, SubscriptionType::Subscribed, el);
+    send_presence_of(server, approver, requester);
+}
+
+/// §2.5.2: after `user` removed `contact` from the roster, the subscriptions it had are
+/// cancelled (unsubscribed for `from` or a pending request, unsubscribe for `to` or `ask`).
+pub fn roster_item_removed(server: &Rc<Server>, user: &BareJid, contact: &BareJid, before: &RosterRow) {
+    use SubscriptionType::*;
+    if before.subscription.has_from() || before.pending_in.is_some() {
+        inbound(server, contact, user, Unsubscribed, subscription_stanza(Unsubscribed, user, contact));
+        if before.subscription.has_from() {
+            send_unavailable_of(server, user, contact);
+        }
+    }
+    if before.subscription.has_to() || before.ask {
+        inbound(server, contact, user, Unsubscribe, subscription_stanza(Unsubscribe, user, contact));
+    }
+}
+
+fn subscription_stanza(kind: SubscriptionType, from: &BareJid, to: &BareJid) -> Element {
+    Element::stanza("presence")
+        .attr("from", from.to_string())
+        .attr("to", to.to_string())
+        .attr("type", kind.as_str())
+}
+
+/// The current presence of each of `from`'s available resources, to `to`'s available
+/// resources (after a subscription is approved, §3.1.5).
+fn send_presence_of(server: &Rc<Server>, from: &BareJid, to: &BareJid) {
+    if !server.config.is_hosted(to.domain().as_str()) {
+        return;
+    }
+    let presences: Vec<Element> = server
+        .sessions
+        .borrow()
+        .of(from)
+        .iter()
+        .filter(|s| s.priority.is_some())
+        .filter_map(|s| s.presence.clone())
+        .collect();
+    let targets = available_sessions(server, to);
+    for p in presences {
+        send_each(&targets, &p);
+    }
+}
+
+/// Unavailable presence from each of `from`'s available resources to `to` (a subscription
+/// to `from` ended, §3.2.2, §3.3.3).
+fn send_unavailable_of(server: &Rc<Server>, from: &BareJid, to: &BareJid) {
+    if !server.config.is_hosted(to.domain().as_str()) {
+        return;
+    }
+    let resources: Vec<FullJid> = server
+        .sessions
+        .borrow()
+        .of(from)
+        .iter()
+        .filter(|s| s.priority.is_some())
+        .map(|s| s.jid.clone())
+        .collect();
+    let targets = available_sessions(server, to);
+    for r in resources {
+        let el = Element::stanza("presence")
+            .attr("from", r.to_string())
+            .attr("type", "unavailable");
+        send_each(&targets, &el);
+    }
+}
+
+// ---- delivery helpers -------------------------------------------------------------------------
+
+/// The available resources of `bare` (sent initial presence and not unavailable since).
+pub fn available_sessions(server: &Server, bare: &BareJid) -> Vec<(FullJid, Rc<Connection>)> {
+    server
+        .sessions
+        .borrow()
+        .of(bare)
+        .iter()
+        .filter(|s| s.priority.is_some())
+        .filter_map(|s| Some((s.jid.clone(), s.connection()?)))
+        .collect()
+}
+
+/// True when `bare` has at least one available resource.
+pub fn is_available(server: &Server, bare: &BareJid) -> bool {
+    server.sessions.borrow().of(bare).iter().any(|s| s.priority.is_some())
+}
+
+/// Delivers `el` unchanged to every available resource of `bare`.
+pub fn deliver_to_available(server: &Server, bare: &BareJid, el: &Element) {
+    for (_, c) in available_sessions(server, bare) {
+        c.send(el);
+    }
+}
+
+/// Sends a copy of `el` to each target once, addressed to the target's bare JID.
+fn send_each(targets: &[(FullJid, Rc<Connection>)], el: &Element) {
+    let mut seen = BTreeSet::new();
+    for (jid, conn) in targets {
+        if seen.insert(jid) {
+            let mut el = el.clone();
+            el.set_attr("to", jid.to_bare().to_string());
+            conn.send(&el);
+        }
+    }
+}
+
+fn bounce(conn: &Connection, el: &Element, cond: Condition, text: &str) {
+    if let Some(reply) = stanza_error(el, cond, text) {
+        conn.send(&reply);
+    }
+}

@@ -1,5 +1,201 @@
-//! (to be written)
+//! XEP-0054 vcard-temp and the server side of XEP-0153 vCard-based avatars.
+//!
+//! * Get (§3.1, §3.2): no `to` or one's own bare JID gives one's own vCard; another local
+//!   account's bare JID gives that account's vCard. No vCard stored: `item-not-found`; no such
+//!   account: `service-unavailable` (RFC 6121 §8.5.1); the server's own domain has none
+//!   (`service-unavailable`).
+//! * Set (§3.3): only one's own vCard (else `forbidden`); the element is stored whole, as XML
+//!   text, replacing the previous one.
+//! * XEP-0153 §4: the SHA-1 of the decoded PHOTO/BINVAL is computed on set and kept with the
+//!   vCard; [`photo_hash`] serves it (cached in memory) for presence decoration. A BINVAL that
+//!   is not base64 gets `bad-request`.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use base64::Engine;
+use jid::BareJid;
+use sha1::{Digest, Sha1};
+
+use crate::iq::Incoming;
+use crate::server::Server;
+use crate::stanza::Condition;
 use crate::stream::Stream;
+use crate::xml::{Element, ns, parse};
 
-pub fn install(_s: &mut Stream) {}
+use super::disco::{Addressee, addressee};
+
+pub fn install(s: &mut Stream) {
+    s.iqs().rule(ns::VCARD, "vCard").get(get).set(set);
+}
+
+/// Photo hashes by account, as [`photo_hash`] returns them; filled on first use.
+#[derive(Default)]
+struct PhotoCache {
+    hashes: RefCell<HashMap<BareJid, Option<String>>>,
+}
+
+fn get(iq: Incoming) {
+    let account = match addressee(&iq) {
+        Addressee::Unaddressed | Addressee::Own => iq.account(),
+        Addressee::Server => None,
+        Addressee::Other(bare) => Some(bare).filter(|b| iq.server().account_exists(b)),
+    };
+    let Some(account) = account else {
+        return iq.fail(Condition::ServiceUnavailable, "");
+    };
+    let server = iq.server().clone();
+    let stored = server
+        .store
+        .account_id_of(&account)
+        .and_then(|id| match id {
+            Some(id) => server.store.vcard(id),
+            None => Ok(None),
+        });
+    match stored {
+        Ok(Some(v)) => match parse::element(v.xml.as_bytes(), &parse::Scope::new()) {
+            Ok(el) => iq.result(Some(el)),
+            Err(e) => {
+                tracing::error!(%account, "stored vCard does not parse: {e}");
+                iq.fail(Condition::InternalServerError, "");
+            }
+        },
+        Ok(None) => iq.fail(Condition::ItemNotFound, "no vCard"),
+        Err(e) => {
+            tracing::error!(%account, "store error reading vCard: {e}");
+            iq.fail(Condition::InternalServerError, "");
+        }
+    }
+}
+
+fn set(iq: Incoming) {
+    let account = match addressee(&iq) {
+        Addressee::Unaddressed | Addressee::Own => iq.account(),
+        Addressee::Server | Addressee::Other(_) => None,
+    };
+    let Some(account) = account else {
+        return iq.fail(Condition::Forbidden, "only your own vCard can be set");
+    };
+    let hash = match photo_sha1(&iq.payload) {
+        Ok(h) => h,
+        Err(()) => return iq.fail(Condition::BadRequest, "PHOTO/BINVAL is not base64"),
+    };
+    let mut xml = Vec::new();
+    iq.payload.write_to(&mut xml, "");
+    let xml = String::from_utf8_lossy(&xml);
+    let server = iq.server().clone();
+    let stored = server
+        .store
+        .account_id_of(&account)
+        .and_then(|id| match id {
+            Some(id) => server
+                .store
+                .set_vcard(id, &xml, hash.as_deref())
+                .map(|_| true),
+            None => Ok(false),
+        });
+    match stored {
+        Ok(true) => {
+            server
+                .ext::<PhotoCache>()
+                .hashes
+                .borrow_mut()
+                .insert(account, Some(hash.unwrap_or_default()));
+            iq.result(None);
+        }
+        Ok(false) => iq.fail(Condition::ItemNotFound, "no such account"),
+        Err(e) => {
+            tracing::error!(%account, "store error writing vCard: {e}");
+            iq.fail(Condition::InternalServerError, "");
+        }
+    }
+}
+
+/// The XEP-0153 hash to put in the account's presence (`<x xmlns='vcard-temp:x:update'>`):
+/// `Some(hex SHA-1)` when its vCard has a photo, `Some("")` when it has a vCard without one
+/// (an empty `<photo/>`: "no avatar"), `None` when it has no vCard (or is unknown), in which
+/// case the server should add nothing. Cached: cheap enough for every presence broadcast.
+pub fn photo_hash(server: &Server, account: &BareJid) -> Option<String> {
+    let cache = server.ext::<PhotoCache>();
+    if let Some(h) = cache.hashes.borrow().get(account) {
+        return h.clone();
+    }
+    let loaded = server.store.account_id_of(account).and_then(|id| match id {
+        Some(id) => server
+            .store
+            .vcard_photo_hash(id)
+            .map(|h| Some(h.map(Option::unwrap_or_default))),
+        None => Ok(None),
+    });
+    match loaded {
+        // Only existing accounts are cached, so unknown JIDs cannot grow the cache.
+        Ok(Some(h)) => {
+            cache.hashes.borrow_mut().insert(account.clone(), h.clone());
+            h
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::error!(%account, "store error reading vCard photo hash: {e}");
+            None
+        }
+    }
+}
+
+/// Drops what is cached for `account` (it was deleted).
+pub(crate) fn forget(server: &Rc<Server>, account: &BareJid) {
+    server
+        .ext::<PhotoCache>()
+        .hashes
+        .borrow_mut()
+        .remove(account);
+}
+
+/// The hex SHA-1 of the decoded PHOTO/BINVAL of a vCard, `None` without one; `Err` when the
+/// BINVAL is not base64.
+fn photo_sha1(vcard: &Element) -> Result<Option<String>, ()> {
+    let Some(binval) = vcard
+        .get_child("PHOTO", ns::VCARD)
+        .and_then(|p| p.get_child("BINVAL", ns::VCARD))
+    else {
+        return Ok(None);
+    };
+    // Base64 in vCards is often folded over lines.
+    let b64: String = binval
+        .text_content()
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace())
+        .collect();
+    if b64.is_empty() {
+        return Ok(None);
+    }
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|_| ())?;
+    let digest = Sha1::digest(&data);
+    Ok(Some(digest.iter().map(|b| format!("{b:02x}")).collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn photo_hash_is_sha1_of_decoded_binval() {
+        let v = |binval: &str| {
+            Element::new("vCard", ns::VCARD).child(
+                Element::new("PHOTO", ns::VCARD)
+                    .child(Element::new("TYPE", ns::VCARD).text("image/png"))
+                    .child(Element::new("BINVAL", ns::VCARD).text(binval)),
+            )
+        };
+        // sha1("hello")
+        assert_eq!(
+            photo_sha1(&v("aGVs\n bG8=")).unwrap().as_deref(),
+            Some("aaf4c61ddcc5e8a2dabede0f3b482cd9aea9434d")
+        );
+        assert_eq!(photo_sha1(&v("")).unwrap(), None);
+        assert_eq!(photo_sha1(&Element::new("vCard", ns::VCARD)).unwrap(), None);
+        assert!(photo_sha1(&v("not base64!")).is_err());
+    }
+}

@@ -40,6 +40,11 @@ pub fn route_from_client(server: &Rc<Server>, conn: &Rc<Connection>, mut el: Ele
         Ok(to) => to,
         Err(()) => return bounce(conn, &el, Condition::JidMalformed, "malformed 'to' address"),
     };
+    // XEP-0191: stanzas to a JID the sender blocked, or from a JID the local recipient blocked,
+    // stop here (answered as the XEP says by modules::blocking).
+    if crate::modules::blocking::intercept(server, conn, &from, to.as_ref(), &el) {
+        return;
+    }
     match el.name.as_str() {
         "iq" => route_iq(server, conn, &from, to, el),
         "message" => route_message(server, conn, &from, to, el),

@@ -1,4 +1,353 @@
-//! The per-user mailbox: one append-only archive of messages.
+//! The per-user mailbox: one append-only archive of messages, and read cursors over it.
+//!
+//! Every message the server keeps for an account is one row of `mailbox`, with a stable
+//! XEP-0359 stanza id (also written into the stored stanza, `<stanza-id by='user@domain'/>`).
+//! Rows are never changed after they are written; what has been delivered is recorded by
+//! *cursors* in `mailbox_cursor`: "device D of the account has seen everything up to row id N".
+//! Offline delivery (XEP-0160) is the view "rows stored for lack of an available resource
+//! (`offline = 1`) beyond the account's [`OFFLINE_CURSOR`]"; a message archive (XEP-0313) and
+//! stream resumption are further views of the same rows, so the three cannot disagree about
+//! what exists (the lost-or-duplicated failure of servers that keep three stores).
+//!
+//! Row ids come from `AUTOINCREMENT`: they only grow and are never reused, which is what makes
+//! "up to id N" a sound cursor.
+//!
+//! These functions take a `rusqlite::Connection` so they work inside a transaction as well
+//! (a `Transaction` derefs to its connection). The server does not call [`append`] on its hot
+//! path directly: `modules::offline` queues rows and commits them once per loop turn.
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
 
 /// Schema migration for this store (applied once, in order, by `migrations.rs`).
-pub(super) const SCHEMA: &str = "";
+pub(super) const SCHEMA: &str = r#"
+    CREATE TABLE mailbox (
+        id        INTEGER PRIMARY KEY AUTOINCREMENT,
+        account   INTEGER NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+        stanza_id TEXT NOT NULL UNIQUE,  -- XEP-0359, the id clients and the archive refer to
+        ts        INTEGER NOT NULL,      -- when the server received it, Unix time in microseconds
+        with_jid  TEXT NOT NULL,         -- bare JID of the other party
+        direction INTEGER NOT NULL,      -- 0 incoming, 1 outgoing
+        offline   INTEGER NOT NULL,      -- 1: stored because no resource was available; pending
+                                         --    while id > the account's offline cursor
+        xml       BLOB NOT NULL          -- the stanza as delivered, with xmlns='jabber:client'
+    );
+    CREATE INDEX mailbox_account ON mailbox (account, id);
+    CREATE INDEX mailbox_with ON mailbox (account, with_jid, id);
+    CREATE INDEX mailbox_ts ON mailbox (account, ts);
+    -- Offline delivery and the quota look only at these rows.
+    CREATE INDEX mailbox_offline ON mailbox (account, id) WHERE offline = 1;
+
+    -- Read cursors: device '' is the account-wide offline view; later, one per device
+    -- (stream resumption, archive sync).
+    CREATE TABLE mailbox_cursor (
+        account   INTEGER NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+        device    TEXT NOT NULL,
+        delivered INTEGER NOT NULL,      -- every row with id <= this has been delivered
+        PRIMARY KEY (account, device)
+    ) WITHOUT ROWID;
+"#;
+
+/// The cursor of offline delivery: rows up to it have been pushed to some resource at login.
+pub const OFFLINE_CURSOR: &str = "";
+
+/// Which way a message went, seen from the account that owns the row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Received by the account (`with` is the sender).
+    In,
+    /// Sent by the account (`with` is the recipient).
+    Out,
+}
+
+impl Direction {
+    fn to_sql(self) -> i64 {
+        match self {
+            Direction::In => 0,
+            Direction::Out => 1,
+        }
+    }
+
+    fn from_sql(v: i64) -> Direction {
+        if v == 1 { Direction::Out } else { Direction::In }
+    }
+}
+
+/// A row to append.
+#[derive(Clone, Debug)]
+pub struct NewEntry {
+    pub account: i64,
+    /// XEP-0359 stanza id; unique across the whole table.
+    pub stanza_id: String,
+    /// Unix time in microseconds.
+    pub ts: i64,
+    /// Bare JID of the other party.
+    pub with: String,
+    pub direction: Direction,
+    /// Stored because no resource was available: offline delivery pushes it at next login.
+    pub offline: bool,
+    /// The stanza, serialised with its namespace declared (see `Element::write_to(_, "")`).
+    pub xml: Vec<u8>,
+}
+
+/// A stored row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Archive id: increasing in the order rows were appended, never reused.
+    pub id: i64,
+    pub stanza_id: String,
+    pub ts: i64,
+    pub with: String,
+    pub direction: Direction,
+    pub offline: bool,
+    pub xml: Vec<u8>,
+}
+
+const COLUMNS: &str = "id, stanza_id, ts, with_jid, direction, offline, xml";
+
+fn entry(r: &Row<'_>) -> rusqlite::Result<Entry> {
+    Ok(Entry {
+        id: r.get(0)?,
+        stanza_id: r.get(1)?,
+        ts: r.get(2)?,
+        with: r.get(3)?,
+        direction: Direction::from_sql(r.get(4)?),
+        offline: r.get(5)?,
+        xml: r.get(6)?,
+    })
+}
+
+/// Appends a row; returns its archive id.
+pub fn append(conn: &Connection, e: &NewEntry) -> rusqlite::Result<i64> {
+    conn.prepare_cached(
+        "INSERT INTO mailbox (account, stanza_id, ts, with_jid, direction, offline, xml)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        e.account,
+        e.stanza_id,
+        e.ts,
+        e.with,
+        e.direction.to_sql(),
+        e.offline,
+        e.xml
+    ])?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// Where `device` of `account` has read up to (0 when it has never read).
+pub fn cursor(conn: &Connection, account: i64, device: &str) -> rusqlite::Result<i64> {
+    Ok(conn
+        .prepare_cached("SELECT delivered FROM mailbox_cursor WHERE account = ?1 AND device = ?2")?
+        .query_row(params![account, device], |r| r.get(0))
+        .optional()?
+        .unwrap_or(0))
+}
+
+/// Moves the cursor of `device` forward to `up_to` (never backwards).
+pub fn advance_cursor(conn: &Connection, account: i64, device: &str, up_to: i64) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO mailbox_cursor (account, device, delivered) VALUES (?1, ?2, ?3)
+         ON CONFLICT (account, device) DO UPDATE SET delivered = max(delivered, excluded.delivered)",
+    )?
+    .execute(params![account, device, up_to])?;
+    Ok(())
+}
+
+/// Offline rows of `account` beyond the offline cursor, oldest first, at most `limit`.
+pub fn pending(conn: &Connection, account: i64, limit: usize) -> rusqlite::Result<Vec<Entry>> {
+    let after = cursor(conn, account, OFFLINE_CURSOR)?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM mailbox
+         WHERE account = ?1 AND offline = 1 AND id > ?2 ORDER BY id LIMIT ?3"
+    ))?;
+    let rows = stmt.query_map(params![account, after, limit as i64], entry)?;
+    rows.collect()
+}
+
+/// How many offline rows of `account` wait for delivery (what the quota counts).
+pub fn count_pending(conn: &Connection, account: i64) -> rusqlite::Result<u64> {
+    let after = cursor(conn, account, OFFLINE_CURSOR)?;
+    conn.prepare_cached("SELECT count(*) FROM mailbox WHERE account = ?1 AND offline = 1 AND id > ?2")?
+        .query_row(params![account, after], |r| r.get::<_, i64>(0))
+        .map(|n| n as u64)
+}
+
+/// A range query over one account's archive (the shape XEP-0313 with XEP-0059 paging needs).
+/// Every bound is optional and exclusive for ids, inclusive for times.
+#[derive(Clone, Debug, Default)]
+pub struct Query<'a> {
+    /// Only rows exchanged with this bare JID.
+    pub with: Option<&'a str>,
+    /// Only rows with id greater than this (RSM `after`, resolved with [`id_of`]).
+    pub after_id: Option<i64>,
+    /// Only rows with id less than this (RSM `before`).
+    pub before_id: Option<i64>,
+    /// Only rows with `ts >= start` (microseconds).
+    pub start: Option<i64>,
+    /// Only rows with `ts <= end` (microseconds).
+    pub end: Option<i64>,
+    /// Most rows returned.
+    pub limit: usize,
+    /// Newest first (the last page, RSM `<before/>`); the result is still returned oldest first.
+    pub newest_first: bool,
+}
+
+/// Rows of `account` matching `q`, oldest first.
+pub fn query(conn: &Connection, account: i64, q: &Query<'_>) -> rusqlite::Result<Vec<Entry>> {
+    let order = if q.newest_first { "DESC" } else { "ASC" };
+    // One statement text per shape of filter, so prepare_cached keeps a handful at most.
+    let mut sql = format!("SELECT {COLUMNS} FROM mailbox WHERE account = ?1");
+    let mut args: Vec<rusqlite::types::Value> = vec![account.into()];
+    let mut bind = |sql: &mut String, cond: &str, v: rusqlite::types::Value| {
+        args.push(v);
+        sql.push_str(&format!(" AND {cond} ?{}", args.len()));
+    };
+    if let Some(w) = q.with {
+        bind(&mut sql, "with_jid =", w.to_owned().into());
+    }
+    if let Some(a) = q.after_id {
+        bind(&mut sql, "id >", a.into());
+    }
+    if let Some(b) = q.before_id {
+        bind(&mut sql, "id <", b.into());
+    }
+    if let Some(s) = q.start {
+        bind(&mut sql, "ts >=", s.into());
+    }
+    if let Some(e) = q.end {
+        bind(&mut sql, "ts <=", e.into());
+    }
+    sql.push_str(&format!(" ORDER BY id {order} LIMIT {}", q.limit));
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(args), entry)?;
+    let mut out: Vec<Entry> = rows.collect::<Result<_, _>>()?;
+    if q.newest_first {
+        out.reverse();
+    }
+    Ok(out)
+}
+
+/// The archive id of the row of `account` with XEP-0359 id `stanza_id`.
+pub fn id_of(conn: &Connection, account: i64, stanza_id: &str) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached("SELECT id FROM mailbox WHERE account = ?1 AND stanza_id = ?2")?
+        .query_row(params![account, stanza_id], |r| r.get(0))
+        .optional()
+}
+
+/// Mailbox sizes of one account, for `wockd status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stats {
+    pub username: String,
+    pub domain: String,
+    /// Rows in the archive.
+    pub archived: u64,
+    /// Offline rows not delivered yet.
+    pub pending: u64,
+}
+
+/// Sizes of every account's mailbox, sorted like `list_accounts`.
+pub fn stats(conn: &Connection) -> rusqlite::Result<Vec<Stats>> {
+    let mut stmt = conn.prepare(
+        "SELECT a.username, a.domain,
+                (SELECT count(*) FROM mailbox m WHERE m.account = a.id),
+                (SELECT count(*) FROM mailbox m
+                 WHERE m.account = a.id AND m.offline = 1
+                   AND m.id > coalesce((SELECT c.delivered FROM mailbox_cursor c
+                                        WHERE c.account = a.id AND c.device = ''), 0))
+         FROM accounts a ORDER BY a.username, a.domain",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(Stats {
+            username: r.get(0)?,
+            domain: r.get(1)?,
+            archived: r.get::<_, i64>(2)? as u64,
+            pending: r.get::<_, i64>(3)? as u64,
+        })
+    })?;
+    rows.collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    fn account(store: &Store, name: &str) -> i64 {
+        store.create_account(name, "localhost", &[]).unwrap();
+        store.account_id(name, "localhost").unwrap().unwrap()
+    }
+
+    fn new(account: i64, n: u32, offline: bool) -> NewEntry {
+        NewEntry {
+            account,
+            stanza_id: format!("sid-{account}-{n}"),
+            ts: 1_000_000 * i64::from(n),
+            with: if n % 2 == 0 { "bob@localhost" } else { "carol@localhost" }.into(),
+            direction: Direction::In,
+            offline,
+            xml: format!("<message><body>{n}</body></message>").into_bytes(),
+        }
+    }
+
+    #[test]
+    fn offline_view_follows_the_cursor() {
+        let store = Store::open_in_memory().unwrap();
+        let conn = store.conn();
+        let alice = account(&store, "alice");
+        let bob = account(&store, "bob");
+        let a1 = append(conn, &new(alice, 1, true)).unwrap();
+        append(conn, &new(alice, 2, false)).unwrap(); // delivered live: not pending
+        let a3 = append(conn, &new(alice, 3, true)).unwrap();
+        append(conn, &new(bob, 4, true)).unwrap();
+
+        let p = pending(conn, alice, 100).unwrap();
+        assert_eq!(p.iter().map(|e| e.id).collect::<Vec<_>>(), [a1, a3]);
+        assert_eq!(count_pending(conn, alice).unwrap(), 2);
+        assert_eq!(pending(conn, alice, 1).unwrap().len(), 1);
+
+        advance_cursor(conn, alice, OFFLINE_CURSOR, a1).unwrap();
+        assert_eq!(count_pending(conn, alice).unwrap(), 1);
+        advance_cursor(conn, alice, OFFLINE_CURSOR, a3).unwrap();
+        advance_cursor(conn, alice, OFFLINE_CURSOR, a1).unwrap(); // never backwards
+        assert_eq!(cursor(conn, alice, OFFLINE_CURSOR).unwrap(), a3);
+        assert!(pending(conn, alice, 100).unwrap().is_empty());
+        assert_eq!(count_pending(conn, bob).unwrap(), 1);
+
+        let s = stats(conn).unwrap();
+        assert_eq!((s[0].username.as_str(), s[0].archived, s[0].pending), ("alice", 3, 0));
+        assert_eq!((s[1].username.as_str(), s[1].archived, s[1].pending), ("bob", 1, 1));
+    }
+
+    #[test]
+    fn query_filters_and_pages() {
+        let store = Store::open_in_memory().unwrap();
+        let conn = store.conn();
+        let alice = account(&store, "alice");
+        let ids: Vec<i64> = (1..=6).map(|n| append(conn, &new(alice, n, false)).unwrap()).collect();
+        let q = |q: Query<'_>| query(conn, alice, &q).unwrap().iter().map(|e| e.id).collect::<Vec<_>>();
+
+        assert_eq!(q(Query { limit: 10, ..Default::default() }), ids);
+        assert_eq!(q(Query { with: Some("bob@localhost"), limit: 10, ..Default::default() }), [ids[1], ids[3], ids[5]]);
+        assert_eq!(q(Query { after_id: Some(ids[1]), limit: 2, ..Default::default() }), [ids[2], ids[3]]);
+        assert_eq!(q(Query { before_id: Some(ids[5]), limit: 2, newest_first: true, ..Default::default() }), [ids[3], ids[4]]);
+        assert_eq!(q(Query { start: Some(2_000_000), end: Some(3_000_000), limit: 10, ..Default::default() }), [ids[1], ids[2]]);
+        assert_eq!(id_of(conn, alice, &format!("sid-{alice}-3")).unwrap(), Some(ids[2]));
+        assert_eq!(id_of(conn, alice, "nope").unwrap(), None);
+    }
+
+    #[test]
+    fn rows_go_with_their_account_and_ids_are_unique() {
+        let store = Store::open_in_memory().unwrap();
+        let conn = store.conn();
+        let alice = account(&store, "alice");
+        append(conn, &new(alice, 1, true)).unwrap();
+        assert!(append(conn, &new(alice, 1, true)).is_err(), "duplicate stanza id accepted");
+        advance_cursor(conn, alice, OFFLINE_CURSOR, 1).unwrap();
+        store.delete_account("alice", "localhost").unwrap();
+        let n: i64 = conn.query_row("SELECT count(*) FROM mailbox", [], |r| r.get(0)).unwrap();
+        let c: i64 = conn.query_row("SELECT count(*) FROM mailbox_cursor", [], |r| r.get(0)).unwrap();
+        assert_eq!((n, c), (0, 0));
+        // A row for an account that no longer exists is refused, not orphaned.
+        assert!(append(conn, &new(alice, 2, true)).is_err());
+    }
+}

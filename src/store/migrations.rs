@@ -50,6 +50,12 @@ pub(super) const MIGRATIONS: &[&str] = &[
     super::mailbox::SCHEMA,
     // 4: vCards, private XML, blocklists, last activity (src/store/xeps.rs).
     super::xeps::SCHEMA,
+    // 5: the IM transport: legacy accounts, settings, rooms (src/store/transport.rs).
+    super::transport::SCHEMA,
+    // 6: the torrent service: jobs and per-user settings (src/store/torrents.rs).
+    super::torrents::SCHEMA,
+    // 7: XEP-0484 FAST tokens (src/store/fast.rs).
+    super::fast::SCHEMA,
 ];
 
 /// Brings the schema of `conn` up to date with [`MIGRATIONS`].

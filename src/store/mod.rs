@@ -56,9 +56,12 @@
 //! in between.
 
 mod accounts;
+pub mod fast;
 pub mod mailbox;
 mod migrations;
 pub mod roster;
+pub mod torrents;
+pub mod transport;
 pub mod xeps;
 
 use std::fs::{DirBuilder, File, OpenOptions, Permissions};

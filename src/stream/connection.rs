@@ -67,6 +67,8 @@ pub(crate) struct State {
     pub(crate) domain: String,
     pub(crate) sasl: Option<Box<SaslState>>,
     pub(crate) sasl_failures: u32,
+    /// A SASL2 (XEP-0388) exchange in progress.
+    pub(crate) sasl2: Option<Box<super::sasl2::Sasl2State>>,
     /// XEP-0198 state, once the client enabled stream management.
     pub(crate) sm: Option<Box<super::sm::SmState>>,
     /// XEP-0352: whether the client is inactive, and what is held back meanwhile.
@@ -135,6 +137,7 @@ impl Connection {
                 domain: server.config.default_domain().to_owned(),
                 sasl: None,
                 sasl_failures: 0,
+                sasl2: None,
                 sm: None,
                 csi: Default::default(),
                 plain_pending: false,

@@ -6,6 +6,7 @@ mod connection;
 pub(crate) mod negotiate;
 mod csi;
 mod sasl;
+pub mod sasl2;
 pub mod sm;
 
 use std::rc::Rc;

@@ -140,11 +140,13 @@ impl Connection {
                     features.push(starttls);
                 }
                 if info.plaintext_ok {
+                    let mechanisms = super::sasl::mechanisms(&info);
                     let mut mechs = Element::new("mechanisms", ns::SASL);
-                    for m in super::sasl::mechanisms(&info) {
-                        mechs.push(Element::new("mechanism", ns::SASL).text(m));
+                    for m in &mechanisms {
+                        mechs.push(Element::new("mechanism", ns::SASL).text(*m));
                     }
                     features.push(mechs);
+                    features.push(super::sasl2::feature(&mechanisms));
                 }
             }
             for f in server.stream.before_auth_stage().features_for(&info) {
@@ -186,6 +188,7 @@ impl Connection {
             (super::sm::NS, _) if authenticated || bound => self.on_sm(el),
             (super::csi::NS, _) if bound => self.on_csi(&el),
             (ns::SASL, _) if !authenticated && !bound => self.on_sasl(el),
+            (super::sasl2::NS, _) if !authenticated && !bound => self.on_sasl2(el),
             (ns::SASL, _) => self.close(Some((StreamError::PolicyViolation, Some("already authenticated".into())))),
             ("jabber:server" | "jabber:component:accept", _) => {
                 self.close(Some((StreamError::InvalidNamespace, None)));

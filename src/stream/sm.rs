@@ -72,40 +72,9 @@ impl Connection {
                 if !bound || self.state.borrow().sm.is_some() {
                     return self.send(&failed("unexpected-request", None));
                 }
-                let resume = matches!(el.get_attr("resume"), Some("true" | "1"));
-                let max_secs = el
-                    .get_attr("max")
-                    .and_then(|m| m.parse::<u32>().ok())
-                    .unwrap_or(MAX_RESUME_SECS)
-                    .clamp(1, MAX_RESUME_SECS);
-                let mut enabled = Element::new("enabled", NS);
-                let id = resume.then(|| {
-                    let n: u128 = rand::thread_rng().r#gen();
-                    format!("{n:032x}")
-                });
-                if let Some(id) = &id {
-                    enabled.set_attr("id", id.as_str());
-                    enabled.set_attr("resume", "true");
-                    enabled.set_attr("max", max_secs.to_string());
-                    if let Some(server) = self.server() {
-                        server
-                            .ext::<Registry>()
-                            .by_id
-                            .borrow_mut()
-                            .insert(id.clone(), Rc::downgrade(self));
-                    }
-                }
+                let enabled = self.enable(&el);
                 // `enabled` itself is not counted: counting starts after it.
                 self.send(&enabled);
-                self.state.borrow_mut().sm = Some(Box::new(SmState {
-                    id,
-                    max_secs,
-                    h_in: 0,
-                    h_out: 0,
-                    acked: 0,
-                    queue: VecDeque::new(),
-                    r_outstanding: false,
-                }));
             }
             "r" => {
                 let h = self.state.borrow().sm.as_ref().map(|s| s.h_in);
@@ -135,6 +104,44 @@ impl Connection {
         }
     }
 
+    /// Enables stream management as `<enable/>` asks; returns the `<enabled/>` answer.
+    pub(crate) fn enable(self: &Rc<Self>, el: &Element) -> Element {
+        let resume = matches!(el.get_attr("resume"), Some("true" | "1"));
+        let max_secs = el
+            .get_attr("max")
+            .and_then(|m| m.parse::<u32>().ok())
+            .unwrap_or(MAX_RESUME_SECS)
+            .clamp(1, MAX_RESUME_SECS);
+        let mut enabled = Element::new("enabled", NS);
+        let id = resume.then(|| {
+            let n: u128 = rand::thread_rng().r#gen();
+            format!("{n:032x}")
+        });
+        if let Some(id) = &id {
+            enabled.set_attr("id", id.as_str());
+            enabled.set_attr("resume", "true");
+            enabled.set_attr("max", max_secs.to_string());
+            if let Some(server) = self.server() {
+                server.ext::<Registry>().by_id.borrow_mut().insert(id.clone(), Rc::downgrade(self));
+            }
+        }
+        self.state.borrow_mut().sm = Some(Box::new(SmState {
+            id,
+            max_secs,
+            h_in: 0,
+            h_out: 0,
+            acked: 0,
+            queue: VecDeque::new(),
+            r_outstanding: false,
+        }));
+        enabled
+    }
+
+    /// Bind 2's inline `<enable/>` (always resumable).
+    pub(crate) fn enable_sm_inline(self: &Rc<Self>) -> Element {
+        self.enable(&Element::new("enable", NS).attr("resume", "true"))
+    }
+
     /// Drops acknowledged stanzas. `Err(sent)` when `h` acknowledges more than was sent.
     fn acknowledge(&self, h: u32) -> Result<(), u32> {
         let mut st = self.state.borrow_mut();
@@ -152,7 +159,21 @@ impl Connection {
     /// `<resume previd h/>`: takes over a hibernating (or still attached) session of the same
     /// account and replays what the client has not seen.
     fn resume(self: &Rc<Self>, el: &Element) {
-        let Some(server) = self.server() else { return };
+        match self.resume_inline(el) {
+            Ok((resumed, replay)) => {
+                self.send(&resumed);
+                for el in &replay {
+                    self.send(el);
+                }
+            }
+            Err(failed) => self.send(&failed),
+        }
+    }
+
+    /// Takes over the session `<resume/>` names. `Ok((resumed, stanzas to replay))`, or the
+    /// `<failed/>` answer. Shared by XEP-0198 and its SASL2 inline form.
+    pub(crate) fn resume_inline(self: &Rc<Self>, el: &Element) -> Result<(Element, Vec<Element>), Element> {
+        let Some(server) = self.server() else { return Err(failed("internal-server-error", None)) };
         let previd = el.get_attr("previd").unwrap_or("");
         let h = el.get_attr("h").and_then(|h| h.parse::<u32>().ok());
         let old = server.ext::<Registry>().by_id.borrow().get(previd).and_then(Weak::upgrade);
@@ -161,10 +182,10 @@ impl Connection {
             let st = o.state.borrow();
             st.jid.as_ref().map(|j| j.to_bare()) == account && st.sm.is_some()
         }) else {
-            return self.send(&failed("item-not-found", None));
+            return Err(failed("item-not-found", None));
         };
         let Some(h) = h else {
-            return self.send(&failed("bad-request", None));
+            return Err(failed("bad-request", None));
         };
         // Take the old session's state; the old connection (dead or not) goes away quietly.
         let (jid, mut sm) = {
@@ -172,11 +193,11 @@ impl Connection {
             (st.jid.take(), st.sm.take())
         };
         let (Some(jid), Some(mut sm_state)) = (jid, sm.take()) else {
-            return self.send(&failed("item-not-found", None));
+            return Err(failed("item-not-found", None));
         };
         let n = h.wrapping_sub(sm_state.acked) as usize;
         if n > sm_state.queue.len() {
-            return self.send(&failed("unexpected-request", Some(sm_state.h_out)));
+            return Err(failed("unexpected-request", Some(sm_state.h_out)));
         }
         sm_state.queue.drain(..n);
         sm_state.acked = h;
@@ -200,10 +221,7 @@ impl Connection {
         }
         server.sessions.borrow_mut().rebind(&jid, self);
         tracing::info!(%jid, replayed = replay.len(), "session resumed");
-        self.send(&resumed);
-        for el in &replay {
-            self.send(el);
-        }
+        Ok((resumed, replay))
     }
 
     /// Called when the connection dies abruptly. Returns true if the session hibernates

@@ -25,3 +25,16 @@ pub const REGISTER_FEATURE: &str = "http://jabber.org/features/iq-register";
 pub const VERSION: &str = "jabber:iq:version";
 pub const TIME: &str = "urn:xmpp:time";
 pub const LAST: &str = "jabber:iq:last";
+pub const ROSTER: &str = "jabber:iq:roster";
+pub const ROSTER_VER: &str = "urn:xmpp:features:rosterver";
+pub const PRE_APPROVAL: &str = "urn:xmpp:features:pre-approval";
+/// XEP-0203 Delayed Delivery.
+pub const DELAY: &str = "urn:xmpp:delay";
+/// XEP-0359 Unique and Stable Stanza IDs.
+pub const SID: &str = "urn:xmpp:sid:0";
+/// XEP-0334 Message Processing Hints.
+pub const HINTS: &str = "urn:xmpp:hints";
+/// XEP-0085 Chat State Notifications.
+pub const CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
+/// XEP-0160 offline storage, a disco feature without a namespace of its own.
+pub const MSGOFFLINE: &str = "msgoffline";

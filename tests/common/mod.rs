@@ -81,6 +81,7 @@ impl TestServer {
                 })
                 .unwrap();
                 let bound = server.start().unwrap();
+                wockd::transport::install(&server); // IM transport; no-op unless config.transport.enabled
                 addr_tx.send(bound).unwrap();
                 let main_loop = glib::MainLoop::new(Some(&ctx), false);
                 let ml = main_loop.clone();

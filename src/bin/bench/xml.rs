@@ -22,6 +22,8 @@ pub enum Frame {
 #[derive(Default)]
 pub struct Framer {
     buf: Vec<u8>,
+    /// End of the received data in `buf` (the rest is spare room).
+    end: usize,
     /// Everything before this has been handed out and may be discarded.
     start: usize,
     /// Where scanning resumes.
@@ -35,40 +37,43 @@ pub struct XmlError(pub &'static str);
 
 impl Framer {
     pub fn new() -> Framer {
-        Framer { buf: Vec::with_capacity(4096), ..Default::default() }
+        Framer {
+            buf: Vec::with_capacity(4096),
+            ..Default::default()
+        }
     }
 
-    /// Room to read into; call [`Framer::filled`] with the number of bytes read.
+    /// Room to read into (at least `want` bytes); then call [`Framer::filled`].
     pub fn spare(&mut self, want: usize) -> &mut [u8] {
-        if self.start > 0 && (self.start == self.buf.len() || self.start >= 32 * 1024) {
-            self.buf.drain(..self.start);
+        if self.start > 0
+            && (self.start == self.end
+                || self.start >= 32 * 1024
+                || self.buf.len() - self.end < want)
+        {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
             self.pos -= self.start;
             self.el_start = self.el_start.saturating_sub(self.start);
             self.start = 0;
         }
-        let len = self.buf.len();
-        self.buf.resize(len + want, 0);
-        &mut self.buf[len..]
+        if self.buf.len() - self.end < want {
+            self.buf.resize(self.end + want, 0);
+        }
+        &mut self.buf[self.end..]
     }
 
-    /// Keeps `n` of the bytes handed out by the last [`Framer::spare`].
-    pub fn filled(&mut self, want: usize, n: usize) {
-        let len = self.buf.len();
-        self.buf.truncate(len - want + n);
+    /// Keeps `n` bytes read into the room from [`Framer::spare`].
+    pub fn filled(&mut self, n: usize) {
+        self.end += n;
     }
 
     pub fn slice(&self, r: Range<usize>) -> &[u8] {
         &self.buf[r]
     }
 
-    /// Unconsumed bytes (for diagnostics).
-    pub fn pending(&self) -> usize {
-        self.buf.len() - self.start
-    }
-
     /// The next frame, `Ok(None)` when more bytes are needed.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, XmlError> {
-        let buf = &self.buf;
+        let buf = &self.buf[..self.end];
         let len = buf.len();
         loop {
             let Some(i) = memchr::memchr(b'<', &buf[self.pos..]) else {
@@ -174,6 +179,7 @@ fn tag_name(s: &[u8]) -> &[u8] {
 }
 
 /// The local name of the first tag in `el` (prefix stripped).
+#[cfg(test)]
 pub fn local_name(el: &[u8]) -> &[u8] {
     let n = tag_name(el.get(1..).unwrap_or_default());
     match n.iter().rposition(|c| *c == b':') {
@@ -201,7 +207,10 @@ pub fn start_attr(el: &[u8], name: &str) -> Option<String> {
         }
         found?
     };
-    let mut p = Parser { s: &el[..=gt], i: 1 };
+    let mut p = Parser {
+        s: &el[..=gt],
+        i: 1,
+    };
     p.name();
     loop {
         p.ws();
@@ -253,15 +262,14 @@ impl El {
     }
 
     pub fn attr(&self, k: &str) -> Option<&str> {
-        self.attrs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
+        self.attrs
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn child(&self, name: &str) -> Option<&El> {
         self.children.iter().find(|c| c.name == name)
-    }
-
-    pub fn ns(&self) -> Option<&str> {
-        self.attr("xmlns")
     }
 }
 
@@ -325,7 +333,10 @@ impl Parser<'_> {
             Some(i) => qname[i + 1..].to_owned(),
             None => qname,
         };
-        let mut el = El { name, ..Default::default() };
+        let mut el = El {
+            name,
+            ..Default::default()
+        };
         loop {
             self.ws();
             match self.peek() {
@@ -393,7 +404,9 @@ pub fn unescape(s: &[u8]) -> String {
             "amp" => Some('&'),
             "apos" => Some('\''),
             "quot" => Some('"'),
-            _ if ent.starts_with("#x") => u32::from_str_radix(&ent[2..], 16).ok().and_then(char::from_u32),
+            _ if ent.starts_with("#x") => u32::from_str_radix(&ent[2..], 16)
+                .ok()
+                .and_then(char::from_u32),
             _ if ent.starts_with('#') => ent[1..].parse().ok().and_then(char::from_u32),
             _ => None,
         };
@@ -437,8 +450,8 @@ mod tests {
 
     fn feed(f: &mut Framer, s: &[u8]) {
         let sp = f.spare(s.len());
-        sp.copy_from_slice(s);
-        f.filled(s.len(), s.len());
+        sp[..s.len()].copy_from_slice(s);
+        f.filled(s.len());
     }
 
     #[test]
@@ -452,12 +465,18 @@ mod tests {
                 while let Some(fr) = f.next_frame().unwrap() {
                     got.push(match fr {
                         Frame::Header(r) => format!("H{}", local_name(f.slice(r)).len()),
-                        Frame::Element(r) => String::from_utf8(local_name(f.slice(r)).to_vec()).unwrap(),
+                        Frame::Element(r) => {
+                            String::from_utf8(local_name(f.slice(r)).to_vec()).unwrap()
+                        }
                         Frame::End => "END".into(),
                     });
                 }
             }
-            assert_eq!(got, ["H6", "features", "a", "message", "END"], "split {split}");
+            assert_eq!(
+                got,
+                ["H6", "features", "a", "message", "END"],
+                "split {split}"
+            );
         }
     }
 
@@ -466,7 +485,10 @@ mod tests {
         let e = El::parse(b"<iq type='result' id=\"b\"><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>a@b/c&amp;d</jid></bind></iq>").unwrap();
         assert_eq!(e.name, "iq");
         assert_eq!(e.attr("id"), Some("b"));
-        assert_eq!(e.child("bind").unwrap().child("jid").unwrap().text, "a@b/c&d");
+        assert_eq!(
+            e.child("bind").unwrap().child("jid").unwrap().text,
+            "a@b/c&d"
+        );
         let m = b"<message from='a' type=\"error\"><body>x y</body></message>";
         assert_eq!(start_attr(m, "type").as_deref(), Some("error"));
         assert_eq!(child_text_raw(m, "body"), Some(&b"x y"[..]));

@@ -1,0 +1,367 @@
+//! XEP-0050 ad-hoc commands with XEP-0004 data forms at the service's domain, so users of
+//! Gajim, Conversations, Dino and Psi do everything from their menus: add, list, pause,
+//! resume, remove, settings. Also the service's XEP-0030 disco answers.
+//!
+//! Every command is one stage: `execute` returns a form (or, for `list`, the result at once)
+//! and the submission completes it. Submissions carry everything, so no session state is kept;
+//! the `sessionid` is echoed. Failures of the operation itself complete the command with an
+//! error note (XEP-0050 §3.4.7), which every client shows; malformed requests get IQ errors.
+
+use std::rc::Rc;
+
+use jid::BareJid;
+
+use super::TorrentService;
+use super::jobs::{Failure, Job, human_bytes};
+use super::service::{AddOptions, truthy};
+use super::store::{Notify, Settings};
+use crate::iq::Incoming;
+use crate::net::source;
+use crate::stanza::Condition;
+use crate::xml::{Element, ns};
+
+pub const NS_COMMANDS: &str = "http://jabber.org/protocol/commands";
+pub const NS_DATA: &str = "jabber:x:data";
+const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
+const NS_DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
+
+/// (node, name) of every command.
+pub const COMMANDS: &[(&str, &str)] = &[
+    ("add", "Add a torrent"),
+    ("list", "List my torrents"),
+    ("pause", "Pause torrents"),
+    ("resume", "Resume torrents"),
+    ("remove", "Remove torrents"),
+    ("settings", "Torrent settings"),
+];
+
+/// disco#info of the service (no node), of the command list or of one command.
+pub fn disco_info(node: Option<&str>) -> Option<Element> {
+    let mut q = Element::new("query", NS_DISCO_INFO);
+    if let Some(n) = node {
+        q.set_attr("node", n);
+    }
+    let identity = |cat: &str, kind: &str, name: &str| {
+        Element::new("identity", NS_DISCO_INFO)
+            .attr("category", cat)
+            .attr("type", kind)
+            .attr("name", name)
+    };
+    let feature = |v: &str| Element::new("feature", NS_DISCO_INFO).attr("var", v);
+    match node {
+        None => {
+            q.push(identity("component", "generic", "Torrents"));
+            for f in [NS_DISCO_INFO, NS_DISCO_ITEMS, NS_COMMANDS, NS_DATA, ns::TORRENT, ns::PING] {
+                q.push(feature(f));
+            }
+        }
+        Some(NS_COMMANDS) => q.push(identity("automation", "command-list", "Torrent commands")),
+        Some(n) => {
+            let (_, name) = COMMANDS.iter().find(|(c, _)| *c == n)?;
+            q.push(identity("automation", "command-node", name));
+            q.push(feature(NS_COMMANDS));
+            q.push(feature(NS_DATA));
+        }
+    }
+    Some(q)
+}
+
+/// disco#items: the commands under their node, nothing at the root.
+pub fn disco_items(domain: &str, node: Option<&str>) -> Element {
+    let mut q = Element::new("query", NS_DISCO_ITEMS);
+    if let Some(n) = node {
+        q.set_attr("node", n);
+    }
+    if node == Some(NS_COMMANDS) {
+        for (n, name) in COMMANDS {
+            q.push(
+                Element::new("item", NS_DISCO_ITEMS)
+                    .attr("jid", domain)
+                    .attr("node", *n)
+                    .attr("name", *name),
+            );
+        }
+    }
+    q
+}
+
+/// `<command xmlns='http://jabber.org/protocol/commands'/>` set.
+pub fn handle(svc: &Rc<TorrentService>, iq: Incoming) {
+    let Some(owner) = iq.account() else { return iq.fail(Condition::NotAuthorized, "") };
+    let p = &iq.payload;
+    let Some(node) = p.get_attr("node").filter(|n| COMMANDS.iter().any(|(c, _)| c == n)).map(str::to_owned) else {
+        return iq.fail(Condition::ItemNotFound, "no such command");
+    };
+    let session = p.get_attr("sessionid").map(str::to_owned).unwrap_or_else(|| new_session(&node));
+    let action = p.get_attr("action").unwrap_or("execute");
+    let reply = Reply { node: node.clone(), session };
+    if action == "cancel" {
+        return iq.result(Some(reply.head("canceled")));
+    }
+    if !matches!(action, "execute" | "complete" | "next") {
+        return iq.fail(Condition::BadRequest, "this command has one stage: execute, complete or cancel");
+    }
+    let submitted = p
+        .get_child("x", NS_DATA)
+        .filter(|x| x.get_attr("type") == Some("submit"))
+        .cloned();
+    let svc = svc.clone();
+    match (node.as_str(), submitted) {
+        ("list", _) => source::spawn_local(async move {
+            let jobs = svc.list(&owner).await;
+            let mut x = Element::new("x", NS_DATA)
+                .attr("type", "result")
+                .child(Element::new("title", NS_DATA).text("My torrents"));
+            let mut reported = Element::new("reported", NS_DATA);
+            for (var, label) in [("id", "Job"), ("name", "Name"), ("state", "State"), ("progress", "Progress"), ("speed", "Speed"), ("eta", "Time left")] {
+                reported.push(field(var, None, Some(label)));
+            }
+            x.push(reported);
+            let mut lines = Vec::new();
+            for (j, p) in &jobs {
+                let (progress, speed, eta) = match p {
+                    Some(p) if p.total > 0 => (
+                        format!("{:.1}%", p.have.min(p.total) as f64 * 100.0 / p.total as f64),
+                        format!("{}/s", human_bytes(p.down_bps)),
+                        p.eta_secs.map(super::jobs::human_duration).unwrap_or_default(),
+                    ),
+                    _ => (String::new(), String::new(), String::new()),
+                };
+                let mut item = Element::new("item", NS_DATA);
+                for (var, v) in [
+                    ("id", j.number.to_string()),
+                    ("name", j.label()),
+                    ("state", j.state.as_str().to_owned()),
+                    ("progress", progress),
+                    ("speed", speed),
+                    ("eta", eta),
+                ] {
+                    item.push(field(var, None, None).child(value(&v)));
+                }
+                x.push(item);
+                lines.push(j.summary(p.as_ref()));
+            }
+            let note = if lines.is_empty() { "You have no torrents.".to_owned() } else { lines.join("\n") };
+            iq.result(Some(reply.completed("info", &note).child(x)));
+        }),
+        (_, None) => match start_form(&svc, &owner, &node) {
+            Ok(form) => iq.result(Some(reply.executing(form))),
+            Err(note) => iq.result(Some(reply.completed("info", &note))),
+        },
+        (_, Some(x)) => submit(&svc, iq, owner, reply, x),
+    }
+}
+
+struct Reply {
+    node: String,
+    session: String,
+}
+
+impl Reply {
+    fn head(&self, status: &str) -> Element {
+        Element::new("command", NS_COMMANDS)
+            .attr("node", self.node.as_str())
+            .attr("sessionid", self.session.as_str())
+            .attr("status", status)
+    }
+
+    fn executing(&self, form: Element) -> Element {
+        self.head("executing")
+            .child(
+                Element::new("actions", NS_COMMANDS)
+                    .attr("execute", "complete")
+                    .child(Element::new("complete", NS_COMMANDS)),
+            )
+            .child(form)
+    }
+
+    fn completed(&self, kind: &str, note: &str) -> Element {
+        self.head("completed")
+            .child(Element::new("note", NS_COMMANDS).attr("type", kind).text(note))
+    }
+}
+
+fn new_session(node: &str) -> String {
+    use rand::Rng;
+    format!("{node}-{:016x}", rand::thread_rng().r#gen::<u64>())
+}
+
+fn field(var: &str, kind: Option<&str>, label: Option<&str>) -> Element {
+    let mut f = Element::new("field", NS_DATA).attr("var", var);
+    if let Some(k) = kind {
+        f.set_attr("type", k);
+    }
+    if let Some(l) = label {
+        f.set_attr("label", l);
+    }
+    f
+}
+
+fn value(v: &str) -> Element {
+    Element::new("value", NS_DATA).text(v)
+}
+
+fn option(label: &str, v: &str) -> Element {
+    Element::new("option", NS_DATA).attr("label", label).child(value(v))
+}
+
+fn form(title: &str, instructions: &str) -> Element {
+    Element::new("x", NS_DATA)
+        .attr("type", "form")
+        .child(Element::new("title", NS_DATA).text(title))
+        .child(Element::new("instructions", NS_DATA).text(instructions))
+}
+
+/// The form of a command, or a note when there is nothing to choose from.
+fn start_form(svc: &TorrentService, owner: &BareJid, node: &str) -> Result<Element, String> {
+    match node {
+        "add" => Ok(form(
+            "Add a torrent",
+            "Paste a magnet link, the http(s) URL of a .torrent file, or a .torrent in base64.",
+        )
+        .child(
+            field("url", Some("text-multi"), Some("Magnet link, .torrent URL or base64 .torrent"))
+                .child(Element::new("required", NS_DATA)),
+        )
+        .child(field("paused", Some("boolean"), Some("Add paused")).child(value("0")))),
+        "pause" | "resume" | "remove" => {
+            let jobs: Vec<Job> = svc
+                .jobs_of(owner)
+                .into_iter()
+                .filter(|j| match node {
+                    "pause" => matches!(j.state, super::jobs::State::Downloading | super::jobs::State::Finished),
+                    "resume" => matches!(j.state, super::jobs::State::Paused | super::jobs::State::Finished),
+                    _ => true,
+                })
+                .collect();
+            if jobs.is_empty() {
+                return Err(format!("You have no torrents to {node}."));
+            }
+            let mut list = field("jobs", Some("list-multi"), Some("Torrents")).child(Element::new("required", NS_DATA));
+            for j in &jobs {
+                list.push(option(&format!("{}. {} ({})", j.number, j.label(), j.state.as_str()), &j.number.to_string()));
+            }
+            let title = match node {
+                "pause" => "Pause torrents",
+                "resume" => "Resume torrents",
+                _ => "Remove torrents",
+            };
+            let mut f = form(title, "Choose the torrents.").child(list);
+            if node == "remove" {
+                f.push(field("delete_files", Some("boolean"), Some("Also delete the downloaded files")).child(value("0")));
+            }
+            Ok(f)
+        }
+        _ => {
+            let s = svc.settings(owner).map_err(|f| f.text)?;
+            let mut notify = field("notify", Some("list-single"), Some("Notifications"))
+                .child(value(s.notify.as_str()));
+            for (label, v) in [
+                ("Added, metadata, finished, failed", "all"),
+                ("Only finished and failed", "done"),
+                ("None", "none"),
+            ] {
+                notify.push(option(label, v));
+            }
+            let mut f = form("Torrent settings", "Which messages the torrent service sends you.").child(notify);
+            if svc.config().progress_interval_secs > 0 {
+                f.push(
+                    field("progress", Some("boolean"), Some("Periodic progress messages while downloading"))
+                        .child(value(if s.progress { "1" } else { "0" })),
+                );
+            }
+            Ok(f)
+        }
+    }
+}
+
+/// Values of field `var` in a submitted form.
+fn values(x: &Element, var: &str) -> Vec<String> {
+    x.elements()
+        .filter(|f| f.is("field", NS_DATA) && f.get_attr("var") == Some(var))
+        .flat_map(|f| f.elements().filter(|v| v.is("value", NS_DATA)).map(|v| v.text_content()))
+        .collect()
+}
+
+fn submit(svc: &Rc<TorrentService>, iq: Incoming, owner: BareJid, reply: Reply, x: Element) {
+    let node = reply.node.clone();
+    match node.as_str() {
+        "add" => {
+            let text = values(&x, "url").join("\n");
+            let opts = AddOptions {
+                paused: truthy(values(&x, "paused").first().map(String::as_str)),
+                peers: Vec::new(),
+            };
+            svc.add(
+                owner,
+                &text,
+                opts,
+                true,
+                Box::new(move |r| match r {
+                    Ok(a) => {
+                        let note = if a.resolving {
+                            format!("Added job {}: {} — waiting for metadata; you will get a message.", a.job.number, a.job.label())
+                        } else {
+                            format!("Added job {}: {}.", a.job.number, a.job.label())
+                        };
+                        iq.result(Some(reply.completed("info", &note)))
+                    }
+                    Err(f) => iq.result(Some(reply.completed("error", &f.text))),
+                }),
+            );
+        }
+        "pause" | "resume" | "remove" => {
+            let numbers: Result<Vec<i64>, _> = values(&x, "jobs").iter().map(|v| v.trim().parse::<i64>()).collect();
+            let Ok(numbers) = numbers else {
+                return iq.fail(Condition::BadRequest, "jobs are chosen by number");
+            };
+            if numbers.is_empty() {
+                return iq.result(Some(reply.completed("info", "Nothing chosen.")));
+            }
+            let files = truthy(values(&x, "delete_files").first().map(String::as_str));
+            let svc = svc.clone();
+            source::spawn_local(async move {
+                let mut lines = Vec::new();
+                let mut failed = false;
+                for n in numbers {
+                    let r: Result<String, Failure> = match node.as_str() {
+                        "pause" => svc.pause(&owner, n).await.map(|(j, _)| format!("Paused job {n}: {}.", j.label())),
+                        "resume" => svc.resume(&owner, n).await.map(|(j, _)| format!("Resumed job {n}: {}.", j.label())),
+                        _ => svc.remove(&owner, n, files).await.map(|j| {
+                            let what = if files { " and its files" } else { "" };
+                            format!("Removed job {n}{what}: {}.", j.label())
+                        }),
+                    };
+                    match r {
+                        Ok(l) => lines.push(l),
+                        Err(f) => {
+                            failed = true;
+                            lines.push(format!("Job {n}: {}", f.text));
+                        }
+                    }
+                }
+                let kind = if failed { "error" } else { "info" };
+                iq.result(Some(reply.completed(kind, &lines.join("\n"))));
+            });
+        }
+        _ => {
+            let mut s: Settings = match svc.settings(&owner) {
+                Ok(s) => s,
+                Err(f) => return iq.result(Some(reply.completed("error", &f.text))),
+            };
+            if let Some(v) = values(&x, "notify").first() {
+                match Notify::parse(v.trim()) {
+                    Some(n) => s.notify = n,
+                    None => return iq.fail(Condition::BadRequest, "notify must be all, done or none"),
+                }
+            }
+            if let Some(v) = values(&x, "progress").first() {
+                s.progress = truthy(Some(v));
+            }
+            match svc.set_settings(&owner, s) {
+                Ok(()) => iq.result(Some(reply.completed("info", "Settings saved."))),
+                Err(f) => iq.result(Some(reply.completed("error", &f.text))),
+            }
+        }
+    }
+}

@@ -1,0 +1,470 @@
+//! Headless libpurple: initialisation and the process-wide ui-ops that are not about one
+//! feature (event loop, debug output, DNS, core info).
+//!
+//! libpurple is a process-wide singleton and **not thread-safe**. It is initialised once per
+//! process, on the thread that runs wockd's main loop; [`on_main_thread`] guards every entry
+//! point. libpurple's own sources (its ui-ops, and the few places where libpurple and prpl-irc
+//! call `g_timeout_add` directly) live on the GLib *global default* `MainContext`, which is the
+//! context `wockd run` runs. When the server runs on another context (the test harness gives
+//! each server a thread-default context of its own), a 5 ms timer on the server's context
+//! iterates the default one, so everything still happens on the server's thread.
+//!
+//! Checklist (`../shared/reference/libpurple.md` §3.1): user dir under the data dir, debug
+//! output into `tracing` (target `purple`, with credential lines redacted), event loop on GLib,
+//! DNS through GIO's asynchronous resolver (no forked helper processes), D-Bus off, logging
+//! and idle reporting off.
+//!
+//! One user dir serves every wockd user: libpurple keeps one global user dir, buddy list and
+//! account list per process, so per-user dirs would need one process per user. Nothing
+//! secret is in it — passwords are injected from wockd's store before each connect and
+//! `remember_password` stays off, so `accounts.xml` never holds one.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::{c_char, c_int, c_void};
+use std::path::Path;
+use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::ThreadId;
+use std::time::Duration;
+
+use gio::prelude::*;
+use glib::ffi as g;
+use purple_sys as p;
+
+use super::ffi::{cstring, string};
+use crate::server::Server;
+
+/// The UI id libpurple stores per-UI settings (such as "enabled") under.
+pub const UI_ID: &str = "wockd";
+
+/// Set once the process has initialised libpurple (it cannot be done twice).
+static INITIALISED: AtomicBool = AtomicBool::new(false);
+
+/// What ui-op callbacks (plain `extern "C"` functions without a context pointer) need to get
+/// back to the server. This is thread-local rather than in `Server::ext` because libpurple
+/// itself is process-global and calls us without any user data; it holds only a `Weak`.
+struct Core {
+    server: Weak<Server>,
+    thread: ThreadId,
+}
+
+thread_local! {
+    static CORE: RefCell<Option<Core>> = const { RefCell::new(None) };
+    /// Pending DNS queries (PurpleDnsQueryData pointer → cancellable).
+    static DNS: RefCell<HashMap<usize, gio::Cancellable>> = RefCell::new(HashMap::new());
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("libpurple is already running in this process for another server")]
+    AlreadyInitialised,
+    #[error("cannot create {0}: {1}")]
+    Dir(String, std::io::Error),
+    #[error("purple_core_init failed (see the purple log target)")]
+    CoreInit,
+}
+
+/// The server libpurple works for, if called on its thread and the server is alive.
+pub fn server() -> Option<Rc<Server>> {
+    CORE.with(|c| {
+        let c = c.borrow();
+        let core = c.as_ref()?;
+        if core.thread != std::thread::current().id() {
+            tracing::error!("libpurple callback on a foreign thread; ignored");
+            return None;
+        }
+        core.server.upgrade()
+    })
+}
+
+/// True on the thread that initialised libpurple. Every call into libpurple checks this.
+pub fn on_main_thread() -> bool {
+    CORE.with(|c| c.borrow().as_ref().is_some_and(|c| c.thread == std::thread::current().id()))
+}
+
+/// Initialises libpurple for `server`, with its user dir at `dir`.
+pub fn init(server: &Rc<Server>, dir: &Path) -> Result<(), InitError> {
+    if INITIALISED.swap(true, Ordering::SeqCst) {
+        return Err(InitError::AlreadyInitialised);
+    }
+    std::fs::create_dir_all(dir).map_err(|e| InitError::Dir(dir.display().to_string(), e))?;
+    // libpurple asks for this dir to cache peer certificates; a missing one makes the TLS
+    // trust prompt come back on every connect (skype4pidgin#290).
+    let peers = dir.join("certificates").join("x509").join("tls_peers");
+    std::fs::create_dir_all(&peers).map_err(|e| InitError::Dir(peers.display().to_string(), e))?;
+    CORE.with(|c| {
+        *c.borrow_mut() = Some(Core {
+            server: Rc::downgrade(server),
+            thread: std::thread::current().id(),
+        })
+    });
+    pump_default_context();
+
+    let dir_c = cstring(&dir.to_string_lossy());
+    let ui = cstring(UI_ID);
+    // SAFETY: all of this runs on the main thread before any other libpurple use. The ui-ops
+    // structs are leaked: libpurple keeps the pointers for the life of the process.
+    unsafe {
+        p::purple_util_set_user_dir(dir_c.as_ptr());
+        p::purple_debug_set_enabled(0); // no printing to stdout; the ui-op below gets it all
+        p::purple_debug_set_verbose(0);
+        p::purple_debug_set_unsafe(0); // prpl-jabber then masks credentials in its own output
+        p::purple_debug_set_ui_ops(Box::leak(Box::new(p::PurpleDebugUiOps {
+            print: Some(debug_print),
+            is_enabled: Some(debug_is_enabled),
+            ..Default::default()
+        })));
+        p::purple_core_set_ui_ops(Box::leak(Box::new(p::PurpleCoreUiOps {
+            ui_init: Some(ui_init),
+            get_ui_info: Some(ui_info),
+            ..Default::default()
+        })));
+        p::purple_eventloop_set_ui_ops(Box::leak(Box::new(p::PurpleEventLoopUiOps {
+            timeout_add: Some(timeout_add),
+            timeout_remove: Some(source_remove),
+            input_add: Some(input_add),
+            input_remove: Some(source_remove),
+            input_get_error: None,
+            timeout_add_seconds: Some(timeout_add_seconds),
+            ..Default::default()
+        })));
+        p::purple_dnsquery_set_ui_ops(Box::leak(Box::new(p::PurpleDnsQueryUiOps {
+            resolve_host: Some(dns_resolve),
+            destroy: Some(dns_destroy),
+            ..Default::default()
+        })));
+        if p::purple_core_init(ui.as_ptr()) == 0 {
+            return Err(InitError::CoreInit);
+        }
+        // Desktop privacy: no other process on a session bus may drive the accounts.
+        p::purple_dbus_uninit();
+        for (k, v) in [
+            ("/purple/logging/log_ims", false),
+            ("/purple/logging/log_chats", false),
+            ("/purple/logging/log_system", false),
+            ("/purple/away/away_when_idle", false),
+        ] {
+            let k = cstring(k);
+            p::purple_prefs_set_bool(k.as_ptr(), v as p::gboolean);
+        }
+        let k = cstring("/purple/away/idle_reporting");
+        let v = cstring("none");
+        p::purple_prefs_set_string(k.as_ptr(), v.as_ptr());
+        p::purple_set_blist(p::purple_blist_new());
+        p::purple_blist_load();
+    }
+    let (maj, min, mic) = purple_sys::version();
+    tracing::info!(user_dir = %dir.display(), "libpurple {maj}.{min}.{mic} initialised");
+    Ok(())
+}
+
+/// Every feature's ui-ops and signal handlers, installed when libpurple asks for them.
+unsafe extern "C" fn ui_init() {
+    super::reconnect::install_ui_ops();
+    super::messages::install_ui_ops();
+    super::requests::install_ui_ops();
+    super::contacts::install_ui_ops();
+    super::muc::install_signals();
+}
+
+unsafe extern "C" fn ui_info() -> *mut p::GHashTable {
+    thread_local! {
+        static INFO: usize = {
+            // SAFETY: a string table of static strings, created once and never freed.
+            unsafe {
+                let t = g::g_hash_table_new(Some(g::g_str_hash), Some(g::g_str_equal));
+                for (k, v) in [
+                    (c"name", c"wockd"),
+                    (c"version", c"0.1"),
+                    (c"website", c"https://wockd.org/"),
+                    (c"client_type", c"pc"),
+                ] {
+                    g::g_hash_table_insert(t, k.as_ptr() as g::gpointer, v.as_ptr() as g::gpointer);
+                }
+                t as usize
+            }
+        };
+    }
+    INFO.with(|t| *t as *mut p::GHashTable)
+}
+
+/// In the test harness the server runs a context of its own: drive the global default
+/// context (where libpurple's sources live) from it. A no-op under `wockd run`.
+fn pump_default_context() {
+    // SAFETY: plain GLib context calls on this thread; the default context is acquired here
+    // for good (nobody else in the process iterates it while libpurple lives on this thread).
+    unsafe {
+        let default = g::g_main_context_default();
+        let current = g::g_main_context_ref_thread_default();
+        g::g_main_context_unref(current);
+        if current == default {
+            return;
+        }
+        if g::g_main_context_acquire(default) == 0 {
+            tracing::error!("cannot acquire the default main context; libpurple will stall");
+            return;
+        }
+    }
+    crate::net::source::every(Duration::from_millis(5), || {
+        // SAFETY: the default context is owned by this thread (acquired above).
+        unsafe {
+            let default = g::g_main_context_default();
+            for _ in 0..64 {
+                if g::g_main_context_iteration(default, 0) == 0 {
+                    break;
+                }
+            }
+        }
+        glib::ControlFlow::Continue
+    });
+}
+
+// ---- event loop ui-ops (nullclient's GLib implementation) ---------------------------------
+
+unsafe extern "C" fn timeout_add(interval: p::guint, f: p::GSourceFunc, data: p::gpointer) -> p::guint {
+    // SAFETY: identical C function pointer types (bindgen's copy vs glib-sys's).
+    unsafe { g::g_timeout_add(interval, std::mem::transmute::<p::GSourceFunc, g::GSourceFunc>(f), data) }
+}
+
+unsafe extern "C" fn timeout_add_seconds(interval: p::guint, f: p::GSourceFunc, data: p::gpointer) -> p::guint {
+    // GLib rounds second timers up to the next whole second: a 0 s timer (prpl-irc's send
+    // queue with rate limiting off) would wait up to a second. Use a plain timer for those.
+    if interval == 0 {
+        // SAFETY: as above.
+        return unsafe { timeout_add(0, f, data) };
+    }
+    // SAFETY: as above.
+    unsafe { g::g_timeout_add_seconds(interval, std::mem::transmute::<p::GSourceFunc, g::GSourceFunc>(f), data) }
+}
+
+unsafe extern "C" fn source_remove(handle: p::guint) -> p::gboolean {
+    // SAFETY: handles come from the g_*_add functions above (default context).
+    unsafe { g::g_source_remove(handle) }
+}
+
+const READ_COND: g::GIOCondition = g::G_IO_IN | g::G_IO_HUP | g::G_IO_ERR;
+const WRITE_COND: g::GIOCondition = g::G_IO_OUT | g::G_IO_HUP | g::G_IO_ERR | g::G_IO_NVAL;
+
+struct InputClosure {
+    func: p::PurpleInputFunction,
+    data: p::gpointer,
+    fd: c_int,
+}
+
+unsafe extern "C" fn input_add(
+    fd: c_int,
+    cond: p::PurpleInputCondition,
+    func: p::PurpleInputFunction,
+    data: p::gpointer,
+) -> p::guint {
+    let mut gcond = 0;
+    if cond & p::PURPLE_INPUT_READ != 0 {
+        gcond |= READ_COND;
+    }
+    if cond & p::PURPLE_INPUT_WRITE != 0 {
+        gcond |= WRITE_COND;
+    }
+    let closure = Box::into_raw(Box::new(InputClosure { func, data, fd }));
+    // SAFETY: the channel only wraps the fd (it does not own or close it); the watch holds
+    // its own reference. The closure is freed by `input_destroy` when the source goes.
+    unsafe {
+        let ch = g::g_io_channel_unix_new(fd);
+        let id = g::g_io_add_watch_full(
+            ch,
+            g::G_PRIORITY_DEFAULT,
+            gcond,
+            Some(input_invoke),
+            closure as g::gpointer,
+            Some(input_destroy),
+        );
+        g::g_io_channel_unref(ch);
+        id
+    }
+}
+
+unsafe extern "C" fn input_invoke(_ch: *mut g::GIOChannel, cond: g::GIOCondition, data: g::gpointer) -> g::gboolean {
+    // SAFETY: `data` is the InputClosure of this watch, alive until input_destroy.
+    let c = unsafe { &*(data as *const InputClosure) };
+    let mut pc = 0;
+    if cond & READ_COND != 0 {
+        pc |= p::PURPLE_INPUT_READ;
+    }
+    if cond & WRITE_COND != 0 {
+        pc |= p::PURPLE_INPUT_WRITE;
+    }
+    if let Some(f) = c.func {
+        // SAFETY: the prpl's callback with the data it registered.
+        unsafe { f(c.data, c.fd, pc) };
+    }
+    g::GTRUE
+}
+
+unsafe extern "C" fn input_destroy(data: g::gpointer) {
+    // SAFETY: created by Box::into_raw in input_add; GLib calls this exactly once.
+    drop(unsafe { Box::from_raw(data as *mut InputClosure) });
+}
+
+// ---- debug output ----------------------------------------------------------------------
+
+/// Lines that may carry a credential (IRC `PASS`, NickServ, SASL) are cut after the verb.
+fn redact(line: &str) -> String {
+    const SECRETS: [&str; 5] = ["PASS ", "IDENTIFY", "AUTHENTICATE ", "password", "<auth "];
+    for s in SECRETS {
+        if let Some(i) = line.find(s) {
+            return format!("{}{s}[redacted]", &line[..i]);
+        }
+    }
+    line.to_owned()
+}
+
+unsafe extern "C" fn debug_print(level: p::PurpleDebugLevel, category: *const c_char, arg: *const c_char) {
+    let cat = string(category);
+    let text = redact(string(arg).trim_end());
+    match level {
+        p::PURPLE_DEBUG_FATAL | p::PURPLE_DEBUG_ERROR => tracing::error!(target: "purple", "{cat}: {text}"),
+        p::PURPLE_DEBUG_WARNING => tracing::warn!(target: "purple", "{cat}: {text}"),
+        p::PURPLE_DEBUG_INFO => tracing::debug!(target: "purple", "{cat}: {text}"),
+        _ => tracing::trace!(target: "purple", "{cat}: {text}"),
+    }
+}
+
+unsafe extern "C" fn debug_is_enabled(level: p::PurpleDebugLevel, _category: *const c_char) -> p::gboolean {
+    let on = match level {
+        p::PURPLE_DEBUG_FATAL | p::PURPLE_DEBUG_ERROR => tracing::enabled!(target: "purple", tracing::Level::ERROR),
+        p::PURPLE_DEBUG_WARNING => tracing::enabled!(target: "purple", tracing::Level::WARN),
+        p::PURPLE_DEBUG_INFO => tracing::enabled!(target: "purple", tracing::Level::DEBUG),
+        _ => tracing::enabled!(target: "purple", tracing::Level::TRACE),
+    };
+    on as p::gboolean
+}
+
+// ---- DNS through GIO (no fork) -----------------------------------------------------------
+
+unsafe extern "C" fn dns_resolve(
+    q: *mut p::PurpleDnsQueryData,
+    resolved: p::PurpleDnsQueryResolvedCallback,
+    failed: p::PurpleDnsQueryFailedCallback,
+) -> p::gboolean {
+    // SAFETY: q is a live query; libpurple owns the host string.
+    let (host, port) = unsafe { (string(p::purple_dnsquery_get_host(q)), p::purple_dnsquery_get_port(q) as u16) };
+    let cancel = gio::Cancellable::new();
+    DNS.with(|d| d.borrow_mut().insert(q as usize, cancel.clone()));
+    let key = q as usize;
+    let name = host.clone();
+    gio::Resolver::default().lookup_by_name_async(&name, Some(&cancel), move |res| {
+        // Destroyed (cancelled) meanwhile: libpurple no longer wants an answer.
+        if DNS.with(|d| d.borrow_mut().remove(&key)).is_none() {
+            return;
+        }
+        let q = key as *mut p::PurpleDnsQueryData;
+        match res {
+            Ok(addrs) if !addrs.is_empty() => {
+                let list = hosts_list(&addrs, port);
+                if let Some(cb) = resolved {
+                    // SAFETY: libpurple takes ownership of the list (proxy.c frees it).
+                    unsafe { cb(q, list) };
+                }
+            }
+            Ok(_) | Err(_) => {
+                let msg = match res {
+                    Err(e) => format!("cannot resolve {host}: {e}"),
+                    Ok(_) => format!("cannot resolve {host}: no addresses"),
+                };
+                let c = cstring(&msg);
+                if let Some(cb) = failed {
+                    // SAFETY: the message is copied by libpurple before we free it.
+                    unsafe { cb(q, c.as_ptr()) };
+                }
+            }
+        }
+    });
+    g::GTRUE
+}
+
+unsafe extern "C" fn dns_destroy(q: *mut p::PurpleDnsQueryData) {
+    if let Some(c) = DNS.with(|d| d.borrow_mut().remove(&(q as usize))) {
+        c.cancel();
+    }
+}
+
+/// dnsquery.h's result format: a GSList of alternating (address length, `struct sockaddr *`)
+/// entries, all g_malloc'd.
+fn hosts_list(addrs: &[gio::InetAddress], port: u16) -> *mut p::GSList {
+    let mut list: *mut g::GSList = std::ptr::null_mut();
+    for a in addrs {
+        let Ok(ip) = a.to_string().parse::<std::net::IpAddr>() else { continue };
+        let (mem, len) = match ip {
+            std::net::IpAddr::V4(v4) => {
+                // SAFETY: zeroed sockaddr_in, then filled field by field.
+                let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+                sin.sin_family = libc::AF_INET as libc::sa_family_t;
+                sin.sin_port = port.to_be();
+                sin.sin_addr.s_addr = u32::from_ne_bytes(v4.octets());
+                (copy_to_gmalloc(&sin), std::mem::size_of::<libc::sockaddr_in>())
+            }
+            std::net::IpAddr::V6(v6) => {
+                // SAFETY: as above.
+                let mut sin6: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+                sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                sin6.sin6_port = port.to_be();
+                sin6.sin6_addr.s6_addr = v6.octets();
+                (copy_to_gmalloc(&sin6), std::mem::size_of::<libc::sockaddr_in6>())
+            }
+        };
+        // SAFETY: appending to a list we own; GINT_TO_POINTER(len) as libpurple expects.
+        unsafe {
+            list = g::g_slist_append(list, len as g::gpointer);
+            list = g::g_slist_append(list, mem);
+        }
+    }
+    list as *mut p::GSList
+}
+
+fn copy_to_gmalloc<T>(v: &T) -> g::gpointer {
+    let n = std::mem::size_of::<T>();
+    // SAFETY: g_malloc(n) then a byte copy of a plain-old-data struct.
+    unsafe {
+        let mem = g::g_malloc(n);
+        std::ptr::copy_nonoverlapping(v as *const T as *const u8, mem as *mut u8, n);
+        mem
+    }
+}
+
+/// Connects `handler` to a libpurple signal of `instance`; `handler` must have the C
+/// signature the signal documents.
+///
+/// # Safety
+/// `handler` must be an `extern "C"` function whose signature matches the signal's.
+pub unsafe fn connect_signal(instance: *mut c_void, signal: &str, handler: *const ()) {
+    thread_local! {
+        // libpurple needs a non-NULL handle identifying the connector.
+        static HANDLE: u8 = const { 0 };
+    }
+    let name = cstring(signal);
+    HANDLE.with(|h| {
+        // SAFETY: the caller guarantees the signature; the handle outlives the connection
+        // (it lives as long as the thread, and so does libpurple).
+        unsafe {
+            p::purple_signal_connect(
+                instance,
+                name.as_ptr(),
+                h as *const u8 as *mut c_void,
+                std::mem::transmute::<*const (), p::PurpleCallback>(handler),
+                std::ptr::null_mut(),
+            );
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn credentials_are_redacted() {
+        assert_eq!(redact("Sent: PASS hunter2"), "Sent: PASS [redacted]");
+        assert_eq!(redact("PRIVMSG NickServ :IDENTIFY me pw"), "PRIVMSG NickServ :IDENTIFY[redacted]");
+        assert_eq!(redact("JOIN #x"), "JOIN #x");
+    }
+}

@@ -1,0 +1,202 @@
+//! The IM transport: libpurple inside wockd, other networks as XMPP contacts and rooms.
+//!
+//! Implements, per configured service domain (e.g. `irc.localhost` → `prpl-irc`):
+//! XEP-0030 identity `gateway/<type>`, XEP-0100 (`jabber:iq:gateway`) with XEP-0106
+//! escaping, XEP-0077 registration with a data form generated from the prpl's user splits and
+//! protocol options (several legacy accounts per user), the legacy buddy list as roster items
+//! with presence both ways, messages both ways (markup, XEP-0085 chat states), group chats as
+//! XEP-0045 rooms (a subset), libpurple's prompts as XEP-0004 forms, capped exponential
+//! reconnects with jitter, and XEP-0050 commands. See each file's header for details.
+//!
+//! Threading: libpurple is not thread-safe. It runs on the server's main loop thread; every
+//! function here that touches libpurple runs there (stanza handlers and libpurple's own
+//! callbacks both do), and [`core::on_main_thread`] guards the entry points.
+//!
+//! Files: `core` (init, event loop, debug, DNS), `ffi` (FFI helpers, ownership rules),
+//! `escape` (XEP-0106), `accounts` (legacy accounts: store ↔ libpurple), `service` (the
+//! service JID: disco, gateway, registration, routing), `contacts`, `messages`, `muc`,
+//! `requests`, `reconnect`, `adhoc`, `roster_bridge` (the roster module's interface).
+
+pub mod accounts;
+pub mod adhoc;
+pub mod contacts;
+pub mod core;
+pub mod escape;
+pub mod ffi;
+pub mod forms;
+pub mod messages;
+pub mod muc;
+pub mod reconnect;
+pub mod requests;
+pub mod roster_bridge;
+pub mod service;
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+
+use jid::{BareJid, FullJid};
+
+use crate::server::Server;
+use crate::xml::Element;
+
+/// One configured network.
+#[derive(Clone, Debug)]
+pub struct ServiceInfo {
+    pub domain: String,
+    pub prpl: String,
+    pub name: String,
+    /// The XEP-0030 gateway type (`irc`, `xmpp`, …).
+    pub kind: String,
+    pub defaults: BTreeMap<String, String>,
+}
+
+/// Whether a legacy account is up, and if not, why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkState {
+    Offline,
+    Connecting,
+    Online,
+    /// Disconnected after an error; a reconnect may be scheduled.
+    Down(String),
+    /// Given up (fatal error or retry cap) until the user re-logs in.
+    Failed(String),
+    Disabled,
+}
+
+/// A joined (or joining) group chat.
+#[derive(Debug, Default)]
+pub struct Room {
+    /// The nick the user asked for.
+    pub nick: String,
+    /// The user's sessions that joined the room (they get its traffic).
+    pub joined_by: Vec<FullJid>,
+    pub joined: bool,
+    pub subject: Option<String>,
+    /// Occupant nicks announced to the user (to retract them when the account drops).
+    pub occupants: std::collections::BTreeSet<String>,
+    /// Ids of the user's groupchat messages not yet reflected by the prpl (XEP-0045 §7.4).
+    pub pending_ids: std::collections::VecDeque<String>,
+}
+
+/// A legacy account at run time.
+pub struct Legacy {
+    pub id: i64,
+    pub owner: BareJid,
+    pub service: String,
+    pub protocol: String,
+    pub username: String,
+    /// Alive from `accounts::attach` until `accounts::detach`.
+    pub account: *mut purple_sys::PurpleAccount,
+    pub state: LinkState,
+    /// 0 for the user's first account on the service; n for the (n+1)-th (`%n+1` in JIDs).
+    pub index: usize,
+    pub backoff: reconnect::Backoff,
+    pub rooms: HashMap<String, Room>,
+    /// Last error told to the user, so a reconnect loop does not repeat it.
+    pub told: Option<String>,
+}
+
+/// The transport's per-server state (in `Server::ext`).
+#[derive(Default)]
+pub struct Transport {
+    pub services: RefCell<Vec<ServiceInfo>>,
+    pub legacy: RefCell<HashMap<i64, Legacy>>,
+    pub requests: RefCell<requests::Pending>,
+}
+
+impl Transport {
+    pub fn get(server: &Server) -> Rc<Transport> {
+        server.ext::<Transport>()
+    }
+
+    pub fn service(&self, domain: &str) -> Option<ServiceInfo> {
+        self.services.borrow().iter().find(|s| s.domain == domain).cloned()
+    }
+
+    /// The legacy account id for a libpurple account pointer.
+    pub fn id_of(&self, acc: *mut purple_sys::PurpleAccount) -> Option<i64> {
+        self.legacy.borrow().values().find(|l| l.account == acc).map(|l| l.id)
+    }
+
+    /// The user's legacy accounts on a service, by id (index order).
+    pub fn accounts_of(&self, owner: &BareJid, service: &str) -> Vec<i64> {
+        let mut v: Vec<(usize, i64)> = self
+            .legacy
+            .borrow()
+            .values()
+            .filter(|l| &l.owner == owner && l.service == service)
+            .map(|l| (l.index, l.id))
+            .collect();
+        v.sort();
+        v.into_iter().map(|(_, id)| id).collect()
+    }
+
+    /// The account an address `node@service` of `owner` belongs to, and the legacy name.
+    pub fn resolve(&self, owner: &BareJid, service: &str, node: &str) -> Option<(i64, String)> {
+        let (name, index) = escape::parse_contact_node(node);
+        let legacy = self.legacy.borrow();
+        legacy
+            .values()
+            .find(|l| &l.owner == owner && l.service == service && l.index == index)
+            .map(|l| (l.id, name))
+    }
+
+    /// The contact JID of legacy name `name` on account `id`.
+    pub fn contact_jid(&self, id: i64, name: &str) -> Option<BareJid> {
+        let legacy = self.legacy.borrow();
+        let l = legacy.get(&id)?;
+        BareJid::new(&format!("{}@{}", escape::contact_node(name, l.index), l.service)).ok()
+    }
+}
+
+/// Sends `el` to every available session of `owner` (presence from contacts and the service).
+pub fn to_available(server: &Server, owner: &BareJid, el: &Element) {
+    let targets: Vec<_> = server
+        .sessions
+        .borrow()
+        .of(owner)
+        .iter()
+        .filter(|s| s.priority.is_some())
+        .filter_map(|s| s.connection())
+        .collect();
+    for c in targets {
+        c.send(el);
+    }
+}
+
+/// Starts the transport for `server` if the configuration enables it: initialises libpurple
+/// (once per process), registers one service per network and logs in the stored accounts.
+/// Call after `server.start()` on the thread that runs the server's main loop.
+pub fn install(server: &Rc<Server>) {
+    let cfg = &server.config.transport;
+    if !cfg.enabled {
+        return;
+    }
+    let dir = server.config.data_dir().join("purple");
+    if let Err(e) = core::init(server, &dir) {
+        tracing::error!("IM transport not started: {e}");
+        return;
+    }
+    let mut list: Vec<(String, String, Option<String>, BTreeMap<String, String>)> = cfg
+        .services
+        .iter()
+        .map(|s| (s.domain.clone(), s.prpl.clone(), s.name.clone(), s.defaults.clone()))
+        .collect();
+    if list.is_empty() {
+        let d = server.config.default_domain().to_owned();
+        list.push((format!("irc.{d}"), "prpl-irc".into(), None, BTreeMap::new()));
+        list.push((format!("xmpp.{d}"), "prpl-jabber".into(), None, BTreeMap::new()));
+    }
+    let t = Transport::get(server);
+    for (domain, prpl, name, defaults) in list {
+        let Some(info) = service::describe(&domain, &prpl, name, defaults) else {
+            tracing::error!(%domain, %prpl, "no such libpurple protocol plugin; service not offered");
+            continue;
+        };
+        tracing::info!(%domain, %prpl, "IM transport service");
+        t.services.borrow_mut().push(info);
+        server.add_service(&domain, Rc::new(service::Gateway { domain: domain.clone() }));
+    }
+    accounts::load_all(server);
+}

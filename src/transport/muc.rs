@@ -1,0 +1,514 @@
+//! Legacy group chats as XEP-0045 rooms (a subset): `escaped-room[%n]@service/nick`.
+//!
+//! * Join: presence to `room@service/nick` → `chat_info_defaults` + `serv_join_chat` (nick
+//!   passed as `handle` where the prpl has one; IRC nicks are per server, so IRC rooms use
+//!   the account's nick and the self-presence says so with status 210).
+//! * Occupants: the prpl's user list (`chat_add_users`, also the snapshot on `chat-joined`)
+//!   → available presences with `muc#user` items (ops as moderators); parts → unavailable;
+//!   nick changes → unavailable with status 303 and the new nick, then available.
+//! * Self-presence with status 110 once the prpl reports the join; subject from
+//!   `chat-topic-changed`.
+//! * Groupchat messages both ways; the user's own message is reflected exactly once, when the
+//!   prpl echoes it (`PURPLE_MESSAGE_SEND`), with the id the client used.
+//! * Rooms are remembered in the store and re-joined after reconnects and restarts; leaving
+//!   (unavailable presence from the last joined session) forgets the room.
+//! * Private messages to `room@service/nick` go to the nick as a 1:1 conversation.
+
+use std::collections::VecDeque;
+use std::ffi::{c_char, c_void};
+use std::rc::Rc;
+
+use jid::{BareJid, FullJid};
+use purple_sys as p;
+
+use super::ffi::{cstring, glist, html_to_text, prpl_info, string, text_to_html};
+use super::forms;
+use super::{Room, ServiceInfo, Transport, accounts, core, messages};
+use crate::server::Server;
+use crate::stanza::Condition;
+use crate::xml::{Element, ns};
+
+pub fn install_signals() {
+    // SAFETY: signatures per conversation-signals: chat-joined (PurpleConversation *),
+    // chat-topic-changed (PurpleConversation *, const char *who, const char *topic).
+    unsafe {
+        let h = p::purple_conversations_get_handle();
+        core::connect_signal(h, "chat-joined", chat_joined as *const ());
+        core::connect_signal(h, "chat-topic-changed", topic_changed as *const ());
+    }
+}
+
+fn is_irc_channel(name: &str) -> bool {
+    name.starts_with(['#', '&', '+', '!'])
+}
+
+/// True if `node@service` names a room for this user.
+pub fn is_room(server: &Server, owner: &BareJid, service: &str, node: &str) -> bool {
+    let t = Transport::get(server);
+    let Some((id, name)) = t.resolve(owner, service, node) else { return false };
+    let legacy = t.legacy.borrow();
+    let Some(l) = legacy.get(&id) else { return false };
+    l.rooms.contains_key(&name) || (l.protocol == "prpl-irc" && is_irc_channel(&name))
+}
+
+pub fn room_info(node: &str) -> Element {
+    let name = super::escape::parse_contact_node(node).0;
+    Element::new("query", forms::DISCO_INFO)
+        .child(
+            Element::new("identity", forms::DISCO_INFO)
+                .attr("category", "conference")
+                .attr("type", "text")
+                .attr("name", name),
+        )
+        .child(Element::new("feature", forms::DISCO_INFO).attr("var", forms::MUC))
+        .child(Element::new("feature", forms::DISCO_INFO).attr("var", "muc_persistent"))
+        .child(Element::new("feature", forms::DISCO_INFO).attr("var", "muc_open"))
+}
+
+fn send_to_joined(server: &Server, id: i64, room: &str, build: impl Fn(&FullJid) -> Element) {
+    let targets: Vec<FullJid> = Transport::get(server)
+        .legacy
+        .borrow()
+        .get(&id)
+        .and_then(|l| l.rooms.get(room))
+        .map(|r| r.joined_by.clone())
+        .unwrap_or_default();
+    for to in targets {
+        server.deliver_to_full(&to, &build(&to));
+    }
+}
+
+fn occupant_presence(room_jid: &BareJid, nick: &str, to: &FullJid, role: &str, statuses: &[&str]) -> Element {
+    let mut x = Element::new("x", forms::MUC_USER).child(
+        Element::new("item", forms::MUC_USER)
+            .attr("affiliation", if role == "moderator" { "admin" } else { "none" })
+            .attr("role", role),
+    );
+    for s in statuses {
+        x.push(Element::new("status", forms::MUC_USER).attr("code", *s));
+    }
+    let mut p = Element::stanza("presence")
+        .attr("from", format!("{room_jid}/{nick}"))
+        .attr("to", to.to_string())
+        .child(x);
+    if role == "none" {
+        p.set_attr("type", "unavailable");
+    }
+    p
+}
+
+/// Presence from the user to `room@service/nick`: join or leave.
+pub fn presence_from_user(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, node: &str, nick: &str, el: Element) {
+    let owner = from.to_bare();
+    let t = Transport::get(server);
+    let Some((id, room)) = t.resolve(&owner, &info.domain, node) else { return };
+    let Some(room_jid) = t.contact_jid(id, &room) else { return };
+    match el.get_attr("type") {
+        Some("unavailable") => {
+            let last = {
+                let mut legacy = t.legacy.borrow_mut();
+                let Some(l) = legacy.get_mut(&id) else { return };
+                let Some(r) = l.rooms.get_mut(&room) else { return };
+                r.joined_by.retain(|j| j != from);
+                r.joined_by.is_empty()
+            };
+            let own = own_nick(server, id, &room).unwrap_or_else(|| nick.to_owned());
+            server.deliver_to_full(from, &occupant_presence(&room_jid, &own, from, "none", &["110"]));
+            if last {
+                leave_legacy(server, id, &room);
+                if let Some(l) = t.legacy.borrow_mut().get_mut(&id) {
+                    l.rooms.remove(&room);
+                }
+                if let Err(e) = server.store.delete_legacy_room(id, &room) {
+                    tracing::warn!("cannot forget room: {e}");
+                }
+            }
+        }
+        None => {
+            let (already, joined) = {
+                let mut legacy = t.legacy.borrow_mut();
+                let Some(l) = legacy.get_mut(&id) else { return };
+                let r = l.rooms.entry(room.clone()).or_insert_with(|| Room {
+                    nick: nick.to_owned(),
+                    ..Default::default()
+                });
+                let already = r.joined_by.contains(from);
+                if !already {
+                    r.joined_by.push(from.clone());
+                }
+                (already, r.joined)
+            };
+            if let Err(e) = server.store.save_legacy_room(id, &room, Some(nick)) {
+                tracing::warn!("cannot remember room: {e}");
+            }
+            if joined {
+                if !already {
+                    replay_state(server, id, &room, from);
+                }
+                return;
+            }
+            if accounts::connection(server, id).is_none() {
+                // Joined when the account (re)connects.
+                tracing::debug!(%room, "account not connected; join deferred");
+                return;
+            }
+            join_legacy(server, id, &room, nick);
+        }
+        _ => {}
+    }
+}
+
+/// Asks the prpl to join `room`.
+fn join_legacy(server: &Server, id: i64, room: &str, nick: &str) {
+    let Some(gc) = accounts::connection(server, id) else { return };
+    // SAFETY: main thread, live connection. The components table is created by the prpl and
+    // destroyed here after serv_join_chat (which copies what it keeps).
+    unsafe {
+        let info = prpl_info(p::purple_connection_get_prpl(gc));
+        if info.is_null() {
+            return;
+        }
+        let Some(defaults) = (*info).chat_info_defaults else { return };
+        let name = cstring(room);
+        let comps = defaults(gc, name.as_ptr());
+        if comps.is_null() {
+            return;
+        }
+        let has_handle = glist(((*info).chat_info.map(|f| f(gc))).unwrap_or(std::ptr::null_mut()))
+            .into_iter()
+            .any(|e| string((*(e as *mut p::proto_chat_entry)).identifier) == "handle");
+        if has_handle && !nick.is_empty() {
+            let k = glib::ffi::g_strdup(c"handle".as_ptr());
+            let v = glib::ffi::g_strdup(cstring(nick).as_ptr());
+            glib::ffi::g_hash_table_replace(comps as *mut glib::ffi::GHashTable, k as _, v as _);
+        }
+        p::serv_join_chat(gc, comps);
+        glib::ffi::g_hash_table_destroy(comps as *mut glib::ffi::GHashTable);
+    }
+}
+
+fn find_chat(server: &Server, id: i64, room: &str) -> Option<*mut p::PurpleConversation> {
+    let acc = Transport::get(server).legacy.borrow().get(&id).map(|l| l.account)?;
+    let name = cstring(room);
+    // SAFETY: main thread; a borrowed live conversation or NULL.
+    let conv = unsafe { p::purple_find_conversation_with_account(p::PURPLE_CONV_TYPE_CHAT, name.as_ptr(), acc) };
+    (!conv.is_null()).then_some(conv)
+}
+
+fn leave_legacy(server: &Server, id: i64, room: &str) {
+    if let Some(conv) = find_chat(server, id, room) {
+        // SAFETY: destroying the conversation makes the prpl leave the room (serv_chat_leave).
+        unsafe { p::purple_conversation_destroy(conv) };
+    }
+}
+
+fn own_nick(server: &Server, id: i64, room: &str) -> Option<String> {
+    let conv = find_chat(server, id, room)?;
+    // SAFETY: live chat conversation.
+    let n = unsafe { string(p::purple_conv_chat_get_nick(p::purple_conversation_get_chat_data(conv))) };
+    (!n.is_empty()).then_some(n).or_else(|| accounts::display_name(server, id))
+}
+
+fn role_of(flags: p::PurpleConvChatBuddyFlags) -> &'static str {
+    if flags & (p::PURPLE_CBFLAGS_OP | p::PURPLE_CBFLAGS_FOUNDER | p::PURPLE_CBFLAGS_HALFOP) != 0 {
+        "moderator"
+    } else {
+        "participant"
+    }
+}
+
+/// Everything a session that joins an already-joined room must see.
+fn replay_state(server: &Server, id: i64, room: &str, to: &FullJid) {
+    let t = Transport::get(server);
+    let Some(room_jid) = t.contact_jid(id, room) else { return };
+    let Some(conv) = find_chat(server, id, room) else { return };
+    let own = own_nick(server, id, room).unwrap_or_default();
+    // SAFETY: live chat conversation; the user list is borrowed.
+    let users: Vec<(String, p::PurpleConvChatBuddyFlags)> = unsafe {
+        glist(p::purple_conv_chat_get_users(p::purple_conversation_get_chat_data(conv)))
+            .into_iter()
+            .map(|cb| {
+                let cb = cb as *mut p::PurpleConvChatBuddy;
+                (string((*cb).name), (*cb).flags)
+            })
+            .collect()
+    };
+    for (nick, flags) in &users {
+        if *nick != own {
+            server.deliver_to_full(to, &occupant_presence(&room_jid, nick, to, role_of(*flags), &[]));
+        }
+    }
+    let asked = t.legacy.borrow().get(&id).and_then(|l| l.rooms.get(room)).map(|r| r.nick.clone()).unwrap_or_default();
+    let mut codes = vec!["110"];
+    if asked != own {
+        codes.push("210");
+    }
+    server.deliver_to_full(to, &occupant_presence(&room_jid, &own, to, "participant", &codes));
+    let subject = t.legacy.borrow().get(&id).and_then(|l| l.rooms.get(room)).and_then(|r| r.subject.clone());
+    server.deliver_to_full(
+        to,
+        &Element::stanza("message")
+            .attr("from", room_jid.to_string())
+            .attr("to", to.to_string())
+            .attr("type", "groupchat")
+            .attr("id", messages::new_id())
+            .child(Element::new("subject", ns::CLIENT).text(subject.unwrap_or_default())),
+    );
+}
+
+/// `(server, legacy id, room name)` for a chat conversation.
+fn conv_room(conv: *mut p::PurpleConversation) -> Option<(Rc<Server>, i64, String)> {
+    let server = core::server()?;
+    // SAFETY: conv is live during the callback.
+    let (acc, name) = unsafe { (p::purple_conversation_get_account(conv), string(p::purple_conversation_get_name(conv))) };
+    let id = Transport::get(&server).id_of(acc)?;
+    Some((server, id, name))
+}
+
+unsafe extern "C" fn chat_joined(conv: *mut p::PurpleConversation, _data: *mut c_void) {
+    let Some((server, id, room)) = conv_room(conv) else { return };
+    let t = Transport::get(&server);
+    let users = {
+        let mut legacy = t.legacy.borrow_mut();
+        let Some(l) = legacy.get_mut(&id) else { return };
+        // A room joined from elsewhere (another client, a server-side autojoin) is kept
+        // without sessions; joining it later replays the state.
+        let r = l.rooms.entry(room.clone()).or_default();
+        r.joined = true;
+        r.joined_by.clone()
+    };
+    for to in users {
+        replay_state(&server, id, &room, &to);
+    }
+}
+
+unsafe extern "C" fn topic_changed(conv: *mut p::PurpleConversation, who: *const c_char, topic: *const c_char, _d: *mut c_void) {
+    let Some((server, id, room)) = conv_room(conv) else { return };
+    let t = Transport::get(&server);
+    let topic = string(topic);
+    if let Some(r) = t.legacy.borrow_mut().get_mut(&id).and_then(|l| l.rooms.get_mut(&room)) {
+        r.subject = Some(topic.clone());
+    }
+    let Some(room_jid) = t.contact_jid(id, &room) else { return };
+    let who = string(who);
+    let from = if who.is_empty() { room_jid.to_string() } else { format!("{room_jid}/{who}") };
+    send_to_joined(&server, id, &room, |to| {
+        Element::stanza("message")
+            .attr("from", from.as_str())
+            .attr("to", to.to_string())
+            .attr("type", "groupchat")
+            .attr("id", messages::new_id())
+            .child(Element::new("subject", ns::CLIENT).text(topic.as_str()))
+    });
+}
+
+pub unsafe extern "C" fn chat_add_users(conv: *mut p::PurpleConversation, cbuddies: *mut p::GList, _new: p::gboolean) {
+    let Some((server, id, room)) = conv_room(conv) else { return };
+    let t = Transport::get(&server);
+    let Some(room_jid) = t.contact_jid(id, &room) else { return };
+    let own = own_nick(&server, id, &room).unwrap_or_default();
+    // SAFETY: the list and its PurpleConvChatBuddy entries are borrowed for the call.
+    let users: Vec<(String, p::PurpleConvChatBuddyFlags)> = unsafe {
+        glist(cbuddies)
+            .into_iter()
+            .map(|cb| {
+                let cb = cb as *mut p::PurpleConvChatBuddy;
+                (string((*cb).name), (*cb).flags)
+            })
+            .collect()
+    };
+    for (nick, flags) in users {
+        if nick == own {
+            continue;
+        }
+        if let Some(r) = t.legacy.borrow_mut().get_mut(&id).and_then(|l| l.rooms.get_mut(&room)) {
+            r.occupants.insert(nick.clone());
+        }
+        send_to_joined(&server, id, &room, |to| occupant_presence(&room_jid, &nick, to, role_of(flags), &[]));
+    }
+}
+
+pub unsafe extern "C" fn chat_remove_users(conv: *mut p::PurpleConversation, users: *mut p::GList) {
+    let Some((server, id, room)) = conv_room(conv) else { return };
+    let t = Transport::get(&server);
+    let Some(room_jid) = t.contact_jid(id, &room) else { return };
+    // SAFETY: a borrowed list of borrowed names.
+    let nicks: Vec<String> = glist(users).into_iter().map(|n| string(n as *const c_char)).collect();
+    for nick in nicks {
+        if let Some(r) = t.legacy.borrow_mut().get_mut(&id).and_then(|l| l.rooms.get_mut(&room)) {
+            r.occupants.remove(&nick);
+        }
+        send_to_joined(&server, id, &room, |to| occupant_presence(&room_jid, &nick, to, "none", &[]));
+    }
+}
+
+pub unsafe extern "C" fn chat_rename_user(
+    conv: *mut p::PurpleConversation,
+    old: *const c_char,
+    new: *const c_char,
+    _alias: *const c_char,
+) {
+    let Some((server, id, room)) = conv_room(conv) else { return };
+    let t = Transport::get(&server);
+    let Some(room_jid) = t.contact_jid(id, &room) else { return };
+    let (old, new) = (string(old), string(new));
+    let own = own_nick(&server, id, &room).unwrap_or_default();
+    let is_self = own == new;
+    if let Some(r) = t.legacy.borrow_mut().get_mut(&id).and_then(|l| l.rooms.get_mut(&room)) {
+        r.occupants.remove(&old);
+        if !is_self {
+            r.occupants.insert(new.clone());
+        }
+    }
+    let extra: &[&str] = if is_self { &["110"] } else { &[] };
+    send_to_joined(&server, id, &room, |to| {
+        let mut codes = vec!["303"];
+        codes.extend_from_slice(extra);
+        let mut p = occupant_presence(&room_jid, &old, to, "none", &codes);
+        // §7.6: the unavailable presence carries the new nick; the role stays.
+        if let Some(item) = p.get_child_mut("x", forms::MUC_USER).and_then(|x| x.get_child_mut("item", forms::MUC_USER)) {
+            item.set_attr("nick", new.as_str());
+            item.set_attr("role", "participant");
+        }
+        p
+    });
+    send_to_joined(&server, id, &room, |to| occupant_presence(&room_jid, &new, to, "participant", extra));
+}
+
+pub unsafe extern "C" fn write_chat(
+    conv: *mut p::PurpleConversation,
+    who: *const c_char,
+    message: *const c_char,
+    flags: p::PurpleMessageFlags,
+    _mtime: p::time_t,
+) {
+    let Some((server, id, room)) = conv_room(conv) else { return };
+    let t = Transport::get(&server);
+    let Some(room_jid) = t.contact_jid(id, &room) else { return };
+    let who = string(who);
+    let text = html_to_text(&string(message));
+    if flags & p::PURPLE_MESSAGE_SYSTEM != 0 || who.is_empty() || text.is_empty() {
+        // Topic lines, joins and parts as text: the presences and subject carry them.
+        tracing::debug!(%room, "system line: {text}");
+        return;
+    }
+    let mut msg_id = None;
+    if flags & p::PURPLE_MESSAGE_SEND != 0 {
+        msg_id = t
+            .legacy
+            .borrow_mut()
+            .get_mut(&id)
+            .and_then(|l| l.rooms.get_mut(&room))
+            .and_then(|r| r.pending_ids.pop_front());
+    }
+    let msg_id = msg_id.unwrap_or_else(messages::new_id);
+    send_to_joined(&server, id, &room, |to| {
+        Element::stanza("message")
+            .attr("from", format!("{room_jid}/{who}"))
+            .attr("to", to.to_string())
+            .attr("type", "groupchat")
+            .attr("id", msg_id.as_str())
+            .child(Element::new("body", ns::CLIENT).text(text.as_str()))
+    });
+}
+
+pub unsafe extern "C" fn destroy_conversation(conv: *mut p::PurpleConversation) {
+    // SAFETY: conv is live until this returns.
+    if unsafe { p::purple_conversation_get_type(conv) } != p::PURPLE_CONV_TYPE_CHAT {
+        return;
+    }
+    let Some((server, id, room)) = conv_room(conv) else { return };
+    if let Some(r) = Transport::get(&server).legacy.borrow_mut().get_mut(&id).and_then(|l| l.rooms.get_mut(&room)) {
+        r.joined = false;
+    }
+}
+
+/// A groupchat message from the user.
+pub fn message_from_user(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, node: &str, el: Element) {
+    let owner = from.to_bare();
+    let t = Transport::get(server);
+    let Some((id, room)) = t.resolve(&owner, &info.domain, node) else { return };
+    let joined = t.legacy.borrow().get(&id).and_then(|l| l.rooms.get(&room)).is_some_and(|r| r.joined_by.contains(from));
+    let conv = find_chat(server, id, &room);
+    let (true, Some(conv)) = (joined, conv) else {
+        return super::service::bounce(server, from, &el, Condition::NotAcceptable, "join the room first");
+    };
+    let Some(body) = el.child_text("body", ns::CLIENT).filter(|b| !b.is_empty()) else { return };
+    if let Some(r) = t.legacy.borrow_mut().get_mut(&id).and_then(|l| l.rooms.get_mut(&room)) {
+        let mid = el.get_attr("id").map(str::to_owned).unwrap_or_else(messages::new_id);
+        r.pending_ids.push_back(mid);
+        // A prpl that never echoes must not grow this without bound.
+        while r.pending_ids.len() > 50 {
+            r.pending_ids.pop_front();
+        }
+    }
+    let html = cstring(&text_to_html(&body));
+    // SAFETY: main thread, live chat conversation; libpurple copies the message.
+    unsafe { p::purple_conv_chat_send(p::purple_conversation_get_chat_data(conv), html.as_ptr()) };
+}
+
+/// A private message to `room@service/nick`.
+pub fn private_message(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, node: &str, nick: &str, el: Element) {
+    let owner = from.to_bare();
+    let t = Transport::get(server);
+    let Some((id, room)) = t.resolve(&owner, &info.domain, node) else { return };
+    let protocol = t.legacy.borrow().get(&id).map(|l| l.protocol.clone()).unwrap_or_default();
+    // IRC nicks are server-wide; XMPP rooms address occupants as room@server/nick.
+    let target = if protocol == "prpl-jabber" { format!("{room}/{nick}") } else { nick.to_owned() };
+    let index = t.legacy.borrow().get(&id).map(|l| l.index).unwrap_or(0);
+    messages::to_legacy(server, info, from, &super::escape::contact_node(&target, index), el);
+}
+
+/// Re-joins the rooms of an account that (re)connected: stored ones and live ones.
+pub fn rejoin_all(server: &Rc<Server>, id: i64) {
+    let mut rooms: Vec<(String, String)> = server
+        .store
+        .legacy_rooms(id)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(r, n)| (r, n.unwrap_or_default()))
+        .collect();
+    {
+        let t = Transport::get(server);
+        let mut legacy = t.legacy.borrow_mut();
+        if let Some(l) = legacy.get_mut(&id) {
+            for (room, nick) in &rooms {
+                l.rooms.entry(room.clone()).or_insert_with(|| Room {
+                    nick: nick.clone(),
+                    pending_ids: VecDeque::new(),
+                    ..Default::default()
+                });
+            }
+            for (room, r) in &l.rooms {
+                if !rooms.iter().any(|(n, _)| n == room) {
+                    rooms.push((room.clone(), r.nick.clone()));
+                }
+            }
+        }
+    }
+    for (room, nick) in rooms {
+        join_legacy(server, id, &room, &nick);
+    }
+}
+
+/// The account dropped: occupants vanish for the user until the rooms are re-joined.
+pub fn account_gone(server: &Server, id: i64) {
+    let t = Transport::get(server);
+    let rooms: Vec<(String, Vec<String>)> = t
+        .legacy
+        .borrow_mut()
+        .get_mut(&id)
+        .map(|l| {
+            l.rooms
+                .iter_mut()
+                .map(|(name, r)| (name.clone(), std::mem::take(&mut r.occupants).into_iter().collect()))
+                .collect()
+        })
+        .unwrap_or_default();
+    for (room, occupants) in rooms {
+        let Some(room_jid) = t.contact_jid(id, &room) else { continue };
+        for nick in occupants {
+            send_to_joined(server, id, &room, |to| occupant_presence(&room_jid, &nick, to, "none", &[]));
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! Connection state and reconnects: libpurple's connection ui-ops, capped exponential
+//! backoff with jitter, and telling the user why an account is down.
+//!
+//! * Fatal errors (`purple_connection_error_is_fatal`: wrong password, invalid username,
+//!   certificate problems…) are not retried; the account waits for the user (re-login
+//!   command or a new registration).
+//! * Non-fatal errors are retried after `min(CAP, BASE·2^n)` scaled by a random factor in
+//!   [0.5, 1]. libpurple calls some errors non-fatal that repeat forever (e.g. "You require
+//!   encryption, but it is not available on this server."), so after [`MAX_ATTEMPTS`]
+//!   failures in a row the account is given up as well.
+//! * The user hears about a failure once per distinct reason (a message from the service JID)
+//!   and sees the state in the service JID's presence status, not one message per attempt.
+//! * Reconnects are scheduled from a timer, never from inside the ui-op (libpurple is still
+//!   tearing the connection down then).
+
+use std::ffi::c_char;
+use std::rc::Rc;
+use std::time::Duration;
+
+use purple_sys as p;
+use rand::Rng;
+
+use super::ffi::string;
+use super::{LinkState, Transport, accounts, contacts, core, muc, service};
+use crate::server::Server;
+
+const BASE: Duration = Duration::from_secs(2);
+const CAP: Duration = Duration::from_secs(300);
+/// Failures in a row after which a non-fatal error is treated as fatal.
+pub const MAX_ATTEMPTS: u32 = 8;
+
+/// A legacy account's reconnect state.
+#[derive(Default)]
+pub struct Backoff {
+    /// Failures since the last successful connect.
+    pub attempts: u32,
+    timer: Option<glib::Source>,
+}
+
+impl Backoff {
+    /// Delay before attempt number `attempts` (1-based), jittered.
+    pub fn delay(attempts: u32) -> Duration {
+        let exp = BASE.saturating_mul(1u32 << attempts.saturating_sub(1).min(16));
+        let d = exp.min(CAP);
+        d.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
+    }
+
+    pub fn cancel(&mut self) {
+        if let Some(t) = self.timer.take() {
+            t.destroy();
+        }
+    }
+}
+
+pub fn install_ui_ops() {
+    // SAFETY: leaked ui-ops, set once on the main thread during purple_core_init.
+    unsafe {
+        p::purple_connections_set_ui_ops(Box::leak(Box::new(p::PurpleConnectionUiOps {
+            connected: Some(connected),
+            disconnected: Some(disconnected),
+            report_disconnect_reason: Some(report_disconnect_reason),
+            ..Default::default()
+        })));
+    }
+}
+
+fn id_of_gc(server: &Server, gc: *mut p::PurpleConnection) -> Option<i64> {
+    // SAFETY: gc is live during the ui-op.
+    let acc = unsafe { p::purple_connection_get_account(gc) };
+    Transport::get(server).id_of(acc)
+}
+
+unsafe extern "C" fn connected(gc: *mut p::PurpleConnection) {
+    let Some(server) = core::server() else { return };
+    let Some(id) = id_of_gc(&server, gc) else { return };
+    let owner_service = {
+        let t = Transport::get(&server);
+        let mut legacy = t.legacy.borrow_mut();
+        let Some(l) = legacy.get_mut(&id) else { return };
+        l.state = LinkState::Online;
+        l.backoff.cancel();
+        l.backoff.attempts = 0;
+        l.told = None;
+        (l.owner.clone(), l.service.clone())
+    };
+    tracing::info!(account = %accounts::label(&server, id), "legacy account connected");
+    service::announce(&server, &owner_service.0, &owner_service.1);
+    // Joining from inside the ui-op would re-enter the prpl's login path.
+    let weak = Rc::downgrade(&server);
+    crate::net::source::idle_once(move || {
+        if let Some(s) = weak.upgrade() {
+            contacts::sync(&s, id);
+            muc::rejoin_all(&s, id);
+        }
+    });
+}
+
+unsafe extern "C" fn disconnected(gc: *mut p::PurpleConnection) {
+    let Some(server) = core::server() else { return };
+    let Some(id) = id_of_gc(&server, gc) else { return };
+    let t = Transport::get(&server);
+    let owner_service = {
+        let mut legacy = t.legacy.borrow_mut();
+        let Some(l) = legacy.get_mut(&id) else { return };
+        if matches!(l.state, LinkState::Online | LinkState::Connecting) {
+            l.state = LinkState::Offline;
+        }
+        for r in l.rooms.values_mut() {
+            r.joined = false;
+        }
+        (l.owner.clone(), l.service.clone())
+    };
+    muc::account_gone(&server, id);
+    service::announce(&server, &owner_service.0, &owner_service.1);
+}
+
+unsafe extern "C" fn report_disconnect_reason(
+    gc: *mut p::PurpleConnection,
+    reason: p::PurpleConnectionError,
+    text: *const c_char,
+) {
+    let Some(server) = core::server() else { return };
+    let Some(id) = id_of_gc(&server, gc) else { return };
+    let text = string(text);
+    // SAFETY: a pure function of the enum.
+    let fatal = unsafe { p::purple_connection_error_is_fatal(reason) } != 0;
+    failed(&server, id, &text, fatal);
+}
+
+/// Records a failure, tells the user once, and schedules a retry unless it is final.
+pub fn failed(server: &Rc<Server>, id: i64, text: &str, fatal: bool) {
+    let label = accounts::label(server, id);
+    let t = Transport::get(server);
+    let (owner, service_domain, attempts, tell) = {
+        let mut legacy = t.legacy.borrow_mut();
+        let Some(l) = legacy.get_mut(&id) else { return };
+        if matches!(l.state, LinkState::Disabled) {
+            return;
+        }
+        l.backoff.attempts += 1;
+        let give_up = fatal || l.backoff.attempts >= MAX_ATTEMPTS;
+        l.state = if give_up {
+            LinkState::Failed(text.to_owned())
+        } else {
+            LinkState::Down(text.to_owned())
+        };
+        let tell = give_up || l.told.as_deref() != Some(text);
+        l.told = Some(text.to_owned());
+        (l.owner.clone(), l.service.clone(), (!give_up).then_some(l.backoff.attempts), tell)
+    };
+    tracing::warn!(account = %label, fatal, "legacy account disconnected: {text}");
+    if tell {
+        let msg = match attempts {
+            Some(n) => format!(
+                "{label}: disconnected: {text}. Reconnecting in {}s.",
+                Backoff::delay(n).as_secs().max(1)
+            ),
+            None if fatal => format!(
+                "{label}: cannot connect: {text}. Not retrying; fix the settings (register again) \
+                 and use the re-login command."
+            ),
+            None => format!("{label}: giving up after {MAX_ATTEMPTS} failed attempts: {text}. Use the re-login command."),
+        };
+        service::tell(server, &owner, &service_domain, &msg);
+    }
+    service::announce(server, &owner, &service_domain);
+    if let Some(n) = attempts {
+        schedule(server, id, Backoff::delay(n));
+    }
+}
+
+fn schedule(server: &Rc<Server>, id: i64, delay: Duration) {
+    let weak = Rc::downgrade(server);
+    let timer = server.after(delay, move || {
+        let Some(s) = weak.upgrade() else { return };
+        let t = Transport::get(&s);
+        let (acc, due) = {
+            let mut legacy = t.legacy.borrow_mut();
+            let Some(l) = legacy.get_mut(&id) else { return };
+            l.backoff.timer = None;
+            (l.account, matches!(l.state, LinkState::Down(_)))
+        };
+        if !due {
+            return;
+        }
+        // SAFETY: main thread, live account (still in the table).
+        if unsafe { p::purple_account_is_disconnected(acc) } == 0 {
+            // libpurple has not finished tearing down yet.
+            schedule(&s, id, Duration::from_secs(1));
+            return;
+        }
+        accounts::login(&s, id);
+    });
+    let t = Transport::get(server);
+    if let Some(l) = t.legacy.borrow_mut().get_mut(&id) {
+        l.backoff.cancel();
+        l.backoff.timer = Some(timer);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        for n in 1..30 {
+            let d = Backoff::delay(n);
+            let full = BASE.saturating_mul(1u32 << (n - 1).min(16)).min(CAP);
+            assert!(d <= full && d >= full / 2, "attempt {n}: {d:?}");
+        }
+        assert!(Backoff::delay(40) <= CAP);
+    }
+}

@@ -1,0 +1,179 @@
+//! The IM transport against a loopback ngircd (issue 4): XEP-0077 registration of an IRC
+//! account, disco/gateway, a channel as a MUC room (occupants, join/part/nick change,
+//! groupchat both ways with one reflection), 1:1 messages both ways, messages while the user
+//! is offline reaching the mailbox, relay latency and RSS per legacy account.
+//!
+//! libpurple can be initialised once per process, so everything runs in one test function.
+
+mod common;
+mod transport_support;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{Raw, TestServer};
+use transport_support::*;
+use wockd::config::TransportService;
+
+const SVC: &str = "irc.localhost";
+
+fn register_irc(c: &mut Raw, id: &str, nick: &str, port: u16) {
+    c.send(&register_form(
+        SVC,
+        id,
+        &[("username", nick), ("split:0", "127.0.0.1"), ("opt:port", &port.to_string()), ("opt:ssl", "0")],
+    ));
+    let r = c.until(&format!("id=\"{id}\""));
+    let rest = c.until(">");
+    assert!(rest.contains("type=\"result\"") || r.contains("type=\"result\""), "registration failed: {r}{rest}");
+}
+
+#[test]
+fn irc_through_the_transport() {
+    let Some(bin) = require("ngircd") else { return };
+    let (_ircd, port) = ngircd(&bin);
+
+    let srv = TestServer::start_with(
+        |c| {
+            c.transport.enabled = true;
+            c.transport.services = vec![TransportService {
+                domain: SVC.into(),
+                prpl: "prpl-irc".into(),
+                name: None,
+                // libpurple's IRC rate limit (2 s, burst 5) would delay and drop test lines.
+                defaults: BTreeMap::from([
+                    ("ratelimit-interval".into(), "1".into()),
+                    ("ratelimit-burst".into(), "100".into()),
+                ]),
+            }];
+        },
+        |_| {},
+    );
+    srv.add_user("alice", "pw");
+    let mut c = Raw::login_plain(srv.trusted, "alice", "pw", "laptop");
+    c.send("<iq type='get' id='r1'><query xmlns='jabber:iq:roster'/></iq>");
+    c.until("</iq>");
+    c.send("<presence/>");
+
+    // Discovery and XEP-0100.
+    c.send(&format!("<iq type='get' id='d1' to='{SVC}'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>"));
+    let info = c.until("</iq>");
+    assert!(info.contains("category=\"gateway\"") && info.contains("type=\"irc\""), "{info}");
+    assert!(info.contains("jabber:iq:register") && info.contains("jabber:iq:gateway"), "{info}");
+    c.send(&format!("<iq type='set' id='g1' to='{SVC}'><query xmlns='jabber:iq:gateway'><prompt>odd nick</prompt></query></iq>"));
+    let g = c.until("</iq>");
+    assert!(g.contains("<jid>odd\\20nick@irc.localhost</jid>"), "{g}");
+
+    // XEP-0077: the form comes from prpl-irc's user split and options.
+    c.send(&format!("<iq type='get' id='f1' to='{SVC}'><query xmlns='jabber:iq:register'/></iq>"));
+    let form = c.until("</iq>");
+    for var in ["var=\"username\"", "var=\"split:0\"", "var=\"opt:port\"", "var=\"opt:ssl\"", "var=\"opt:ratelimit-interval\""] {
+        assert!(form.contains(var), "{var} missing in {form}");
+    }
+    // Unregistered users are refused politely.
+    c.send("<message to='bob@irc.localhost' type='chat' id='early'><body>x</body></message>");
+    let e = c.until("</message>");
+    assert!(e.contains("registration-required"), "{e}");
+
+    // The IRC side: bob is in the channel before alice arrives.
+    let mut bob = Irc::connect(port, "bob");
+    bob.send("JOIN #wockd");
+    bob.expect(" 366 ");
+
+    register_irc(&mut c, "reg1", "alicebot", port);
+    let up = until_all(&mut c, &["alicebot@127.0.0.1: online"]);
+    assert!(up.contains("from=\"irc.localhost\""), "{up}");
+
+    // MUC join: occupant list and self-presence.
+    c.send("<presence to='#wockd@irc.localhost/alicebot'><x xmlns='http://jabber.org/protocol/muc'/></presence>");
+    let joined = until_all(&mut c, &["from=\"#wockd@irc.localhost/bob\"", "code=\"110\"", "<subject>loopback test channel</subject>"]);
+    assert!(joined.contains("from=\"#wockd@irc.localhost/alicebot\""), "{joined}");
+    bob.expect("JOIN");
+
+    // Groupchat both ways; the user's own message reflected once with its id.
+    bob.send("PRIVMSG #wockd :hello from irc");
+    let m = until_all(&mut c, &["hello from irc"]);
+    assert!(m.contains("type=\"groupchat\"") && m.contains("from=\"#wockd@irc.localhost/bob\""), "{m}");
+    c.send("<message to='#wockd@irc.localhost' type='groupchat' id='gc1'><body>hi irc &amp; all</body></message>");
+    let l = bob.expect("PRIVMSG #wockd");
+    assert!(l.contains(":hi irc & all"), "{l}");
+    let refl = until_all(&mut c, &["id=\"gc1\""]);
+    assert!(refl.contains("from=\"#wockd@irc.localhost/alicebot\"") && refl.contains("hi irc &amp; all"), "{refl}");
+    let again = drain(&mut c, Duration::from_millis(500));
+    assert!(!again.contains("hi irc"), "reflected twice: {again}");
+
+    // Another IRC user joins, changes nick, parts.
+    let mut carol = Irc::connect(port, "carol");
+    carol.send("JOIN #wockd");
+    carol.expect(" 366 ");
+    until_all(&mut c, &["from=\"#wockd@irc.localhost/carol\""]);
+    carol.send("NICK carol2");
+    carol.expect("NICK");
+    let nick = until_all(&mut c, &["code=\"303\"", "from=\"#wockd@irc.localhost/carol2\""]);
+    assert!(nick.contains("nick=\"carol2\""), "{nick}");
+    carol.send("PART #wockd :bye");
+    let part = until_all(&mut c, &["type=\"unavailable\""]);
+    assert!(part.contains("#wockd@irc.localhost/carol2"), "{part}");
+
+    // 1:1 both ways.
+    bob.send("PRIVMSG alicebot :private hello");
+    let pm = until_all(&mut c, &["private hello"]);
+    assert!(pm.contains("from=\"bob@irc.localhost\"") && pm.contains("type=\"chat\""), "{pm}");
+    c.send("<message to='bob@irc.localhost' type='chat' id='pm1'><body>hi bob</body></message>");
+    let l = bob.expect("PRIVMSG bob");
+    assert!(l.contains(":hi bob") && l.starts_with(":alicebot!"), "{l}");
+
+    // Relay latency XMPP → IRC → XMPP (bob echoes).
+    let mut samples = Vec::new();
+    let mut legs = Vec::new();
+    for i in 0..40 {
+        let t0 = Instant::now();
+        c.send(&format!("<message to='bob@irc.localhost' type='chat'><body>ping {i}</body></message>"));
+        let l = bob.expect(&format!(":ping {i}"));
+        assert!(l.contains("PRIVMSG bob"), "{l}");
+        let t1 = t0.elapsed();
+        bob.send(&format!("PRIVMSG alicebot :pong {i}"));
+        until_all(&mut c, &[&format!("pong {i}<")]);
+        samples.push(t0.elapsed());
+        legs.push((t1, t0.elapsed() - t1));
+    }
+    eprintln!("legs (XMPP→IRC, IRC→XMPP), first 5: {:?}", &legs[..5]);
+    samples.sort();
+    eprintln!(
+        "relay latency XMPP→IRC→XMPP over {} round trips: median {:?}, p99 {:?}",
+        samples.len(),
+        samples[samples.len() / 2],
+        samples[(samples.len() * 99 / 100).min(samples.len() - 1)]
+    );
+
+    // The user goes offline; the legacy account stays connected and messages wait.
+    c.send("</stream:stream>");
+    drop(c);
+    std::thread::sleep(Duration::from_millis(300));
+    bob.send("PRIVMSG alicebot :while you were away");
+    std::thread::sleep(Duration::from_millis(500));
+    let mut c = Raw::login_plain(srv.trusted, "alice", "pw", "phone");
+    c.send("<presence/>");
+    let off = until_all(&mut c, &["while you were away"]);
+    assert!(off.contains("from=\"bob@irc.localhost\""), "{off}");
+    assert!(off.contains("urn:xmpp:delay"), "no delay stamp: {off}");
+
+    // RSS with 1, 5 and 20 legacy accounts connected.
+    let mut rss = vec![(1, rss_kib())];
+    for n in 2..=20 {
+        register_irc(&mut c, &format!("reg{n}"), &format!("alicebot{n}"), port);
+        until_all(&mut c, &[&format!("alicebot{n}@127.0.0.1: online")]);
+        if n == 5 || n == 20 {
+            rss.push((n, rss_kib()));
+        }
+    }
+    eprintln!("RSS of the test process (server + libpurple + clients): {rss:?} (accounts, KiB)");
+
+    // Ad-hoc: list accounts.
+    c.send(&format!(
+        "<iq type='set' id='ah1' to='{SVC}'><command xmlns='http://jabber.org/protocol/commands' node='accounts' action='execute'/></iq>"
+    ));
+    let ah = c.until("id=\"ah1\"");
+    let ah = ah + &c.until("</iq>");
+    assert!(ah.contains("alicebot20@127.0.0.1: online"), "{ah}");
+}

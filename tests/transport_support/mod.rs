@@ -1,0 +1,199 @@
+//! Shared helpers of the transport tests: loopback ngircd / Prosody under a kill-on-drop
+//! guard, a raw IRC client, and order-insensitive waits on the raw XMPP client.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::Raw;
+
+/// Under `CI=true` a missing server fails the test; locally it is skipped, loudly.
+pub fn require(binary: &str) -> Option<PathBuf> {
+    let found = ["/usr/sbin", "/usr/bin", "/usr/local/bin", "/usr/local/sbin"]
+        .iter()
+        .map(|d| Path::new(d).join(binary))
+        .find(|p| p.exists());
+    if found.is_none() {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{binary} is not installed (CI=true: .ci/run must install it)");
+        }
+        eprintln!("\n*** SKIPPING: {binary} is not installed; install it to run this test ***\n");
+    }
+    found
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn wait_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not start listening on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A child process killed (and reaped) on drop; `extra_pidfile` names a pid file whose
+/// process is killed too (prosody under runuser).
+pub struct Guard {
+    pub child: Child,
+    pub extra_pidfile: Option<PathBuf>,
+    pub dir: tempfile::TempDir,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Some(pf) = &self.extra_pidfile
+            && let Ok(s) = std::fs::read_to_string(pf)
+            && let Ok(pid) = s.trim().parse::<i32>()
+        {
+            // SAFETY: kill(2) on the pid this test started (recorded by the server itself).
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn ngircd(bin: &Path) -> (Guard, u16) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = free_port();
+    std::fs::create_dir_all(d.join("run")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d.join("run"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let conf = d.join("ngircd.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[Global]\n\tName = irc.wockd.test\n\tInfo = wockd loopback test ircd\n\tListen = 127.0.0.1\n\tPorts = {port}\n\
+             \tMotdPhrase = \"wockd test server\"\n\tPidFile = {}/run/ngircd.pid\n\tServerUID = nobody\n\tServerGID = nogroup\n\
+             \tAdminInfo1 = wockd test\n\tAdminInfo2 = loopback only\n\tAdminEMail = nobody@localhost\n\
+             [Limits]\n\tMaxConnectionsIP = 0\n\tPingTimeout = 120\n\tPongTimeout = 20\n\tMaxPenaltyTime = 0\n\tMaxNickLength = 30\n\
+             [Options]\n\tPAM = no\n\tIdent = no\n\tDNS = no\n\
+             [Channel]\n\tName = #wockd\n\tTopic = loopback test channel\n\tModes = +tn\n",
+            d.display()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(d.join("ngircd.log")).unwrap();
+    let child = Command::new(bin)
+        .args(["-n", "-f"])
+        .arg(&conf)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("cannot start ngircd");
+    let g = Guard { child, extra_pidfile: None, dir };
+    wait_port(port, "ngircd");
+    (g, port)
+}
+
+/// A raw-socket IRC client.
+pub struct Irc {
+    pub w: TcpStream,
+    pub r: BufReader<TcpStream>,
+    pub nick: String,
+}
+
+impl Irc {
+    pub fn connect(port: u16, nick: &str) -> Irc {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let mut c = Irc { r: BufReader::new(s.try_clone().unwrap()), w: s, nick: nick.into() };
+        c.send(&format!("NICK {nick}"));
+        c.send(&format!("USER {nick} 0 * :{nick} the tester"));
+        c.expect(" 001 ");
+        c
+    }
+
+    pub fn send(&mut self, line: &str) {
+        self.w.write_all(format!("{line}\r\n").as_bytes()).unwrap();
+    }
+
+    /// Reads lines (answering PINGs) until one contains `needle`; returns it.
+    pub fn expect(&mut self, needle: &str) -> String {
+        self.expect_within(needle, Duration::from_secs(15))
+    }
+
+    pub fn expect_within(&mut self, needle: &str, t: Duration) -> String {
+        let deadline = Instant::now() + t;
+        let mut line = String::new();
+        loop {
+            assert!(Instant::now() < deadline, "IRC {}: timed out waiting for {needle:?}", self.nick);
+            line.clear();
+            match self.r.read_line(&mut line) {
+                Ok(0) => panic!("IRC {}: connection closed waiting for {needle:?}", self.nick),
+                Ok(_) => {
+                    if let Some(rest) = line.strip_prefix("PING ") {
+                        let pong = format!("PONG {}", rest.trim_end());
+                        self.send(&pong);
+                    }
+                    if line.contains(needle) {
+                        return line.trim_end().to_owned();
+                    }
+                }
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e) => panic!("IRC read error: {e}"),
+            }
+        }
+    }
+}
+
+/// Reads until every needle appeared in the unread text (in any order); returns and
+/// consumes all text read so far.
+pub fn until_all(c: &mut Raw, needles: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if needles.iter().all(|n| c.buf.contains(n)) {
+            return std::mem::take(&mut c.buf);
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {needles:?}; have {:?}", c.buf);
+        let mut chunk = [0u8; 65536];
+        match c.sock.read(&mut chunk) {
+            Ok(0) => panic!("connection closed waiting for {needles:?}; have {:?}", c.buf),
+            Ok(n) => c.buf.push_str(&String::from_utf8_lossy(&chunk[..n])),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e) => panic!("read error: {e}"),
+        }
+    }
+}
+
+/// Reads for `d`; returns what arrived.
+pub fn drain(c: &mut Raw, d: Duration) -> String {
+    let deadline = Instant::now() + d;
+    while Instant::now() < deadline {
+        let mut chunk = [0u8; 65536];
+        match c.sock.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => c.buf.push_str(&String::from_utf8_lossy(&chunk[..n])),
+            Err(_) => {}
+        }
+    }
+    std::mem::take(&mut c.buf)
+}
+
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(|l| l.to_owned()))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// XEP-0077 registration through the data form.
+pub fn register_form(service: &str, id: &str, fields: &[(&str, &str)]) -> String {
+    let mut f = String::from("<field var='FORM_TYPE' type='hidden'><value>jabber:iq:register</value></field>");
+    for (k, v) in fields {
+        f.push_str(&format!("<field var='{k}'><value>{v}</value></field>"));
+    }
+    format!(
+        "<iq type='set' id='{id}' to='{service}'><query xmlns='jabber:iq:register'><x xmlns='jabber:x:data' type='submit'>{f}</x></query></iq>"
+    )
+}
