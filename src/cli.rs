@@ -258,8 +258,10 @@ fn print_welcome(server: &Server, bound: &[(std::net::SocketAddr, bool)], accoun
             c.default_domain()
         );
     } else {
-        let list: Vec<String> = accounts.iter().map(|(n, d)| format!("{n}@{d}")).collect();
-        eprintln!("  accounts: {}", list.join(", "));
+        let list: Vec<String> = accounts.iter().take(5).map(|(n, d)| format!("{n}@{d}")).collect();
+        let more = accounts.len().saturating_sub(list.len());
+        let more = if more > 0 { format!(" and {more} more (wockd users)") } else { String::new() };
+        eprintln!("  accounts: {}{more}", list.join(", "));
     }
     eprintln!(
         "Connect a client (Gajim, Dino, Profanity…) as that JID, server 127.0.0.1 port {}; \

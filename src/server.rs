@@ -296,6 +296,7 @@ impl Server {
         let was_available = self.sessions.borrow().get(&jid).is_some_and(|s| s.priority.is_some());
         if self.sessions.borrow_mut().unbind(&jid, conn.id) {
             tracing::info!(%jid, "session ended");
+            crate::modules::pep::session_gone(self, &jid);
             if was_available {
                 crate::modules::presence::session_gone(self, &jid);
             }

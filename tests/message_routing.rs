@@ -14,7 +14,9 @@ use common::{Raw, TestServer};
 
 /// Sends a ping to the server and reads up to its answer; returns everything read.
 fn ping(c: &mut Raw, id: &str) -> String {
-    c.send(&format!("<iq type='get' id='{id}'><ping xmlns='urn:xmpp:ping'/></iq>"));
+    c.send(&format!(
+        "<iq type='get' id='{id}'><ping xmlns='urn:xmpp:ping'/></iq>"
+    ));
     c.until(&format!("id=\"{id}\"/>"))
 }
 
@@ -61,9 +63,15 @@ fn bare_jid_goes_to_the_highest_priority_and_full_jid_to_its_resource() {
     assert!(got.contains("<stanza-id xmlns=\"urn:xmpp:sid:0\""), "{got}");
     assert!(got.contains("by=\"alice@localhost\""), "{got}");
     let seen = barrier(&mut bob, &mut one, "alice@localhost/one", "b-one");
-    assert!(!seen.contains("to-bare"), "priority 1 got the bare-JID chat: {seen}");
+    assert!(
+        !seen.contains("to-bare"),
+        "priority 1 got the bare-JID chat: {seen}"
+    );
     let seen = barrier(&mut bob, &mut neg, "alice@localhost/neg", "b-neg");
-    assert!(!seen.contains("to-bare"), "negative priority got the bare-JID chat: {seen}");
+    assert!(
+        !seen.contains("to-bare"),
+        "negative priority got the bare-JID chat: {seen}"
+    );
 
     // A full JID reaches its resource whatever its priority.
     bob.send(&chat("alice@localhost/one", "c2", "to-one"));
@@ -86,7 +94,10 @@ fn bare_jid_goes_to_the_highest_priority_and_full_jid_to_its_resource() {
     assert!(five.until("</message>").contains("news"));
     assert!(one.until("</message>").contains("news"));
     let seen = barrier(&mut bob, &mut neg, "alice@localhost/neg", "b-neg2");
-    assert!(!seen.contains("news"), "negative priority got a headline: {seen}");
+    assert!(
+        !seen.contains("news"),
+        "negative priority got a headline: {seen}"
+    );
     bob.send("<message type='headline' to='alice@localhost/gone' id='h2'><body>stale-news</body></message>");
     let seen = barrier(&mut bob, &mut five, "alice@localhost/five", "b-five2");
     assert!(!seen.contains("stale-news"), "{seen}");
@@ -100,7 +111,10 @@ fn bare_jid_goes_to_the_highest_priority_and_full_jid_to_its_resource() {
     // Groupchat to a bare JID: service-unavailable, and no resource gets it.
     bob.send("<message type='groupchat' to='alice@localhost' id='g1'><body>room</body></message>");
     let err = bob.until("</message>");
-    assert!(err.contains("type=\"error\"") && err.contains("id=\"g1\""), "{err}");
+    assert!(
+        err.contains("type=\"error\"") && err.contains("id=\"g1\""),
+        "{err}"
+    );
     assert!(err.contains("<service-unavailable"), "{err}");
     let seen = barrier(&mut bob, &mut five, "alice@localhost/five", "b-five3");
     assert!(!seen.contains(">room<"), "{seen}");
@@ -119,22 +133,36 @@ fn errors_for_missing_accounts_and_domains_but_never_for_errors() {
 
     bob.send(&chat("nobody@localhost", "u1", "hello?"));
     let err = bob.until("</message>");
-    assert!(err.contains("type=\"error\"") && err.contains("id=\"u1\""), "{err}");
+    assert!(
+        err.contains("type=\"error\"") && err.contains("id=\"u1\""),
+        "{err}"
+    );
     assert!(err.contains("from=\"nobody@localhost\""), "{err}");
     assert!(err.contains("<service-unavailable"), "{err}");
 
     bob.send("<message type='headline' to='nobody@localhost' id='u2'><body>x</body></message>");
     let err = bob.until("</message>");
-    assert!(err.contains("id=\"u2\"") && err.contains("<service-unavailable"), "{err}");
+    assert!(
+        err.contains("id=\"u2\"") && err.contains("<service-unavailable"),
+        "{err}"
+    );
 
     bob.send(&chat("someone@elsewhere.example", "r1", "far away"));
     let err = bob.until("</message>");
-    assert!(err.contains("type=\"error\"") && err.contains("id=\"r1\""), "{err}");
+    assert!(
+        err.contains("type=\"error\"") && err.contains("id=\"r1\""),
+        "{err}"
+    );
     assert!(err.contains("<remote-server-not-found"), "{err}");
 
     // Errors are never answered: not for a missing account, a foreign domain, an offline
     // account (where they are not stored either) or an online one.
-    for to in ["nobody@localhost", "someone@elsewhere.example", "alice@localhost", "alice@localhost/gone"] {
+    for to in [
+        "nobody@localhost",
+        "someone@elsewhere.example",
+        "alice@localhost",
+        "alice@localhost/gone",
+    ] {
         bob.send(&format!(
             "<message type='error' to='{to}' id='e1'><error type='cancel'>\
              <service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>"
@@ -151,6 +179,9 @@ fn errors_for_missing_accounts_and_domains_but_never_for_errors() {
     let mut alice = login(&srv, "alice", "a", None);
     alice.send("<presence/>");
     let got = until_message(&mut alice, "marker</body>");
-    assert!(!got.contains("type=\"error\""), "an error message was stored: {got}");
+    assert!(
+        !got.contains("type=\"error\""),
+        "an error message was stored: {got}"
+    );
     assert_eq!(got.matches("<message").count(), 1, "{got}");
 }

@@ -42,7 +42,9 @@ impl Client {
     }
 
     fn roster_get(&mut self, id: &str) -> String {
-        self.send(&format!("<iq type='get' id='{id}'><query xmlns='jabber:iq:roster'/></iq>"));
+        self.send(&format!(
+            "<iq type='get' id='{id}'><query xmlns='jabber:iq:roster'/></iq>"
+        ));
         self.expect(&[&format!("id=\"{id}\"")])
     }
 
@@ -80,7 +82,11 @@ impl Client {
             match self.raw.sock.read(&mut chunk) {
                 Ok(0) => panic!("{}: connection closed; queued {:#?}", self.jid, self.queue),
                 Ok(n) => self.raw.buf.push_str(&String::from_utf8_lossy(&chunk[..n])),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
                 Err(e) => panic!("read error: {e}"),
             }
         }
@@ -112,7 +118,9 @@ impl Client {
     fn barrier(&mut self) {
         self.pings += 1;
         let id = format!("barrier-{}", self.pings);
-        self.send(&format!("<iq type='get' id='{id}'><ping xmlns='urn:xmpp:ping'/></iq>"));
+        self.send(&format!(
+            "<iq type='get' id='{id}'><ping xmlns='urn:xmpp:ping'/></iq>"
+        ));
         self.expect(&[&format!("id=\"{id}\"")]);
     }
 
@@ -172,7 +180,11 @@ fn attr(s: &str, tag: &str, name: &str) -> Option<String> {
 
 /// Asserts the `subscription` and `ask` of the roster item in a push or result.
 fn assert_item(stanza: &str, subscription: &str, ask: Option<&str>) {
-    assert_eq!(attr(stanza, "item", "subscription").as_deref(), Some(subscription), "{stanza}");
+    assert_eq!(
+        attr(stanza, "item", "subscription").as_deref(),
+        Some(subscription),
+        "{stanza}"
+    );
     assert_eq!(attr(stanza, "item", "ask").as_deref(), ask, "{stanza}");
 }
 
@@ -216,7 +228,10 @@ fn roster_get_set_remove_with_pushes_to_every_interested_resource() {
     // A resource that never asked for the roster gets no pushes.
     let mut a3 = Client::login(&srv, "alice", "three");
     let r = a1.roster_get("g1");
-    assert!(r.contains("<query xmlns=\"jabber:iq:roster\" ver=\"0\"/>"), "{r}");
+    assert!(
+        r.contains("<query xmlns=\"jabber:iq:roster\" ver=\"0\"/>"),
+        "{r}"
+    );
     a2.roster_get("g2");
 
     a1.send(
@@ -230,7 +245,10 @@ fn roster_get_set_remove_with_pushes_to_every_interested_resource() {
         // The client's subscription and ask are ignored: only the server sets them.
         assert_item(&p, "none", None);
         assert_eq!(attr(&p, "item", "name").as_deref(), Some("Bob"));
-        assert!(p.contains("<group>Friends</group><group>Work</group>"), "{p}");
+        assert!(
+            p.contains("<group>Friends</group><group>Work</group>"),
+            "{p}"
+        );
         assert_eq!(attr(&p, "query", "ver").as_deref(), Some("1"));
         assert!(p.contains(&format!("to=\"{}\"", c.jid)), "{p}");
     }
@@ -245,32 +263,55 @@ fn roster_get_set_remove_with_pushes_to_every_interested_resource() {
     for c in [&mut a1, &mut a2] {
         let p = c.push("bob@localhost");
         assert_eq!(attr(&p, "item", "name").as_deref(), Some("Robert"));
-        assert!(p.contains("<group>Work</group></item>") && !p.contains("Friends"), "{p}");
+        assert!(
+            p.contains("<group>Work</group></item>") && !p.contains("Friends"),
+            "{p}"
+        );
     }
     // A contact on a server we cannot reach can still be added.
     a1.send("<iq type='set' id='s3'><query xmlns='jabber:iq:roster'><item jid='carol@remote.example'/></query></iq>");
     a1.expect(&["id=\"s3\"", "type=\"result\""]);
     a2.push("carol@remote.example");
     let r = a2.roster_get("g3");
-    assert!(r.contains("jid=\"bob@localhost\"") && r.contains("jid=\"carol@remote.example\""), "{r}");
+    assert!(
+        r.contains("jid=\"bob@localhost\"") && r.contains("jid=\"carol@remote.example\""),
+        "{r}"
+    );
 
     // Error cases (§2.3.3, §2.5.3).
     let cases = [
-        ("<item jid='x@localhost'/><item jid='y@localhost'/>", "bad-request"),
+        (
+            "<item jid='x@localhost'/><item jid='y@localhost'/>",
+            "bad-request",
+        ),
         ("", "bad-request"),
         ("<item name='no jid'/>", "bad-request"),
         ("<item jid='@localhost'/>", "bad-request"),
         ("<item jid='x@localhost/res'/>", "bad-request"),
-        ("<item jid='x@localhost'><group>G</group><group>G</group></item>", "bad-request"),
-        ("<item jid='x@localhost'><group></group></item>", "not-acceptable"),
+        (
+            "<item jid='x@localhost'><group>G</group><group>G</group></item>",
+            "bad-request",
+        ),
+        (
+            "<item jid='x@localhost'><group></group></item>",
+            "not-acceptable",
+        ),
         ("<item jid='alice@localhost'/>", "not-allowed"),
-        ("<item jid='nobody@localhost' subscription='remove'/>", "item-not-found"),
+        (
+            "<item jid='nobody@localhost' subscription='remove'/>",
+            "item-not-found",
+        ),
     ];
     for (i, (item, cond)) in cases.iter().enumerate() {
         let id = format!("e{i}");
-        a1.send(&format!("<iq type='set' id='{id}'><query xmlns='jabber:iq:roster'>{item}</query></iq>"));
+        a1.send(&format!(
+            "<iq type='set' id='{id}'><query xmlns='jabber:iq:roster'>{item}</query></iq>"
+        ));
         let r = a1.expect(&[&format!("id=\"{id}\"")]);
-        assert!(r.contains("type=\"error\"") && r.contains(&format!("<{cond} ")), "{item}: {r}");
+        assert!(
+            r.contains("type=\"error\"") && r.contains(&format!("<{cond} ")),
+            "{item}: {r}"
+        );
     }
     let long = "n".repeat(2000);
     a1.send(&format!(
@@ -284,7 +325,9 @@ fn roster_get_set_remove_with_pushes_to_every_interested_resource() {
     let r = a1.expect(&["id=\"e-group\""]);
     assert!(r.contains("<not-acceptable "), "{r}");
     // Someone else's roster is off limits.
-    a1.send("<iq type='get' id='e-other' to='bob@localhost'><query xmlns='jabber:iq:roster'/></iq>");
+    a1.send(
+        "<iq type='get' id='e-other' to='bob@localhost'><query xmlns='jabber:iq:roster'/></iq>",
+    );
     let r = a1.expect(&["id=\"e-other\""]);
     assert!(r.contains("<forbidden "), "{r}");
     a2.assert_none("push after a failed set", |s| s.contains("x@localhost"));
@@ -297,7 +340,10 @@ fn roster_get_set_remove_with_pushes_to_every_interested_resource() {
         assert_item(&p, "remove", None);
     }
     let r = a1.roster_get("g4");
-    assert!(!r.contains("bob@localhost") && r.contains("carol@remote.example"), "{r}");
+    assert!(
+        !r.contains("bob@localhost") && r.contains("carol@remote.example"),
+        "{r}"
+    );
 }
 
 #[test]
@@ -310,15 +356,24 @@ fn subscribe_then_subscribed_then_mutual() {
     assert_item(&a.push("bob@localhost"), "none", Some("subscribe"));
     // Forwarded from alice's bare JID (§3.1.2).
     let req = b.expect(&["type=\"subscribe\""]);
-    assert_eq!(attr(&req, "presence", "from").as_deref(), Some("alice@localhost"), "{req}");
+    assert_eq!(
+        attr(&req, "presence", "from").as_deref(),
+        Some("alice@localhost"),
+        "{req}"
+    );
     // Pending-in creates no roster item for bob.
-    b.assert_none("roster push before approval", |s| s.contains("jabber:iq:roster"));
+    b.assert_none("roster push before approval", |s| {
+        s.contains("jabber:iq:roster")
+    });
 
     b.presence_to("alice@localhost", "subscribed");
     assert_item(&b.push("alice@localhost"), "from", None);
     assert_item(&a.push("bob@localhost"), "to", None);
     let ok = a.expect(&["type=\"subscribed\""]);
-    assert_eq!(attr(&ok, "presence", "from").as_deref(), Some("bob@localhost"));
+    assert_eq!(
+        attr(&ok, "presence", "from").as_deref(),
+        Some("bob@localhost")
+    );
     // Then alice gets bob's current presence.
     a.wait(|s| is_presence(s) && s.contains("from=\"bob@localhost/b\"") && !s.contains("type="));
 
@@ -328,7 +383,9 @@ fn subscribe_then_subscribed_then_mutual() {
     assert!(is_presence(&p));
     a.send("<presence><show>dnd</show></presence>");
     a.expect(&["from=\"alice@localhost/a\"", "<show>dnd</show>"]);
-    b.assert_none("alice's presence", |s| s.contains("from=\"alice@localhost/a\""));
+    b.assert_none("alice's presence", |s| {
+        s.contains("from=\"alice@localhost/a\"")
+    });
 
     // The other direction.
     b.presence_to("alice@localhost", "subscribe");
@@ -343,7 +400,9 @@ fn subscribe_then_subscribed_then_mutual() {
     // alice's side ignores that answer as it has nothing pending (§3.1.3, §3.1.6).
     a.presence_to("bob@localhost", "subscribe");
     b.assert_none("repeated request", |s| s.contains("type=\"subscribe\""));
-    a.assert_none("push or subscribed", |s| s.contains("jabber:iq:roster") || s.contains("type=\"subscribed\""));
+    a.assert_none("push or subscribed", |s| {
+        s.contains("jabber:iq:roster") || s.contains("type=\"subscribed\"")
+    });
 }
 
 #[test]
@@ -356,12 +415,20 @@ fn features_and_pre_approval() {
         c.send(HEADER);
         c.until("</stream:features>");
         let creds = base64::engine::general_purpose::STANDARD.encode("\0bob\0pw");
-        c.send(&format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{creds}</auth>"));
+        c.send(&format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{creds}</auth>"
+        ));
         c.until("<success");
         c.send(HEADER);
         let f = c.until("</stream:features>");
-        assert!(f.contains("<ver xmlns=\"urn:xmpp:features:rosterver\"/>"), "{f}");
-        assert!(f.contains("<sub xmlns=\"urn:xmpp:features:pre-approval\"/>"), "{f}");
+        assert!(
+            f.contains("<ver xmlns=\"urn:xmpp:features:rosterver\"/>"),
+            "{f}"
+        );
+        assert!(
+            f.contains("<sub xmlns=\"urn:xmpp:features:pre-approval\"/>"),
+            "{f}"
+        );
     }
     let mut b = Client::online(&srv, "bob", "b");
     let mut c = Client::online(&srv, "carol", "c");
@@ -419,7 +486,10 @@ fn request_to_offline_contact_is_stored_and_delivered_at_login() {
     let mut a = Client::online(&srv, "alice", "a");
     let mut d = Client::login(&srv, "dave", "d");
     let r = d.roster_get("r");
-    assert!(!r.contains("<item"), "a pending request is no roster item: {r}");
+    assert!(
+        !r.contains("<item"),
+        "a pending request is no roster item: {r}"
+    );
     d.send("<presence/>");
     let req = d.expect(&["type=\"subscribe\"", "from=\"alice@localhost\""]);
     assert!(req.contains("<status>it is alice</status>"), "{req}");
@@ -543,7 +613,9 @@ fn presence_broadcast_on_login_and_unavailable_when_the_connection_drops() {
     // A graceful close does the same.
     a.send("</stream:stream>");
     b.expect(&["type=\"unavailable\"", "from=\"alice@localhost/a\""]);
-    c.assert_none("alice/a's unavailable", |s| s.contains("from=\"alice@localhost/a\""));
+    c.assert_none("alice/a's unavailable", |s| {
+        s.contains("from=\"alice@localhost/a\"")
+    });
 
     // An explicit probe (§4.3) and bad priority.
     b.send("<presence to='alice@localhost' type='probe'/>");
@@ -562,9 +634,14 @@ fn roster_versioning() {
     a.send("<iq type='get' id='v1'><query xmlns='jabber:iq:roster' ver=''/></iq>");
     let r = a.expect(&["id=\"v1\""]);
     let v0 = attr(&r, "query", "ver").expect("a version");
-    a.send(&format!("<iq type='get' id='v2'><query xmlns='jabber:iq:roster' ver='{v0}'/></iq>"));
+    a.send(&format!(
+        "<iq type='get' id='v2'><query xmlns='jabber:iq:roster' ver='{v0}'/></iq>"
+    ));
     let r = a.expect(&["id=\"v2\""]);
-    assert_eq!(r, "<iq type=\"result\" id=\"v2\"/>", "unchanged roster: empty result");
+    assert_eq!(
+        r, "<iq type=\"result\" id=\"v2\"/>",
+        "unchanged roster: empty result"
+    );
 
     a.send("<iq type='set' id='s'><query xmlns='jabber:iq:roster'><item jid='x@localhost'/></query></iq>");
     let p = a.push("x@localhost");
@@ -573,10 +650,14 @@ fn roster_versioning() {
     a.expect(&["id=\"s\""]);
 
     // A stale version gets the whole roster with the new version.
-    a.send(&format!("<iq type='get' id='v3'><query xmlns='jabber:iq:roster' ver='{v0}'/></iq>"));
+    a.send(&format!(
+        "<iq type='get' id='v3'><query xmlns='jabber:iq:roster' ver='{v0}'/></iq>"
+    ));
     let r = a.expect(&["id=\"v3\""]);
     assert_eq!(attr(&r, "query", "ver").as_deref(), Some(v1.as_str()));
     assert!(r.contains("jid=\"x@localhost\""), "{r}");
-    a.send(&format!("<iq type='get' id='v4'><query xmlns='jabber:iq:roster' ver='{v1}'/></iq>"));
+    a.send(&format!(
+        "<iq type='get' id='v4'><query xmlns='jabber:iq:roster' ver='{v1}'/></iq>"
+    ));
     assert_eq!(a.expect(&["id=\"v4\""]), "<iq type=\"result\" id=\"v4\"/>");
 }

@@ -43,7 +43,9 @@ fn tools_present() -> bool {
     });
     if !ok {
         if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("aria2c and mktorrent are required for the torrent tests (apt-get install aria2 mktorrent)");
+            panic!(
+                "aria2c and mktorrent are required for the torrent tests (apt-get install aria2 mktorrent)"
+            );
         }
         eprintln!(
             "\n**********************************************************************\n\
@@ -69,7 +71,11 @@ impl Drop for Procs {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn wait_port(port: u16) {
@@ -88,7 +94,11 @@ fn make_torrent(root: &Path, name: &str, files: &[(&str, usize)], tracker: &str)
     std::fs::create_dir_all(&data).unwrap();
     let target = data.join(name);
     for (f, size) in files {
-        let path = if f.is_empty() { target.clone() } else { target.join(f) };
+        let path = if f.is_empty() {
+            target.clone()
+        } else {
+            target.join(f)
+        };
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         let mut buf = vec![0u8; *size];
         rand::thread_rng().fill_bytes(&mut buf);
@@ -108,12 +118,21 @@ fn make_torrent(root: &Path, name: &str, files: &[(&str, usize)], tracker: &str)
 
 fn info_hash(torrent: &Path) -> String {
     let bytes = std::fs::read(torrent).unwrap();
-    librqbit::torrent_from_bytes(&bytes).unwrap().info_hash.as_string()
+    librqbit::torrent_from_bytes(&bytes)
+        .unwrap()
+        .info_hash
+        .as_string()
 }
 
 /// An aria2c seeding `torrent` from `<root>/data` on 127.0.0.1 (optionally throttled, e.g.
 /// "256K"); returns its port once it listens.
-fn seed(procs: &mut Procs, tracker: &Tracker, root: &Path, torrent: &Path, limit: Option<&str>) -> u16 {
+fn seed(
+    procs: &mut Procs,
+    tracker: &Tracker,
+    root: &Path,
+    torrent: &Path,
+    limit: Option<&str>,
+) -> u16 {
     let port = free_port();
     let mut cmd = Command::new("aria2c");
     cmd.args([
@@ -185,7 +204,10 @@ impl Tracker {
     }
 
     fn route(&self, path: &str, body: Vec<u8>, content_type: &'static str) {
-        self.routes.lock().unwrap().push((path.to_owned(), body, content_type));
+        self.routes
+            .lock()
+            .unwrap()
+            .push((path.to_owned(), body, content_type));
     }
 }
 
@@ -195,7 +217,11 @@ impl Drop for Tracker {
     }
 }
 
-fn serve(mut s: TcpStream, routes: &Mutex<Vec<(String, Vec<u8>, &'static str)>>, seeders: &Mutex<Vec<u16>>) {
+fn serve(
+    mut s: TcpStream,
+    routes: &Mutex<Vec<(String, Vec<u8>, &'static str)>>,
+    seeders: &Mutex<Vec<u16>>,
+) {
     let _ = s.set_nonblocking(false);
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
     let mut req = Vec::new();
@@ -269,7 +295,11 @@ impl Client {
             if let Some(i) = self.queue.iter().position(|s| pred(s)) {
                 return self.queue.remove(i).unwrap();
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; have {:#?}", self.queue);
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; have {:#?}",
+                self.queue
+            );
             self.pump();
         }
     }
@@ -278,9 +308,12 @@ impl Client {
     fn iq(&mut self, attrs: &str, payload: &str) -> String {
         self.next += 1;
         let id = format!("q{}", self.next);
-        self.raw.send(&format!("<iq id='{id}' {attrs}>{payload}</iq>"));
+        self.raw
+            .send(&format!("<iq id='{id}' {attrs}>{payload}</iq>"));
         let needle = format!("id=\"{id}\"");
-        self.wait(&format!("the answer to {payload}"), 60, |s| s.starts_with("<iq") && s.contains(&needle))
+        self.wait(&format!("the answer to {payload}"), 60, |s| {
+            s.starts_with("<iq") && s.contains(&needle)
+        })
     }
 
     fn set(&mut self, payload: &str) -> String {
@@ -294,13 +327,16 @@ impl Client {
     /// A message from the service whose body contains `text`.
     fn notice(&mut self, text: &str, secs: u64) -> String {
         self.wait(&format!("a message with {text:?}"), secs, |s| {
-            s.starts_with("<message") && s.contains(&format!("from=\"{SERVICE}\"")) && s.contains(text)
+            s.starts_with("<message")
+                && s.contains(&format!("from=\"{SERVICE}\""))
+                && s.contains(text)
         })
     }
 
     fn say(&mut self, body: &str) {
-        self.raw
-            .send(&format!("<message to='{SERVICE}' type='chat'><body>{body}</body></message>"));
+        self.raw.send(&format!(
+            "<message to='{SERVICE}' type='chat'><body>{body}</body></message>"
+        ));
     }
 
     /// Collects what arrives for `secs`.
@@ -322,7 +358,9 @@ fn split_stanzas(buf: &mut String) -> Vec<String> {
     let mut start = None;
     let mut consumed = 0;
     while let Some(lt) = buf[i..].find('<').map(|p| p + i) {
-        let Some(gt) = buf[lt..].find('>').map(|p| p + lt) else { break };
+        let Some(gt) = buf[lt..].find('>').map(|p| p + lt) else {
+            break;
+        };
         let tag = &buf[lt..=gt];
         if depth == 0 {
             start = Some(lt);
@@ -347,12 +385,17 @@ fn split_stanzas(buf: &mut String) -> Vec<String> {
 
 /// The value of attribute `name` of the first `<el` in `s`.
 fn attr(s: &str, el: &str, name: &str) -> String {
-    let from = s.find(&format!("<{el}")).unwrap_or_else(|| panic!("no <{el} in {s}"));
+    let from = s
+        .find(&format!("<{el}"))
+        .unwrap_or_else(|| panic!("no <{el} in {s}"));
     let rest = &s[from..];
     let end = rest.find('>').unwrap();
     let tag = &rest[..end];
     let key = format!(" {name}=\"");
-    let a = tag.find(&key).unwrap_or_else(|| panic!("no {name} in {tag}")) + key.len();
+    let a = tag
+        .find(&key)
+        .unwrap_or_else(|| panic!("no {name} in {tag}"))
+        + key.len();
     tag[a..].split('"').next().unwrap().to_owned()
 }
 
@@ -368,7 +411,9 @@ fn tweak(c: &mut Config) {
     c.torrent.fetch_private_addresses = true; // the .torrent URLs are on 127.0.0.1
     c.torrent.metadata_timeout_secs = 3;
     // The embedded default: nothing that reaches beyond loopback, no listening port.
-    assert!(!c.torrent.dht && !c.torrent.lsd && !c.torrent.upnp && c.torrent.listen_address.is_none());
+    assert!(
+        !c.torrent.dht && !c.torrent.lsd && !c.torrent.upnp && c.torrent.listen_address.is_none()
+    );
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -381,7 +426,12 @@ fn same_file(a: &Path, b: &Path) -> bool {
 fn wait_for_file(got: &Path, want: &Path, secs: u64) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !same_file(got, want) {
-        assert!(Instant::now() < deadline, "{} never became {}", got.display(), want.display());
+        assert!(
+            Instant::now() < deadline,
+            "{} never became {}",
+            got.display(),
+            want.display()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -400,9 +450,22 @@ fn add_by_url_magnet_and_base64_control_and_isolation() {
     let announce = tracker.url("/announce");
     let a = make_torrent(root, "blob_a.bin", &[("", 3 << 20)], &announce);
     let b = make_torrent(root, "blob_b.bin", &[("", 2 << 20)], &announce);
-    let c = make_torrent(root, "album", &[("one.bin", 1 << 20), ("sub/two.bin", 700_000)], &announce);
-    tracker.route("/a.torrent", std::fs::read(&a).unwrap(), "application/x-bittorrent");
-    tracker.route("/page.html", b"<html><body>not a torrent</body></html>".to_vec(), "text/html");
+    let c = make_torrent(
+        root,
+        "album",
+        &[("one.bin", 1 << 20), ("sub/two.bin", 700_000)],
+        &announce,
+    );
+    tracker.route(
+        "/a.torrent",
+        std::fs::read(&a).unwrap(),
+        "application/x-bittorrent",
+    );
+    tracker.route(
+        "/page.html",
+        b"<html><body>not a torrent</body></html>".to_vec(),
+        "text/html",
+    );
     seed(&mut procs, &tracker, root, &a, None);
     let port_b = seed(&mut procs, &tracker, root, &b, None);
     seed(&mut procs, &tracker, root, &c, None);
@@ -421,7 +484,9 @@ fn add_by_url_magnet_and_base64_control_and_isolation() {
         "<iq id=\"3\" type=\"set\"><add xmlns=\"http://wockd.org/ns/torrent\">\n    {}\n  </add></iq>",
         tracker.url("/a.torrent")
     ));
-    let r = alice.wait("the seed's add answer", 60, |s| s.starts_with("<iq") && s.contains("id=\"3\""));
+    let r = alice.wait("the seed's add answer", 60, |s| {
+        s.starts_with("<iq") && s.contains("id=\"3\"")
+    });
     assert!(r.starts_with("<iq type=\"result\" id=\"3\""), "{r}");
     assert_eq!(attr(&r, "job", "id"), "1");
     assert_eq!(attr(&r, "job", "name"), "blob_a.bin");
@@ -437,18 +502,36 @@ fn add_by_url_magnet_and_base64_control_and_isolation() {
 
     // (c) A base64 .torrent (multi-file), at the service's own address this time.
     let b64 = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&c).unwrap());
-    let r = alice.iq(&format!("type='set' to='{SERVICE}'"), &format!("<add xmlns='{NS}'>{b64}</add>"));
-    assert!(is_result(&r) && r.contains(&format!("from=\"{SERVICE}\"")), "{r}");
+    let r = alice.iq(
+        &format!("type='set' to='{SERVICE}'"),
+        &format!("<add xmlns='{NS}'>{b64}</add>"),
+    );
+    assert!(
+        is_result(&r) && r.contains(&format!("from=\"{SERVICE}\"")),
+        "{r}"
+    );
     assert_eq!(attr(&r, "job", "id"), "3");
 
     // All three finish; the notifications arrive and the bytes are the source's.
     for n in 1..=3 {
         alice.notice(&format!("Job {n} finished"), 60);
     }
-    assert!(same_file(&alice_dir.join("blob_a.bin"), &root.join("data/blob_a.bin")));
-    assert!(same_file(&alice_dir.join("blob_b.bin"), &root.join("data/blob_b.bin")));
-    assert!(same_file(&alice_dir.join("album/one.bin"), &root.join("data/album/one.bin")));
-    assert!(same_file(&alice_dir.join("album/sub/two.bin"), &root.join("data/album/sub/two.bin")));
+    assert!(same_file(
+        &alice_dir.join("blob_a.bin"),
+        &root.join("data/blob_a.bin")
+    ));
+    assert!(same_file(
+        &alice_dir.join("blob_b.bin"),
+        &root.join("data/blob_b.bin")
+    ));
+    assert!(same_file(
+        &alice_dir.join("album/one.bin"),
+        &root.join("data/album/one.bin")
+    ));
+    assert!(same_file(
+        &alice_dir.join("album/sub/two.bin"),
+        &root.join("data/album/sub/two.bin")
+    ));
     // "added" went out once per job, as messages from the service.
     for n in 1..=3 {
         alice.notice(&format!("Added job {n}:"), 5);
@@ -457,19 +540,39 @@ fn add_by_url_magnet_and_base64_control_and_isolation() {
     let r = alice.get(&format!("<list xmlns='{NS}'/>"));
     assert_eq!(r.matches("state=\"finished\"").count(), 3, "{r}");
     let r = alice.get(&format!("<status xmlns='{NS}' id='2'/>"));
-    assert!(r.contains("progress=\"100.0\"") && r.contains("state=\"finished\""), "{r}");
+    assert!(
+        r.contains("progress=\"100.0\"") && r.contains("state=\"finished\""),
+        "{r}"
+    );
 
     // Bob sees and touches none of it.
     let r = bob.get(&format!("<list xmlns='{NS}'/>"));
     assert!(is_result(&r) && !r.contains("<job"), "{r}");
-    for (kind, op) in [("get", "status"), ("set", "pause"), ("set", "resume"), ("set", "remove")] {
-        let r = bob.iq(&format!("type='{kind}'"), &format!("<{op} xmlns='{NS}' id='1'/>"));
+    for (kind, op) in [
+        ("get", "status"),
+        ("set", "pause"),
+        ("set", "resume"),
+        ("set", "remove"),
+    ] {
+        let r = bob.iq(
+            &format!("type='{kind}'"),
+            &format!("<{op} xmlns='{NS}' id='1'/>"),
+        );
         assert!(is_error(&r, "item-not-found"), "bob {op}: {r}");
     }
-    let r = bob.set(&format!("<add xmlns='{NS}'>{}</add>", tracker.url("/a.torrent")));
+    let r = bob.set(&format!(
+        "<add xmlns='{NS}'>{}</add>",
+        tracker.url("/a.torrent")
+    ));
     assert!(is_error(&r, "conflict"), "{r}");
-    assert!(!r.contains("job 1"), "another user's job number must not leak: {r}");
-    let r = alice.set(&format!("<add xmlns='{NS}'>{}</add>", tracker.url("/a.torrent")));
+    assert!(
+        !r.contains("job 1"),
+        "another user's job number must not leak: {r}"
+    );
+    let r = alice.set(&format!(
+        "<add xmlns='{NS}'>{}</add>",
+        tracker.url("/a.torrent")
+    ));
     assert!(is_error(&r, "conflict") && r.contains("job 1"), "{r}");
 
     // Remove: job 1 keeps its file, job 3 takes its folder along.
@@ -478,7 +581,10 @@ fn add_by_url_magnet_and_base64_control_and_isolation() {
     assert!(alice_dir.join("blob_a.bin").exists());
     let r = alice.set(&format!("<remove xmlns='{NS}' id='3' files='true'/>"));
     assert!(is_result(&r), "{r}");
-    assert!(!alice_dir.join("album").exists(), "files of job 3 should be gone");
+    assert!(
+        !alice_dir.join("album").exists(),
+        "files of job 3 should be gone"
+    );
     let r = alice.get(&format!("<status xmlns='{NS}' id='3'/>"));
     assert!(is_error(&r, "item-not-found"), "{r}");
 
@@ -492,67 +598,152 @@ fn add_by_url_magnet_and_base64_control_and_isolation() {
     assert_eq!(attr(&r, "job", "id"), "1", "job numbers are per user");
     std::thread::sleep(Duration::from_secs(2));
     let r = bob.get(&format!("<status xmlns='{NS}' id='1'/>"));
-    assert!(r.contains("state=\"paused\"") && r.contains("have=\"0\""), "paused means no download: {r}");
+    assert!(
+        r.contains("state=\"paused\"") && r.contains("have=\"0\""),
+        "paused means no download: {r}"
+    );
     let r = bob.set(&format!("<resume xmlns='{NS}' id='1'/>"));
-    assert!(is_result(&r) && attr(&r, "job", "state") == "downloading", "{r}");
+    assert!(
+        is_result(&r) && attr(&r, "job", "state") == "downloading",
+        "{r}"
+    );
     bob.notice("Job 1 finished", 60);
-    assert!(same_file(&downloads.join("bob@localhost/blob_a.bin"), &root.join("data/blob_a.bin")));
+    assert!(same_file(
+        &downloads.join("bob@localhost/blob_a.bin"),
+        &root.join("data/blob_a.bin")
+    ));
     let r = bob.set(&format!("<pause xmlns='{NS}' id='1'/>"));
-    assert!(is_result(&r) && r.contains("seeding=\"false\""), "pausing a finished torrent stops seeding: {r}");
+    assert!(
+        is_result(&r) && r.contains("seeding=\"false\""),
+        "pausing a finished torrent stops seeding: {r}"
+    );
     let r = bob.set(&format!("<resume xmlns='{NS}' id='1'/>"));
     assert!(is_result(&r), "{r}");
 
     // Clear errors.
-    let r = alice.set(&format!("<add xmlns='{NS}'>{}</add>", tracker.url("/missing.torrent")));
+    let r = alice.set(&format!(
+        "<add xmlns='{NS}'>{}</add>",
+        tracker.url("/missing.torrent")
+    ));
     assert!(is_error(&r, "item-not-found") && r.contains("404"), "{r}");
-    let r = alice.set(&format!("<add xmlns='{NS}'>{}</add>", tracker.url("/page.html")));
-    assert!(is_error(&r, "not-acceptable") && r.contains("not a .torrent"), "{r}");
-    let r = alice.set(&format!("<add xmlns='{NS}'>http://127.0.0.1:{}/x.torrent</add>", free_port()));
+    let r = alice.set(&format!(
+        "<add xmlns='{NS}'>{}</add>",
+        tracker.url("/page.html")
+    ));
+    assert!(
+        is_error(&r, "not-acceptable") && r.contains("not a .torrent"),
+        "{r}"
+    );
+    let r = alice.set(&format!(
+        "<add xmlns='{NS}'>http://127.0.0.1:{}/x.torrent</add>",
+        free_port()
+    ));
     assert!(is_error(&r, "remote-server-not-found"), "{r}");
-    let r = alice.set(&format!("<add xmlns='{NS}'>ftp://127.0.0.1/x.torrent</add>"));
+    let r = alice.set(&format!(
+        "<add xmlns='{NS}'>ftp://127.0.0.1/x.torrent</add>"
+    ));
     assert!(is_error(&r, "bad-request") && r.contains("scheme"), "{r}");
     let r = alice.set(&format!("<add xmlns='{NS}'>aGVsbG8gd29ybGQ=</add>"));
     assert!(is_error(&r, "not-acceptable"), "{r}");
     let dead = format!("{:040x}", rand::random::<u128>());
-    let r = alice.set(&format!("<add xmlns='{NS}'>magnet:?xt=urn:btih:{dead}&amp;x.pe=127.0.0.1:{}</add>", free_port()));
-    assert!(is_error(&r, "remote-server-not-found") && r.contains("no peer could send"), "{r}");
+    let r = alice.set(&format!(
+        "<add xmlns='{NS}'>magnet:?xt=urn:btih:{dead}&amp;x.pe=127.0.0.1:{}</add>",
+        free_port()
+    ));
+    assert!(
+        is_error(&r, "remote-server-not-found") && r.contains("no peer could send"),
+        "{r}"
+    );
     // A peer that accepts and then says nothing: the metadata wait times out (3 s here).
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
     let silent_port = silent.local_addr().unwrap().port();
     let t0 = Instant::now();
-    let r = alice.set(&format!("<add xmlns='{NS}'>magnet:?xt=urn:btih:{dead}&amp;x.pe=127.0.0.1:{silent_port}</add>"));
-    assert!(is_error(&r, "remote-server-timeout") && r.contains("metadata within 3 s"), "{r}");
-    assert!(t0.elapsed() < Duration::from_secs(15), "the metadata timeout is 3 s");
-    drop(silent);
-    let r = alice.set(&format!("<add xmlns='{NS}'>magnet:?xt=urn:btih:{dead}</add>"));
-    assert!(is_error(&r, "remote-server-not-found") && r.contains("DHT is off"), "{r}");
+    let r = alice.set(&format!(
+        "<add xmlns='{NS}'>magnet:?xt=urn:btih:{dead}&amp;x.pe=127.0.0.1:{silent_port}</add>"
+    ));
+    assert!(
+        is_error(&r, "remote-server-timeout") && r.contains("metadata within 3 s"),
+        "{r}"
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(15),
+        "the metadata timeout is 3 s"
+    );
+    // While it waits, a magnet is listed as resolving, and removing it cancels the add.
+    alice.raw.send(&format!(
+        "<iq id='pending' type='set'><add xmlns='{NS}'>magnet:?xt=urn:btih:{dead}&amp;x.pe=127.0.0.1:{silent_port}</add></iq>"
+    ));
+    std::thread::sleep(Duration::from_millis(500));
     let r = alice.get(&format!("<list xmlns='{NS}'/>"));
-    assert_eq!(r.matches("<job").count(), 1, "failed adds leave no job: {r}");
+    assert!(r.contains("state=\"resolving\""), "{r}");
+    let pending = r.split("<job ").find(|j| j.contains("resolving")).unwrap();
+    let n = attr(&format!("<job {pending}"), "job", "id");
+    let r = alice.set(&format!("<remove xmlns='{NS}' id='{n}'/>"));
+    assert!(is_result(&r), "{r}");
+    let r = alice.wait("the cancelled add", 10, |s| s.contains("id=\"pending\""));
+    assert!(
+        is_error(&r, "item-not-found") && r.contains("removed"),
+        "{r}"
+    );
+    drop(silent);
+    let r = alice.set(&format!(
+        "<add xmlns='{NS}'>magnet:?xt=urn:btih:{dead}</add>"
+    ));
+    assert!(
+        is_error(&r, "remote-server-not-found") && r.contains("DHT is off"),
+        "{r}"
+    );
+    let r = alice.get(&format!("<list xmlns='{NS}'/>"));
+    assert_eq!(
+        r.matches("<job").count(),
+        1,
+        "failed adds leave no job: {r}"
+    );
 
     // Chat: words and links.
     alice.say("help");
     alice.notice("magnet link", 10);
     alice.say("list");
     let m = alice.notice("blob_b.bin", 10);
-    assert!(m.contains("type=\"chat\"") && m.contains("2. blob_b.bin"), "{m}");
+    assert!(
+        m.contains("type=\"chat\"") && m.contains("2. blob_b.bin"),
+        "{m}"
+    );
     alice.say("pause 99");
     alice.notice("you have no job 99", 10);
 
     // Ad-hoc commands at the service.
-    let r = alice.iq(&format!("type='get' to='{SERVICE}'"), "<query xmlns='http://jabber.org/protocol/disco#info'/>");
-    assert!(r.contains("http://jabber.org/protocol/commands") && r.contains(NS), "{r}");
+    let r = alice.iq(
+        &format!("type='get' to='{SERVICE}'"),
+        "<query xmlns='http://jabber.org/protocol/disco#info'/>",
+    );
+    assert!(
+        r.contains("http://jabber.org/protocol/commands") && r.contains(NS),
+        "{r}"
+    );
     let r = alice.iq(
         &format!("type='get' to='{SERVICE}'"),
         "<query xmlns='http://jabber.org/protocol/disco#items' node='http://jabber.org/protocol/commands'/>",
     );
-    assert!(r.contains("node=\"add\"") && r.contains("node=\"settings\""), "{r}");
+    assert!(
+        r.contains("node=\"add\"") && r.contains("node=\"settings\""),
+        "{r}"
+    );
     let cmd = |node: &str, rest: &str| {
-        format!("<command xmlns='http://jabber.org/protocol/commands' node='{node}' action='execute'{rest}")
+        format!(
+            "<command xmlns='http://jabber.org/protocol/commands' node='{node}' action='execute'{rest}"
+        )
     };
     let r = alice.iq(&format!("type='set' to='{SERVICE}'"), &cmd("list", "/>"));
-    assert!(r.contains("status=\"completed\"") && r.contains("blob_b.bin"), "{r}");
+    assert!(
+        r.contains("status=\"completed\"") && r.contains("blob_b.bin"),
+        "{r}"
+    );
     let r = alice.iq(&format!("type='set' to='{SERVICE}'"), &cmd("add", "/>"));
-    assert!(r.contains("status=\"executing\"") && r.contains("var=\"url\""), "{r}");
+    assert!(
+        r.contains("status=\"executing\"") && r.contains("var=\"url\""),
+        "{r}"
+    );
     let session = attr(&r, "command", "sessionid");
     let r = alice.iq(
         &format!("type='set' to='{SERVICE}'"),
@@ -564,7 +755,10 @@ fn add_by_url_magnet_and_base64_control_and_isolation() {
             ),
         ),
     );
-    assert!(r.contains("status=\"completed\"") && r.contains("type=\"error\"") && r.contains("404"), "{r}");
+    assert!(
+        r.contains("status=\"completed\"") && r.contains("type=\"error\"") && r.contains("404"),
+        "{r}"
+    );
     let r = alice.iq(
         &format!("type='set' to='{SERVICE}'"),
         &cmd("settings", "><x xmlns='jabber:x:data' type='submit'><field var='notify'><value>done</value></field></x></command>"),
@@ -588,12 +782,17 @@ fn add_by_url_magnet_and_base64_control_and_isolation() {
         if r.contains(&format!("have=\"{}\"", 2u64 << 20)) {
             break;
         }
-        assert!(Instant::now() < deadline, "job 2 did not come back complete: {r}");
+        assert!(
+            Instant::now() < deadline,
+            "job 2 did not come back complete: {r}"
+        );
         std::thread::sleep(Duration::from_millis(300));
     }
     let late = alice.drain(3);
     assert!(
-        !late.iter().any(|s| s.starts_with("<message") && s.contains(SERVICE)),
+        !late
+            .iter()
+            .any(|s| s.starts_with("<message") && s.contains(SERVICE)),
         "no notification may repeat after a restart: {late:#?}"
     );
     drop(procs);
@@ -610,17 +809,44 @@ fn finished_notice_waits_for_an_offline_owner_across_a_restart() {
     let tracker = Tracker::start();
     // Throttled seeder: about 10 s for 3 MiB, so the owner is gone and the server restarts
     // in the middle of the download.
-    let slow = make_torrent(root, "slow.bin", &[("", 3 << 20)], &tracker.url("/announce"));
-    tracker.route("/slow.torrent", std::fs::read(&slow).unwrap(), "application/x-bittorrent");
+    let slow = make_torrent(
+        root,
+        "slow.bin",
+        &[("", 3 << 20)],
+        &tracker.url("/announce"),
+    );
+    tracker.route(
+        "/slow.torrent",
+        std::fs::read(&slow).unwrap(),
+        "application/x-bittorrent",
+    );
     seed(&mut procs, &tracker, root, &slow, Some("300K"));
 
     let data = tempfile::tempdir().unwrap();
+    let tweak = |c: &mut Config| {
+        tweak(c);
+        c.torrent.progress_interval_secs = 2;
+    };
     let srv = TestServer::start_in(data.path(), tweak, |_| {});
     srv.add_user("carol", "pw");
     let mut carol = Client::login(srv.trusted, "carol");
-    let r = carol.set(&format!("<add xmlns='{NS}'>{}</add>", tracker.url("/slow.torrent")));
-    assert!(is_result(&r) && attr(&r, "job", "state") == "downloading", "{r}");
+    carol.say("progress on");
+    carol.notice("Progress messages on", 10);
+    let r = carol.set(&format!(
+        "<add xmlns='{NS}'>{}</add>",
+        tracker.url("/slow.torrent")
+    ));
+    assert!(
+        is_result(&r) && attr(&r, "job", "state") == "downloading",
+        "{r}"
+    );
     carol.notice("Added job 1", 10);
+    // Progress while downloading: a headline (shown, not stored), every 2 s in this test.
+    let h = carol.notice("1. slow.bin — downloading", 10);
+    assert!(
+        h.contains("type=\"headline\"") && h.contains("of 3.0 MiB"),
+        "{h}"
+    );
     carol.raw.send("</stream:stream>");
     drop(carol);
 
@@ -628,7 +854,10 @@ fn finished_notice_waits_for_an_offline_owner_across_a_restart() {
     srv.stop();
     let got = data.path().join("downloads/carol@localhost/slow.bin");
     let want = root.join("data/slow.bin");
-    assert!(!same_file(&got, &want), "the download should not be complete yet");
+    assert!(
+        !same_file(&got, &want),
+        "the download should not be complete yet"
+    );
     // Back up: librqbit resumes from its own state (trackers persisted, fast resume).
     let srv = TestServer::start_in(data.path(), tweak, |_| {});
     wait_for_file(&got, &want, 120);
@@ -637,10 +866,15 @@ fn finished_notice_waits_for_an_offline_owner_across_a_restart() {
     // Carol comes back: the notice waited in her mailbox, once.
     let mut carol = Client::login(srv.trusted, "carol");
     let m = carol.notice("Job 1 finished", 15);
-    assert!(m.contains("type=\"chat\"") && m.contains("to=\"carol@localhost\""), "{m}");
+    assert!(
+        m.contains("type=\"chat\"") && m.contains("to=\"carol@localhost\""),
+        "{m}"
+    );
     let more = carol.drain(2);
     assert!(
-        !more.iter().any(|s| s.contains("Job 1 finished") || s.contains("Added job 1")),
+        !more
+            .iter()
+            .any(|s| s.contains("Job 1 finished") || s.contains("Added job 1")),
         "notifications are sent once: {more:#?}"
     );
     let r = carol.get(&format!("<status xmlns='{NS}' id='1'/>"));
@@ -671,8 +905,17 @@ fn measure_64mib_through_wockd_against_aria2c_alone() {
     let w = tempfile::tempdir().unwrap();
     let root = w.path();
     let tracker = Tracker::start();
-    let big = make_torrent(root, "big.bin", &[("", 64 << 20)], &tracker.url("/announce"));
-    tracker.route("/big.torrent", std::fs::read(&big).unwrap(), "application/x-bittorrent");
+    let big = make_torrent(
+        root,
+        "big.bin",
+        &[("", 64 << 20)],
+        &tracker.url("/announce"),
+    );
+    tracker.route(
+        "/big.torrent",
+        std::fs::read(&big).unwrap(),
+        "application/x-bittorrent",
+    );
     seed(&mut procs, &tracker, root, &big, None);
     std::thread::sleep(Duration::from_secs(2));
 
@@ -712,12 +955,18 @@ fn measure_64mib_through_wockd_against_aria2c_alone() {
     std::thread::sleep(Duration::from_millis(500));
     let rss0 = rss_kib();
     let t0 = Instant::now();
-    let r = alice.set(&format!("<add xmlns='{NS}'>{}</add>", tracker.url("/big.torrent")));
+    let r = alice.set(&format!(
+        "<add xmlns='{NS}'>{}</add>",
+        tracker.url("/big.torrent")
+    ));
     assert!(is_result(&r), "{r}");
     alice.notice("Job 1 finished", 300);
     let wockd = t0.elapsed();
     let rss1 = rss_kib();
-    assert!(same_file(&data.path().join("downloads/alice@localhost/big.bin"), &root.join("data/big.bin")));
+    assert!(same_file(
+        &data.path().join("downloads/alice@localhost/big.bin"),
+        &root.join("data/big.bin")
+    ));
     std::thread::sleep(Duration::from_secs(3));
     let rss2 = rss_kib();
     let best = aria.iter().min().unwrap();

@@ -21,11 +21,19 @@ fn register_irc(c: &mut Raw, id: &str, nick: &str, port: u16) {
     c.send(&register_form(
         SVC,
         id,
-        &[("username", nick), ("split:0", "127.0.0.1"), ("opt:port", &port.to_string()), ("opt:ssl", "0")],
+        &[
+            ("username", nick),
+            ("split:0", "127.0.0.1"),
+            ("opt:port", &port.to_string()),
+            ("opt:ssl", "0"),
+        ],
     ));
     let r = c.until(&format!("id=\"{id}\""));
     let rest = c.until(">");
-    assert!(rest.contains("type=\"result\"") || r.contains("type=\"result\""), "registration failed: {r}{rest}");
+    assert!(
+        rest.contains("type=\"result\"") || r.contains("type=\"result\""),
+        "registration failed: {r}{rest}"
+    );
 }
 
 #[test]
@@ -58,16 +66,30 @@ fn irc_through_the_transport() {
     // Discovery and XEP-0100.
     c.send(&format!("<iq type='get' id='d1' to='{SVC}'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>"));
     let info = c.until("</iq>");
-    assert!(info.contains("category=\"gateway\"") && info.contains("type=\"irc\""), "{info}");
-    assert!(info.contains("jabber:iq:register") && info.contains("jabber:iq:gateway"), "{info}");
+    assert!(
+        info.contains("category=\"gateway\"") && info.contains("type=\"irc\""),
+        "{info}"
+    );
+    assert!(
+        info.contains("jabber:iq:register") && info.contains("jabber:iq:gateway"),
+        "{info}"
+    );
     c.send(&format!("<iq type='set' id='g1' to='{SVC}'><query xmlns='jabber:iq:gateway'><prompt>odd nick</prompt></query></iq>"));
     let g = c.until("</iq>");
     assert!(g.contains("<jid>odd\\20nick@irc.localhost</jid>"), "{g}");
 
     // XEP-0077: the form comes from prpl-irc's user split and options.
-    c.send(&format!("<iq type='get' id='f1' to='{SVC}'><query xmlns='jabber:iq:register'/></iq>"));
+    c.send(&format!(
+        "<iq type='get' id='f1' to='{SVC}'><query xmlns='jabber:iq:register'/></iq>"
+    ));
     let form = c.until("</iq>");
-    for var in ["var=\"username\"", "var=\"split:0\"", "var=\"opt:port\"", "var=\"opt:ssl\"", "var=\"opt:ratelimit-interval\""] {
+    for var in [
+        "var=\"username\"",
+        "var=\"split:0\"",
+        "var=\"opt:port\"",
+        "var=\"opt:ssl\"",
+        "var=\"opt:ratelimit-interval\"",
+    ] {
         assert!(form.contains(var), "{var} missing in {form}");
     }
     // Unregistered users are refused politely.
@@ -86,19 +108,36 @@ fn irc_through_the_transport() {
 
     // MUC join: occupant list and self-presence.
     c.send("<presence to='#wockd@irc.localhost/alicebot'><x xmlns='http://jabber.org/protocol/muc'/></presence>");
-    let joined = until_all(&mut c, &["from=\"#wockd@irc.localhost/bob\"", "code=\"110\"", "<subject>loopback test channel</subject>"]);
-    assert!(joined.contains("from=\"#wockd@irc.localhost/alicebot\""), "{joined}");
+    let joined = until_all(
+        &mut c,
+        &[
+            "from=\"#wockd@irc.localhost/bob\"",
+            "code=\"110\"",
+            "<subject>loopback test channel</subject>",
+        ],
+    );
+    assert!(
+        joined.contains("from=\"#wockd@irc.localhost/alicebot\""),
+        "{joined}"
+    );
     bob.expect("JOIN");
 
     // Groupchat both ways; the user's own message reflected once with its id.
     bob.send("PRIVMSG #wockd :hello from irc");
     let m = until_all(&mut c, &["hello from irc"]);
-    assert!(m.contains("type=\"groupchat\"") && m.contains("from=\"#wockd@irc.localhost/bob\""), "{m}");
+    assert!(
+        m.contains("type=\"groupchat\"") && m.contains("from=\"#wockd@irc.localhost/bob\""),
+        "{m}"
+    );
     c.send("<message to='#wockd@irc.localhost' type='groupchat' id='gc1'><body>hi irc &amp; all</body></message>");
     let l = bob.expect("PRIVMSG #wockd");
     assert!(l.contains(":hi irc & all"), "{l}");
     let refl = until_all(&mut c, &["id=\"gc1\""]);
-    assert!(refl.contains("from=\"#wockd@irc.localhost/alicebot\"") && refl.contains("hi irc &amp; all"), "{refl}");
+    assert!(
+        refl.contains("from=\"#wockd@irc.localhost/alicebot\"")
+            && refl.contains("hi irc &amp; all"),
+        "{refl}"
+    );
     let again = drain(&mut c, Duration::from_millis(500));
     assert!(!again.contains("hi irc"), "reflected twice: {again}");
 
@@ -109,7 +148,10 @@ fn irc_through_the_transport() {
     until_all(&mut c, &["from=\"#wockd@irc.localhost/carol\""]);
     carol.send("NICK carol2");
     carol.expect("NICK");
-    let nick = until_all(&mut c, &["code=\"303\"", "from=\"#wockd@irc.localhost/carol2\""]);
+    let nick = until_all(
+        &mut c,
+        &["code=\"303\"", "from=\"#wockd@irc.localhost/carol2\""],
+    );
     assert!(nick.contains("nick=\"carol2\""), "{nick}");
     carol.send("PART #wockd :bye");
     let part = until_all(&mut c, &["type=\"unavailable\""]);
@@ -118,7 +160,10 @@ fn irc_through_the_transport() {
     // 1:1 both ways.
     bob.send("PRIVMSG alicebot :private hello");
     let pm = until_all(&mut c, &["private hello"]);
-    assert!(pm.contains("from=\"bob@irc.localhost\"") && pm.contains("type=\"chat\""), "{pm}");
+    assert!(
+        pm.contains("from=\"bob@irc.localhost\"") && pm.contains("type=\"chat\""),
+        "{pm}"
+    );
     c.send("<message to='bob@irc.localhost' type='chat' id='pm1'><body>hi bob</body></message>");
     let l = bob.expect("PRIVMSG bob");
     assert!(l.contains(":hi bob") && l.starts_with(":alicebot!"), "{l}");
@@ -128,7 +173,9 @@ fn irc_through_the_transport() {
     let mut legs = Vec::new();
     for i in 0..40 {
         let t0 = Instant::now();
-        c.send(&format!("<message to='bob@irc.localhost' type='chat'><body>ping {i}</body></message>"));
+        c.send(&format!(
+            "<message to='bob@irc.localhost' type='chat'><body>ping {i}</body></message>"
+        ));
         let l = bob.expect(&format!(":ping {i}"));
         assert!(l.contains("PRIVMSG bob"), "{l}");
         let t1 = t0.elapsed();

@@ -52,10 +52,12 @@ struct Cli {
 }
 
 #[derive(Args, Clone)]
+#[command(next_help_heading = "Server and accounts (any subcommand)")]
 struct Common {
     /// Server address.
     #[arg(long, global = true, default_value = "127.0.0.1")]
     host: String,
+    /// Client port (plain TCP).
     #[arg(long, global = true, default_value_t = 5222)]
     port: u16,
     /// The XMPP domain (stream `to`, account domain).
@@ -64,6 +66,7 @@ struct Common {
     /// Username pattern; `%d` is replaced by the account number.
     #[arg(long, global = true, default_value = "bench%d")]
     users: String,
+    /// Password of every account.
     #[arg(long, global = true, default_value = "pw")]
     password: String,
     /// How many accounts exist (users 0..accounts-1).
@@ -106,6 +109,7 @@ enum Cmd {
     },
     /// Hold N authenticated sessions and measure the server's memory per session.
     Idle {
+        /// Sessions to open (account i mod --accounts, resource idle<i>).
         #[arg(long, default_value_t = 1000)]
         sessions: usize,
         /// Logins in progress at once while opening.
@@ -120,6 +124,7 @@ enum Cmd {
     },
     /// Sender/receiver pairs exchange chat messages; msg/s, latency, server CPU per message.
     Messages {
+        /// Sender/receiver pairs: pair i is account 2i sending to account 2i+1.
         #[arg(long, default_value_t = 50)]
         pairs: usize,
         /// Messages each sender sends.
@@ -323,34 +328,49 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// Errors seen, counted by message, for the report.
+/// Errors seen, grouped by message, for the report.
 #[derive(Default)]
 struct Errors {
     n: u64,
-    kinds: Vec<(String, u64)>,
+    /// (grouping key, first example, count)
+    kinds: Vec<(String, String, u64)>,
 }
 
 impl Errors {
+    /// Errors that differ only in numbers (user names, ids, ports) are grouped.
+    fn key(e: &str) -> String {
+        let mut key = String::new();
+        for c in e.chars().take(200) {
+            if c.is_ascii_digit() {
+                if !key.ends_with('#') {
+                    key.push('#');
+                }
+            } else {
+                key.push(c);
+            }
+        }
+        key
+    }
+
     fn add(&mut self, e: String) {
-        self.n += 1;
-        // Group by the text up to the first digit run that varies (user names, ids).
-        let key: String = e.chars().take(160).collect();
-        if let Some(k) = self.kinds.iter_mut().find(|(k, _)| *k == key) {
-            k.1 += 1;
+        self.add_n(Self::key(&e), e, 1);
+    }
+
+    fn add_n(&mut self, key: String, example: String, n: u64) {
+        self.n += n;
+        if let Some(k) = self.kinds.iter_mut().find(|(k, _, _)| *k == key) {
+            k.2 += n;
         } else if self.kinds.len() < 8 {
-            self.kinds.push((key, 1));
+            self.kinds.push((key, example, n));
         }
     }
 
     fn merge(&mut self, o: Errors) {
-        self.n += o.n;
-        for (k, n) in o.kinds {
-            if let Some(x) = self.kinds.iter_mut().find(|(x, _)| *x == k) {
-                x.1 += n;
-            } else if self.kinds.len() < 8 {
-                self.kinds.push((k, n));
-            }
+        let listed: u64 = o.kinds.iter().map(|k| k.2).sum();
+        for (k, e, n) in o.kinds {
+            self.add_n(k, e, n);
         }
+        self.n += o.n - listed;
     }
 
     fn print(&self) {
@@ -358,8 +378,9 @@ impl Errors {
             return;
         }
         eprintln!("  {} errors, e.g.:", self.n);
-        for (k, n) in &self.kinds {
-            eprintln!("    {n} × {k}");
+        for (_, e, n) in &self.kinds {
+            let e: String = e.chars().take(300).collect();
+            eprintln!("    {n} × {e}");
         }
     }
 }

@@ -67,7 +67,12 @@ impl Kind {
 /// Delivers a message for the local account `to` that no online full JID took (see the
 /// module documentation). `from_conn` is the sender's stream, for error replies; `None` for
 /// messages the server or a service emits.
-pub fn deliver_to_bare(server: &Rc<Server>, from_conn: Option<&Connection>, to: &BareJid, mut el: Element) {
+pub fn deliver_to_bare(
+    server: &Rc<Server>,
+    from_conn: Option<&Connection>,
+    to: &BareJid,
+    mut el: Element,
+) {
     let kind = Kind::of(&el);
     if kind == Kind::Error {
         // Never answered, never stored: no bounce loops (RFC 6120 §8.3.1).
@@ -94,7 +99,11 @@ pub fn deliver_to_bare(server: &Rc<Server>, from_conn: Option<&Connection>, to: 
     let targets: Vec<Rc<Connection>> = {
         let sessions = server.sessions.borrow();
         let list = sessions.of(to);
-        let best = list.iter().filter_map(|s| s.priority).filter(|p| *p >= 0).max();
+        let best = list
+            .iter()
+            .filter_map(|s| s.priority)
+            .filter(|p| *p >= 0)
+            .max();
         list.iter()
             .filter(|s| match (kind, s.priority) {
                 (Kind::Headline, Some(p)) => p >= 0,
@@ -150,7 +159,12 @@ pub fn deliver_to_bare(server: &Rc<Server>, from_conn: Option<&Connection>, to: 
 /// Gives the message back when `to` has no session. (For the router's full-JID path, so that
 /// messages to full JIDs are archived and stamped too.)
 pub fn deliver_to_full(server: &Rc<Server>, to: &FullJid, mut el: Element) -> Result<(), Element> {
-    let Some(conn) = server.sessions.borrow().get(to).and_then(|s| s.connection()) else {
+    let Some(conn) = server
+        .sessions
+        .borrow()
+        .get(to)
+        .and_then(|s| s.connection())
+    else {
         return Err(el);
     };
     if matches!(Kind::of(&el), Kind::Chat | Kind::Normal) && archived_live(&el) {
@@ -201,7 +215,10 @@ fn stored_offline(el: &Element) -> bool {
     }
     hint(el, "store")
         || el.elements().any(|c| {
-            !(c.ns == ns::CHATSTATES || c.ns == ns::HINTS || c.ns == ns::SID || c.is("thread", ns::CLIENT))
+            !(c.ns == ns::CHATSTATES
+                || c.ns == ns::HINTS
+                || c.ns == ns::SID
+                || c.is("thread", ns::CLIENT))
         })
 }
 
@@ -248,20 +265,25 @@ mod tests {
     use super::*;
 
     fn parse(s: &str) -> Element {
-        crate::xml::parse::element(s.as_bytes(), &vec![(String::new(), ns::CLIENT.to_owned())]).unwrap()
+        crate::xml::parse::element(s.as_bytes(), &vec![(String::new(), ns::CLIENT.to_owned())])
+            .unwrap()
     }
 
     #[test]
     fn what_is_kept() {
         let body = parse("<message type='chat'><body>hi</body></message>");
         assert!(archived_live(&body) && stored_offline(&body));
-        let state = parse("<message type='chat'><composing xmlns='http://jabber.org/protocol/chatstates'/><thread>t</thread></message>");
+        let state = parse(
+            "<message type='chat'><composing xmlns='http://jabber.org/protocol/chatstates'/><thread>t</thread></message>",
+        );
         assert!(!archived_live(&state) && !stored_offline(&state));
         let receipt = parse("<message><received xmlns='urn:xmpp:receipts' id='x'/></message>");
         assert!(!archived_live(&receipt) && stored_offline(&receipt));
         let no_store = parse("<message><body>x</body><no-store xmlns='urn:xmpp:hints'/></message>");
         assert!(!archived_live(&no_store) && !stored_offline(&no_store));
-        let store = parse("<message><active xmlns='http://jabber.org/protocol/chatstates'/><store xmlns='urn:xmpp:hints'/></message>");
+        let store = parse(
+            "<message><active xmlns='http://jabber.org/protocol/chatstates'/><store xmlns='urn:xmpp:hints'/></message>",
+        );
         assert!(archived_live(&store) && stored_offline(&store));
     }
 

@@ -2,11 +2,14 @@
 //! stream features and IQ rules — the seed's `stream_auth(s)` / `stream_torrent(s)` shape.
 
 pub mod blocking;
+pub mod carbons;
 pub mod disco;
 pub mod iq_auth;
 pub mod last;
+pub mod mam;
 pub mod message;
 pub mod offline;
+pub mod pep;
 pub mod ping;
 pub mod presence;
 pub mod private;
@@ -36,4 +39,7 @@ pub fn install_all(s: &mut Stream) {
     version::install(s);
     time::install(s);
     last::install(s);
+    carbons::install(s);
+    mam::install(s);
+    pep::install(s);
 }

@@ -110,7 +110,12 @@ pub fn store(server: &Rc<Server>, owner: &BareJid, entry: NewEntry) -> Result<()
 
 /// Committed plus queued undelivered rows of `account`.
 fn count_pending(server: &Server, w: &Writer, account: i64) -> u64 {
-    let queued = w.queue.borrow().iter().filter(|e| e.account == account && e.offline).count() as u64;
+    let queued = w
+        .queue
+        .borrow()
+        .iter()
+        .filter(|e| e.account == account && e.offline)
+        .count() as u64;
     let stored = mailbox::count_pending(server.store.conn(), account).unwrap_or_else(|e| {
         tracing::error!("mailbox: cannot count pending messages: {e}");
         0
@@ -197,7 +202,10 @@ fn run(server: &Rc<Server>) {
         Ok(())
     });
     if let Err(e) = result {
-        tracing::error!(rows = entries.len(), "mailbox: commit failed, retrying in {RETRY:?}: {e}");
+        tracing::error!(
+            rows = entries.len(),
+            "mailbox: commit failed, retrying in {RETRY:?}: {e}"
+        );
         requeue(&w, entries);
         w.deliveries.borrow_mut().extend(deliveries);
         let weak = Rc::downgrade(server);
@@ -237,8 +245,14 @@ fn write(tx: &rusqlite::Connection, entries: &[NewEntry]) -> Result<(), StoreErr
             Ok(_) => {}
             // A row that can never be written (its account was deleted meanwhile; a stanza id
             // collision) must not hold back the others. SQLite undoes just that statement.
-            Err(rusqlite::Error::SqliteFailure(f, msg)) if f.code == rusqlite::ErrorCode::ConstraintViolation => {
-                tracing::warn!(account = e.account, "mailbox: row dropped: {}", msg.unwrap_or_default());
+            Err(rusqlite::Error::SqliteFailure(f, msg))
+                if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                tracing::warn!(
+                    account = e.account,
+                    "mailbox: row dropped: {}",
+                    msg.unwrap_or_default()
+                );
             }
             Err(err) => return Err(err.into()),
         }
@@ -248,9 +262,15 @@ fn write(tx: &rusqlite::Connection, entries: &[NewEntry]) -> Result<(), StoreErr
 
 /// The next chunk of `full`'s account's pending messages, with the cursor moved past it.
 /// `None` when nothing is pending or no resource can take it.
-fn next_step(server: &Server, tx: &rusqlite::Connection, full: &FullJid) -> Result<Option<Push>, StoreError> {
+fn next_step(
+    server: &Server,
+    tx: &rusqlite::Connection,
+    full: &FullJid,
+) -> Result<Option<Push>, StoreError> {
     let owner = full.to_bare();
-    let Some((target, conn)) = target(server, full) else { return Ok(None) };
+    let Some((target, conn)) = target(server, full) else {
+        return Ok(None);
+    };
     let node = owner.node().map(|n| n.to_string()).unwrap_or_default();
     let Some(account) = server.store.account_id(&node, owner.domain().as_str())? else {
         return Ok(None);
@@ -281,12 +301,21 @@ fn next_step(server: &Server, tx: &rusqlite::Connection, full: &FullJid) -> Resu
                 );
                 stanzas.push(el);
             }
-            Err(e) => tracing::error!(id = row.id, "mailbox: stored message unreadable, skipped: {e}"),
+            Err(e) => tracing::error!(
+                id = row.id,
+                "mailbox: stored message unreadable, skipped: {e}"
+            ),
         }
     }
     mailbox::advance_cursor(tx, account, OFFLINE_CURSOR, rows[rows.len() - 1].id)?;
     let remaining = mailbox::count_pending(tx, account)?;
-    Ok(Some(Push { target, conn, owner, stanzas, remaining }))
+    Ok(Some(Push {
+        target,
+        conn,
+        owner,
+        stanzas,
+        remaining,
+    }))
 }
 
 /// Where `full`'s offline messages go: `full` itself if it is still available with a
@@ -295,7 +324,11 @@ fn target(server: &Server, full: &FullJid) -> Option<(FullJid, Rc<Connection>)> 
     let sessions = server.sessions.borrow();
     let usable = |s: &&crate::router::Session| s.priority.is_some_and(|p| p >= 0);
     let session = sessions.get(full).filter(usable).or_else(|| {
-        sessions.of(&full.to_bare()).iter().filter(usable).max_by_key(|s| s.priority)
+        sessions
+            .of(&full.to_bare())
+            .iter()
+            .filter(usable)
+            .max_by_key(|s| s.priority)
     })?;
     Some((session.jid.clone(), session.connection()?))
 }
@@ -323,7 +356,11 @@ fn continue_later(server: &Rc<Server>, full: FullJid, delay: Duration) {
 /// TLS records still wait for the socket: rustls refuses output beyond its 64 KiB buffer, so
 /// the next chunk waits. (Plain streams exist only on trusted loopback and buffer freely.)
 fn tls_backlog(conn: &Connection) -> bool {
-    conn.state.borrow().tls.as_ref().is_some_and(|t| t.wants_write())
+    conn.state
+        .borrow()
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.wants_write())
 }
 
 /// Now, in Unix microseconds (the mailbox's `ts`).

@@ -78,12 +78,16 @@ pub fn install(s: &mut Stream) {
 
 /// Presence without `to`: the session's own availability (§4.2, §4.4, §4.5).
 pub fn own_presence(server: &Rc<Server>, conn: &Rc<Connection>, from: &FullJid, el: Element) {
+    // XEP-0163 (pep.rs): caps-based PEP interest and last items; runs before priority changes.
+    crate::modules::pep::on_available_presence(server, from, &el);
     match el.get_attr("type") {
         None => available(server, conn, from, el),
         Some("unavailable") => {
             let was_available = {
                 let mut sessions = server.sessions.borrow_mut();
-                let Some(s) = sessions.get_mut(from) else { return };
+                let Some(s) = sessions.get_mut(from) else {
+                    return;
+                };
                 s.presence = None;
                 s.priority.take().is_some()
             };
@@ -113,7 +117,9 @@ pub fn directed_to_bare(server: &Rc<Server>, from: &FullJid, to: &BareJid, el: E
         Some(t) => match SubscriptionType::parse(t) {
             Some(st) => outbound(server, &from.to_bare(), to, st, el),
             None => {
-                if let Some(reply) = stanza_error(&el, Condition::BadRequest, "unknown presence type") {
+                if let Some(reply) =
+                    stanza_error(&el, Condition::BadRequest, "unknown presence type")
+                {
                     server.deliver_to_full(from, &reply);
                 }
             }
@@ -138,19 +144,28 @@ fn available(server: &Rc<Server>, conn: &Rc<Connection>, from: &FullJid, el: Ele
         Some(p) => match p.parse::<i8>() {
             Ok(p) => p,
             Err(_) => {
-                return bounce(conn, &el, Condition::BadRequest, "priority must be an integer from -128 to 127");
+                return bounce(
+                    conn,
+                    &el,
+                    Condition::BadRequest,
+                    "priority must be an integer from -128 to 127",
+                );
             }
         },
     };
     let was_available = {
         let mut sessions = server.sessions.borrow_mut();
-        let Some(s) = sessions.get_mut(from) else { return };
+        let Some(s) = sessions.get_mut(from) else {
+            return;
+        };
         s.presence = Some(el.clone());
         s.priority.replace(priority).is_some()
     };
     broadcast(server, from, &el);
     // XEP-0160 (offline.rs): pending offline messages; a no-op when none wait or after the first.
-    if priority >= 0 { crate::modules::offline::deliver_offline(server, from); }
+    if priority >= 0 {
+        crate::modules::offline::deliver_offline(server, from);
+    }
     if !was_available {
         initial(server, conn, from);
     }
@@ -205,11 +220,19 @@ fn initial(server: &Rc<Server>, conn: &Rc<Connection>, from: &FullJid) {
 /// Unavailable presence from `from`: to subscribers and own resources if it was available,
 /// and to every entity it sent directed presence to (§4.5.2, §4.6.3).
 fn going_offline(server: &Rc<Server>, from: &FullJid, el: &Element, was_available: bool) {
-    let directed = server.ext::<PresenceState>().directed.borrow_mut().remove(from);
+    let directed = server
+        .ext::<PresenceState>()
+        .directed
+        .borrow_mut()
+        .remove(from);
     let user = from.to_bare();
     let mut targets = Vec::new();
     if was_available {
-        targets.extend(available_sessions(server, &user).into_iter().filter(|(j, _)| j != from));
+        targets.extend(
+            available_sessions(server, &user)
+                .into_iter()
+                .filter(|(j, _)| j != from),
+        );
         for contact in roster::subscribers(server, &user) {
             targets.extend(available_sessions(server, &contact));
         }
@@ -218,7 +241,12 @@ fn going_offline(server: &Rc<Server>, from: &FullJid, el: &Element, was_availabl
     for to in directed.into_iter().flatten() {
         match to.try_as_full() {
             Ok(full) if server.config.is_hosted(full.domain().as_str()) => {
-                if let Some(c) = server.sessions.borrow().get(full).and_then(|s| s.connection()) {
+                if let Some(c) = server
+                    .sessions
+                    .borrow()
+                    .get(full)
+                    .and_then(|s| s.connection())
+                {
                     targets.push((full.clone(), c));
                 }
             }
@@ -287,7 +315,13 @@ fn probe(server: &Rc<Server>, from: &FullJid, to: &BareJid) {
 
 /// An outbound subscription stanza from `user` to `contact` (§3.1.2, §3.2.2, §3.3.2, §3.4):
 /// updates `user`'s roster, then hands the stanza to the contact's side.
-pub fn outbound(server: &Rc<Server>, user: &BareJid, contact: &BareJid, kind: SubscriptionType, mut el: Element) {
+pub fn outbound(
+    server: &Rc<Server>,
+    user: &BareJid,
+    contact: &BareJid,
+    kind: SubscriptionType,
+    mut el: Element,
+) {
     // A user is implicitly subscribed both ways to itself.
     if user == contact {
         return;
@@ -349,7 +383,13 @@ pub fn outbound(server: &Rc<Server>, user: &BareJid, contact: &BareJid, kind: Su
 
 /// The contact's side of a subscription stanza from `sender` to local `recipient` (§3.1.3,
 /// §3.1.6, §3.2.3, §3.3.3, §3.4.2). Stanzas for other domains are dropped: no federation.
-fn inbound(server: &Rc<Server>, recipient: &BareJid, sender: &BareJid, kind: SubscriptionType, el: Element) {
+fn inbound(
+    server: &Rc<Server>,
+    recipient: &BareJid,
+    sender: &BareJid,
+    kind: SubscriptionType,
+    el: Element,
+) {
     if !server.config.is_hosted(recipient.domain().as_str()) {
         return;
     }
@@ -423,22 +463,45 @@ fn inbound(server: &Rc<Server>, recipient: &BareJid, sender: &BareJid, kind: Sub
 /// goes to the requester's side, followed by the approver's current presence.
 fn auto_approve(server: &Rc<Server>, approver: &BareJid, requester: &BareJid) {
     let el = subscription_stanza(SubscriptionType::Subscribed, approver, requester);
-    inbound(server, requester, approver, SubscriptionType::Subscribed, el);
+    inbound(
+        server,
+        requester,
+        approver,
+        SubscriptionType::Subscribed,
+        el,
+    );
     send_presence_of(server, approver, requester);
 }
 
 /// §2.5.2: after `user` removed `contact` from the roster, the subscriptions it had are
 /// cancelled (unsubscribed for `from` or a pending request, unsubscribe for `to` or `ask`).
-pub fn roster_item_removed(server: &Rc<Server>, user: &BareJid, contact: &BareJid, before: &RosterRow) {
+pub fn roster_item_removed(
+    server: &Rc<Server>,
+    user: &BareJid,
+    contact: &BareJid,
+    before: &RosterRow,
+) {
     use SubscriptionType::*;
     if before.subscription.has_from() || before.pending_in.is_some() {
-        inbound(server, contact, user, Unsubscribed, subscription_stanza(Unsubscribed, user, contact));
+        inbound(
+            server,
+            contact,
+            user,
+            Unsubscribed,
+            subscription_stanza(Unsubscribed, user, contact),
+        );
         if before.subscription.has_from() {
             send_unavailable_of(server, user, contact);
         }
     }
     if before.subscription.has_to() || before.ask {
-        inbound(server, contact, user, Unsubscribe, subscription_stanza(Unsubscribe, user, contact));
+        inbound(
+            server,
+            contact,
+            user,
+            Unsubscribe,
+            subscription_stanza(Unsubscribe, user, contact),
+        );
     }
 }
 
@@ -508,7 +571,12 @@ pub fn available_sessions(server: &Server, bare: &BareJid) -> Vec<(FullJid, Rc<C
 
 /// True when `bare` has at least one available resource.
 pub fn is_available(server: &Server, bare: &BareJid) -> bool {
-    server.sessions.borrow().of(bare).iter().any(|s| s.priority.is_some())
+    server
+        .sessions
+        .borrow()
+        .of(bare)
+        .iter()
+        .any(|s| s.priority.is_some())
 }
 
 /// Delivers `el` unchanged to every available resource of `bare`.

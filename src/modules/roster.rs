@@ -99,18 +99,31 @@ fn load(server: &Server, user: &BareJid) -> Option<Rc<RefCell<Roster>>> {
             Ok(j) => {
                 rows.insert(j, row);
             }
-            Err(e) => tracing::warn!(%user, contact = %row.contact, "skipping stored roster row: {e}"),
+            Err(e) => {
+                tracing::warn!(%user, contact = %row.contact, "skipping stored roster row: {e}")
+            }
         }
     }
-    let roster = Rc::new(RefCell::new(Roster { account, version, rows }));
-    cache.rosters.borrow_mut().insert(user.clone(), roster.clone());
+    let roster = Rc::new(RefCell::new(Roster {
+        account,
+        version,
+        rows,
+    }));
+    cache
+        .rosters
+        .borrow_mut()
+        .insert(user.clone(), roster.clone());
     Some(roster)
 }
 
 /// Drops the cached roster of `user`: call it when the account is deleted (or its data
 /// changed behind the server's back), so a later load reads the store again.
 pub fn forget(server: &Server, user: &BareJid) {
-    server.ext::<RosterCache>().rosters.borrow_mut().remove(user);
+    server
+        .ext::<RosterCache>()
+        .rosters
+        .borrow_mut()
+        .remove(user);
 }
 
 // ---- queries for other modules --------------------------------------------------------------
@@ -133,13 +146,22 @@ pub fn item(server: &Server, user: &BareJid, contact: &BareJid) -> Option<Roster
 
 /// `user`'s subscription with `contact` (`None` when not in the roster or no such account).
 pub fn subscription(server: &Server, user: &BareJid, contact: &BareJid) -> Subscription {
-    row(server, user, contact).map(|r| r.subscription).unwrap_or_default()
+    row(server, user, contact)
+        .map(|r| r.subscription)
+        .unwrap_or_default()
 }
 
 /// Every item of `user`'s roster.
 pub fn items(server: &Server, user: &BareJid) -> Vec<RosterRow> {
     load(server, user)
-        .map(|r| r.borrow().rows.values().filter(|r| r.in_roster).cloned().collect())
+        .map(|r| {
+            r.borrow()
+                .rows
+                .values()
+                .filter(|r| r.in_roster)
+                .cloned()
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -153,17 +175,35 @@ pub fn subscribed_to(server: &Server, user: &BareJid) -> Vec<BareJid> {
     contacts_where(server, user, |r| r.subscription.has_to())
 }
 
-fn contacts_where(server: &Server, user: &BareJid, pred: impl Fn(&RosterRow) -> bool) -> Vec<BareJid> {
+fn contacts_where(
+    server: &Server,
+    user: &BareJid,
+    pred: impl Fn(&RosterRow) -> bool,
+) -> Vec<BareJid> {
     load(server, user)
-        .map(|r| r.borrow().rows.iter().filter(|(_, r)| pred(r)).map(|(j, _)| j.clone()).collect())
+        .map(|r| {
+            r.borrow()
+                .rows
+                .iter()
+                .filter(|(_, r)| pred(r))
+                .map(|(j, _)| j.clone())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 /// The subscription requests `user` has not answered yet, as the stanzas that made them.
 pub fn pending_requests(server: &Server, user: &BareJid) -> Vec<Element> {
-    let Some(roster) = load(server, user) else { return Vec::new() };
+    let Some(roster) = load(server, user) else {
+        return Vec::new();
+    };
     let scope = vec![(String::new(), ns::CLIENT.to_owned())];
-    let stored: Vec<String> = roster.borrow().rows.values().filter_map(|r| r.pending_in.clone()).collect();
+    let stored: Vec<String> = roster
+        .borrow()
+        .rows
+        .values()
+        .filter_map(|r| r.pending_in.clone())
+        .collect();
     stored
         .iter()
         .filter_map(|s| match parse::element(s.as_bytes(), &scope) {
@@ -189,7 +229,12 @@ pub fn version(server: &Server, user: &BareJid) -> Option<i64> {
 ///
 /// Returns `None` when `user` is not a local account or the store failed (then nothing
 /// changed). `f` must not call back into this module.
-pub fn update(server: &Server, user: &BareJid, contact: &BareJid, f: impl FnOnce(&mut RosterRow)) -> Option<Change> {
+pub fn update(
+    server: &Server,
+    user: &BareJid,
+    contact: &BareJid,
+    f: impl FnOnce(&mut RosterRow),
+) -> Option<Change> {
     let roster = load(server, user)?;
     let (change, pushed_version) = {
         let mut r = roster.borrow_mut();
@@ -204,7 +249,10 @@ pub fn update(server: &Server, user: &BareJid, contact: &BareJid, f: impl FnOnce
             return Some(Change { before, after });
         }
         let visible_changed = visible(&before) != visible(&after);
-        let version = match server.store.save_roster_row(r.account, &after, visible_changed) {
+        let version = match server
+            .store
+            .save_roster_row(r.account, &after, visible_changed)
+        {
             Ok(v) => v,
             Err(e) => {
                 tracing::error!(%user, %contact, "cannot store roster change: {e}");
@@ -298,7 +346,10 @@ fn get(iq: Incoming) {
     };
     let server = iq.server().clone();
     let Some(roster) = load(&server, &user) else {
-        return iq.fail(Condition::InternalServerError, "the roster is not available");
+        return iq.fail(
+            Condition::InternalServerError,
+            "the roster is not available",
+        );
     };
     if let Some(from) = &iq.from
         && let Some(s) = server.sessions.borrow_mut().get_mut(from)
@@ -328,11 +379,19 @@ fn set(iq: Incoming) {
     };
     // Cloned so that `iq` is free to be answered (and moved) on every path.
     let item = match iq.payload.elements().count() {
-        1 => iq.payload.elements().next().filter(|e| e.is("item", ns::ROSTER)).cloned(),
+        1 => iq
+            .payload
+            .elements()
+            .next()
+            .filter(|e| e.is("item", ns::ROSTER))
+            .cloned(),
         _ => None,
     };
     let Some(item) = item else {
-        return iq.fail(Condition::BadRequest, "a roster set carries exactly one item");
+        return iq.fail(
+            Condition::BadRequest,
+            "a roster set carries exactly one item",
+        );
     };
     let Some(contact) = item
         .get_attr("jid")
@@ -343,13 +402,19 @@ fn set(iq: Incoming) {
         return iq.fail(Condition::BadRequest, "the item needs a valid bare JID");
     };
     if contact == user {
-        return iq.fail(Condition::NotAllowed, "you cannot add yourself to your roster");
+        return iq.fail(
+            Condition::NotAllowed,
+            "you cannot add yourself to your roster",
+        );
     }
     let server = iq.server().clone();
     if item.get_attr("subscription") == Some("remove") {
         return remove(&server, &user, &contact, iq);
     }
-    let name = item.get_attr("name").filter(|n| !n.is_empty()).map(str::to_owned);
+    let name = item
+        .get_attr("name")
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned);
     if name.as_ref().is_some_and(|n| n.len() > MAX_NAME_BYTES) {
         return iq.fail(Condition::NotAcceptable, "the name is too long");
     }
@@ -372,7 +437,10 @@ fn set(iq: Incoming) {
         return iq.fail(Condition::NotAcceptable, "the item is in too many groups");
     }
     let Some(roster) = load(&server, &user) else {
-        return iq.fail(Condition::InternalServerError, "the roster is not available");
+        return iq.fail(
+            Condition::InternalServerError,
+            "the roster is not available",
+        );
     };
     {
         let r = roster.borrow();
@@ -389,7 +457,10 @@ fn set(iq: Incoming) {
     });
     match updated {
         Some(_) => iq.result(None),
-        None => iq.fail(Condition::InternalServerError, "the roster could not be saved"),
+        None => iq.fail(
+            Condition::InternalServerError,
+            "the roster could not be saved",
+        ),
     }
 }
 
@@ -406,7 +477,10 @@ fn remove(server: &Rc<Server>, user: &BareJid, contact: &BareJid, iq: Incoming) 
         }
     });
     let Some(change) = removed else {
-        return iq.fail(Condition::InternalServerError, "the roster could not be saved");
+        return iq.fail(
+            Condition::InternalServerError,
+            "the roster could not be saved",
+        );
     };
     iq.result(None);
     crate::modules::presence::roster_item_removed(server, user, contact, &change.before);

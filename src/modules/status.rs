@@ -88,7 +88,9 @@ fn update(server: &Server) {
     if *w.written.borrow() == text {
         return;
     }
-    let Some(path) = w.path.borrow().clone() else { return };
+    let Some(path) = w.path.borrow().clone() else {
+        return;
+    };
     match write_atomically(&path, &text) {
         Ok(()) => *w.written.borrow_mut() = text,
         Err(e) => tracing::warn!(path = %path.display(), "cannot write the status file: {e}"),
@@ -137,9 +139,9 @@ pub struct Snapshot {
 /// Reads the file in `data_dir`; `None` if there is none.
 pub fn read(data_dir: &Path) -> io::Result<Option<Snapshot>> {
     match std::fs::read_to_string(data_dir.join(FILE)) {
-        Ok(text) => parse(&text)
-            .map(Some)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("{FILE} is garbled"))),
+        Ok(text) => parse(&text).map(Some).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("{FILE} is garbled"))
+        }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
@@ -160,9 +162,13 @@ fn parse(text: &str) -> Option<Snapshot> {
 /// Whether `pid` is a live process running the same program as this one (a pid left in a
 /// stale file may have been reused by anything else).
 pub fn is_running(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
     // "pid (comm) state …"; comm may itself contain spaces or parentheses.
-    let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { return false };
+    let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+        return false;
+    };
     let state = stat[close + 1..].trim_start().chars().next();
     if matches!(state, Some('Z' | 'X' | 'x') | None) {
         return false;
@@ -181,7 +187,10 @@ mod tests {
         assert_eq!(s.pid, 42);
         assert_eq!(
             s.sessions,
-            [("alice@localhost/a b".to_owned(), Some(5)), ("bob@localhost/x".to_owned(), None)]
+            [
+                ("alice@localhost/a b".to_owned(), Some(5)),
+                ("bob@localhost/x".to_owned(), None)
+            ]
         );
         assert!(parse("garbage").is_none());
     }

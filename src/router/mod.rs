@@ -113,13 +113,17 @@ fn route_message(server: &Rc<Server>, conn: &Rc<Connection>, from: &FullJid, to:
             Jid::from(bare)
         }
     };
+    // The sender's other devices see what it sent, and its archive keeps it (XEP-0280, -0313).
+    crate::modules::carbons::sent(server, from, &el);
+    crate::modules::mam::archive_outgoing(server, from, &to, &el);
     if !server.config.is_hosted(to.domain().as_str()) {
         return deliver_elsewhere(server, conn, from, Some(to), el);
     }
-    if let Some(full) = to.try_as_full().ok().cloned()
-        && server.deliver_to_full(&full, &el)
-    {
-        return;
+    if let Some(full) = to.try_as_full().ok().cloned() {
+        match crate::modules::message::deliver_to_full(server, &full, el) {
+            Ok(()) => return,
+            Err(back) => el = back,
+        }
     }
     server.deliver_message_to_bare(conn, &to.to_bare(), el);
 }

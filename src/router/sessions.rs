@@ -17,6 +17,8 @@ pub struct Session {
     pub presence: Option<crate::xml::Element>,
     /// The resource requested the roster (RFC 6121 §2.1.6: it gets roster pushes).
     pub roster_requested: bool,
+    /// XEP-0280: the resource enabled message carbons.
+    pub carbons: bool,
 }
 
 impl Session {
@@ -45,6 +47,7 @@ impl Sessions {
             priority: None,
             presence: None,
             roster_requested: false,
+            carbons: false,
         });
         old
     }

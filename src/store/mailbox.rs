@@ -68,7 +68,11 @@ impl Direction {
     }
 
     fn from_sql(v: i64) -> Direction {
-        if v == 1 { Direction::Out } else { Direction::In }
+        if v == 1 {
+            Direction::Out
+        } else {
+            Direction::In
+        }
     }
 }
 
@@ -144,7 +148,12 @@ pub fn cursor(conn: &Connection, account: i64, device: &str) -> rusqlite::Result
 }
 
 /// Moves the cursor of `device` forward to `up_to` (never backwards).
-pub fn advance_cursor(conn: &Connection, account: i64, device: &str, up_to: i64) -> rusqlite::Result<()> {
+pub fn advance_cursor(
+    conn: &Connection,
+    account: i64,
+    device: &str,
+    up_to: i64,
+) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "INSERT INTO mailbox_cursor (account, device, delivered) VALUES (?1, ?2, ?3)
          ON CONFLICT (account, device) DO UPDATE SET delivered = max(delivered, excluded.delivered)",
@@ -167,9 +176,11 @@ pub fn pending(conn: &Connection, account: i64, limit: usize) -> rusqlite::Resul
 /// How many offline rows of `account` wait for delivery (what the quota counts).
 pub fn count_pending(conn: &Connection, account: i64) -> rusqlite::Result<u64> {
     let after = cursor(conn, account, OFFLINE_CURSOR)?;
-    conn.prepare_cached("SELECT count(*) FROM mailbox WHERE account = ?1 AND offline = 1 AND id > ?2")?
-        .query_row(params![account, after], |r| r.get::<_, i64>(0))
-        .map(|n| n as u64)
+    conn.prepare_cached(
+        "SELECT count(*) FROM mailbox WHERE account = ?1 AND offline = 1 AND id > ?2",
+    )?
+    .query_row(params![account, after], |r| r.get::<_, i64>(0))
+    .map(|n| n as u64)
 }
 
 /// A range query over one account's archive (the shape XEP-0313 with XEP-0059 paging needs).
@@ -282,7 +293,12 @@ mod tests {
             account,
             stanza_id: format!("sid-{account}-{n}"),
             ts: 1_000_000 * i64::from(n),
-            with: if n % 2 == 0 { "bob@localhost" } else { "carol@localhost" }.into(),
+            with: if n % 2 == 0 {
+                "bob@localhost"
+            } else {
+                "carol@localhost"
+            }
+            .into(),
             direction: Direction::In,
             offline,
             xml: format!("<message><body>{n}</body></message>").into_bytes(),
@@ -314,8 +330,14 @@ mod tests {
         assert_eq!(count_pending(conn, bob).unwrap(), 1);
 
         let s = stats(conn).unwrap();
-        assert_eq!((s[0].username.as_str(), s[0].archived, s[0].pending), ("alice", 3, 0));
-        assert_eq!((s[1].username.as_str(), s[1].archived, s[1].pending), ("bob", 1, 1));
+        assert_eq!(
+            (s[0].username.as_str(), s[0].archived, s[0].pending),
+            ("alice", 3, 0)
+        );
+        assert_eq!(
+            (s[1].username.as_str(), s[1].archived, s[1].pending),
+            ("bob", 1, 1)
+        );
     }
 
     #[test]
@@ -323,15 +345,62 @@ mod tests {
         let store = Store::open_in_memory().unwrap();
         let conn = store.conn();
         let alice = account(&store, "alice");
-        let ids: Vec<i64> = (1..=6).map(|n| append(conn, &new(alice, n, false)).unwrap()).collect();
-        let q = |q: Query<'_>| query(conn, alice, &q).unwrap().iter().map(|e| e.id).collect::<Vec<_>>();
+        let ids: Vec<i64> = (1..=6)
+            .map(|n| append(conn, &new(alice, n, false)).unwrap())
+            .collect();
+        let q = |q: Query<'_>| {
+            query(conn, alice, &q)
+                .unwrap()
+                .iter()
+                .map(|e| e.id)
+                .collect::<Vec<_>>()
+        };
 
-        assert_eq!(q(Query { limit: 10, ..Default::default() }), ids);
-        assert_eq!(q(Query { with: Some("bob@localhost"), limit: 10, ..Default::default() }), [ids[1], ids[3], ids[5]]);
-        assert_eq!(q(Query { after_id: Some(ids[1]), limit: 2, ..Default::default() }), [ids[2], ids[3]]);
-        assert_eq!(q(Query { before_id: Some(ids[5]), limit: 2, newest_first: true, ..Default::default() }), [ids[3], ids[4]]);
-        assert_eq!(q(Query { start: Some(2_000_000), end: Some(3_000_000), limit: 10, ..Default::default() }), [ids[1], ids[2]]);
-        assert_eq!(id_of(conn, alice, &format!("sid-{alice}-3")).unwrap(), Some(ids[2]));
+        assert_eq!(
+            q(Query {
+                limit: 10,
+                ..Default::default()
+            }),
+            ids
+        );
+        assert_eq!(
+            q(Query {
+                with: Some("bob@localhost"),
+                limit: 10,
+                ..Default::default()
+            }),
+            [ids[1], ids[3], ids[5]]
+        );
+        assert_eq!(
+            q(Query {
+                after_id: Some(ids[1]),
+                limit: 2,
+                ..Default::default()
+            }),
+            [ids[2], ids[3]]
+        );
+        assert_eq!(
+            q(Query {
+                before_id: Some(ids[5]),
+                limit: 2,
+                newest_first: true,
+                ..Default::default()
+            }),
+            [ids[3], ids[4]]
+        );
+        assert_eq!(
+            q(Query {
+                start: Some(2_000_000),
+                end: Some(3_000_000),
+                limit: 10,
+                ..Default::default()
+            }),
+            [ids[1], ids[2]]
+        );
+        assert_eq!(
+            id_of(conn, alice, &format!("sid-{alice}-3")).unwrap(),
+            Some(ids[2])
+        );
         assert_eq!(id_of(conn, alice, "nope").unwrap(), None);
     }
 
@@ -341,11 +410,18 @@ mod tests {
         let conn = store.conn();
         let alice = account(&store, "alice");
         append(conn, &new(alice, 1, true)).unwrap();
-        assert!(append(conn, &new(alice, 1, true)).is_err(), "duplicate stanza id accepted");
+        assert!(
+            append(conn, &new(alice, 1, true)).is_err(),
+            "duplicate stanza id accepted"
+        );
         advance_cursor(conn, alice, OFFLINE_CURSOR, 1).unwrap();
         store.delete_account("alice", "localhost").unwrap();
-        let n: i64 = conn.query_row("SELECT count(*) FROM mailbox", [], |r| r.get(0)).unwrap();
-        let c: i64 = conn.query_row("SELECT count(*) FROM mailbox_cursor", [], |r| r.get(0)).unwrap();
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM mailbox", [], |r| r.get(0))
+            .unwrap();
+        let c: i64 = conn
+            .query_row("SELECT count(*) FROM mailbox_cursor", [], |r| r.get(0))
+            .unwrap();
         assert_eq!((n, c), (0, 0));
         // A row for an account that no longer exists is refused, not orphaned.
         assert!(append(conn, &new(alice, 2, true)).is_err());

@@ -56,6 +56,10 @@ pub(super) const MIGRATIONS: &[&str] = &[
     super::torrents::SCHEMA,
     // 7: XEP-0484 FAST tokens (src/store/fast.rs).
     super::fast::SCHEMA,
+    // XEP-0313 archive preferences (src/store/mam.rs).
+    super::mam::SCHEMA,
+    // XEP-0163 PEP nodes and items (src/store/pep.rs).
+    super::pep::SCHEMA,
 ];
 
 /// Brings the schema of `conn` up to date with [`MIGRATIONS`].

@@ -57,8 +57,10 @@
 
 mod accounts;
 pub mod fast;
+pub mod mam;
 pub mod mailbox;
 mod migrations;
+pub mod pep;
 pub mod roster;
 pub mod torrents;
 pub mod transport;
@@ -263,22 +265,27 @@ fn create_private_file(path: &Path) -> Result<(), StoreError> {
 
 /// Removes group and other permissions from `path` if it exists and has any,
 /// with a warning.
+///
+/// By path (stat + chmod), never by opening the file: closing any descriptor of a file drops
+/// every POSIX lock this process holds on it — SQLite's own locks on the database and its
+/// `-shm` — which let another process reinitialise the shared memory under our mapping
+/// (SIGBUS, seen with concurrent `wockd adduser`).
 fn tighten_existing(path: &Path) -> Result<(), StoreError> {
-    let file = match File::open(path) {
-        Ok(file) => file,
+    let mode = match std::fs::metadata(path) {
+        Ok(m) => m.permissions().mode() & 0o7777,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(StoreError::io("cannot open", path, e)),
+        Err(e) => return Err(StoreError::io("cannot stat", path, e)),
     };
-    set_mode(&file, path, |mode| {
-        if mode & 0o077 != 0 {
-            tracing::warn!(
-                path = %path.display(),
-                mode = format_args!("{mode:o}"),
-                "database file was accessible to other users; restricting it to its owner"
-            );
-        }
-        mode & 0o700
-    })
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format_args!("{mode:o}"),
+            "database file was accessible to other users; restricting it to its owner"
+        );
+        std::fs::set_permissions(path, Permissions::from_mode(mode & 0o700))
+            .map_err(|e| StoreError::io("cannot set permissions of", path, e))?;
+    }
+    Ok(())
 }
 
 /// `fchmod`s `file` to `want(current mode)` if that differs from its mode.

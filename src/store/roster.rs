@@ -167,7 +167,12 @@ impl Store {
 
     /// Stores `row` (replacing what was stored for its contact; an empty row is deleted) and,
     /// when `bump` is set, increments the roster version. Returns the version now in force.
-    pub fn save_roster_row(&self, account: i64, row: &RosterRow, bump: bool) -> Result<i64, StoreError> {
+    pub fn save_roster_row(
+        &self,
+        account: i64,
+        row: &RosterRow,
+        bump: bool,
+    ) -> Result<i64, StoreError> {
         self.transaction(|tx| {
             if row.is_empty() {
                 delete_row(tx, account, &row.contact)?;
@@ -205,7 +210,12 @@ impl Store {
     }
 
     /// Deletes everything stored about `contact` and bumps the version when `bump` is set.
-    pub fn delete_roster_row(&self, account: i64, contact: &str, bump: bool) -> Result<i64, StoreError> {
+    pub fn delete_roster_row(
+        &self,
+        account: i64,
+        contact: &str,
+        bump: bool,
+    ) -> Result<i64, StoreError> {
         self.transaction(|tx| {
             delete_row(tx, account, contact)?;
             finish(tx, account, bump)
@@ -282,11 +292,23 @@ mod tests {
         row2.groups = vec!["Work".into()];
         store.save_roster_row(id, &row2, true).unwrap();
         store
-            .save_roster_row(id, &RosterRow { contact: hidden.contact.clone(), ..RosterRow::default() }, false)
+            .save_roster_row(
+                id,
+                &RosterRow {
+                    contact: hidden.contact.clone(),
+                    ..RosterRow::default()
+                },
+                false,
+            )
             .unwrap();
         assert_eq!(store.load_roster(id).unwrap(), (2, vec![row2]));
 
-        assert_eq!(store.delete_roster_row(id, "bob@example.org", true).unwrap(), 3);
+        assert_eq!(
+            store
+                .delete_roster_row(id, "bob@example.org", true)
+                .unwrap(),
+            3
+        );
         assert_eq!(store.load_roster(id).unwrap(), (3, vec![]));
     }
 

@@ -67,10 +67,13 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LegacyAccount> {
 }
 
 impl Store {
-    fn with_settings(&self, mut list: Vec<LegacyAccount>) -> Result<Vec<LegacyAccount>, StoreError> {
-        let mut st = self
-            .conn()
-            .prepare_cached("SELECT key, value FROM transport_settings WHERE legacy = ?1 ORDER BY key")?;
+    fn with_settings(
+        &self,
+        mut list: Vec<LegacyAccount>,
+    ) -> Result<Vec<LegacyAccount>, StoreError> {
+        let mut st = self.conn().prepare_cached(
+            "SELECT key, value FROM transport_settings WHERE legacy = ?1 ORDER BY key",
+        )?;
         for a in &mut list {
             a.settings = st
                 .query_map([a.id], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -156,14 +159,23 @@ impl Store {
     pub fn legacy_rooms(&self, id: i64) -> Result<Vec<(String, Option<String>)>, StoreError> {
         Ok(self
             .conn()
-            .prepare_cached("SELECT room, nick FROM transport_rooms WHERE legacy = ?1 ORDER BY room")?
+            .prepare_cached(
+                "SELECT room, nick FROM transport_rooms WHERE legacy = ?1 ORDER BY room",
+            )?
             .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?)
     }
 
-    pub fn save_legacy_room(&self, id: i64, room: &str, nick: Option<&str>) -> Result<(), StoreError> {
+    pub fn save_legacy_room(
+        &self,
+        id: i64,
+        room: &str,
+        nick: Option<&str>,
+    ) -> Result<(), StoreError> {
         self.conn()
-            .prepare_cached("INSERT OR REPLACE INTO transport_rooms (legacy, room, nick) VALUES (?1, ?2, ?3)")?
+            .prepare_cached(
+                "INSERT OR REPLACE INTO transport_rooms (legacy, room, nick) VALUES (?1, ?2, ?3)",
+            )?
             .execute(params![id, room, nick])?;
         Ok(())
     }
@@ -195,7 +207,14 @@ mod tests {
             )
             .unwrap();
         let again = s
-            .save_legacy_account(("alice", "localhost"), "irc.localhost", "prpl-irc", "al@127.0.0.1", Some("pw2"), &[])
+            .save_legacy_account(
+                ("alice", "localhost"),
+                "irc.localhost",
+                "prpl-irc",
+                "al@127.0.0.1",
+                Some("pw2"),
+                &[],
+            )
             .unwrap();
         assert_eq!(id, again);
         let a = s.legacy_account(id).unwrap().unwrap();

@@ -51,7 +51,14 @@ pub fn disco_info(node: Option<&str>) -> Option<Element> {
     match node {
         None => {
             q.push(identity("component", "generic", "Torrents"));
-            for f in [NS_DISCO_INFO, NS_DISCO_ITEMS, NS_COMMANDS, NS_DATA, ns::TORRENT, ns::PING] {
+            for f in [
+                NS_DISCO_INFO,
+                NS_DISCO_ITEMS,
+                NS_COMMANDS,
+                NS_DATA,
+                ns::TORRENT,
+                ns::PING,
+            ] {
                 q.push(feature(f));
             }
         }
@@ -87,19 +94,34 @@ pub fn disco_items(domain: &str, node: Option<&str>) -> Element {
 
 /// `<command xmlns='http://jabber.org/protocol/commands'/>` set.
 pub fn handle(svc: &Rc<TorrentService>, iq: Incoming) {
-    let Some(owner) = iq.account() else { return iq.fail(Condition::NotAuthorized, "") };
+    let Some(owner) = iq.account() else {
+        return iq.fail(Condition::NotAuthorized, "");
+    };
     let p = &iq.payload;
-    let Some(node) = p.get_attr("node").filter(|n| COMMANDS.iter().any(|(c, _)| c == n)).map(str::to_owned) else {
+    let Some(node) = p
+        .get_attr("node")
+        .filter(|n| COMMANDS.iter().any(|(c, _)| c == n))
+        .map(str::to_owned)
+    else {
         return iq.fail(Condition::ItemNotFound, "no such command");
     };
-    let session = p.get_attr("sessionid").map(str::to_owned).unwrap_or_else(|| new_session(&node));
+    let session = p
+        .get_attr("sessionid")
+        .map(str::to_owned)
+        .unwrap_or_else(|| new_session(&node));
     let action = p.get_attr("action").unwrap_or("execute");
-    let reply = Reply { node: node.clone(), session };
+    let reply = Reply {
+        node: node.clone(),
+        session,
+    };
     if action == "cancel" {
         return iq.result(Some(reply.head("canceled")));
     }
     if !matches!(action, "execute" | "complete" | "next") {
-        return iq.fail(Condition::BadRequest, "this command has one stage: execute, complete or cancel");
+        return iq.fail(
+            Condition::BadRequest,
+            "this command has one stage: execute, complete or cancel",
+        );
     }
     let submitted = p
         .get_child("x", NS_DATA)
@@ -113,7 +135,14 @@ pub fn handle(svc: &Rc<TorrentService>, iq: Incoming) {
                 .attr("type", "result")
                 .child(Element::new("title", NS_DATA).text("My torrents"));
             let mut reported = Element::new("reported", NS_DATA);
-            for (var, label) in [("id", "Job"), ("name", "Name"), ("state", "State"), ("progress", "Progress"), ("speed", "Speed"), ("eta", "Time left")] {
+            for (var, label) in [
+                ("id", "Job"),
+                ("name", "Name"),
+                ("state", "State"),
+                ("progress", "Progress"),
+                ("speed", "Speed"),
+                ("eta", "Time left"),
+            ] {
                 reported.push(field(var, None, Some(label)));
             }
             x.push(reported);
@@ -121,9 +150,14 @@ pub fn handle(svc: &Rc<TorrentService>, iq: Incoming) {
             for (j, p) in &jobs {
                 let (progress, speed, eta) = match p {
                     Some(p) if p.total > 0 => (
-                        format!("{:.1}%", p.have.min(p.total) as f64 * 100.0 / p.total as f64),
+                        format!(
+                            "{:.1}%",
+                            p.have.min(p.total) as f64 * 100.0 / p.total as f64
+                        ),
                         format!("{}/s", human_bytes(p.down_bps)),
-                        p.eta_secs.map(super::jobs::human_duration).unwrap_or_default(),
+                        p.eta_secs
+                            .map(super::jobs::human_duration)
+                            .unwrap_or_default(),
                     ),
                     _ => (String::new(), String::new(), String::new()),
                 };
@@ -141,7 +175,11 @@ pub fn handle(svc: &Rc<TorrentService>, iq: Incoming) {
                 x.push(item);
                 lines.push(j.summary(p.as_ref()));
             }
-            let note = if lines.is_empty() { "You have no torrents.".to_owned() } else { lines.join("\n") };
+            let note = if lines.is_empty() {
+                "You have no torrents.".to_owned()
+            } else {
+                lines.join("\n")
+            };
             iq.result(Some(reply.completed("info", &note).child(x)));
         }),
         (_, None) => match start_form(&svc, &owner, &node) {
@@ -176,8 +214,11 @@ impl Reply {
     }
 
     fn completed(&self, kind: &str, note: &str) -> Element {
-        self.head("completed")
-            .child(Element::new("note", NS_COMMANDS).attr("type", kind).text(note))
+        self.head("completed").child(
+            Element::new("note", NS_COMMANDS)
+                .attr("type", kind)
+                .text(note),
+        )
     }
 }
 
@@ -202,7 +243,9 @@ fn value(v: &str) -> Element {
 }
 
 fn option(label: &str, v: &str) -> Element {
-    Element::new("option", NS_DATA).attr("label", label).child(value(v))
+    Element::new("option", NS_DATA)
+        .attr("label", label)
+        .child(value(v))
 }
 
 fn form(title: &str, instructions: &str) -> Element {
@@ -220,8 +263,12 @@ fn start_form(svc: &TorrentService, owner: &BareJid, node: &str) -> Result<Eleme
             "Paste a magnet link, the http(s) URL of a .torrent file, or a .torrent in base64.",
         )
         .child(
-            field("url", Some("text-multi"), Some("Magnet link, .torrent URL or base64 .torrent"))
-                .child(Element::new("required", NS_DATA)),
+            field(
+                "url",
+                Some("text-multi"),
+                Some("Magnet link, .torrent URL or base64 .torrent"),
+            )
+            .child(Element::new("required", NS_DATA)),
         )
         .child(field("paused", Some("boolean"), Some("Add paused")).child(value("0")))),
         "pause" | "resume" | "remove" => {
@@ -229,17 +276,27 @@ fn start_form(svc: &TorrentService, owner: &BareJid, node: &str) -> Result<Eleme
                 .jobs_of(owner)
                 .into_iter()
                 .filter(|j| match node {
-                    "pause" => matches!(j.state, super::jobs::State::Downloading | super::jobs::State::Finished),
-                    "resume" => matches!(j.state, super::jobs::State::Paused | super::jobs::State::Finished),
+                    "pause" => matches!(
+                        j.state,
+                        super::jobs::State::Downloading | super::jobs::State::Finished
+                    ),
+                    "resume" => matches!(
+                        j.state,
+                        super::jobs::State::Paused | super::jobs::State::Finished
+                    ),
                     _ => true,
                 })
                 .collect();
             if jobs.is_empty() {
                 return Err(format!("You have no torrents to {node}."));
             }
-            let mut list = field("jobs", Some("list-multi"), Some("Torrents")).child(Element::new("required", NS_DATA));
+            let mut list = field("jobs", Some("list-multi"), Some("Torrents"))
+                .child(Element::new("required", NS_DATA));
             for j in &jobs {
-                list.push(option(&format!("{}. {} ({})", j.number, j.label(), j.state.as_str()), &j.number.to_string()));
+                list.push(option(
+                    &format!("{}. {} ({})", j.number, j.label(), j.state.as_str()),
+                    &j.number.to_string(),
+                ));
             }
             let title = match node {
                 "pause" => "Pause torrents",
@@ -248,7 +305,14 @@ fn start_form(svc: &TorrentService, owner: &BareJid, node: &str) -> Result<Eleme
             };
             let mut f = form(title, "Choose the torrents.").child(list);
             if node == "remove" {
-                f.push(field("delete_files", Some("boolean"), Some("Also delete the downloaded files")).child(value("0")));
+                f.push(
+                    field(
+                        "delete_files",
+                        Some("boolean"),
+                        Some("Also delete the downloaded files"),
+                    )
+                    .child(value("0")),
+                );
             }
             Ok(f)
         }
@@ -263,11 +327,19 @@ fn start_form(svc: &TorrentService, owner: &BareJid, node: &str) -> Result<Eleme
             ] {
                 notify.push(option(label, v));
             }
-            let mut f = form("Torrent settings", "Which messages the torrent service sends you.").child(notify);
+            let mut f = form(
+                "Torrent settings",
+                "Which messages the torrent service sends you.",
+            )
+            .child(notify);
             if svc.config().progress_interval_secs > 0 {
                 f.push(
-                    field("progress", Some("boolean"), Some("Periodic progress messages while downloading"))
-                        .child(value(if s.progress { "1" } else { "0" })),
+                    field(
+                        "progress",
+                        Some("boolean"),
+                        Some("Periodic progress messages while downloading"),
+                    )
+                    .child(value(if s.progress { "1" } else { "0" })),
                 );
             }
             Ok(f)
@@ -279,7 +351,11 @@ fn start_form(svc: &TorrentService, owner: &BareJid, node: &str) -> Result<Eleme
 fn values(x: &Element, var: &str) -> Vec<String> {
     x.elements()
         .filter(|f| f.is("field", NS_DATA) && f.get_attr("var") == Some(var))
-        .flat_map(|f| f.elements().filter(|v| v.is("value", NS_DATA)).map(|v| v.text_content()))
+        .flat_map(|f| {
+            f.elements()
+                .filter(|v| v.is("value", NS_DATA))
+                .map(|v| v.text_content())
+        })
         .collect()
 }
 
@@ -300,7 +376,11 @@ fn submit(svc: &Rc<TorrentService>, iq: Incoming, owner: BareJid, reply: Reply, 
                 Box::new(move |r| match r {
                     Ok(a) => {
                         let note = if a.resolving {
-                            format!("Added job {}: {} — waiting for metadata; you will get a message.", a.job.number, a.job.label())
+                            format!(
+                                "Added job {}: {} — waiting for metadata; you will get a message.",
+                                a.job.number,
+                                a.job.label()
+                            )
                         } else {
                             format!("Added job {}: {}.", a.job.number, a.job.label())
                         };
@@ -311,7 +391,10 @@ fn submit(svc: &Rc<TorrentService>, iq: Incoming, owner: BareJid, reply: Reply, 
             );
         }
         "pause" | "resume" | "remove" => {
-            let numbers: Result<Vec<i64>, _> = values(&x, "jobs").iter().map(|v| v.trim().parse::<i64>()).collect();
+            let numbers: Result<Vec<i64>, _> = values(&x, "jobs")
+                .iter()
+                .map(|v| v.trim().parse::<i64>())
+                .collect();
             let Ok(numbers) = numbers else {
                 return iq.fail(Condition::BadRequest, "jobs are chosen by number");
             };
@@ -325,8 +408,14 @@ fn submit(svc: &Rc<TorrentService>, iq: Incoming, owner: BareJid, reply: Reply, 
                 let mut failed = false;
                 for n in numbers {
                     let r: Result<String, Failure> = match node.as_str() {
-                        "pause" => svc.pause(&owner, n).await.map(|(j, _)| format!("Paused job {n}: {}.", j.label())),
-                        "resume" => svc.resume(&owner, n).await.map(|(j, _)| format!("Resumed job {n}: {}.", j.label())),
+                        "pause" => svc
+                            .pause(&owner, n)
+                            .await
+                            .map(|(j, _)| format!("Paused job {n}: {}.", j.label())),
+                        "resume" => svc
+                            .resume(&owner, n)
+                            .await
+                            .map(|(j, _)| format!("Resumed job {n}: {}.", j.label())),
                         _ => svc.remove(&owner, n, files).await.map(|j| {
                             let what = if files { " and its files" } else { "" };
                             format!("Removed job {n}{what}: {}.", j.label())
@@ -352,7 +441,9 @@ fn submit(svc: &Rc<TorrentService>, iq: Incoming, owner: BareJid, reply: Reply, 
             if let Some(v) = values(&x, "notify").first() {
                 match Notify::parse(v.trim()) {
                     Some(n) => s.notify = n,
-                    None => return iq.fail(Condition::BadRequest, "notify must be all, done or none"),
+                    None => {
+                        return iq.fail(Condition::BadRequest, "notify must be all, done or none");
+                    }
                 }
             }
             if let Some(v) = values(&x, "progress").first() {

@@ -30,11 +30,16 @@ Commands:\n\
 Ad-hoc commands (in your client's menu) do the same.";
 
 pub fn handle(svc: &Rc<TorrentService>, msg: Element, from: &FullJid) {
-    if matches!(msg.get_attr("type"), Some("error" | "groupchat" | "headline")) {
+    if matches!(
+        msg.get_attr("type"),
+        Some("error" | "groupchat" | "headline")
+    ) {
         return;
     }
     // Chat states, receipts and the like carry no body.
-    let Some(body) = msg.child_text("body", ns::CLIENT).filter(|b| !b.is_empty()) else { return };
+    let Some(body) = msg.child_text("body", ns::CLIENT).filter(|b| !b.is_empty()) else {
+        return;
+    };
     let owner = from.to_bare();
     let links: Vec<String> = body
         .split_whitespace()
@@ -47,12 +52,22 @@ pub fn handle(svc: &Rc<TorrentService>, msg: Element, from: &FullJid) {
         .collect();
     if !links.is_empty() {
         if links.len() > MAX_LINKS {
-            return say(svc, &owner, &format!("That is more than {MAX_LINKS} links; send fewer at a time."));
+            return say(
+                svc,
+                &owner,
+                &format!("That is more than {MAX_LINKS} links; send fewer at a time."),
+            );
         }
-        let paused = body.split_whitespace().next().is_some_and(|w| w.eq_ignore_ascii_case("paused"));
+        let paused = body
+            .split_whitespace()
+            .next()
+            .is_some_and(|w| w.eq_ignore_ascii_case("paused"));
         for link in links {
             let (svc2, to, text) = (svc.clone(), owner.clone(), link.clone());
-            let opts = AddOptions { paused, peers: Vec::new() };
+            let opts = AddOptions {
+                paused,
+                peers: Vec::new(),
+            };
             svc.add(
                 owner.clone(),
                 &text,
@@ -86,25 +101,46 @@ pub fn handle(svc: &Rc<TorrentService>, msg: Element, from: &FullJid) {
                 let text = if jobs.is_empty() {
                     "You have no torrents. Send me a magnet link or a .torrent URL.".to_owned()
                 } else {
-                    jobs.iter().map(|(j, p)| j.summary(p.as_ref())).collect::<Vec<_>>().join("\n")
+                    jobs.iter()
+                        .map(|(j, p)| j.summary(p.as_ref()))
+                        .collect::<Vec<_>>()
+                        .join("\n")
                 };
                 say(&svc, &owner, &text);
             });
         }
         "status" | "pause" | "resume" | "remove" | "rm" | "delete" => {
-            let numbers: Result<Vec<i64>, _> = args.iter().map(|a| a.trim_start_matches('#').parse::<i64>()).collect();
+            let numbers: Result<Vec<i64>, _> = args
+                .iter()
+                .map(|a| a.trim_start_matches('#').parse::<i64>())
+                .collect();
             let numbers = match numbers {
                 Ok(n) if !n.is_empty() => n,
-                _ => return say(svc, &owner, &format!("Say which jobs by number, e.g. `{cmd} 3`.")),
+                _ => {
+                    return say(
+                        svc,
+                        &owner,
+                        &format!("Say which jobs by number, e.g. `{cmd} 3`."),
+                    );
+                }
             };
             let svc = svc.clone();
             source::spawn_local(async move {
                 let mut lines = Vec::new();
                 for n in numbers {
                     let r: Result<String, Failure> = match cmd.as_str() {
-                        "status" => svc.status(&owner, n).await.map(|(j, p)| j.summary(p.as_ref())),
-                        "pause" => svc.pause(&owner, n).await.map(|(j, _)| format!("Paused job {n}: {}.", j.label())),
-                        "resume" => svc.resume(&owner, n).await.map(|(j, _)| format!("Resumed job {n}: {}.", j.label())),
+                        "status" => svc
+                            .status(&owner, n)
+                            .await
+                            .map(|(j, p)| j.summary(p.as_ref())),
+                        "pause" => svc
+                            .pause(&owner, n)
+                            .await
+                            .map(|(j, _)| format!("Paused job {n}: {}.", j.label())),
+                        "resume" => svc
+                            .resume(&owner, n)
+                            .await
+                            .map(|(j, _)| format!("Resumed job {n}: {}.", j.label())),
                         "delete" => svc
                             .remove(&owner, n, true)
                             .await
@@ -120,10 +156,20 @@ pub fn handle(svc: &Rc<TorrentService>, msg: Element, from: &FullJid) {
             });
         }
         "notify" | "notifications" => {
-            let Some(n) = args.first().and_then(|a| Notify::parse(&a.to_ascii_lowercase())) else {
-                return say(svc, &owner, "Say `notify all`, `notify done` or `notify none`.");
+            let Some(n) = args
+                .first()
+                .and_then(|a| Notify::parse(&a.to_ascii_lowercase()))
+            else {
+                return say(
+                    svc,
+                    &owner,
+                    "Say `notify all`, `notify done` or `notify none`.",
+                );
             };
-            let text = match svc.settings(&owner).and_then(|s| svc.set_settings(&owner, super::store::Settings { notify: n, ..s })) {
+            let text = match svc
+                .settings(&owner)
+                .and_then(|s| svc.set_settings(&owner, super::store::Settings { notify: n, ..s }))
+            {
                 Ok(()) => format!("Notifications: {}.", n.as_str()),
                 Err(f) => f.text,
             };
@@ -135,13 +181,19 @@ pub fn handle(svc: &Rc<TorrentService>, msg: Element, from: &FullJid) {
                 Some(a) if a == "off" => false,
                 _ => return say(svc, &owner, "Say `progress on` or `progress off`."),
             };
-            let text = match svc.settings(&owner).and_then(|s| svc.set_settings(&owner, super::store::Settings { progress: on, ..s })) {
+            let text = match svc.settings(&owner).and_then(|s| {
+                svc.set_settings(&owner, super::store::Settings { progress: on, ..s })
+            }) {
                 Ok(()) => format!("Progress messages {}.", if on { "on" } else { "off" }),
                 Err(f) => f.text,
             };
             say(svc, &owner, &text);
         }
-        _ => say(svc, &owner, "I did not understand that. Send `help` for what I can do."),
+        _ => say(
+            svc,
+            &owner,
+            "I did not understand that. Send `help` for what I can do.",
+        ),
     }
 }
 

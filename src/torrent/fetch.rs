@@ -37,7 +37,9 @@ impl Fetcher {
             .timeout(limits.timeout)
             .connect_timeout(limits.timeout.min(Duration::from_secs(10)))
             .no_proxy()
-            .dns_resolver(Arc::new(GuardedResolver { allow_private: allow }))
+            .dns_resolver(Arc::new(GuardedResolver {
+                allow_private: allow,
+            }))
             .redirect(reqwest::redirect::Policy::custom(move |attempt| {
                 if attempt.previous().len() >= 5 {
                     attempt.error("too many redirects")
@@ -48,18 +50,33 @@ impl Fetcher {
                 }
             }))
             .build()
-            .map_err(|e| Failure::new(Condition::InternalServerError, format!("cannot make an HTTP client: {e}")))?;
+            .map_err(|e| {
+                Failure::new(
+                    Condition::InternalServerError,
+                    format!("cannot make an HTTP client: {e}"),
+                )
+            })?;
         Ok(Fetcher { client, limits })
     }
 
     /// The body of `url` if it looks like a .torrent (a bencoded dictionary).
     pub async fn get(&self, url: &str) -> Result<Vec<u8>, Failure> {
-        let parsed = Url::parse(url).map_err(|e| Failure::bad_request(format!("not a valid URL: {e}")))?;
+        let parsed =
+            Url::parse(url).map_err(|e| Failure::bad_request(format!("not a valid URL: {e}")))?;
         check_url(&parsed, self.limits.allow_private)?;
         let secs = self.limits.timeout.as_secs();
-        let timeout = || Failure::new(Condition::RemoteServerTimeout, format!("fetching {url} took longer than {secs} s"));
+        let timeout = || {
+            Failure::new(
+                Condition::RemoteServerTimeout,
+                format!("fetching {url} took longer than {secs} s"),
+            )
+        };
         let mut resp = self.client.get(parsed).send().await.map_err(|e| {
-            if e.is_timeout() { timeout() } else { request_failure(url, &e) }
+            if e.is_timeout() {
+                timeout()
+            } else {
+                request_failure(url, &e)
+            }
         })?;
         let status = resp.status();
         if !status.is_success() {
@@ -74,7 +91,10 @@ impl Fetcher {
         let too_big = || {
             Failure::new(
                 Condition::PolicyViolation,
-                format!("{url} is larger than the .torrent size limit of {}", human_bytes(max)),
+                format!(
+                    "{url} is larger than the .torrent size limit of {}",
+                    human_bytes(max)
+                ),
             )
         };
         if resp.content_length().is_some_and(|n| n > max) {
@@ -100,8 +120,13 @@ impl Fetcher {
             }
         }
         if body.first() != Some(&b'd') {
-            let what = content_type.map(|t| format!(" (it sent {t})")).unwrap_or_default();
-            return Err(Failure::new(Condition::NotAcceptable, format!("{url} is not a .torrent file{what}")));
+            let what = content_type
+                .map(|t| format!(" (it sent {t})"))
+                .unwrap_or_default();
+            return Err(Failure::new(
+                Condition::NotAcceptable,
+                format!("{url} is not a .torrent file{what}"),
+            ));
         }
         Ok(body)
     }
@@ -115,7 +140,11 @@ fn request_failure(url: &str, e: &reqwest::Error) -> Failure {
         text = format!("{text}: {s}");
         src = s.source();
     }
-    let cond = if e.is_connect() { Condition::RemoteServerNotFound } else { Condition::UndefinedCondition };
+    let cond = if e.is_connect() {
+        Condition::RemoteServerNotFound
+    } else {
+        Condition::UndefinedCondition
+    };
     Failure::new(cond, format!("cannot fetch {url}: {text}"))
 }
 
@@ -132,7 +161,11 @@ pub fn check_url(url: &Url, allow_private: bool) -> Result<(), Failure> {
     let Some(host) = url.host_str().filter(|h| !h.is_empty()) else {
         return Err(Failure::bad_request("the URL has no host"));
     };
-    match host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+    match host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
         Ok(ip) => check_ip(ip, allow_private),
         // A name: the resolver checks what it resolves to.
         Err(_) => Ok(()),
@@ -145,7 +178,9 @@ fn check_ip(ip: IpAddr, allow_private: bool) -> Result<(), Failure> {
     } else {
         Err(Failure::new(
             Condition::PolicyViolation,
-            format!("{ip} is not a public address; this server does not fetch from its own network"),
+            format!(
+                "{ip} is not a public address; this server does not fetch from its own network"
+            ),
         ))
     }
 }
@@ -194,13 +229,20 @@ impl Resolve for GuardedResolver {
         let host = name.as_str().to_owned();
         let allow = self.allow_private;
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let ok: Vec<SocketAddr> = addrs.iter().copied().filter(|a| allow || is_public(a.ip())).collect();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let ok: Vec<SocketAddr> = addrs
+                .iter()
+                .copied()
+                .filter(|a| allow || is_public(a.ip()))
+                .collect();
             if ok.is_empty() {
                 let why = if addrs.is_empty() {
                     format!("{host} has no address")
                 } else {
-                    format!("{host} resolves only to non-public addresses; this server does not fetch from its own network")
+                    format!(
+                        "{host} resolves only to non-public addresses; this server does not fetch from its own network"
+                    )
                 };
                 return Err(why.into());
             }
@@ -215,7 +257,19 @@ mod tests {
 
     #[test]
     fn address_policy() {
-        for private in ["127.0.0.1", "10.1.2.3", "192.168.1.1", "172.16.0.1", "169.254.1.1", "100.64.0.1", "0.0.0.0", "::1", "fe80::1", "fd00::1", "::ffff:127.0.0.1"] {
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.1.1",
+            "172.16.0.1",
+            "169.254.1.1",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+        ] {
             assert!(!is_public(private.parse().unwrap()), "{private}");
         }
         for public in ["1.1.1.1", "93.184.216.34", "2606:4700::1111"] {
@@ -226,7 +280,10 @@ mod tests {
         assert!(check_url(&u("http://127.0.0.1/x"), true).is_ok());
         assert!(check_url(&u("http://[::1]:8080/x"), false).is_err());
         assert!(check_url(&u("https://example.org/x"), false).is_ok());
-        assert_eq!(check_url(&u("ftp://example.org/x"), true).unwrap_err().cond, Condition::BadRequest);
+        assert_eq!(
+            check_url(&u("ftp://example.org/x"), true).unwrap_err().cond,
+            Condition::BadRequest
+        );
         assert!(check_url(&u("file:///etc/passwd"), true).is_err());
     }
 }

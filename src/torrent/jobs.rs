@@ -23,7 +23,10 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(cond: Condition, text: impl Into<String>) -> Failure {
-        Failure { cond, text: text.into() }
+        Failure {
+            cond,
+            text: text.into(),
+        }
     }
 
     pub fn bad_request(text: impl Into<String>) -> Failure {
@@ -157,7 +160,9 @@ impl Jobs {
 
     /// The owner's job by its number; another user's jobs are invisible.
     pub fn find(&self, owner: &BareJid, number: i64) -> Option<&Job> {
-        self.by_id.values().find(|j| &j.owner == owner && j.number == number)
+        self.by_id
+            .values()
+            .find(|j| &j.owner == owner && j.number == number)
     }
 
     pub fn by_hash(&self, hash: &str) -> Option<&Job> {
@@ -217,7 +222,9 @@ pub fn parse_add(text: &str, max_bytes: u64) -> Result<AddInput, Failure> {
     // Any other `scheme:` is a URL we refuse (base64 has no colon).
     if let Some((scheme, _)) = t.split_once(':')
         && !scheme.is_empty()
-        && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+.-".contains(&b))
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+.-".contains(&b))
     {
         return Err(Failure::new(
             Condition::BadRequest,
@@ -228,7 +235,10 @@ pub fn parse_add(text: &str, max_bytes: u64) -> Result<AddInput, Failure> {
     if compact.len() as u64 > max_bytes.saturating_mul(4) / 3 + 4 {
         return Err(Failure::new(
             Condition::PolicyViolation,
-            format!("the .torrent is larger than the limit of {}", human_bytes(max_bytes)),
+            format!(
+                "the .torrent is larger than the limit of {}",
+                human_bytes(max_bytes)
+            ),
         ));
     }
     let engine = base64::engine::general_purpose::GeneralPurpose::new(
@@ -238,7 +248,10 @@ pub fn parse_add(text: &str, max_bytes: u64) -> Result<AddInput, Failure> {
     );
     match engine.decode(compact.as_bytes()) {
         Ok(bytes) if bytes.first() == Some(&b'd') => Ok(AddInput::Torrent(bytes)),
-        Ok(_) => Err(Failure::new(Condition::NotAcceptable, "the base64 data is not a .torrent file")),
+        Ok(_) => Err(Failure::new(
+            Condition::NotAcceptable,
+            "the base64 data is not a .torrent file",
+        )),
         Err(_) => Err(Failure::bad_request(
             "not an http(s) URL, a magnet link or a base64 .torrent",
         )),
@@ -249,13 +262,15 @@ pub fn parse_add(text: &str, max_bytes: u64) -> Result<AddInput, Failure> {
 fn parse_magnet(uri: &str) -> Result<AddInput, Failure> {
     let m = librqbit::Magnet::parse(uri)
         .map_err(|e| Failure::bad_request(format!("not a valid magnet link: {e:#}")))?;
-    let hash = m
-        .as_id20()
-        .ok_or_else(|| Failure::bad_request("the magnet link has no BitTorrent v1 info hash (xt=urn:btih:…)"))?;
+    let hash = m.as_id20().ok_or_else(|| {
+        Failure::bad_request("the magnet link has no BitTorrent v1 info hash (xt=urn:btih:…)")
+    })?;
     let mut peers = Vec::new();
     let query = uri.split_once('?').map(|(_, q)| q).unwrap_or("");
     for pair in query.split('&') {
-        let Some((k, v)) = pair.split_once('=') else { continue };
+        let Some((k, v)) = pair.split_once('=') else {
+            continue;
+        };
         if k == "x.pe" {
             let v = percent_decode(v);
             let addr = v
@@ -279,7 +294,8 @@ fn percent_decode(s: &str) -> String {
     while i < b.len() {
         if b[i] == b'%'
             && i + 2 < b.len()
-            && let Ok(v) = u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
+            && let Ok(v) =
+                u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
         {
             out.push(v);
             i += 3;
@@ -300,7 +316,11 @@ pub fn human_bytes(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 /// `1h 02m`, `3m 10s`, `12s`.
@@ -359,7 +379,12 @@ impl Job {
 
     /// One line for chat and command notes: `3. ubuntu.iso — downloading 45.0% of 1.2 GiB, 3.1 MiB/s, 2m 10s left, 4 peers`.
     pub fn summary(&self, p: Option<&Progress>) -> String {
-        let mut s = format!("{}. {} — {}", self.number, self.label(), self.state.as_str());
+        let mut s = format!(
+            "{}. {} — {}",
+            self.number,
+            self.label(),
+            self.state.as_str()
+        );
         match (self.state, p) {
             (State::Downloading | State::Paused, Some(p)) => {
                 let _ = write!(s, " {:.1}% of {}", percent(p), human_bytes(p.total));
@@ -368,7 +393,12 @@ impl Job {
                     if let Some(eta) = p.eta_secs {
                         let _ = write!(s, ", {} left", human_duration(eta));
                     }
-                    let _ = write!(s, ", {} peer{}", p.peers, if p.peers == 1 { "" } else { "s" });
+                    let _ = write!(
+                        s,
+                        ", {} peer{}",
+                        p.peers,
+                        if p.peers == 1 { "" } else { "s" }
+                    );
                 }
             }
             (State::Finished, _) => {
@@ -391,7 +421,11 @@ impl Job {
 }
 
 fn percent(p: &Progress) -> f64 {
-    if p.total == 0 { 0.0 } else { (p.have.min(p.total) as f64) * 100.0 / p.total as f64 }
+    if p.total == 0 {
+        0.0
+    } else {
+        (p.have.min(p.total) as f64) * 100.0 / p.total as f64
+    }
 }
 
 fn shorten(s: &str, max: usize) -> String {
@@ -415,28 +449,53 @@ mod tests {
             parse_add(" http://x/a.torrent\n", 100).unwrap(),
             AddInput::Url("http://x/a.torrent".into())
         );
-        let m = parse_add(&format!("magnet:?xt=urn:btih:{HASH}&dn=a%20b&x.pe=127.0.0.1:6881"), 100).unwrap();
+        let m = parse_add(
+            &format!("magnet:?xt=urn:btih:{HASH}&dn=a%20b&x.pe=127.0.0.1:6881"),
+            100,
+        )
+        .unwrap();
         match m {
-            AddInput::Magnet { info_hash, peers, name, .. } => {
+            AddInput::Magnet {
+                info_hash,
+                peers,
+                name,
+                ..
+            } => {
                 assert_eq!(info_hash, HASH);
                 assert_eq!(peers, vec!["127.0.0.1:6881".parse().unwrap()]);
                 assert_eq!(name.as_deref(), Some("a b"));
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(parse_add(HASH, 100).unwrap(), AddInput::Magnet { .. }));
+        assert!(matches!(
+            parse_add(HASH, 100).unwrap(),
+            AddInput::Magnet { .. }
+        ));
         let b64 = base64::engine::general_purpose::STANDARD.encode(b"d4:infod1:xi1eee");
         let (a, b) = b64.split_at(5);
         assert_eq!(
             parse_add(&format!("{a}\n {b}"), 100).unwrap(),
             AddInput::Torrent(b"d4:infod1:xi1eee".to_vec())
         );
-        for bad in ["", "ftp://x/y", "file:///etc/passwd", "magnet:?dn=x", "!!!", "aGVsbG8="] {
+        for bad in [
+            "",
+            "ftp://x/y",
+            "file:///etc/passwd",
+            "magnet:?dn=x",
+            "!!!",
+            "aGVsbG8=",
+        ] {
             assert!(parse_add(bad, 100).is_err(), "{bad}");
         }
-        assert_eq!(parse_add("ftp://x/y", 100).unwrap_err().cond, Condition::BadRequest);
+        assert_eq!(
+            parse_add("ftp://x/y", 100).unwrap_err().cond,
+            Condition::BadRequest
+        );
         let big = base64::engine::general_purpose::STANDARD.encode(vec![b'd'; 300]);
-        assert_eq!(parse_add(&big, 100).unwrap_err().cond, Condition::PolicyViolation);
+        assert_eq!(
+            parse_add(&big, 100).unwrap_err().cond,
+            Condition::PolicyViolation
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ mod store;
 mod worker;
 
 pub use jobs::Failure;
-pub use service::{TorrentService, Torrents, install, stream_torrent};
+pub use service::{TorrentService, Torrents, install, shutdown, stream_torrent};
 
 #[cfg(test)]
 mod tests {
@@ -44,6 +44,9 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.torrent_domain(), "t.example");
         let bad: Config = toml::from_str("[torrent]\ndomain = 'localhost'").unwrap();
-        assert!(bad.validate().is_err(), "the service cannot take a hosted domain");
+        assert!(
+            bad.validate().is_err(),
+            "the service cannot take a hosted domain"
+        );
     }
 }

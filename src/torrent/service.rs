@@ -26,8 +26,8 @@ use jid::{BareJid, FullJid, Jid};
 use tokio::sync::oneshot;
 
 use super::jobs::{
-    AddInput, Failure, Job, Jobs, NOTE_ADDED, NOTE_FAILED, NOTE_FINISHED, NOTE_METADATA, Progress, State, human_bytes,
-    parse_add,
+    AddInput, Failure, Job, Jobs, NOTE_ADDED, NOTE_FAILED, NOTE_FINISHED, NOTE_METADATA, Progress,
+    State, human_bytes, parse_add,
 };
 use super::store::{self, Notify, Settings};
 use super::worker::{AddRequest, Cmd, Event, Reply, Worker};
@@ -99,6 +99,8 @@ pub fn install(server: &Rc<Server>) {
         jobs: RefCell::new(Jobs::default()),
         worker: RefCell::new(None),
         early: RefCell::new(HashMap::new()),
+        loaded: RefCell::new(Vec::new()),
+        stopped: Cell::new(false),
         timers: RefCell::new(Vec::new()),
         next_id: Cell::new(1),
     });
@@ -111,6 +113,7 @@ pub fn install(server: &Rc<Server>) {
     };
     let resume = !jobs.is_empty();
     for j in jobs {
+        svc.loaded.borrow_mut().push(j.id);
         svc.jobs.borrow_mut().insert(j);
     }
     *server.ext::<Torrents>().0.borrow_mut() = Some(svc.clone());
@@ -120,16 +123,33 @@ pub fn install(server: &Rc<Server>) {
     }
     if t.progress_interval_secs > 0 {
         let weak = Rc::downgrade(&svc);
-        let timer = source::every(Duration::from_secs(t.progress_interval_secs), move || match weak.upgrade() {
-            Some(s) => {
-                s.progress_tick();
-                glib::ControlFlow::Continue
-            }
-            None => glib::ControlFlow::Break,
-        });
+        let timer = source::every(
+            Duration::from_secs(t.progress_interval_secs),
+            move || match weak.upgrade() {
+                Some(s) => {
+                    s.progress_tick();
+                    glib::ControlFlow::Continue
+                }
+                None => glib::ControlFlow::Break,
+            },
+        );
         svc.timers.borrow_mut().push(timer);
     }
     tracing::info!(domain = %svc.domain, "torrent service ready");
+}
+
+/// Stops the engine (librqbit pauses every torrent and writes its state) and joins its
+/// thread. Dropping the server does the same; this is for a shutdown that must not depend on
+/// when the last reference goes.
+pub fn shutdown(server: &Server) {
+    if let Some(svc) = service(server) {
+        for t in svc.timers.borrow_mut().drain(..) {
+            t.destroy();
+        }
+        svc.stopped.set(true);
+        let worker = svc.worker.borrow_mut().take();
+        drop(worker);
+    }
 }
 
 /// The seed's `stream_torrent(s)`: the torrent namespace on the user's own stream, so
@@ -143,7 +163,10 @@ pub fn stream_torrent(s: &mut Stream) {
     rules.rule(ns::TORRENT, "pause").set(handle_ns_iq);
     rules.rule(ns::TORRENT, "resume").set(handle_ns_iq);
     rules.rule(ns::TORRENT, "remove").set(handle_ns_iq);
-    rules.rule(ns::TORRENT, "settings").get(handle_ns_iq).set(handle_ns_iq);
+    rules
+        .rule(ns::TORRENT, "settings")
+        .get(handle_ns_iq)
+        .set(handle_ns_iq);
 }
 
 /// Options of an `add`.
@@ -175,6 +198,11 @@ pub struct TorrentService {
     worker: RefCell<Option<Worker>>,
     /// Engine events for torrents whose `Added` reply has not been handled yet.
     early: RefCell<HashMap<usize, Event>>,
+    /// Jobs from the store at start, for the engine's `Ready` (jobs added since have their own
+    /// flows).
+    loaded: RefCell<Vec<i64>>,
+    /// [`shutdown`] ran: the engine is not started again.
+    stopped: Cell<bool>,
     timers: RefCell<Vec<glib::Source>>,
     next_id: Cell<u64>,
 }
@@ -214,7 +242,10 @@ fn reply_error(server: &Server, to: &FullJid, stanza: &Element, cond: Condition,
 /// The seed namespace, from the user's stream or at the service's domain.
 fn handle_ns_iq(iq: Incoming) {
     let Some(svc) = service(iq.server()) else {
-        return iq.fail(Condition::ServiceUnavailable, "the torrent service is not enabled on this server");
+        return iq.fail(
+            Condition::ServiceUnavailable,
+            "the torrent service is not enabled on this server",
+        );
     };
     let Some(owner) = iq.account() else {
         return iq.fail(Condition::NotAuthorized, "");
@@ -277,7 +308,9 @@ fn handle_ns_iq(iq: Incoming) {
             if let Some(n) = p.get_attr("notify") {
                 match Notify::parse(n) {
                     Some(n) => s.notify = n,
-                    None => return iq.fail(Condition::BadRequest, "notify must be all, done or none"),
+                    None => {
+                        return iq.fail(Condition::BadRequest, "notify must be all, done or none");
+                    }
                 }
             }
             if let Some(v) = p.get_attr("progress") {
@@ -290,7 +323,10 @@ fn handle_ns_iq(iq: Incoming) {
         }
         (op @ ("status" | "pause" | "resume" | "remove"), kind) => {
             if (op == "status") != (kind == IqType::Get) {
-                return iq.fail(Condition::BadRequest, "status is a get; pause, resume and remove are sets");
+                return iq.fail(
+                    Condition::BadRequest,
+                    "status is a get; pause, resume and remove are sets",
+                );
             }
             let files = truthy(p.get_attr("files"));
             let op = op.to_owned();
@@ -309,7 +345,10 @@ fn handle_ns_iq(iq: Incoming) {
                 }
             });
         }
-        _ => iq.fail(Condition::BadRequest, "unknown request in the torrent namespace"),
+        _ => iq.fail(
+            Condition::BadRequest,
+            "unknown request in the torrent namespace",
+        ),
     }
 }
 
@@ -317,7 +356,10 @@ fn handle_ns_iq(iq: Incoming) {
 pub(super) fn parse_peers(s: &str) -> Result<Vec<SocketAddr>, Failure> {
     s.split(|c: char| c == ',' || c.is_whitespace())
         .filter(|p| !p.is_empty())
-        .map(|p| p.parse().map_err(|_| Failure::bad_request(format!("peer `{p}` is not ip:port"))))
+        .map(|p| {
+            p.parse()
+                .map_err(|_| Failure::bad_request(format!("peer `{p}` is not ip:port")))
+        })
         .collect()
 }
 
@@ -340,15 +382,33 @@ impl TorrentService {
         &self.cfg
     }
 
-    fn handle_iq(self: &Rc<Self>, server: &Rc<Server>, el: Element, from: &FullJid, to: Option<Jid>) {
+    fn handle_iq(
+        self: &Rc<Self>,
+        server: &Rc<Server>,
+        el: Element,
+        from: &FullJid,
+        to: Option<Jid>,
+    ) {
         if !matches!(el.get_attr("type"), Some("get" | "set")) {
             return; // responses: this service sends no requests
         }
         let Some(id) = el.get_attr("id").map(str::to_owned) else {
-            return reply_error(server, from, &el, Condition::BadRequest, "an IQ needs an id");
+            return reply_error(
+                server,
+                from,
+                &el,
+                Condition::BadRequest,
+                "an IQ needs an id",
+            );
         };
         let Some((kind, payload)) = request_parts(&el) else {
-            return reply_error(server, from, &el, Condition::BadRequest, "a get or set IQ has exactly one child");
+            return reply_error(
+                server,
+                from,
+                &el,
+                Condition::BadRequest,
+                "a get or set IQ has exactly one child",
+            );
         };
         let to = to.or_else(|| Jid::new(&self.domain).ok());
         let lang = el.get_attr("xml:lang").map(str::to_owned);
@@ -396,7 +456,7 @@ impl TorrentService {
     // ---- engine ---------------------------------------------------------------------------
 
     fn start_engine(self: &Rc<Self>) {
-        if self.worker.borrow().is_some() {
+        if self.worker.borrow().is_some() || self.stopped.get() {
             return;
         }
         match Worker::start(self.settings.clone()) {
@@ -429,7 +489,11 @@ impl TorrentService {
         self.send(make(tx));
         match rx.await {
             Ok(r) => r,
-            Err(_) => Err(Failure::new(Condition::Gone, "cancelled")),
+            // The engine dropped the request: cancelled, or the engine is gone.
+            Err(_) => Err(Failure::new(
+                Condition::ServiceUnavailable,
+                "the torrent engine dropped the request",
+            )),
         }
     }
 
@@ -446,11 +510,19 @@ impl TorrentService {
             }
             Event::Finished { torrent } => match self.job_of_torrent(torrent) {
                 Some(id) => self.job_finished(id),
-                None => drop(self.early.borrow_mut().insert(torrent, Event::Finished { torrent })),
+                None => drop(
+                    self.early
+                        .borrow_mut()
+                        .insert(torrent, Event::Finished { torrent }),
+                ),
             },
             Event::Failed { torrent, error } => match self.job_of_torrent(torrent) {
                 Some(id) => self.job_failed(id, &error),
-                None => drop(self.early.borrow_mut().insert(torrent, Event::Failed { torrent, error })),
+                None => drop(
+                    self.early
+                        .borrow_mut()
+                        .insert(torrent, Event::Failed { torrent, error }),
+                ),
             },
         }
     }
@@ -463,7 +535,11 @@ impl TorrentService {
     fn reconcile(self: &Rc<Self>, restored: Vec<worker::Restored>) {
         let mut seen = HashSet::new();
         for r in restored {
-            let job = self.jobs.borrow().by_hash(&r.info_hash).map(|j| (j.id, j.state));
+            let job = self
+                .jobs
+                .borrow()
+                .by_hash(&r.info_hash)
+                .map(|j| (j.id, j.state));
             match job {
                 Some((id, state)) => {
                     seen.insert(id);
@@ -472,8 +548,12 @@ impl TorrentService {
                     }
                     let torrent = r.torrent;
                     match state {
-                        State::Paused if !r.paused => self.send_ignoring(|reply| Cmd::Pause { torrent, reply }),
-                        State::Downloading if r.paused => self.send_ignoring(|reply| Cmd::Resume { torrent, reply }),
+                        State::Paused if !r.paused => {
+                            self.send_ignoring(|reply| Cmd::Pause { torrent, reply })
+                        }
+                        State::Downloading if r.paused => {
+                            self.send_ignoring(|reply| Cmd::Resume { torrent, reply })
+                        }
                         _ => {}
                     }
                     self.replay_early(torrent);
@@ -481,34 +561,50 @@ impl TorrentService {
                 None => {
                     tracing::info!(hash = %r.info_hash, "forgetting a torrent that has no job (files kept)");
                     let torrent = r.torrent;
-                    self.send_ignoring(|reply| Cmd::Remove { torrent, delete_files: false, reply });
+                    self.send_ignoring(|reply| Cmd::Remove {
+                        torrent,
+                        delete_files: false,
+                        reply,
+                    });
                 }
             }
         }
-        let rest: Vec<Job> = self
-            .jobs
-            .borrow()
-            .all()
+        let loaded = std::mem::take(&mut *self.loaded.borrow_mut());
+        let rest: Vec<Job> = loaded
+            .iter()
+            .filter_map(|id| self.jobs.borrow().get(*id).cloned())
             .filter(|j| !seen.contains(&j.id) && j.state != State::Failed)
-            .cloned()
             .collect();
         for job in rest {
             match job.state {
-                State::Fetching => self.clone().restart(job.id, AddInput::Url(job.source.clone()), false),
+                State::Fetching => {
+                    self.clone()
+                        .restart(job.id, AddInput::Url(job.source.clone()), false)
+                }
                 State::Resolving => match parse_add(&job.source, self.cfg.fetch_max_bytes) {
-                    Ok(input @ AddInput::Magnet { .. }) => self.clone().restart(job.id, input, false),
-                    _ => self.job_failed(job.id, "the magnet link could not be read again after a restart"),
+                    Ok(input @ AddInput::Magnet { .. }) => {
+                        self.clone().restart(job.id, input, false)
+                    }
+                    _ => self.job_failed(
+                        job.id,
+                        "the magnet link could not be read again after a restart",
+                    ),
                 },
                 _ => match store::metainfo(&self.store_server().store, job.id) {
                     Ok(Some(bytes)) => self.clone().readd(job, bytes),
-                    _ => self.job_failed(job.id, "the engine lost this torrent and its .torrent was not kept"),
+                    _ => self.job_failed(
+                        job.id,
+                        "the engine lost this torrent and its .torrent was not kept",
+                    ),
                 },
             }
         }
     }
 
     fn store_server(&self) -> Rc<Server> {
-        self.server.upgrade().expect("the service lives inside its server")
+        self.server
+            .upgrade()
+            .expect("the service lives inside its server")
     }
 
     fn restart(self: Rc<Self>, id: i64, input: AddInput, paused: bool) {
@@ -538,7 +634,11 @@ impl TorrentService {
                 }
                 (Ok(a), false) => {
                     let torrent = a.torrent;
-                    self.send_ignoring(|reply| Cmd::Remove { torrent, delete_files: false, reply });
+                    self.send_ignoring(|reply| Cmd::Remove {
+                        torrent,
+                        delete_files: false,
+                        reply,
+                    });
                 }
                 (Err(f), true) => self.job_failed(job.id, &f.text),
                 (Err(_), false) => {}
@@ -560,7 +660,10 @@ impl TorrentService {
         let node = owner.node().map(|n| n.to_string()).unwrap_or_default();
         match server.store.account_id(&node, owner.domain().as_str()) {
             Ok(Some(id)) => Ok(id),
-            Ok(None) => Err(Failure::new(Condition::Forbidden, "only accounts of this server can use its torrent service")),
+            Ok(None) => Err(Failure::new(
+                Condition::Forbidden,
+                "only accounts of this server can use its torrent service",
+            )),
             Err(e) => Err(store_failure(e)),
         }
     }
@@ -573,7 +676,14 @@ impl TorrentService {
     /// torrent, when a magnet has waited [`ADD_ANSWER_WAIT`] for its metadata (the job goes
     /// on), or with the reason it failed (the job is then gone). `announce`: also send the
     /// "added" notification (the chat door answers with a message itself).
-    pub fn add(self: &Rc<Self>, owner: BareJid, text: &str, opts: AddOptions, announce: bool, done: Done) {
+    pub fn add(
+        self: &Rc<Self>,
+        owner: BareJid,
+        text: &str,
+        opts: AddOptions,
+        announce: bool,
+        done: Done,
+    ) {
         let input = match parse_add(text, self.cfg.fetch_max_bytes) {
             Ok(i) => i,
             Err(f) => return done(Err(f)),
@@ -610,17 +720,20 @@ impl TorrentService {
             }
         }
         let server = self.store_server();
-        let (id, number, created) = match store::insert(&server.store, account, &source, state, &peers) {
-            Ok(v) => v,
-            Err(e) => return done(Err(store_failure(e))),
-        };
+        let (id, number, created) =
+            match store::insert(&server.store, account, &source, state, &peers) {
+                Ok(v) => v,
+                Err(e) => return done(Err(store_failure(e))),
+            };
         if let AddInput::Torrent(bytes) = &input
             && let Err(e) = store::set_metainfo(&server.store, id, bytes)
         {
             tracing::warn!("cannot keep the .torrent of job {id}: {e}");
         }
         let (name, info_hash) = match &input {
-            AddInput::Magnet { name, info_hash, .. } => (name.clone(), Some(info_hash.clone())),
+            AddInput::Magnet {
+                name, info_hash, ..
+            } => (name.clone(), Some(info_hash.clone())),
             _ => (None, None),
         };
         self.jobs.borrow_mut().insert(Job {
@@ -660,11 +773,18 @@ impl TorrentService {
 
     /// One job per torrent on the server (librqbit keeps one per info hash); only its owner
     /// learns which job it is.
-    fn check_duplicate(&self, owner: &BareJid, info_hash: &str, except: Option<i64>) -> Result<(), Failure> {
+    fn check_duplicate(
+        &self,
+        owner: &BareJid,
+        info_hash: &str,
+        except: Option<i64>,
+    ) -> Result<(), Failure> {
         let jobs = self.jobs.borrow();
-        let other = jobs
-            .all()
-            .find(|j| Some(j.id) != except && j.state != State::Failed && j.info_hash.as_deref() == Some(info_hash));
+        let other = jobs.all().find(|j| {
+            Some(j.id) != except
+                && j.state != State::Failed
+                && j.info_hash.as_deref() == Some(info_hash)
+        });
         match other {
             Some(j) if &j.owner == owner => Err(Failure::new(
                 Condition::Conflict,
@@ -681,12 +801,25 @@ impl TorrentService {
     /// The job is accepted: its requester hears so, and (once) the owner's devices.
     fn accept(self: &Rc<Self>, id: i64, done: Done, resolving: bool) {
         let Some(job) = self.jobs.borrow().get(id).cloned() else {
-            return done(Err(Failure::new(Condition::ItemNotFound, "the job was removed")));
+            return done(Err(Failure::new(
+                Condition::ItemNotFound,
+                "the job was removed",
+            )));
         };
         let text = if resolving {
-            format!("Added job {}: {} — waiting for the metadata from peers.", job.number, job.label())
+            format!(
+                "Added job {}: {} — waiting for the metadata from peers.",
+                job.number,
+                job.label()
+            )
         } else {
-            format!("Added job {}: {}{} — {}.", job.number, job.label(), size_note(job.total), job.state.as_str())
+            format!(
+                "Added job {}: {}{} — {}.",
+                job.number,
+                job.label(),
+                size_note(job.total),
+                job.state.as_str()
+            )
         };
         self.announce(id, NOTE_ADDED, "added", &text);
         done(Ok(Accepted { job, resolving }));
@@ -694,10 +827,21 @@ impl TorrentService {
 
     async fn run_add(self: Rc<Self>, id: i64, input: AddInput, paused: bool, slot: Slot) {
         // The job's peers: the magnet's `x.pe` and those given with the add.
-        let peers = self.jobs.borrow().get(id).map(|j| j.peers.clone()).unwrap_or_default();
+        let peers = self
+            .jobs
+            .borrow()
+            .get(id)
+            .map(|j| j.peers.clone())
+            .unwrap_or_default();
         let (bytes, peers) = match input {
             AddInput::Url(url) => {
-                let r = self.call(|reply| Cmd::Fetch { job: id, url, reply }).await;
+                let r = self
+                    .call(|reply| Cmd::Fetch {
+                        job: id,
+                        url,
+                        reply,
+                    })
+                    .await;
                 match r {
                     _ if !self.alive(id) => return removed_meanwhile(&slot),
                     Ok(b) => (b, peers),
@@ -707,7 +851,13 @@ impl TorrentService {
             AddInput::Magnet { uri, .. } => {
                 let timeout = Duration::from_secs(self.cfg.metadata_timeout_secs);
                 let r = self
-                    .call(|reply| Cmd::Resolve { job: id, magnet: uri, peers, timeout, reply })
+                    .call(|reply| Cmd::Resolve {
+                        job: id,
+                        magnet: uri,
+                        peers,
+                        timeout,
+                        reply,
+                    })
                     .await;
                 let res = match r {
                     _ if !self.alive(id) => return removed_meanwhile(&slot),
@@ -765,7 +915,11 @@ impl TorrentService {
             if let Ok(a) = r {
                 // Removed while the engine was adding it: nothing of value was downloaded yet.
                 let torrent = a.torrent;
-                self.send_ignoring(|reply| Cmd::Remove { torrent, delete_files: true, reply });
+                self.send_ignoring(|reply| Cmd::Remove {
+                    torrent,
+                    delete_files: true,
+                    reply,
+                });
             }
             return removed_meanwhile(&slot);
         }
@@ -779,7 +933,11 @@ impl TorrentService {
             j.name = a.name.clone().or(j.name.take());
             j.total = Some(a.total);
             j.folder = Some(a.folder.clone());
-            j.state = if paused { State::Paused } else { State::Downloading };
+            j.state = if paused {
+                State::Paused
+            } else {
+                State::Downloading
+            };
         });
         if let Err(e) = store::set_metainfo(&self.store_server().store, id, &bytes) {
             tracing::warn!("cannot keep the .torrent of job {id}: {e}");
@@ -791,7 +949,13 @@ impl TorrentService {
             None => {
                 let job = self.jobs.borrow().get(id).cloned();
                 if let Some(j) = job {
-                    let text = format!("Added job {}: {}{} — {}.", j.number, j.label(), size_note(j.total), j.state.as_str());
+                    let text = format!(
+                        "Added job {}: {}{} — {}.",
+                        j.number,
+                        j.label(),
+                        size_note(j.total),
+                        j.state.as_str()
+                    );
                     self.announce(id, NOTE_ADDED, "added", &text);
                 }
             }
@@ -825,7 +989,12 @@ impl TorrentService {
             Some(done) => {
                 let job = self.jobs.borrow_mut().remove(id);
                 if let Some(j) = job
-                    && let Err(e) = store::delete_unaccepted(&self.store_server().store, id, j.account, j.number)
+                    && let Err(e) = store::delete_unaccepted(
+                        &self.store_server().store,
+                        id,
+                        j.account,
+                        j.number,
+                    )
                 {
                     tracing::error!("cannot delete torrent job {id}: {e}");
                 }
@@ -861,7 +1030,12 @@ impl TorrentService {
         });
         let job = self.jobs.borrow().get(id).cloned();
         if let Some(j) = job {
-            let text = format!("Job {} finished: {}{}.", j.number, j.label(), size_note(j.total));
+            let text = format!(
+                "Job {} finished: {}{}.",
+                j.number,
+                j.label(),
+                size_note(j.total)
+            );
             self.announce(id, NOTE_FINISHED, "finished", &text);
         }
     }
@@ -888,7 +1062,13 @@ impl TorrentService {
         };
         if wanted {
             let payload = job.to_element(None).attr("event", event);
-            self.message(&job.owner, "chat", text, Some(payload), Some(&format!("{id}-{event}")));
+            self.message(
+                &job.owner,
+                "chat",
+                text,
+                Some(payload),
+                Some(&format!("{id}-{event}")),
+            );
         }
     }
 
@@ -898,8 +1078,17 @@ impl TorrentService {
 
     /// A message from the service to `to`'s bare JID, through normal delivery (and so the
     /// mailbox when `to` is offline; `headline` messages are not stored).
-    pub(super) fn message(&self, to: &BareJid, kind: &str, body: &str, payload: Option<Element>, id: Option<&str>) {
-        let Some(server) = self.server.upgrade() else { return };
+    pub(super) fn message(
+        &self,
+        to: &BareJid,
+        kind: &str,
+        body: &str,
+        payload: Option<Element>,
+        id: Option<&str>,
+    ) {
+        let Some(server) = self.server.upgrade() else {
+            return;
+        };
         let id = match id {
             Some(id) => format!("torrent-{id}"),
             None => {
@@ -935,45 +1124,79 @@ impl TorrentService {
             Vec::new()
         } else {
             let (tx, rx) = oneshot::channel();
-            self.send(Cmd::Stats { torrents: ids.clone(), reply: tx });
+            self.send(Cmd::Stats {
+                torrents: ids.clone(),
+                reply: tx,
+            });
             rx.await.unwrap_or_default()
         };
-        let by_id: HashMap<usize, Progress> =
-            ids.into_iter().zip(live).filter_map(|(i, p)| p.map(|p| (i, p))).collect();
-        jobs.iter().map(|j| j.torrent.and_then(|t| by_id.get(&t).cloned())).collect()
+        let by_id: HashMap<usize, Progress> = ids
+            .into_iter()
+            .zip(live)
+            .filter_map(|(i, p)| p.map(|p| (i, p)))
+            .collect();
+        jobs.iter()
+            .map(|j| j.torrent.and_then(|t| by_id.get(&t).cloned()))
+            .collect()
     }
 
     fn find(&self, owner: &BareJid, number: i64) -> Result<Job, Failure> {
-        self.jobs.borrow().find(owner, number).cloned().ok_or_else(|| Failure::no_job(number))
+        self.jobs
+            .borrow()
+            .find(owner, number)
+            .cloned()
+            .ok_or_else(|| Failure::no_job(number))
     }
 
-    pub async fn status(self: &Rc<Self>, owner: &BareJid, number: i64) -> Result<(Job, Option<Progress>), Failure> {
+    pub async fn status(
+        self: &Rc<Self>,
+        owner: &BareJid,
+        number: i64,
+    ) -> Result<(Job, Option<Progress>), Failure> {
         let job = self.find(owner, number)?;
         let p = self.stats(std::slice::from_ref(&job)).await.pop().flatten();
         Ok((job, p))
     }
 
-    pub async fn pause(self: &Rc<Self>, owner: &BareJid, number: i64) -> Result<(Job, Option<Progress>), Failure> {
+    pub async fn pause(
+        self: &Rc<Self>,
+        owner: &BareJid,
+        number: i64,
+    ) -> Result<(Job, Option<Progress>), Failure> {
         self.pause_resume(owner, number, true).await
     }
 
-    pub async fn resume(self: &Rc<Self>, owner: &BareJid, number: i64) -> Result<(Job, Option<Progress>), Failure> {
+    pub async fn resume(
+        self: &Rc<Self>,
+        owner: &BareJid,
+        number: i64,
+    ) -> Result<(Job, Option<Progress>), Failure> {
         self.pause_resume(owner, number, false).await
     }
 
-    async fn pause_resume(self: &Rc<Self>, owner: &BareJid, number: i64, pause: bool) -> Result<(Job, Option<Progress>), Failure> {
+    async fn pause_resume(
+        self: &Rc<Self>,
+        owner: &BareJid,
+        number: i64,
+        pause: bool,
+    ) -> Result<(Job, Option<Progress>), Failure> {
         let job = self.find(owner, number)?;
         match job.state {
             State::Fetching | State::Resolving => {
                 return Err(Failure::new(
                     Condition::NotAllowed,
-                    format!("job {number} is still waiting for its .torrent or metadata; remove it to cancel"),
+                    format!(
+                        "job {number} is still waiting for its .torrent or metadata; remove it to cancel"
+                    ),
                 ));
             }
             State::Failed => {
                 return Err(Failure::new(
                     Condition::NotAllowed,
-                    format!("job {number} failed ({}); remove it and add it again", job.error.as_deref().unwrap_or("?")),
+                    format!(
+                        "job {number} failed ({}); remove it and add it again",
+                        job.error.as_deref().unwrap_or("?")
+                    ),
                 ));
             }
             _ => {}
@@ -996,7 +1219,12 @@ impl TorrentService {
     }
 
     /// Removes a job (and its files, if asked). A fetch or a magnet still waiting is cancelled.
-    pub async fn remove(self: &Rc<Self>, owner: &BareJid, number: i64, delete_files: bool) -> Result<Job, Failure> {
+    pub async fn remove(
+        self: &Rc<Self>,
+        owner: &BareJid,
+        number: i64,
+        delete_files: bool,
+    ) -> Result<Job, Failure> {
         let job = self.find(owner, number)?;
         if job.state.pending() {
             let id = job.id;
@@ -1006,7 +1234,12 @@ impl TorrentService {
         }
         match job.torrent {
             Some(torrent) => {
-                self.call(|reply| Cmd::Remove { torrent, delete_files, reply }).await?;
+                self.call(|reply| Cmd::Remove {
+                    torrent,
+                    delete_files,
+                    reply,
+                })
+                .await?;
             }
             // Failed before the engine had it: nothing to remove there.
             None if job.state == State::Failed => {}
@@ -1024,7 +1257,10 @@ impl TorrentService {
     pub fn set_settings(&self, owner: &BareJid, s: Settings) -> Result<(), Failure> {
         let account = self.account(owner)?;
         if s.progress && self.cfg.progress_interval_secs == 0 {
-            return Err(Failure::new(Condition::NotAllowed, "progress messages are switched off on this server"));
+            return Err(Failure::new(
+                Condition::NotAllowed,
+                "progress messages are switched off on this server",
+            ));
         }
         store::set_settings(&self.store_server().store, account, s).map_err(store_failure)
     }
@@ -1048,11 +1284,17 @@ impl TorrentService {
                 .filter(|j| j.account == account && j.state == State::Downloading)
                 .cloned()
                 .collect();
-            let Some(owner) = jobs.first().map(|j| j.owner.clone()) else { continue };
+            let Some(owner) = jobs.first().map(|j| j.owner.clone()) else {
+                continue;
+            };
             let svc = self.clone();
             source::spawn_local(async move {
                 let stats = svc.stats(&jobs).await;
-                let lines: Vec<String> = jobs.iter().zip(&stats).map(|(j, p)| j.summary(p.as_ref())).collect();
+                let lines: Vec<String> = jobs
+                    .iter()
+                    .zip(&stats)
+                    .map(|(j, p)| j.summary(p.as_ref()))
+                    .collect();
                 svc.message(&owner, "headline", &lines.join("\n"), None, None);
             });
         }
@@ -1062,7 +1304,10 @@ impl TorrentService {
 fn removed_meanwhile(slot: &Slot) {
     let done = slot.borrow_mut().take();
     if let Some(done) = done {
-        done(Err(Failure::new(Condition::ItemNotFound, "the job was removed before it started")));
+        done(Err(Failure::new(
+            Condition::ItemNotFound,
+            "the job was removed before it started",
+        )));
     }
 }
 
@@ -1076,12 +1321,18 @@ fn not_ready(number: i64) -> Failure {
 fn quota_full(used: u64, max: u64) -> Failure {
     Failure::new(
         Condition::ResourceConstraint,
-        format!("your torrents use {} of your {} quota: remove some first", human_bytes(used), human_bytes(max)),
+        format!(
+            "your torrents use {} of your {} quota: remove some first",
+            human_bytes(used),
+            human_bytes(max)
+        ),
     )
 }
 
 fn size_note(total: Option<u64>) -> String {
-    total.map(|t| format!(" ({})", human_bytes(t))).unwrap_or_default()
+    total
+        .map(|t| format!(" ({})", human_bytes(t)))
+        .unwrap_or_default()
 }
 
 fn store_failure(e: crate::store::StoreError) -> Failure {

@@ -65,7 +65,11 @@ pub fn now() -> i64 {
 }
 
 fn peers_to_text(peers: &[SocketAddr]) -> String {
-    peers.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(",")
+    peers
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Every job of the server, with its owner's JID.
@@ -120,7 +124,10 @@ pub fn insert(
     peers: &[SocketAddr],
 ) -> Result<(i64, i64, i64), StoreError> {
     store.transaction(|tx| {
-        tx.execute("INSERT OR IGNORE INTO torrent_settings (account) VALUES (?1)", [account])?;
+        tx.execute(
+            "INSERT OR IGNORE INTO torrent_settings (account) VALUES (?1)",
+            [account],
+        )?;
         let number: i64 = tx.query_row(
             "SELECT next_number FROM torrent_settings WHERE account = ?1",
             [account],
@@ -134,7 +141,14 @@ pub fn insert(
         tx.execute(
             "INSERT INTO torrent_jobs (account, number, source, state, peers, created)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![account, number, source, state.as_str(), peers_to_text(peers), created],
+            params![
+                account,
+                number,
+                source,
+                state.as_str(),
+                peers_to_text(peers),
+                created
+            ],
         )?;
         Ok((tx.last_insert_rowid(), number, created))
     })
@@ -164,28 +178,40 @@ pub fn update(store: &Store, job: &Job) -> Result<(), StoreError> {
 }
 
 pub fn set_metainfo(store: &Store, id: i64, bytes: &[u8]) -> Result<(), StoreError> {
-    store
-        .conn()
-        .execute("UPDATE torrent_jobs SET metainfo = ?2 WHERE id = ?1", params![id, bytes])?;
+    store.conn().execute(
+        "UPDATE torrent_jobs SET metainfo = ?2 WHERE id = ?1",
+        params![id, bytes],
+    )?;
     Ok(())
 }
 
 pub fn metainfo(store: &Store, id: i64) -> Result<Option<Vec<u8>>, StoreError> {
     Ok(store
         .conn()
-        .query_row("SELECT metainfo FROM torrent_jobs WHERE id = ?1", [id], |r| r.get(0))
+        .query_row(
+            "SELECT metainfo FROM torrent_jobs WHERE id = ?1",
+            [id],
+            |r| r.get(0),
+        )
         .optional()?
         .flatten())
 }
 
 pub fn delete(store: &Store, id: i64) -> Result<(), StoreError> {
-    store.conn().execute("DELETE FROM torrent_jobs WHERE id = ?1", [id])?;
+    store
+        .conn()
+        .execute("DELETE FROM torrent_jobs WHERE id = ?1", [id])?;
     Ok(())
 }
 
 /// Deletes a job that was never accepted, and hands its number back if it was the last one
 /// given out (so a failed add does not make the owner's next job "2").
-pub fn delete_unaccepted(store: &Store, id: i64, account: i64, number: i64) -> Result<(), StoreError> {
+pub fn delete_unaccepted(
+    store: &Store,
+    id: i64,
+    account: i64,
+    number: i64,
+) -> Result<(), StoreError> {
     store.transaction(|tx| {
         tx.execute("DELETE FROM torrent_jobs WHERE id = ?1", [id])?;
         tx.execute(
@@ -200,7 +226,9 @@ pub fn settings(store: &Store, account: i64) -> Result<Settings, StoreError> {
     let row = store
         .conn()
         .prepare_cached("SELECT notify, progress FROM torrent_settings WHERE account = ?1")?
-        .query_row([account], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        .query_row([account], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })
         .optional()?;
     Ok(match row {
         Some((notify, progress)) => Settings {
@@ -238,7 +266,8 @@ mod tests {
         let store = Store::open_in_memory().unwrap();
         store.create_account("alice", "localhost", &[]).unwrap();
         let acc = store.account_id("alice", "localhost").unwrap().unwrap();
-        let peers: Vec<SocketAddr> = vec!["127.0.0.1:1".parse().unwrap(), "[::1]:2".parse().unwrap()];
+        let peers: Vec<SocketAddr> =
+            vec!["127.0.0.1:1".parse().unwrap(), "[::1]:2".parse().unwrap()];
         let (id, n1, _) = insert(&store, acc, "magnet:?xt=x", State::Resolving, &peers).unwrap();
         let (id2, n2, _) = insert(&store, acc, "http://x", State::Fetching, &[]).unwrap();
         assert_eq!((n1, n2), (1, 2));
@@ -259,10 +288,20 @@ mod tests {
         update(&store, j).unwrap();
         set_metainfo(&store, id, b"d1:xi1ee").unwrap();
         assert_eq!(metainfo(&store, id).unwrap().unwrap(), b"d1:xi1ee");
-        let j = load_all(&store).unwrap().into_iter().find(|j| j.id == id).unwrap();
-        assert_eq!((j.state, j.notified, j.total), (State::Finished, 5, Some(42)));
+        let j = load_all(&store)
+            .unwrap()
+            .into_iter()
+            .find(|j| j.id == id)
+            .unwrap();
+        assert_eq!(
+            (j.state, j.notified, j.total),
+            (State::Finished, 5, Some(42))
+        );
         assert_eq!(settings(&store, acc).unwrap(), Settings::default());
-        let s = Settings { notify: Notify::Done, progress: true };
+        let s = Settings {
+            notify: Notify::Done,
+            progress: true,
+        };
         set_settings(&store, acc, s).unwrap();
         assert_eq!(settings(&store, acc).unwrap(), s);
         assert_eq!(progress_subscribers(&store).unwrap(), vec![acc]);

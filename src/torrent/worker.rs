@@ -24,8 +24,9 @@ use librqbit::api::TorrentIdOrHash;
 use librqbit::dht::DhtPersistenceConfig;
 use librqbit::limits::LimitsConfig;
 use librqbit::{
-    AddTorrent, AddTorrentOptions, AddTorrentResponse, DhtSessionConfig, ListenerMode, ListenerOptions, ManagedTorrent,
-    Session, SessionOptions, SessionPersistenceConfig, TorrentStatsState,
+    AddTorrent, AddTorrentOptions, AddTorrentResponse, DhtSessionConfig, ListenerMode,
+    ListenerOptions, ManagedTorrent, Session, SessionOptions, SessionPersistenceConfig,
+    TorrentStatsState,
 };
 use tokio::sync::oneshot;
 
@@ -54,7 +55,11 @@ pub type Reply<T> = oneshot::Sender<Result<T, Failure>>;
 /// Commands from the main loop.
 pub enum Cmd {
     /// Fetch a .torrent (cancellable by job).
-    Fetch { job: i64, url: String, reply: Reply<Vec<u8>> },
+    Fetch {
+        job: i64,
+        url: String,
+        reply: Reply<Vec<u8>>,
+    },
     /// Get a magnet's metadata without adding it (cancellable by job).
     Resolve {
         job: i64,
@@ -64,13 +69,28 @@ pub enum Cmd {
         reply: Reply<Resolved>,
     },
     /// Stop a Fetch or Resolve of this job: its reply is dropped.
-    Cancel { job: i64 },
+    Cancel {
+        job: i64,
+    },
     Add(AddRequest, Reply<Added>),
-    Pause { torrent: usize, reply: Reply<()> },
-    Resume { torrent: usize, reply: Reply<()> },
-    Remove { torrent: usize, delete_files: bool, reply: Reply<()> },
+    Pause {
+        torrent: usize,
+        reply: Reply<()>,
+    },
+    Resume {
+        torrent: usize,
+        reply: Reply<()>,
+    },
+    Remove {
+        torrent: usize,
+        delete_files: bool,
+        reply: Reply<()>,
+    },
     /// Live numbers; `None` for torrents the engine does not have.
-    Stats { torrents: Vec<usize>, reply: oneshot::Sender<Vec<Option<Progress>>> },
+    Stats {
+        torrents: Vec<usize>,
+        reply: oneshot::Sender<Vec<Option<Progress>>>,
+    },
 }
 
 pub struct AddRequest {
@@ -133,7 +153,13 @@ impl Worker {
         let thread = std::thread::Builder::new()
             .name("wockd-torrent".into())
             .spawn(move || run(settings, cmd_rx, ev_tx))?;
-        Ok((Worker { cmds: cmd_tx, thread: Some(thread) }, ev_rx))
+        Ok((
+            Worker {
+                cmds: cmd_tx,
+                thread: Some(thread),
+            },
+            ev_rx,
+        ))
     }
 
     /// Queues a command (never blocks). Should the engine be gone, the command and with it its
@@ -153,7 +179,10 @@ impl Drop for Worker {
 }
 
 fn engine_gone(why: &str) -> Failure {
-    Failure::new(Condition::ServiceUnavailable, format!("the torrent engine is not running: {why}"))
+    Failure::new(
+        Condition::ServiceUnavailable,
+        format!("the torrent engine is not running: {why}"),
+    )
 }
 
 impl Cmd {
@@ -183,7 +212,9 @@ fn run(settings: Settings, cmds: async_channel::Receiver<Cmd>, ev: async_channel
     {
         Ok(rt) => rt,
         Err(e) => {
-            let _ = ev.send_blocking(Event::StartFailed(format!("cannot start a tokio runtime: {e}")));
+            let _ = ev.send_blocking(Event::StartFailed(format!(
+                "cannot start a tokio runtime: {e}"
+            )));
             while let Ok(cmd) = cmds.recv_blocking() {
                 cmd.fail(engine_gone("no runtime"));
             }
@@ -191,7 +222,10 @@ fn run(settings: Settings, cmds: async_channel::Receiver<Cmd>, ev: async_channel
         }
     };
     rt.block_on(async move {
-        let started = match (start_session(&settings).await, Fetcher::new(settings.fetch.clone())) {
+        let started = match (
+            start_session(&settings).await,
+            Fetcher::new(settings.fetch.clone()),
+        ) {
             (Ok(s), Ok(f)) => Ok((s, Arc::new(f))),
             (Err(e), _) => Err(format!("{e:#}")),
             (_, Err(f)) => Err(f.text),
@@ -207,7 +241,8 @@ fn run(settings: Settings, cmds: async_channel::Receiver<Cmd>, ev: async_channel
                 return;
             }
         };
-        let restored: Vec<Arc<ManagedTorrent>> = session.with_torrents(|it| it.map(|(_, h)| h.clone()).collect());
+        let restored: Vec<Arc<ManagedTorrent>> =
+            session.with_torrents(|it| it.map(|(_, h)| h.clone()).collect());
         let mut list = Vec::new();
         for h in restored {
             list.push(Restored {
@@ -231,7 +266,13 @@ fn run(settings: Settings, cmds: async_channel::Receiver<Cmd>, ev: async_channel
                     });
                     tasks.insert(job, t.abort_handle());
                 }
-                Cmd::Resolve { job, magnet, peers, timeout, reply } => {
+                Cmd::Resolve {
+                    job,
+                    magnet,
+                    peers,
+                    timeout,
+                    reply,
+                } => {
                     let session = session.clone();
                     let t = tokio::spawn(async move {
                         let _ = reply.send(resolve(&session, magnet, peers, timeout).await);
@@ -255,7 +296,10 @@ fn run(settings: Settings, cmds: async_channel::Receiver<Cmd>, ev: async_channel
                         let r = match session.get(TorrentIdOrHash::Id(torrent)) {
                             None => Err(missing(torrent)),
                             Some(h) if h.is_paused() => Ok(()),
-                            Some(h) => session.pause(&h).await.map_err(|e| engine_error("cannot pause", e)),
+                            Some(h) => session
+                                .pause(&h)
+                                .await
+                                .map_err(|e| engine_error("cannot pause", e)),
                         };
                         let _ = reply.send(r);
                     });
@@ -279,7 +323,11 @@ fn run(settings: Settings, cmds: async_channel::Receiver<Cmd>, ev: async_channel
                         let _ = reply.send(r);
                     });
                 }
-                Cmd::Remove { torrent, delete_files, reply } => {
+                Cmd::Remove {
+                    torrent,
+                    delete_files,
+                    reply,
+                } => {
                     let session = session.clone();
                     tokio::spawn(async move {
                         let r = session
@@ -308,7 +356,10 @@ fn run(settings: Settings, cmds: async_channel::Receiver<Cmd>, ev: async_channel
 }
 
 fn missing(torrent: usize) -> Failure {
-    Failure::new(Condition::ItemNotFound, format!("the engine has no torrent {torrent}"))
+    Failure::new(
+        Condition::ItemNotFound,
+        format!("the engine has no torrent {torrent}"),
+    )
 }
 
 fn engine_error(what: &str, e: anyhow::Error) -> Failure {
@@ -321,8 +372,9 @@ async fn start_session(s: &Settings) -> anyhow::Result<Arc<Session>> {
     let listen = match s.listen {
         None => None,
         Some((ip, [first, last])) => {
-            let port = free_port(ip, first, last)
-                .ok_or_else(|| anyhow::anyhow!("no free port for peers in {first}..={last} on {ip}"))?;
+            let port = free_port(ip, first, last).ok_or_else(|| {
+                anyhow::anyhow!("no free port for peers in {first}..={last} on {ip}")
+            })?;
             Some(ListenerOptions {
                 mode: ListenerMode::TcpOnly,
                 listen_addr: SocketAddr::new(ip, port),
@@ -380,7 +432,10 @@ fn progress(h: &ManagedTorrent) -> Progress {
             .map(|d| d.as_secs())
             .filter(|_| !s.finished),
         peers: live.map(|l| l.snapshot.peer_stats.live).unwrap_or(0),
-        paused: matches!(s.state, TorrentStatsState::Paused | TorrentStatsState::Initializing { paused: true }),
+        paused: matches!(
+            s.state,
+            TorrentStatsState::Paused | TorrentStatsState::Initializing { paused: true }
+        ),
         error: s.error,
     }
 }
@@ -415,7 +470,12 @@ async fn watch(h: Arc<ManagedTorrent>, session: Weak<Session>, ev: async_channel
     }
 }
 
-async fn resolve(session: &Arc<Session>, magnet: String, peers: Vec<SocketAddr>, timeout: Duration) -> Result<Resolved, Failure> {
+async fn resolve(
+    session: &Arc<Session>,
+    magnet: String,
+    peers: Vec<SocketAddr>,
+    timeout: Duration,
+) -> Result<Resolved, Failure> {
     let opts = AddTorrentOptions {
         list_only: true,
         initial_peers: Some(peers.clone()),
@@ -426,7 +486,10 @@ async fn resolve(session: &Arc<Session>, magnet: String, peers: Vec<SocketAddr>,
         Err(_) => {
             return Err(Failure::new(
                 Condition::RemoteServerTimeout,
-                format!("no peer sent the torrent's metadata within {} s", timeout.as_secs()),
+                format!(
+                    "no peer sent the torrent's metadata within {} s",
+                    timeout.as_secs()
+                ),
             ));
         }
         Ok(Err(e)) => {
@@ -458,21 +521,40 @@ async fn resolve(session: &Arc<Session>, magnet: String, peers: Vec<SocketAddr>,
                 peers: all,
             })
         }
-        AddTorrentResponse::AlreadyManaged(..) | AddTorrentResponse::Added(..) => Err(Failure::new(
-            Condition::Conflict,
-            "this torrent is already being downloaded on this server",
-        )),
+        AddTorrentResponse::AlreadyManaged(..) | AddTorrentResponse::Added(..) => {
+            Err(Failure::new(
+                Condition::Conflict,
+                "this torrent is already being downloaded on this server",
+            ))
+        }
     }
 }
 
-async fn add(session: &Arc<Session>, req: AddRequest, ev: async_channel::Sender<Event>) -> Result<Added, Failure> {
-    let not_torrent = |e: &dyn std::fmt::Display| Failure::new(Condition::NotAcceptable, format!("not a valid .torrent: {e}"));
+async fn add(
+    session: &Arc<Session>,
+    req: AddRequest,
+    ev: async_channel::Sender<Event>,
+) -> Result<Added, Failure> {
+    let not_torrent = |e: &dyn std::fmt::Display| {
+        Failure::new(
+            Condition::NotAcceptable,
+            format!("not a valid .torrent: {e}"),
+        )
+    };
     let meta = librqbit::torrent_from_bytes(&req.bytes).map_err(|e| not_torrent(&e))?;
     let info_hash = meta.info_hash.as_string();
     if session.get(TorrentIdOrHash::Hash(meta.info_hash)).is_some() {
-        return Err(Failure::new(Condition::Conflict, "this torrent is already being downloaded on this server"));
+        return Err(Failure::new(
+            Condition::Conflict,
+            "this torrent is already being downloaded on this server",
+        ));
     }
-    let info = meta.info.data.clone().validate().map_err(|e| not_torrent(&e))?;
+    let info = meta
+        .info
+        .data
+        .clone()
+        .validate()
+        .map_err(|e| not_torrent(&e))?;
     let total = info.lengths().total_length();
     if let Some(max) = req.max_bytes
         && total > max
@@ -493,12 +575,18 @@ async fn add(session: &Arc<Session>, req: AddRequest, ev: async_channel::Sender<
         None => choose_folder(&req.user_dir, name.as_deref(), multi, &info_hash),
     };
     if !folder.starts_with(&req.user_dir) {
-        return Err(Failure::new(Condition::NotAcceptable, "the torrent's folder would leave your download folder"));
+        return Err(Failure::new(
+            Condition::NotAcceptable,
+            "the torrent's folder would leave your download folder",
+        ));
     }
     drop(meta);
-    tokio::fs::create_dir_all(&folder)
-        .await
-        .map_err(|e| Failure::new(Condition::InternalServerError, format!("cannot create {}: {e}", folder.display())))?;
+    tokio::fs::create_dir_all(&folder).await.map_err(|e| {
+        Failure::new(
+            Condition::InternalServerError,
+            format!("cannot create {}: {e}", folder.display()),
+        )
+    })?;
     let opts = AddTorrentOptions {
         paused: req.paused,
         // Needed to resume over files already there (a re-add after a restart).
@@ -507,7 +595,10 @@ async fn add(session: &Arc<Session>, req: AddRequest, ev: async_channel::Sender<
         initial_peers: Some(req.peers),
         ..Default::default()
     };
-    match session.add_torrent(AddTorrent::from_bytes(req.bytes), Some(opts)).await {
+    match session
+        .add_torrent(AddTorrent::from_bytes(req.bytes), Some(opts))
+        .await
+    {
         Ok(AddTorrentResponse::Added(id, h)) => {
             tokio::spawn(watch(h, Arc::downgrade(session), ev));
             Ok(Added {
@@ -518,8 +609,14 @@ async fn add(session: &Arc<Session>, req: AddRequest, ev: async_channel::Sender<
                 folder,
             })
         }
-        Ok(_) => Err(Failure::new(Condition::Conflict, "this torrent is already being downloaded on this server")),
-        Err(e) => Err(Failure::new(Condition::NotAcceptable, format!("cannot add the torrent: {e:#}"))),
+        Ok(_) => Err(Failure::new(
+            Condition::Conflict,
+            "this torrent is already being downloaded on this server",
+        )),
+        Err(e) => Err(Failure::new(
+            Condition::NotAcceptable,
+            format!("cannot add the torrent: {e:#}"),
+        )),
     }
 }
 
@@ -567,8 +664,14 @@ mod tests {
             assert!(f.starts_with(u));
         }
         std::fs::write(u.join("a.iso"), b"x").unwrap();
-        assert_eq!(choose_folder(u, Some("a.iso"), false, h), u.join("01234567"));
+        assert_eq!(
+            choose_folder(u, Some("a.iso"), false, h),
+            u.join("01234567")
+        );
         std::fs::create_dir(u.join("dir")).unwrap();
-        assert_eq!(choose_folder(u, Some("dir"), true, h), u.join("dir (01234567)"));
+        assert_eq!(
+            choose_folder(u, Some("dir"), true, h),
+            u.join("dir (01234567)")
+        );
     }
 }

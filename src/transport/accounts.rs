@@ -85,9 +85,17 @@ pub fn form_fields(prpl: &str) -> Vec<Field> {
             let (kind, default) = match p::purple_account_option_get_type(o) {
                 p::PURPLE_PREF_BOOLEAN => (
                     FieldKind::Bool,
-                    if p::purple_account_option_get_default_bool(o) != 0 { "1" } else { "0" }.to_owned(),
+                    if p::purple_account_option_get_default_bool(o) != 0 {
+                        "1"
+                    } else {
+                        "0"
+                    }
+                    .to_owned(),
                 ),
-                p::PURPLE_PREF_INT => (FieldKind::Int, p::purple_account_option_get_default_int(o).to_string()),
+                p::PURPLE_PREF_INT => (
+                    FieldKind::Int,
+                    p::purple_account_option_get_default_int(o).to_string(),
+                ),
                 p::PURPLE_PREF_STRING_LIST => {
                     let items = glist(p::purple_account_option_get_list(o))
                         .into_iter()
@@ -96,7 +104,10 @@ pub fn form_fields(prpl: &str) -> Vec<Field> {
                             (string((*kv).key), string((*kv).value as *const _))
                         })
                         .collect();
-                    (FieldKind::List(items), string(p::purple_account_option_get_default_list_value(o)))
+                    (
+                        FieldKind::List(items),
+                        string(p::purple_account_option_get_default_list_value(o)),
+                    )
                 }
                 _ => {
                     let kind = if p::purple_account_option_get_masked(o) != 0 {
@@ -241,7 +252,11 @@ pub fn attach(server: &Rc<Server>, rec: &LegacyAccount) -> Option<i64> {
     let index = match legacy.get(&rec.id) {
         Some(l) => l.index,
         None => (0..)
-            .find(|i| !legacy.values().any(|l| l.owner == owner && l.service == rec.service && l.index == *i))
+            .find(|i| {
+                !legacy
+                    .values()
+                    .any(|l| l.owner == owner && l.service == rec.service && l.index == *i)
+            })
             .unwrap_or(0),
     };
     legacy.entry(rec.id).or_insert_with(|| Legacy {
@@ -266,7 +281,9 @@ pub fn login(server: &Rc<Server>, id: i64) {
         return;
     }
     let t = Transport::get(server);
-    let Some(acc) = t.legacy.borrow().get(&id).map(|l| l.account) else { return };
+    let Some(acc) = t.legacy.borrow().get(&id).map(|l| l.account) else {
+        return;
+    };
     let password = match server.store.legacy_account(id) {
         Ok(Some(rec)) => rec.password,
         _ => None,
@@ -285,7 +302,12 @@ pub fn login(server: &Rc<Server>, id: i64) {
         p::purple_account_set_enabled(acc, ui.as_ptr(), 1);
         let st = p::purple_account_get_status_type_with_primitive(acc, p::PURPLE_STATUS_AVAILABLE);
         if !st.is_null() {
-            p::purple_account_set_status_list(acc, p::purple_status_type_get_id(st), 1, std::ptr::null_mut());
+            p::purple_account_set_status_list(
+                acc,
+                p::purple_status_type_get_id(st),
+                1,
+                std::ptr::null_mut(),
+            );
         }
         if p::purple_account_is_disconnected(acc) != 0 {
             p::purple_account_connect(acc);
@@ -339,7 +361,11 @@ pub fn label(server: &Server, id: i64) -> String {
 
 /// The connection of an online account.
 pub fn connection(server: &Server, id: i64) -> Option<*mut p::PurpleConnection> {
-    let acc = Transport::get(server).legacy.borrow().get(&id).map(|l| l.account)?;
+    let acc = Transport::get(server)
+        .legacy
+        .borrow()
+        .get(&id)
+        .map(|l| l.account)?;
     // SAFETY: main thread, live account.
     let gc = unsafe { p::purple_account_get_connection(acc) };
     if gc.is_null() {

@@ -45,7 +45,11 @@ fn response(node: &str, session: &str, status: &str) -> Element {
 }
 
 fn note(el: Element, kind: &str, text: &str) -> Element {
-    el.child(Element::new("note", forms::COMMANDS).attr("type", kind).text(text))
+    el.child(
+        Element::new("note", forms::COMMANDS)
+            .attr("type", kind)
+            .text(text),
+    )
 }
 
 type Outcome = Result<Element, (Condition, String)>;
@@ -55,7 +59,10 @@ pub fn execute(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, cmd: &El
     if !COMMANDS.iter().any(|(n, _)| *n == node) {
         return Err((Condition::ItemNotFound, "no such command".into()));
     }
-    let session = cmd.get_attr("sessionid").map(str::to_owned).unwrap_or_else(super::messages::new_id);
+    let session = cmd
+        .get_attr("sessionid")
+        .map(str::to_owned)
+        .unwrap_or_else(super::messages::new_id);
     if cmd.get_attr("action") == Some("cancel") {
         return Ok(response(node, &session, "canceled"));
     }
@@ -70,15 +77,26 @@ pub fn execute(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, cmd: &El
             let Some(l) = legacy.get(id) else { continue };
             lines.push(format!("{}: {}", l.username, state_text(&l.state)));
         }
-        let text = if lines.is_empty() { "No accounts; register with this gateway.".to_owned() } else { lines.join("\n") };
+        let text = if lines.is_empty() {
+            "No accounts; register with this gateway.".to_owned()
+        } else {
+            lines.join("\n")
+        };
         return Ok(note(response(node, &session, "completed"), "info", &text));
     }
     if ids.is_empty() {
-        return Ok(note(response(node, &session, "completed"), "warn", "No accounts; register with this gateway."));
+        return Ok(note(
+            response(node, &session, "completed"),
+            "warn",
+            "No accounts; register with this gateway.",
+        ));
     }
     let choose = || {
         let mut f = FormField::new("account", "list-single", Some("Account")).required(true);
-        f.options = ids.iter().map(|id| (accounts::label(server, *id), id.to_string())).collect();
+        f.options = ids
+            .iter()
+            .map(|id| (accounts::label(server, *id), id.to_string()))
+            .collect();
         f.values.push(ids[0].to_string());
         f
     };
@@ -87,12 +105,23 @@ pub fn execute(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, cmd: &El
         if node == "settings" && ids.len() == 1 {
             fields.extend(settings_fields(server, info, ids[0]));
         }
-        let title = COMMANDS.iter().find(|(n, _)| *n == node).map(|(_, t)| *t).unwrap_or("");
+        let title = COMMANDS
+            .iter()
+            .find(|(n, _)| *n == node)
+            .map(|(_, t)| *t)
+            .unwrap_or("");
         return Ok(response(node, &session, "executing")
-            .child(Element::new("actions", forms::COMMANDS).attr("execute", "complete").child(Element::new("complete", forms::COMMANDS)))
+            .child(
+                Element::new("actions", forms::COMMANDS)
+                    .attr("execute", "complete")
+                    .child(Element::new("complete", forms::COMMANDS)),
+            )
             .child(forms::form(None, title, "", &fields)));
     };
-    let Some(id) = forms::value(&values, "account").and_then(|v| v.parse::<i64>().ok()).filter(|id| ids.contains(id)) else {
+    let Some(id) = forms::value(&values, "account")
+        .and_then(|v| v.parse::<i64>().ok())
+        .filter(|id| ids.contains(id))
+    else {
         return Err((Condition::BadRequest, "choose one of your accounts".into()));
     };
     let label = accounts::label(server, id);
@@ -117,7 +146,9 @@ pub fn execute(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, cmd: &El
             let _ = server.store.set_legacy_enabled(id, false);
             accounts::logout(server, id, LinkState::Disabled);
             super::service::announce(server, &owner, &info.domain);
-            done(format!("{label}: disabled; it stays logged out until enabled."))
+            done(format!(
+                "{label}: disabled; it stays logged out until enabled."
+            ))
         }
         "remove" => {
             accounts::remove(server, id);
@@ -125,18 +156,38 @@ pub fn execute(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, cmd: &El
             done(format!("{label}: removed."))
         }
         "settings" => {
-            if !values.iter().any(|(k, _)| k.starts_with("opt:") || k == "password") {
+            if !values
+                .iter()
+                .any(|(k, _)| k.starts_with("opt:") || k == "password")
+            {
                 // First the account, now its settings.
                 return Ok(response(node, &session, "executing")
-                    .child(Element::new("actions", forms::COMMANDS).attr("execute", "complete").child(Element::new("complete", forms::COMMANDS)))
-                    .child(forms::form(None, "Settings", &label, &[vec![choose()], settings_fields(server, info, id)].concat())));
+                    .child(
+                        Element::new("actions", forms::COMMANDS)
+                            .attr("execute", "complete")
+                            .child(Element::new("complete", forms::COMMANDS)),
+                    )
+                    .child(forms::form(
+                        None,
+                        "Settings",
+                        &label,
+                        &[vec![choose()], settings_fields(server, info, id)].concat(),
+                    )));
             }
             let Ok(Some(rec)) = server.store.legacy_account(id) else {
-                return Err((Condition::InternalServerError, "cannot read the account".into()));
+                return Err((
+                    Condition::InternalServerError,
+                    "cannot read the account".into(),
+                ));
             };
             let mut settings = rec.settings.clone();
-            for f in accounts::form_fields(&info.prpl).into_iter().filter(|f| f.var.starts_with("opt:")) {
-                let Some(v) = forms::value(&values, &f.var) else { continue };
+            for f in accounts::form_fields(&info.prpl)
+                .into_iter()
+                .filter(|f| f.var.starts_with("opt:"))
+            {
+                let Some(v) = forms::value(&values, &f.var) else {
+                    continue;
+                };
                 let v = match f.kind {
                     FieldKind::Bool => if forms::truthy(v) { "1" } else { "0" }.to_owned(),
                     _ => v.to_owned(),
@@ -145,7 +196,10 @@ pub fn execute(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, cmd: &El
                 settings.retain(|(k, _)| *k != key);
                 settings.push((key, v));
             }
-            let password = forms::value(&values, "password").filter(|p| !p.is_empty()).map(str::to_owned).or(rec.password.clone());
+            let password = forms::value(&values, "password")
+                .filter(|p| !p.is_empty())
+                .map(str::to_owned)
+                .or(rec.password.clone());
             let saved = server.store.save_legacy_account(
                 (&rec.owner.0, &rec.owner.1),
                 &rec.service,
@@ -155,7 +209,10 @@ pub fn execute(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, cmd: &El
                 &settings,
             );
             if saved.is_err() {
-                return Err((Condition::InternalServerError, "cannot store the settings".into()));
+                return Err((
+                    Condition::InternalServerError,
+                    "cannot store the settings".into(),
+                ));
             }
             if let Ok(Some(rec)) = server.store.legacy_account(id) {
                 accounts::logout(server, id, LinkState::Offline);
@@ -169,9 +226,22 @@ pub fn execute(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, cmd: &El
 }
 
 fn settings_fields(server: &Server, info: &ServiceInfo, id: i64) -> Vec<FormField> {
-    let current = server.store.legacy_account(id).ok().flatten().map(|r| r.settings).unwrap_or_default();
-    let mut out = vec![FormField::new("password", "text-private", Some("New password (empty: unchanged)"))];
-    for f in accounts::form_fields(&info.prpl).into_iter().filter(|f| f.var.starts_with("opt:")) {
+    let current = server
+        .store
+        .legacy_account(id)
+        .ok()
+        .flatten()
+        .map(|r| r.settings)
+        .unwrap_or_default();
+    let mut out = vec![FormField::new(
+        "password",
+        "text-private",
+        Some("New password (empty: unchanged)"),
+    )];
+    for f in accounts::form_fields(&info.prpl)
+        .into_iter()
+        .filter(|f| f.var.starts_with("opt:"))
+    {
         let key = &f.var[4..];
         let value = current
             .iter()

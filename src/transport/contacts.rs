@@ -46,10 +46,19 @@ pub fn install_ui_ops() {
 fn buddy_ctx(b: *mut p::PurpleBuddy) -> Option<(Rc<Server>, i64, BareJid, BareJid, String)> {
     let server = core::server()?;
     // SAFETY: b is live during the signal.
-    let (acc, name) = unsafe { (p::purple_buddy_get_account(b), string(p::purple_buddy_get_name(b))) };
+    let (acc, name) = unsafe {
+        (
+            p::purple_buddy_get_account(b),
+            string(p::purple_buddy_get_name(b)),
+        )
+    };
     let t = Transport::get(&server);
     let id = t.id_of(acc)?;
-    let (owner, protocol) = t.legacy.borrow().get(&id).map(|l| (l.owner.clone(), l.protocol.clone()))?;
+    let (owner, protocol) = t
+        .legacy
+        .borrow()
+        .get(&id)
+        .map(|l| (l.owner.clone(), l.protocol.clone()))?;
     let name = messages::peer_name(&protocol, &name);
     let contact = t.contact_jid(id, &name)?;
     Some((server, id, owner, contact, name))
@@ -60,7 +69,11 @@ fn write_item(server: &Server, owner: &BareJid, contact: &BareJid, b: *mut p::Pu
     let (alias, group) = unsafe {
         let alias = opt_string(p::purple_buddy_get_alias(b)).unwrap_or_default();
         let g = p::purple_buddy_get_group(b);
-        let group = if g.is_null() { None } else { opt_string(p::purple_group_get_name(g)) };
+        let group = if g.is_null() {
+            None
+        } else {
+            opt_string(p::purple_group_get_name(g))
+        };
         (alias, group)
     };
     let groups: Vec<String> = group.into_iter().collect();
@@ -68,30 +81,46 @@ fn write_item(server: &Server, owner: &BareJid, contact: &BareJid, b: *mut p::Pu
 }
 
 unsafe extern "C" fn buddy_added(b: *mut p::PurpleBuddy, _d: *mut c_void) {
-    let Some((server, _, owner, contact, _)) = buddy_ctx(b) else { return };
+    let Some((server, _, owner, contact, _)) = buddy_ctx(b) else {
+        return;
+    };
     write_item(&server, &owner, &contact, b);
 }
 
 unsafe extern "C" fn buddy_removed(b: *mut p::PurpleBuddy, _d: *mut c_void) {
-    let Some((server, _, owner, contact, _)) = buddy_ctx(b) else { return };
+    let Some((server, _, owner, contact, _)) = buddy_ctx(b) else {
+        return;
+    };
     roster_bridge::remove_item(&server, &owner, &contact.to_string());
-    let p = Element::stanza("presence").attr("from", contact.to_string()).attr("to", owner.to_string()).attr("type", "unavailable");
+    let p = Element::stanza("presence")
+        .attr("from", contact.to_string())
+        .attr("to", owner.to_string())
+        .attr("type", "unavailable");
     super::to_available(&server, &owner, &p);
 }
 
 unsafe extern "C" fn buddy_changed(b: *mut p::PurpleBuddy, _d: *mut c_void) {
-    let Some((server, _, owner, contact, _)) = buddy_ctx(b) else { return };
+    let Some((server, _, owner, contact, _)) = buddy_ctx(b) else {
+        return;
+    };
     super::to_available(&server, &owner, &presence_of(b, &contact, &owner));
 }
 
-unsafe extern "C" fn buddy_status(b: *mut p::PurpleBuddy, _old: *mut p::PurpleStatus, _new: *mut p::PurpleStatus, _d: *mut c_void) {
+unsafe extern "C" fn buddy_status(
+    b: *mut p::PurpleBuddy,
+    _old: *mut p::PurpleStatus,
+    _new: *mut p::PurpleStatus,
+    _d: *mut c_void,
+) {
     // SAFETY: forwarded with the same liveness.
     unsafe { buddy_changed(b, _d) };
 }
 
 /// The XMPP presence for a buddy's current status.
 fn presence_of(b: *mut p::PurpleBuddy, contact: &BareJid, owner: &BareJid) -> Element {
-    let mut el = Element::stanza("presence").attr("from", contact.to_string()).attr("to", owner.to_string());
+    let mut el = Element::stanza("presence")
+        .attr("from", contact.to_string())
+        .attr("to", owner.to_string());
     // SAFETY: live buddy; presence and status are owned by it.
     unsafe {
         let presence = p::purple_buddy_get_presence(b);
@@ -126,7 +155,14 @@ fn presence_of(b: *mut p::PurpleBuddy, contact: &BareJid, owner: &BareJid) -> El
 /// After a connect: every buddy the account has goes into the roster, with its presence.
 pub fn sync(server: &Server, id: i64) {
     let t = Transport::get(server);
-    let Some((acc, owner)) = t.legacy.borrow().get(&id).map(|l| (l.account, l.owner.clone())) else { return };
+    let Some((acc, owner)) = t
+        .legacy
+        .borrow()
+        .get(&id)
+        .map(|l| (l.account, l.owner.clone()))
+    else {
+        return;
+    };
     // SAFETY: main thread; the returned GSList is ours to free (not its buddies).
     let buddies = unsafe {
         let list = p::purple_find_buddies(acc, std::ptr::null());
@@ -158,7 +194,9 @@ pub fn user_status(server: &Rc<Server>, info: &ServiceInfo, owner: &BareJid, el:
         if super::accounts::connection(server, id).is_none() {
             continue;
         }
-        let Some(acc) = t.legacy.borrow().get(&id).map(|l| l.account) else { continue };
+        let Some(acc) = t.legacy.borrow().get(&id).map(|l| l.account) else {
+            continue;
+        };
         // SAFETY: main thread, live account; the attribute list holds borrowed C strings that
         // outlive the call, and is freed (not its data) afterwards.
         unsafe {
@@ -177,7 +215,12 @@ pub fn user_status(server: &Rc<Server>, info: &ServiceInfo, owner: &BareJid, el:
                 attrs = glib::ffi::g_list_append(attrs, key.as_ptr() as glib::ffi::gpointer);
                 attrs = glib::ffi::g_list_append(attrs, val.as_ptr() as glib::ffi::gpointer);
             }
-            p::purple_account_set_status_list(acc, p::purple_status_type_get_id(st), 1, attrs as *mut p::GList);
+            p::purple_account_set_status_list(
+                acc,
+                p::purple_status_type_get_id(st),
+                1,
+                attrs as *mut p::GList,
+            );
             glib::ffi::g_list_free(attrs);
         }
     }
@@ -221,11 +264,23 @@ fn remove_buddy(acc: *mut p::PurpleAccount, name: &str) {
 }
 
 /// Presence from the user to a contact JID (subscriptions and probes).
-pub fn presence_to_contact(server: &Rc<Server>, info: &ServiceInfo, owner: &BareJid, node: &str, kind: Option<&str>) {
+pub fn presence_to_contact(
+    server: &Rc<Server>,
+    info: &ServiceInfo,
+    owner: &BareJid,
+    node: &str,
+    kind: Option<&str>,
+) {
     let t = Transport::get(server);
-    let Some((id, name)) = t.resolve(owner, &info.domain, node) else { return };
-    let Some(contact) = t.contact_jid(id, &name) else { return };
-    let Some(acc) = t.legacy.borrow().get(&id).map(|l| l.account) else { return };
+    let Some((id, name)) = t.resolve(owner, &info.domain, node) else {
+        return;
+    };
+    let Some(contact) = t.contact_jid(id, &name) else {
+        return;
+    };
+    let Some(acc) = t.legacy.borrow().get(&id).map(|l| l.account) else {
+        return;
+    };
     let reply = |kind: &str| {
         Element::stanza("presence")
             .attr("from", contact.to_string())
@@ -253,7 +308,11 @@ pub fn presence_to_contact(server: &Rc<Server>, info: &ServiceInfo, owner: &Bare
         }
         Some("probe") => {
             let b = find_buddy(acc, &name);
-            let el = if b.is_null() { reply("unavailable") } else { presence_of(b, &contact, owner) };
+            let el = if b.is_null() {
+                reply("unavailable")
+            } else {
+                presence_of(b, &contact, owner)
+            };
             super::to_available(server, owner, &el);
         }
         _ => {}
@@ -262,13 +321,22 @@ pub fn presence_to_contact(server: &Rc<Server>, info: &ServiceInfo, owner: &Bare
 
 /// Names of the buddies of an account (for commands and tests).
 pub fn buddy_names(server: &Server, id: i64) -> Vec<String> {
-    let Some(acc) = Transport::get(server).legacy.borrow().get(&id).map(|l| l.account) else { return Vec::new() };
+    let Some(acc) = Transport::get(server)
+        .legacy
+        .borrow()
+        .get(&id)
+        .map(|l| l.account)
+    else {
+        return Vec::new();
+    };
     // SAFETY: as in `sync`.
     unsafe {
         let list = p::purple_find_buddies(acc, std::ptr::null());
-        let names = gslist(list).into_iter().map(|b| string(p::purple_buddy_get_name(b as *mut p::PurpleBuddy))).collect();
+        let names = gslist(list)
+            .into_iter()
+            .map(|b| string(p::purple_buddy_get_name(b as *mut p::PurpleBuddy)))
+            .collect();
         glib::ffi::g_slist_free(list as *mut glib::ffi::GSList);
         names
     }
 }
-

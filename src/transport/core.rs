@@ -11,8 +11,8 @@
 //!
 //! Checklist (`../shared/reference/libpurple.md` §3.1): user dir under the data dir, debug
 //! output into `tracing` (target `purple`, with credential lines redacted), event loop on GLib,
-//! DNS through GIO's asynchronous resolver (no forked helper processes), D-Bus off, logging
-//! and idle reporting off.
+//! DNS through GIO's asynchronous resolver and no SRV lookups (so no forked helper processes),
+//! D-Bus off, logging and idle reporting off.
 //!
 //! One user dir serves every wockd user: libpurple keeps one global user dir, buddy list and
 //! account list per process, so per-user dirs would need one process per user. Nothing
@@ -53,6 +53,8 @@ thread_local! {
     static CORE: RefCell<Option<Core>> = const { RefCell::new(None) };
     /// Pending DNS queries (PurpleDnsQueryData pointer → cancellable).
     static DNS: RefCell<HashMap<usize, gio::Cancellable>> = RefCell::new(HashMap::new());
+    /// Pending SRV/TXT queries (PurpleSrvTxtQueryData pointer → still wanted).
+    static SRV: RefCell<std::collections::HashSet<usize>> = RefCell::new(Default::default());
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +82,11 @@ pub fn server() -> Option<Rc<Server>> {
 
 /// True on the thread that initialised libpurple. Every call into libpurple checks this.
 pub fn on_main_thread() -> bool {
-    CORE.with(|c| c.borrow().as_ref().is_some_and(|c| c.thread == std::thread::current().id()))
+    CORE.with(|c| {
+        c.borrow()
+            .as_ref()
+            .is_some_and(|c| c.thread == std::thread::current().id())
+    })
 }
 
 /// Initialises libpurple for `server`, with its user dir at `dir`.
@@ -132,6 +138,11 @@ pub fn init(server: &Rc<Server>, dir: &Path) -> Result<(), InitError> {
         p::purple_dnsquery_set_ui_ops(Box::leak(Box::new(p::PurpleDnsQueryUiOps {
             resolve_host: Some(dns_resolve),
             destroy: Some(dns_destroy),
+            ..Default::default()
+        })));
+        p::purple_srv_txt_query_set_ui_ops(Box::leak(Box::new(p::PurpleSrvTxtQueryUiOps {
+            resolve: Some(srv_resolve),
+            destroy: Some(srv_destroy),
             ..Default::default()
         })));
         if p::purple_core_init(ui.as_ptr()) == 0 {
@@ -222,12 +233,26 @@ fn pump_default_context() {
 
 // ---- event loop ui-ops (nullclient's GLib implementation) ---------------------------------
 
-unsafe extern "C" fn timeout_add(interval: p::guint, f: p::GSourceFunc, data: p::gpointer) -> p::guint {
+unsafe extern "C" fn timeout_add(
+    interval: p::guint,
+    f: p::GSourceFunc,
+    data: p::gpointer,
+) -> p::guint {
     // SAFETY: identical C function pointer types (bindgen's copy vs glib-sys's).
-    unsafe { g::g_timeout_add(interval, std::mem::transmute::<p::GSourceFunc, g::GSourceFunc>(f), data) }
+    unsafe {
+        g::g_timeout_add(
+            interval,
+            std::mem::transmute::<p::GSourceFunc, g::GSourceFunc>(f),
+            data,
+        )
+    }
 }
 
-unsafe extern "C" fn timeout_add_seconds(interval: p::guint, f: p::GSourceFunc, data: p::gpointer) -> p::guint {
+unsafe extern "C" fn timeout_add_seconds(
+    interval: p::guint,
+    f: p::GSourceFunc,
+    data: p::gpointer,
+) -> p::guint {
     // GLib rounds second timers up to the next whole second: a 0 s timer (prpl-irc's send
     // queue with rate limiting off) would wait up to a second. Use a plain timer for those.
     if interval == 0 {
@@ -235,7 +260,13 @@ unsafe extern "C" fn timeout_add_seconds(interval: p::guint, f: p::GSourceFunc, 
         return unsafe { timeout_add(0, f, data) };
     }
     // SAFETY: as above.
-    unsafe { g::g_timeout_add_seconds(interval, std::mem::transmute::<p::GSourceFunc, g::GSourceFunc>(f), data) }
+    unsafe {
+        g::g_timeout_add_seconds(
+            interval,
+            std::mem::transmute::<p::GSourceFunc, g::GSourceFunc>(f),
+            data,
+        )
+    }
 }
 
 unsafe extern "C" fn source_remove(handle: p::guint) -> p::gboolean {
@@ -283,7 +314,11 @@ unsafe extern "C" fn input_add(
     }
 }
 
-unsafe extern "C" fn input_invoke(_ch: *mut g::GIOChannel, cond: g::GIOCondition, data: g::gpointer) -> g::gboolean {
+unsafe extern "C" fn input_invoke(
+    _ch: *mut g::GIOChannel,
+    cond: g::GIOCondition,
+    data: g::gpointer,
+) -> g::gboolean {
     // SAFETY: `data` is the InputClosure of this watch, alive until input_destroy.
     let c = unsafe { &*(data as *const InputClosure) };
     let mut pc = 0;
@@ -318,20 +353,31 @@ fn redact(line: &str) -> String {
     line.to_owned()
 }
 
-unsafe extern "C" fn debug_print(level: p::PurpleDebugLevel, category: *const c_char, arg: *const c_char) {
+unsafe extern "C" fn debug_print(
+    level: p::PurpleDebugLevel,
+    category: *const c_char,
+    arg: *const c_char,
+) {
     let cat = string(category);
     let text = redact(string(arg).trim_end());
     match level {
-        p::PURPLE_DEBUG_FATAL | p::PURPLE_DEBUG_ERROR => tracing::error!(target: "purple", "{cat}: {text}"),
+        p::PURPLE_DEBUG_FATAL | p::PURPLE_DEBUG_ERROR => {
+            tracing::error!(target: "purple", "{cat}: {text}")
+        }
         p::PURPLE_DEBUG_WARNING => tracing::warn!(target: "purple", "{cat}: {text}"),
         p::PURPLE_DEBUG_INFO => tracing::debug!(target: "purple", "{cat}: {text}"),
         _ => tracing::trace!(target: "purple", "{cat}: {text}"),
     }
 }
 
-unsafe extern "C" fn debug_is_enabled(level: p::PurpleDebugLevel, _category: *const c_char) -> p::gboolean {
+unsafe extern "C" fn debug_is_enabled(
+    level: p::PurpleDebugLevel,
+    _category: *const c_char,
+) -> p::gboolean {
     let on = match level {
-        p::PURPLE_DEBUG_FATAL | p::PURPLE_DEBUG_ERROR => tracing::enabled!(target: "purple", tracing::Level::ERROR),
+        p::PURPLE_DEBUG_FATAL | p::PURPLE_DEBUG_ERROR => {
+            tracing::enabled!(target: "purple", tracing::Level::ERROR)
+        }
         p::PURPLE_DEBUG_WARNING => tracing::enabled!(target: "purple", tracing::Level::WARN),
         p::PURPLE_DEBUG_INFO => tracing::enabled!(target: "purple", tracing::Level::DEBUG),
         _ => tracing::enabled!(target: "purple", tracing::Level::TRACE),
@@ -347,7 +393,12 @@ unsafe extern "C" fn dns_resolve(
     failed: p::PurpleDnsQueryFailedCallback,
 ) -> p::gboolean {
     // SAFETY: q is a live query; libpurple owns the host string.
-    let (host, port) = unsafe { (string(p::purple_dnsquery_get_host(q)), p::purple_dnsquery_get_port(q) as u16) };
+    let (host, port) = unsafe {
+        (
+            string(p::purple_dnsquery_get_host(q)),
+            p::purple_dnsquery_get_port(q) as u16,
+        )
+    };
     let cancel = gio::Cancellable::new();
     DNS.with(|d| d.borrow_mut().insert(q as usize, cancel.clone()));
     let key = q as usize;
@@ -388,12 +439,42 @@ unsafe extern "C" fn dns_destroy(q: *mut p::PurpleDnsQueryData) {
     }
 }
 
+/// SRV/TXT lookups: libpurple would fork a resolver child. We answer "no records" (on the
+/// next loop turn: libpurple must first store the query handle), so prpl-jabber connects to
+/// the domain itself on the default port; `connect_server` in the account settings covers
+/// servers that need SRV. (TODO: real SRV through `g_resolver_lookup_service_async`.)
+unsafe extern "C" fn srv_resolve(
+    q: *mut p::PurpleSrvTxtQueryData,
+    _resolved: p::PurpleSrvTxtQueryResolvedCallback,
+    failed: p::PurpleSrvTxtQueryFailedCallback,
+) -> p::gboolean {
+    let key = q as usize;
+    SRV.with(|s| s.borrow_mut().insert(key));
+    crate::net::source::idle_once(move || {
+        if !SRV.with(|s| s.borrow_mut().remove(&key)) {
+            return;
+        }
+        let msg = cstring("SRV lookups are not used; connecting to the domain directly");
+        if let Some(cb) = failed {
+            // SAFETY: the query is still pending (not destroyed); libpurple copies the text.
+            unsafe { cb(key as *mut p::PurpleSrvTxtQueryData, msg.as_ptr()) };
+        }
+    });
+    g::GTRUE
+}
+
+unsafe extern "C" fn srv_destroy(q: *mut p::PurpleSrvTxtQueryData) {
+    SRV.with(|s| s.borrow_mut().remove(&(q as usize)));
+}
+
 /// dnsquery.h's result format: a GSList of alternating (address length, `struct sockaddr *`)
 /// entries, all g_malloc'd.
 fn hosts_list(addrs: &[gio::InetAddress], port: u16) -> *mut p::GSList {
     let mut list: *mut g::GSList = std::ptr::null_mut();
     for a in addrs {
-        let Ok(ip) = a.to_string().parse::<std::net::IpAddr>() else { continue };
+        let Ok(ip) = a.to_string().parse::<std::net::IpAddr>() else {
+            continue;
+        };
         let (mem, len) = match ip {
             std::net::IpAddr::V4(v4) => {
                 // SAFETY: zeroed sockaddr_in, then filled field by field.
@@ -401,7 +482,10 @@ fn hosts_list(addrs: &[gio::InetAddress], port: u16) -> *mut p::GSList {
                 sin.sin_family = libc::AF_INET as libc::sa_family_t;
                 sin.sin_port = port.to_be();
                 sin.sin_addr.s_addr = u32::from_ne_bytes(v4.octets());
-                (copy_to_gmalloc(&sin), std::mem::size_of::<libc::sockaddr_in>())
+                (
+                    copy_to_gmalloc(&sin),
+                    std::mem::size_of::<libc::sockaddr_in>(),
+                )
             }
             std::net::IpAddr::V6(v6) => {
                 // SAFETY: as above.
@@ -409,7 +493,10 @@ fn hosts_list(addrs: &[gio::InetAddress], port: u16) -> *mut p::GSList {
                 sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
                 sin6.sin6_port = port.to_be();
                 sin6.sin6_addr.s6_addr = v6.octets();
-                (copy_to_gmalloc(&sin6), std::mem::size_of::<libc::sockaddr_in6>())
+                (
+                    copy_to_gmalloc(&sin6),
+                    std::mem::size_of::<libc::sockaddr_in6>(),
+                )
             }
         };
         // SAFETY: appending to a list we own; GINT_TO_POINTER(len) as libpurple expects.
@@ -464,7 +551,10 @@ mod tests {
     #[test]
     fn credentials_are_redacted() {
         assert_eq!(redact("Sent: PASS hunter2"), "Sent: PASS [redacted]");
-        assert_eq!(redact("PRIVMSG NickServ :IDENTIFY me pw"), "PRIVMSG NickServ :IDENTIFY[redacted]");
+        assert_eq!(
+            redact("PRIVMSG NickServ :IDENTIFY me pw"),
+            "PRIVMSG NickServ :IDENTIFY[redacted]"
+        );
         assert_eq!(redact("JOIN #x"), "JOIN #x");
     }
 }

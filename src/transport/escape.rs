@@ -17,7 +17,9 @@ const TABLE: [(char, &str); 10] = [
 ];
 
 fn is_escape_seq(s: &str) -> bool {
-    TABLE.iter().any(|(_, e)| s.len() >= 3 && s[..3].eq_ignore_ascii_case(e))
+    TABLE
+        .iter()
+        .any(|(_, e)| s.len() >= 3 && s[..3].eq_ignore_ascii_case(e))
 }
 
 /// Escapes a legacy name for use as a JID node. A backslash is escaped only where it would
@@ -48,7 +50,9 @@ pub fn unescape(node: &str) -> String {
     while i < node.len() {
         let rest = &node[i..];
         if rest.starts_with('\\')
-            && let Some((c, _)) = TABLE.iter().find(|(_, e)| rest.len() >= 3 && rest[..3].eq_ignore_ascii_case(e))
+            && let Some((c, _)) = TABLE
+                .iter()
+                .find(|(_, e)| rest.len() >= 3 && rest[..3].eq_ignore_ascii_case(e))
         {
             out.push(*c);
             i += 3;
@@ -63,7 +67,11 @@ pub fn unescape(node: &str) -> String {
 
 /// Contact node for `name` on the account with disambiguation index `n` (0 = none).
 pub fn contact_node(name: &str, n: usize) -> String {
-    if n == 0 { escape(name) } else { format!("{}%{}", escape(name), n + 1) }
+    if n == 0 {
+        escape(name)
+    } else {
+        format!("{}%{}", escape(name), n + 1)
+    }
 }
 
 /// Splits a contact node into (legacy name, account index).
@@ -84,7 +92,10 @@ mod tests {
     #[test]
     fn xep0106_examples() {
         assert_eq!(escape("space cadet"), "space\\20cadet");
-        assert_eq!(escape("call me \"ishmael\""), "call\\20me\\20\\22ishmael\\22");
+        assert_eq!(
+            escape("call me \"ishmael\""),
+            "call\\20me\\20\\22ishmael\\22"
+        );
         assert_eq!(escape("at&t guy"), "at\\26t\\20guy");
         assert_eq!(escape("d'artagnan"), "d\\27artagnan");
         assert_eq!(escape("/.fanboy"), "\\2f.fanboy");
@@ -95,7 +106,13 @@ mod tests {
         assert_eq!(escape("c:\\\\net"), "c\\3a\\\\net");
         assert_eq!(escape("c:\\cool stuff"), "c\\3a\\cool\\20stuff");
         assert_eq!(escape("c:\\5commas"), "c\\3a\\5c5commas");
-        for s in ["space cadet", "user@host", "c:\\5commas", "#wockd", "bob@localhost/res"] {
+        for s in [
+            "space cadet",
+            "user@host",
+            "c:\\5commas",
+            "#wockd",
+            "bob@localhost/res",
+        ] {
             assert_eq!(unescape(&escape(s)), s);
         }
     }

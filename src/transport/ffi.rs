@@ -120,6 +120,9 @@ mod tests {
 
     #[test]
     fn escapes_plain_text_as_markup() {
-        assert_eq!(text_to_html("a<b & 'c'\nd"), "a&lt;b &amp; &apos;c&apos;<br>d");
+        assert_eq!(
+            text_to_html("a<b & 'c'\nd"),
+            "a&lt;b &amp; &apos;c&apos;<br>d"
+        );
     }
 }

@@ -81,7 +81,12 @@ impl FormField {
 }
 
 /// `<x xmlns='jabber:x:data' type='form'>` with an optional FORM_TYPE.
-pub fn form(form_type: Option<&str>, title: &str, instructions: &str, fields: &[FormField]) -> Element {
+pub fn form(
+    form_type: Option<&str>,
+    title: &str,
+    instructions: &str,
+    fields: &[FormField],
+) -> Element {
     let mut x = Element::new("x", DATA).attr("type", "form");
     if !title.is_empty() {
         x.push(Element::new("title", DATA).text(title));
@@ -90,7 +95,11 @@ pub fn form(form_type: Option<&str>, title: &str, instructions: &str, fields: &[
         x.push(Element::new("instructions", DATA).text(instructions));
     }
     if let Some(t) = form_type {
-        x.push(FormField::new("FORM_TYPE", "hidden", None).value(t).to_element());
+        x.push(
+            FormField::new("FORM_TYPE", "hidden", None)
+                .value(t)
+                .to_element(),
+        );
     }
     for f in fields {
         x.push(f.to_element());
@@ -143,10 +152,14 @@ mod tests {
             Some(REGISTER),
             "t",
             "i",
-            &[FormField::new("a", "text-single", Some("A")).value("v").required(true)],
+            &[FormField::new("a", "text-single", Some("A"))
+                .value("v")
+                .required(true)],
         );
         let s = x.to_string();
-        assert!(s.contains("<field type=\"hidden\" var=\"FORM_TYPE\"><value>jabber:iq:register</value></field>"));
+        assert!(s.contains(
+            "<field type=\"hidden\" var=\"FORM_TYPE\"><value>jabber:iq:register</value></field>"
+        ));
         let mut sub = x.clone();
         sub.set_attr("type", "submit");
         let vals = submitted(&sub).unwrap();

@@ -7,8 +7,8 @@
 //!   account stays connected meanwhile.
 //! * Our own sends come back through `write_im` with `PURPLE_MESSAGE_SEND` and are dropped
 //!   (the XMPP client has them). Messages the user sent from another legacy client arrive
-//!   with `PURPLE_MESSAGE_REMOTE_SEND`; they should become XEP-0280 sent carbons, but wockd
-//!   has no carbons yet, so they are only logged (TODO when carbons land).
+//!   with `PURPLE_MESSAGE_SEND | PURPLE_MESSAGE_REMOTE_SEND` (also through `write_conv`) and
+//!   become XEP-0280 `<sent/>` carbons to the user's carbon-enabled devices.
 //! * XMPP → legacy: the body is escaped into libpurple markup and sent through the IM
 //!   conversation (created if needed). Chat states `composing`/`paused`/`active` map to
 //!   `serv_send_typing`; typing signals from the prpl map back (not stored: `no-store`).
@@ -72,7 +72,12 @@ unsafe extern "C" fn write_im(
     mtime: p::time_t,
 ) {
     // SAFETY: conv is live during the ui-op.
-    let (acc, name) = unsafe { (p::purple_conversation_get_account(conv), string(p::purple_conversation_get_name(conv))) };
+    let (acc, name) = unsafe {
+        (
+            p::purple_conversation_get_account(conv),
+            string(p::purple_conversation_get_name(conv)),
+        )
+    };
     incoming(acc, &name, &string(message), flags, mtime as i64);
 }
 
@@ -90,12 +95,19 @@ unsafe extern "C" fn write_conv(
             return;
         }
         let acc = p::purple_conversation_get_account(conv);
-        let peer = opt_string(p::purple_conversation_get_name(conv)).unwrap_or_else(|| string(name));
+        let peer =
+            opt_string(p::purple_conversation_get_name(conv)).unwrap_or_else(|| string(name));
         incoming(acc, &peer, &string(message), flags, mtime as i64);
     }
 }
 
-fn incoming(acc: *mut p::PurpleAccount, peer: &str, html: &str, flags: p::PurpleMessageFlags, mtime: i64) {
+fn incoming(
+    acc: *mut p::PurpleAccount,
+    peer: &str,
+    html: &str,
+    flags: p::PurpleMessageFlags,
+    mtime: i64,
+) {
     let Some(server) = core::server() else { return };
     let t = Transport::get(&server);
     let Some(id) = t.id_of(acc) else { return };
@@ -111,7 +123,7 @@ fn incoming(acc: *mut p::PurpleAccount, peer: &str, html: &str, flags: p::Purple
     };
     if flags & p::PURPLE_MESSAGE_SEND != 0 {
         if flags & p::PURPLE_MESSAGE_REMOTE_SEND != 0 {
-            tracing::debug!(%contact, "message sent from another legacy client; no carbons yet");
+            sent_elsewhere(&server, &owner, &service, &contact, html);
         }
         return;
     }
@@ -122,7 +134,11 @@ fn incoming(acc: *mut p::PurpleAccount, peer: &str, html: &str, flags: p::Purple
             .attr("to", owner.to_string())
             .attr("type", "error")
             .attr("id", new_id());
-        m.push(crate::stanza::error_element(Condition::RecipientUnavailable.default_type(), Condition::RecipientUnavailable, Some(&text)));
+        m.push(crate::stanza::error_element(
+            Condition::RecipientUnavailable.default_type(),
+            Condition::RecipientUnavailable,
+            Some(&text),
+        ));
         super::to_available(&server, &owner, &m);
         return;
     }
@@ -152,6 +168,20 @@ fn incoming(acc: *mut p::PurpleAccount, peer: &str, html: &str, flags: p::Purple
     crate::modules::message::deliver_to_bare(&server, None, &owner, m);
 }
 
+/// The user wrote to `contact` from another client of the legacy network: the user's devices
+/// get an XEP-0280 `<sent/>` carbon, as if a resource named after the service had sent it.
+fn sent_elsewhere(server: &Rc<Server>, owner: &jid::BareJid, service: &str, contact: &jid::BareJid, html: &str) {
+    let text = html_to_text(html);
+    let Ok(from) = FullJid::new(&format!("{owner}/{service}")) else { return };
+    let m = Element::stanza("message")
+        .attr("from", from.to_string())
+        .attr("to", contact.to_string())
+        .attr("type", "chat")
+        .attr("id", new_id())
+        .child(Element::new("body", ns::CLIENT).text(text));
+    crate::modules::carbons::sent(server, &from, &m);
+}
+
 /// UTC timestamp as XEP-0082 `DateTime`.
 pub fn rfc3339(unix: i64) -> String {
     let days = unix.div_euclid(86_400);
@@ -167,14 +197,21 @@ pub fn rfc3339(unix: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = if m <= 2 { y + 1 } else { y };
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
 }
 
 /// A chat message (or bare chat state) from the user to a legacy contact.
 pub fn to_legacy(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, node: &str, el: Element) {
     let owner = from.to_bare();
     let t = Transport::get(server);
-    let Some((id, name)) = t.resolve(&owner, &info.domain, node) else { return };
+    let Some((id, name)) = t.resolve(&owner, &info.domain, node) else {
+        return;
+    };
     let Some(gc) = accounts::connection(server, id) else {
         return super::service::bounce(
             server,
@@ -206,12 +243,19 @@ pub fn to_legacy(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, node: 
     // muc::destroy_conversation's counterpart for IMs: never by us while in use).
     unsafe {
         let acc = p::purple_connection_get_account(gc);
-        let mut conv = p::purple_find_conversation_with_account(p::PURPLE_CONV_TYPE_IM, c_name.as_ptr(), acc);
+        let mut conv =
+            p::purple_find_conversation_with_account(p::PURPLE_CONV_TYPE_IM, c_name.as_ptr(), acc);
         if conv.is_null() {
             conv = p::purple_conversation_new(p::PURPLE_CONV_TYPE_IM, acc, c_name.as_ptr());
         }
         if conv.is_null() {
-            return super::service::bounce(server, from, &el, Condition::InternalServerError, "cannot open a conversation");
+            return super::service::bounce(
+                server,
+                from,
+                &el,
+                Condition::InternalServerError,
+                "cannot open a conversation",
+            );
         }
         let html = cstring(&text_to_html(&body));
         p::purple_conv_im_send(p::purple_conversation_get_im_data(conv), html.as_ptr());
@@ -222,9 +266,18 @@ fn chat_state(acc: *mut p::PurpleAccount, name: *const c_char, state: &str) {
     let Some(server) = core::server() else { return };
     let t = Transport::get(&server);
     let Some(id) = t.id_of(acc) else { return };
-    let Some(owner) = t.legacy.borrow().get(&id).map(|l| l.owner.clone()) else { return };
-    let protocol = t.legacy.borrow().get(&id).map(|l| l.protocol.clone()).unwrap_or_default();
-    let Some(contact) = t.contact_jid(id, &peer_name(&protocol, &string(name))) else { return };
+    let Some(owner) = t.legacy.borrow().get(&id).map(|l| l.owner.clone()) else {
+        return;
+    };
+    let protocol = t
+        .legacy
+        .borrow()
+        .get(&id)
+        .map(|l| l.protocol.clone())
+        .unwrap_or_default();
+    let Some(contact) = t.contact_jid(id, &peer_name(&protocol, &string(name))) else {
+        return;
+    };
     let m = Element::stanza("message")
         .attr("from", contact.to_string())
         .attr("to", owner.to_string())
@@ -242,7 +295,11 @@ unsafe extern "C" fn typed(acc: *mut p::PurpleAccount, name: *const c_char, _dat
     chat_state(acc, name, "paused");
 }
 
-unsafe extern "C" fn typing_stopped(acc: *mut p::PurpleAccount, name: *const c_char, _data: *mut c_void) {
+unsafe extern "C" fn typing_stopped(
+    acc: *mut p::PurpleAccount,
+    name: *const c_char,
+    _data: *mut c_void,
+) {
     chat_state(acc, name, "active");
 }
 
@@ -254,7 +311,10 @@ mod tests {
     fn timestamps() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
-        assert_eq!(peer_name("prpl-jabber", "bob@localhost/wockd"), "bob@localhost");
+        assert_eq!(
+            peer_name("prpl-jabber", "bob@localhost/wockd"),
+            "bob@localhost"
+        );
         assert_eq!(peer_name("prpl-irc", "bob"), "bob");
     }
 }

@@ -111,12 +111,20 @@ impl Transport {
     }
 
     pub fn service(&self, domain: &str) -> Option<ServiceInfo> {
-        self.services.borrow().iter().find(|s| s.domain == domain).cloned()
+        self.services
+            .borrow()
+            .iter()
+            .find(|s| s.domain == domain)
+            .cloned()
     }
 
     /// The legacy account id for a libpurple account pointer.
     pub fn id_of(&self, acc: *mut purple_sys::PurpleAccount) -> Option<i64> {
-        self.legacy.borrow().values().find(|l| l.account == acc).map(|l| l.id)
+        self.legacy
+            .borrow()
+            .values()
+            .find(|l| l.account == acc)
+            .map(|l| l.id)
     }
 
     /// The user's legacy accounts on a service, by id (index order).
@@ -146,7 +154,12 @@ impl Transport {
     pub fn contact_jid(&self, id: i64, name: &str) -> Option<BareJid> {
         let legacy = self.legacy.borrow();
         let l = legacy.get(&id)?;
-        BareJid::new(&format!("{}@{}", escape::contact_node(name, l.index), l.service)).ok()
+        BareJid::new(&format!(
+            "{}@{}",
+            escape::contact_node(name, l.index),
+            l.service
+        ))
+        .ok()
     }
 }
 
@@ -181,12 +194,24 @@ pub fn install(server: &Rc<Server>) {
     let mut list: Vec<(String, String, Option<String>, BTreeMap<String, String>)> = cfg
         .services
         .iter()
-        .map(|s| (s.domain.clone(), s.prpl.clone(), s.name.clone(), s.defaults.clone()))
+        .map(|s| {
+            (
+                s.domain.clone(),
+                s.prpl.clone(),
+                s.name.clone(),
+                s.defaults.clone(),
+            )
+        })
         .collect();
     if list.is_empty() {
         let d = server.config.default_domain().to_owned();
         list.push((format!("irc.{d}"), "prpl-irc".into(), None, BTreeMap::new()));
-        list.push((format!("xmpp.{d}"), "prpl-jabber".into(), None, BTreeMap::new()));
+        list.push((
+            format!("xmpp.{d}"),
+            "prpl-jabber".into(),
+            None,
+            BTreeMap::new(),
+        ));
     }
     let t = Transport::get(server);
     for (domain, prpl, name, defaults) in list {
@@ -196,7 +221,12 @@ pub fn install(server: &Rc<Server>) {
         };
         tracing::info!(%domain, %prpl, "IM transport service");
         t.services.borrow_mut().push(info);
-        server.add_service(&domain, Rc::new(service::Gateway { domain: domain.clone() }));
+        server.add_service(
+            &domain,
+            Rc::new(service::Gateway {
+                domain: domain.clone(),
+            }),
+        );
     }
     accounts::load_all(server);
 }

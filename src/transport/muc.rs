@@ -45,9 +45,13 @@ fn is_irc_channel(name: &str) -> bool {
 /// True if `node@service` names a room for this user.
 pub fn is_room(server: &Server, owner: &BareJid, service: &str, node: &str) -> bool {
     let t = Transport::get(server);
-    let Some((id, name)) = t.resolve(owner, service, node) else { return false };
+    let Some((id, name)) = t.resolve(owner, service, node) else {
+        return false;
+    };
     let legacy = t.legacy.borrow();
-    let Some(l) = legacy.get(&id) else { return false };
+    let Some(l) = legacy.get(&id) else {
+        return false;
+    };
     l.rooms.contains_key(&name) || (l.protocol == "prpl-irc" && is_irc_channel(&name))
 }
 
@@ -78,10 +82,19 @@ fn send_to_joined(server: &Server, id: i64, room: &str, build: impl Fn(&FullJid)
     }
 }
 
-fn occupant_presence(room_jid: &BareJid, nick: &str, to: &FullJid, role: &str, statuses: &[&str]) -> Element {
+fn occupant_presence(
+    room_jid: &BareJid,
+    nick: &str,
+    to: &FullJid,
+    role: &str,
+    statuses: &[&str],
+) -> Element {
     let mut x = Element::new("x", forms::MUC_USER).child(
         Element::new("item", forms::MUC_USER)
-            .attr("affiliation", if role == "moderator" { "admin" } else { "none" })
+            .attr(
+                "affiliation",
+                if role == "moderator" { "admin" } else { "none" },
+            )
             .attr("role", role),
     );
     for s in statuses {
@@ -98,22 +111,38 @@ fn occupant_presence(room_jid: &BareJid, nick: &str, to: &FullJid, role: &str, s
 }
 
 /// Presence from the user to `room@service/nick`: join or leave.
-pub fn presence_from_user(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, node: &str, nick: &str, el: Element) {
+pub fn presence_from_user(
+    server: &Rc<Server>,
+    info: &ServiceInfo,
+    from: &FullJid,
+    node: &str,
+    nick: &str,
+    el: Element,
+) {
     let owner = from.to_bare();
     let t = Transport::get(server);
-    let Some((id, room)) = t.resolve(&owner, &info.domain, node) else { return };
-    let Some(room_jid) = t.contact_jid(id, &room) else { return };
+    let Some((id, room)) = t.resolve(&owner, &info.domain, node) else {
+        return;
+    };
+    let Some(room_jid) = t.contact_jid(id, &room) else {
+        return;
+    };
     match el.get_attr("type") {
         Some("unavailable") => {
             let last = {
                 let mut legacy = t.legacy.borrow_mut();
                 let Some(l) = legacy.get_mut(&id) else { return };
-                let Some(r) = l.rooms.get_mut(&room) else { return };
+                let Some(r) = l.rooms.get_mut(&room) else {
+                    return;
+                };
                 r.joined_by.retain(|j| j != from);
                 r.joined_by.is_empty()
             };
             let own = own_nick(server, id, &room).unwrap_or_else(|| nick.to_owned());
-            server.deliver_to_full(from, &occupant_presence(&room_jid, &own, from, "none", &["110"]));
+            server.deliver_to_full(
+                from,
+                &occupant_presence(&room_jid, &own, from, "none", &["110"]),
+            );
             if last {
                 leave_legacy(server, id, &room);
                 if let Some(l) = t.legacy.borrow_mut().get_mut(&id) {
@@ -160,7 +189,9 @@ pub fn presence_from_user(server: &Rc<Server>, info: &ServiceInfo, from: &FullJi
 
 /// Asks the prpl to join `room`.
 fn join_legacy(server: &Server, id: i64, room: &str, nick: &str) {
-    let Some(gc) = accounts::connection(server, id) else { return };
+    let Some(gc) = accounts::connection(server, id) else {
+        return;
+    };
     // SAFETY: main thread, live connection. The components table is created by the prpl and
     // destroyed here after serv_join_chat (which copies what it keeps).
     unsafe {
@@ -168,7 +199,9 @@ fn join_legacy(server: &Server, id: i64, room: &str, nick: &str) {
         if info.is_null() {
             return;
         }
-        let Some(defaults) = (*info).chat_info_defaults else { return };
+        let Some(defaults) = (*info).chat_info_defaults else {
+            return;
+        };
         let name = cstring(room);
         let comps = defaults(gc, name.as_ptr());
         if comps.is_null() {
@@ -188,10 +221,16 @@ fn join_legacy(server: &Server, id: i64, room: &str, nick: &str) {
 }
 
 fn find_chat(server: &Server, id: i64, room: &str) -> Option<*mut p::PurpleConversation> {
-    let acc = Transport::get(server).legacy.borrow().get(&id).map(|l| l.account)?;
+    let acc = Transport::get(server)
+        .legacy
+        .borrow()
+        .get(&id)
+        .map(|l| l.account)?;
     let name = cstring(room);
     // SAFETY: main thread; a borrowed live conversation or NULL.
-    let conv = unsafe { p::purple_find_conversation_with_account(p::PURPLE_CONV_TYPE_CHAT, name.as_ptr(), acc) };
+    let conv = unsafe {
+        p::purple_find_conversation_with_account(p::PURPLE_CONV_TYPE_CHAT, name.as_ptr(), acc)
+    };
     (!conv.is_null()).then_some(conv)
 }
 
@@ -205,8 +244,14 @@ fn leave_legacy(server: &Server, id: i64, room: &str) {
 fn own_nick(server: &Server, id: i64, room: &str) -> Option<String> {
     let conv = find_chat(server, id, room)?;
     // SAFETY: live chat conversation.
-    let n = unsafe { string(p::purple_conv_chat_get_nick(p::purple_conversation_get_chat_data(conv))) };
-    (!n.is_empty()).then_some(n).or_else(|| accounts::display_name(server, id))
+    let n = unsafe {
+        string(p::purple_conv_chat_get_nick(
+            p::purple_conversation_get_chat_data(conv),
+        ))
+    };
+    (!n.is_empty())
+        .then_some(n)
+        .or_else(|| accounts::display_name(server, id))
 }
 
 fn role_of(flags: p::PurpleConvChatBuddyFlags) -> &'static str {
@@ -220,31 +265,54 @@ fn role_of(flags: p::PurpleConvChatBuddyFlags) -> &'static str {
 /// Everything a session that joins an already-joined room must see.
 fn replay_state(server: &Server, id: i64, room: &str, to: &FullJid) {
     let t = Transport::get(server);
-    let Some(room_jid) = t.contact_jid(id, room) else { return };
-    let Some(conv) = find_chat(server, id, room) else { return };
+    let Some(room_jid) = t.contact_jid(id, room) else {
+        return;
+    };
+    let Some(conv) = find_chat(server, id, room) else {
+        return;
+    };
     let own = own_nick(server, id, room).unwrap_or_default();
     // SAFETY: live chat conversation; the user list is borrowed.
     let users: Vec<(String, p::PurpleConvChatBuddyFlags)> = unsafe {
-        glist(p::purple_conv_chat_get_users(p::purple_conversation_get_chat_data(conv)))
-            .into_iter()
-            .map(|cb| {
-                let cb = cb as *mut p::PurpleConvChatBuddy;
-                (string((*cb).name), (*cb).flags)
-            })
-            .collect()
+        glist(p::purple_conv_chat_get_users(
+            p::purple_conversation_get_chat_data(conv),
+        ))
+        .into_iter()
+        .map(|cb| {
+            let cb = cb as *mut p::PurpleConvChatBuddy;
+            (string((*cb).name), (*cb).flags)
+        })
+        .collect()
     };
     for (nick, flags) in &users {
         if *nick != own {
-            server.deliver_to_full(to, &occupant_presence(&room_jid, nick, to, role_of(*flags), &[]));
+            server.deliver_to_full(
+                to,
+                &occupant_presence(&room_jid, nick, to, role_of(*flags), &[]),
+            );
         }
     }
-    let asked = t.legacy.borrow().get(&id).and_then(|l| l.rooms.get(room)).map(|r| r.nick.clone()).unwrap_or_default();
+    let asked = t
+        .legacy
+        .borrow()
+        .get(&id)
+        .and_then(|l| l.rooms.get(room))
+        .map(|r| r.nick.clone())
+        .unwrap_or_default();
     let mut codes = vec!["110"];
     if asked != own {
         codes.push("210");
     }
-    server.deliver_to_full(to, &occupant_presence(&room_jid, &own, to, "participant", &codes));
-    let subject = t.legacy.borrow().get(&id).and_then(|l| l.rooms.get(room)).and_then(|r| r.subject.clone());
+    server.deliver_to_full(
+        to,
+        &occupant_presence(&room_jid, &own, to, "participant", &codes),
+    );
+    let subject = t
+        .legacy
+        .borrow()
+        .get(&id)
+        .and_then(|l| l.rooms.get(room))
+        .and_then(|r| r.subject.clone());
     server.deliver_to_full(
         to,
         &Element::stanza("message")
@@ -260,13 +328,20 @@ fn replay_state(server: &Server, id: i64, room: &str, to: &FullJid) {
 fn conv_room(conv: *mut p::PurpleConversation) -> Option<(Rc<Server>, i64, String)> {
     let server = core::server()?;
     // SAFETY: conv is live during the callback.
-    let (acc, name) = unsafe { (p::purple_conversation_get_account(conv), string(p::purple_conversation_get_name(conv))) };
+    let (acc, name) = unsafe {
+        (
+            p::purple_conversation_get_account(conv),
+            string(p::purple_conversation_get_name(conv)),
+        )
+    };
     let id = Transport::get(&server).id_of(acc)?;
     Some((server, id, name))
 }
 
 unsafe extern "C" fn chat_joined(conv: *mut p::PurpleConversation, _data: *mut c_void) {
-    let Some((server, id, room)) = conv_room(conv) else { return };
+    let Some((server, id, room)) = conv_room(conv) else {
+        return;
+    };
     let t = Transport::get(&server);
     let users = {
         let mut legacy = t.legacy.borrow_mut();
@@ -282,16 +357,34 @@ unsafe extern "C" fn chat_joined(conv: *mut p::PurpleConversation, _data: *mut c
     }
 }
 
-unsafe extern "C" fn topic_changed(conv: *mut p::PurpleConversation, who: *const c_char, topic: *const c_char, _d: *mut c_void) {
-    let Some((server, id, room)) = conv_room(conv) else { return };
+unsafe extern "C" fn topic_changed(
+    conv: *mut p::PurpleConversation,
+    who: *const c_char,
+    topic: *const c_char,
+    _d: *mut c_void,
+) {
+    let Some((server, id, room)) = conv_room(conv) else {
+        return;
+    };
     let t = Transport::get(&server);
     let topic = string(topic);
-    if let Some(r) = t.legacy.borrow_mut().get_mut(&id).and_then(|l| l.rooms.get_mut(&room)) {
+    if let Some(r) = t
+        .legacy
+        .borrow_mut()
+        .get_mut(&id)
+        .and_then(|l| l.rooms.get_mut(&room))
+    {
         r.subject = Some(topic.clone());
     }
-    let Some(room_jid) = t.contact_jid(id, &room) else { return };
+    let Some(room_jid) = t.contact_jid(id, &room) else {
+        return;
+    };
     let who = string(who);
-    let from = if who.is_empty() { room_jid.to_string() } else { format!("{room_jid}/{who}") };
+    let from = if who.is_empty() {
+        room_jid.to_string()
+    } else {
+        format!("{room_jid}/{who}")
+    };
     send_to_joined(&server, id, &room, |to| {
         Element::stanza("message")
             .attr("from", from.as_str())
@@ -302,10 +395,18 @@ unsafe extern "C" fn topic_changed(conv: *mut p::PurpleConversation, who: *const
     });
 }
 
-pub unsafe extern "C" fn chat_add_users(conv: *mut p::PurpleConversation, cbuddies: *mut p::GList, _new: p::gboolean) {
-    let Some((server, id, room)) = conv_room(conv) else { return };
+pub unsafe extern "C" fn chat_add_users(
+    conv: *mut p::PurpleConversation,
+    cbuddies: *mut p::GList,
+    _new: p::gboolean,
+) {
+    let Some((server, id, room)) = conv_room(conv) else {
+        return;
+    };
     let t = Transport::get(&server);
-    let Some(room_jid) = t.contact_jid(id, &room) else { return };
+    let Some(room_jid) = t.contact_jid(id, &room) else {
+        return;
+    };
     let own = own_nick(&server, id, &room).unwrap_or_default();
     // SAFETY: the list and its PurpleConvChatBuddy entries are borrowed for the call.
     let users: Vec<(String, p::PurpleConvChatBuddyFlags)> = unsafe {
@@ -321,24 +422,45 @@ pub unsafe extern "C" fn chat_add_users(conv: *mut p::PurpleConversation, cbuddi
         if nick == own {
             continue;
         }
-        if let Some(r) = t.legacy.borrow_mut().get_mut(&id).and_then(|l| l.rooms.get_mut(&room)) {
+        if let Some(r) = t
+            .legacy
+            .borrow_mut()
+            .get_mut(&id)
+            .and_then(|l| l.rooms.get_mut(&room))
+        {
             r.occupants.insert(nick.clone());
         }
-        send_to_joined(&server, id, &room, |to| occupant_presence(&room_jid, &nick, to, role_of(flags), &[]));
+        send_to_joined(&server, id, &room, |to| {
+            occupant_presence(&room_jid, &nick, to, role_of(flags), &[])
+        });
     }
 }
 
 pub unsafe extern "C" fn chat_remove_users(conv: *mut p::PurpleConversation, users: *mut p::GList) {
-    let Some((server, id, room)) = conv_room(conv) else { return };
+    let Some((server, id, room)) = conv_room(conv) else {
+        return;
+    };
     let t = Transport::get(&server);
-    let Some(room_jid) = t.contact_jid(id, &room) else { return };
+    let Some(room_jid) = t.contact_jid(id, &room) else {
+        return;
+    };
     // SAFETY: a borrowed list of borrowed names.
-    let nicks: Vec<String> = glist(users).into_iter().map(|n| string(n as *const c_char)).collect();
+    let nicks: Vec<String> = glist(users)
+        .into_iter()
+        .map(|n| string(n as *const c_char))
+        .collect();
     for nick in nicks {
-        if let Some(r) = t.legacy.borrow_mut().get_mut(&id).and_then(|l| l.rooms.get_mut(&room)) {
+        if let Some(r) = t
+            .legacy
+            .borrow_mut()
+            .get_mut(&id)
+            .and_then(|l| l.rooms.get_mut(&room))
+        {
             r.occupants.remove(&nick);
         }
-        send_to_joined(&server, id, &room, |to| occupant_presence(&room_jid, &nick, to, "none", &[]));
+        send_to_joined(&server, id, &room, |to| {
+            occupant_presence(&room_jid, &nick, to, "none", &[])
+        });
     }
 }
 
@@ -348,13 +470,22 @@ pub unsafe extern "C" fn chat_rename_user(
     new: *const c_char,
     _alias: *const c_char,
 ) {
-    let Some((server, id, room)) = conv_room(conv) else { return };
+    let Some((server, id, room)) = conv_room(conv) else {
+        return;
+    };
     let t = Transport::get(&server);
-    let Some(room_jid) = t.contact_jid(id, &room) else { return };
+    let Some(room_jid) = t.contact_jid(id, &room) else {
+        return;
+    };
     let (old, new) = (string(old), string(new));
     let own = own_nick(&server, id, &room).unwrap_or_default();
     let is_self = own == new;
-    if let Some(r) = t.legacy.borrow_mut().get_mut(&id).and_then(|l| l.rooms.get_mut(&room)) {
+    if let Some(r) = t
+        .legacy
+        .borrow_mut()
+        .get_mut(&id)
+        .and_then(|l| l.rooms.get_mut(&room))
+    {
         r.occupants.remove(&old);
         if !is_self {
             r.occupants.insert(new.clone());
@@ -366,13 +497,18 @@ pub unsafe extern "C" fn chat_rename_user(
         codes.extend_from_slice(extra);
         let mut p = occupant_presence(&room_jid, &old, to, "none", &codes);
         // §7.6: the unavailable presence carries the new nick; the role stays.
-        if let Some(item) = p.get_child_mut("x", forms::MUC_USER).and_then(|x| x.get_child_mut("item", forms::MUC_USER)) {
+        if let Some(item) = p
+            .get_child_mut("x", forms::MUC_USER)
+            .and_then(|x| x.get_child_mut("item", forms::MUC_USER))
+        {
             item.set_attr("nick", new.as_str());
             item.set_attr("role", "participant");
         }
         p
     });
-    send_to_joined(&server, id, &room, |to| occupant_presence(&room_jid, &new, to, "participant", extra));
+    send_to_joined(&server, id, &room, |to| {
+        occupant_presence(&room_jid, &new, to, "participant", extra)
+    });
 }
 
 pub unsafe extern "C" fn write_chat(
@@ -382,9 +518,13 @@ pub unsafe extern "C" fn write_chat(
     flags: p::PurpleMessageFlags,
     _mtime: p::time_t,
 ) {
-    let Some((server, id, room)) = conv_room(conv) else { return };
+    let Some((server, id, room)) = conv_room(conv) else {
+        return;
+    };
     let t = Transport::get(&server);
-    let Some(room_jid) = t.contact_jid(id, &room) else { return };
+    let Some(room_jid) = t.contact_jid(id, &room) else {
+        return;
+    };
     let who = string(who);
     let text = html_to_text(&string(message));
     if flags & p::PURPLE_MESSAGE_SYSTEM != 0 || who.is_empty() || text.is_empty() {
@@ -417,25 +557,61 @@ pub unsafe extern "C" fn destroy_conversation(conv: *mut p::PurpleConversation) 
     if unsafe { p::purple_conversation_get_type(conv) } != p::PURPLE_CONV_TYPE_CHAT {
         return;
     }
-    let Some((server, id, room)) = conv_room(conv) else { return };
-    if let Some(r) = Transport::get(&server).legacy.borrow_mut().get_mut(&id).and_then(|l| l.rooms.get_mut(&room)) {
+    let Some((server, id, room)) = conv_room(conv) else {
+        return;
+    };
+    if let Some(r) = Transport::get(&server)
+        .legacy
+        .borrow_mut()
+        .get_mut(&id)
+        .and_then(|l| l.rooms.get_mut(&room))
+    {
         r.joined = false;
     }
 }
 
 /// A groupchat message from the user.
-pub fn message_from_user(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, node: &str, el: Element) {
+pub fn message_from_user(
+    server: &Rc<Server>,
+    info: &ServiceInfo,
+    from: &FullJid,
+    node: &str,
+    el: Element,
+) {
     let owner = from.to_bare();
     let t = Transport::get(server);
-    let Some((id, room)) = t.resolve(&owner, &info.domain, node) else { return };
-    let joined = t.legacy.borrow().get(&id).and_then(|l| l.rooms.get(&room)).is_some_and(|r| r.joined_by.contains(from));
+    let Some((id, room)) = t.resolve(&owner, &info.domain, node) else {
+        return;
+    };
+    let joined = t
+        .legacy
+        .borrow()
+        .get(&id)
+        .and_then(|l| l.rooms.get(&room))
+        .is_some_and(|r| r.joined_by.contains(from));
     let conv = find_chat(server, id, &room);
     let (true, Some(conv)) = (joined, conv) else {
-        return super::service::bounce(server, from, &el, Condition::NotAcceptable, "join the room first");
+        return super::service::bounce(
+            server,
+            from,
+            &el,
+            Condition::NotAcceptable,
+            "join the room first",
+        );
     };
-    let Some(body) = el.child_text("body", ns::CLIENT).filter(|b| !b.is_empty()) else { return };
-    if let Some(r) = t.legacy.borrow_mut().get_mut(&id).and_then(|l| l.rooms.get_mut(&room)) {
-        let mid = el.get_attr("id").map(str::to_owned).unwrap_or_else(messages::new_id);
+    let Some(body) = el.child_text("body", ns::CLIENT).filter(|b| !b.is_empty()) else {
+        return;
+    };
+    if let Some(r) = t
+        .legacy
+        .borrow_mut()
+        .get_mut(&id)
+        .and_then(|l| l.rooms.get_mut(&room))
+    {
+        let mid = el
+            .get_attr("id")
+            .map(str::to_owned)
+            .unwrap_or_else(messages::new_id);
         r.pending_ids.push_back(mid);
         // A prpl that never echoes must not grow this without bound.
         while r.pending_ids.len() > 50 {
@@ -448,15 +624,39 @@ pub fn message_from_user(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid
 }
 
 /// A private message to `room@service/nick`.
-pub fn private_message(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, node: &str, nick: &str, el: Element) {
+pub fn private_message(
+    server: &Rc<Server>,
+    info: &ServiceInfo,
+    from: &FullJid,
+    node: &str,
+    nick: &str,
+    el: Element,
+) {
     let owner = from.to_bare();
     let t = Transport::get(server);
-    let Some((id, room)) = t.resolve(&owner, &info.domain, node) else { return };
-    let protocol = t.legacy.borrow().get(&id).map(|l| l.protocol.clone()).unwrap_or_default();
+    let Some((id, room)) = t.resolve(&owner, &info.domain, node) else {
+        return;
+    };
+    let protocol = t
+        .legacy
+        .borrow()
+        .get(&id)
+        .map(|l| l.protocol.clone())
+        .unwrap_or_default();
     // IRC nicks are server-wide; XMPP rooms address occupants as room@server/nick.
-    let target = if protocol == "prpl-jabber" { format!("{room}/{nick}") } else { nick.to_owned() };
+    let target = if protocol == "prpl-jabber" {
+        format!("{room}/{nick}")
+    } else {
+        nick.to_owned()
+    };
     let index = t.legacy.borrow().get(&id).map(|l| l.index).unwrap_or(0);
-    messages::to_legacy(server, info, from, &super::escape::contact_node(&target, index), el);
+    messages::to_legacy(
+        server,
+        info,
+        from,
+        &super::escape::contact_node(&target, index),
+        el,
+    );
 }
 
 /// Re-joins the rooms of an account that (re)connected: stored ones and live ones.
@@ -501,14 +701,23 @@ pub fn account_gone(server: &Server, id: i64) {
         .map(|l| {
             l.rooms
                 .iter_mut()
-                .map(|(name, r)| (name.clone(), std::mem::take(&mut r.occupants).into_iter().collect()))
+                .map(|(name, r)| {
+                    (
+                        name.clone(),
+                        std::mem::take(&mut r.occupants).into_iter().collect(),
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default();
     for (room, occupants) in rooms {
-        let Some(room_jid) = t.contact_jid(id, &room) else { continue };
+        let Some(room_jid) = t.contact_jid(id, &room) else {
+            continue;
+        };
         for nick in occupants {
-            send_to_joined(server, id, &room, |to| occupant_presence(&room_jid, &nick, to, "none", &[]));
+            send_to_joined(server, id, &room, |to| {
+                occupant_presence(&room_jid, &nick, to, "none", &[])
+            });
         }
     }
 }

@@ -72,7 +72,9 @@ fn id_of_gc(server: &Server, gc: *mut p::PurpleConnection) -> Option<i64> {
 
 unsafe extern "C" fn connected(gc: *mut p::PurpleConnection) {
     let Some(server) = core::server() else { return };
-    let Some(id) = id_of_gc(&server, gc) else { return };
+    let Some(id) = id_of_gc(&server, gc) else {
+        return;
+    };
     let owner_service = {
         let t = Transport::get(&server);
         let mut legacy = t.legacy.borrow_mut();
@@ -97,7 +99,9 @@ unsafe extern "C" fn connected(gc: *mut p::PurpleConnection) {
 
 unsafe extern "C" fn disconnected(gc: *mut p::PurpleConnection) {
     let Some(server) = core::server() else { return };
-    let Some(id) = id_of_gc(&server, gc) else { return };
+    let Some(id) = id_of_gc(&server, gc) else {
+        return;
+    };
     let t = Transport::get(&server);
     let owner_service = {
         let mut legacy = t.legacy.borrow_mut();
@@ -120,7 +124,9 @@ unsafe extern "C" fn report_disconnect_reason(
     text: *const c_char,
 ) {
     let Some(server) = core::server() else { return };
-    let Some(id) = id_of_gc(&server, gc) else { return };
+    let Some(id) = id_of_gc(&server, gc) else {
+        return;
+    };
     let text = string(text);
     // SAFETY: a pure function of the enum.
     let fatal = unsafe { p::purple_connection_error_is_fatal(reason) } != 0;
@@ -146,7 +152,12 @@ pub fn failed(server: &Rc<Server>, id: i64, text: &str, fatal: bool) {
         };
         let tell = give_up || l.told.as_deref() != Some(text);
         l.told = Some(text.to_owned());
-        (l.owner.clone(), l.service.clone(), (!give_up).then_some(l.backoff.attempts), tell)
+        (
+            l.owner.clone(),
+            l.service.clone(),
+            (!give_up).then_some(l.backoff.attempts),
+            tell,
+        )
     };
     tracing::warn!(account = %label, fatal, "legacy account disconnected: {text}");
     if tell {
@@ -159,7 +170,9 @@ pub fn failed(server: &Rc<Server>, id: i64, text: &str, fatal: bool) {
                 "{label}: cannot connect: {text}. Not retrying; fix the settings (register again) \
                  and use the re-login command."
             ),
-            None => format!("{label}: giving up after {MAX_ATTEMPTS} failed attempts: {text}. Use the re-login command."),
+            None => format!(
+                "{label}: giving up after {MAX_ATTEMPTS} failed attempts: {text}. Use the re-login command."
+            ),
         };
         service::tell(server, &owner, &service_domain, &msg);
     }

@@ -27,10 +27,26 @@ use crate::server::Server;
 use crate::xml::{Element, ns};
 
 enum Kind {
-    Action { labels: Vec<String>, cbs: Vec<p::GCallback> },
-    Input { ok: p::GCallback, cancel: p::GCallback, masked: bool },
-    Choice { labels: Vec<String>, values: Vec<c_int>, ok: p::GCallback, cancel: p::GCallback },
-    Fields { fields: *mut p::PurpleRequestFields, ok: p::GCallback, cancel: p::GCallback },
+    Action {
+        labels: Vec<String>,
+        cbs: Vec<p::GCallback>,
+    },
+    Input {
+        ok: p::GCallback,
+        cancel: p::GCallback,
+        masked: bool,
+    },
+    Choice {
+        labels: Vec<String>,
+        values: Vec<c_int>,
+        ok: p::GCallback,
+        cancel: p::GCallback,
+    },
+    Fields {
+        fields: *mut p::PurpleRequestFields,
+        ok: p::GCallback,
+        cancel: p::GCallback,
+    },
 }
 
 struct Request {
@@ -89,7 +105,13 @@ fn owners_for(server: &Server, acc: *mut p::PurpleAccount) -> Vec<(BareJid, Stri
     let legacy = t.legacy.borrow();
     let mut out: Vec<(BareJid, String)> = legacy
         .values()
-        .filter(|l| if acc.is_null() { l.state == LinkState::Connecting } else { l.account == acc })
+        .filter(|l| {
+            if acc.is_null() {
+                l.state == LinkState::Connecting
+            } else {
+                l.account == acc
+            }
+        })
         .map(|l| (l.owner.clone(), l.service.clone()))
         .collect();
     out.sort_by(|a, b| (a.0.to_string(), &a.1).cmp(&(b.0.to_string(), &b.1)));
@@ -97,7 +119,11 @@ fn owners_for(server: &Server, acc: *mut p::PurpleAccount) -> Vec<(BareJid, Stri
     out
 }
 
-fn text_of(title: *const c_char, primary: *const c_char, secondary: *const c_char) -> (String, String) {
+fn text_of(
+    title: *const c_char,
+    primary: *const c_char,
+    secondary: *const c_char,
+) -> (String, String) {
     let title = super::ffi::html_to_text(&string(title));
     let parts: Vec<String> = [primary, secondary]
         .into_iter()
@@ -109,7 +135,16 @@ fn text_of(title: *const c_char, primary: *const c_char, secondary: *const c_cha
 
 /// Registers a request and sends the question; returns the ui handle (NULL if nobody can
 /// answer, which libpurple treats as "no UI").
-fn open(server: &Rc<Server>, acc: *mut p::PurpleAccount, kind: Kind, user_data: *mut c_void, title: String, text: String, fields: Vec<FormField>, hint: String) -> *mut c_void {
+fn open(
+    server: &Rc<Server>,
+    acc: *mut p::PurpleAccount,
+    kind: Kind,
+    user_data: *mut c_void,
+    title: String,
+    text: String,
+    fields: Vec<FormField>,
+    hint: String,
+) -> *mut c_void {
     let owners = owners_for(server, acc);
     if owners.is_empty() {
         tracing::warn!(%title, "libpurple request with nobody to ask; left unanswered");
@@ -118,7 +153,12 @@ fn open(server: &Rc<Server>, acc: *mut p::PurpleAccount, kind: Kind, user_data: 
     let id = {
         let mut pending = t.requests.borrow_mut();
         let id = pending.next_handle();
-        pending.items.push(Request { id, kind, owners: owners.clone(), user_data });
+        pending.items.push(Request {
+            id,
+            kind,
+            owners: owners.clone(),
+            user_data,
+        });
         id
     };
     let mut all = vec![FormField::new("request", "hidden", None).value(id.to_string())];
@@ -154,18 +194,41 @@ unsafe extern "C" fn request_action(
     labels: *const *const c_char,
     cbs: *const p::GCallback,
 ) -> *mut c_void {
-    let Some(server) = core::server() else { return std::ptr::null_mut() };
+    let Some(server) = core::server() else {
+        return std::ptr::null_mut();
+    };
     // SAFETY: the shim passes `count` valid entries for the duration of the call.
-    let (labels, cbs): (Vec<String>, Vec<p::GCallback>) =
-        unsafe { (0..count).map(|i| (clean_label(&string(*labels.add(i))), *cbs.add(i))).unzip() };
+    let (labels, cbs): (Vec<String>, Vec<p::GCallback>) = unsafe {
+        (0..count)
+            .map(|i| (clean_label(&string(*labels.add(i))), *cbs.add(i)))
+            .unzip()
+    };
     let (title, text) = text_of(title, primary, secondary);
     let mut f = FormField::new("action", "list-single", Some("Answer")).required(true);
-    f.options = labels.iter().enumerate().map(|(i, l)| (l.clone(), i.to_string())).collect();
+    f.options = labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.clone(), i.to_string()))
+        .collect();
     let hint = format!(
         "Reply with one of: {}",
-        labels.iter().enumerate().map(|(i, l)| format!("{} ({l})", i + 1)).collect::<Vec<_>>().join(", ")
+        labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| format!("{} ({l})", i + 1))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
-    open(&server, acc, Kind::Action { labels, cbs }, user_data, title, text, vec![f], hint)
+    open(
+        &server,
+        acc,
+        Kind::Action { labels, cbs },
+        user_data,
+        title,
+        text,
+        vec![f],
+        hint,
+    )
 }
 
 unsafe extern "C" fn request_choice(
@@ -185,18 +248,46 @@ unsafe extern "C" fn request_choice(
     labels: *const *const c_char,
     values: *const c_int,
 ) -> *mut c_void {
-    let Some(server) = core::server() else { return std::ptr::null_mut() };
+    let Some(server) = core::server() else {
+        return std::ptr::null_mut();
+    };
     // SAFETY: as in request_action.
-    let (labels, values): (Vec<String>, Vec<c_int>) =
-        unsafe { (0..count).map(|i| (clean_label(&string(*labels.add(i))), *values.add(i))).unzip() };
+    let (labels, values): (Vec<String>, Vec<c_int>) = unsafe {
+        (0..count)
+            .map(|i| (clean_label(&string(*labels.add(i))), *values.add(i)))
+            .unzip()
+    };
     let (title, text) = text_of(title, primary, secondary);
     let mut f = FormField::new("choice", "list-single", Some("Choice")).required(true);
-    f.options = labels.iter().zip(&values).map(|(l, v)| (l.clone(), v.to_string())).collect();
+    f.options = labels
+        .iter()
+        .zip(&values)
+        .map(|(l, v)| (l.clone(), v.to_string()))
+        .collect();
     let hint = format!(
         "Reply with one of: {} — or 'cancel'",
-        labels.iter().enumerate().map(|(i, l)| format!("{} ({l})", i + 1)).collect::<Vec<_>>().join(", ")
+        labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| format!("{} ({l})", i + 1))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
-    open(&server, acc, Kind::Choice { labels, values, ok, cancel }, user_data, title, text, vec![f], hint)
+    open(
+        &server,
+        acc,
+        Kind::Choice {
+            labels,
+            values,
+            ok,
+            cancel,
+        },
+        user_data,
+        title,
+        text,
+        vec![f],
+        hint,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -217,11 +308,32 @@ unsafe extern "C" fn request_input(
     _conv: *mut p::PurpleConversation,
     user_data: *mut c_void,
 ) -> *mut c_void {
-    let Some(server) = core::server() else { return std::ptr::null_mut() };
+    let Some(server) = core::server() else {
+        return std::ptr::null_mut();
+    };
     let (title, text) = text_of(title, primary, secondary);
-    let kind = if masked != 0 { "text-private" } else { "text-single" };
-    let f = FormField::new("value", kind, Some("Answer")).value(string(default)).required(true);
-    open(&server, acc, Kind::Input { ok, cancel, masked: masked != 0 }, user_data, title, text, vec![f], "Reply with the answer, or 'cancel'.".into())
+    let kind = if masked != 0 {
+        "text-private"
+    } else {
+        "text-single"
+    };
+    let f = FormField::new("value", kind, Some("Answer"))
+        .value(string(default))
+        .required(true);
+    open(
+        &server,
+        acc,
+        Kind::Input {
+            ok,
+            cancel,
+            masked: masked != 0,
+        },
+        user_data,
+        title,
+        text,
+        vec![f],
+        "Reply with the answer, or 'cancel'.".into(),
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -239,7 +351,9 @@ unsafe extern "C" fn request_fields(
     _conv: *mut p::PurpleConversation,
     user_data: *mut c_void,
 ) -> *mut c_void {
-    let Some(server) = core::server() else { return std::ptr::null_mut() };
+    let Some(server) = core::server() else {
+        return std::ptr::null_mut();
+    };
     let (title, text) = text_of(title, primary, secondary);
     let mut out = Vec::new();
     for f in all_fields(fields) {
@@ -249,14 +363,24 @@ unsafe extern "C" fn request_fields(
             let label = string(p::purple_request_field_get_label(f));
             let ff = match p::purple_request_field_get_type(f) {
                 p::PURPLE_REQUEST_FIELD_STRING => {
-                    let kind = if p::purple_request_field_string_is_masked(f) != 0 { "text-private" } else { "text-single" };
-                    FormField::new(&var, kind, Some(&label)).value(string(p::purple_request_field_string_get_default_value(f)))
+                    let kind = if p::purple_request_field_string_is_masked(f) != 0 {
+                        "text-private"
+                    } else {
+                        "text-single"
+                    };
+                    FormField::new(&var, kind, Some(&label))
+                        .value(string(p::purple_request_field_string_get_default_value(f)))
                 }
                 p::PURPLE_REQUEST_FIELD_INTEGER => {
-                    FormField::new(&var, "text-single", Some(&label)).value(p::purple_request_field_int_get_default_value(f).to_string())
+                    FormField::new(&var, "text-single", Some(&label))
+                        .value(p::purple_request_field_int_get_default_value(f).to_string())
                 }
                 p::PURPLE_REQUEST_FIELD_BOOLEAN => FormField::new(&var, "boolean", Some(&label))
-                    .value(if p::purple_request_field_bool_get_default_value(f) != 0 { "1" } else { "0" }),
+                    .value(if p::purple_request_field_bool_get_default_value(f) != 0 {
+                        "1"
+                    } else {
+                        "0"
+                    }),
                 p::PURPLE_REQUEST_FIELD_CHOICE => {
                     let mut ff = FormField::new(&var, "list-single", Some(&label))
                         .value(p::purple_request_field_choice_get_default_value(f).to_string());
@@ -273,7 +397,16 @@ unsafe extern "C" fn request_fields(
             out.push(ff.required(p::purple_request_field_is_required(f) != 0));
         }
     }
-    open(&server, acc, Kind::Fields { fields, ok, cancel }, user_data, title, text, out, "Answer with the form, reply with the value of the first field, or 'cancel'.".into())
+    open(
+        &server,
+        acc,
+        Kind::Fields { fields, ok, cancel },
+        user_data,
+        title,
+        text,
+        out,
+        "Answer with the form, reply with the value of the first field, or 'cancel'.".into(),
+    )
 }
 
 fn all_fields(fields: *mut p::PurpleRequestFields) -> Vec<*mut p::PurpleRequestField> {
@@ -281,7 +414,11 @@ fn all_fields(fields: *mut p::PurpleRequestFields) -> Vec<*mut p::PurpleRequestF
     unsafe {
         glist(p::purple_request_fields_get_groups(fields))
             .into_iter()
-            .flat_map(|g| glist(p::purple_request_field_group_get_fields(g as *mut p::PurpleRequestFieldGroup)))
+            .flat_map(|g| {
+                glist(p::purple_request_field_group_get_fields(
+                    g as *mut p::PurpleRequestFieldGroup,
+                ))
+            })
             .map(|f| f as *mut p::PurpleRequestField)
             .collect()
     }
@@ -289,7 +426,11 @@ fn all_fields(fields: *mut p::PurpleRequestFields) -> Vec<*mut p::PurpleRequestF
 
 unsafe extern "C" fn close_request(_kind: p::PurpleRequestType, handle: *mut c_void) {
     let Some(server) = core::server() else { return };
-    Transport::get(&server).requests.borrow_mut().items.retain(|r| r.id != handle as usize);
+    Transport::get(&server)
+        .requests
+        .borrow_mut()
+        .items
+        .retain(|r| r.id != handle as usize);
 }
 
 unsafe extern "C" fn notify_message(
@@ -314,19 +455,34 @@ pub fn answer_message(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, e
         return;
     }
     let t = Transport::get(server);
-    let wanted = form.as_ref().and_then(|v| forms::value(v, "request")).and_then(|v| v.parse::<usize>().ok());
+    let wanted = form
+        .as_ref()
+        .and_then(|v| forms::value(v, "request"))
+        .and_then(|v| v.parse::<usize>().ok());
     let req = {
         let mut pending = t.requests.borrow_mut();
         let pos = pending.items.iter().position(|r| {
-            r.owners.iter().any(|(o, s)| o == &owner && s == &info.domain) && wanted.is_none_or(|w| w == r.id)
+            r.owners
+                .iter()
+                .any(|(o, s)| o == &owner && s == &info.domain)
+                && wanted.is_none_or(|w| w == r.id)
         });
         pos.map(|i| pending.items.remove(i))
     };
     let Some(req) = req else {
-        service::tell(server, &owner, &info.domain, "Nothing is waiting for an answer. Use the ad-hoc commands of this gateway to manage your accounts.");
+        service::tell(
+            server,
+            &owner,
+            &info.domain,
+            "Nothing is waiting for an answer. Use the ad-hoc commands of this gateway to manage your accounts.",
+        );
         return;
     };
-    let first = |var: &str| form.as_ref().and_then(|v| forms::value(v, var)).map(str::to_owned);
+    let first = |var: &str| {
+        form.as_ref()
+            .and_then(|v| forms::value(v, var))
+            .map(str::to_owned)
+    };
     let cancel = body.trim().eq_ignore_ascii_case("cancel");
     let pick = |labels: &[String], var: &str| -> Option<usize> {
         if let Some(v) = first(var) {
@@ -353,15 +509,29 @@ pub fn answer_message(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, e
             }
             None => (p::PURPLE_REQUEST_ACTION, false),
         },
-        Kind::Choice { labels, values, ok, cancel: cancel_cb } => {
+        Kind::Choice {
+            labels,
+            values,
+            ok,
+            cancel: cancel_cb,
+        } => {
             let cb = if cancel { *cancel_cb } else { *ok };
-            let chosen = if cancel { Some(0) } else { pick(labels, "choice").or_else(|| first("choice").and_then(|v| v.parse::<c_int>().ok()).and_then(|v| values.iter().position(|x| *x == v))) };
+            let chosen = if cancel {
+                Some(0)
+            } else {
+                pick(labels, "choice").or_else(|| {
+                    first("choice")
+                        .and_then(|v| v.parse::<c_int>().ok())
+                        .and_then(|v| values.iter().position(|x| *x == v))
+                })
+            };
             match chosen {
                 Some(i) => {
                     if let Some(cb) = cb {
                         // SAFETY: PurpleRequestChoiceCb(void *user_data, int value), called once.
                         unsafe {
-                            let f: unsafe extern "C" fn(*mut c_void, c_int) = std::mem::transmute(cb);
+                            let f: unsafe extern "C" fn(*mut c_void, c_int) =
+                                std::mem::transmute(cb);
                             f(req.user_data, values.get(i).copied().unwrap_or(0));
                         }
                     }
@@ -370,7 +540,11 @@ pub fn answer_message(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, e
                 None => (p::PURPLE_REQUEST_CHOICE, false),
             }
         }
-        Kind::Input { ok, cancel: cancel_cb, masked } => {
+        Kind::Input {
+            ok,
+            cancel: cancel_cb,
+            masked,
+        } => {
             let value = first("value").unwrap_or_else(|| body.clone());
             let cb = if cancel { *cancel_cb } else { *ok };
             if *masked {
@@ -380,13 +554,18 @@ pub fn answer_message(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, e
             if let Some(cb) = cb {
                 // SAFETY: PurpleRequestInputCb(void *user_data, const char *value), called once.
                 unsafe {
-                    let f: unsafe extern "C" fn(*mut c_void, *const c_char) = std::mem::transmute(cb);
+                    let f: unsafe extern "C" fn(*mut c_void, *const c_char) =
+                        std::mem::transmute(cb);
                     f(req.user_data, c.as_ptr());
                 }
             }
             (p::PURPLE_REQUEST_INPUT, true)
         }
-        Kind::Fields { fields, ok, cancel: cancel_cb } => {
+        Kind::Fields {
+            fields,
+            ok,
+            cancel: cancel_cb,
+        } => {
             if !cancel {
                 fill_fields(*fields, form.as_deref(), &body);
             }
@@ -394,7 +573,8 @@ pub fn answer_message(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, e
             if let Some(cb) = cb {
                 // SAFETY: PurpleRequestFieldsCb(void *user_data, PurpleRequestFields *), once.
                 unsafe {
-                    let f: unsafe extern "C" fn(*mut c_void, *mut p::PurpleRequestFields) = std::mem::transmute(cb);
+                    let f: unsafe extern "C" fn(*mut c_void, *mut p::PurpleRequestFields) =
+                        std::mem::transmute(cb);
                     f(req.user_data, *fields);
                 }
             }
@@ -402,7 +582,12 @@ pub fn answer_message(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, e
         }
     };
     if !ok {
-        service::tell(server, &owner, &info.domain, "That is not one of the choices; try again.");
+        service::tell(
+            server,
+            &owner,
+            &info.domain,
+            "That is not one of the choices; try again.",
+        );
         t.requests.borrow_mut().items.insert(0, req);
         return;
     }
@@ -410,7 +595,11 @@ pub fn answer_message(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, e
     unsafe { p::purple_request_close(rtype, req.id as *mut c_void) };
 }
 
-fn fill_fields(fields: *mut p::PurpleRequestFields, form: Option<&[(String, Vec<String>)]>, body: &str) {
+fn fill_fields(
+    fields: *mut p::PurpleRequestFields,
+    form: Option<&[(String, Vec<String>)]>,
+    body: &str,
+) {
     let mut body_used = false;
     for f in all_fields(fields) {
         // SAFETY: live request fields; setters copy strings.
@@ -418,7 +607,9 @@ fn fill_fields(fields: *mut p::PurpleRequestFields, form: Option<&[(String, Vec<
             let var = string(p::purple_request_field_get_id(f));
             let value = match form.and_then(|v| forms::value(v, &var)) {
                 Some(v) => v.to_owned(),
-                None if !body_used && p::purple_request_field_get_type(f) == p::PURPLE_REQUEST_FIELD_STRING => {
+                None if !body_used
+                    && p::purple_request_field_get_type(f) == p::PURPLE_REQUEST_FIELD_STRING =>
+                {
                     body_used = true;
                     body.to_owned()
                 }
@@ -434,7 +625,9 @@ fn fill_fields(fields: *mut p::PurpleRequestFields, form: Option<&[(String, Vec<
                         p::purple_request_field_int_set_value(f, n);
                     }
                 }
-                p::PURPLE_REQUEST_FIELD_BOOLEAN => p::purple_request_field_bool_set_value(f, forms::truthy(&value) as p::gboolean),
+                p::PURPLE_REQUEST_FIELD_BOOLEAN => {
+                    p::purple_request_field_bool_set_value(f, forms::truthy(&value) as p::gboolean)
+                }
                 p::PURPLE_REQUEST_FIELD_CHOICE => {
                     if let Ok(n) = value.trim().parse() {
                         p::purple_request_field_choice_set_value(f, n);
@@ -460,18 +653,36 @@ pub unsafe extern "C" fn request_authorize(
     deny: p::PurpleAccountRequestAuthorizationCb,
     user_data: *mut c_void,
 ) -> *mut c_void {
-    let Some(server) = core::server() else { return std::ptr::null_mut() };
+    let Some(server) = core::server() else {
+        return std::ptr::null_mut();
+    };
     let t = Transport::get(&server);
-    let Some(legacy) = t.id_of(acc) else { return std::ptr::null_mut() };
-    let Some((owner, protocol)) = t.legacy.borrow().get(&legacy).map(|l| (l.owner.clone(), l.protocol.clone())) else {
+    let Some(legacy) = t.id_of(acc) else {
+        return std::ptr::null_mut();
+    };
+    let Some((owner, protocol)) = t
+        .legacy
+        .borrow()
+        .get(&legacy)
+        .map(|l| (l.owner.clone(), l.protocol.clone()))
+    else {
         return std::ptr::null_mut();
     };
     let name = messages::peer_name(&protocol, &string(remote_user));
-    let Some(contact) = t.contact_jid(legacy, &name) else { return std::ptr::null_mut() };
+    let Some(contact) = t.contact_jid(legacy, &name) else {
+        return std::ptr::null_mut();
+    };
     let handle = {
         let mut pending = t.requests.borrow_mut();
         let handle = pending.next_handle();
-        pending.auths.push(Auth { handle, legacy, name, authorize, deny, user_data });
+        pending.auths.push(Auth {
+            handle,
+            legacy,
+            name,
+            authorize,
+            deny,
+            user_data,
+        });
         handle
     };
     let mut el = Element::stanza("presence")
@@ -489,7 +700,11 @@ pub unsafe extern "C" fn request_authorize(
 
 pub unsafe extern "C" fn close_account_request(handle: *mut c_void) {
     let Some(server) = core::server() else { return };
-    Transport::get(&server).requests.borrow_mut().auths.retain(|a| a.handle != handle as usize);
+    Transport::get(&server)
+        .requests
+        .borrow_mut()
+        .auths
+        .retain(|a| a.handle != handle as usize);
 }
 
 /// The user's `subscribed` (true) or `unsubscribed` to a contact with a pending legacy
@@ -498,7 +713,10 @@ pub fn answer_authorization(server: &Rc<Server>, legacy: i64, name: &str, accept
     let t = Transport::get(server);
     let auth = {
         let mut pending = t.requests.borrow_mut();
-        let pos = pending.auths.iter().position(|a| a.legacy == legacy && a.name.eq_ignore_ascii_case(name));
+        let pos = pending
+            .auths
+            .iter()
+            .position(|a| a.legacy == legacy && a.name.eq_ignore_ascii_case(name));
         pos.map(|i| pending.auths.remove(i))
     };
     let Some(auth) = auth else { return false };

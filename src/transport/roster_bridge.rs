@@ -11,7 +11,14 @@ use crate::store::roster::Subscription;
 
 /// Adds or updates `contact` in `owner`'s roster with subscription `both` (or `to`), keeping
 /// a name and groups the user set themselves.
-pub fn set_item(server: &Server, owner: &BareJid, contact: &str, name: &str, groups: &[String], subscription: &str) {
+pub fn set_item(
+    server: &Server,
+    owner: &BareJid,
+    contact: &str,
+    name: &str,
+    groups: &[String],
+    subscription: &str,
+) {
     let Ok(contact) = BareJid::new(contact) else {
         tracing::warn!(%contact, "not a valid JID; roster item not written");
         return;
@@ -40,7 +47,9 @@ pub fn set_item(server: &Server, owner: &BareJid, contact: &str, name: &str, gro
 
 /// Removes `contact` from `owner`'s roster.
 pub fn remove_item(server: &Server, owner: &BareJid, contact: &str) {
-    let Ok(contact) = BareJid::new(contact) else { return };
+    let Ok(contact) = BareJid::new(contact) else {
+        return;
+    };
     roster::update(server, owner, &contact, |row| {
         row.in_roster = false;
         row.subscription = Subscription::None;
@@ -51,8 +60,15 @@ pub fn remove_item(server: &Server, owner: &BareJid, contact: &str) {
 }
 
 /// Records a subscription request from `contact` (re-sent at each login until answered).
-pub fn pending_in(server: &Server, owner: &BareJid, contact: &BareJid, stanza: &crate::xml::Element) {
-    roster::update(server, owner, contact, |row| row.pending_in = Some(stanza.to_string()));
+pub fn pending_in(
+    server: &Server,
+    owner: &BareJid,
+    contact: &BareJid,
+    stanza: &crate::xml::Element,
+) {
+    roster::update(server, owner, contact, |row| {
+        row.pending_in = Some(stanza.to_string())
+    });
 }
 
 /// True if `contact` is in `owner`'s roster.

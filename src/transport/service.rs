@@ -21,16 +21,24 @@ use jid::{BareJid, FullJid, Jid};
 use purple_sys as p;
 
 use super::accounts::{self, FieldKind};
-use super::forms::{self, FormField};
 use super::ffi::{cstring, string};
-use super::{LinkState, ServiceInfo, Transport, adhoc, contacts, escape, messages, muc, requests, roster_bridge};
+use super::forms::{self, FormField};
+use super::{
+    LinkState, ServiceInfo, Transport, adhoc, contacts, escape, messages, muc, requests,
+    roster_bridge,
+};
 use crate::router::Service;
 use crate::server::Server;
 use crate::stanza::{Condition, error_reply};
 use crate::xml::Element;
 
 /// Describes a configured service from its prpl; `None` if the plugin is missing.
-pub fn describe(domain: &str, prpl: &str, name: Option<String>, defaults: BTreeMap<String, String>) -> Option<ServiceInfo> {
+pub fn describe(
+    domain: &str,
+    prpl: &str,
+    name: Option<String>,
+    defaults: BTreeMap<String, String>,
+) -> Option<ServiceInfo> {
     let id = cstring(prpl);
     // SAFETY: main thread after purple_core_init; plugins live for the process.
     let plugin = unsafe { p::purple_find_prpl(id.as_ptr()) };
@@ -62,7 +70,9 @@ pub struct Gateway {
 
 impl Service for Gateway {
     fn handle(&self, server: &Rc<Server>, stanza: Element, from: &FullJid) {
-        let Some(info) = Transport::get(server).service(&self.domain) else { return };
+        let Some(info) = Transport::get(server).service(&self.domain) else {
+            return;
+        };
         let to = match stanza.get_attr("to").map(Jid::new) {
             Some(Ok(j)) => j,
             _ => return bounce(server, from, &stanza, Condition::JidMalformed, "bad 'to'"),
@@ -105,14 +115,32 @@ fn iq(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, to: &Jid, el: Ele
         return;
     }
     let Some(q) = el.elements().next().cloned() else {
-        return bounce(server, from, &el, Condition::BadRequest, "an IQ needs a payload");
+        return bounce(
+            server,
+            from,
+            &el,
+            Condition::BadRequest,
+            "an IQ needs a payload",
+        );
     };
     let at_domain = to.node().is_none();
     match (q.ns.as_str(), q.name.as_str(), kind, at_domain) {
         (forms::DISCO_INFO, "query", "get", true) => {
             if q.get_attr("node") == Some(forms::COMMANDS) {
-                return result(server, from, &el, Some(Element::new("query", forms::DISCO_INFO).attr("node", forms::COMMANDS)
-                    .child(Element::new("identity", forms::DISCO_INFO).attr("category", "automation").attr("type", "command-list"))));
+                return result(
+                    server,
+                    from,
+                    &el,
+                    Some(
+                        Element::new("query", forms::DISCO_INFO)
+                            .attr("node", forms::COMMANDS)
+                            .child(
+                                Element::new("identity", forms::DISCO_INFO)
+                                    .attr("category", "automation")
+                                    .attr("type", "command-list"),
+                            ),
+                    ),
+                );
             }
             result(server, from, &el, Some(service_info(info)))
         }
@@ -120,7 +148,12 @@ fn iq(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, to: &Jid, el: Ele
             if q.get_attr("node") == Some(forms::COMMANDS) {
                 return result(server, from, &el, Some(adhoc::items(info)));
             }
-            result(server, from, &el, Some(service_items(server, info, &from.to_bare())))
+            result(
+                server,
+                from,
+                &el,
+                Some(service_items(server, info, &from.to_bare())),
+            )
         }
         (forms::DISCO_INFO, "query", "get", false) => {
             let node = to.node().map(|n| n.to_string()).unwrap_or_default();
@@ -128,13 +161,26 @@ fn iq(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, to: &Jid, el: Ele
                 muc::room_info(&node)
             } else {
                 Element::new("query", forms::DISCO_INFO)
-                    .child(Element::new("identity", forms::DISCO_INFO).attr("category", "client").attr("type", "pc"))
-                    .child(Element::new("feature", forms::DISCO_INFO).attr("var", forms::DISCO_INFO))
-                    .child(Element::new("feature", forms::DISCO_INFO).attr("var", forms::CHATSTATES))
+                    .child(
+                        Element::new("identity", forms::DISCO_INFO)
+                            .attr("category", "client")
+                            .attr("type", "pc"),
+                    )
+                    .child(
+                        Element::new("feature", forms::DISCO_INFO).attr("var", forms::DISCO_INFO),
+                    )
+                    .child(
+                        Element::new("feature", forms::DISCO_INFO).attr("var", forms::CHATSTATES),
+                    )
             };
             result(server, from, &el, Some(q))
         }
-        (forms::REGISTER, "query", "get", true) => result(server, from, &el, Some(register_form(server, info, &from.to_bare()))),
+        (forms::REGISTER, "query", "get", true) => result(
+            server,
+            from,
+            &el,
+            Some(register_form(server, info, &from.to_bare())),
+        ),
         (forms::REGISTER, "query", "set", true) => register_set(server, info, from, &el, &q),
         (forms::GATEWAY, "query", "get", true) => result(
             server,
@@ -142,13 +188,25 @@ fn iq(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, to: &Jid, el: Ele
             &el,
             Some(
                 Element::new("query", forms::GATEWAY)
-                    .child(Element::new("desc", forms::GATEWAY).text(format!("Enter the {} name of the contact.", info.kind)))
+                    .child(
+                        Element::new("desc", forms::GATEWAY)
+                            .text(format!("Enter the {} name of the contact.", info.kind)),
+                    )
                     .child(Element::new("prompt", forms::GATEWAY).text("Contact")),
             ),
         ),
         (forms::GATEWAY, "query", "set", true) => {
-            let Some(prompt) = q.child_text("prompt", forms::GATEWAY).filter(|p| !p.is_empty()) else {
-                return bounce(server, from, &el, Condition::BadRequest, "a prompt is required");
+            let Some(prompt) = q
+                .child_text("prompt", forms::GATEWAY)
+                .filter(|p| !p.is_empty())
+            else {
+                return bounce(
+                    server,
+                    from,
+                    &el,
+                    Condition::BadRequest,
+                    "a prompt is required",
+                );
             };
             // The first account's JID space; `%n` suffixes select others (see escape.rs).
             let jid = format!("{}@{}", escape::escape(&prompt), info.domain);
@@ -157,17 +215,24 @@ fn iq(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, to: &Jid, el: Ele
                     server,
                     from,
                     &el,
-                    Some(Element::new("query", forms::GATEWAY).child(Element::new("jid", forms::GATEWAY).text(j.to_string()))),
+                    Some(
+                        Element::new("query", forms::GATEWAY)
+                            .child(Element::new("jid", forms::GATEWAY).text(j.to_string())),
+                    ),
                 ),
-                Err(_) => bounce(server, from, &el, Condition::JidMalformed, "that name makes no valid JID"),
+                Err(_) => bounce(
+                    server,
+                    from,
+                    &el,
+                    Condition::JidMalformed,
+                    "that name makes no valid JID",
+                ),
             }
         }
-        (forms::COMMANDS, "command", "set", true) => {
-            match adhoc::execute(server, info, from, &q) {
-                Ok(resp) => result(server, from, &el, Some(resp)),
-                Err((cond, text)) => bounce(server, from, &el, cond, &text),
-            }
-        }
+        (forms::COMMANDS, "command", "set", true) => match adhoc::execute(server, info, from, &q) {
+            Ok(resp) => result(server, from, &el, Some(resp)),
+            Err((cond, text)) => bounce(server, from, &el, cond, &text),
+        },
         (forms::PING, "ping", "get", _) => result(server, from, &el, None),
         _ => bounce(server, from, &el, Condition::ServiceUnavailable, ""),
     }
@@ -214,13 +279,22 @@ fn service_items(server: &Server, info: &ServiceInfo, owner: &BareJid) -> Elemen
             Ok(r) => r.into_iter().map(|(room, _)| room).collect(),
             Err(_) => Vec::new(),
         };
-        let live: Vec<String> = t.legacy.borrow().get(&id).map(|l| l.rooms.keys().cloned().collect()).unwrap_or_default();
+        let live: Vec<String> = t
+            .legacy
+            .borrow()
+            .get(&id)
+            .map(|l| l.rooms.keys().cloned().collect())
+            .unwrap_or_default();
         let mut all: Vec<String> = rooms.into_iter().chain(live).collect();
         all.sort();
         all.dedup();
         for room in all {
             if let Some(j) = t.contact_jid(id, &room) {
-                q.push(Element::new("item", forms::DISCO_ITEMS).attr("jid", j.to_string()).attr("name", room.as_str()));
+                q.push(
+                    Element::new("item", forms::DISCO_ITEMS)
+                        .attr("jid", j.to_string())
+                        .attr("name", room.as_str()),
+                );
             }
         }
     }
@@ -238,7 +312,9 @@ fn register_form(server: &Server, info: &ServiceInfo, owner: &BareJid) -> Elemen
             .and_then(|k| info.defaults.get(k).cloned())
             .unwrap_or_else(|| f.default.clone());
         let ff = match &f.kind {
-            FieldKind::Text | FieldKind::Int => FormField::new(&f.var, "text-single", Some(&f.label)),
+            FieldKind::Text | FieldKind::Int => {
+                FormField::new(&f.var, "text-single", Some(&f.label))
+            }
             FieldKind::Password => FormField::new(&f.var, "text-private", Some(&f.label)),
             FieldKind::Bool => FormField::new(&f.var, "boolean", Some(&f.label)),
             FieldKind::List(opts) => {
@@ -249,12 +325,15 @@ fn register_form(server: &Server, info: &ServiceInfo, owner: &BareJid) -> Elemen
         };
         out.push(ff.value(default).required(f.required));
     }
-    let registered = !Transport::get(server).accounts_of(owner, &info.domain).is_empty();
+    let registered = !Transport::get(server)
+        .accounts_of(owner, &info.domain)
+        .is_empty();
     let text = format!(
         "Log in to {} with your {} account. Registering again with another username adds another account.",
         info.name, info.kind
     );
-    let mut q = Element::new("query", forms::REGISTER).child(Element::new("instructions", forms::REGISTER).text(text.as_str()));
+    let mut q = Element::new("query", forms::REGISTER)
+        .child(Element::new("instructions", forms::REGISTER).text(text.as_str()));
     if registered {
         q.push(Element::new("registered", forms::REGISTER));
     }
@@ -262,11 +341,22 @@ fn register_form(server: &Server, info: &ServiceInfo, owner: &BareJid) -> Elemen
     if fields.iter().any(|f| f.var == "password") {
         q.push(Element::new("password", forms::REGISTER));
     }
-    q.push(forms::form(Some(forms::REGISTER), &format!("{} registration", info.name), &text, &out));
+    q.push(forms::form(
+        Some(forms::REGISTER),
+        &format!("{} registration", info.name),
+        &text,
+        &out,
+    ));
     q
 }
 
-fn register_set(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, el: &Element, q: &Element) {
+fn register_set(
+    server: &Rc<Server>,
+    info: &ServiceInfo,
+    from: &FullJid,
+    el: &Element,
+    q: &Element,
+) {
     let owner = from.to_bare();
     let t = Transport::get(server);
     if q.get_child("remove", forms::REGISTER).is_some() {
@@ -274,45 +364,86 @@ fn register_set(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, el: &El
             accounts::remove(server, id);
         }
         result(server, from, el, None);
-        let p = Element::stanza("presence").attr("from", info.domain.as_str()).attr("to", owner.to_string()).attr("type", "unavailable");
+        let p = Element::stanza("presence")
+            .attr("from", info.domain.as_str())
+            .attr("to", owner.to_string())
+            .attr("type", "unavailable");
         super::to_available(server, &owner, &p);
         roster_bridge::remove_item(server, &owner, &info.domain);
         return;
     }
     let fields = accounts::form_fields(&info.prpl);
-    let values: Vec<(String, Vec<String>)> = match q.get_child("x", forms::DATA).and_then(forms::submitted) {
-        Some(v) => v,
-        None => ["username", "password"]
-            .iter()
-            .filter_map(|k| q.child_text(k, forms::REGISTER).map(|v| (k.to_string(), vec![v])))
-            .collect(),
-    };
-    let username = forms::value(&values, "username").unwrap_or("").trim().to_owned();
+    let values: Vec<(String, Vec<String>)> =
+        match q.get_child("x", forms::DATA).and_then(forms::submitted) {
+            Some(v) => v,
+            None => ["username", "password"]
+                .iter()
+                .filter_map(|k| {
+                    q.child_text(k, forms::REGISTER)
+                        .map(|v| (k.to_string(), vec![v]))
+                })
+                .collect(),
+        };
+    let username = forms::value(&values, "username")
+        .unwrap_or("")
+        .trim()
+        .to_owned();
     if username.is_empty() {
-        return bounce(server, from, el, Condition::NotAcceptable, "a username is required");
+        return bounce(
+            server,
+            from,
+            el,
+            Condition::NotAcceptable,
+            "a username is required",
+        );
     }
     let splits: Vec<String> = fields
         .iter()
         .filter(|f| f.var.starts_with("split:"))
-        .map(|f| forms::value(&values, &f.var).unwrap_or("").trim().to_owned())
+        .map(|f| {
+            forms::value(&values, &f.var)
+                .unwrap_or("")
+                .trim()
+                .to_owned()
+        })
         .collect();
     let password = forms::value(&values, "password").filter(|p| !p.is_empty());
     if fields.iter().any(|f| f.var == "password" && f.required) && password.is_none() {
-        return bounce(server, from, el, Condition::NotAcceptable, "a password is required");
+        return bounce(
+            server,
+            from,
+            el,
+            Condition::NotAcceptable,
+            "a password is required",
+        );
     }
     let mut settings = Vec::new();
     for f in fields.iter().filter(|f| f.var.starts_with("opt:")) {
-        let Some(v) = forms::value(&values, &f.var) else { continue };
+        let Some(v) = forms::value(&values, &f.var) else {
+            continue;
+        };
         let key = &f.var[4..];
         let v = match f.kind {
             FieldKind::Bool => if forms::truthy(v) { "1" } else { "0" }.to_owned(),
             FieldKind::Int => match v.trim().parse::<i32>() {
                 Ok(n) => n.to_string(),
-                Err(_) => return bounce(server, from, el, Condition::BadRequest, &format!("{} must be a number", f.label)),
+                Err(_) => {
+                    return bounce(
+                        server,
+                        from,
+                        el,
+                        Condition::BadRequest,
+                        &format!("{} must be a number", f.label),
+                    );
+                }
             },
             _ => v.to_owned(),
         };
-        let default = info.defaults.get(key).cloned().unwrap_or_else(|| f.default.clone());
+        let default = info
+            .defaults
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| f.default.clone());
         if v != default {
             settings.push((key.to_owned(), v));
         }
@@ -331,18 +462,36 @@ fn register_set(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, el: &El
         Ok(id) => id,
         Err(e) => {
             tracing::error!("cannot save legacy account: {e}");
-            return bounce(server, from, el, Condition::InternalServerError, "cannot store the account");
+            return bounce(
+                server,
+                from,
+                el,
+                Condition::InternalServerError,
+                "cannot store the account",
+            );
         }
     };
     let Ok(Some(rec)) = server.store.legacy_account(id) else {
-        return bounce(server, from, el, Condition::InternalServerError, "cannot read the account back");
+        return bounce(
+            server,
+            from,
+            el,
+            Condition::InternalServerError,
+            "cannot read the account back",
+        );
     };
     // A re-registration replaces the settings: log out, re-apply, log in.
     if t.legacy.borrow().contains_key(&id) {
         accounts::logout(server, id, LinkState::Offline);
     }
     if accounts::attach(server, &rec).is_none() {
-        return bounce(server, from, el, Condition::InternalServerError, "libpurple refused the account");
+        return bounce(
+            server,
+            from,
+            el,
+            Condition::InternalServerError,
+            "libpurple refused the account",
+        );
     }
     if let Some(l) = t.legacy.borrow_mut().get_mut(&id) {
         l.backoff.attempts = 0;
@@ -364,13 +513,24 @@ fn message(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, to: &Jid, el
         // To the service itself: answers to libpurple's prompts, or a command word.
         return requests::answer_message(server, info, from, &el);
     };
-    if Transport::get(server).resolve(&owner, &info.domain, &node).is_none() {
-        return bounce(server, from, &el, Condition::RegistrationRequired, "register with this gateway first");
+    if Transport::get(server)
+        .resolve(&owner, &info.domain, &node)
+        .is_none()
+    {
+        return bounce(
+            server,
+            from,
+            &el,
+            Condition::RegistrationRequired,
+            "register with this gateway first",
+        );
     }
     let is_room = muc::is_room(server, &owner, &info.domain, &node);
     match (el.get_attr("type"), to.resource()) {
         (Some("groupchat"), _) => muc::message_from_user(server, info, from, &node, el),
-        (_, Some(res)) if is_room => muc::private_message(server, info, from, &node, res.as_str(), el),
+        (_, Some(res)) if is_room => {
+            muc::private_message(server, info, from, &node, res.as_str(), el)
+        }
         _ => messages::to_legacy(server, info, from, &node, el),
     }
 }
@@ -383,7 +543,10 @@ fn presence(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, to: &Jid, e
             None => contacts::user_status(server, info, &owner, &el),
             Some("probe") => announce(server, &owner, &info.domain),
             Some("subscribe") => {
-                let p = Element::stanza("presence").attr("from", info.domain.as_str()).attr("to", owner.to_string()).attr("type", "subscribed");
+                let p = Element::stanza("presence")
+                    .attr("from", info.domain.as_str())
+                    .attr("to", owner.to_string())
+                    .attr("type", "subscribed");
                 super::to_available(server, &owner, &p);
                 announce(server, &owner, &info.domain);
             }
@@ -391,9 +554,18 @@ fn presence(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, to: &Jid, e
         }
         return;
     };
-    if Transport::get(server).resolve(&owner, &info.domain, &node).is_none() {
+    if Transport::get(server)
+        .resolve(&owner, &info.domain, &node)
+        .is_none()
+    {
         if kind.as_deref() != Some("unavailable") {
-            bounce(server, from, &el, Condition::RegistrationRequired, "register with this gateway first");
+            bounce(
+                server,
+                from,
+                &el,
+                Condition::RegistrationRequired,
+                "register with this gateway first",
+            );
         }
         return;
     }
@@ -436,7 +608,9 @@ pub fn announce(server: &Server, owner: &BareJid, service: &str) {
         worst = worst.max(rank);
         lines.push(format!("{}: {text}", l.username));
     }
-    let mut p = Element::stanza("presence").attr("from", service).attr("to", owner.to_string());
+    let mut p = Element::stanza("presence")
+        .attr("from", service)
+        .attr("to", owner.to_string());
     if !any {
         p.set_attr("type", "unavailable");
     } else {
@@ -449,4 +623,3 @@ pub fn announce(server: &Server, owner: &BareJid, service: &str) {
     }
     super::to_available(server, owner, &p);
 }
-

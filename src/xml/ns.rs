@@ -38,3 +38,14 @@ pub const HINTS: &str = "urn:xmpp:hints";
 pub const CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
 /// XEP-0160 offline storage, a disco feature without a namespace of its own.
 pub const MSGOFFLINE: &str = "msgoffline";
+/// XEP-0060 Publish-Subscribe, as XEP-0163 PEP uses it.
+pub const PUBSUB: &str = "http://jabber.org/protocol/pubsub";
+pub const PUBSUB_OWNER: &str = "http://jabber.org/protocol/pubsub#owner";
+pub const PUBSUB_EVENT: &str = "http://jabber.org/protocol/pubsub#event";
+pub const PUBSUB_ERRORS: &str = "http://jabber.org/protocol/pubsub#errors";
+pub const PUBSUB_NODE_CONFIG: &str = "http://jabber.org/protocol/pubsub#node_config";
+pub const PUBSUB_PUBLISH_OPTIONS: &str = "http://jabber.org/protocol/pubsub#publish-options";
+/// XEP-0115 Entity Capabilities.
+pub const CAPS: &str = "http://jabber.org/protocol/caps";
+/// XEP-0004 Data Forms.
+pub const DATA_FORMS: &str = "jabber:x:data";

@@ -96,7 +96,9 @@ impl TestServer {
             })
             .unwrap();
         });
-        let bound = addr_rx.recv_timeout(Duration::from_secs(30)).expect("server did not start");
+        let bound = addr_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("server did not start");
         TestServer {
             trusted: bound[0].0,
             untrusted: bound[1].0,
@@ -114,7 +116,10 @@ impl TestServer {
         use wockd::auth::scram::{Hash, new_keys};
         let keys = vec![
             (Hash::Sha1, new_keys(Hash::Sha1, password, 4096).unwrap()),
-            (Hash::Sha256, new_keys(Hash::Sha256, password, 4096).unwrap()),
+            (
+                Hash::Sha256,
+                new_keys(Hash::Sha256, password, 4096).unwrap(),
+            ),
         ];
         store.create_account(name, DOMAIN, &keys).unwrap();
     }
@@ -165,8 +170,12 @@ pub const HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:clie
 impl Raw {
     pub fn connect(addr: SocketAddr) -> Raw {
         let sock = TcpStream::connect(addr).unwrap();
-        sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-        Raw { sock, buf: String::new() }
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        Raw {
+            sock,
+            buf: String::new(),
+        }
     }
 
     pub fn send(&mut self, s: &str) {
@@ -184,12 +193,23 @@ impl Raw {
                 self.buf.drain(..end);
                 return out;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {needle:?}; have {:?}", self.buf);
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {needle:?}; have {:?}",
+                self.buf
+            );
             let mut chunk = [0u8; 65536];
             match self.sock.read(&mut chunk) {
-                Ok(0) => panic!("connection closed waiting for {needle:?}; have {:?}", self.buf),
+                Ok(0) => panic!(
+                    "connection closed waiting for {needle:?}; have {:?}",
+                    self.buf
+                ),
                 Ok(n) => self.buf.push_str(&String::from_utf8_lossy(&chunk[..n])),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
                 Err(e) => panic!("read error: {e}"),
             }
         }
@@ -199,12 +219,20 @@ impl Raw {
     pub fn until_closed(&mut self) -> String {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            assert!(Instant::now() < deadline, "server did not close; have {:?}", self.buf);
+            assert!(
+                Instant::now() < deadline,
+                "server did not close; have {:?}",
+                self.buf
+            );
             let mut chunk = [0u8; 65536];
             match self.sock.read(&mut chunk) {
                 Ok(0) => return std::mem::take(&mut self.buf),
                 Ok(n) => self.buf.push_str(&String::from_utf8_lossy(&chunk[..n])),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
                     return std::mem::take(&mut self.buf);
                 }
@@ -219,8 +247,11 @@ impl Raw {
         let mut c = Raw::connect(addr);
         c.send(HEADER);
         c.until("</stream:features>");
-        let creds = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
-        c.send(&format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{creds}</auth>"));
+        let creds =
+            base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+        c.send(&format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{creds}</auth>"
+        ));
         c.until("<success");
         c.send(HEADER);
         c.until("</stream:features>");

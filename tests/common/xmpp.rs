@@ -62,7 +62,11 @@ pub struct PinnedStartTls {
 
 impl PinnedStartTls {
     pub fn new(addr: SocketAddr, tls: Arc<ClientConfig>) -> Self {
-        Self { addr, tls, channel_binding: true }
+        Self {
+            addr,
+            tls,
+            channel_binding: true,
+        }
     }
 }
 
@@ -80,7 +84,11 @@ impl ServerConnector for PinnedStartTls {
         timeouts: Timeouts,
     ) -> Result<(PendingFeaturesRecv<Self::Stream>, ChannelBinding), Error> {
         let domain = jid.domain().as_str();
-        let header = || StreamHeader { to: Some(Cow::Borrowed(domain)), from: None, id: None };
+        let header = || StreamHeader {
+            to: Some(Cow::Borrowed(domain)),
+            from: None,
+            id: None,
+        };
 
         let tcp = TcpStream::connect(self.addr).await?;
         tcp.set_nodelay(true)?;
@@ -90,7 +98,9 @@ impl ServerConnector for PinnedStartTls {
             return Err(ProtocolError::NoTls.into());
         }
         stream
-            .send(&XmppStreamElement::Starttls(starttls::Nonza::Request(starttls::Request)))
+            .send(&XmppStreamElement::Starttls(starttls::Nonza::Request(
+                starttls::Request,
+            )))
             .await?;
         loop {
             match stream.next().await {
@@ -110,7 +120,9 @@ impl ServerConnector for PinnedStartTls {
         // XmlStream -> BufStream<TcpStream> -> TcpStream (BufStream is empty after <proceed/>).
         let tcp = stream.into_inner().into_inner();
         let name = ServerName::try_from(domain.to_owned()).map_err(|e| invalid(e.to_string()))?;
-        let tls = TlsConnector::from(self.tls.clone()).connect(name, tcp).await?;
+        let tls = TlsConnector::from(self.tls.clone())
+            .connect(name, tcp)
+            .await?;
 
         let (_, conn) = tls.get_ref();
         let cb = match conn.protocol_version() {
@@ -154,8 +166,9 @@ pub async fn try_sasl<C: ServerConnector>(
     password: &str,
     mechs: &[&str],
 ) -> Result<(), Error> {
-    let (pending, cb) =
-        connector.connect(jid, xmpp_parsers::ns::JABBER_CLIENT, Timeouts::tight()).await?;
+    let (pending, cb) = connector
+        .connect(jid, xmpp_parsers::ns::JABBER_CLIENT, Timeouts::tight())
+        .await?;
     let (features, stream) = pending.recv_features::<FallibleStreamElement>().await?;
     let offered: BTreeSet<String> = features
         .sasl_mechanisms

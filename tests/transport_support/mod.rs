@@ -26,13 +26,20 @@ pub fn require(binary: &str) -> Option<PathBuf> {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn wait_port(port: u16, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not start listening on {port}");
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not start listening on {port}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -90,7 +97,11 @@ pub fn ngircd(bin: &Path) -> (Guard, u16) {
         .stdin(Stdio::null())
         .spawn()
         .expect("cannot start ngircd");
-    let g = Guard { child, extra_pidfile: None, dir };
+    let g = Guard {
+        child,
+        extra_pidfile: None,
+        dir,
+    };
     wait_port(port, "ngircd");
     (g, port)
 }
@@ -105,8 +116,13 @@ pub struct Irc {
 impl Irc {
     pub fn connect(port: u16, nick: &str) -> Irc {
         let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-        let mut c = Irc { r: BufReader::new(s.try_clone().unwrap()), w: s, nick: nick.into() };
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut c = Irc {
+            r: BufReader::new(s.try_clone().unwrap()),
+            w: s,
+            nick: nick.into(),
+        };
         c.send(&format!("NICK {nick}"));
         c.send(&format!("USER {nick} 0 * :{nick} the tester"));
         c.expect(" 001 ");
@@ -126,10 +142,17 @@ impl Irc {
         let deadline = Instant::now() + t;
         let mut line = String::new();
         loop {
-            assert!(Instant::now() < deadline, "IRC {}: timed out waiting for {needle:?}", self.nick);
+            assert!(
+                Instant::now() < deadline,
+                "IRC {}: timed out waiting for {needle:?}",
+                self.nick
+            );
             line.clear();
             match self.r.read_line(&mut line) {
-                Ok(0) => panic!("IRC {}: connection closed waiting for {needle:?}", self.nick),
+                Ok(0) => panic!(
+                    "IRC {}: connection closed waiting for {needle:?}",
+                    self.nick
+                ),
                 Ok(_) => {
                     if let Some(rest) = line.strip_prefix("PING ") {
                         let pong = format!("PONG {}", rest.trim_end());
@@ -139,7 +162,11 @@ impl Irc {
                         return line.trim_end().to_owned();
                     }
                 }
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
                 Err(e) => panic!("IRC read error: {e}"),
             }
         }
@@ -154,12 +181,23 @@ pub fn until_all(c: &mut Raw, needles: &[&str]) -> String {
         if needles.iter().all(|n| c.buf.contains(n)) {
             return std::mem::take(&mut c.buf);
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {needles:?}; have {:?}", c.buf);
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {needles:?}; have {:?}",
+            c.buf
+        );
         let mut chunk = [0u8; 65536];
         match c.sock.read(&mut chunk) {
-            Ok(0) => panic!("connection closed waiting for {needles:?}; have {:?}", c.buf),
+            Ok(0) => panic!(
+                "connection closed waiting for {needles:?}; have {:?}",
+                c.buf
+            ),
             Ok(n) => c.buf.push_str(&String::from_utf8_lossy(&chunk[..n])),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
             Err(e) => panic!("read error: {e}"),
         }
     }
@@ -182,18 +220,101 @@ pub fn drain(c: &mut Raw, d: Duration) -> String {
 pub fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(|l| l.to_owned()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .map(|l| l.to_owned())
+        })
         .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
         .unwrap_or(0)
 }
 
 /// XEP-0077 registration through the data form.
 pub fn register_form(service: &str, id: &str, fields: &[(&str, &str)]) -> String {
-    let mut f = String::from("<field var='FORM_TYPE' type='hidden'><value>jabber:iq:register</value></field>");
+    let mut f = String::from(
+        "<field var='FORM_TYPE' type='hidden'><value>jabber:iq:register</value></field>",
+    );
     for (k, v) in fields {
         f.push_str(&format!("<field var='{k}'><value>{v}</value></field>"));
     }
     format!(
         "<iq type='set' id='{id}' to='{service}'><query xmlns='jabber:iq:register'><x xmlns='jabber:x:data' type='submit'>{f}</x></query></iq>"
     )
+}
+
+/// Prosody on loopback with a fresh data dir; `users` are registered first.
+pub fn prosody(users: &[(&str, &str)]) -> (Guard, u16) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_owned();
+    let port = free_port();
+    let comp = free_port();
+    std::fs::create_dir_all(d.join("data")).unwrap();
+    std::fs::create_dir_all(d.join("certs")).unwrap();
+    let conf = d.join("prosody.cfg.lua");
+    std::fs::write(
+        &conf,
+        format!(
+            "pidfile = \"{d}/prosody.pid\"; data_path = \"{d}/data\"\n\
+             certificates = \"{d}/certs\"\n\
+             interfaces = {{ \"127.0.0.1\" }}\n\
+             c2s_ports = {{ {port} }}; s2s_ports = {{ }}; c2s_direct_tls_ports = {{ }}\n\
+             http_ports = {{ }}; https_ports = {{ }}\n\
+             component_ports = {{ {comp} }}; component_interfaces = {{ \"127.0.0.1\" }}\n\
+             modules_enabled = {{ \"roster\", \"saslauth\", \"disco\", \"ping\", \"presence\", \"message\", \"iq\" }}\n\
+             modules_disabled = {{ \"s2s\", \"tls\", \"posix\", \"offline\" }}\n\
+             authentication = \"internal_hashed\"\n\
+             c2s_require_encryption = false\n\
+             allow_unencrypted_plain_auth = true\n\
+             log = {{ debug = \"{d}/prosody.log\" }}\n\
+             VirtualHost \"localhost\"\n",
+            d = d.display()
+        ),
+    )
+    .unwrap();
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        let st = Command::new("chown")
+            .args(["-R", "prosody:prosody"])
+            .arg(&d)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let cmd = |prog: &str| {
+        if root {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "prosody", "--", prog]);
+            c
+        } else {
+            Command::new(prog)
+        }
+    };
+    for (u, pw) in users {
+        let st = cmd("prosodyctl")
+            .arg("--config")
+            .arg(&conf)
+            .args(["register", u, "localhost", pw])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "prosodyctl register {u} failed");
+    }
+    let child = cmd("prosody")
+        .arg("--config")
+        .arg(&conf)
+        .arg("-F")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("cannot start prosody");
+    let g = Guard {
+        child,
+        extra_pidfile: Some(d.join("prosody.pid")),
+        dir,
+    };
+    wait_port(port, "prosody");
+    (g, port)
 }

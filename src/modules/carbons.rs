@@ -1,0 +1,101 @@
+//! XEP-0280 Message Carbons (urn:xmpp:carbons:2): every device of an account that enabled
+//! carbons sees the account's conversations — messages received by another of its resources
+//! (`<received/>` copies) and messages its other resources sent (`<sent/>` copies).
+//!
+//! Eligible (XEP-0280 §6): type `chat`, or `normal` with a body; never errors, groupchat or
+//! headlines; never when the sender marked it `<private/>` or `<no-copy/>` (XEP-0334), and
+//! never a message that is itself a carbon or a forwarded archive result.
+
+use std::rc::Rc;
+
+use jid::{BareJid, FullJid};
+
+use crate::iq::Incoming;
+use crate::server::Server;
+use crate::stream::Stream;
+use crate::xml::{Element, ns};
+
+pub const NS: &str = "urn:xmpp:carbons:2";
+const FORWARD: &str = "urn:xmpp:forward:0";
+
+pub fn install(s: &mut Stream) {
+    s.iqs().rule(NS, "enable").set(|iq| set_enabled(iq, true));
+    s.iqs().rule(NS, "disable").set(|iq| set_enabled(iq, false));
+}
+
+fn set_enabled(iq: Incoming, on: bool) {
+    let Some(from) = iq.from.clone() else { return };
+    if iq.to.as_ref().is_some_and(|t| t.to_bare() != from.to_bare() && t.node().is_some()) {
+        return iq.fail(crate::stanza::Condition::Forbidden, "carbons are set on your own account");
+    }
+    if let Some(s) = iq.server().sessions.borrow_mut().get_mut(&from) {
+        s.carbons = on;
+    }
+    iq.result(None);
+}
+
+/// Whether `el` gets carbon copies.
+pub fn eligible(el: &Element) -> bool {
+    let kind = el.get_attr("type").unwrap_or("normal");
+    let typed = kind == "chat" || (kind == "normal" && el.get_child("body", ns::CLIENT).is_some());
+    typed
+        && el.get_child("private", NS).is_none()
+        && el.get_child("no-copy", ns::HINTS).is_none()
+        && el.get_child("received", NS).is_none()
+        && el.get_child("sent", NS).is_none()
+        && !el.elements().any(|c| c.name == "result" && c.get_child("forwarded", FORWARD).is_some())
+}
+
+fn wrap(direction: &str, account: &BareJid, to: &FullJid, el: &Element) -> Element {
+    Element::stanza("message")
+        .attr("from", account.to_string())
+        .attr("to", to.to_string())
+        .attr("type", el.get_attr("type").unwrap_or("normal"))
+        .child(Element::new(direction, NS).child(Element::new("forwarded", FORWARD).child(el.clone())))
+        .child(Element::new("no-copy", ns::HINTS))
+}
+
+/// Sends copies of `el` to `account`'s carbon-enabled resources except `skip` (the resources
+/// that sent or already received it).
+fn copy(server: &Rc<Server>, direction: &str, account: &BareJid, el: &Element, skip: &[&FullJid]) {
+    if !eligible(el) {
+        return;
+    }
+    let targets: Vec<_> = server
+        .sessions
+        .borrow()
+        .of(account)
+        .iter()
+        .filter(|s| s.carbons && s.priority.is_some() && !skip.contains(&&s.jid))
+        .filter_map(|s| s.connection().map(|c| (s.jid.clone(), c)))
+        .collect();
+    for (jid, conn) in targets {
+        conn.send(&wrap(direction, account, &jid, el));
+    }
+}
+
+/// A resource of `account` received `el`: the others get a `<received/>` copy.
+pub fn received(server: &Rc<Server>, account: &BareJid, el: &Element, delivered_to: &[&FullJid]) {
+    copy(server, "received", account, el, delivered_to);
+}
+
+/// The resource `from` sent `el`: the account's other resources get a `<sent/>` copy.
+pub fn sent(server: &Rc<Server>, from: &FullJid, el: &Element) {
+    copy(server, "sent", &from.to_bare(), el, &[from]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eligibility() {
+        let body = || Element::new("body", ns::CLIENT).text("x");
+        assert!(eligible(&Element::stanza("message").attr("type", "chat")));
+        assert!(eligible(&Element::stanza("message").child(body())));
+        assert!(!eligible(&Element::stanza("message")));
+        assert!(!eligible(&Element::stanza("message").attr("type", "groupchat").child(body())));
+        assert!(!eligible(&Element::stanza("message").attr("type", "chat").child(Element::new("private", NS))));
+        assert!(!eligible(&Element::stanza("message").attr("type", "chat").child(Element::new("no-copy", ns::HINTS))));
+    }
+}

@@ -1,0 +1,151 @@
+//! XMPP as a foreign network (issue 4): a loopback Prosody reached through prpl-jabber.
+//! Roster import with names and groups, presence both ways, messages both ways, and a legacy
+//! account with a wrong password (one clear error, no retry storm).
+//!
+//! libpurple can be initialised once per process, so everything runs in one test function.
+
+mod common;
+mod transport_support;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{Raw, TestServer};
+use transport_support::*;
+use wockd::config::TransportService;
+
+const SVC: &str = "xmpp.localhost";
+const BOB: &str = "bob\\40localhost@xmpp.localhost";
+
+fn register(c: &mut Raw, id: &str, user: &str, pw: &str) {
+    c.send(&register_form(
+        SVC,
+        id,
+        &[
+            ("username", user),
+            ("split:0", "localhost"),
+            ("split:1", "wockd"),
+            ("password", pw),
+        ],
+    ));
+    let r = until_all(c, &[&format!("id=\"{id}\"")]);
+    assert!(r.contains("type=\"result\""), "registration failed: {r}");
+}
+
+#[test]
+fn xmpp_through_the_transport() {
+    if require("prosody").is_none() {
+        return;
+    }
+    let (_prosody, port) = prosody(&[
+        ("alice", "pw-alice"),
+        ("bob", "pw-bob"),
+        ("carol", "pw-carol"),
+    ]);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+
+    // On Prosody: alice has bob as "Bobby" in "Friends", mutually subscribed.
+    let mut bob = Raw::login_plain(addr, "bob", "pw-bob", "desk");
+    let mut alice = Raw::login_plain(addr, "alice", "pw-alice", "setup");
+    alice.send("<iq type='set' id='rs'><query xmlns='jabber:iq:roster'><item jid='bob@localhost' name='Bobby'><group>Friends</group></item></query></iq>");
+    until_all(&mut alice, &["id=\"rs\""]);
+    bob.send("<iq type='set' id='rs'><query xmlns='jabber:iq:roster'><item jid='alice@localhost'/></query></iq>");
+    until_all(&mut bob, &["id=\"rs\""]);
+    alice.send("<presence to='bob@localhost' type='subscribe'/>");
+    bob.send("<presence to='alice@localhost' type='subscribe'/>");
+    std::thread::sleep(Duration::from_millis(300));
+    alice.send("<presence to='bob@localhost' type='subscribed'/>");
+    bob.send("<presence to='alice@localhost' type='subscribed'/>");
+    std::thread::sleep(Duration::from_millis(300));
+    alice.send("</stream:stream>");
+    drop(alice);
+    bob.send("<presence><status>at my desk</status></presence>");
+    drain(&mut bob, Duration::from_millis(300));
+
+    let srv = TestServer::start_with(
+        move |c| {
+            c.transport.enabled = true;
+            c.transport.services = vec![TransportService {
+                domain: SVC.into(),
+                prpl: "prpl-jabber".into(),
+                name: None,
+                defaults: BTreeMap::from([
+                    ("connect_server".into(), "127.0.0.1".into()),
+                    ("port".into(), port.to_string()),
+                    ("connection_security".into(), "opportunistic_tls".into()),
+                    ("auth_plain_in_clear".into(), "1".into()),
+                ]),
+            }];
+        },
+        |_| {},
+    );
+    srv.add_user("wuser", "pw");
+    let mut c = Raw::login_plain(srv.trusted, "wuser", "pw", "laptop");
+    c.send("<iq type='get' id='r1'><query xmlns='jabber:iq:roster'/></iq>");
+    c.until("</iq>");
+    c.send("<presence/>");
+
+    c.send(&format!("<iq type='get' id='d1' to='{SVC}'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>"));
+    let info = until_all(&mut c, &["id=\"d1\""]);
+    assert!(
+        info.contains("category=\"gateway\"") && info.contains("type=\"xmpp\""),
+        "{info}"
+    );
+
+    register(&mut c, "reg1", "alice", "pw-alice");
+    // Roster import: bob with his name and group; his presence follows.
+    let got = until_all(
+        &mut c,
+        &[
+            "alice@localhost/wockd: online",
+            &format!("jid=\"{BOB}\""),
+            "name=\"Bobby\"",
+            "<group>Friends</group>",
+            &format!("from=\"{BOB}\""),
+        ],
+    );
+    assert!(got.contains("at my desk"), "bob's status missing: {got}");
+
+    // The user's presence reaches the legacy network.
+    c.send(&format!(
+        "<presence to='{SVC}'><show>away</show><status>lunch</status></presence>"
+    ));
+    let p = bob.until("lunch");
+    assert!(
+        p.contains("alice@localhost/wockd") && p.contains("<show>away</show>"),
+        "{p}"
+    );
+
+    // Messages both ways.
+    bob.send(
+        "<message to='alice@localhost' type='chat' id='m1'><body>hi from prosody</body></message>",
+    );
+    let m = until_all(&mut c, &["hi from prosody"]);
+    assert!(
+        m.contains(&format!("from=\"{BOB}\"")) && m.contains("type=\"chat\""),
+        "{m}"
+    );
+    c.send(&format!(
+        "<message to='{BOB}' type='chat' id='m2'><body>hi from wockd &lt;3</body></message>"
+    ));
+    let m = bob.until("</message>");
+    assert!(
+        m.contains("alice@localhost/wockd") && m.contains("hi from wockd &lt;3"),
+        "{m}"
+    );
+
+    // Wrong password: a clear error, said once, no retries.
+    register(&mut c, "reg2", "carol", "not-her-password");
+    let e = until_all(&mut c, &["carol@localhost/wockd: cannot connect"]);
+    assert!(e.contains("Not retrying"), "{e}");
+    let later = drain(&mut c, Duration::from_secs(6));
+    assert!(
+        !later.contains("carol@localhost/wockd: cannot connect"),
+        "told twice: {later}"
+    );
+    assert!(
+        !later.contains("carol@localhost/wockd: connecting"),
+        "retried: {later}"
+    );
+}
