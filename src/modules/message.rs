@@ -134,6 +134,10 @@ pub fn deliver_to_bare(
             for c in &targets {
                 c.send(&el);
             }
+            // XEP-0280: the account's other devices get <received/> copies.
+            let delivered: Vec<FullJid> = targets.iter().filter_map(|c| c.jid()).collect();
+            let delivered: Vec<&FullJid> = delivered.iter().collect();
+            super::carbons::received(server, to, &el, &delivered);
         }
         Kind::Chat | Kind::Normal => {
             if !stored_offline(&el) {
@@ -179,6 +183,7 @@ pub fn deliver_to_full(server: &Rc<Server>, to: &FullJid, mut el: Element) -> Re
         }
     }
     conn.send(&el);
+    super::carbons::received(server, &to.to_bare(), &el, &[to]);
     Ok(())
 }
 
