@@ -217,7 +217,7 @@ pub fn run(config: Config, embedded: bool) -> Result<()> {
     }
     let server = Server::new(config, store, crate::modules::install_all)?;
     let bound = server.start()?;
-    crate::transport::install(&server); // IM transport (libpurple); no-op unless [transport] enabled
+    crate::modules::install_services(&server);
     crate::modules::status::start(&server);
     print_welcome(&server, &bound, &accounts);
 
@@ -239,6 +239,7 @@ pub fn run(config: Config, embedded: bool) -> Result<()> {
     if let Err(e) = crate::modules::offline::commit(&server) {
         tracing::error!("mailbox: messages lost at shutdown: {e}");
     }
+    crate::modules::stop_services(&server);
     crate::modules::status::stop(&server);
     Ok(())
 }

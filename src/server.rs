@@ -204,11 +204,22 @@ impl Server {
     }
 
     fn flush_all(&self) {
+        // Acknowledged means on disk: this turn's mailbox rows are committed before any reply
+        // of this turn (an IQ result, an XEP-0198 <a/>) is written (see modules::offline).
+        self.commit_mailbox();
         let ids = std::mem::take(&mut *self.flush_queue.borrow_mut());
         for id in ids {
             if let Some(c) = self.connection(id) {
                 c.flush();
             }
+        }
+    }
+
+    /// Commits the mailbox rows queued this turn; a failure is logged and the rows stay
+    /// queued for the commit job to retry.
+    pub(crate) fn commit_mailbox(&self) {
+        if let Err(e) = crate::modules::offline::commit(self) {
+            tracing::error!("mailbox: commit before output failed: {e}");
         }
     }
 

@@ -661,3 +661,30 @@ fn roster_versioning() {
     ));
     assert_eq!(a.expect(&["id=\"v4\""]), "<iq type=\"result\" id=\"v4\"/>");
 }
+
+#[test]
+fn no_presence_across_a_block() {
+    let srv = server(&["alice", "bob"]);
+    let mut a = Client::online(&srv, "alice", "a");
+    let mut b = Client::online(&srv, "bob", "b");
+    make_both(&mut a, &mut b, "alice", "bob");
+
+    a.send("<iq type='set' id='blk'><block xmlns='urn:xmpp:blocking'><item jid='bob@localhost'/></block></iq>");
+    a.expect(&["id=\"blk\"", "type=\"result\""]);
+
+    // Neither direction: alice's update does not reach bob, bob's does not reach alice.
+    a.send("<presence><status>hidden from bob</status></presence>");
+    a.expect(&["from=\"alice@localhost/a\"", "hidden from bob"]);
+    b.send("<presence><status>hidden from alice</status></presence>");
+    b.expect(&["from=\"bob@localhost/b\"", "hidden from alice"]);
+    a.assert_none("bob's presence", |s| s.contains("hidden from alice"));
+    b.assert_none("alice's presence", |s| s.contains("hidden from bob"));
+
+    // A new resource of alice is not told bob's presence, and bob does not see it arrive.
+    let mut a2 = Client::online(&srv, "alice", "a2");
+    a2.assert_none("bob's presence", |s| s.contains("from=\"bob@localhost/b\""));
+    b.assert_none("alice/a2", |s| s.contains("from=\"alice@localhost/a2\""));
+    // Nor does a probe reveal it.
+    b.send("<presence to='alice@localhost' type='probe'/>");
+    b.assert_none("an answer to the probe", |s| s.contains("from=\"alice@localhost"));
+}

@@ -71,6 +71,14 @@ fn acks_count_stanzas_both_ways() {
     assert!(all.contains("handled-count-too-high") && all.contains("undefined-condition"), "{all}");
 }
 
+/// Reads through the end of the message whose body is `body` (the server appends a stanza-id
+/// after the body, so the body is not the end of the stanza).
+fn through_message(raw: &mut Raw, body: &str) -> String {
+    let mut got = raw.until(&format!("<body>{body}</body>"));
+    got.push_str(&raw.until("</message>"));
+    got
+}
+
 #[test]
 fn resume_after_dead_tcp_replays_only_unacked() {
     let srv = TestServer::start();
@@ -80,7 +88,7 @@ fn resume_after_dead_tcp_replays_only_unacked() {
     let mut bob = Raw::login_plain(srv.trusted, "bob", "pw", "b");
     send_msgs(&mut bob, "alice@localhost/phone", 0..10);
     // The phone reads the burst and acknowledges the first 4 stanzas it handled… then dies.
-    let burst = phone.until("<body>m9</body></message>");
+    let burst = through_message(&mut phone, "m9");
     let h = stanzas_before(&burst, "<body>m4</body>");
     phone.send(&format!("<a xmlns='{SM}' h='{h}'/>"));
     drop(phone);
@@ -93,7 +101,7 @@ fn resume_after_dead_tcp_replays_only_unacked() {
     again.send(&format!("<resume xmlns='{SM}' previd='{id}' h='{h}'/>"));
     let resumed = again.until("/>");
     assert!(resumed.contains("<resumed") && resumed.contains(&id), "{resumed}");
-    let replay = again.until("<body>m11</body></message>");
+    let replay = through_message(&mut again, "m11");
     for i in 4..12 {
         assert_eq!(replay.matches(&format!("<body>m{i}</body>")).count(), 1, "m{i} not replayed exactly once: {replay}");
     }
@@ -125,7 +133,7 @@ fn unacked_messages_reach_the_mailbox_after_the_resumption_timeout() {
     let (mut phone, _) = login_sm(&srv, "alice", "phone", 1);
     watch.until("from=\"alice@localhost/phone\"");
     send_msgs(&mut bob, "alice@localhost/phone", 0..3);
-    let burst = phone.until("<body>m2</body></message>");
+    let burst = through_message(&mut phone, "m2");
     let h = stanzas_before(&burst, "<body>m1</body>");
     phone.send(&format!("<a xmlns='{SM}' h='{h}'/>"));
     drop(phone); // never comes back

@@ -42,4 +42,17 @@ pub fn install_all(s: &mut Stream) {
     carbons::install(s);
     mam::install(s);
     pep::install(s);
+    crate::torrent::stream_torrent(s);
+}
+
+/// Starts the services that live at their own domains (router services, the shape of an
+/// XEP-0114 component), once the server is running. Each is a no-op unless configured.
+pub fn install_services(server: &std::rc::Rc<crate::server::Server>) {
+    crate::transport::install(server);
+    crate::torrent::install(server);
+}
+
+/// Stops the services' timers and worker threads, after `Server::shutdown`.
+pub fn stop_services(server: &crate::server::Server) {
+    crate::torrent::shutdown(server);
 }

@@ -14,13 +14,15 @@
 //! * **Batching.** Rows are queued in memory and written by one job per loop turn in a single
 //!   transaction (WAL, `synchronous=NORMAL`: a commit survives `kill -9`, and a burst of
 //!   messages costs one commit, not one per message). The job is an idle source of priority
-//!   [`COMMIT_PRIORITY`], just above `DEFAULT`, where the sockets and the output flushes
-//!   (`Server::queue_flush`) are: glib dispatches only the most urgent ready priority per
-//!   iteration, and an idle source is always ready, so the batch of a turn is committed
-//!   before the next socket is read and before any reply of that turn is written. Hence a
-//!   client that gets the answer to an IQ sent after its messages knows those messages are
-//!   on disk. (Writes that bypass the flush queue — `Connection::close` flushes at once —
-//!   are the exception.)
+//!   [`COMMIT_PRIORITY`], just above `DEFAULT` where the sockets and the output flushes are:
+//!   glib dispatches only the most urgent ready priority per iteration and an idle source is
+//!   always ready, so it runs before the next socket read.
+//! * **Acknowledged means on disk.** A client that gets the answer to an IQ it sent after its
+//!   messages must be able to rely on those messages having been committed. Priorities alone
+//!   cannot promise that: a flush attached in an earlier iteration is dispatched in the same
+//!   iteration as the socket read that follows it, after that read, and would write this
+//!   turn's replies before this turn's commit. So whatever writes output first calls
+//!   [`commit`] (a no-op when nothing is queued): `Server::flush_all` and `Connection::close`.
 //!
 //! Other readers of the mailbox (the message archive later) call [`commit`] first so they see
 //! queued rows.
@@ -142,7 +144,8 @@ pub fn deliver_offline(server: &Rc<Server>, full: &FullJid) {
     schedule(server);
 }
 
-/// Commits the queued rows now, for a reader that must see them (a mailbox query).
+/// Commits the queued rows now: before output is written (see the module documentation), and
+/// for a reader that must see them (a mailbox query). Cheap when nothing is queued.
 pub fn commit(server: &Server) -> Result<(), StoreError> {
     let w = server.ext::<Writer>();
     let entries = std::mem::take(&mut *w.queue.borrow_mut());

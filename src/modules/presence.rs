@@ -17,6 +17,10 @@
 //!   and of its own other resources; a client's explicit probe gets the same answer if it is
 //!   entitled to it (§4.3.2). Priority is kept on the session (`None` = unavailable), which is
 //!   what message delivery to bare JIDs uses.
+//! * Subscribers and contacts at a service domain (XEP-0100 gateways) get broadcasts and
+//!   probes through the service, as a remote server would.
+//! * XEP-0191: no presence is broadcast or revealed between an account and a JID it blocked
+//!   (either way); [`blocklist_changed`] sends the unavailable/current presence of §3.3/§3.4.
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
@@ -24,7 +28,7 @@ use std::rc::Rc;
 
 use jid::{BareJid, FullJid, Jid};
 
-use crate::modules::roster;
+use crate::modules::{blocking, roster};
 use crate::server::Server;
 use crate::stanza::Condition;
 use crate::store::roster::RosterRow;
@@ -177,35 +181,64 @@ fn available(server: &Rc<Server>, conn: &Rc<Connection>, from: &FullJid, el: Ele
 pub fn broadcast(server: &Rc<Server>, from: &FullJid, el: &Element) {
     let user = from.to_bare();
     let mut targets = available_sessions(server, &user);
-    for contact in roster::subscribers(server, &user) {
-        targets.extend(available_sessions(server, &contact));
-    }
+    let via_services = subscriber_targets(server, from, &mut targets);
     send_each(&targets, el);
+    to_services(server, from, &via_services, el);
+}
+
+/// Adds the available resources of `from`'s local subscribers to `targets`; returns the
+/// subscribers at service domains (a gateway's JID, its contacts), which get presence
+/// through their service.
+fn subscriber_targets(
+    server: &Server,
+    from: &FullJid,
+    targets: &mut Vec<(FullJid, Rc<Connection>)>,
+) -> Vec<Jid> {
+    let mut via_services = Vec::new();
+    for contact in roster::subscribers(server, &from.to_bare()) {
+        if blocked(server, from, &contact) {
+            continue;
+        }
+        let domain = contact.domain().as_str();
+        if server.config.is_hosted(domain) {
+            targets.extend(available_sessions(server, &contact));
+        } else if server.service(domain).is_some() {
+            via_services.push(Jid::from(contact));
+        }
+    }
+    via_services
+}
+
+/// Hands a copy of `el`, addressed to each of `to`, to the service of its domain.
+fn to_services(server: &Rc<Server>, from: &FullJid, to: &[Jid], el: &Element) {
+    for to in to {
+        if let Some(service) = server.service(to.domain().as_str()) {
+            let mut el = el.clone();
+            el.set_attr("to", to.to_string());
+            service.handle(server, el, from);
+        }
+    }
 }
 
 /// What a resource learns when it becomes available: its own other resources' presence, the
-/// presence of contacts it is subscribed to (the answer to the probes of §4.3, given here
-/// directly since every contact is local), and unanswered subscription requests (§3.1.3).
+/// presence of local contacts it is subscribed to (the answer to the probes of §4.3, given
+/// here directly), and unanswered subscription requests (§3.1.3). Contacts at a service
+/// domain (a gateway and its legacy contacts) are sent a real probe through their service.
 fn initial(server: &Rc<Server>, conn: &Rc<Connection>, from: &FullJid) {
     let user = from.to_bare();
     let to = from.to_string();
-    let mut presences = Vec::new();
-    let mut collect = |server: &Server, bare: &BareJid| {
-        let sessions = server.sessions.borrow();
-        for s in sessions.of(bare) {
-            if s.jid != *from
-                && s.priority.is_some()
-                && let Some(p) = &s.presence
-            {
-                presences.push(p.clone());
-            }
-        }
-    };
-    collect(server, &user);
+    let mut presences = presences_of(server, &user, &user, Some(from));
+    let mut probes = Vec::new();
     for contact in roster::subscribed_to(server, &user) {
-        // The contact's own roster decides (§4.3.2); both are normally in step.
-        if roster::subscription(server, &contact, &user).has_from() {
-            collect(server, &contact);
+        let domain = contact.domain().as_str();
+        if server.config.is_hosted(domain) {
+            // The contact's own roster decides (§4.3.2); both are normally in step.
+            if roster::subscription(server, &contact, &user).has_from() {
+                presences.extend(presences_of(server, &contact, &user, None));
+            }
+        } else if server.service(domain).is_some() && !is_blocked_either_way(server, &user, &contact) {
+            // A gateway's contacts answer a probe themselves (§4.3.1).
+            probes.push(Jid::from(contact));
         }
     }
     for mut p in presences {
@@ -215,6 +248,10 @@ fn initial(server: &Rc<Server>, conn: &Rc<Connection>, from: &FullJid) {
     for req in roster::pending_requests(server, &user) {
         conn.send(&req);
     }
+    let probe = Element::stanza("presence")
+        .attr("from", from.to_string())
+        .attr("type", "probe");
+    to_services(server, from, &probes, &probe);
 }
 
 /// Unavailable presence from `from`: to subscribers and own resources if it was available,
@@ -227,17 +264,15 @@ fn going_offline(server: &Rc<Server>, from: &FullJid, el: &Element, was_availabl
         .remove(from);
     let user = from.to_bare();
     let mut targets = Vec::new();
+    let mut elsewhere = Vec::new();
     if was_available {
         targets.extend(
             available_sessions(server, &user)
                 .into_iter()
                 .filter(|(j, _)| j != from),
         );
-        for contact in roster::subscribers(server, &user) {
-            targets.extend(available_sessions(server, &contact));
-        }
+        elsewhere = subscriber_targets(server, from, &mut targets);
     }
-    let mut elsewhere = Vec::new();
     for to in directed.into_iter().flatten() {
         match to.try_as_full() {
             Ok(full) if server.config.is_hosted(full.domain().as_str()) => {
@@ -256,14 +291,10 @@ fn going_offline(server: &Rc<Server>, from: &FullJid, el: &Element, was_availabl
             _ => elsewhere.push(to),
         }
     }
+    elsewhere.sort();
+    elsewhere.dedup();
     send_each(&targets, el);
-    for to in elsewhere {
-        if let Some(service) = server.service(to.domain().as_str()) {
-            let mut el = el.clone();
-            el.set_attr("to", to.to_string());
-            service.handle(server, el, from);
-        }
-    }
+    to_services(server, from, &elsewhere, el);
 }
 
 /// Records (or, for unavailable presence, forgets) that `from` sent directed presence to
@@ -290,14 +321,10 @@ fn probe(server: &Rc<Server>, from: &FullJid, to: &BareJid) {
     if *to != user && !roster::subscription(server, to, &user).has_from() {
         return;
     }
-    let presences: Vec<Element> = server
-        .sessions
-        .borrow()
-        .of(to)
-        .iter()
-        .filter(|s| s.jid != *from && s.priority.is_some())
-        .filter_map(|s| s.presence.clone())
-        .collect();
+    if is_blocked_either_way(server, &user, to) {
+        return;
+    }
+    let presences = presences_of(server, to, &user, Some(from));
     if presences.is_empty() {
         let el = Element::stanza("presence")
             .attr("from", to.to_string())
@@ -518,14 +545,7 @@ fn send_presence_of(server: &Rc<Server>, from: &BareJid, to: &BareJid) {
     if !server.config.is_hosted(to.domain().as_str()) {
         return;
     }
-    let presences: Vec<Element> = server
-        .sessions
-        .borrow()
-        .of(from)
-        .iter()
-        .filter(|s| s.priority.is_some())
-        .filter_map(|s| s.presence.clone())
-        .collect();
+    let presences = presences_of(server, from, to, None);
     let targets = available_sessions(server, to);
     for p in presences {
         send_each(&targets, &p);
@@ -547,7 +567,7 @@ fn send_unavailable_of(server: &Rc<Server>, from: &BareJid, to: &BareJid) {
         .map(|s| s.jid.clone())
         .collect();
     let targets = available_sessions(server, to);
-    for r in resources {
+    for r in resources.into_iter().filter(|r| !blocked(server, r, to)) {
         let el = Element::stanza("presence")
             .attr("from", r.to_string())
             .attr("type", "unavailable");
@@ -555,7 +575,65 @@ fn send_unavailable_of(server: &Rc<Server>, from: &BareJid, to: &BareJid) {
     }
 }
 
+/// XEP-0191 §3.3 and §3.4, for the blocking module to call after `user` changed its
+/// blocklist: subscribers covered by `items` (the JIDs just blocked, or just unblocked — for
+/// "unblock all", everything that was blocked) get unavailable presence from each of `user`'s
+/// available resources when `now_blocked`, and otherwise, if nothing blocks them any more,
+/// `user`'s current presence.
+pub fn blocklist_changed(server: &Rc<Server>, user: &BareJid, items: &[Jid], now_blocked: bool) {
+    let covers = |item: &Jid, contact: &BareJid| match item.node() {
+        None => item.domain() == contact.domain(),
+        Some(_) => item.to_bare() == *contact,
+    };
+    let affected: Vec<BareJid> = roster::subscribers(server, user)
+        .into_iter()
+        .filter(|c| items.iter().any(|i| covers(i, c)))
+        .collect();
+    for contact in affected {
+        if now_blocked {
+            // Sent although blocked now: the contact must see the user go away.
+            let targets = available_sessions(server, &contact);
+            for (r, _) in available_sessions(server, user) {
+                let el = Element::stanza("presence")
+                    .attr("from", r.to_string())
+                    .attr("type", "unavailable");
+                send_each(&targets, &el);
+            }
+        } else if !is_blocked_either_way(server, user, &contact) {
+            send_presence_of(server, user, &contact);
+        }
+    }
+}
+
 // ---- delivery helpers -------------------------------------------------------------------------
+
+/// The last presence of each available resource of `of` (except `except`) that `viewer` may
+/// see: XEP-0191 blocks presence both ways.
+fn presences_of(server: &Server, of: &BareJid, viewer: &BareJid, except: Option<&FullJid>) -> Vec<Element> {
+    let found: Vec<(FullJid, Element)> = server
+        .sessions
+        .borrow()
+        .of(of)
+        .iter()
+        .filter(|s| Some(&s.jid) != except && s.priority.is_some())
+        .filter_map(|s| Some((s.jid.clone(), s.presence.clone()?)))
+        .collect();
+    found
+        .into_iter()
+        .filter(|(jid, _)| of == viewer || !blocked(server, jid, viewer))
+        .map(|(_, p)| p)
+        .collect()
+}
+
+/// XEP-0191 §3.3: no presence from `from` reaches `to` when either blocked the other.
+fn blocked(server: &Server, from: &FullJid, to: &BareJid) -> bool {
+    blocking::is_blocked(server, &from.to_bare(), &Jid::from(to.clone()))
+        || blocking::is_blocked(server, to, &Jid::from(from.clone()))
+}
+
+fn is_blocked_either_way(server: &Server, a: &BareJid, b: &BareJid) -> bool {
+    blocking::is_blocked(server, a, &Jid::from(b.clone())) || blocking::is_blocked(server, b, &Jid::from(a.clone()))
+}
 
 /// The available resources of `bare` (sent initial presence and not unavailable since).
 pub fn available_sessions(server: &Server, bare: &BareJid) -> Vec<(FullJid, Rc<Connection>)> {

@@ -154,14 +154,17 @@ mod tests {
         let conn = Connection::open_in_memory().unwrap();
         migrate(&conn).unwrap();
         assert_eq!(version(&conn), MIGRATIONS.len() as i64);
-        assert_eq!(tables(&conn), ["account_keys", "accounts"]);
+        let t = tables(&conn);
+        for want in ["account_keys", "accounts", "mailbox", "roster_items", "torrent_jobs", "transport_accounts"] {
+            assert!(t.iter().any(|n| n == want), "{want} missing from {t:?}");
+        }
         // And again: nothing to do, no error.
         migrate(&conn).unwrap();
         assert_eq!(version(&conn), MIGRATIONS.len() as i64);
     }
 
     #[test]
-    fn no_table_has_a_password_column() {
+    fn no_table_holds_a_wockd_password() {
         let conn = Connection::open_in_memory().unwrap();
         migrate(&conn).unwrap();
         for table in tables(&conn) {
@@ -175,6 +178,11 @@ mod tests {
                 .unwrap();
             assert!(!columns.is_empty());
             for c in columns {
+                // The one exception: a legacy network's password, which libpurple must send
+                // in the clear to that network; wockd's own accounts keep SCRAM keys only.
+                if (table.as_str(), c.as_str()) == ("transport_accounts", "password") {
+                    continue;
+                }
                 assert!(!c.to_lowercase().contains("pass"), "{table}.{c}");
             }
         }

@@ -570,6 +570,9 @@ impl Connection {
         // The session ends now: unavailable presence goes out, nothing more is routed here;
         // what the client never acknowledged goes back to the mailbox.
         self.end_session_with_requeue();
+        if let Some(server) = self.server() {
+            server.commit_mailbox();
+        }
         self.flush();
     }
 

@@ -167,6 +167,7 @@ fn apply_setting(acc: *mut p::PurpleAccount, prpl: &str, key: &str, value: &str)
         .find(|f| f.var.strip_prefix("opt:") == Some(key))
         .map(|f| f.kind);
     let k = cstring(key);
+    tracing::debug!(setting = key, kind = ?kind, "applying account setting");
     // SAFETY: acc is a live account; libpurple copies key and value.
     unsafe {
         match kind {

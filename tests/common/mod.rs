@@ -81,7 +81,7 @@ impl TestServer {
                 })
                 .unwrap();
                 let bound = server.start().unwrap();
-                wockd::transport::install(&server); // IM transport; no-op unless config.transport.enabled
+                wockd::modules::install_services(&server);
                 addr_tx.send(bound).unwrap();
                 let main_loop = glib::MainLoop::new(Some(&ctx), false);
                 let ml = main_loop.clone();
@@ -89,6 +89,7 @@ impl TestServer {
                 ctx.spawn_local(async move {
                     let _ = stop_rx.recv().await;
                     srv.shutdown();
+                    wockd::modules::stop_services(&srv);
                     ml.quit();
                 });
                 main_loop.run();

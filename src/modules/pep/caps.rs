@@ -242,12 +242,16 @@ fn notify_nodes(query: &Element) -> Interest {
         .collect()
 }
 
+/// A form field of an extended disco#info result: `var` and its values.
+type Field = (String, Vec<String>);
+
 /// XEP-0115 §5.1 verification string of a disco#info result; `None` when §5.4 says the
 /// result must not be used for caching (duplicate identities, features or form types).
 pub fn ver_string(query: &Element) -> Option<String> {
     let mut identities = Vec::new();
     let mut features = Vec::new();
-    let mut forms: Vec<(String, Vec<(String, Vec<String>)>)> = Vec::new();
+    // (FORM_TYPE, [(var, values)])
+    let mut forms: Vec<(String, Vec<Field>)> = Vec::new();
     for el in query.elements() {
         if el.is("identity", ns::DISCO_INFO) {
             let attr = |k| el.get_attr(k).unwrap_or("");

@@ -41,7 +41,7 @@ pub fn fields(x: &Element) -> Vec<Field> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BadField(pub String);
 
-fn single<'a>(f: &'a Field) -> Result<&'a str, BadField> {
+fn single(f: &Field) -> Result<&str, BadField> {
     match f.values.as_slice() {
         [v] => Ok(v.as_str()),
         _ => Err(BadField(format!("{} takes exactly one value", f.var))),
