@@ -11,8 +11,7 @@ use std::path::PathBuf;
 /// Items whose names match this are bound; bindgen adds whatever they refer to.
 /// `serv_*` (server.h) and `xmlnode*` (xmlnode.h) are libpurple API that predates
 /// the `purple_` prefix.
-const ALLOW: &str =
-    "purple_.*|Purple.*|PURPLE_.*|_Purple.*|serv_.*|xmlnode.*|_xmlnode.*|wockd_.*|Wockd.*|proto_chat_entry";
+const ALLOW: &str = "purple_.*|Purple.*|PURPLE_.*|_Purple.*|serv_.*|xmlnode.*|_xmlnode.*|wockd_.*|Wockd.*|proto_chat_entry";
 
 fn main() {
     println!("cargo::rerun-if-changed=wrapper.h");

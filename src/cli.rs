@@ -65,7 +65,9 @@ pub fn main() -> Result<()> {
             store
                 .create_account(&node, &domain, &derive_all(&config, &password)?)
                 .map_err(|e| match e {
-                    crate::store::StoreError::AccountExists => anyhow!("{node}@{domain} already exists"),
+                    crate::store::StoreError::AccountExists => {
+                        anyhow!("{node}@{domain} already exists")
+                    }
                     e => e.into(),
                 })?;
             println!("created {node}@{domain}");
@@ -110,7 +112,9 @@ pub fn main() -> Result<()> {
 fn status(config: &Config) -> Result<()> {
     use crate::modules::status;
     let dir = config.data_dir();
-    match status::read(&dir).with_context(|| format!("reading {}", dir.join(status::FILE).display()))? {
+    match status::read(&dir)
+        .with_context(|| format!("reading {}", dir.join(status::FILE).display()))?
+    {
         Some(snap) if status::is_running(snap.pid) => {
             println!("server running (pid {})", snap.pid);
             println!("online: {}", snap.sessions.len());
@@ -121,14 +125,25 @@ fn status(config: &Config) -> Result<()> {
                 }
             }
         }
-        Some(snap) => println!("server not running (pid {} is gone; it did not shut down cleanly)", snap.pid),
+        Some(snap) => println!(
+            "server not running (pid {} is gone; it did not shut down cleanly)",
+            snap.pid
+        ),
         None => println!("server not running"),
     }
     let store = open_store(config)?;
     let stats = crate::store::mailbox::stats(store.conn())?;
-    let width = stats.iter().map(|s| s.username.len() + s.domain.len() + 1).max().unwrap_or(0).max(7);
+    let width = stats
+        .iter()
+        .map(|s| s.username.len() + s.domain.len() + 1)
+        .max()
+        .unwrap_or(0)
+        .max(7);
     println!("mailboxes:");
-    println!("  {:width$}  {:>8}  {:>8}", "account", "archived", "pending");
+    println!(
+        "  {:width$}  {:>8}  {:>8}",
+        "account", "archived", "pending"
+    );
     for s in stats {
         let account = format!("{}@{}", s.username, s.domain);
         println!("  {account:width$}  {:>8}  {:>8}", s.archived, s.pending);
@@ -146,11 +161,19 @@ fn open_for(config: &Config, jid: &str) -> Result<(Store, String, String)> {
     let bare = BareJid::new(jid).map_err(|e| anyhow!("`{jid}` is not a valid JID: {e}"))?;
     let node = bare
         .node()
-        .ok_or_else(|| anyhow!("`{jid}` has no user part; write it as user@{}", bare.domain()))?
+        .ok_or_else(|| {
+            anyhow!(
+                "`{jid}` has no user part; write it as user@{}",
+                bare.domain()
+            )
+        })?
         .to_string();
     let domain = bare.domain().to_string();
     if !config.is_hosted(&domain) {
-        bail!("`{domain}` is not a hosted domain (configured: {})", config.domains.join(", "));
+        bail!(
+            "`{domain}` is not a hosted domain (configured: {})",
+            config.domains.join(", ")
+        );
     }
     Ok((open_store(config)?, node, domain))
 }
@@ -176,8 +199,14 @@ fn read_password(from_stdin: bool, confirm: bool) -> Result<String> {
 fn derive_all(config: &Config, password: &str) -> Result<Vec<(Hash, scram::ScramKeys)>> {
     let i = config.auth.scram_iterations;
     Ok(vec![
-        (Hash::Sha1, scram::new_keys(Hash::Sha1, password, i).map_err(|e| anyhow!("{e}"))?),
-        (Hash::Sha256, scram::new_keys(Hash::Sha256, password, i).map_err(|e| anyhow!("{e}"))?),
+        (
+            Hash::Sha1,
+            scram::new_keys(Hash::Sha1, password, i).map_err(|e| anyhow!("{e}"))?,
+        ),
+        (
+            Hash::Sha256,
+            scram::new_keys(Hash::Sha256, password, i).map_err(|e| anyhow!("{e}"))?,
+        ),
     ])
 }
 
@@ -204,7 +233,8 @@ fn init_logging(config: &Config) {
 pub fn run(config: Config, embedded: bool) -> Result<()> {
     init_logging(&config);
     let data_dir = config.data_dir();
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
     let store = open_store(&config)?;
     let mut accounts = store.list_accounts()?;
     if embedded && accounts.is_empty() {
@@ -244,11 +274,18 @@ pub fn run(config: Config, embedded: bool) -> Result<()> {
     Ok(())
 }
 
-fn print_welcome(server: &Server, bound: &[(std::net::SocketAddr, bool)], accounts: &[(String, String)]) {
+fn print_welcome(
+    server: &Server,
+    bound: &[(std::net::SocketAddr, bool)],
+    accounts: &[(String, String)],
+) {
     let c = &server.config;
     eprintln!("wockd {} serving {}", crate::VERSION, c.domains.join(", "));
     for (addr, tls) in bound {
-        eprintln!("  listening on {addr}{}", if *tls { " (direct TLS)" } else { " (STARTTLS)" });
+        eprintln!(
+            "  listening on {addr}{}",
+            if *tls { " (direct TLS)" } else { " (STARTTLS)" }
+        );
     }
     eprintln!("  data: {}", c.data_dir().display());
     let (cert, _) = crate::net::tls::cert_paths(c);
@@ -259,9 +296,17 @@ fn print_welcome(server: &Server, bound: &[(std::net::SocketAddr, bool)], accoun
             c.default_domain()
         );
     } else {
-        let list: Vec<String> = accounts.iter().take(5).map(|(n, d)| format!("{n}@{d}")).collect();
+        let list: Vec<String> = accounts
+            .iter()
+            .take(5)
+            .map(|(n, d)| format!("{n}@{d}"))
+            .collect();
         let more = accounts.len().saturating_sub(list.len());
-        let more = if more > 0 { format!(" and {more} more (wockd users)") } else { String::new() };
+        let more = if more > 0 {
+            format!(" and {more} more (wockd users)")
+        } else {
+            String::new()
+        };
         eprintln!("  accounts: {}{more}", list.join(", "));
     }
     eprintln!(

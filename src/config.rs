@@ -301,10 +301,15 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.domains.is_empty() {
-            return Err(ConfigError::Invalid("`domains` must name at least one domain".into()));
+            return Err(ConfigError::Invalid(
+                "`domains` must name at least one domain".into(),
+            ));
         }
         for d in &self.domains {
-            if jid::BareJid::new(d).map(|j| j.node().is_some()).unwrap_or(true) {
+            if jid::BareJid::new(d)
+                .map(|j| j.node().is_some())
+                .unwrap_or(true)
+            {
                 return Err(ConfigError::Invalid(format!("`{d}` is not a valid domain")));
             }
         }
@@ -317,13 +322,21 @@ impl Config {
             }
         }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
-            return Err(ConfigError::Invalid("`tls.cert` and `tls.key` go together".into()));
+            return Err(ConfigError::Invalid(
+                "`tls.cert` and `tls.key` go together".into(),
+            ));
         }
         if self.limits.max_stanza_bytes < 4096 {
-            return Err(ConfigError::Invalid("`limits.max_stanza_bytes` must be at least 4096".into()));
+            return Err(ConfigError::Invalid(
+                "`limits.max_stanza_bytes` must be at least 4096".into(),
+            ));
         }
         for t in &self.transport.services {
-            if self.is_hosted(&t.domain) || jid::BareJid::new(&t.domain).map(|j| j.node().is_some()).unwrap_or(true) {
+            if self.is_hosted(&t.domain)
+                || jid::BareJid::new(&t.domain)
+                    .map(|j| j.node().is_some())
+                    .unwrap_or(true)
+            {
                 return Err(ConfigError::Invalid(format!(
                     "transport service `{}` must be a valid domain that is not a hosted one",
                     t.domain
@@ -334,13 +347,19 @@ impl Config {
         let t = &self.torrent;
         if t.enabled {
             let d = self.torrent_domain();
-            if self.is_hosted(&d) || jid::BareJid::new(&d).map(|j| j.node().is_some()).unwrap_or(true) {
+            if self.is_hosted(&d)
+                || jid::BareJid::new(&d)
+                    .map(|j| j.node().is_some())
+                    .unwrap_or(true)
+            {
                 return Err(ConfigError::Invalid(format!(
                     "`torrent.domain` `{d}` must be a valid domain that is not a hosted one"
                 )));
             }
             if t.listen_ports[0] > t.listen_ports[1] {
-                return Err(ConfigError::Invalid("`torrent.listen_ports` must be [first, last]".into()));
+                return Err(ConfigError::Invalid(
+                    "`torrent.listen_ports` must be [first, last]".into(),
+                ));
             }
             if t.fetch_timeout_secs == 0 || t.metadata_timeout_secs == 0 || t.fetch_max_bytes == 0 {
                 return Err(ConfigError::Invalid(
@@ -349,7 +368,9 @@ impl Config {
             }
         }
         if self.auth.scram_iterations < 4096 {
-            return Err(ConfigError::Invalid("`auth.scram_iterations` must be at least 4096".into()));
+            return Err(ConfigError::Invalid(
+                "`auth.scram_iterations` must be at least 4096".into(),
+            ));
         }
         Ok(())
     }
@@ -412,7 +433,8 @@ mod tests {
         c.validate().unwrap();
         assert!(c.listen[1].direct_tls);
         let bad: Config =
-            toml::from_str("[[listen]]\naddress = '0.0.0.0:5222'\ntrusted_loopback = true\n").unwrap();
+            toml::from_str("[[listen]]\naddress = '0.0.0.0:5222'\ntrusted_loopback = true\n")
+                .unwrap();
         assert!(bad.validate().is_err());
         assert!(toml::from_str::<Config>("nonsense = 1").is_err());
     }

@@ -48,7 +48,11 @@ pub struct Server {
 impl Server {
     /// Builds the server. `install` adds features and IQ rules to the stream template, the
     /// seed's `initialize_stream`.
-    pub fn new(config: Config, store: Store, install: impl FnOnce(&mut Stream)) -> Result<Rc<Server>, tls::TlsError> {
+    pub fn new(
+        config: Config,
+        store: Store,
+        install: impl FnOnce(&mut Stream),
+    ) -> Result<Rc<Server>, tls::TlsError> {
         let tls = tls::server_config(&config)?;
         let mut stream = Stream::default();
         install(&mut stream);
@@ -85,7 +89,10 @@ impl Server {
             }
         }
         if bound.is_empty() {
-            return Err(io::Error::new(io::ErrorKind::AddrNotAvailable, "no listener could be bound"));
+            return Err(io::Error::new(
+                io::ErrorKind::AddrNotAvailable,
+                "no listener could be bound",
+            ));
         }
         let weak = Rc::downgrade(self);
         let timer = source::every(Duration::from_secs(1), move || match weak.upgrade() {
@@ -100,7 +107,11 @@ impl Server {
     }
 
     fn listen(self: &Rc<Self>, l: &Listener) -> io::Result<std::net::SocketAddr> {
-        let domain = if l.address.is_ipv6() { Domain::IPV6 } else { Domain::IPV4 };
+        let domain = if l.address.is_ipv6() {
+            Domain::IPV6
+        } else {
+            Domain::IPV4
+        };
         let sock = Socket::new(domain, Type::STREAM, None)?;
         if l.address.is_ipv6() {
             // Separate v4 and v6 listeners may share a port.
@@ -117,7 +128,9 @@ impl Server {
         let direct_tls = l.direct_tls;
         let fd = listener.as_raw_fd();
         let src = source::watch_fd(fd, IOCondition::IN, move |fd, _| {
-            let Some(server) = weak.upgrade() else { return ControlFlow::Break };
+            let Some(server) = weak.upgrade() else {
+                return ControlFlow::Break;
+            };
             server.accept_all(fd, trusted, direct_tls);
             ControlFlow::Continue
         });
@@ -129,7 +142,9 @@ impl Server {
         loop {
             let accepted = {
                 let listeners = self.listeners.borrow();
-                let Some((l, _)) = listeners.iter().find(|(l, _)| l.as_raw_fd() == fd) else { return };
+                let Some((l, _)) = listeners.iter().find(|(l, _)| l.as_raw_fd() == fd) else {
+                    return;
+                };
                 l.accept()
             };
             match accepted {
@@ -198,7 +213,10 @@ impl Server {
         let weak = Rc::downgrade(self);
         source::idle_once(move || {
             if let Some(c) = weak.upgrade().and_then(|s| s.connection(id)) {
-                c.close(Some((StreamError::ResourceConstraint, Some("too many unacknowledged stanzas".into()))));
+                c.close(Some((
+                    StreamError::ResourceConstraint,
+                    Some("too many unacknowledged stanzas".into()),
+                )));
             }
         });
     }
@@ -296,15 +314,24 @@ impl Server {
             tracing::info!(%jid, "resource conflict: replacing the older session");
             // Detach the old session first so its close does not unbind the new one.
             old.state.borrow_mut().jid = None;
-            old.close(Some((StreamError::Conflict, Some("replaced by a new connection".into()))));
+            old.close(Some((
+                StreamError::Conflict,
+                Some("replaced by a new connection".into()),
+            )));
         }
         tracing::info!(%jid, conn = conn.id, "session bound");
     }
 
     /// A stream closed or died: its session (if any) ends.
     pub(crate) fn session_ended(self: &Rc<Self>, conn: &Connection) {
-        let Some(jid) = conn.state.borrow_mut().jid.take() else { return };
-        let was_available = self.sessions.borrow().get(&jid).is_some_and(|s| s.priority.is_some());
+        let Some(jid) = conn.state.borrow_mut().jid.take() else {
+            return;
+        };
+        let was_available = self
+            .sessions
+            .borrow()
+            .get(&jid)
+            .is_some_and(|s| s.priority.is_some());
         if self.sessions.borrow_mut().unbind(&jid, conn.id) {
             tracing::info!(%jid, "session ended");
             crate::modules::pep::session_gone(self, &jid);
@@ -328,7 +355,12 @@ impl Server {
 
     /// RFC 6121 §8.5.2: a message to a bare JID goes to the available resources of highest
     /// non-negative priority; when there are none the mailbox module takes it.
-    pub fn deliver_message_to_bare(self: &Rc<Self>, from_conn: &Connection, to: &BareJid, el: Element) {
+    pub fn deliver_message_to_bare(
+        self: &Rc<Self>,
+        from_conn: &Connection,
+        to: &BareJid,
+        el: Element,
+    ) {
         crate::modules::message::deliver_to_bare(self, Some(from_conn), to, el);
     }
 
@@ -349,12 +381,17 @@ impl Server {
         let id = format!("wockd-{n}");
         iq.set_attr("id", id.as_str());
         iq.set_attr("to", to.to_string());
-        self.pending_iqs.borrow_mut().insert(format!("{to}\u{0}{id}"), on_response);
+        self.pending_iqs
+            .borrow_mut()
+            .insert(format!("{to}\u{0}{id}"), on_response);
         self.deliver_to_full(to, &iq);
     }
 
     pub(crate) fn iq_response(self: &Rc<Self>, from: &FullJid, id: &str, el: Element) {
-        let cb = self.pending_iqs.borrow_mut().remove(&format!("{from}\u{0}{id}"));
+        let cb = self
+            .pending_iqs
+            .borrow_mut()
+            .remove(&format!("{from}\u{0}{id}"));
         if let Some(cb) = cb {
             cb(self, el);
         }
@@ -364,7 +401,9 @@ impl Server {
     // ---- services ---------------------------------------------------------------------------
 
     pub fn add_service(&self, domain: &str, service: Rc<dyn Service>) {
-        self.services.borrow_mut().insert(domain.to_owned(), service);
+        self.services
+            .borrow_mut()
+            .insert(domain.to_owned(), service);
     }
 
     pub fn service(&self, domain: &str) -> Option<Rc<dyn Service>> {

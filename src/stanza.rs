@@ -85,10 +85,14 @@ impl Condition {
     pub fn default_type(self) -> ErrorType {
         use Condition::*;
         match self {
-            BadRequest | JidMalformed | NotAcceptable | PolicyViolation | Redirect => ErrorType::Modify,
-            NotAuthorized | Forbidden | RegistrationRequired | SubscriptionRequired => ErrorType::Auth,
-            InternalServerError | RecipientUnavailable | RemoteServerTimeout | ResourceConstraint
-            | UnexpectedRequest => ErrorType::Wait,
+            BadRequest | JidMalformed | NotAcceptable | PolicyViolation | Redirect => {
+                ErrorType::Modify
+            }
+            NotAuthorized | Forbidden | RegistrationRequired | SubscriptionRequired => {
+                ErrorType::Auth
+            }
+            InternalServerError | RecipientUnavailable | RemoteServerTimeout
+            | ResourceConstraint | UnexpectedRequest => ErrorType::Wait,
             _ => ErrorType::Cancel,
         }
     }
@@ -112,7 +116,12 @@ pub fn error_element(kind: ErrorType, cond: Condition, text: Option<&str>) -> El
 /// The error reply to `stanza` (RFC 6120 §8.3.1): same name and id, addresses swapped,
 /// `type='error'`. The original payload is not echoed (a MAY), which keeps replies small.
 /// Returns `None` for stanzas that must never be answered with an error (errors themselves).
-pub fn error_reply(stanza: &Element, kind: ErrorType, cond: Condition, text: Option<&str>) -> Option<Element> {
+pub fn error_reply(
+    stanza: &Element,
+    kind: ErrorType,
+    cond: Condition,
+    text: Option<&str>,
+) -> Option<Element> {
     if stanza.get_attr("type") == Some("error") {
         return None;
     }

@@ -49,12 +49,27 @@ async fn two_accounts_scram_over_starttls_exchange_messages() {
     // The untrusted listener requires STARTTLS; SCRAM then succeeds, one mechanism at a time.
     let alice_jid = Jid::from_str("alice@localhost").unwrap();
     for mech in ["SCRAM-SHA-256", "SCRAM-SHA-1"] {
-        try_sasl(&c, &alice_jid, "alice-pw", &[mech]).await.unwrap_or_else(|e| panic!("{mech}: {e:?}"));
-        assert!(try_sasl(&c, &alice_jid, "wrong", &[mech]).await.is_err(), "{mech} accepted a wrong password");
+        try_sasl(&c, &alice_jid, "alice-pw", &[mech])
+            .await
+            .unwrap_or_else(|e| panic!("{mech}: {e:?}"));
+        assert!(
+            try_sasl(&c, &alice_jid, "wrong", &[mech]).await.is_err(),
+            "{mech} accepted a wrong password"
+        );
     }
 
-    let mut alice = Client::new_with_connector(BareJid::from_str("alice@localhost").unwrap(), "alice-pw", c.clone(), Timeouts::tight());
-    let mut bob = Client::new_with_connector(BareJid::from_str("bob@localhost").unwrap(), "bob-pw", c, Timeouts::tight());
+    let mut alice = Client::new_with_connector(
+        BareJid::from_str("alice@localhost").unwrap(),
+        "alice-pw",
+        c.clone(),
+        Timeouts::tight(),
+    );
+    let mut bob = Client::new_with_connector(
+        BareJid::from_str("bob@localhost").unwrap(),
+        "bob-pw",
+        c,
+        Timeouts::tight(),
+    );
     let a = wait_online(&mut alice, T).await.expect("alice online");
     let b = wait_online(&mut bob, T).await.expect("bob online");
     assert_eq!(a.to_bare().to_string(), "alice@localhost");

@@ -14,7 +14,9 @@ fn inactive_client_gets_coalesced_presence_and_immediate_messages() {
     let mut b = Raw::login_plain(srv.trusted, "bob", "pw", "pc");
     a.send("<inactive xmlns='urn:xmpp:csi:0'/>");
     for show in ["away", "xa", "dnd"] {
-        b.send(&format!("<presence to='alice@localhost/phone'><show>{show}</show></presence>"));
+        b.send(&format!(
+            "<presence to='alice@localhost/phone'><show>{show}</show></presence>"
+        ));
     }
     b.send("<message to='alice@localhost/phone' type='chat'><composing xmlns='http://jabber.org/protocol/chatstates'/></message>");
     // Order check: the server handles bob's stanzas in order; a ping round trip proves they
@@ -23,8 +25,15 @@ fn inactive_client_gets_coalesced_presence_and_immediate_messages() {
     b.until("id=\"sync\"");
     b.send("<message to='alice@localhost/phone' type='chat'><body>wake up</body></message>");
     let got = a.until("<body>wake up</body>");
-    assert_eq!(got.matches("<presence").count(), 1, "presence not coalesced: {got}");
-    assert!(got.contains("<show>dnd</show>"), "the latest presence must win: {got}");
+    assert_eq!(
+        got.matches("<presence").count(),
+        1,
+        "presence not coalesced: {got}"
+    );
+    assert!(
+        got.contains("<show>dnd</show>"),
+        "the latest presence must win: {got}"
+    );
     let (typing, body) = (got.find("composing").unwrap(), got.find("wake up").unwrap());
     assert!(typing < body, "order lost: {got}");
 

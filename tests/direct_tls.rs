@@ -23,9 +23,12 @@ fn tls_client(srv: &TestServer) -> rustls::StreamOwned<rustls::ClientConnection,
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let conn = rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap()).unwrap();
+    let conn =
+        rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap())
+            .unwrap();
     let sock = TcpStream::connect(srv.direct_tls).unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     rustls::StreamOwned::new(conn, sock)
 }
 
@@ -37,12 +40,19 @@ fn read_until(s: &mut impl Read, buf: &mut String, needle: &str) -> String {
             buf.drain(..i + needle.len());
             return out;
         }
-        assert!(Instant::now() < deadline, "timeout waiting for {needle}: {buf}");
+        assert!(
+            Instant::now() < deadline,
+            "timeout waiting for {needle}: {buf}"
+        );
         let mut chunk = [0u8; 16384];
         match s.read(&mut chunk) {
             Ok(0) => panic!("closed waiting for {needle}: {buf}"),
             Ok(n) => buf.push_str(&String::from_utf8_lossy(&chunk[..n])),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
             Err(e) => panic!("{e}"),
         }
     }
@@ -59,18 +69,32 @@ fn direct_tls_login_with_plain() {
     let features = read_until(&mut s, &mut buf, "</stream:features>");
     // Already encrypted: no STARTTLS offered, PLAIN allowed.
     assert!(!features.contains("starttls"), "{features}");
-    assert!(features.contains("<mechanism>PLAIN</mechanism>"), "{features}");
+    assert!(
+        features.contains("<mechanism>PLAIN</mechanism>"),
+        "{features}"
+    );
     let creds = base64::engine::general_purpose::STANDARD.encode("\0alice\0pw");
-    s.write_all(format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{creds}</auth>").as_bytes()).unwrap();
+    s.write_all(
+        format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{creds}</auth>")
+            .as_bytes(),
+    )
+    .unwrap();
     read_until(&mut s, &mut buf, "<success");
     s.write_all(HEADER.as_bytes()).unwrap();
     let features = read_until(&mut s, &mut buf, "</stream:features>");
-    assert!(features.contains("urn:ietf:params:xml:ns:xmpp-bind"), "{features}");
-    s.write_all(b"<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>").unwrap();
+    assert!(
+        features.contains("urn:ietf:params:xml:ns:xmpp-bind"),
+        "{features}"
+    );
+    s.write_all(b"<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>")
+        .unwrap();
     let bound = read_until(&mut s, &mut buf, "</iq>");
     // A server-generated resource.
     assert!(bound.contains("<jid>alice@localhost/"), "{bound}");
-    s.write_all(b"<iq type='set' id='s'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>").unwrap();
+    s.write_all(
+        b"<iq type='set' id='s'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>",
+    )
+    .unwrap();
     assert!(read_until(&mut s, &mut buf, "id=\"s\"/>").contains("result"));
     s.write_all(b"</stream:stream>").unwrap();
     assert!(read_until(&mut s, &mut buf, "</stream:stream>").contains("</stream:stream>"));

@@ -48,7 +48,8 @@ impl Caps {
             s.push_str(f);
             s.push('<');
         }
-        let ver = base64::engine::general_purpose::STANDARD.encode(sha1::Sha1::digest(s.as_bytes()));
+        let ver =
+            base64::engine::general_purpose::STANDARD.encode(sha1::Sha1::digest(s.as_bytes()));
         Caps {
             name: name.to_owned(),
             features,
@@ -93,7 +94,13 @@ impl Client {
 
     /// Logs in and sends initial presence with caps wanting `notify`; returns once the
     /// server knows what the caps mean (it asked, unless `cached`).
-    fn online(srv: &TestServer, user: &str, resource: &str, notify: &[&str], cached: bool) -> Client {
+    fn online(
+        srv: &TestServer,
+        user: &str,
+        resource: &str,
+        notify: &[&str],
+        cached: bool,
+    ) -> Client {
         let mut c = Client::login(srv, user, resource);
         c.roster_get();
         c.caps = Some(Caps::new(&format!("client {user} {resource}"), notify));
@@ -129,7 +136,12 @@ impl Client {
             }
         }
         self.barrier();
-        assert_eq!(self.caps_answered, u32::from(self.caps.is_some() && !cached), "{}", self.jid);
+        assert_eq!(
+            self.caps_answered,
+            u32::from(self.caps.is_some() && !cached),
+            "{}",
+            self.jid
+        );
     }
 
     fn send(&mut self, s: &str) {
@@ -163,7 +175,11 @@ impl Client {
             match self.raw.sock.read(&mut chunk) {
                 Ok(0) => panic!("{}: connection closed; queued {:#?}", self.jid, self.queue),
                 Ok(n) => self.raw.buf.push_str(&String::from_utf8_lossy(&chunk[..n])),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
                 Err(e) => panic!("read error: {e}"),
             }
         }
@@ -171,7 +187,10 @@ impl Client {
 
     /// Answers the server's disco#info query for this client's caps node (XEP-0115 §6.2).
     fn answer_caps_query(&mut self, stanza: &str) -> bool {
-        if !(stanza.starts_with("<iq") && stanza.contains("type=\"get\"") && stanza.contains("disco#info")) {
+        if !(stanza.starts_with("<iq")
+            && stanza.contains("type=\"get\"")
+            && stanza.contains("disco#info"))
+        {
             return false;
         }
         let Some(caps) = &self.caps else { return false };
@@ -230,7 +249,9 @@ impl Client {
     fn barrier(&mut self) {
         self.pings += 1;
         let id = format!("barrier-{}", self.pings);
-        self.send(&format!("<iq type='get' id='{id}'><ping xmlns='urn:xmpp:ping'/></iq>"));
+        self.send(&format!(
+            "<iq type='get' id='{id}'><ping xmlns='urn:xmpp:ping'/></iq>"
+        ));
         self.expect(&[&format!("id=\"{id}\"")]);
     }
 
@@ -341,7 +362,9 @@ fn field(var: &str, value: &str) -> String {
 }
 
 fn items_query(node: &str, inner: &str) -> String {
-    format!("<pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='{node}'>{inner}</items></pubsub>")
+    format!(
+        "<pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='{node}'>{inner}</items></pubsub>"
+    )
 }
 
 // ---- XEP-0084 avatars -------------------------------------------------------------------------
@@ -358,21 +381,41 @@ fn avatar_metadata_reaches_subscribed_contacts_with_notify() {
     // XEP-0084 §4.1: data first, then metadata.
     let data = "<data xmlns='urn:xmpp:avatar:data'>iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==</data>";
     let hash = "111f4b3c50d7b0df729d299bc6f8e9ef9066971f";
-    let r = alice.iq("d1", &format!("<iq type='set' id='d1'>{}</iq>", publish(hash, AVATAR_DATA, data, "")));
+    let r = alice.iq(
+        "d1",
+        &format!(
+            "<iq type='set' id='d1'>{}</iq>",
+            publish(hash, AVATAR_DATA, data, "")
+        ),
+    );
     assert!(is_result(&r), "{r}");
     assert!(r.contains(&format!("<item id=\"{hash}\"/>")), "{r}");
     let metadata = format!(
         "<metadata xmlns='urn:xmpp:avatar:metadata'><info bytes='68' id='{hash}' height='1' type='image/png' width='1'/></metadata>"
     );
-    let r = alice.iq("m1", &format!("<iq type='set' id='m1'>{}</iq>", publish(hash, AVATAR_METADATA, &metadata, "")));
+    let r = alice.iq(
+        "m1",
+        &format!(
+            "<iq type='set' id='m1'>{}</iq>",
+            publish(hash, AVATAR_METADATA, &metadata, "")
+        ),
+    );
     assert!(is_result(&r), "{r}");
 
     // Bob (subscribed, +notify) and alice's own resource get the metadata from alice's bare JID.
     let ev = bob.event(&jid("alice"), AVATAR_METADATA);
     assert!(ev.contains("type=\"headline\""), "{ev}");
     assert!(ev.contains(&format!("to=\"{}\"", bob.jid)), "{ev}");
-    assert!(ev.contains(&format!("<item id=\"{hash}\"><metadata xmlns=\"urn:xmpp:avatar:metadata\"><info ")), "{ev}");
-    assert!(!ev.contains("urn:xmpp:delay"), "a live event has no delay: {ev}");
+    assert!(
+        ev.contains(&format!(
+            "<item id=\"{hash}\"><metadata xmlns=\"urn:xmpp:avatar:metadata\"><info "
+        )),
+        "{ev}"
+    );
+    assert!(
+        !ev.contains("urn:xmpp:delay"),
+        "a live event has no delay: {ev}"
+    );
     alice.event(&jid("alice"), AVATAR_METADATA);
     // Nobody advertised +notify for the data node; carol has no subscription.
     bob.assert_no_event(AVATAR_DATA);
@@ -395,36 +438,71 @@ fn avatar_metadata_reaches_subscribed_contacts_with_notify() {
     // Carol is refused (XEP-0060 §6.5.9.8).
     let r = carol.iq(
         "get-data",
-        &format!("<iq type='get' id='get-data' to='{}'>{}</iq>", jid("alice"), items_query(AVATAR_DATA, "")),
+        &format!(
+            "<iq type='get' id='get-data' to='{}'>{}</iq>",
+            jid("alice"),
+            items_query(AVATAR_DATA, "")
+        ),
     );
     assert!(r.contains("type=\"error\""), "{r}");
-    assert!(r.contains("<not-authorized xmlns=\"urn:ietf:params:xml:ns:xmpp-stanzas\"/>"), "{r}");
-    assert!(r.contains("<presence-subscription-required xmlns=\"http://jabber.org/protocol/pubsub#errors\"/>"), "{r}");
+    assert!(
+        r.contains("<not-authorized xmlns=\"urn:ietf:params:xml:ns:xmpp-stanzas\"/>"),
+        "{r}"
+    );
+    assert!(
+        r.contains(
+            "<presence-subscription-required xmlns=\"http://jabber.org/protocol/pubsub#errors\"/>"
+        ),
+        "{r}"
+    );
 
     // A second resource of bob with the same caps: the ver is known (no query), and it gets
     // alice's last metadata at once, with a delay (XEP-0163 §4.3.2).
     let caps = Caps::new("client bob phone", &[AVATAR_METADATA]);
     let mut bob2 = Client::online_as(&srv, "bob", "tablet", caps, true);
     let ev = bob2.event(&jid("alice"), AVATAR_METADATA);
-    assert!(ev.contains(hash) && ev.contains("<delay xmlns=\"urn:xmpp:delay\""), "{ev}");
+    assert!(
+        ev.contains(hash) && ev.contains("<delay xmlns=\"urn:xmpp:delay\""),
+        "{ev}"
+    );
     bob2.assert_no_event(AVATAR_DATA);
 
     // Avatar disabled (§4.6): empty metadata, also to bob's new resource.
     let r = alice.iq(
         "m2",
-        &format!("<iq type='set' id='m2'>{}</iq>", publish("current", AVATAR_METADATA, "<metadata xmlns='urn:xmpp:avatar:metadata'/>", "")),
+        &format!(
+            "<iq type='set' id='m2'>{}</iq>",
+            publish(
+                "current",
+                AVATAR_METADATA,
+                "<metadata xmlns='urn:xmpp:avatar:metadata'/>",
+                ""
+            )
+        ),
     );
     assert!(is_result(&r), "{r}");
     for c in [&mut bob, &mut bob2] {
         let ev = c.event(&jid("alice"), AVATAR_METADATA);
-        assert!(ev.contains("<item id=\"current\"><metadata xmlns=\"urn:xmpp:avatar:metadata\"/></item>"), "{ev}");
+        assert!(
+            ev.contains(
+                "<item id=\"current\"><metadata xmlns=\"urn:xmpp:avatar:metadata\"/></item>"
+            ),
+            "{ev}"
+        );
     }
     // max_items defaults to 1: only the newest metadata is kept.
     let r = bob.iq(
         "meta",
-        &format!("<iq type='get' id='meta' to='{}'>{}</iq>", jid("alice"), items_query(AVATAR_METADATA, "")),
+        &format!(
+            "<iq type='get' id='meta' to='{}'>{}</iq>",
+            jid("alice"),
+            items_query(AVATAR_METADATA, "")
+        ),
     );
-    assert!(r.contains("<item id=\"current\">") && !r.contains(hash), "{r}");
+    assert!(
+        r.contains("<item id=\"current\">") && !r.contains(hash),
+        "{r}"
+    );
 }
 
 #[test]
@@ -434,7 +512,13 @@ fn notifications_stop_when_unavailable_and_follow_caps_changes() {
     let mut bob = Client::online(&srv, "bob", "phone", &[], false);
     subscribe(&mut bob, &mut alice, "bob", "alice");
     let nick = "<nick xmlns='http://jabber.org/protocol/nick'>Alice</nick>";
-    let r = alice.iq("n1", &format!("<iq type='set' id='n1'>{}</iq>", publish("", NICK, nick, "")));
+    let r = alice.iq(
+        "n1",
+        &format!(
+            "<iq type='set' id='n1'>{}</iq>",
+            publish("", NICK, nick, "")
+        ),
+    );
     assert!(is_result(&r), "{r}");
     bob.assert_no_event(NICK);
 
@@ -444,7 +528,10 @@ fn notifications_stop_when_unavailable_and_follow_caps_changes() {
     let caps = bob.caps.as_ref().unwrap().element();
     bob.send(&format!("<presence>{caps}</presence>"));
     let ev = bob.event(&jid("alice"), NICK);
-    assert!(ev.contains(">Alice</nick>") && ev.contains("urn:xmpp:delay"), "{ev}");
+    assert!(
+        ev.contains(">Alice</nick>") && ev.contains("urn:xmpp:delay"),
+        "{ev}"
+    );
     assert_eq!(bob.caps_answered, 1);
 
     // A later presence with the same caps sends nothing again.
@@ -455,7 +542,13 @@ fn notifications_stop_when_unavailable_and_follow_caps_changes() {
     bob.send("<presence type='unavailable'/>");
     bob.barrier();
     let nick2 = "<nick xmlns='http://jabber.org/protocol/nick'>Alice L.</nick>";
-    let r = alice.iq("n2", &format!("<iq type='set' id='n2'>{}</iq>", publish("", NICK, nick2, "")));
+    let r = alice.iq(
+        "n2",
+        &format!(
+            "<iq type='set' id='n2'>{}</iq>",
+            publish("", NICK, nick2, "")
+        ),
+    );
     assert!(is_result(&r), "{r}");
     bob.assert_no_event(NICK);
     bob.send(&format!("<presence>{caps}</presence>"));
@@ -463,9 +556,17 @@ fn notifications_stop_when_unavailable_and_follow_caps_changes() {
     assert!(ev.contains(">Alice L.</nick>"), "{ev}");
 
     // Negative priority: no notifications (XEP-0163 §4.3.1).
-    bob.send(&format!("<presence><priority>-1</priority>{caps}</presence>"));
+    bob.send(&format!(
+        "<presence><priority>-1</priority>{caps}</presence>"
+    ));
     bob.barrier();
-    let r = alice.iq("n3", &format!("<iq type='set' id='n3'>{}</iq>", publish("", NICK, nick, "")));
+    let r = alice.iq(
+        "n3",
+        &format!(
+            "<iq type='set' id='n3'>{}</iq>",
+            publish("", NICK, nick, "")
+        ),
+    );
     assert!(is_result(&r), "{r}");
     bob.assert_no_event(NICK);
 }
@@ -478,17 +579,37 @@ fn caps_that_do_not_match_their_hash_count_for_one_resource_only() {
     liar.lie = true;
     liar.available(false);
     // The same ver again: not cached, so it is asked too.
-    let mut honest = Client::online_as(&srv, "alice", "honest", Caps::new("shared client", &[NICK]), false);
+    let mut honest = Client::online_as(
+        &srv,
+        "alice",
+        "honest",
+        Caps::new("shared client", &[NICK]),
+        false,
+    );
     let r = honest.iq(
         "n1",
-        &format!("<iq type='set' id='n1'>{}</iq>", publish("", NICK, "<nick xmlns='http://jabber.org/protocol/nick'>A</nick>", "")),
+        &format!(
+            "<iq type='set' id='n1'>{}</iq>",
+            publish(
+                "",
+                NICK,
+                "<nick xmlns='http://jabber.org/protocol/nick'>A</nick>",
+                ""
+            )
+        ),
     );
     assert!(is_result(&r), "{r}");
     // The liar's own answer still says what it wants.
     liar.event(&jid("alice"), NICK);
     honest.event(&jid("alice"), NICK);
     // Now verified and cached: a third resource is not asked.
-    let mut third = Client::online_as(&srv, "alice", "third", Caps::new("shared client", &[NICK]), true);
+    let mut third = Client::online_as(
+        &srv,
+        "alice",
+        "third",
+        Caps::new("shared client", &[NICK]),
+        true,
+    );
     third.event(&jid("alice"), NICK);
 }
 
@@ -505,23 +626,35 @@ fn nickname_last_item_on_login_and_after_restart() {
         let mut bob = Client::online(&srv, "bob", "phone", &[NICK], false);
         subscribe(&mut bob, &mut alice, "bob", "alice");
         let nick = "<nick xmlns='http://jabber.org/protocol/nick'>Ali &amp; Ce</nick>";
-        let r = alice.iq("n", &format!("<iq type='set' id='n'>{}</iq>", publish("", NICK, nick, "")));
+        let r = alice.iq(
+            "n",
+            &format!("<iq type='set' id='n'>{}</iq>", publish("", NICK, nick, "")),
+        );
         assert!(is_result(&r), "{r}");
         let id = attr(&r, "item", "id").expect("a generated ItemID");
         assert!(!id.is_empty());
         let ev = bob.event(&jid("alice"), NICK);
-        assert!(ev.contains(&format!("<item id=\"{id}\">")) && ev.contains("Ali &amp; Ce"), "{ev}");
+        assert!(
+            ev.contains(&format!("<item id=\"{id}\">")) && ev.contains("Ali &amp; Ce"),
+            "{ev}"
+        );
         srv.stop();
     }
     let srv = TestServer::start_in(tmp.path(), |_| {}, |_| {});
     // Bob's new session gets alice's nick from the database, as does alice's.
     let mut bob = Client::online(&srv, "bob", "phone", &[NICK], false);
     let ev = bob.event(&jid("alice"), NICK);
-    assert!(ev.contains("Ali &amp; Ce") && ev.contains("urn:xmpp:delay"), "{ev}");
+    assert!(
+        ev.contains("Ali &amp; Ce") && ev.contains("urn:xmpp:delay"),
+        "{ev}"
+    );
     let mut alice = Client::online(&srv, "alice", "laptop", &[NICK], false);
     alice.event(&jid("alice"), NICK);
     // And by retrieval, without a `to` (the own account).
-    let r = alice.iq("get", &format!("<iq type='get' id='get'>{}</iq>", items_query(NICK, "")));
+    let r = alice.iq(
+        "get",
+        &format!("<iq type='get' id='get'>{}</iq>", items_query(NICK, "")),
+    );
     assert!(r.contains("Ali &amp; Ce") && !r.contains(" from="), "{r}");
 }
 
@@ -550,7 +683,12 @@ fn bookmarks_publish_options_retrieve_retract() {
         "b1",
         &format!(
             "<iq type='set' id='b1'>{}</iq>",
-            publish("theplay@conference.shakespeare.lit", BOOKMARKS, play, &bookmark_options())
+            publish(
+                "theplay@conference.shakespeare.lit",
+                BOOKMARKS,
+                play,
+                &bookmark_options()
+            )
         ),
     );
     assert!(is_result(&r), "{r}");
@@ -559,7 +697,12 @@ fn bookmarks_publish_options_retrieve_retract() {
         "b2",
         &format!(
             "<iq type='set' id='b2'>{}</iq>",
-            publish("orchard@conference.shakespeare.lit", BOOKMARKS, orchard, &bookmark_options())
+            publish(
+                "orchard@conference.shakespeare.lit",
+                BOOKMARKS,
+                orchard,
+                &bookmark_options()
+            )
         ),
     );
     assert!(is_result(&r), "{r}");
@@ -573,25 +716,48 @@ fn bookmarks_publish_options_retrieve_retract() {
     romeo.assert_no_event(BOOKMARKS);
 
     // Retrieval: both items (max_items=max keeps them), in publication order.
-    let r = phone.iq("all", &format!("<iq type='get' id='all'>{}</iq>", items_query(BOOKMARKS, "")));
+    let r = phone.iq(
+        "all",
+        &format!(
+            "<iq type='get' id='all'>{}</iq>",
+            items_query(BOOKMARKS, "")
+        ),
+    );
     let play_at = r.find("theplay@").expect(&r);
     let orchard_at = r.find("orchard@").expect(&r);
     assert!(play_at < orchard_at, "{r}");
-    assert!(r.contains("<nick>JC</nick>") && r.contains("autojoin=\"true\""), "{r}");
+    assert!(
+        r.contains("<nick>JC</nick>") && r.contains("autojoin=\"true\""),
+        "{r}"
+    );
     let r = phone.iq("last", &format!("<iq type='get' id='last'>{}</iq>", "<pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='urn:xmpp:bookmarks:1' max_items='1'/></pubsub>"));
     assert!(r.contains("orchard@") && !r.contains("theplay@"), "{r}");
 
     // Romeo may not read them (XEP-0060 §6.5.9.10).
     let r = romeo.iq(
         "peek",
-        &format!("<iq type='get' id='peek' to='{}'>{}</iq>", jid("juliet"), items_query(BOOKMARKS, "")),
+        &format!(
+            "<iq type='get' id='peek' to='{}'>{}</iq>",
+            jid("juliet"),
+            items_query(BOOKMARKS, "")
+        ),
     );
-    assert!(r.contains("<not-allowed xmlns=\"urn:ietf:params:xml:ns:xmpp-stanzas\"/>"), "{r}");
-    assert!(r.contains("<closed-node xmlns=\"http://jabber.org/protocol/pubsub#errors\"/>"), "{r}");
+    assert!(
+        r.contains("<not-allowed xmlns=\"urn:ietf:params:xml:ns:xmpp-stanzas\"/>"),
+        "{r}"
+    );
+    assert!(
+        r.contains("<closed-node xmlns=\"http://jabber.org/protocol/pubsub#errors\"/>"),
+        "{r}"
+    );
     // Nor publish there.
     let r = romeo.iq(
         "evil",
-        &format!("<iq type='set' id='evil' to='{}'>{}</iq>", jid("juliet"), publish("x", BOOKMARKS, orchard, "")),
+        &format!(
+            "<iq type='set' id='evil' to='{}'>{}</iq>",
+            jid("juliet"),
+            publish("x", BOOKMARKS, orchard, "")
+        ),
     );
     assert!(r.contains("<forbidden "), "{r}");
 
@@ -603,12 +769,21 @@ fn bookmarks_publish_options_retrieve_retract() {
     assert!(is_result(&r), "{r}");
     for c in [&mut desk, &mut phone] {
         let ev = c.event(&jid("juliet"), BOOKMARKS);
-        assert!(ev.contains("<retract id=\"orchard@conference.shakespeare.lit\"/>"), "{ev}");
+        assert!(
+            ev.contains("<retract id=\"orchard@conference.shakespeare.lit\"/>"),
+            "{ev}"
+        );
     }
     romeo.assert_no_event(BOOKMARKS);
     let r = phone.iq("again", "<iq type='set' id='again'><pubsub xmlns='http://jabber.org/protocol/pubsub'><retract node='urn:xmpp:bookmarks:1'><item id='orchard@conference.shakespeare.lit'/></retract></pubsub></iq>");
     assert!(r.contains("<item-not-found "), "{r}");
-    let r = phone.iq("one", &format!("<iq type='get' id='one'>{}</iq>", items_query(BOOKMARKS, "")));
+    let r = phone.iq(
+        "one",
+        &format!(
+            "<iq type='get' id='one'>{}</iq>",
+            items_query(BOOKMARKS, "")
+        ),
+    );
     assert!(r.contains("theplay@") && !r.contains("orchard@"), "{r}");
 
     // send_last_published_item=never: a new resource gets no bookmark on login.
@@ -622,19 +797,40 @@ fn publish_options_preconditions_and_node_configuration() {
     let mut c = Client::online(&srv, "juliet", "desk", &[], false);
     let play = "<conference xmlns='urn:xmpp:bookmarks:1' name='Play'/>";
     // A node made with the defaults (presence access, one item).
-    let r = c.iq("p0", &format!("<iq type='set' id='p0'>{}</iq>", publish("a", BOOKMARKS, play, "")));
+    let r = c.iq(
+        "p0",
+        &format!(
+            "<iq type='set' id='p0'>{}</iq>",
+            publish("a", BOOKMARKS, play, "")
+        ),
+    );
     assert!(is_result(&r), "{r}");
     // Publishing with other options: conflict + precondition-not-met (XEP-0060 §7.1.5).
     let r = c.iq(
         "p1",
-        &format!("<iq type='set' id='p1'>{}</iq>", publish("b", BOOKMARKS, play, &bookmark_options())),
+        &format!(
+            "<iq type='set' id='p1'>{}</iq>",
+            publish("b", BOOKMARKS, play, &bookmark_options())
+        ),
     );
     assert!(r.contains("type=\"error\""), "{r}");
-    assert!(r.contains("<conflict xmlns=\"urn:ietf:params:xml:ns:xmpp-stanzas\"/>"), "{r}");
-    assert!(r.contains("<precondition-not-met xmlns=\"http://jabber.org/protocol/pubsub#errors\"/>"), "{r}");
+    assert!(
+        r.contains("<conflict xmlns=\"urn:ietf:params:xml:ns:xmpp-stanzas\"/>"),
+        "{r}"
+    );
+    assert!(
+        r.contains("<precondition-not-met xmlns=\"http://jabber.org/protocol/pubsub#errors\"/>"),
+        "{r}"
+    );
     // Nothing was published.
-    let r = c.iq("l1", &format!("<iq type='get' id='l1'>{}</iq>", items_query(BOOKMARKS, "")));
-    assert!(r.contains("<item id=\"a\">") && !r.contains("<item id=\"b\">"), "{r}");
+    let r = c.iq(
+        "l1",
+        &format!("<iq type='get' id='l1'>{}</iq>", items_query(BOOKMARKS, "")),
+    );
+    assert!(
+        r.contains("<item id=\"a\">") && !r.contains("<item id=\"b\">"),
+        "{r}"
+    );
 
     // What a client then does: fetch the form, submit the options, publish again.
     let r = c.iq(
@@ -642,7 +838,10 @@ fn publish_options_preconditions_and_node_configuration() {
         "<iq type='get' id='cfg'><pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><configure node='urn:xmpp:bookmarks:1'/></pubsub></iq>",
     );
     assert!(is_result(&r), "{r}");
-    assert!(r.contains("http://jabber.org/protocol/pubsub#node_config"), "{r}");
+    assert!(
+        r.contains("http://jabber.org/protocol/pubsub#node_config"),
+        "{r}"
+    );
     assert!(r.contains("var=\"pubsub#access_model\""), "{r}");
     assert!(r.contains("<value>presence</value>"), "{r}");
     let submit = format!(
@@ -655,16 +854,28 @@ fn publish_options_preconditions_and_node_configuration() {
     assert!(is_result(&r), "{r}");
     let r = c.iq(
         "p2",
-        &format!("<iq type='set' id='p2'>{}</iq>", publish("b", BOOKMARKS, play, &bookmark_options())),
+        &format!(
+            "<iq type='set' id='p2'>{}</iq>",
+            publish("b", BOOKMARKS, play, &bookmark_options())
+        ),
     );
     assert!(is_result(&r), "{r}");
-    let r = c.iq("l2", &format!("<iq type='get' id='l2'>{}</iq>", items_query(BOOKMARKS, "")));
-    assert!(r.contains("<item id=\"a\">") && r.contains("<item id=\"b\">"), "{r}");
+    let r = c.iq(
+        "l2",
+        &format!("<iq type='get' id='l2'>{}</iq>", items_query(BOOKMARKS, "")),
+    );
+    assert!(
+        r.contains("<item id=\"a\">") && r.contains("<item id=\"b\">"),
+        "{r}"
+    );
     let r = c.iq(
         "cfg2",
         "<iq type='get' id='cfg2'><pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><configure node='urn:xmpp:bookmarks:1'/></pubsub></iq>",
     );
-    assert!(r.contains("<value>whitelist</value>") && r.contains("<value>max</value>"), "{r}");
+    assert!(
+        r.contains("<value>whitelist</value>") && r.contains("<value>max</value>"),
+        "{r}"
+    );
 
     // Invalid configuration: not-acceptable; invalid publish-options: bad-request.
     let r = c.iq(
@@ -677,23 +888,53 @@ fn publish_options_preconditions_and_node_configuration() {
         "bad2",
         &format!(
             "<iq type='set' id='bad2'>{}</iq>",
-            publish("c", "urn:example:new", play, &field("pubsub#access_model", "everyone"))
+            publish(
+                "c",
+                "urn:example:new",
+                play,
+                &field("pubsub#access_model", "everyone")
+            )
         ),
     );
     assert!(r.contains("<bad-request "), "{r}");
     // A new node takes its publish-options as configuration; lowering max_items trims it.
     let r = c.iq(
         "new",
-        &format!("<iq type='set' id='new'>{}</iq>", publish("1", "urn:example:new", play, &field("pubsub#max_items", "3"))),
+        &format!(
+            "<iq type='set' id='new'>{}</iq>",
+            publish(
+                "1",
+                "urn:example:new",
+                play,
+                &field("pubsub#max_items", "3")
+            )
+        ),
     );
     assert!(is_result(&r), "{r}");
     for i in 2..=4 {
         let id = format!("n{i}");
-        let r = c.iq(&id, &format!("<iq type='set' id='{id}'>{}</iq>", publish(&i.to_string(), "urn:example:new", play, "")));
+        let r = c.iq(
+            &id,
+            &format!(
+                "<iq type='set' id='{id}'>{}</iq>",
+                publish(&i.to_string(), "urn:example:new", play, "")
+            ),
+        );
         assert!(is_result(&r), "{r}");
     }
-    let r = c.iq("l3", &format!("<iq type='get' id='l3'>{}</iq>", items_query("urn:example:new", "")));
-    assert!(!r.contains("<item id=\"1\">") && r.contains("<item id=\"2\">") && r.contains("<item id=\"4\">"), "{r}");
+    let r = c.iq(
+        "l3",
+        &format!(
+            "<iq type='get' id='l3'>{}</iq>",
+            items_query("urn:example:new", "")
+        ),
+    );
+    assert!(
+        !r.contains("<item id=\"1\">")
+            && r.contains("<item id=\"2\">")
+            && r.contains("<item id=\"4\">"),
+        "{r}"
+    );
 
     // Default configuration, creation, deletion, purge.
     let r = c.iq("def", "<iq type='get' id='def'><pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><default/></pubsub></iq>");
@@ -706,27 +947,48 @@ fn publish_options_preconditions_and_node_configuration() {
     assert!(is_result(&r), "{r}");
     let r = c.iq("mk2", "<iq type='set' id='mk2'><pubsub xmlns='http://jabber.org/protocol/pubsub'><create node='urn:example:made'/></pubsub></iq>");
     assert!(r.contains("<conflict "), "{r}");
-    let r = c.iq("empty", &format!("<iq type='get' id='empty'>{}</iq>", items_query("urn:example:made", "")));
+    let r = c.iq(
+        "empty",
+        &format!(
+            "<iq type='get' id='empty'>{}</iq>",
+            items_query("urn:example:made", "")
+        ),
+    );
     assert!(r.contains("<items node=\"urn:example:made\"/>"), "{r}");
     let r = c.iq(
         "purge",
         "<iq type='set' id='purge'><pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><purge node='urn:example:new'/></pubsub></iq>",
     );
     assert!(is_result(&r), "{r}");
-    let r = c.iq("l4", &format!("<iq type='get' id='l4'>{}</iq>", items_query("urn:example:new", "")));
+    let r = c.iq(
+        "l4",
+        &format!(
+            "<iq type='get' id='l4'>{}</iq>",
+            items_query("urn:example:new", "")
+        ),
+    );
     assert!(r.contains("<items node=\"urn:example:new\"/>"), "{r}");
     let r = c.iq(
         "del",
         "<iq type='set' id='del'><pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><delete node='urn:example:new'/></pubsub></iq>",
     );
     assert!(is_result(&r), "{r}");
-    let r = c.iq("l5", &format!("<iq type='get' id='l5'>{}</iq>", items_query("urn:example:new", "")));
+    let r = c.iq(
+        "l5",
+        &format!(
+            "<iq type='get' id='l5'>{}</iq>",
+            items_query("urn:example:new", "")
+        ),
+    );
     assert!(r.contains("<item-not-found "), "{r}");
     let r = c.iq(
         "aff",
         "<iq type='get' id='aff'><pubsub xmlns='http://jabber.org/protocol/pubsub'><affiliations/></pubsub></iq>",
     );
-    assert!(r.contains("node=\"urn:example:made\"") && r.contains("affiliation=\"owner\""), "{r}");
+    assert!(
+        r.contains("node=\"urn:example:made\"") && r.contains("affiliation=\"owner\""),
+        "{r}"
+    );
 }
 
 #[test]
@@ -735,7 +997,15 @@ fn deleting_a_node_notifies() {
     let mut desk = Client::online(&srv, "juliet", "desk", &["urn:example:status"], false);
     let r = desk.iq(
         "p",
-        &format!("<iq type='set' id='p'>{}</iq>", publish("x", "urn:example:status", "<s xmlns='urn:example:status'/>", "")),
+        &format!(
+            "<iq type='set' id='p'>{}</iq>",
+            publish(
+                "x",
+                "urn:example:status",
+                "<s xmlns='urn:example:status'/>",
+                ""
+            )
+        ),
     );
     assert!(is_result(&r), "{r}");
     desk.event(&jid("juliet"), "urn:example:status");
@@ -759,7 +1029,10 @@ fn omemo_devices_and_bundles_are_open_to_strangers() {
     let devices = "<devices xmlns='urn:xmpp:omemo:2'><device id='12345'/><device id='4223' label='Gajim on Ubuntu Linux'/></devices>";
     let r = alice.iq(
         "dl",
-        &format!("<iq type='set' id='dl'>{}</iq>", publish("current", OMEMO_DEVICES, devices, &open)),
+        &format!(
+            "<iq type='set' id='dl'>{}</iq>",
+            publish("current", OMEMO_DEVICES, devices, &open)
+        ),
     );
     assert!(is_result(&r), "{r}");
     let bundle = "<bundle xmlns='urn:xmpp:omemo:2'><spk id='0'>BASE64ENCODED</spk><spks>BASE64ENCODED</spks><ik>BASE64ENCODED</ik>\
@@ -767,7 +1040,10 @@ fn omemo_devices_and_bundles_are_open_to_strangers() {
     let options = [open.clone(), field("pubsub#max_items", "max")].concat();
     let r = alice.iq(
         "bn",
-        &format!("<iq type='set' id='bn'>{}</iq>", publish("12345", OMEMO_BUNDLES, bundle, &options)),
+        &format!(
+            "<iq type='set' id='bn'>{}</iq>",
+            publish("12345", OMEMO_BUNDLES, bundle, &options)
+        ),
     );
     assert!(is_result(&r), "{r}");
     alice.event(&jid("alice"), OMEMO_DEVICES);
@@ -775,10 +1051,19 @@ fn omemo_devices_and_bundles_are_open_to_strangers() {
     stranger.assert_no_event(OMEMO_DEVICES);
     let r = stranger.iq(
         "get-dl",
-        &format!("<iq type='get' id='get-dl' to='{}'>{}</iq>", jid("alice"), items_query(OMEMO_DEVICES, "")),
+        &format!(
+            "<iq type='get' id='get-dl' to='{}'>{}</iq>",
+            jid("alice"),
+            items_query(OMEMO_DEVICES, "")
+        ),
     );
     assert!(is_result(&r), "{r}");
-    assert!(r.contains("<item id=\"current\"><devices xmlns=\"urn:xmpp:omemo:2\"><device id=\"12345\"/>"), "{r}");
+    assert!(
+        r.contains(
+            "<item id=\"current\"><devices xmlns=\"urn:xmpp:omemo:2\"><device id=\"12345\"/>"
+        ),
+        "{r}"
+    );
     let r = stranger.iq(
         "get-bn",
         &format!(
@@ -788,7 +1073,10 @@ fn omemo_devices_and_bundles_are_open_to_strangers() {
         ),
     );
     assert!(is_result(&r), "{r}");
-    assert!(r.contains("<item id=\"12345\"><bundle xmlns=\"urn:xmpp:omemo:2\"><spk id=\"0\">"), "{r}");
+    assert!(
+        r.contains("<item id=\"12345\"><bundle xmlns=\"urn:xmpp:omemo:2\"><spk id=\"0\">"),
+        "{r}"
+    );
     assert!(r.contains("<pk id=\"1\">BASE64ENCODED</pk>"), "{r}");
     // An unknown item: an empty list (XEP-0060 §6.5.9.11); an unknown node: item-not-found.
     let r = stranger.iq(
@@ -799,10 +1087,17 @@ fn omemo_devices_and_bundles_are_open_to_strangers() {
             items_query(OMEMO_BUNDLES, "<item id='999'/>")
         ),
     );
-    assert!(r.contains(&format!("<items node=\"{OMEMO_BUNDLES}\"/>")), "{r}");
+    assert!(
+        r.contains(&format!("<items node=\"{OMEMO_BUNDLES}\"/>")),
+        "{r}"
+    );
     let r = stranger.iq(
         "get-missing",
-        &format!("<iq type='get' id='get-missing' to='{}'>{}</iq>", jid("alice"), items_query("urn:example:none", "")),
+        &format!(
+            "<iq type='get' id='get-missing' to='{}'>{}</iq>",
+            jid("alice"),
+            items_query("urn:example:none", "")
+        ),
     );
     assert!(r.contains("<item-not-found "), "{r}");
 
@@ -812,7 +1107,12 @@ fn omemo_devices_and_bundles_are_open_to_strangers() {
         "old",
         &format!(
             "<iq type='set' id='old'>{}</iq>",
-            publish("current", "eu.siacs.conversations.axolotl.devicelist", legacy, &open)
+            publish(
+                "current",
+                "eu.siacs.conversations.axolotl.devicelist",
+                legacy,
+                &open
+            )
         ),
     );
     assert!(is_result(&r), "{r}");
@@ -824,7 +1124,10 @@ fn omemo_devices_and_bundles_are_open_to_strangers() {
             items_query("eu.siacs.conversations.axolotl.devicelist", "")
         ),
     );
-    assert!(r.contains("<list xmlns=\"eu.siacs.conversations.axolotl\"><device id=\"12345\"/></list>"), "{r}");
+    assert!(
+        r.contains("<list xmlns=\"eu.siacs.conversations.axolotl\"><device id=\"12345\"/></list>"),
+        "{r}"
+    );
 }
 
 // ---- addressing and bad requests --------------------------------------------------------------
@@ -835,27 +1138,83 @@ fn addressing_and_bad_requests() {
     let mut c = Client::online(&srv, "alice", "desk", &[], false);
     let nick = "<nick xmlns='http://jabber.org/protocol/nick'>A</nick>";
     // To the own bare JID: the reply comes from it.
-    let r = c.iq("own", &format!("<iq type='set' id='own' to='{}'>{}</iq>", jid("alice"), publish("1", NICK, nick, "")));
-    assert!(is_result(&r) && r.contains(&format!("from=\"{}\"", jid("alice"))), "{r}");
+    let r = c.iq(
+        "own",
+        &format!(
+            "<iq type='set' id='own' to='{}'>{}</iq>",
+            jid("alice"),
+            publish("1", NICK, nick, "")
+        ),
+    );
+    assert!(
+        is_result(&r) && r.contains(&format!("from=\"{}\"", jid("alice"))),
+        "{r}"
+    );
     // The server domain is no pubsub service; accounts that do not exist answer nothing.
-    let r = c.iq("dom", &format!("<iq type='get' id='dom' to='{DOMAIN}'>{}</iq>", items_query(NICK, "")));
+    let r = c.iq(
+        "dom",
+        &format!(
+            "<iq type='get' id='dom' to='{DOMAIN}'>{}</iq>",
+            items_query(NICK, "")
+        ),
+    );
     assert!(r.contains("<service-unavailable "), "{r}");
-    let r = c.iq("nobody", &format!("<iq type='get' id='nobody' to='nobody@{DOMAIN}'>{}</iq>", items_query(NICK, "")));
+    let r = c.iq(
+        "nobody",
+        &format!(
+            "<iq type='get' id='nobody' to='nobody@{DOMAIN}'>{}</iq>",
+            items_query(NICK, "")
+        ),
+    );
     assert!(r.contains("<service-unavailable "), "{r}");
-    let subscribe = format!("<pubsub xmlns='http://jabber.org/protocol/pubsub'><subscribe node='n' jid='{}'/></pubsub>", c.jid);
+    let subscribe = format!(
+        "<pubsub xmlns='http://jabber.org/protocol/pubsub'><subscribe node='n' jid='{}'/></pubsub>",
+        c.jid
+    );
     let cases = [
-        ("no-node", "<pubsub xmlns='http://jabber.org/protocol/pubsub'><publish><item><x xmlns='urn:x'/></item></publish></pubsub>", "<nodeid-required "),
-        ("no-item", "<pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='n'/></pubsub>", "<item-required "),
-        ("no-payload", "<pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='n'><item/></publish></pubsub>", "<payload-required "),
-        ("two-payloads", "<pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='n'><item><a xmlns='urn:x'/><b xmlns='urn:x'/></item></publish></pubsub>", "<invalid-payload "),
-        ("two-items", "<pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='n'><item><a xmlns='urn:x'/></item><item><a xmlns='urn:x'/></item></publish></pubsub>", "<invalid-payload "),
+        (
+            "no-node",
+            "<pubsub xmlns='http://jabber.org/protocol/pubsub'><publish><item><x xmlns='urn:x'/></item></publish></pubsub>",
+            "<nodeid-required ",
+        ),
+        (
+            "no-item",
+            "<pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='n'/></pubsub>",
+            "<item-required ",
+        ),
+        (
+            "no-payload",
+            "<pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='n'><item/></publish></pubsub>",
+            "<payload-required ",
+        ),
+        (
+            "two-payloads",
+            "<pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='n'><item><a xmlns='urn:x'/><b xmlns='urn:x'/></item></publish></pubsub>",
+            "<invalid-payload ",
+        ),
+        (
+            "two-items",
+            "<pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='n'><item><a xmlns='urn:x'/></item><item><a xmlns='urn:x'/></item></publish></pubsub>",
+            "<invalid-payload ",
+        ),
         ("subscribe", subscribe.as_str(), "feature=\"subscribe\""),
-        ("retract-none", "<pubsub xmlns='http://jabber.org/protocol/pubsub'><retract node='n'><item/></retract></pubsub>", "<item-required "),
-        ("unknown", "<pubsub xmlns='http://jabber.org/protocol/pubsub'><frobnicate/></pubsub>", "<bad-request "),
+        (
+            "retract-none",
+            "<pubsub xmlns='http://jabber.org/protocol/pubsub'><retract node='n'><item/></retract></pubsub>",
+            "<item-required ",
+        ),
+        (
+            "unknown",
+            "<pubsub xmlns='http://jabber.org/protocol/pubsub'><frobnicate/></pubsub>",
+            "<bad-request ",
+        ),
     ];
     for (id, payload, expected) in cases {
         let r = c.iq(id, &format!("<iq type='set' id='{id}'>{payload}</iq>"));
-        assert!(r.contains("type=\"error\"") && r.contains(expected), "{id}: {r}");
+        assert!(
+            r.contains("type=\"error\"") && r.contains(expected),
+            "{id}: {r}"
+        );
     }
     let r = c.iq("mi", &format!("<iq type='get' id='mi'><pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='{NICK}' max_items='x'/></pubsub></iq>"));
     assert!(r.contains("<bad-request "), "{r}");

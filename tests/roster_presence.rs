@@ -686,5 +686,7 @@ fn no_presence_across_a_block() {
     b.assert_none("alice/a2", |s| s.contains("from=\"alice@localhost/a2\""));
     // Nor does a probe reveal it.
     b.send("<presence to='alice@localhost' type='probe'/>");
-    b.assert_none("an answer to the probe", |s| s.contains("from=\"alice@localhost"));
+    b.assert_none("an answer to the probe", |s| {
+        s.contains("from=\"alice@localhost")
+    });
 }

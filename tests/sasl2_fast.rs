@@ -11,7 +11,11 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 fn attr(text: &str, name: &str) -> String {
-    let start = text.find(&format!("{name}=\"")).unwrap_or_else(|| panic!("no {name} in {text}")) + name.len() + 2;
+    let start = text
+        .find(&format!("{name}=\""))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+        + name.len()
+        + 2;
     text[start..].split('"').next().unwrap().to_owned()
 }
 
@@ -35,7 +39,10 @@ fn sasl2_bind2_fast_login_and_resume() {
     let mut phone = Raw::connect(srv.trusted);
     phone.send(HEADER);
     let features = phone.until("</stream:features>");
-    assert!(features.contains("urn:xmpp:sasl:2") && features.contains("HT-SHA-256-NONE"), "{features}");
+    assert!(
+        features.contains("urn:xmpp:sasl:2") && features.contains("HT-SHA-256-NONE"),
+        "{features}"
+    );
     let creds = B64.encode("\0alice\0pw");
     phone.send(&format!(
         "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><initial-response>{creds}</initial-response>{UA}\
@@ -43,16 +50,31 @@ fn sasl2_bind2_fast_login_and_resume() {
          <request-token xmlns='urn:xmpp:fast:0' mechanism='HT-SHA-256-NONE'/></authenticate>"
     ));
     let success = phone.until("</success>");
-    assert!(success.contains("<authorization-identifier>alice@localhost/Phone."), "{success}");
-    assert!(success.contains("<enabled") && success.contains("resume=\"true\""), "{success}");
+    assert!(
+        success.contains("<authorization-identifier>alice@localhost/Phone."),
+        "{success}"
+    );
+    assert!(
+        success.contains("<enabled") && success.contains("resume=\"true\""),
+        "{success}"
+    );
     let sm_id = attr(&success, "id");
     let token = attr(&success, "token");
     // No stream restart: the session works at once.
     phone.send("<presence/>");
-    let full = success.split("<authorization-identifier>").nth(1).unwrap().split('<').next().unwrap().to_owned();
+    let full = success
+        .split("<authorization-identifier>")
+        .nth(1)
+        .unwrap()
+        .split('<')
+        .next()
+        .unwrap()
+        .to_owned();
 
     let mut bob = Raw::login_plain(srv.trusted, "bob", "pw", "b");
-    bob.send(&format!("<message to='{full}' type='chat'><body>while you were away</body></message>"));
+    bob.send(&format!(
+        "<message to='{full}' type='chat'><body>while you were away</body></message>"
+    ));
     phone.until("while you were away");
     drop(phone); // the phone loses its connection without acknowledging
 
@@ -77,10 +99,16 @@ fn sasl2_bind2_fast_login_and_resume() {
         ht_proof("alice", &token)
     ));
     let success = again.until("</success>");
-    assert!(success.contains("<resumed") && success.contains(&format!("<authorization-identifier>{full}<")), "{success}");
+    assert!(
+        success.contains("<resumed")
+            && success.contains(&format!("<authorization-identifier>{full}<")),
+        "{success}"
+    );
     let new_token = attr(&success, "token");
     assert_ne!(new_token, token);
     assert!(again.until("</message>").contains("while you were away"));
-    bob.send(&format!("<message to='{full}' type='chat'><body>welcome back</body></message>"));
+    bob.send(&format!(
+        "<message to='{full}' type='chat'><body>welcome back</body></message>"
+    ));
     assert!(again.until("</message>").contains("welcome back"));
 }

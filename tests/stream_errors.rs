@@ -12,16 +12,23 @@ fn expect_stream_error(srv: &TestServer, header: &str, bad: &str, condition: &st
     c.send(bad);
     let all = c.until_closed();
     assert!(
-        all.contains(&format!("<{condition} xmlns=\"urn:ietf:params:xml:ns:xmpp-streams\"/>")),
+        all.contains(&format!(
+            "<{condition} xmlns=\"urn:ietf:params:xml:ns:xmpp-streams\"/>"
+        )),
         "expected {condition} for {bad:?}, got {all}"
     );
     assert!(all.contains("</stream:stream>"), "stream not closed: {all}");
-    assert!(all.contains("<stream:stream"), "no header before the error: {all}");
+    assert!(
+        all.contains("<stream:stream"),
+        "no header before the error: {all}"
+    );
 }
 
 /// A logged-in client that checks the server still answers.
 fn still_works(other: &mut Raw, id: &str) {
-    other.send(&format!("<iq type='get' id='{id}'><ping xmlns='urn:xmpp:ping'/></iq>"));
+    other.send(&format!(
+        "<iq type='get' id='{id}'><ping xmlns='urn:xmpp:ping'/></iq>"
+    ));
     let reply = other.until(&format!("id=\"{id}\"/>"));
     assert!(reply.contains("type=\"result\""), "{reply}");
 }
@@ -39,12 +46,18 @@ fn each_bad_input_gets_its_error_while_others_keep_working() {
     let cases: &[(&str, &str)] = &[
         ("<message><body></message>", "not-well-formed"),
         ("<message><body>&xxe;</body></message>", "restricted-xml"),
-        ("<!DOCTYPE foo [<!ENTITY xxe SYSTEM 'file:///etc/passwd'>]>", "restricted-xml"),
+        (
+            "<!DOCTYPE foo [<!ENTITY xxe SYSTEM 'file:///etc/passwd'>]>",
+            "restricted-xml",
+        ),
         ("<!-- comment -->", "restricted-xml"),
         ("<?php echo 1; ?>", "restricted-xml"),
         ("<message/>", "not-authorized"),
         ("<presence/>", "not-authorized"),
-        ("<iq type='get' id='1'><query xmlns='jabber:iq:roster'/></iq>", "not-authorized"),
+        (
+            "<iq type='get' id='1'><query xmlns='jabber:iq:roster'/></iq>",
+            "not-authorized",
+        ),
         ("<foo xmlns='urn:example:foo'/>", "unsupported-stanza-type"),
         ("text at stream level", "bad-format"),
     ];
@@ -54,14 +67,33 @@ fn each_bad_input_gets_its_error_while_others_keep_working() {
     }
     let big = format!("<message><body>{}</body></message>", "x".repeat(9000));
     expect_stream_error(&srv, HEADER, &big, "policy-violation");
-    let deep = format!("<message>{}{}</message>", "<a>".repeat(40), "</a>".repeat(40));
+    let deep = format!(
+        "<message>{}{}</message>",
+        "<a>".repeat(40),
+        "</a>".repeat(40)
+    );
     expect_stream_error(&srv, HEADER, &deep, "policy-violation");
     still_works(&mut other, "b1");
 
     // Header checks.
-    expect_stream_error(&srv, &HEADER.replace("to='localhost'", "to='elsewhere.example'"), "", "host-unknown");
-    expect_stream_error(&srv, &HEADER.replace("jabber:client", "jabber:server"), "", "invalid-namespace");
-    expect_stream_error(&srv, &HEADER.replace("version='1.0'", "version='2.0'"), "", "unsupported-version");
+    expect_stream_error(
+        &srv,
+        &HEADER.replace("to='localhost'", "to='elsewhere.example'"),
+        "",
+        "host-unknown",
+    );
+    expect_stream_error(
+        &srv,
+        &HEADER.replace("jabber:client", "jabber:server"),
+        "",
+        "invalid-namespace",
+    );
+    expect_stream_error(
+        &srv,
+        &HEADER.replace("version='1.0'", "version='2.0'"),
+        "",
+        "unsupported-version",
+    );
     expect_stream_error(&srv, "garbage", "", "not-well-formed");
     still_works(&mut other, "b2");
 
@@ -81,7 +113,9 @@ fn iq_errors_and_from_stamping() {
 
     a.send("<iq type='get' id='u1'><nothing xmlns='urn:example:unknown'/></iq>");
     assert!(a.until("</iq>").contains("service-unavailable"));
-    a.send("<iq type='get' id='u2'><ping xmlns='urn:xmpp:ping'/><ping xmlns='urn:xmpp:ping'/></iq>");
+    a.send(
+        "<iq type='get' id='u2'><ping xmlns='urn:xmpp:ping'/><ping xmlns='urn:xmpp:ping'/></iq>",
+    );
     assert!(a.until("</iq>").contains("bad-request"));
     a.send("<iq type='get'><ping xmlns='urn:xmpp:ping'/></iq>");
     assert!(a.until("</iq>").contains("bad-request"));
@@ -97,7 +131,10 @@ fn iq_errors_and_from_stamping() {
     a.send("<iq type='result' id='r1'/><iq type='error' id='r2'/>");
     a.send("<iq type='get' id='u5'><ping xmlns='urn:xmpp:ping'/></iq>");
     let next = a.until("/>");
-    assert!(next.contains("id=\"u5\""), "the server answered a result/error: {next}");
+    assert!(
+        next.contains("id=\"u5\""),
+        "the server answered a result/error: {next}"
+    );
 
     // The server stamps 'from': no spoofing. Whitespace keepalives are fine.
     a.send("  \n  <message to='bob@localhost/b' from='mallory@localhost/x' id='m1'><body>hi</body></message>");
@@ -110,7 +147,10 @@ fn iq_errors_and_from_stamping() {
     assert!(iq.contains("from=\"alice@localhost/a\""), "{iq}");
     b.send("<iq type='result' id='q1' to='alice@localhost/a'><query xmlns='jabber:iq:version'><name>x</name></query></iq>");
     let back = a.until("</iq>");
-    assert!(back.contains("from=\"bob@localhost/b\"") && back.contains("<name>x</name>"), "{back}");
+    assert!(
+        back.contains("from=\"bob@localhost/b\"") && back.contains("<name>x</name>"),
+        "{back}"
+    );
     // Directed presence to a full JID.
     a.send("<presence to='bob@localhost/b'/>");
     assert!(b.until("/>").contains("<presence"));
@@ -123,7 +163,10 @@ fn conflict_timeout_and_shutdown() {
     let mut first = Raw::login_plain(srv.trusted, "alice", "pw", "same");
     let mut second = Raw::login_plain(srv.trusted, "alice", "pw", "same");
     let closed = first.until_closed();
-    assert!(closed.contains("<conflict xmlns=\"urn:ietf:params:xml:ns:xmpp-streams\"/>"), "{closed}");
+    assert!(
+        closed.contains("<conflict xmlns=\"urn:ietf:params:xml:ns:xmpp-streams\"/>"),
+        "{closed}"
+    );
     second.send("<iq type='get' id='p'><ping xmlns='urn:xmpp:ping'/></iq>");
     assert!(second.until("/>").contains("result"));
 
@@ -149,23 +192,41 @@ fn sasl_failures() {
     let mut c = Raw::connect(srv.trusted);
     c.send(HEADER);
     let features = c.until("</stream:features>");
-    for m in ["SCRAM-SHA-256", "SCRAM-SHA-1", "PLAIN", "starttls", "iq-auth"] {
+    for m in [
+        "SCRAM-SHA-256",
+        "SCRAM-SHA-1",
+        "PLAIN",
+        "starttls",
+        "iq-auth",
+    ] {
         assert!(features.contains(m), "{m} missing from {features}");
     }
-    c.send(&format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{}</auth>", b64("\0alice\0wrong")));
+    c.send(&format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{}</auth>",
+        b64("\0alice\0wrong")
+    ));
     assert!(c.until("</failure>").contains("not-authorized"));
     c.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='X-NOPE'/>");
     assert!(c.until("</failure>").contains("invalid-mechanism"));
     c.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>!!notbase64</auth>");
     let last = c.until_closed();
     assert!(last.contains("incorrect-encoding"), "{last}");
-    assert!(last.contains("policy-violation"), "three failures must end the stream: {last}");
+    assert!(
+        last.contains("policy-violation"),
+        "three failures must end the stream: {last}"
+    );
 
     // Untrusted listener without TLS: only STARTTLS (required) is offered; SASL is refused.
     let mut u = Raw::connect(srv.untrusted);
     u.send(HEADER);
     let features = u.until("</stream:features>");
-    assert!(features.contains("<required/>") && !features.contains("PLAIN"), "{features}");
-    u.send(&format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{}</auth>", b64("\0alice\0pw")));
+    assert!(
+        features.contains("<required/>") && !features.contains("PLAIN"),
+        "{features}"
+    );
+    u.send(&format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{}</auth>",
+        b64("\0alice\0pw")
+    ));
     assert!(u.until("</failure>").contains("encryption-required"));
 }

@@ -9,7 +9,11 @@ use common::{HEADER, Raw, TestServer};
 const SM: &str = "urn:xmpp:sm:3";
 
 fn attr(text: &str, name: &str) -> String {
-    let start = text.find(&format!("{name}=\"")).unwrap_or_else(|| panic!("no {name} in {text}")) + name.len() + 2;
+    let start = text
+        .find(&format!("{name}=\""))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+        + name.len()
+        + 2;
     text[start..].split('"').next().unwrap().to_owned()
 }
 
@@ -18,7 +22,10 @@ fn login_sm(srv: &TestServer, user: &str, res: &str, max: u32) -> (Raw, String) 
     let mut c = Raw::login_plain(srv.trusted, user, "pw", res);
     c.send(&format!("<enable xmlns='{SM}' resume='true' max='{max}'/>"));
     let enabled = c.until("/>");
-    assert!(enabled.contains("<enabled") && enabled.contains("resume=\"true\""), "{enabled}");
+    assert!(
+        enabled.contains("<enabled") && enabled.contains("resume=\"true\""),
+        "{enabled}"
+    );
     let id = attr(&enabled, "id");
     c.send("<presence/>");
     (c, id)
@@ -26,15 +33,22 @@ fn login_sm(srv: &TestServer, user: &str, res: &str, max: u32) -> (Raw, String) 
 
 /// Number of stanzas in `text` before `marker` (what a client has handled up to there).
 fn stanzas_before(text: &str, marker: &str) -> usize {
-    let at = text.find(marker).unwrap_or_else(|| panic!("{marker} not in {text}"));
+    let at = text
+        .find(marker)
+        .unwrap_or_else(|| panic!("{marker} not in {text}"));
     // Up to the start of the stanza that holds the marker.
     let upto = &text[..text[..at].rfind("<message").unwrap_or(0)];
-    ["<message", "<presence", "<iq"].iter().map(|t| upto.matches(t).count()).sum()
+    ["<message", "<presence", "<iq"]
+        .iter()
+        .map(|t| upto.matches(t).count())
+        .sum()
 }
 
 fn send_msgs(from: &mut Raw, to: &str, range: std::ops::Range<u32>) {
     for i in range {
-        from.send(&format!("<message type='chat' to='{to}'><body>m{i}</body></message>"));
+        from.send(&format!(
+            "<message type='chat' to='{to}'><body>m{i}</body></message>"
+        ));
     }
 }
 
@@ -45,7 +59,9 @@ fn authenticated(srv: &TestServer, user: &str) -> Raw {
     c.send(HEADER);
     c.until("</stream:features>");
     let creds = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0pw"));
-    c.send(&format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{creds}</auth>"));
+    c.send(&format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{creds}</auth>"
+    ));
     c.until("<success");
     c.send(HEADER);
     let f = c.until("</stream:features>");
@@ -68,7 +84,10 @@ fn acks_count_stanzas_both_ways() {
     // The server asks for acks of what it sent; acknowledging more than sent is an error.
     a.send(&format!("<a xmlns='{SM}' h='99'/>"));
     let all = a.until_closed();
-    assert!(all.contains("handled-count-too-high") && all.contains("undefined-condition"), "{all}");
+    assert!(
+        all.contains("handled-count-too-high") && all.contains("undefined-condition"),
+        "{all}"
+    );
 }
 
 /// Reads through the end of the message whose body is `body` (the server appends a stanza-id
@@ -100,13 +119,23 @@ fn resume_after_dead_tcp_replays_only_unacked() {
     let mut again = authenticated(&srv, "alice");
     again.send(&format!("<resume xmlns='{SM}' previd='{id}' h='{h}'/>"));
     let resumed = again.until("/>");
-    assert!(resumed.contains("<resumed") && resumed.contains(&id), "{resumed}");
+    assert!(
+        resumed.contains("<resumed") && resumed.contains(&id),
+        "{resumed}"
+    );
     let replay = through_message(&mut again, "m11");
     for i in 4..12 {
-        assert_eq!(replay.matches(&format!("<body>m{i}</body>")).count(), 1, "m{i} not replayed exactly once: {replay}");
+        assert_eq!(
+            replay.matches(&format!("<body>m{i}</body>")).count(),
+            1,
+            "m{i} not replayed exactly once: {replay}"
+        );
     }
     for i in 0..4 {
-        assert!(!replay.contains(&format!("<body>m{i}</body>")), "acked m{i} replayed: {replay}");
+        assert!(
+            !replay.contains(&format!("<body>m{i}</body>")),
+            "acked m{i} replayed: {replay}"
+        );
     }
     // The resumed session is the same full JID and keeps working.
     send_msgs(&mut bob, "alice@localhost/phone", 12..13);
@@ -146,7 +175,10 @@ fn unacked_messages_reach_the_mailbox_after_the_resumption_timeout() {
     desk.send("<presence/>");
     let got = desk.until("<body>m2</body>");
     assert_eq!(got.matches("<body>m1</body>").count(), 1, "{got}");
-    assert!(!got.contains("<body>m0</body>"), "acked m0 delivered again: {got}");
+    assert!(
+        !got.contains("<body>m0</body>"),
+        "acked m0 delivered again: {got}"
+    );
     // Exactly once: a later login gets nothing more of them.
     desk.send("<iq type='get' id='sync'><ping xmlns='urn:xmpp:ping'/></iq>");
     let rest = desk.until("id=\"sync\"");

@@ -105,7 +105,10 @@ fn xmpp_through_the_transport() {
             "at my desk",
         ],
     );
-    assert!(got.contains(&format!("from=\"{BOB}\"")), "bob's presence missing: {got}");
+    assert!(
+        got.contains(&format!("from=\"{BOB}\"")),
+        "bob's presence missing: {got}"
+    );
 
     // The user's presence reaches the legacy network.
     c.send(&format!(

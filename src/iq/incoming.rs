@@ -104,7 +104,9 @@ impl Incoming {
     /// neither `from` nor `to` (RFC 6120 §8.1.2.1), exactly as the seed's protocol example
     /// shows. Otherwise the addresses are swapped.
     fn reply_head(&self, kind: &str) -> Element {
-        let mut iq = Element::stanza("iq").attr("type", kind).attr("id", self.id.as_str());
+        let mut iq = Element::stanza("iq")
+            .attr("type", kind)
+            .attr("id", self.id.as_str());
         if let Some(to) = &self.to {
             iq.set_attr("from", to.to_string());
             if let Some(from) = &self.from {

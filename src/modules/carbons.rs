@@ -25,8 +25,15 @@ pub fn install(s: &mut Stream) {
 
 fn set_enabled(iq: Incoming, on: bool) {
     let Some(from) = iq.from.clone() else { return };
-    if iq.to.as_ref().is_some_and(|t| t.to_bare() != from.to_bare() && t.node().is_some()) {
-        return iq.fail(crate::stanza::Condition::Forbidden, "carbons are set on your own account");
+    if iq
+        .to
+        .as_ref()
+        .is_some_and(|t| t.to_bare() != from.to_bare() && t.node().is_some())
+    {
+        return iq.fail(
+            crate::stanza::Condition::Forbidden,
+            "carbons are set on your own account",
+        );
     }
     if let Some(s) = iq.server().sessions.borrow_mut().get_mut(&from) {
         s.carbons = on;
@@ -43,7 +50,9 @@ pub fn eligible(el: &Element) -> bool {
         && el.get_child("no-copy", ns::HINTS).is_none()
         && el.get_child("received", NS).is_none()
         && el.get_child("sent", NS).is_none()
-        && !el.elements().any(|c| c.name == "result" && c.get_child("forwarded", FORWARD).is_some())
+        && !el
+            .elements()
+            .any(|c| c.name == "result" && c.get_child("forwarded", FORWARD).is_some())
 }
 
 fn wrap(direction: &str, account: &BareJid, to: &FullJid, el: &Element) -> Element {
@@ -51,7 +60,9 @@ fn wrap(direction: &str, account: &BareJid, to: &FullJid, el: &Element) -> Eleme
         .attr("from", account.to_string())
         .attr("to", to.to_string())
         .attr("type", el.get_attr("type").unwrap_or("normal"))
-        .child(Element::new(direction, NS).child(Element::new("forwarded", FORWARD).child(el.clone())))
+        .child(
+            Element::new(direction, NS).child(Element::new("forwarded", FORWARD).child(el.clone())),
+        )
         .child(Element::new("no-copy", ns::HINTS))
 }
 
@@ -94,8 +105,20 @@ mod tests {
         assert!(eligible(&Element::stanza("message").attr("type", "chat")));
         assert!(eligible(&Element::stanza("message").child(body())));
         assert!(!eligible(&Element::stanza("message")));
-        assert!(!eligible(&Element::stanza("message").attr("type", "groupchat").child(body())));
-        assert!(!eligible(&Element::stanza("message").attr("type", "chat").child(Element::new("private", NS))));
-        assert!(!eligible(&Element::stanza("message").attr("type", "chat").child(Element::new("no-copy", ns::HINTS))));
+        assert!(!eligible(
+            &Element::stanza("message")
+                .attr("type", "groupchat")
+                .child(body())
+        ));
+        assert!(!eligible(
+            &Element::stanza("message")
+                .attr("type", "chat")
+                .child(Element::new("private", NS))
+        ));
+        assert!(!eligible(
+            &Element::stanza("message")
+                .attr("type", "chat")
+                .child(Element::new("no-copy", ns::HINTS))
+        ));
     }
 }

@@ -13,8 +13,14 @@ use crate::xml::{Element, ns};
 
 pub fn install(s: &mut Stream) {
     let stage = s.before_auth();
-    stage.feature_when(Element::new("auth", ns::IQ_AUTH_FEATURE), |info| info.plaintext_ok);
-    stage.iqs().rule(ns::IQ_AUTH, "query").get(get_iq_auth).set(set_iq_auth);
+    stage.feature_when(Element::new("auth", ns::IQ_AUTH_FEATURE), |info| {
+        info.plaintext_ok
+    });
+    stage
+        .iqs()
+        .rule(ns::IQ_AUTH, "query")
+        .get(get_iq_auth)
+        .set(set_iq_auth);
 }
 
 fn allowed(iq: &Incoming) -> bool {
@@ -37,12 +43,24 @@ fn set_iq_auth(iq: Incoming) {
         return iq.error(ErrorType::Cancel, Condition::NotAllowed, "use TLS and SASL");
     }
     let Some(conn) = iq.connection() else { return };
-    let field = |name: &str| iq.payload.child_text(name, ns::IQ_AUTH).filter(|s| !s.is_empty());
-    let (Some(username), Some(password), Some(resource)) = (field("username"), field("password"), field("resource")) else {
-        return iq.error(ErrorType::Modify, Condition::NotAcceptable, "username, password and resource are required");
+    let field = |name: &str| {
+        iq.payload
+            .child_text(name, ns::IQ_AUTH)
+            .filter(|s| !s.is_empty())
+    };
+    let (Some(username), Some(password), Some(resource)) =
+        (field("username"), field("password"), field("resource"))
+    else {
+        return iq.error(
+            ErrorType::Modify,
+            Condition::NotAcceptable,
+            "username, password and resource are required",
+        );
     };
     let account = BareJid::new(&format!("{username}@{}", conn.domain())).ok();
-    let ok = account.as_ref().is_some_and(|a| iq.server().check_password(a, &password));
+    let ok = account
+        .as_ref()
+        .is_some_and(|a| iq.server().check_password(a, &password));
     let Some(account) = account.filter(|_| ok) else {
         tracing::info!(conn = conn.id, peer = %conn.peer, "legacy auth failed");
         return iq.error(ErrorType::Modify, Condition::NotAcceptable, "");

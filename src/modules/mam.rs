@@ -34,7 +34,9 @@ pub fn install(s: &mut Stream) {
 
 /// The account whose archive `iq` may read: only one's own.
 fn owner(iq: &Incoming) -> Result<(BareJid, i64), (Condition, &'static str)> {
-    let Some(from) = &iq.from else { return Err((Condition::NotAuthorized, "")) };
+    let Some(from) = &iq.from else {
+        return Err((Condition::NotAuthorized, ""));
+    };
     let bare = from.to_bare();
     if let Some(to) = &iq.to
         && to.node().is_some()
@@ -50,7 +52,9 @@ fn owner(iq: &Incoming) -> Result<(BareJid, i64), (Condition, &'static str)> {
 }
 
 fn field(var: &str, kind: &str) -> Element {
-    Element::new("field", DATA).attr("var", var).attr("type", kind)
+    Element::new("field", DATA)
+        .attr("var", var)
+        .attr("type", kind)
 }
 
 fn form(iq: Incoming) {
@@ -100,7 +104,9 @@ fn query(iq: Incoming) {
     let mut with_owned = None;
     for (var, value) in form_fields(&iq.payload) {
         match var.as_str() {
-            "FORM_TYPE" if value != NS => return iq.fail(Condition::BadRequest, "unknown FORM_TYPE"),
+            "FORM_TYPE" if value != NS => {
+                return iq.fail(Condition::BadRequest, "unknown FORM_TYPE");
+            }
             "with" => match Jid::new(&value) {
                 Ok(j) => with_owned = Some(j.to_bare().to_string()),
                 Err(_) => return iq.fail(Condition::JidMalformed, "bad 'with'"),
@@ -140,7 +146,10 @@ fn query(iq: Incoming) {
             }
         }
     }
-    if let Some(after) = rsm.and_then(|s| s.child_text("after", RSM)).filter(|a| !a.is_empty()) {
+    if let Some(after) = rsm
+        .and_then(|s| s.child_text("after", RSM))
+        .filter(|a| !a.is_empty())
+    {
         match resolve(&after) {
             Some(id) => q.after_id = Some(q.after_id.map_or(id, |a| a.max(id))),
             None => return iq.fail(Condition::ItemNotFound, "unknown RSM after"),
@@ -192,7 +201,12 @@ fn query(iq: Incoming) {
 }
 
 /// `<message><result queryid id><forwarded><delay/><message…/></forwarded></result></message>`.
-fn result_message(owner: &BareJid, to: &str, queryid: Option<&str>, row: &Entry) -> Option<Element> {
+fn result_message(
+    owner: &BareJid,
+    to: &str,
+    queryid: Option<&str>,
+    row: &Entry,
+) -> Option<Element> {
     let original = parse::element(&row.xml, &Vec::new()).ok()?;
     let mut result = Element::new("result", NS).attr("id", row.stanza_id.as_str());
     if let Some(q) = queryid {
@@ -200,7 +214,10 @@ fn result_message(owner: &BareJid, to: &str, queryid: Option<&str>, row: &Entry)
     }
     result.push(
         Element::new("forwarded", FORWARD)
-            .child(Element::new("delay", DELAY).attr("stamp", crate::modules::offline::datetime(row.ts)))
+            .child(
+                Element::new("delay", DELAY)
+                    .attr("stamp", crate::modules::offline::datetime(row.ts)),
+            )
             .child(original),
     );
     Some(
@@ -220,9 +237,17 @@ fn metadata(iq: Incoming) {
     let _ = crate::modules::offline::commit(&server);
     let conn = server.store.conn();
     let edge = |newest| {
-        mailbox::query(conn, account, &Query { limit: 1, newest_first: newest, ..Query::default() })
-            .ok()
-            .and_then(|mut r| r.pop())
+        mailbox::query(
+            conn,
+            account,
+            &Query {
+                limit: 1,
+                newest_first: newest,
+                ..Query::default()
+            },
+        )
+        .ok()
+        .and_then(|mut r| r.pop())
     };
     let mut md = Element::new("metadata", NS);
     if let (Some(first), Some(last)) = (edge(false), edge(true)) {
@@ -252,21 +277,35 @@ fn prefs(iq: Incoming) {
     if iq.kind == crate::iq::IqType::Set {
         let default = iq.payload.get_attr("default").unwrap_or("always");
         if !matches!(default, "always" | "never" | "roster") {
-            return iq.fail(Condition::BadRequest, "default must be always, never or roster");
+            return iq.fail(
+                Condition::BadRequest,
+                "default must be always, never or roster",
+            );
         }
         let list = |name: &str| -> Vec<String> {
             iq.payload
                 .get_child(name, NS)
-                .map(|l| l.elements().map(|j| j.text_content().trim().to_owned()).collect())
+                .map(|l| {
+                    l.elements()
+                        .map(|j| j.text_content().trim().to_owned())
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         server.ext::<PrefsCache>().0.borrow_mut().remove(&account);
-        if let Err(e) = crate::store::mam::set_prefs(&server.store, account, default, &list("always"), &list("never")) {
+        if let Err(e) = crate::store::mam::set_prefs(
+            &server.store,
+            account,
+            default,
+            &list("always"),
+            &list("never"),
+        ) {
             tracing::error!("storing archive prefs: {e}");
             return iq.fail(Condition::InternalServerError, "");
         }
     }
-    let (default, always, never) = crate::store::mam::prefs(&server.store, account).unwrap_or_else(|_| ("always".into(), vec![], vec![]));
+    let (default, always, never) = crate::store::mam::prefs(&server.store, account)
+        .unwrap_or_else(|_| ("always".into(), vec![], vec![]));
     let jids = |name: &str, list: Vec<String>| {
         let mut e = Element::new(name, NS);
         for j in list {
@@ -289,13 +328,17 @@ pub fn archive_outgoing(server: &std::rc::Rc<Server>, from: &jid::FullJid, to: &
     if !matches!(kind, "chat" | "normal")
         || el.get_child("body", crate::xml::ns::CLIENT).is_none()
         || el.get_child("no-store", crate::xml::ns::HINTS).is_some()
-        || el.get_child("no-permanent-store", crate::xml::ns::HINTS).is_some()
+        || el
+            .get_child("no-permanent-store", crate::xml::ns::HINTS)
+            .is_some()
     {
         return;
     }
     let owner = from.to_bare();
     let node = owner.node().map(|n| n.to_string()).unwrap_or_default();
-    let Ok(Some(account)) = server.store.account_id(&node, owner.domain().as_str()) else { return };
+    let Ok(Some(account)) = server.store.account_id(&node, owner.domain().as_str()) else {
+        return;
+    };
     let with = to.to_bare().to_string();
     if !archives(server, account, &with) {
         return;
@@ -325,7 +368,9 @@ pub fn archive_outgoing(server: &std::rc::Rc<Server>, from: &jid::FullJid, to: &
 
 /// Preferences per account, cached: consulted for every archived message.
 #[derive(Default)]
-struct PrefsCache(std::cell::RefCell<std::collections::HashMap<i64, (String, Vec<String>, Vec<String>)>>);
+struct PrefsCache(
+    std::cell::RefCell<std::collections::HashMap<i64, (String, Vec<String>, Vec<String>)>>,
+);
 
 /// Whether `account` archives live messages exchanged with `with` (its preferences).
 pub fn archives(server: &Server, account: i64, with: &str) -> bool {
@@ -358,7 +403,10 @@ mod tests {
     #[test]
     fn times() {
         assert_eq!(parse_time("1970-01-01T00:00:01Z"), Some(1_000_000));
-        assert_eq!(parse_time("2010-06-07T00:00:00.500Z"), Some(1_275_868_800_500_000));
+        assert_eq!(
+            parse_time("2010-06-07T00:00:00.500Z"),
+            Some(1_275_868_800_500_000)
+        );
         assert_eq!(parse_time("yesterday"), None);
     }
 }

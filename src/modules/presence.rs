@@ -236,7 +236,9 @@ fn initial(server: &Rc<Server>, conn: &Rc<Connection>, from: &FullJid) {
             if roster::subscription(server, &contact, &user).has_from() {
                 presences.extend(presences_of(server, &contact, &user, None));
             }
-        } else if server.service(domain).is_some() && !is_blocked_either_way(server, &user, &contact) {
+        } else if server.service(domain).is_some()
+            && !is_blocked_either_way(server, &user, &contact)
+        {
             // A gateway's contacts answer a probe themselves (§4.3.1).
             probes.push(Jid::from(contact));
         }
@@ -609,7 +611,12 @@ pub fn blocklist_changed(server: &Rc<Server>, user: &BareJid, items: &[Jid], now
 
 /// The last presence of each available resource of `of` (except `except`) that `viewer` may
 /// see: XEP-0191 blocks presence both ways.
-fn presences_of(server: &Server, of: &BareJid, viewer: &BareJid, except: Option<&FullJid>) -> Vec<Element> {
+fn presences_of(
+    server: &Server,
+    of: &BareJid,
+    viewer: &BareJid,
+    except: Option<&FullJid>,
+) -> Vec<Element> {
     let found: Vec<(FullJid, Element)> = server
         .sessions
         .borrow()
@@ -632,7 +639,8 @@ fn blocked(server: &Server, from: &FullJid, to: &BareJid) -> bool {
 }
 
 fn is_blocked_either_way(server: &Server, a: &BareJid, b: &BareJid) -> bool {
-    blocking::is_blocked(server, a, &Jid::from(b.clone())) || blocking::is_blocked(server, b, &Jid::from(a.clone()))
+    blocking::is_blocked(server, a, &Jid::from(b.clone()))
+        || blocking::is_blocked(server, b, &Jid::from(a.clone()))
 }
 
 /// The available resources of `bare` (sent initial presence and not unavailable since).

@@ -4,5 +4,7 @@ use crate::stream::Stream;
 use crate::xml::ns;
 
 pub fn install(s: &mut Stream) {
-    s.iqs().rule(ns::SESSION, "session").set(|iq| iq.result(None));
+    s.iqs()
+        .rule(ns::SESSION, "session")
+        .set(|iq| iq.result(None));
 }

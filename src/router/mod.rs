@@ -60,7 +60,13 @@ fn handled_by_server(server: &Server, to: &Option<Jid>) -> bool {
     }
 }
 
-fn route_iq(server: &Rc<Server>, conn: &Rc<Connection>, from: &FullJid, to: Option<Jid>, el: Element) {
+fn route_iq(
+    server: &Rc<Server>,
+    conn: &Rc<Connection>,
+    from: &FullJid,
+    to: Option<Jid>,
+    el: Element,
+) {
     let kind = el.get_attr("type").unwrap_or("");
     let Some(id) = el.get_attr("id").map(str::to_owned) else {
         if matches!(kind, "get" | "set") {
@@ -78,15 +84,33 @@ fn route_iq(server: &Rc<Server>, conn: &Rc<Connection>, from: &FullJid, to: Opti
             }
             return;
         }
-        _ => return bounce(conn, &el, Condition::BadRequest, "IQ type must be get, set, result or error"),
+        _ => {
+            return bounce(
+                conn,
+                &el,
+                Condition::BadRequest,
+                "IQ type must be get, set, result or error",
+            );
+        }
     }
     if !handled_by_server(server, &to) {
         return deliver_elsewhere(server, conn, from, to, el);
     }
     let Some((iq_type, payload)) = request_parts(&el) else {
-        return bounce(conn, &el, Condition::BadRequest, "a get or set IQ has exactly one child");
+        return bounce(
+            conn,
+            &el,
+            Condition::BadRequest,
+            "a get or set IQ has exactly one child",
+        );
     };
-    let Some(handler) = server.stream.session_stage().rules().find(&payload.ns, &payload.name, iq_type) else {
+    let Some(handler) =
+        server
+            .stream
+            .session_stage()
+            .rules()
+            .find(&payload.ns, &payload.name, iq_type)
+    else {
         return bounce(conn, &el, Condition::ServiceUnavailable, "");
     };
     let lang = el.get_attr("xml:lang").map(str::to_owned);
@@ -103,7 +127,13 @@ fn route_iq(server: &Rc<Server>, conn: &Rc<Connection>, from: &FullJid, to: Opti
     ));
 }
 
-fn route_message(server: &Rc<Server>, conn: &Rc<Connection>, from: &FullJid, to: Option<Jid>, mut el: Element) {
+fn route_message(
+    server: &Rc<Server>,
+    conn: &Rc<Connection>,
+    from: &FullJid,
+    to: Option<Jid>,
+    mut el: Element,
+) {
     let to = match to {
         Some(to) => to,
         None => {
@@ -128,7 +158,13 @@ fn route_message(server: &Rc<Server>, conn: &Rc<Connection>, from: &FullJid, to:
     server.deliver_message_to_bare(conn, &to.to_bare(), el);
 }
 
-fn route_presence(server: &Rc<Server>, conn: &Rc<Connection>, from: &FullJid, to: Option<Jid>, el: Element) {
+fn route_presence(
+    server: &Rc<Server>,
+    conn: &Rc<Connection>,
+    from: &FullJid,
+    to: Option<Jid>,
+    el: Element,
+) {
     match to {
         None => server.own_presence(conn, from, el),
         Some(to) if server.config.is_hosted(to.domain().as_str()) => match to.try_as_full() {
@@ -142,7 +178,13 @@ fn route_presence(server: &Rc<Server>, conn: &Rc<Connection>, from: &FullJid, to
 }
 
 /// Full JIDs of local sessions, services, and domains we do not serve.
-fn deliver_elsewhere(server: &Rc<Server>, conn: &Rc<Connection>, from: &FullJid, to: Option<Jid>, el: Element) {
+fn deliver_elsewhere(
+    server: &Rc<Server>,
+    conn: &Rc<Connection>,
+    from: &FullJid,
+    to: Option<Jid>,
+    el: Element,
+) {
     let Some(to) = to else { return };
     let domain = to.domain().as_str();
     if server.config.is_hosted(domain) {
@@ -162,6 +204,11 @@ fn deliver_elsewhere(server: &Rc<Server>, conn: &Rc<Connection>, from: &FullJid,
         return;
     }
     if el.get_attr("type") != Some("error") {
-        bounce(conn, &el, Condition::RemoteServerNotFound, "this server does not federate");
+        bounce(
+            conn,
+            &el,
+            Condition::RemoteServerNotFound,
+            "this server does not federate",
+        );
     }
 }

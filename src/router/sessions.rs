@@ -62,7 +62,9 @@ impl Sessions {
     /// Removes the session of `conn` (if it is still the one bound to `jid`).
     pub fn unbind(&mut self, jid: &FullJid, conn_id: u64) -> bool {
         let bare = jid.to_bare();
-        let Some(list) = self.by_bare.get_mut(&bare) else { return false };
+        let Some(list) = self.by_bare.get_mut(&bare) else {
+            return false;
+        };
         let before = list.len();
         list.retain(|s| !(s.jid == *jid && s.conn.upgrade().is_none_or(|c| c.id == conn_id)));
         let removed = list.len() != before;
@@ -73,11 +75,17 @@ impl Sessions {
     }
 
     pub fn get(&self, jid: &FullJid) -> Option<&Session> {
-        self.by_bare.get(&jid.to_bare())?.iter().find(|s| s.jid == *jid)
+        self.by_bare
+            .get(&jid.to_bare())?
+            .iter()
+            .find(|s| s.jid == *jid)
     }
 
     pub fn get_mut(&mut self, jid: &FullJid) -> Option<&mut Session> {
-        self.by_bare.get_mut(&jid.to_bare())?.iter_mut().find(|s| s.jid == *jid)
+        self.by_bare
+            .get_mut(&jid.to_bare())?
+            .iter_mut()
+            .find(|s| s.jid == *jid)
     }
 
     pub fn of(&self, bare: &BareJid) -> &[Session] {

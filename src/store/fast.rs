@@ -21,7 +21,9 @@ pub(super) const SCHEMA: &str = r#"
 "#;
 
 fn account(store: &Store, user: &str, domain: &str) -> Result<i64, StoreError> {
-    store.account_id(user, domain)?.ok_or(StoreError::NoSuchAccount)
+    store
+        .account_id(user, domain)?
+        .ok_or(StoreError::NoSuchAccount)
 }
 
 /// Puts a fresh token into the "new" slot (replacing an unused one).
@@ -65,9 +67,13 @@ pub fn verify(
                 "SELECT mechanism, initiator, responder, expires FROM fast_tokens
                  WHERE account = ?1 AND user_agent = ?2 AND slot = ?3",
             )?
-            .query_row(params![id, user_agent, slot], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .query_row(params![id, user_agent, slot], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
             .optional()?;
-        let Some((mech, initiator, responder, expires)) = row else { continue };
+        let Some((mech, initiator, responder, expires)) = row else {
+            continue;
+        };
         if mech != mechanism || expires < now || !bool::from(initiator.ct_eq(proof)) {
             continue;
         }
@@ -90,7 +96,12 @@ pub fn verify(
 }
 
 /// Forgets every token of a client (`<fast invalidate='true'/>`).
-pub fn invalidate(store: &Store, user: &str, domain: &str, user_agent: &str) -> Result<(), StoreError> {
+pub fn invalidate(
+    store: &Store,
+    user: &str,
+    domain: &str,
+    user_agent: &str,
+) -> Result<(), StoreError> {
     let id = account(store, user, domain)?;
     store.conn().execute(
         "DELETE FROM fast_tokens WHERE account = ?1 AND user_agent = ?2",

@@ -14,20 +14,34 @@ pub(super) const SCHEMA: &str = r#"
 "#;
 
 /// (default, always, never); `always` with empty lists when nothing was set.
-pub fn prefs(store: &Store, account: i64) -> Result<(String, Vec<String>, Vec<String>), StoreError> {
+pub fn prefs(
+    store: &Store,
+    account: i64,
+) -> Result<(String, Vec<String>, Vec<String>), StoreError> {
     let row: Option<(String, String, String)> = store
         .conn()
         .prepare_cached("SELECT default_mode, always, never FROM mam_prefs WHERE account = ?1")?
         .query_row(params![account], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?;
-    let split = |s: &str| s.lines().filter(|l| !l.is_empty()).map(str::to_owned).collect();
+    let split = |s: &str| {
+        s.lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
     Ok(match row {
         Some((d, a, n)) => (d, split(&a), split(&n)),
         None => ("always".to_owned(), Vec::new(), Vec::new()),
     })
 }
 
-pub fn set_prefs(store: &Store, account: i64, default: &str, always: &[String], never: &[String]) -> Result<(), StoreError> {
+pub fn set_prefs(
+    store: &Store,
+    account: i64,
+    default: &str,
+    always: &[String],
+    never: &[String],
+) -> Result<(), StoreError> {
     store.conn().execute(
         "INSERT OR REPLACE INTO mam_prefs VALUES (?1, ?2, ?3, ?4)",
         params![account, default, always.join("\n"), never.join("\n")],

@@ -155,7 +155,14 @@ mod tests {
         migrate(&conn).unwrap();
         assert_eq!(version(&conn), MIGRATIONS.len() as i64);
         let t = tables(&conn);
-        for want in ["account_keys", "accounts", "mailbox", "roster_items", "torrent_jobs", "transport_accounts"] {
+        for want in [
+            "account_keys",
+            "accounts",
+            "mailbox",
+            "roster_items",
+            "torrent_jobs",
+            "transport_accounts",
+        ] {
             assert!(t.iter().any(|n| n == want), "{want} missing from {t:?}");
         }
         // And again: nothing to do, no error.

@@ -57,8 +57,8 @@
 
 mod accounts;
 pub mod fast;
-pub mod mam;
 pub mod mailbox;
+pub mod mam;
 mod migrations;
 pub mod pep;
 pub mod roster;

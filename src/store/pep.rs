@@ -166,7 +166,11 @@ fn node_from_row(r: &Row<'_>) -> rusqlite::Result<PepNode> {
         config: NodeConfig {
             // A value this version does not know falls back to the most private reading.
             access_model: AccessModel::parse(&access).unwrap_or(AccessModel::Whitelist),
-            roster_groups: groups.lines().filter(|g| !g.is_empty()).map(str::to_owned).collect(),
+            roster_groups: groups
+                .lines()
+                .filter(|g| !g.is_empty())
+                .map(str::to_owned)
+                .collect(),
             persist_items: r.get(4)?,
             max_items: max_items.map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
             send_last: SendLast::parse(&send_last).unwrap_or(SendLast::Never),
@@ -235,7 +239,13 @@ impl Store {
     }
 
     /// Creates a node; returns its id.
-    pub fn pep_create_node(&self, account: i64, node: &str, config: &NodeConfig, now: i64) -> Result<i64, StoreError> {
+    pub fn pep_create_node(
+        &self,
+        account: i64,
+        node: &str,
+        config: &NodeConfig,
+        now: i64,
+    ) -> Result<i64, StoreError> {
         let c = config;
         self.conn()
             .prepare_cached(
@@ -264,7 +274,12 @@ impl Store {
 
     /// Replaces a node's configuration and drops the items it no longer keeps (at most
     /// `limit`); returns how many were dropped.
-    pub fn pep_configure(&self, node: i64, config: &NodeConfig, limit: u32) -> Result<usize, StoreError> {
+    pub fn pep_configure(
+        &self,
+        node: i64,
+        config: &NodeConfig,
+        limit: u32,
+    ) -> Result<usize, StoreError> {
         let c = config;
         self.transaction(|tx| {
             tx.prepare_cached(
@@ -308,13 +323,24 @@ impl Store {
 
     /// Stores an item (replacing one with the same ItemID, which becomes the newest) and
     /// drops the oldest items beyond what the node keeps.
-    pub fn pep_publish(&self, node: &PepNode, item: &PepItem, limit: u32) -> Result<(), StoreError> {
+    pub fn pep_publish(
+        &self,
+        node: &PepNode,
+        item: &PepItem,
+        limit: u32,
+    ) -> Result<(), StoreError> {
         self.transaction(|tx| {
             tx.prepare_cached(
                 "INSERT OR REPLACE INTO pep_items (node, item_id, publisher, payload, published)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
-            .execute(params![node.id, item.item_id, item.publisher, item.payload, item.published])?;
+            .execute(params![
+                node.id,
+                item.item_id,
+                item.publisher,
+                item.payload,
+                item.published
+            ])?;
             trim(tx, node.id, keep(&node.config, limit))?;
             Ok(())
         })
@@ -369,7 +395,10 @@ mod tests {
         let store = Store::open_in_memory().unwrap();
         store
             .conn()
-            .execute("INSERT INTO accounts (username, domain, created) VALUES ('a', 'x', 0)", [])
+            .execute(
+                "INSERT INTO accounts (username, domain, created) VALUES ('a', 'x', 0)",
+                [],
+            )
             .unwrap();
         let id = store.conn().last_insert_rowid();
         (store, id)
@@ -399,10 +428,20 @@ mod tests {
         store.pep_publish(&node, &item("b", 2), 100).unwrap();
         // Re-publishing "a" makes it the newest.
         store.pep_publish(&node, &item("a", 3), 100).unwrap();
-        let ids: Vec<_> = store.pep_items(id, None).unwrap().into_iter().map(|i| i.item_id).collect();
+        let ids: Vec<_> = store
+            .pep_items(id, None)
+            .unwrap()
+            .into_iter()
+            .map(|i| i.item_id)
+            .collect();
         assert_eq!(ids, ["b", "a"]);
         store.pep_publish(&node, &item("c", 4), 100).unwrap();
-        let ids: Vec<_> = store.pep_items(id, None).unwrap().into_iter().map(|i| i.item_id).collect();
+        let ids: Vec<_> = store
+            .pep_items(id, None)
+            .unwrap()
+            .into_iter()
+            .map(|i| i.item_id)
+            .collect();
         assert_eq!(ids, ["a", "c"]);
         assert_eq!(store.pep_last_item(id).unwrap().unwrap().item_id, "c");
         assert_eq!(store.pep_items(id, Some(1)).unwrap().len(), 1);
@@ -423,9 +462,15 @@ mod tests {
         let node = store.pep_node(account, "n").unwrap().unwrap();
         assert_eq!(node.config.max_items, None);
         for i in 0..5 {
-            store.pep_publish(&node, &item(&i.to_string(), i), 3).unwrap();
+            store
+                .pep_publish(&node, &item(&i.to_string(), i), 3)
+                .unwrap();
         }
-        assert_eq!(store.pep_items(id, None).unwrap().len(), 3, "the service limit applies");
+        assert_eq!(
+            store.pep_items(id, None).unwrap().len(),
+            3,
+            "the service limit applies"
+        );
         let transient = NodeConfig {
             persist_items: false,
             ..config
@@ -437,18 +482,28 @@ mod tests {
     #[test]
     fn deleting_account_or_node_cascades() {
         let (store, account) = store_with_account();
-        let id = store.pep_create_node(account, "n", &NodeConfig::default(), 0).unwrap();
+        let id = store
+            .pep_create_node(account, "n", &NodeConfig::default(), 0)
+            .unwrap();
         let node = store.pep_node(account, "n").unwrap().unwrap();
         store.pep_publish(&node, &item("a", 1), 10).unwrap();
         assert_eq!(store.pep_node_count(account).unwrap(), 1);
         store.pep_delete_node(id).unwrap();
         assert!(store.pep_node(account, "n").unwrap().is_none());
-        let n: i64 = store.conn().query_row("SELECT count(*) FROM pep_items", [], |r| r.get(0)).unwrap();
+        let n: i64 = store
+            .conn()
+            .query_row("SELECT count(*) FROM pep_items", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(n, 0);
-        let id = store.pep_create_node(account, "n", &NodeConfig::default(), 0).unwrap();
+        let id = store
+            .pep_create_node(account, "n", &NodeConfig::default(), 0)
+            .unwrap();
         let node = store.pep_node(account, "n").unwrap().unwrap();
         store.pep_publish(&node, &item("a", 1), 10).unwrap();
-        store.conn().execute("DELETE FROM accounts WHERE id = ?1", [account]).unwrap();
+        store
+            .conn()
+            .execute("DELETE FROM accounts WHERE id = ?1", [account])
+            .unwrap();
         assert!(store.pep_nodes(account).unwrap().is_empty());
         assert!(store.pep_items(id, None).unwrap().is_empty());
     }

@@ -154,15 +154,17 @@ impl Connection {
         });
         let fd = conn.state.borrow().sock.as_raw_fd();
         let weak = Rc::downgrade(&conn);
-        let src = source::watch_fd(fd, IOCondition::IN | IOCondition::HUP | IOCondition::ERR, move |_, _| {
-            match weak.upgrade() {
+        let src = source::watch_fd(
+            fd,
+            IOCondition::IN | IOCondition::HUP | IOCondition::ERR,
+            move |_, _| match weak.upgrade() {
                 Some(c) => {
                     c.on_readable();
                     ControlFlow::Continue
                 }
                 None => ControlFlow::Break,
-            }
-        });
+            },
+        );
         *conn.read_source.borrow_mut() = Some(src);
         Ok(conn)
     }
@@ -182,7 +184,10 @@ impl Connection {
         StreamInfo {
             secure,
             plaintext_ok: secure || self.trusted,
-            registration: self.server.upgrade().is_some_and(|s| s.config.auth.registration),
+            registration: self
+                .server
+                .upgrade()
+                .is_some_and(|s| s.config.auth.registration),
         }
     }
 
@@ -369,7 +374,10 @@ impl Connection {
             return;
         }
         if self.state.borrow().sm.is_some() && super::sm::is_stanza(el) && !self.sm_track(el) {
-            tracing::warn!(conn = self.id, "too many unacknowledged stanzas; ending the session");
+            tracing::warn!(
+                conn = self.id,
+                "too many unacknowledged stanzas; ending the session"
+            );
             if let Some(server) = self.server() {
                 server.queue_close(self.id);
             }
@@ -471,7 +479,10 @@ impl Connection {
                 st.out = Vec::new();
             }
             let mut pending = st.out.len();
-            if !blocked && !failed && let Some(tls) = st.tls.as_mut() {
+            if !blocked
+                && !failed
+                && let Some(tls) = st.tls.as_mut()
+            {
                 while tls.wants_write() {
                     match tls.write_tls(&mut st.sock) {
                         Ok(_) => {}
@@ -506,7 +517,10 @@ impl Connection {
         }
         let _ = finished_closing;
         if pending > MAX_PENDING_OUTPUT {
-            tracing::warn!(conn = self.id, "client does not read its output; dropping it");
+            tracing::warn!(
+                conn = self.id,
+                "client does not read its output; dropping it"
+            );
             self.teardown();
             return false;
         }
@@ -555,7 +569,12 @@ impl Connection {
             self.send_header(None);
         }
         if let Some((cond, text)) = &error {
-            tracing::debug!(conn = self.id, "stream error {}: {}", cond.as_str(), text.as_deref().unwrap_or(""));
+            tracing::debug!(
+                conn = self.id,
+                "stream error {}: {}",
+                cond.as_str(),
+                text.as_deref().unwrap_or("")
+            );
             self.send(&cond.element(text.as_deref()));
         }
         self.send_raw(b"</stream:stream>");
@@ -607,11 +626,20 @@ impl Connection {
 
     /// Called by the server's housekeeping timer.
     pub(crate) fn housekeeping(self: &Rc<Self>, now: Instant) {
-        let Some(server) = self.server.upgrade() else { return };
+        let Some(server) = self.server.upgrade() else {
+            return;
+        };
         let limits = &server.config.limits;
         let (phase, opened, last_read, bound, closing_since, keepalive_sent) = {
             let st = self.state.borrow();
-            (st.phase, st.opened, st.last_read, st.jid.is_some(), st.closing_since, st.keepalive_sent)
+            (
+                st.phase,
+                st.opened,
+                st.last_read,
+                st.jid.is_some(),
+                st.closing_since,
+                st.keepalive_sent,
+            )
         };
         match phase {
             Phase::Closing => {
@@ -622,7 +650,10 @@ impl Connection {
             Phase::AwaitHeader | Phase::Open => {
                 let silent = now - last_read;
                 if !bound && now - opened > Duration::from_secs(limits.auth_timeout_secs) {
-                    self.close(Some((StreamError::ConnectionTimeout, Some("authentication took too long".into()))));
+                    self.close(Some((
+                        StreamError::ConnectionTimeout,
+                        Some("authentication took too long".into()),
+                    )));
                 } else if silent > Duration::from_secs(limits.idle_timeout_secs) {
                     self.close(Some((StreamError::ConnectionTimeout, None)));
                 } else if bound && silent > Duration::from_secs(limits.keepalive_secs) {
@@ -636,14 +667,20 @@ impl Connection {
                         if let Some(jid) = self.jid() {
                             let ping = Element::stanza("iq")
                                 .attr("type", "get")
-                                .attr("id", format!("ping-{}-{}", self.id, (now - opened).as_secs()))
+                                .attr(
+                                    "id",
+                                    format!("ping-{}-{}", self.id, (now - opened).as_secs()),
+                                )
                                 .attr("from", jid.domain().as_str())
                                 .attr("to", jid.to_string())
                                 .child(Element::new("ping", crate::xml::ns::PING));
                             self.send(&ping);
                         }
                     } else if silent > Duration::from_secs(limits.keepalive_secs) + grace {
-                        self.close(Some((StreamError::ConnectionTimeout, Some("no answer to ping".into()))));
+                        self.close(Some((
+                            StreamError::ConnectionTimeout,
+                            Some("no answer to ping".into()),
+                        )));
                     }
                 }
             }
@@ -660,19 +697,31 @@ enum Input {
 
 fn framer_error(e: FramerError) -> ParseError {
     match e {
-        FramerError::TooLarge(n) => ParseError::NotWellFormed(format!("\u{0}policy:stanza larger than {n} bytes")),
-        FramerError::TooDeep(n) => ParseError::NotWellFormed(format!("\u{0}policy:elements nested deeper than {n}")),
+        FramerError::TooLarge(n) => {
+            ParseError::NotWellFormed(format!("\u{0}policy:stanza larger than {n} bytes"))
+        }
+        FramerError::TooDeep(n) => {
+            ParseError::NotWellFormed(format!("\u{0}policy:elements nested deeper than {n}"))
+        }
         FramerError::Restricted(what) => ParseError::Restricted(what),
         FramerError::NotWellFormed(what) => ParseError::NotWellFormed(what.to_owned()),
-        FramerError::TextAtStreamLevel => ParseError::NotWellFormed("\u{0}format:character data at stream level".into()),
+        FramerError::TextAtStreamLevel => {
+            ParseError::NotWellFormed("\u{0}format:character data at stream level".into())
+        }
     }
 }
 
 /// Maps a framing/parsing failure to the stream error RFC 6120 §4.9.3 names for it.
 fn parse_error(e: &ParseError) -> (StreamError, Option<String>) {
     match e {
-        ParseError::Restricted(what) => (StreamError::RestrictedXml, Some(format!("{what} not allowed"))),
-        ParseError::UnboundPrefix(p) => (StreamError::InvalidNamespace, Some(format!("undeclared prefix {p}"))),
+        ParseError::Restricted(what) => (
+            StreamError::RestrictedXml,
+            Some(format!("{what} not allowed")),
+        ),
+        ParseError::UnboundPrefix(p) => (
+            StreamError::InvalidNamespace,
+            Some(format!("undeclared prefix {p}")),
+        ),
         ParseError::NotWellFormed(msg) => {
             if let Some(m) = msg.strip_prefix("\u{0}policy:") {
                 (StreamError::PolicyViolation, Some(m.to_owned()))

@@ -18,7 +18,10 @@ fn important(el: &Element) -> bool {
     match el.name.as_str() {
         "presence" => {
             // Subscription requests and errors are about the user, not about contacts' status.
-            matches!(el.get_attr("type"), Some("subscribe" | "unsubscribe" | "subscribed" | "unsubscribed" | "error"))
+            matches!(
+                el.get_attr("type"),
+                Some("subscribe" | "unsubscribe" | "subscribed" | "unsubscribed" | "error")
+            )
         }
         "message" => el.elements().any(|c| c.ns != CHATSTATES),
         _ => true,
@@ -88,7 +91,9 @@ mod tests {
     fn importance() {
         let p = Element::stanza("presence");
         assert!(!important(&p));
-        assert!(important(&Element::stanza("presence").attr("type", "subscribe")));
+        assert!(important(
+            &Element::stanza("presence").attr("type", "subscribe")
+        ));
         let typing = Element::stanza("message").child(Element::new("composing", CHATSTATES));
         assert!(!important(&typing));
         let body = Element::stanza("message").child(Element::new("body", ns::CLIENT).text("hi"));

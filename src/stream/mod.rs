@@ -3,8 +3,8 @@
 //! negotiation and dispatch ([`Connection`]).
 
 mod connection;
-pub(crate) mod negotiate;
 mod csi;
+pub(crate) mod negotiate;
 mod sasl;
 pub mod sasl2;
 pub mod sm;
@@ -78,7 +78,10 @@ impl Stage {
         self.disco.iter().map(String::as_str)
     }
 
-    pub(crate) fn features_for<'a>(&'a self, info: &'a StreamInfo) -> impl Iterator<Item = &'a Element> {
+    pub(crate) fn features_for<'a>(
+        &'a self,
+        info: &'a StreamInfo,
+    ) -> impl Iterator<Item = &'a Element> {
         self.features
             .iter()
             .filter(move |(_, when)| when.as_ref().is_none_or(|w| w(info)))

@@ -24,7 +24,12 @@ pub(crate) fn log_out(conn: u64, bytes: &[u8]) {
 
 fn redact(bytes: &[u8]) -> String {
     let s = String::from_utf8_lossy(bytes);
-    if s.contains(ns::SASL) && (s.starts_with("<auth") || s.starts_with("<response") || s.starts_with("<challenge") || s.starts_with("<success")) {
+    if s.contains(ns::SASL)
+        && (s.starts_with("<auth")
+            || s.starts_with("<response")
+            || s.starts_with("<challenge")
+            || s.starts_with("<success"))
+    {
         let head = s.split('>').next().unwrap_or("");
         return format!("{head}>[redacted]");
     }
@@ -75,11 +80,17 @@ impl Connection {
             Some(Some((maj, _))) if maj == 0 => false,
             Some(Some(_)) => {
                 self.state.borrow_mut().version1 = true;
-                self.close(Some((StreamError::UnsupportedVersion, Some("this server speaks XMPP 1.0".into()))));
+                self.close(Some((
+                    StreamError::UnsupportedVersion,
+                    Some("this server speaks XMPP 1.0".into()),
+                )));
                 return;
             }
             Some(None) => {
-                self.close(Some((StreamError::BadFormat, Some("unparseable version".into()))));
+                self.close(Some((
+                    StreamError::BadFormat,
+                    Some("unparseable version".into()),
+                )));
                 return;
             }
         };
@@ -91,9 +102,14 @@ impl Connection {
             st.headers = st.headers.saturating_add(1);
             st.headers > 1
         };
-        let requested = h.to.clone().unwrap_or_else(|| server.config.default_domain().to_owned());
+        let requested =
+            h.to.clone()
+                .unwrap_or_else(|| server.config.default_domain().to_owned());
         let domain = jid::BareJid::new(&requested).ok().map(|j| j.to_string());
-        let hosted = domain.as_deref().filter(|d| server.config.is_hosted(d)).map(str::to_owned);
+        let hosted = domain
+            .as_deref()
+            .filter(|d| server.config.is_hosted(d))
+            .map(str::to_owned);
         if let Some(d) = &hosted
             && !restart
         {
@@ -104,18 +120,27 @@ impl Connection {
         self.send_header(h.from.as_deref());
 
         if h.name != "stream" || h.ns != ns::STREAMS {
-            self.close(Some((StreamError::InvalidNamespace, Some("the root element must be stream:stream".into()))));
+            self.close(Some((
+                StreamError::InvalidNamespace,
+                Some("the root element must be stream:stream".into()),
+            )));
             return;
         }
         if h.content_ns() != Some(ns::CLIENT) {
-            self.close(Some((StreamError::InvalidNamespace, Some("this port serves jabber:client".into()))));
+            self.close(Some((
+                StreamError::InvalidNamespace,
+                Some("this port serves jabber:client".into()),
+            )));
             return;
         }
         let current_domain = self.state.borrow().domain.clone();
         match hosted {
             Some(d) if d == current_domain => {}
             _ => {
-                self.close(Some((StreamError::HostUnknown, Some(format!("{requested} is not served here")))));
+                self.close(Some((
+                    StreamError::HostUnknown,
+                    Some(format!("{requested} is not served here")),
+                )));
                 return;
             }
         }
@@ -154,7 +179,9 @@ impl Connection {
             }
         } else if !bound {
             features.push(Element::new("bind", ns::BIND));
-            features.push(Element::new("session", ns::SESSION).child(Element::new("optional", ns::SESSION)));
+            features.push(
+                Element::new("session", ns::SESSION).child(Element::new("optional", ns::SESSION)),
+            );
             features.push(Element::new("sm", super::sm::NS));
             features.push(Element::new("csi", super::csi::NS));
             for f in server.stream.session_stage().features_for(&info) {
@@ -181,7 +208,10 @@ impl Connection {
                 } else if el.name == "iq" && !authenticated && self.before_auth_rule(&el) {
                     // handled
                 } else {
-                    self.close(Some((StreamError::NotAuthorized, Some("authenticate first".into()))));
+                    self.close(Some((
+                        StreamError::NotAuthorized,
+                        Some("authenticate first".into()),
+                    )));
                 }
             }
             (ns::TLS, "starttls") => self.on_starttls(),
@@ -189,11 +219,17 @@ impl Connection {
             (super::csi::NS, _) if bound => self.on_csi(&el),
             (ns::SASL, _) if !authenticated && !bound => self.on_sasl(el),
             (super::sasl2::NS, _) if !authenticated && !bound => self.on_sasl2(el),
-            (ns::SASL, _) => self.close(Some((StreamError::PolicyViolation, Some("already authenticated".into())))),
+            (ns::SASL, _) => self.close(Some((
+                StreamError::PolicyViolation,
+                Some("already authenticated".into()),
+            ))),
             ("jabber:server" | "jabber:component:accept", _) => {
                 self.close(Some((StreamError::InvalidNamespace, None)));
             }
-            _ => self.close(Some((StreamError::UnsupportedStanzaType, Some(format!("<{} xmlns='{}'/>", el.name, el.ns))))),
+            _ => self.close(Some((
+                StreamError::UnsupportedStanzaType,
+                Some(format!("<{} xmlns='{}'/>", el.name, el.ns)),
+            ))),
         }
     }
 
@@ -201,7 +237,10 @@ impl Connection {
         let Some(server) = self.server() else { return };
         let (secure, authenticated) = {
             let st = self.state.borrow();
-            (st.tls.is_some(), st.authenticated.is_some() || st.jid.is_some())
+            (
+                st.tls.is_some(),
+                st.authenticated.is_some() || st.jid.is_some(),
+            )
         };
         if secure || authenticated {
             self.send(&Element::new("failure", ns::TLS));
@@ -248,12 +287,24 @@ impl Connection {
 
     /// IQ before authentication: only rules of the before-auth stage (legacy iq-auth) apply.
     fn before_auth_rule(self: &Rc<Self>, el: &Element) -> bool {
-        let Some(server) = self.server() else { return false };
-        let Some((kind, payload)) = request_parts(el) else { return false };
-        let Some(handler) = server.stream.before_auth_stage().rules().find(&payload.ns, &payload.name, kind) else {
+        let Some(server) = self.server() else {
             return false;
         };
-        let Some(id) = el.get_attr("id") else { return false };
+        let Some((kind, payload)) = request_parts(el) else {
+            return false;
+        };
+        let Some(handler) =
+            server
+                .stream
+                .before_auth_stage()
+                .rules()
+                .find(&payload.ns, &payload.name, kind)
+        else {
+            return false;
+        };
+        let Some(id) = el.get_attr("id") else {
+            return false;
+        };
         let iq = Incoming::new(
             server.clone(),
             ReplyTo::Stream(Rc::downgrade(self)),
@@ -273,13 +324,19 @@ impl Connection {
         if let Some(bind) = el.get_child("bind", ns::BIND)
             && el.get_attr("type") == Some("set")
         {
-            let resource = bind.child_text("resource", ns::BIND).filter(|r| !r.is_empty());
+            let resource = bind
+                .child_text("resource", ns::BIND)
+                .filter(|r| !r.is_empty());
             let id = el.get_attr("id").unwrap_or("").to_owned();
             match self.bind_resource(resource.as_deref()) {
                 Ok(full) => {
-                    let reply = Element::stanza("iq").attr("type", "result").attr("id", id).child(
-                        Element::new("bind", ns::BIND).child(Element::new("jid", ns::BIND).text(full.to_string())),
-                    );
+                    let reply = Element::stanza("iq")
+                        .attr("type", "result")
+                        .attr("id", id)
+                        .child(
+                            Element::new("bind", ns::BIND)
+                                .child(Element::new("jid", ns::BIND).text(full.to_string())),
+                        );
                     self.send(&reply);
                 }
                 Err((cond, text)) => {
@@ -293,13 +350,19 @@ impl Connection {
             let id = el.get_attr("id").unwrap_or("");
             self.send(&Element::stanza("iq").attr("type", "result").attr("id", id));
         } else {
-            self.close(Some((StreamError::NotAuthorized, Some("bind a resource first".into()))));
+            self.close(Some((
+                StreamError::NotAuthorized,
+                Some("bind a resource first".into()),
+            )));
         }
     }
 
     /// Binds `resource` (or a generated one) for the authenticated account. A session already
     /// using that resource is replaced (RFC 6120 §7.7.2.2): it gets a `conflict` stream error.
-    pub fn bind_resource(self: &Rc<Self>, resource: Option<&str>) -> Result<FullJid, (Condition, &'static str)> {
+    pub fn bind_resource(
+        self: &Rc<Self>,
+        resource: Option<&str>,
+    ) -> Result<FullJid, (Condition, &'static str)> {
         let Some(server) = self.server() else {
             return Err((Condition::InternalServerError, "server is shutting down"));
         };
@@ -313,7 +376,8 @@ impl Connection {
                 format!("wockd-{n:016x}")
             }
         };
-        let full = FullJid::new(&format!("{bare}/{resource}")).map_err(|_| (Condition::BadRequest, "invalid resource"))?;
+        let full = FullJid::new(&format!("{bare}/{resource}"))
+            .map_err(|_| (Condition::BadRequest, "invalid resource"))?;
         server.bind_session(self, full.clone());
         self.state.borrow_mut().jid = Some(full.clone());
         Ok(full)

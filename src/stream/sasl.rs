@@ -35,7 +35,11 @@ pub(crate) struct SaslState {
 fn failure(condition: &str, text: Option<&str>) -> Element {
     let mut f = Element::new("failure", ns::SASL).child(Element::new(condition, ns::SASL));
     if let Some(t) = text {
-        f.push(Element::new("text", ns::SASL).attr("xml:lang", "en").text(t));
+        f.push(
+            Element::new("text", ns::SASL)
+                .attr("xml:lang", "en")
+                .text(t),
+        );
     }
     f
 }
@@ -106,7 +110,8 @@ impl Connection {
             return;
         };
         self.state.borrow_mut().sasl = Some(Box::new(SaslState {
-            scram: ScramServer::new(hash).with_unknown_user_iterations(server.config.auth.scram_iterations),
+            scram: ScramServer::new(hash)
+                .with_unknown_user_iterations(server.config.auth.scram_iterations),
             hash,
             username: None,
             awaiting_final: false,
@@ -136,7 +141,9 @@ impl Connection {
 
     fn scram_step(self: &Rc<Self>, server: &Rc<Server>, data: &[u8]) {
         let domain = self.domain();
-        let Some(mut sasl) = self.state.borrow_mut().sasl.take() else { return };
+        let Some(mut sasl) = self.state.borrow_mut().sasl.take() else {
+            return;
+        };
         if !sasl.awaiting_final {
             let first = match sasl.scram.client_first(data) {
                 Ok(f) => f,
@@ -151,7 +158,11 @@ impl Connection {
                 return self.sasl_failed(server, "invalid-authzid", None);
             }
             let node = account.node().map(|n| n.to_string()).unwrap_or_default();
-            let keys = server.store.account_keys(&node, &domain, sasl.hash).ok().flatten();
+            let keys = server
+                .store
+                .account_keys(&node, &domain, sasl.hash)
+                .ok()
+                .flatten();
             let reply = match keys {
                 Some(k) => sasl.scram.server_first(k),
                 // Same shape of answer for unknown users: existence is not revealed here.
@@ -200,7 +211,9 @@ impl Connection {
         tracing::info!(conn = self.id, %account, "authenticated");
         let mut success = Element::new("success", ns::SASL);
         if let Some(data) = additional {
-            success.children.push(crate::xml::Node::Text(B64.encode(data)));
+            success
+                .children
+                .push(crate::xml::Node::Text(B64.encode(data)));
         }
         self.state.borrow_mut().sasl = None;
         self.set_authenticated(account);
@@ -219,7 +232,10 @@ impl Connection {
         tracing::info!(conn = self.id, peer = %self.peer, "SASL failure: {condition}");
         self.send(&failure(condition, text));
         if condition != "aborted" && failures >= server.config.auth.max_failures {
-            self.close(Some((StreamError::PolicyViolation, Some("too many failed authentication attempts".into()))));
+            self.close(Some((
+                StreamError::PolicyViolation,
+                Some("too many failed authentication attempts".into()),
+            )));
         }
     }
 }

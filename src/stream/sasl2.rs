@@ -66,8 +66,10 @@ pub(crate) fn feature(mechanisms: &[&str]) -> Element {
     }
     let inline = Element::new("inline", NS)
         .child(
-            Element::new("bind", BIND2)
-                .child(Element::new("inline", BIND2).child(Element::new("feature", BIND2).attr("var", super::sm::NS))),
+            Element::new("bind", BIND2).child(
+                Element::new("inline", BIND2)
+                    .child(Element::new("feature", BIND2).attr("var", super::sm::NS)),
+            ),
         )
         .child(Element::new("sm", super::sm::NS))
         .child(Element::new("fast", FAST).child(Element::new("mechanism", FAST).text(HT)));
@@ -100,7 +102,10 @@ impl Connection {
 
     fn sasl2_authenticate(self: &Rc<Self>, server: &Rc<Server>, el: Element) {
         let mech = el.get_attr("mechanism").unwrap_or("").to_owned();
-        let initial = match el.get_child("initial-response", NS).map(|i| i.text_content()) {
+        let initial = match el
+            .get_child("initial-response", NS)
+            .map(|i| i.text_content())
+        {
             None => None,
             Some(t) => match B64.decode(t.trim()) {
                 Ok(d) => Some(d),
@@ -122,7 +127,8 @@ impl Connection {
                 Ok(c) => c,
                 Err(_) => return self.sasl2_failed(server, "malformed-request"),
             };
-            let Some(account) = BareJid::new(&format!("{}@{}", creds.authcid, self.domain())).ok() else {
+            let Some(account) = BareJid::new(&format!("{}@{}", creds.authcid, self.domain())).ok()
+            else {
                 return self.sasl2_failed(server, "not-authorized");
             };
             if !server.check_password(&account, creds.password) {
@@ -135,7 +141,8 @@ impl Connection {
         };
         self.state.borrow_mut().sasl2 = Some(Box::new(Sasl2State {
             scram: Some((
-                ScramServer::new(hash).with_unknown_user_iterations(server.config.auth.scram_iterations),
+                ScramServer::new(hash)
+                    .with_unknown_user_iterations(server.config.auth.scram_iterations),
                 hash,
             )),
             username: None,
@@ -152,7 +159,9 @@ impl Connection {
         let Some(mut st) = self.state.borrow_mut().sasl2.take() else {
             return self.sasl2_failed(server, "malformed-request");
         };
-        let Some((scram, hash)) = st.scram.as_mut() else { return };
+        let Some((scram, hash)) = st.scram.as_mut() else {
+            return;
+        };
         if st.username.is_none() {
             let first = match scram.client_first(data) {
                 Ok(f) => f,
@@ -163,7 +172,11 @@ impl Connection {
                 .as_ref()
                 .and_then(|a| a.node().map(|n| n.to_string()))
                 .unwrap_or_default();
-            let keys = server.store.account_keys(&node, &domain, *hash).ok().flatten();
+            let keys = server
+                .store
+                .account_keys(&node, &domain, *hash)
+                .ok()
+                .flatten();
             let reply = match keys {
                 Some(k) => scram.server_first(k),
                 None => scram.server_first_unknown_user(&node),
@@ -206,7 +219,15 @@ impl Connection {
             return self.sasl2_failed(server, "malformed-request");
         };
         let node = account.node().map(|n| n.to_string()).unwrap_or_default();
-        match tokens::verify(&server.store, &node, &self.domain(), &ua, HT, proof, now_secs()) {
+        match tokens::verify(
+            &server.store,
+            &node,
+            &self.domain(),
+            &ua,
+            HT,
+            proof,
+            now_secs(),
+        ) {
             Ok(Some(responder)) => {
                 let invalidate = el
                     .get_child("fast", FAST)
@@ -233,12 +254,21 @@ impl Connection {
         };
         self.send(&failure(condition, None));
         if condition != "aborted" && failures >= server.config.auth.max_failures {
-            self.close(Some((StreamError::PolicyViolation, Some("too many failed authentication attempts".into()))));
+            self.close(Some((
+                StreamError::PolicyViolation,
+                Some("too many failed authentication attempts".into()),
+            )));
         }
     }
 
     /// Success: authenticated, then (as the request asked) resumed or bound, and a token.
-    fn sasl2_succeeded(self: &Rc<Self>, server: &Rc<Server>, account: BareJid, req: &Element, additional: Option<&[u8]>) {
+    fn sasl2_succeeded(
+        self: &Rc<Self>,
+        server: &Rc<Server>,
+        account: BareJid,
+        req: &Element,
+        additional: Option<&[u8]>,
+    ) {
         tracing::info!(conn = self.id, %account, "authenticated (SASL2)");
         self.state.borrow_mut().sasl2 = None;
         self.set_authenticated(account.clone());
@@ -251,9 +281,13 @@ impl Connection {
             .and_then(|u| u.get_attr("id"))
             .map(str::to_owned);
         // A token is issued on request; FAST logins always rotate (XEP-0484 §6).
-        let wants_token = req.get_child("request-token", FAST).is_some_and(|r| r.get_attr("mechanism") == Some(HT))
+        let wants_token = req
+            .get_child("request-token", FAST)
+            .is_some_and(|r| r.get_attr("mechanism") == Some(HT))
             || (req.get_attr("mechanism") == Some(HT)
-                && !req.get_child("fast", FAST).is_some_and(|f| matches!(f.get_attr("invalidate"), Some("1" | "true"))));
+                && !req
+                    .get_child("fast", FAST)
+                    .is_some_and(|f| matches!(f.get_attr("invalidate"), Some("1" | "true"))));
         let token = match (&ua, wants_token) {
             (Some(ua), true) => self.issue_token(server, &account, ua),
             _ => None,
@@ -264,12 +298,17 @@ impl Connection {
             // XEP-0198 inside SASL2: <resumed/> (or <failed/>) goes inside <success/>.
             match self.resume_inline(resume) {
                 Ok((resumed, replay)) => {
-                    success.push(Element::new("authorization-identifier", NS).text(self.jid().map(|j| j.to_string()).unwrap_or_default()));
+                    success.push(
+                        Element::new("authorization-identifier", NS)
+                            .text(self.jid().map(|j| j.to_string()).unwrap_or_default()),
+                    );
                     success.push(resumed);
                     after = replay;
                 }
                 Err(failed) => {
-                    success.push(Element::new("authorization-identifier", NS).text(account.to_string()));
+                    success.push(
+                        Element::new("authorization-identifier", NS).text(account.to_string()),
+                    );
                     success.push(failed);
                 }
             }
@@ -282,7 +321,8 @@ impl Connection {
             };
             match self.bind_resource(Some(&resource)) {
                 Ok(full) => {
-                    success.push(Element::new("authorization-identifier", NS).text(full.to_string()));
+                    success
+                        .push(Element::new("authorization-identifier", NS).text(full.to_string()));
                     let mut bound = Element::new("bound", BIND2);
                     if bind.get_child("enable", super::sm::NS).is_some() {
                         bound.push(self.enable_sm_inline());
@@ -290,14 +330,20 @@ impl Connection {
                     success.push(bound);
                 }
                 Err(_) => {
-                    success.push(Element::new("authorization-identifier", NS).text(account.to_string()));
+                    success.push(
+                        Element::new("authorization-identifier", NS).text(account.to_string()),
+                    );
                 }
             }
         } else {
             success.push(Element::new("authorization-identifier", NS).text(account.to_string()));
         }
         if let Some((token, expiry)) = token {
-            success.push(Element::new("token", FAST).attr("token", token).attr("expiry", expiry));
+            success.push(
+                Element::new("token", FAST)
+                    .attr("token", token)
+                    .attr("expiry", expiry),
+            );
         }
         self.send(&success);
         for el in &after {
@@ -305,15 +351,32 @@ impl Connection {
         }
     }
 
-    fn issue_token(&self, server: &Rc<Server>, account: &BareJid, ua: &str) -> Option<(String, String)> {
+    fn issue_token(
+        &self,
+        server: &Rc<Server>,
+        account: &BareJid,
+        ua: &str,
+    ) -> Option<(String, String)> {
         let raw: [u8; 24] = rand::thread_rng().r#gen();
         let token = B64.encode(raw);
         let expires = now_secs() + TOKEN_LIFETIME_SECS;
         let node = account.node().map(|n| n.to_string()).unwrap_or_default();
         let initiator = hmac(token.as_bytes(), b"Initiator");
         let responder = hmac(token.as_bytes(), b"Responder");
-        match tokens::store_new(&server.store, &node, account.domain().as_str(), ua, HT, &initiator, &responder, expires) {
-            Ok(()) => Some((token, crate::modules::offline::datetime(expires * 1_000_000))),
+        match tokens::store_new(
+            &server.store,
+            &node,
+            account.domain().as_str(),
+            ua,
+            HT,
+            &initiator,
+            &responder,
+            expires,
+        ) {
+            Ok(()) => Some((
+                token,
+                crate::modules::offline::datetime(expires * 1_000_000),
+            )),
             Err(e) => {
                 tracing::error!("storing a FAST token: {e}");
                 None

@@ -80,15 +80,22 @@ impl Connection {
                 let h = self.state.borrow().sm.as_ref().map(|s| s.h_in);
                 match h {
                     Some(h) => self.send(&Element::new("a", NS).attr("h", h.to_string())),
-                    None => self.close(Some((StreamError::UnsupportedStanzaType, Some("stream management is not enabled".into())))),
+                    None => self.close(Some((
+                        StreamError::UnsupportedStanzaType,
+                        Some("stream management is not enabled".into()),
+                    ))),
                 }
             }
             "a" => {
                 let Some(h) = el.get_attr("h").and_then(|h| h.parse::<u32>().ok()) else {
-                    return self.close(Some((StreamError::BadFormat, Some("<a/> needs a numeric h".into()))));
+                    return self.close(Some((
+                        StreamError::BadFormat,
+                        Some("<a/> needs a numeric h".into()),
+                    )));
                 };
                 if let Err(sent) = self.acknowledge(h) {
-                    let mut err = StreamError::UndefinedCondition.element(Some("acknowledged more stanzas than were sent"));
+                    let mut err = StreamError::UndefinedCondition
+                        .element(Some("acknowledged more stanzas than were sent"));
                     err.push(
                         Element::new("handled-count-too-high", NS)
                             .attr("h", h.to_string())
@@ -122,7 +129,11 @@ impl Connection {
             enabled.set_attr("resume", "true");
             enabled.set_attr("max", max_secs.to_string());
             if let Some(server) = self.server() {
-                server.ext::<Registry>().by_id.borrow_mut().insert(id.clone(), Rc::downgrade(self));
+                server
+                    .ext::<Registry>()
+                    .by_id
+                    .borrow_mut()
+                    .insert(id.clone(), Rc::downgrade(self));
             }
         }
         self.state.borrow_mut().sm = Some(Box::new(SmState {
@@ -145,7 +156,9 @@ impl Connection {
     /// Drops acknowledged stanzas. `Err(sent)` when `h` acknowledges more than was sent.
     fn acknowledge(&self, h: u32) -> Result<(), u32> {
         let mut st = self.state.borrow_mut();
-        let Some(sm) = st.sm.as_mut() else { return Ok(()) };
+        let Some(sm) = st.sm.as_mut() else {
+            return Ok(());
+        };
         let n = h.wrapping_sub(sm.acked) as usize;
         if n > sm.queue.len() {
             return Err(sm.h_out);
@@ -172,11 +185,21 @@ impl Connection {
 
     /// Takes over the session `<resume/>` names. `Ok((resumed, stanzas to replay))`, or the
     /// `<failed/>` answer. Shared by XEP-0198 and its SASL2 inline form.
-    pub(crate) fn resume_inline(self: &Rc<Self>, el: &Element) -> Result<(Element, Vec<Element>), Element> {
-        let Some(server) = self.server() else { return Err(failed("internal-server-error", None)) };
+    pub(crate) fn resume_inline(
+        self: &Rc<Self>,
+        el: &Element,
+    ) -> Result<(Element, Vec<Element>), Element> {
+        let Some(server) = self.server() else {
+            return Err(failed("internal-server-error", None));
+        };
         let previd = el.get_attr("previd").unwrap_or("");
         let h = el.get_attr("h").and_then(|h| h.parse::<u32>().ok());
-        let old = server.ext::<Registry>().by_id.borrow().get(previd).and_then(Weak::upgrade);
+        let old = server
+            .ext::<Registry>()
+            .by_id
+            .borrow()
+            .get(previd)
+            .and_then(Weak::upgrade);
         let account = self.state.borrow().authenticated.clone();
         let Some(old) = old.filter(|o| {
             let st = o.state.borrow();
@@ -212,7 +235,11 @@ impl Connection {
             .attr("previd", previd)
             .attr("h", sm_state.h_in.to_string());
         if let Some(id) = &sm_state.id {
-            server.ext::<Registry>().by_id.borrow_mut().insert(id.clone(), Rc::downgrade(self));
+            server
+                .ext::<Registry>()
+                .by_id
+                .borrow_mut()
+                .insert(id.clone(), Rc::downgrade(self));
         }
         {
             let mut st = self.state.borrow_mut();
@@ -234,8 +261,13 @@ impl Connection {
                 _ => return false,
             }
         };
-        let Some(server) = self.server() else { return false };
-        tracing::info!(conn = self.id, "connection lost; session kept for resumption for {max} s");
+        let Some(server) = self.server() else {
+            return false;
+        };
+        tracing::info!(
+            conn = self.id,
+            "connection lost; session kept for resumption for {max} s"
+        );
         self.state.borrow_mut().phase = Phase::Hibernating;
         let weak = Rc::downgrade(self);
         server.after(Duration::from_secs(u64::from(max)), move || {
@@ -253,7 +285,9 @@ impl Connection {
     /// Queues a sent stanza for acknowledgement. Returns false when the queue overflowed.
     pub(crate) fn sm_track(&self, el: &Element) -> bool {
         let mut st = self.state.borrow_mut();
-        let Some(sm) = st.sm.as_mut() else { return true };
+        let Some(sm) = st.sm.as_mut() else {
+            return true;
+        };
         sm.h_out = sm.h_out.wrapping_add(1);
         sm.queue.push_back(el.clone());
         sm.queue.len() <= MAX_QUEUE

@@ -170,9 +170,17 @@ fn incoming(
 
 /// The user wrote to `contact` from another client of the legacy network: the user's devices
 /// get an XEP-0280 `<sent/>` carbon, as if a resource named after the service had sent it.
-fn sent_elsewhere(server: &Rc<Server>, owner: &jid::BareJid, service: &str, contact: &jid::BareJid, html: &str) {
+fn sent_elsewhere(
+    server: &Rc<Server>,
+    owner: &jid::BareJid,
+    service: &str,
+    contact: &jid::BareJid,
+    html: &str,
+) {
     let text = html_to_text(html);
-    let Ok(from) = FullJid::new(&format!("{owner}/{service}")) else { return };
+    let Ok(from) = FullJid::new(&format!("{owner}/{service}")) else {
+        return;
+    };
     let m = Element::stanza("message")
         .attr("from", from.to_string())
         .attr("to", contact.to_string())

@@ -203,8 +203,8 @@ mod tests {
 
     #[test]
     fn stream_namespace_uses_prefix() {
-        let el = Element::new("features", ns::STREAMS)
-            .child(Element::new("auth", ns::IQ_AUTH_FEATURE));
+        let el =
+            Element::new("features", ns::STREAMS).child(Element::new("auth", ns::IQ_AUTH_FEATURE));
         assert_eq!(
             el.to_string(),
             "<stream:features><auth xmlns=\"http://jabber.org/features/iq-auth\"/></stream:features>"

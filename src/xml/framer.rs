@@ -42,7 +42,10 @@ enum State {
     Content,
     /// Just after `<`.
     TagOpen,
-    StartTag { quote: u8, slash: bool },
+    StartTag {
+        quote: u8,
+        slash: bool,
+    },
     EndTag,
     XmlDecl,
     CData,
@@ -181,8 +184,18 @@ impl Framer {
                         continue;
                     }
                     match b {
-                        b'"' | b'\'' => self.state = State::StartTag { quote: b, slash: false },
-                        b'/' => self.state = State::StartTag { quote: 0, slash: true },
+                        b'"' | b'\'' => {
+                            self.state = State::StartTag {
+                                quote: b,
+                                slash: false,
+                            }
+                        }
+                        b'/' => {
+                            self.state = State::StartTag {
+                                quote: 0,
+                                slash: true,
+                            }
+                        }
                         b'>' => {
                             self.state = State::Content;
                             if !slash {
@@ -192,7 +205,12 @@ impl Framer {
                                 return Ok(Some(tok));
                             }
                         }
-                        _ => self.state = State::StartTag { quote: 0, slash: false },
+                        _ => {
+                            self.state = State::StartTag {
+                                quote: 0,
+                                slash: false,
+                            }
+                        }
                     }
                     if self.depth <= 1 && self.pos - self.tag_start > self.max_bytes {
                         return Err(FramerError::TooLarge(self.max_bytes));
@@ -315,7 +333,9 @@ impl Framer {
 
     fn end_tag_done(&mut self) -> Result<Option<Token>, FramerError> {
         match self.depth {
-            0 => Err(FramerError::NotWellFormed("end tag before the stream header")),
+            0 => Err(FramerError::NotWellFormed(
+                "end tag before the stream header",
+            )),
             1 => {
                 self.depth = 0;
                 Ok(Some(Token::StreamClose))
@@ -358,10 +378,14 @@ mod tests {
             }
         }
         assert_eq!(toks.len(), 4);
-        let Token::Element(r) = &toks[1] else { panic!() };
+        let Token::Element(r) = &toks[1] else {
+            panic!()
+        };
         assert!(input[r.clone()].starts_with(b"<iq id='a>'"));
         assert!(input[r.clone()].ends_with(b"</iq>"));
-        let Token::Element(r) = &toks[2] else { panic!() };
+        let Token::Element(r) = &toks[2] else {
+            panic!()
+        };
         assert_eq!(&input[r.clone()], b"<presence/>");
         assert_eq!(toks[3], Token::StreamClose);
     }
@@ -370,7 +394,9 @@ mod tests {
     fn limits_and_restricted_xml() {
         let mut f = Framer::new(50, 3);
         let mut input = HEADER.to_vec();
-        input.extend_from_slice(b"<message><body>0123456789012345678901234567890123456789012</body></message>");
+        input.extend_from_slice(
+            b"<message><body>0123456789012345678901234567890123456789012</body></message>",
+        );
         assert_eq!(all(&mut f, &input), Err(FramerError::TooLarge(50)));
 
         let mut f = Framer::new(1000, 3);
@@ -378,14 +404,24 @@ mod tests {
         input.extend_from_slice(b"<a><b><c><d><e/></d></c></b></a>");
         assert_eq!(all(&mut f, &input), Err(FramerError::TooDeep(3)));
 
-        for bad in [&b"<!DOCTYPE x [<!ENTITY a 'b'>]>"[..], b"<!-- hi -->", b"<?foo bar?>"] {
+        for bad in [
+            &b"<!DOCTYPE x [<!ENTITY a 'b'>]>"[..],
+            b"<!-- hi -->",
+            b"<?foo bar?>",
+        ] {
             let mut f = Framer::new(1000, 3);
             let mut input = HEADER.to_vec();
             input.extend_from_slice(bad);
-            assert!(matches!(all(&mut f, &input), Err(FramerError::Restricted(_))), "{bad:?}");
+            assert!(
+                matches!(all(&mut f, &input), Err(FramerError::Restricted(_))),
+                "{bad:?}"
+            );
         }
         let mut f = Framer::new(1000, 3);
-        assert!(matches!(all(&mut f, b"<!DOCTYPE stream>"), Err(FramerError::Restricted(_))));
+        assert!(matches!(
+            all(&mut f, b"<!DOCTYPE stream>"),
+            Err(FramerError::Restricted(_))
+        ));
     }
 
     #[test]
@@ -403,12 +439,18 @@ mod tests {
         let mut f = Framer::new(1000, 5);
         let mut buf = HEADER.to_vec();
         buf.extend_from_slice(b"<message><bo");
-        assert!(matches!(all(&mut f, &buf).unwrap()[..], [Token::StreamOpen(_)]));
+        assert!(matches!(
+            all(&mut f, &buf).unwrap()[..],
+            [Token::StreamOpen(_)]
+        ));
         let n = f.consumed();
         buf.drain(..n);
         f.shift(n);
         assert!(buf.starts_with(b"<message>"));
         buf.extend_from_slice(b"dy>hi</body></message>");
-        assert_eq!(all(&mut f, &buf).unwrap(), vec![Token::Element(0..buf.len())]);
+        assert_eq!(
+            all(&mut f, &buf).unwrap(),
+            vec![Token::Element(0..buf.len())]
+        );
     }
 }

@@ -2,10 +2,10 @@
 //! resolving namespace prefixes against the declarations the stream header made.
 
 use quick_xml::Reader;
+use quick_xml::XmlVersion;
 use quick_xml::escape::resolve_predefined_entity;
 use quick_xml::events::attributes::Attribute;
 use quick_xml::events::{BytesStart, Event};
-use quick_xml::XmlVersion;
 use thiserror::Error;
 
 use super::element::{Element, Node};
@@ -254,7 +254,10 @@ mod tests {
         .unwrap();
         assert!(el.is("message", ns::CLIENT));
         assert_eq!(el.get_attr("xml:lang"), Some("de"));
-        assert_eq!(el.child_text("body", ns::CLIENT).unwrap(), "x & y \u{263A} <");
+        assert_eq!(
+            el.child_text("body", ns::CLIENT).unwrap(),
+            "x & y \u{263A} <"
+        );
         let x = el.get_child("x", "urn:p").unwrap();
         assert_eq!(x.get_attr("p:a"), Some("1"));
         // round trip keeps the meaning

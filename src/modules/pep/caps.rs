@@ -112,7 +112,10 @@ pub fn available(server: &Rc<Server>, from: &FullJid, el: &Element, initial: boo
         }
     };
     let Some(key) = key else { return };
-    let cached = known.or_else(|| key.shared().and_then(|k| state.verified.borrow().get(&k).cloned()));
+    let cached = known.or_else(|| {
+        key.shared()
+            .and_then(|k| state.verified.borrow().get(&k).cloned())
+    });
     match cached {
         Some(interest) => apply(server, from, &key, interest),
         None => resolve(server, from, &key),
@@ -140,7 +143,9 @@ fn apply(server: &Rc<Server>, jid: &FullJid, key: &CapsKey, interest: Rc<Interes
     let fresh: Interest = {
         let state = server.ext::<Caps>();
         let mut sessions = state.sessions.borrow_mut();
-        let Some(s) = sessions.get_mut(jid) else { return };
+        let Some(s) = sessions.get_mut(jid) else {
+            return;
+        };
         if s.key.as_ref() != Some(key) {
             return;
         }
@@ -172,7 +177,12 @@ fn resolve(server: &Rc<Server>, jid: &FullJid, key: &CapsKey) {
         let k = k.clone();
         server.after(QUERY_TIMEOUT, move || {
             if let Some(server) = weak.upgrade()
-                && server.ext::<Caps>().pending.borrow_mut().remove(&k).is_some()
+                && server
+                    .ext::<Caps>()
+                    .pending
+                    .borrow_mut()
+                    .remove(&k)
+                    .is_some()
             {
                 tracing::debug!(ver = %k.1, "no answer to a caps query");
             }
@@ -185,7 +195,9 @@ fn query(server: &Rc<Server>, jid: &FullJid, key: &CapsKey, shared: Option<(Stri
     let iq = Element::stanza("iq")
         .attr("type", "get")
         .attr("from", jid.domain().as_str())
-        .child(Element::new("query", ns::DISCO_INFO).attr("node", format!("{}#{}", key.node, key.ver)));
+        .child(
+            Element::new("query", ns::DISCO_INFO).attr("node", format!("{}#{}", key.node, key.ver)),
+        );
     let asked = jid.clone();
     let key = key.clone();
     server.send_iq(
@@ -195,7 +207,13 @@ fn query(server: &Rc<Server>, jid: &FullJid, key: &CapsKey, shared: Option<(Stri
     );
 }
 
-fn answered(server: &Rc<Server>, asked: &FullJid, key: &CapsKey, shared: Option<(String, String)>, reply: &Element) {
+fn answered(
+    server: &Rc<Server>,
+    asked: &FullJid,
+    key: &CapsKey,
+    shared: Option<(String, String)>,
+    reply: &Element,
+) {
     let state = server.ext::<Caps>();
     let result = (reply.get_attr("type") == Some("result"))
         .then(|| reply.get_child("query", ns::DISCO_INFO))
@@ -290,7 +308,9 @@ pub fn ver_string(query: &Element) -> Option<String> {
     identities.sort();
     features.sort();
     forms.sort_by(|a, b| a.0.cmp(&b.0));
-    let dup_identity = identities.windows(2).any(|w| (w[0].0, w[0].1, w[0].2) == (w[1].0, w[1].1, w[1].2));
+    let dup_identity = identities
+        .windows(2)
+        .any(|w| (w[0].0, w[0].1, w[0].2) == (w[1].0, w[1].1, w[1].2));
     let dup_feature = features.windows(2).any(|w| w[0] == w[1]);
     let dup_form = forms.windows(2).any(|w| w[0].0 == w[1].0);
     if dup_identity || dup_feature || dup_form {
@@ -323,7 +343,9 @@ pub fn ver_string(query: &Element) -> Option<String> {
 
 /// True when the disco#info result hashes to `ver` with `hash`.
 pub fn verify(hash: &str, ver: &str, query: &Element) -> bool {
-    let Some(s) = ver_string(query) else { return false };
+    let Some(s) = ver_string(query) else {
+        return false;
+    };
     let digest = match hash {
         "sha-1" => sha1::Sha1::digest(s.as_bytes()).to_vec(),
         "sha-256" => sha2::Sha256::digest(s.as_bytes()).to_vec(),
@@ -393,7 +415,9 @@ mod tests {
             feature("http://jabber.org/protocol/muc"),
             Element::new("x", ns::DATA_FORMS)
                 .attr("type", "result")
-                .child(field("FORM_TYPE", &["urn:xmpp:dataforms:softwareinfo"]).attr("type", "hidden"))
+                .child(
+                    field("FORM_TYPE", &["urn:xmpp:dataforms:softwareinfo"]).attr("type", "hidden"),
+                )
                 .child(field("ip_version", &["ipv4", "ipv6"]))
                 .child(field("os", &["Mac"]))
                 .child(field("os_version", &["10.5.1"]))
@@ -412,7 +436,10 @@ mod tests {
             feature("urn:xmpp:avatar:metadata"),
             feature("+notify"),
         ]);
-        assert_eq!(notify_nodes(&q).into_iter().collect::<Vec<_>>(), ["urn:xmpp:avatar:metadata"]);
+        assert_eq!(
+            notify_nodes(&q).into_iter().collect::<Vec<_>>(),
+            ["urn:xmpp:avatar:metadata"]
+        );
     }
 
     #[test]
@@ -425,7 +452,11 @@ mod tests {
         );
         let k = CapsKey::of_presence(&p).unwrap();
         assert_eq!(k.shared(), Some(("sha-1".into(), "v".into())));
-        let legacy = Element::stanza("presence").child(Element::new("c", ns::CAPS).attr("node", "n").attr("ver", "1.0"));
+        let legacy = Element::stanza("presence").child(
+            Element::new("c", ns::CAPS)
+                .attr("node", "n")
+                .attr("ver", "1.0"),
+        );
         assert_eq!(CapsKey::of_presence(&legacy).unwrap().shared(), None);
         assert_eq!(CapsKey::of_presence(&Element::stanza("presence")), None);
     }

@@ -145,14 +145,20 @@ fn list_single(var: &str, label: &str, options: &[&str], current: &str) -> Eleme
 
 /// The `node_config` form showing `c` (type `form`, XEP-0060 §8.2.1 and §8.3).
 pub fn form(c: &NodeConfig, groups: &[String]) -> Element {
-    let mut groups_field = field("pubsub#roster_groups_allowed", "list-multi", "Roster groups allowed to access");
+    let mut groups_field = field(
+        "pubsub#roster_groups_allowed",
+        "list-multi",
+        "Roster groups allowed to access",
+    );
     for g in groups {
         groups_field.push(Element::new("option", ns::DATA_FORMS).child(value(g)));
     }
     for g in &c.roster_groups {
         groups_field.push(value(g));
     }
-    let max = c.max_items.map_or_else(|| "max".to_owned(), |n| n.to_string());
+    let max = c
+        .max_items
+        .map_or_else(|| "max".to_owned(), |n| n.to_string());
     Element::new("x", ns::DATA_FORMS)
         .attr("type", "form")
         .child(
@@ -161,8 +167,19 @@ pub fn form(c: &NodeConfig, groups: &[String]) -> Element {
                 .attr("type", "hidden")
                 .child(value(ns::PUBSUB_NODE_CONFIG)),
         )
-        .child(field("pubsub#title", "text-single", "A friendly name for the node").child(value(&c.title)))
-        .child(bool_field("pubsub#deliver_notifications", "Deliver event notifications", c.deliver_notifications))
+        .child(
+            field(
+                "pubsub#title",
+                "text-single",
+                "A friendly name for the node",
+            )
+            .child(value(&c.title)),
+        )
+        .child(bool_field(
+            "pubsub#deliver_notifications",
+            "Deliver event notifications",
+            c.deliver_notifications,
+        ))
         .child(bool_field(
             "pubsub#deliver_payloads",
             "Deliver payloads with event notifications",
@@ -178,8 +195,19 @@ pub fn form(c: &NodeConfig, groups: &[String]) -> Element {
             "Notify subscribers when items are removed from the node",
             c.notify_retract,
         ))
-        .child(bool_field("pubsub#persist_items", "Persist items to storage", c.persist_items))
-        .child(field("pubsub#max_items", "text-single", "Max # of items to persist").child(value(&max)))
+        .child(bool_field(
+            "pubsub#persist_items",
+            "Persist items to storage",
+            c.persist_items,
+        ))
+        .child(
+            field(
+                "pubsub#max_items",
+                "text-single",
+                "Max # of items to persist",
+            )
+            .child(value(&max)),
+        )
         .child(list_single(
             "pubsub#access_model",
             "Specify the subscriber model",
@@ -206,11 +234,13 @@ mod tests {
     use super::*;
 
     fn form_of(fields: &[(&str, &[&str])]) -> Element {
-        let mut x = Element::new("x", ns::DATA_FORMS).attr("type", "submit").child(
-            Element::new("field", ns::DATA_FORMS)
-                .attr("var", "FORM_TYPE")
-                .child(value(ns::PUBSUB_PUBLISH_OPTIONS)),
-        );
+        let mut x = Element::new("x", ns::DATA_FORMS)
+            .attr("type", "submit")
+            .child(
+                Element::new("field", ns::DATA_FORMS)
+                    .attr("var", "FORM_TYPE")
+                    .child(value(ns::PUBSUB_PUBLISH_OPTIONS)),
+            );
         for (var, values) in fields {
             let mut f = Element::new("field", ns::DATA_FORMS).attr("var", *var);
             for v in *values {
@@ -241,7 +271,10 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_skipped_and_bad_values_refused() {
-        let x = form_of(&[("pubsub#itemreply", &["publisher"]), ("pubsub#access_model", &["open"])]);
+        let x = form_of(&[
+            ("pubsub#itemreply", &["publisher"]),
+            ("pubsub#access_model", &["open"]),
+        ]);
         let c = apply(&NodeConfig::default(), &x).unwrap();
         assert_eq!(c.access_model, AccessModel::Open);
         assert!(preconditions_met(&c, &x).unwrap());

@@ -92,8 +92,14 @@ const FEATURES: &[&str] = &[
 ];
 
 pub fn install(s: &mut Stream) {
-    s.iqs().rule(ns::PUBSUB, "pubsub").get(pubsub_get).set(pubsub_set);
-    s.iqs().rule(ns::PUBSUB_OWNER, "pubsub").get(owner_get).set(owner_set);
+    s.iqs()
+        .rule(ns::PUBSUB, "pubsub")
+        .get(pubsub_get)
+        .set(pubsub_set);
+    s.iqs()
+        .rule(ns::PUBSUB_OWNER, "pubsub")
+        .get(owner_get)
+        .set(owner_set);
 }
 
 // ---- for other modules ------------------------------------------------------------------------
@@ -126,8 +132,15 @@ pub fn disco_items(server: &Server, owner: &BareJid, requester: &BareJid) -> Vec
 
 /// disco#info of one of `owner`'s nodes (XEP-0060 §5.3), if it exists and `requester` may
 /// access it.
-pub fn disco_node_info(server: &Server, owner: &BareJid, requester: &BareJid, node: &str) -> Option<Element> {
-    let n = nodes_of(server, owner).into_iter().find(|n| n.name == node)?;
+pub fn disco_node_info(
+    server: &Server,
+    owner: &BareJid,
+    requester: &BareJid,
+    node: &str,
+) -> Option<Element> {
+    let n = nodes_of(server, owner)
+        .into_iter()
+        .find(|n| n.name == node)?;
     notify::access(server, owner, requester, &n).ok()?;
     Some(
         Element::new("query", ns::DISCO_INFO)
@@ -219,10 +232,14 @@ impl Fail {
 
     fn denied(d: Denied) -> Fail {
         match d {
-            Denied::PresenceSubscriptionRequired => {
-                Fail::app(Condition::NotAuthorized, "presence-subscription-required", "")
+            Denied::PresenceSubscriptionRequired => Fail::app(
+                Condition::NotAuthorized,
+                "presence-subscription-required",
+                "",
+            ),
+            Denied::NotInRosterGroup => {
+                Fail::app(Condition::NotAuthorized, "not-in-roster-group", "")
             }
-            Denied::NotInRosterGroup => Fail::app(Condition::NotAuthorized, "not-in-roster-group", ""),
             Denied::ClosedNode => Fail::app(Condition::NotAllowed, "closed-node", ""),
         }
     }
@@ -266,7 +283,10 @@ struct Ctx {
 
 impl Ctx {
     fn of(iq: &Incoming) -> Result<Ctx, Fail> {
-        let from = iq.from.clone().ok_or(Fail::new(Condition::NotAuthorized, ""))?;
+        let from = iq
+            .from
+            .clone()
+            .ok_or(Fail::new(Condition::NotAuthorized, ""))?;
         let owner = match &iq.to {
             None => from.to_bare(),
             Some(to) => {
@@ -303,7 +323,10 @@ impl Ctx {
         if self.requester() == self.owner {
             Ok(())
         } else {
-            Err(Fail::new(Condition::Forbidden, "only the account owner may do this"))
+            Err(Fail::new(
+                Condition::Forbidden,
+                "only the account owner may do this",
+            ))
         }
     }
 
@@ -321,7 +344,10 @@ impl Ctx {
                 ..Fail::new(Condition::ResourceConstraint, "too many nodes")
             });
         }
-        let id = self.server.store.pep_create_node(self.account, name, &config, unix_secs())?;
+        let id = self
+            .server
+            .store
+            .pep_create_node(self.account, name, &config, unix_secs())?;
         Ok(PepNode {
             id,
             name: name.to_owned(),
@@ -363,7 +389,9 @@ fn pubsub_set(iq: Incoming) {
                 .get_child("configure", ns::PUBSUB)
                 .and_then(|c| c.get_child("x", ns::DATA_FORMS));
             self::create(ctx, create, form)
-        } else if p.get_child("subscribe", ns::PUBSUB).is_some() || p.get_child("unsubscribe", ns::PUBSUB).is_some() {
+        } else if p.get_child("subscribe", ns::PUBSUB).is_some()
+            || p.get_child("unsubscribe", ns::PUBSUB).is_some()
+        {
             Err(Fail::unsupported("subscribe"))
         } else if p.get_child("options", ns::PUBSUB).is_some() {
             Err(Fail::unsupported("subscription-options"))
@@ -380,9 +408,9 @@ fn owner_get(iq: Incoming) {
         } else if p.get_child("default", ns::PUBSUB_OWNER).is_some() {
             ctx.require_owner()?;
             let form = config::form(&NodeConfig::default(), &roster_groups(ctx));
-            Ok(Done::reply(
-                Element::new("pubsub", ns::PUBSUB_OWNER).child(Element::new("default", ns::PUBSUB_OWNER).child(form)),
-            ))
+            Ok(Done::reply(Element::new("pubsub", ns::PUBSUB_OWNER).child(
+                Element::new("default", ns::PUBSUB_OWNER).child(form),
+            )))
         } else {
             owner_unsupported(p)
         }
@@ -409,7 +437,10 @@ fn owner_unsupported(p: &Element) -> Result<Done, Fail> {
     } else if p.get_child("affiliations", ns::PUBSUB_OWNER).is_some() {
         Err(Fail::unsupported("modify-affiliations"))
     } else {
-        Err(Fail::new(Condition::BadRequest, "unknown pubsub#owner request"))
+        Err(Fail::new(
+            Condition::BadRequest,
+            "unknown pubsub#owner request",
+        ))
     }
 }
 
@@ -445,7 +476,9 @@ fn answer_error(iq: Incoming, fail: Fail) {
     // the pubsub one (Conversations and Dino reconfigure a node on `precondition-not-met`).
     // Until it gets a method for an error with extra children, the answer is built here and
     // the request forgotten so that its drop guard does not answer a second time.
-    let mut reply = Element::stanza("iq").attr("type", "error").attr("id", iq.id.as_str());
+    let mut reply = Element::stanza("iq")
+        .attr("type", "error")
+        .attr("id", iq.id.as_str());
     if let Some(to) = &iq.to {
         reply.set_attr("from", to.to_string());
         if let Some(from) = &iq.from {
@@ -468,8 +501,15 @@ fn answer_error(iq: Incoming, fail: Fail) {
 /// The NodeID of a request element (`nodeid-required` without one).
 fn node_name(el: &Element) -> Result<&str, Fail> {
     match el.get_attr("node") {
-        None | Some("") => Err(Fail::app(Condition::BadRequest, "nodeid-required", "a node is required")),
-        Some(n) if n.len() > MAX_ID_BYTES => Err(Fail::new(Condition::NotAcceptable, "the NodeID is too long")),
+        None | Some("") => Err(Fail::app(
+            Condition::BadRequest,
+            "nodeid-required",
+            "a node is required",
+        )),
+        Some(n) if n.len() > MAX_ID_BYTES => Err(Fail::new(
+            Condition::NotAcceptable,
+            "the NodeID is too long",
+        )),
         Some(n) => Ok(n),
     }
 }
@@ -478,21 +518,51 @@ fn node_name(el: &Element) -> Result<&str, Fail> {
 fn publish(ctx: &Ctx, publish: &Element, options: Option<&Element>) -> Result<Done, Fail> {
     ctx.require_owner()?;
     let name = node_name(publish)?;
-    let items: Vec<&Element> = publish.elements().filter(|e| e.is("item", ns::PUBSUB)).collect();
+    let items: Vec<&Element> = publish
+        .elements()
+        .filter(|e| e.is("item", ns::PUBSUB))
+        .collect();
     let item = match items.as_slice() {
         [item] => *item,
-        [] => return Err(Fail::app(Condition::BadRequest, "item-required", "publish one item")),
-        _ => return Err(Fail::app(Condition::BadRequest, "invalid-payload", "publish one item at a time")),
+        [] => {
+            return Err(Fail::app(
+                Condition::BadRequest,
+                "item-required",
+                "publish one item",
+            ));
+        }
+        _ => {
+            return Err(Fail::app(
+                Condition::BadRequest,
+                "invalid-payload",
+                "publish one item at a time",
+            ));
+        }
     };
     let payloads: Vec<&Element> = item.elements().collect();
     let payload = match payloads.as_slice() {
         [p] => (*p).clone(),
-        [] => return Err(Fail::app(Condition::BadRequest, "payload-required", "the item needs a payload")),
-        _ => return Err(Fail::app(Condition::BadRequest, "invalid-payload", "an item has one payload element")),
+        [] => {
+            return Err(Fail::app(
+                Condition::BadRequest,
+                "payload-required",
+                "the item needs a payload",
+            ));
+        }
+        _ => {
+            return Err(Fail::app(
+                Condition::BadRequest,
+                "invalid-payload",
+                "an item has one payload element",
+            ));
+        }
     };
     let item_id = match item.get_attr("id") {
         Some(id) if id.len() > MAX_ID_BYTES => {
-            return Err(Fail::new(Condition::NotAcceptable, "the ItemID is too long"));
+            return Err(Fail::new(
+                Condition::NotAcceptable,
+                "the ItemID is too long",
+            ));
         }
         Some(id) if !id.is_empty() => id.to_owned(),
         _ => new_id(),
@@ -531,7 +601,9 @@ fn publish(ctx: &Ctx, publish: &Element, options: Option<&Element>) -> Result<Do
         payload: String::from_utf8_lossy(&serialised).into_owned(),
         published: unix_micros(),
     };
-    ctx.server.store.pep_publish(&node, &stored, SERVICE_MAX_ITEMS)?;
+    ctx.server
+        .store
+        .pep_publish(&node, &stored, SERVICE_MAX_ITEMS)?;
     let reply = Element::new("pubsub", ns::PUBSUB).child(
         Element::new("publish", ns::PUBSUB)
             .attr("node", name)
@@ -550,7 +622,11 @@ fn retract(ctx: &Ctx, retract: &Element) -> Result<Done, Fail> {
         .and_then(|i| i.get_attr("id"))
         .filter(|id| !id.is_empty())
     else {
-        return Err(Fail::app(Condition::BadRequest, "item-required", "retract one item by its id"));
+        return Err(Fail::app(
+            Condition::BadRequest,
+            "item-required",
+            "retract one item by its id",
+        ));
     };
     let node = ctx.node(name)?;
     let notify = match retract.get_attr("notify") {
@@ -617,7 +693,11 @@ fn create(ctx: &Ctx, create: &Element, form: Option<&Element>) -> Result<Done, F
     ctx.require_owner()?;
     let name = match create.get_attr("node") {
         None | Some("") => {
-            return Err(Fail::app(Condition::NotAcceptable, "nodeid-required", "instant nodes are not supported"));
+            return Err(Fail::app(
+                Condition::NotAcceptable,
+                "nodeid-required",
+                "instant nodes are not supported",
+            ));
         }
         Some(_) => node_name(create)?,
     };
@@ -640,8 +720,11 @@ fn configure_get(ctx: &Ctx, configure: &Element) -> Result<Done, Fail> {
     let node = ctx.node(name)?;
     let form = config::form(&node.config, &roster_groups(ctx));
     Ok(Done::reply(
-        Element::new("pubsub", ns::PUBSUB_OWNER)
-            .child(Element::new("configure", ns::PUBSUB_OWNER).attr("node", name).child(form)),
+        Element::new("pubsub", ns::PUBSUB_OWNER).child(
+            Element::new("configure", ns::PUBSUB_OWNER)
+                .attr("node", name)
+                .child(form),
+        ),
     ))
 }
 
@@ -651,14 +734,19 @@ fn configure_set(ctx: &Ctx, configure: &Element) -> Result<Done, Fail> {
     let name = node_name(configure)?;
     let node = ctx.node(name)?;
     let Some(x) = configure.get_child("x", ns::DATA_FORMS) else {
-        return Err(Fail::new(Condition::BadRequest, "a configuration form is required"));
+        return Err(Fail::new(
+            Condition::BadRequest,
+            "a configuration form is required",
+        ));
     };
     if x.get_attr("type") == Some("cancel") {
         return Ok(Done::default());
     }
     let config = config::apply(&node.config, x)
         .map_err(|_| Fail::new(Condition::NotAcceptable, "invalid node configuration"))?;
-    ctx.server.store.pep_configure(node.id, &config, SERVICE_MAX_ITEMS)?;
+    ctx.server
+        .store
+        .pep_configure(node.id, &config, SERVICE_MAX_ITEMS)?;
     Ok(Done::default())
 }
 

@@ -25,7 +25,12 @@ pub enum Denied {
 
 /// Whether `requester` may retrieve items of (and be notified about) `owner`'s node. The
 /// owner always may (XEP-0163 §7); the owner's roster decides for everyone else.
-pub fn access(server: &Server, owner: &BareJid, requester: &BareJid, node: &PepNode) -> Result<(), Denied> {
+pub fn access(
+    server: &Server,
+    owner: &BareJid,
+    requester: &BareJid,
+    node: &PepNode,
+) -> Result<(), Denied> {
     if owner == requester {
         return Ok(());
     }
@@ -89,7 +94,9 @@ pub fn items_event(node: &PepNode, item: &PepItem, payload: Option<Element>) -> 
     {
         el.push(p);
     }
-    Element::new("items", ns::PUBSUB_EVENT).attr("node", node.name.as_str()).child(el)
+    Element::new("items", ns::PUBSUB_EVENT)
+        .attr("node", node.name.as_str())
+        .child(el)
 }
 
 /// The headline carrying a notification (XEP-0163 §4.3.1: from the owner's bare JID), with a
@@ -135,10 +142,13 @@ pub fn send_last_items(server: &Rc<Server>, to: &FullJid, nodes: &Interest) {
             .filter(|c| *c != user && roster::subscription(server, c, &user).has_from()),
     );
     for owner in owners {
-        let stored = server.store.account_id_of(&owner).and_then(|account| match account {
-            Some(a) => server.store.pep_nodes(a),
-            None => Ok(Vec::new()),
-        });
+        let stored = server
+            .store
+            .account_id_of(&owner)
+            .and_then(|account| match account {
+                Some(a) => server.store.pep_nodes(a),
+                None => Ok(Vec::new()),
+            });
         let owned = match stored {
             Ok(n) => n,
             Err(e) => {
@@ -162,7 +172,9 @@ pub fn send_last_items(server: &Rc<Server>, to: &FullJid, nodes: &Interest) {
                     continue;
                 }
             };
-            let Some(payload) = payload_of(&item) else { continue };
+            let Some(payload) = payload_of(&item) else {
+                continue;
+            };
             let event = items_event(&node, &item, Some(payload));
             server.deliver_to_full(to, &message(&owner, to, event, Some(item.published)));
         }
