@@ -167,11 +167,14 @@ fn seed(
 
 // ---- HTTP: .torrent files and a tracker ---------------------------------------------------
 
+/// What the HTTP server answers at a path: (path, body, content type).
+type Route = (String, Vec<u8>, &'static str);
+
 /// A tiny HTTP/1.0 server thread: `routes` by path, `/announce` answers as a BitTorrent
 /// tracker listing the seeders, anything else is 404. Stops when dropped.
 struct Tracker {
     port: u16,
-    routes: Arc<Mutex<Vec<(String, Vec<u8>, &'static str)>>>,
+    routes: Arc<Mutex<Vec<Route>>>,
     seeders: Arc<Mutex<Vec<u16>>>,
     stop: Arc<AtomicBool>,
 }

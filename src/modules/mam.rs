@@ -366,33 +366,34 @@ pub fn archive_outgoing(server: &std::rc::Rc<Server>, from: &jid::FullJid, to: &
     );
 }
 
+/// XEP-0313 preferences of an account: the default (`always`, `never`, `roster`), the JIDs
+/// always archived and the JIDs never archived.
+type Prefs = (String, Vec<String>, Vec<String>);
+
 /// Preferences per account, cached: consulted for every archived message.
 #[derive(Default)]
-struct PrefsCache(
-    std::cell::RefCell<std::collections::HashMap<i64, (String, Vec<String>, Vec<String>)>>,
-);
+struct PrefsCache(std::cell::RefCell<std::collections::HashMap<i64, Prefs>>);
 
 /// Whether `account` archives live messages exchanged with `with` (its preferences).
 pub fn archives(server: &Server, account: i64, with: &str) -> bool {
     let cache = server.ext::<PrefsCache>();
-    let cached = cache.0.borrow().get(&account).cloned();
-    let prefs = match cached {
-        Some(p) => Ok(p),
-        None => crate::store::mam::prefs(&server.store, account).inspect(|p| {
-            cache.0.borrow_mut().insert(account, p.clone());
-        }),
-    };
-    match prefs {
-        Ok((default, always, never)) => {
-            if always.iter().any(|j| j == with) {
-                true
-            } else if never.iter().any(|j| j == with) {
-                false
-            } else {
-                default != "never"
+    let mut cache = cache.0.borrow_mut();
+    let (default, always, never) = match cache.entry(account) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(v) => {
+            match crate::store::mam::prefs(&server.store, account) {
+                Ok(p) => v.insert(p),
+                // Archiving is the safe side when the preferences cannot be read.
+                Err(_) => return true,
             }
         }
-        Err(_) => true,
+    };
+    if always.iter().any(|j| j == with) {
+        true
+    } else if never.iter().any(|j| j == with) {
+        false
+    } else {
+        default != "never"
     }
 }
 

@@ -293,7 +293,7 @@ mod tests {
             account,
             stanza_id: format!("sid-{account}-{n}"),
             ts: 1_000_000 * i64::from(n),
-            with: if n % 2 == 0 {
+            with: if n.is_multiple_of(2) {
                 "bob@localhost"
             } else {
                 "carol@localhost"

@@ -76,8 +76,8 @@ impl Connection {
         let version = h.version.as_deref().map(parse_version);
         let version1 = match version {
             None => false,
-            Some(Some((maj, _))) if maj == 1 => true,
-            Some(Some((maj, _))) if maj == 0 => false,
+            Some(Some((1, _))) => true,
+            Some(Some((0, _))) => false,
             Some(Some(_)) => {
                 self.state.borrow_mut().version1 = true;
                 self.close(Some((

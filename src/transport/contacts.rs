@@ -318,25 +318,3 @@ pub fn presence_to_contact(
         _ => {}
     }
 }
-
-/// Names of the buddies of an account (for commands and tests).
-pub fn buddy_names(server: &Server, id: i64) -> Vec<String> {
-    let Some(acc) = Transport::get(server)
-        .legacy
-        .borrow()
-        .get(&id)
-        .map(|l| l.account)
-    else {
-        return Vec::new();
-    };
-    // SAFETY: as in `sync`.
-    unsafe {
-        let list = p::purple_find_buddies(acc, std::ptr::null());
-        let names = gslist(list)
-            .into_iter()
-            .map(|b| string(p::purple_buddy_get_name(b as *mut p::PurpleBuddy)))
-            .collect();
-        glib::ffi::g_slist_free(list as *mut glib::ffi::GSList);
-        names
-    }
-}

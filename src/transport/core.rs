@@ -238,14 +238,8 @@ unsafe extern "C" fn timeout_add(
     f: p::GSourceFunc,
     data: p::gpointer,
 ) -> p::guint {
-    // SAFETY: identical C function pointer types (bindgen's copy vs glib-sys's).
-    unsafe {
-        g::g_timeout_add(
-            interval,
-            std::mem::transmute::<p::GSourceFunc, g::GSourceFunc>(f),
-            data,
-        )
-    }
+    // SAFETY: `f` and `data` are libpurple's; GLib calls `f(data)` on this thread's loop.
+    unsafe { g::g_timeout_add(interval, f, data) }
 }
 
 unsafe extern "C" fn timeout_add_seconds(
@@ -260,13 +254,7 @@ unsafe extern "C" fn timeout_add_seconds(
         return unsafe { timeout_add(0, f, data) };
     }
     // SAFETY: as above.
-    unsafe {
-        g::g_timeout_add_seconds(
-            interval,
-            std::mem::transmute::<p::GSourceFunc, g::GSourceFunc>(f),
-            data,
-        )
-    }
+    unsafe { g::g_timeout_add_seconds(interval, f, data) }
 }
 
 unsafe extern "C" fn source_remove(handle: p::guint) -> p::gboolean {

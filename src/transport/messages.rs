@@ -78,7 +78,7 @@ unsafe extern "C" fn write_im(
             string(p::purple_conversation_get_name(conv)),
         )
     };
-    incoming(acc, &name, &string(message), flags, mtime as i64);
+    incoming(acc, &name, &string(message), flags, mtime);
 }
 
 unsafe extern "C" fn write_conv(
@@ -97,7 +97,7 @@ unsafe extern "C" fn write_conv(
         let acc = p::purple_conversation_get_account(conv);
         let peer =
             opt_string(p::purple_conversation_get_name(conv)).unwrap_or_else(|| string(name));
-        incoming(acc, &peer, &string(message), flags, mtime as i64);
+        incoming(acc, &peer, &string(message), flags, mtime);
     }
 }
 

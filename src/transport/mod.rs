@@ -17,19 +17,19 @@
 //! service JID: disco, gateway, registration, routing), `contacts`, `messages`, `muc`,
 //! `requests`, `reconnect`, `adhoc`, `roster_bridge` (the roster module's interface).
 
-pub mod accounts;
-pub mod adhoc;
-pub mod contacts;
-pub mod core;
+mod accounts;
+mod adhoc;
+mod contacts;
+mod core;
 pub mod escape;
-pub mod ffi;
-pub mod forms;
-pub mod messages;
-pub mod muc;
-pub mod reconnect;
-pub mod requests;
-pub mod roster_bridge;
-pub mod service;
+mod ffi;
+mod forms;
+mod messages;
+mod muc;
+mod reconnect;
+mod requests;
+mod roster_bridge;
+mod service;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -191,30 +191,26 @@ pub fn install(server: &Rc<Server>) {
         tracing::error!("IM transport not started: {e}");
         return;
     }
-    let mut list: Vec<(String, String, Option<String>, BTreeMap<String, String>)> = cfg
-        .services
-        .iter()
-        .map(|s| {
-            (
-                s.domain.clone(),
-                s.prpl.clone(),
-                s.name.clone(),
-                s.defaults.clone(),
-            )
-        })
-        .collect();
+    let mut list = cfg.services.clone();
     if list.is_empty() {
-        let d = server.config.default_domain().to_owned();
-        list.push((format!("irc.{d}"), "prpl-irc".into(), None, BTreeMap::new()));
-        list.push((
-            format!("xmpp.{d}"),
-            "prpl-jabber".into(),
-            None,
-            BTreeMap::new(),
-        ));
+        let d = server.config.default_domain();
+        let default = |domain: String, prpl: &str| crate::config::TransportService {
+            domain,
+            prpl: prpl.into(),
+            name: None,
+            defaults: BTreeMap::new(),
+        };
+        list.push(default(format!("irc.{d}"), "prpl-irc"));
+        list.push(default(format!("xmpp.{d}"), "prpl-jabber"));
     }
     let t = Transport::get(server);
-    for (domain, prpl, name, defaults) in list {
+    for crate::config::TransportService {
+        domain,
+        prpl,
+        name,
+        defaults,
+    } in list
+    {
         let Some(info) = service::describe(&domain, &prpl, name, defaults) else {
             tracing::error!(%domain, %prpl, "no such libpurple protocol plugin; service not offered");
             continue;

@@ -133,6 +133,15 @@ fn text_of(
     (title, parts.join("\n"))
 }
 
+/// What the user is asked: a title, an explanation, the form's fields, and how to answer by
+/// chat.
+struct Question {
+    title: String,
+    text: String,
+    fields: Vec<FormField>,
+    hint: String,
+}
+
 /// Registers a request and sends the question; returns the ui handle (NULL if nobody can
 /// answer, which libpurple treats as "no UI").
 fn open(
@@ -140,11 +149,14 @@ fn open(
     acc: *mut p::PurpleAccount,
     kind: Kind,
     user_data: *mut c_void,
-    title: String,
-    text: String,
-    fields: Vec<FormField>,
-    hint: String,
+    question: Question,
 ) -> *mut c_void {
+    let Question {
+        title,
+        text,
+        fields,
+        hint,
+    } = question;
     let owners = owners_for(server, acc);
     if owners.is_empty() {
         tracing::warn!(%title, "libpurple request with nobody to ask; left unanswered");
@@ -224,10 +236,12 @@ unsafe extern "C" fn request_action(
         acc,
         Kind::Action { labels, cbs },
         user_data,
-        title,
-        text,
-        vec![f],
-        hint,
+        Question {
+            title,
+            text,
+            fields: vec![f],
+            hint,
+        },
     )
 }
 
@@ -283,10 +297,12 @@ unsafe extern "C" fn request_choice(
             cancel,
         },
         user_data,
-        title,
-        text,
-        vec![f],
-        hint,
+        Question {
+            title,
+            text,
+            fields: vec![f],
+            hint,
+        },
     )
 }
 
@@ -329,10 +345,12 @@ unsafe extern "C" fn request_input(
             masked: masked != 0,
         },
         user_data,
-        title,
-        text,
-        vec![f],
-        "Reply with the answer, or 'cancel'.".into(),
+        Question {
+            title,
+            text,
+            fields: vec![f],
+            hint: "Reply with the answer, or 'cancel'.".into(),
+        },
     )
 }
 
@@ -402,10 +420,13 @@ unsafe extern "C" fn request_fields(
         acc,
         Kind::Fields { fields, ok, cancel },
         user_data,
-        title,
-        text,
-        out,
-        "Answer with the form, reply with the value of the first field, or 'cancel'.".into(),
+        Question {
+            title,
+            text,
+            fields: out,
+            hint: "Answer with the form, reply with the value of the first field, or 'cancel'."
+                .into(),
+        },
     )
 }
 

@@ -70,8 +70,3 @@ pub fn pending_in(
         row.pending_in = Some(stanza.to_string())
     });
 }
-
-/// True if `contact` is in `owner`'s roster.
-pub fn has_item(server: &Server, owner: &BareJid, contact: &BareJid) -> bool {
-    roster::item(server, owner, contact).is_some()
-}

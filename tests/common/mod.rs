@@ -30,15 +30,17 @@ pub struct TestServer {
 }
 
 pub fn test_config(dir: &Path) -> Config {
-    let mut c = Config::default();
-    c.domains = vec![DOMAIN.to_owned()];
-    c.data_dir = Some(dir.to_owned());
     let l = |trusted, tls| Listener {
         address: "127.0.0.1:0".parse().unwrap(),
         direct_tls: tls,
         trusted_loopback: trusted,
     };
-    c.listen = vec![l(true, false), l(false, false), l(false, true)];
+    let mut c = Config {
+        domains: vec![DOMAIN.to_owned()],
+        data_dir: Some(dir.to_owned()),
+        listen: vec![l(true, false), l(false, false), l(false, true)],
+        ..Config::default()
+    };
     c.log.level = "warn".into();
     c
 }
