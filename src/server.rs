@@ -335,6 +335,7 @@ impl Server {
         if self.sessions.borrow_mut().unbind(&jid, conn.id) {
             tracing::info!(%jid, "session ended");
             crate::modules::pep::session_gone(self, &jid);
+            crate::modules::last::session_ended(self, &jid);
             if was_available {
                 crate::modules::presence::session_gone(self, &jid);
             }

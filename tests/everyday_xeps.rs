@@ -402,7 +402,6 @@ fn last_activity_of_accounts() {
 }
 
 #[test]
-#[ignore = "needs modules::last::session_ended called when a session ends (Server::session_ended)"]
 fn last_activity_after_logout() {
     let srv = server(&["bob"]);
     let mut b = Client::online(&srv, "bob", "b");
