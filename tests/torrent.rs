@@ -676,9 +676,15 @@ fn add_by_url_magnet_and_base64_control_and_isolation() {
     alice.raw.send(&format!(
         "<iq id='pending' type='set'><add xmlns='{NS}'>magnet:?xt=urn:btih:{dead}&amp;x.pe=127.0.0.1:{silent_port}</add></iq>"
     ));
-    std::thread::sleep(Duration::from_millis(500));
-    let r = alice.get(&format!("<list xmlns='{NS}'/>"));
-    assert!(r.contains("state=\"resolving\""), "{r}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let r = loop {
+        let r = alice.get(&format!("<list xmlns='{NS}'/>"));
+        if r.contains("state=\"resolving\"") {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "never listed as resolving: {r}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let pending = r.split("<job ").find(|j| j.contains("resolving")).unwrap();
     let n = attr(&format!("<job {pending}"), "job", "id");
     let r = alice.set(&format!("<remove xmlns='{NS}' id='{n}'/>"));
@@ -864,7 +870,8 @@ fn finished_notice_waits_for_an_offline_owner_across_a_restart() {
     // Back up: librqbit resumes from its own state (trackers persisted, fast resume).
     let srv = TestServer::start_in(data.path(), tweak, |_| {});
     wait_for_file(&got, &want, 120);
-    std::thread::sleep(Duration::from_secs(2)); // the finished event reaches the service
+    // The finished notice is stored while carol is away.
+    srv.wait_mailbox("carol", 1, 30);
 
     // Carol comes back: the notice waited in her mailbox, once.
     let mut carol = Client::login(srv.trusted, "carol");

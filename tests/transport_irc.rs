@@ -195,10 +195,10 @@ fn irc_through_the_transport() {
 
     // The user goes offline; the legacy account stays connected and messages wait.
     c.send("</stream:stream>");
+    c.until_closed(); // the session has ended once the server closes the stream
     drop(c);
-    std::thread::sleep(Duration::from_millis(300));
     bob.send("PRIVMSG alicebot :while you were away");
-    std::thread::sleep(Duration::from_millis(500));
+    srv.wait_mailbox("alice", 1, 20);
     let mut c = Raw::login_plain(srv.trusted, "alice", "pw", "phone");
     c.send("<presence/>");
     let off = until_all(&mut c, &["while you were away"]);

@@ -52,12 +52,20 @@ fn xmpp_through_the_transport() {
     until_all(&mut alice, &["id='rs'"]);
     bob.send("<iq type='set' id='rs'><query xmlns='jabber:iq:roster'><item jid='alice@localhost'/></query></iq>");
     until_all(&mut bob, &["id='rs'"]);
+    // Prosody pushes roster changes to sessions that fetched the roster: the pushes tell
+    // when each step of the subscription handshake is done.
+    for (c, id) in [(&mut alice, "rg"), (&mut bob, "rg")] {
+        c.send(&format!("<iq type='get' id='{id}'><query xmlns='jabber:iq:roster'/></iq>"));
+        until_all(c, &[&format!("id='{id}'")]);
+    }
     alice.send("<presence to='bob@localhost' type='subscribe'/>");
     bob.send("<presence to='alice@localhost' type='subscribe'/>");
-    std::thread::sleep(Duration::from_millis(300));
+    until_all(&mut alice, &["ask='subscribe'"]);
+    until_all(&mut bob, &["ask='subscribe'"]);
     alice.send("<presence to='bob@localhost' type='subscribed'/>");
     bob.send("<presence to='alice@localhost' type='subscribed'/>");
-    std::thread::sleep(Duration::from_millis(300));
+    until_all(&mut alice, &["subscription='both'"]);
+    until_all(&mut bob, &["subscription='both'"]);
     alice.send("</stream:stream>");
     drop(alice);
     bob.send("<presence><status>at my desk</status></presence>");

@@ -127,6 +127,25 @@ impl TestServer {
         store.create_account(name, DOMAIN, &keys).unwrap();
     }
 
+    /// Waits until `user`'s mailbox holds at least `n` undelivered messages (read from the
+    /// database, as `wockd status` does); panics after `secs` seconds.
+    pub fn wait_mailbox(&self, user: &str, n: u64, secs: u64) {
+        let store = wockd::store::Store::open(&self.dir.join("wockd.sqlite")).unwrap();
+        let id = store.account_id(user, DOMAIN).unwrap().expect("no such account");
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let have = wockd::store::mailbox::count_pending(store.conn(), id).unwrap();
+            if have >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{user}'s mailbox holds {have} messages, not {n}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The self-signed certificate the server made (PEM), for clients to trust.
     pub fn cert_path(&self) -> PathBuf {
         self.dir.join("tls").join("cert.pem")
