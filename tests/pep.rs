@@ -1221,3 +1221,78 @@ fn addressing_and_bad_requests() {
     // The connection is still fine after all that.
     c.barrier();
 }
+
+/// XEP-0163 §8.1 and XEP-0313 §7: an account's bare JID says it has PEP and an archive, lists
+/// the nodes the requester may see, and describes them.
+#[test]
+fn account_disco_shows_pep_and_the_archive() {
+    let srv = server(&["juliet", "romeo"]);
+    let mut desk = Client::online(&srv, "juliet", "desk", &[BOOKMARKS], false);
+    let mut romeo = Client::online(&srv, "romeo", "orchard", &[], false);
+    subscribe(&mut romeo, &mut desk, "romeo", "juliet");
+    let r = desk.iq(
+        "b1",
+        &format!(
+            "<iq type='set' id='b1'>{}</iq>",
+            publish(
+                "theplay@conference.shakespeare.lit",
+                BOOKMARKS,
+                "<conference xmlns='urn:xmpp:bookmarks:1' name='Play'/>",
+                &bookmark_options()
+            )
+        ),
+    );
+    assert!(is_result(&r), "{r}");
+    let nick = "<nick xmlns='http://jabber.org/protocol/nick'>Jule</nick>";
+    let r = desk.iq(
+        "n1",
+        &format!(
+            "<iq type='set' id='n1'>{}</iq>",
+            publish("", "http://jabber.org/protocol/nick", nick, "")
+        ),
+    );
+    assert!(is_result(&r), "{r}");
+
+    let info = desk.iq(
+        "i1",
+        "<iq type='get' id='i1' to='juliet@localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>",
+    );
+    for want in [
+        "category=\"pubsub\" type=\"pep\"",
+        "category=\"account\" type=\"registered\"",
+        "var=\"urn:xmpp:mam:2\"",
+        "var=\"http://jabber.org/protocol/pubsub#publish\"",
+    ] {
+        assert!(info.contains(want), "{want} missing: {info}");
+    }
+
+    // The owner sees both nodes; romeo (a subscriber) sees the presence-access nick node but
+    // not the whitelisted bookmarks.
+    let own = desk.iq(
+        "i2",
+        "<iq type='get' id='i2' to='juliet@localhost'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>",
+    );
+    assert!(
+        own.contains(&format!("node=\"{BOOKMARKS}\""))
+            && own.contains("node=\"http://jabber.org/protocol/nick\""),
+        "{own}"
+    );
+    let theirs = romeo.iq(
+        "i3",
+        "<iq type='get' id='i3' to='juliet@localhost'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>",
+    );
+    assert!(
+        theirs.contains("node=\"http://jabber.org/protocol/nick\"") && !theirs.contains(BOOKMARKS),
+        "{theirs}"
+    );
+    let node = desk.iq(
+        "i4",
+        &format!("<iq type='get' id='i4' to='juliet@localhost'><query xmlns='http://jabber.org/protocol/disco#info' node='{BOOKMARKS}'/></iq>"),
+    );
+    assert!(is_result(&node) && node.contains("type=\"leaf\""), "{node}");
+    let hidden = romeo.iq(
+        "i5",
+        &format!("<iq type='get' id='i5' to='juliet@localhost'><query xmlns='http://jabber.org/protocol/disco#info' node='{BOOKMARKS}'/></iq>"),
+    );
+    assert!(hidden.contains("item-not-found"), "{hidden}");
+}

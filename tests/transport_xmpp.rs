@@ -55,7 +55,9 @@ fn xmpp_through_the_transport() {
     // Prosody pushes roster changes to sessions that fetched the roster: the pushes tell
     // when each step of the subscription handshake is done.
     for (c, id) in [(&mut alice, "rg"), (&mut bob, "rg")] {
-        c.send(&format!("<iq type='get' id='{id}'><query xmlns='jabber:iq:roster'/></iq>"));
+        c.send(&format!(
+            "<iq type='get' id='{id}'><query xmlns='jabber:iq:roster'/></iq>"
+        ));
         until_all(c, &[&format!("id='{id}'")]);
     }
     alice.send("<presence to='bob@localhost' type='subscribe'/>");

@@ -81,6 +81,9 @@ struct Common {
     /// Send the session IQ even when the server marks it optional.
     #[arg(long, global = true)]
     always_session: bool,
+    /// Enable XEP-0198 stream management (resumable) on every session once it is bound.
+    #[arg(long, global = true)]
+    stream_management: bool,
     /// Seconds a login may take before it counts as failed.
     #[arg(long, global = true, default_value_t = 30)]
     login_timeout: u64,
@@ -226,6 +229,7 @@ impl Ctx {
             domain: self.cfg.domain.clone(),
             mech: self.cfg.mech,
             always_session: self.cfg.always_session,
+            stream_management: self.cfg.stream_management,
             presence,
             login_timeout: self.cfg.login_timeout,
             close_timeout: self.cfg.close_timeout,
@@ -273,6 +277,7 @@ fn run(cli: Cli) -> Result<()> {
         domain: c.domain.clone(),
         mech,
         always_session: c.always_session,
+        stream_management: c.stream_management,
         presence: true,
         login_timeout: Duration::from_secs(c.login_timeout),
         close_timeout: Duration::from_secs(10),

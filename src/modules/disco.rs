@@ -24,7 +24,13 @@ use crate::stream::Stream;
 use crate::xml::{Element, ns};
 
 /// Features the server answers on behalf of an account at its bare JID.
-const ACCOUNT_FEATURES: &[&str] = &[ns::DISCO_INFO, ns::DISCO_ITEMS, ns::LAST, ns::VCARD];
+const ACCOUNT_FEATURES: &[&str] = &[
+    ns::DISCO_INFO,
+    ns::DISCO_ITEMS,
+    ns::LAST,
+    ns::VCARD,
+    super::mam::NS,
+];
 
 pub fn install(s: &mut Stream) {
     s.iqs().rule(ns::DISCO_INFO, "query").get(info);
@@ -63,10 +69,23 @@ pub fn addressee(iq: &Incoming) -> Addressee {
 }
 
 fn info(iq: Incoming) {
-    if has_node(&iq) {
-        return iq.fail(Condition::ItemNotFound, "no such node");
+    let addressee = addressee(&iq);
+    if let Some(node) = node(&iq) {
+        // An account's nodes are its PEP nodes (XEP-0060 §5.3); the server has none.
+        let owner = match &addressee {
+            Addressee::Unaddressed | Addressee::Server => None,
+            Addressee::Own => iq.account(),
+            Addressee::Other(bare) => Some(bare.clone()),
+        };
+        let found = owner.zip(iq.account()).and_then(|(owner, requester)| {
+            super::pep::disco_node_info(iq.server(), &owner, &requester, node)
+        });
+        return match found {
+            Some(q) => iq.result(Some(q)),
+            None => iq.fail(Condition::ItemNotFound, "no such node"),
+        };
     }
-    match addressee(&iq) {
+    match addressee {
         Addressee::Server => {
             let mut q = Element::new("query", ns::DISCO_INFO).child(
                 Element::new("identity", ns::DISCO_INFO)
@@ -94,6 +113,16 @@ fn items(iq: Incoming) {
     if has_node(&iq) {
         return iq.fail(Condition::ItemNotFound, "no such node");
     }
+    // An account's items are the PEP nodes the requester may access (XEP-0060 §5.2).
+    let pep_items = |iq: &Incoming, owner: &BareJid| {
+        let mut q = Element::new("query", ns::DISCO_ITEMS);
+        if let Some(requester) = iq.account() {
+            for item in super::pep::disco_items(iq.server(), owner, &requester) {
+                q.push(item);
+            }
+        }
+        q
+    };
     match addressee(&iq) {
         Addressee::Server => {
             let mut q = Element::new("query", ns::DISCO_ITEMS);
@@ -103,11 +132,13 @@ fn items(iq: Incoming) {
             iq.result(Some(q));
         }
         Addressee::Unaddressed | Addressee::Own => {
-            iq.result(Some(Element::new("query", ns::DISCO_ITEMS)))
+            let q = iq.account().map(|own| pep_items(&iq, &own));
+            iq.result(q.or_else(|| Some(Element::new("query", ns::DISCO_ITEMS))))
         }
         Addressee::Other(bare) => {
             if may_discover(&iq, &bare) {
-                iq.result(Some(Element::new("query", ns::DISCO_ITEMS)));
+                let q = pep_items(&iq, &bare);
+                iq.result(Some(q));
             } else {
                 iq.fail(Condition::ServiceUnavailable, "");
             }
@@ -124,20 +155,33 @@ pub fn server_features(stage: &crate::stream::Stage) -> BTreeSet<&str> {
         .collect()
 }
 
+/// What an account's bare JID answers: the account, its PEP service (XEP-0163 §8.1) and its
+/// message archive (XEP-0313 §7).
 fn account_info() -> Element {
-    let mut q = Element::new("query", ns::DISCO_INFO).child(
-        Element::new("identity", ns::DISCO_INFO)
-            .attr("category", "account")
-            .attr("type", "registered"),
-    );
-    for f in ACCOUNT_FEATURES {
-        q.push(Element::new("feature", ns::DISCO_INFO).attr("var", *f));
+    let mut q = Element::new("query", ns::DISCO_INFO)
+        .child(
+            Element::new("identity", ns::DISCO_INFO)
+                .attr("category", "account")
+                .attr("type", "registered"),
+        )
+        .child(super::pep::account_identity());
+    let features: BTreeSet<&str> = ACCOUNT_FEATURES
+        .iter()
+        .chain(super::pep::account_features())
+        .copied()
+        .collect();
+    for f in features {
+        q.push(Element::new("feature", ns::DISCO_INFO).attr("var", f));
     }
     q
 }
 
+fn node(iq: &Incoming) -> Option<&str> {
+    iq.payload.get_attr("node").filter(|n| !n.is_empty())
+}
+
 fn has_node(iq: &Incoming) -> bool {
-    iq.payload.get_attr("node").is_some_and(|n| !n.is_empty())
+    node(iq).is_some()
 }
 
 /// Another user may discover an existing account they are allowed to see the presence of.

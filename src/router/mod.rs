@@ -143,10 +143,15 @@ fn route_message(
             Jid::from(bare)
         }
     };
-    // The sender's other devices see what it sent, and its archive keeps it (XEP-0280, -0313).
-    crate::modules::carbons::sent(server, from, &el);
-    crate::modules::mam::archive_outgoing(server, from, &to, &el);
-    if !server.config.is_hosted(to.domain().as_str()) {
+    // The sender's other devices see what it sent, and its archive keeps it (XEP-0280, -0313)
+    // — unless it goes nowhere: a message bounced with remote-server-not-found was not sent.
+    let domain = to.domain().as_str();
+    let hosted = server.config.is_hosted(domain);
+    if hosted || server.service(domain).is_some() {
+        crate::modules::carbons::sent(server, from, &el);
+        crate::modules::mam::archive_outgoing(server, from, &to, &el);
+    }
+    if !hosted {
         return deliver_elsewhere(server, conn, from, Some(to), el);
     }
     if let Some(full) = to.try_as_full().ok().cloned() {

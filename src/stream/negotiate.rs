@@ -24,19 +24,24 @@ pub(crate) fn log_out(conn: u64, bytes: &[u8]) {
 
 fn redact(bytes: &[u8]) -> String {
     let s = String::from_utf8_lossy(bytes);
-    if s.contains(ns::SASL)
-        && (s.starts_with("<auth")
-            || s.starts_with("<response")
-            || s.starts_with("<challenge")
-            || s.starts_with("<success"))
-    {
+    if carries_secret(&s) {
         let head = s.split('>').next().unwrap_or("");
         return format!("{head}>[redacted]");
     }
-    if s.contains(ns::IQ_AUTH) && s.contains("<password") {
-        return "<iq …jabber:iq:auth…>[redacted]".to_owned();
-    }
     s.into_owned()
+}
+
+/// Whether a logged element may hold a password, a SASL payload or a token: SASL and SASL2
+/// exchanges (FAST tokens travel in them), iq-auth and in-band registration passwords, and
+/// data forms with a password or private field (legacy-network registration, prompts).
+/// Deliberately broad: a redacted harmless stanza costs less than a logged password.
+fn carries_secret(s: &str) -> bool {
+    const SECRET_NS: [&str; 3] = [ns::SASL, super::sasl2::NS, super::sasl2::FAST];
+    SECRET_NS.iter().any(|n| s.contains(n))
+        || s.contains("<password")
+        || s.contains("text-private")
+        || s.contains("var=\"password\"")
+        || s.contains("var='password'")
 }
 
 fn parse_version(v: &str) -> Option<(u32, u32)> {
@@ -424,4 +429,27 @@ pub(crate) fn stanza_error(el: &Element, cond: Condition, text: &str) -> Option<
 #[allow(dead_code)]
 pub(crate) fn modify_error(el: &Element, cond: Condition) -> Option<Element> {
     error_reply(el, ErrorType::Modify, cond, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn credentials_never_reach_the_xml_log() {
+        for secret in [
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHNlY3JldA==</auth>",
+            "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><initial-response>AGFsaWNlAHNlY3JldA==</initial-response></authenticate>",
+            "<success xmlns='urn:xmpp:sasl:2'><token xmlns='urn:xmpp:fast:0' token='AGFsaWNlAHNlY3JldA=='/></success>",
+            "<iq type='set' id='a'><query xmlns='jabber:iq:auth'><username>alice</username><password>AGFsaWNlAHNlY3JldA==</password></query></iq>",
+            "<iq type='set' id='r'><query xmlns='jabber:iq:register'><password>AGFsaWNlAHNlY3JldA==</password></query></iq>",
+            "<iq type='set' id='f'><query xmlns='jabber:iq:register'><x xmlns='jabber:x:data' type='submit'><field var='password'><value>AGFsaWNlAHNlY3JldA==</value></field></x></query></iq>",
+        ] {
+            let logged = redact(secret.as_bytes());
+            assert!(!logged.contains("AGFsaWNlAHNlY3JldA=="), "{logged}");
+            assert!(logged.ends_with("[redacted]"), "{logged}");
+        }
+        let chat = "<message to='bob@localhost'><body>hello</body></message>";
+        assert_eq!(redact(chat.as_bytes()), chat);
+    }
 }

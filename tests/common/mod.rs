@@ -131,7 +131,10 @@ impl TestServer {
     /// database, as `wockd status` does); panics after `secs` seconds.
     pub fn wait_mailbox(&self, user: &str, n: u64, secs: u64) {
         let store = wockd::store::Store::open(&self.dir.join("wockd.sqlite")).unwrap();
-        let id = store.account_id(user, DOMAIN).unwrap().expect("no such account");
+        let id = store
+            .account_id(user, DOMAIN)
+            .unwrap()
+            .expect("no such account");
         let deadline = Instant::now() + Duration::from_secs(secs);
         loop {
             let have = wockd::store::mailbox::count_pending(store.conn(), id).unwrap();

@@ -31,6 +31,8 @@ pub struct LoginCfg {
     pub mech: Option<Mech>,
     /// Send the session IQ whenever it is advertised, even when marked optional.
     pub always_session: bool,
+    /// Enable XEP-0198 stream management (with resumption) once the session is established.
+    pub stream_management: bool,
     /// Send initial presence once the session is established.
     pub presence: bool,
     pub login_timeout: Duration,
@@ -636,8 +638,11 @@ impl Reactor {
                     c.phase = Phase::Online;
                     c.deadline = None;
                     online = true;
+                    if cfg.stream_management {
+                        out.push_str("<enable xmlns='urn:xmpp:sm:3' resume='true'/>");
+                    }
                     if cfg.presence {
-                        out = "<presence/>".into();
+                        out.push_str("<presence/>");
                     }
                 }
             }
