@@ -183,4 +183,14 @@ fn unacked_messages_reach_the_mailbox_after_the_resumption_timeout() {
     desk.send("<iq type='get' id='sync'><ping xmlns='urn:xmpp:ping'/></iq>");
     let rest = desk.until("id=\"sync\"");
     assert!(!rest.contains("<body>m"), "{rest}");
+    // And the archive holds each message once (the row was put back, not copied).
+    desk.send("<iq type='set' id='mam'><query xmlns='urn:xmpp:mam:2' queryid='q'/></iq>");
+    let archive = desk.until("</fin>");
+    for i in 0..3 {
+        assert_eq!(
+            archive.matches(&format!("<body>m{i}</body>")).count(),
+            1,
+            "m{i} not archived exactly once: {archive}"
+        );
+    }
 }

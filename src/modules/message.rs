@@ -22,8 +22,9 @@
 //! archived in the recipient's mailbox with a server-assigned
 //! `<stanza-id xmlns='urn:xmpp:sid:0' by='user@domain' id='…'/>` when delivered live too;
 //! one a sender forged in the recipient's name is removed first (XEP-0359 §5); one the server
-//! hands back (stream management's unacknowledged messages) is kept and not archived twice
-//! when delivered live again (stored offline, it gets a new row and id). Offline storage
+//! hands back (stream management's unacknowledged messages) is kept and not archived twice:
+//! delivered live again it is not archived again, and stored offline its archive row becomes
+//! pending again (a new row only if offline delivery has already passed that row). Offline storage
 //! keeps every chat or normal message except bare chat-state notifications (XEP-0085 §5.6) and
 //! messages with a `<no-store/>` hint.
 
@@ -141,6 +142,14 @@ pub fn deliver_to_bare(
         }
         Kind::Chat | Kind::Normal => {
             if !stored_offline(&el) {
+                return;
+            }
+            // Handed back by stream management: already in the archive, so the same row
+            // becomes pending again rather than a second copy being stored.
+            if from_conn.is_none()
+                && let Some(id) = own_stanza_id(&el, to)
+                && offline::put_back(server, to, account, id)
+            {
                 return;
             }
             let entry = archive_entry(to, account, &mut el, true);

@@ -110,6 +110,36 @@ pub fn store(server: &Rc<Server>, owner: &BareJid, entry: NewEntry) -> Result<()
     Ok(())
 }
 
+/// Puts `owner`'s archived row with stanza id `stanza_id` (delivered live to a session that
+/// never acknowledged it) back into the offline view, so it is delivered at the next login and
+/// stays in the archive once. Returns false when that is not possible (no such row, or the
+/// offline cursor has passed it); the caller then stores the message as a new row.
+pub fn put_back(server: &Rc<Server>, owner: &BareJid, account: i64, stanza_id: &str) -> bool {
+    // Rare (a stream-management timeout): the queued rows are committed first so the row is
+    // found, then the row is changed at once.
+    if let Err(e) = commit(server) {
+        tracing::error!("mailbox: commit before requeue failed: {e}");
+        return false;
+    }
+    let conn = server.store.conn();
+    let done = mailbox::id_of(conn, account, stanza_id)
+        .and_then(|id| match id {
+            Some(id) => mailbox::requeue(conn, account, id),
+            None => Ok(false),
+        })
+        .unwrap_or_else(|e| {
+            tracing::error!(%owner, "mailbox: cannot requeue a message: {e}");
+            false
+        });
+    if done {
+        let w = server.ext::<Writer>();
+        if let Some(n) = w.pending.borrow_mut().get_mut(owner) {
+            *n += 1;
+        }
+    }
+    done
+}
+
 /// Committed plus queued undelivered rows of `account`.
 fn count_pending(server: &Server, w: &Writer, account: i64) -> u64 {
     let queued = w

@@ -138,6 +138,20 @@ pub fn append(conn: &Connection, e: &NewEntry) -> rusqlite::Result<i64> {
     Ok(conn.last_insert_rowid())
 }
 
+/// Puts an archived row that was delivered live back into the offline view (stream
+/// management gave up on a session that never acknowledged it), so that the message is
+/// delivered at the next login without a second archive row. Only possible while the row is
+/// beyond the offline cursor; returns whether the row is now pending.
+pub fn requeue(conn: &Connection, account: i64, id: i64) -> rusqlite::Result<bool> {
+    let after = cursor(conn, account, OFFLINE_CURSOR)?;
+    let changed = conn
+        .prepare_cached(
+            "UPDATE mailbox SET offline = 1 WHERE account = ?1 AND id = ?2 AND id > ?3 AND offline = 0",
+        )?
+        .execute(params![account, id, after])?;
+    Ok(changed == 1)
+}
+
 /// Where `device` of `account` has read up to (0 when it has never read).
 pub fn cursor(conn: &Connection, account: i64, device: &str) -> rusqlite::Result<i64> {
     Ok(conn
