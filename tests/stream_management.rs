@@ -194,3 +194,37 @@ fn unacked_messages_reach_the_mailbox_after_the_resumption_timeout() {
         );
     }
 }
+
+/// A resumption timeout with the account's other devices online: the one with carbons on saw
+/// the messages as <received/> copies and gets nothing more; the one without gets them once.
+#[test]
+fn unacked_messages_are_not_repeated_to_devices_that_had_carbon_copies() {
+    let srv = TestServer::start();
+    srv.add_user("alice", "pw");
+    srv.add_user("bob", "pw");
+    let mut bob = Raw::login_plain(srv.trusted, "bob", "pw", "b");
+    let mut desk = Raw::login_plain(srv.trusted, "alice", "pw", "desk");
+    desk.send("<iq type='set' id='cb'><enable xmlns='urn:xmpp:carbons:2'/></iq>");
+    desk.until("id=\"cb\"");
+    desk.send("<presence/>");
+    let mut laptop = Raw::login_plain(srv.trusted, "alice", "pw", "laptop");
+    laptop.send("<presence/>");
+
+    let (mut phone, _) = login_sm(&srv, "alice", "phone", 1);
+    desk.until("from=\"alice@localhost/phone\"");
+    laptop.until("from=\"alice@localhost/phone\"");
+    send_msgs(&mut bob, "alice@localhost/phone", 0..2);
+    through_message(&mut phone, "m1");
+    let copies = desk.until("<body>m1</body>");
+    assert_eq!(copies.matches("<received").count(), 2, "{copies}");
+    drop(phone); // never acknowledges, never comes back
+
+    // The laptop (no carbons) gets the two messages once the session is given up.
+    let got = laptop.until("<body>m1</body>");
+    assert!(got.contains("<body>m0</body>") && !got.contains("<received"), "{got}");
+    // The desk sees the phone go, and no second copy of anything.
+    desk.until("type=\"unavailable\"");
+    desk.send("<iq type='get' id='sync'><ping xmlns='urn:xmpp:ping'/></iq>");
+    let rest = desk.until("id=\"sync\"");
+    assert!(!rest.contains("<body>m"), "repeated to the desk: {rest}");
+}

@@ -97,7 +97,11 @@ pub fn deliver_to_bare(
         .get_attr("to")
         .and_then(|t| Jid::new(t).ok())
         .is_some_and(|j| j.resource().is_some());
-    let targets: Vec<Rc<Connection>> = {
+    // Handed back by the server (stream management's unacknowledged messages) with our
+    // stanza id: archived already, and carbon-copied already to the resources with carbons on.
+    let redelivered = from_conn.is_none() && own_stanza_id(&el, to).is_some();
+    let copied = redelivered && super::carbons::eligible(&el);
+    let (targets, any_available): (Vec<Rc<Connection>>, bool) = {
         let sessions = server.sessions.borrow();
         let list = sessions.of(to);
         let best = list
@@ -105,14 +109,21 @@ pub fn deliver_to_bare(
             .filter_map(|s| s.priority)
             .filter(|p| *p >= 0)
             .max();
-        list.iter()
+        let chosen: Vec<_> = list
+            .iter()
             .filter(|s| match (kind, s.priority) {
                 (Kind::Headline, Some(p)) => p >= 0,
                 (_, Some(p)) => Some(p) == best,
                 (_, None) => false,
             })
+            .collect();
+        let any = !chosen.is_empty();
+        let targets = chosen
+            .into_iter()
+            .filter(|s| !(copied && s.carbons))
             .filter_map(|s| s.connection())
-            .collect()
+            .collect();
+        (targets, any)
     };
     match kind {
         Kind::Error => {}
@@ -124,10 +135,7 @@ pub fn deliver_to_bare(
                 }
             }
         }
-        Kind::Chat | Kind::Normal if !targets.is_empty() => {
-            // Handed back by the server (stream management's unacknowledged messages) with
-            // our stanza id: archived already.
-            let redelivered = from_conn.is_none() && own_stanza_id(&el, to).is_some();
+        Kind::Chat | Kind::Normal if any_available => {
             if archived_live(&el) && !redelivered {
                 let entry = archive_entry(to, account, &mut el, false);
                 offline::append(server, entry);
@@ -135,10 +143,13 @@ pub fn deliver_to_bare(
             for c in &targets {
                 c.send(&el);
             }
-            // XEP-0280: the account's other devices get <received/> copies.
-            let delivered: Vec<FullJid> = targets.iter().filter_map(|c| c.jid()).collect();
-            let delivered: Vec<&FullJid> = delivered.iter().collect();
-            super::carbons::received(server, to, &el, &delivered);
+            // XEP-0280: the account's other devices get <received/> copies (once: not again
+            // for a redelivered message).
+            if !redelivered {
+                let delivered: Vec<FullJid> = targets.iter().filter_map(|c| c.jid()).collect();
+                let delivered: Vec<&FullJid> = delivered.iter().collect();
+                super::carbons::received(server, to, &el, &delivered);
+            }
         }
         Kind::Chat | Kind::Normal => {
             if !stored_offline(&el) {
