@@ -221,7 +221,10 @@ fn unacked_messages_are_not_repeated_to_devices_that_had_carbon_copies() {
 
     // The laptop (no carbons) gets the two messages once the session is given up.
     let got = laptop.until("<body>m1</body>");
-    assert!(got.contains("<body>m0</body>") && !got.contains("<received"), "{got}");
+    assert!(
+        got.contains("<body>m0</body>") && !got.contains("<received"),
+        "{got}"
+    );
     // The desk sees the phone go, and no second copy of anything.
     desk.until("type=\"unavailable\"");
     desk.send("<iq type='get' id='sync'><ping xmlns='urn:xmpp:ping'/></iq>");
