@@ -1,6 +1,7 @@
 //! Everyday XEPs over real sockets: service discovery (XEP-0030), ping both ways (XEP-0199),
-//! version (XEP-0092), time (XEP-0202), last activity (XEP-0012), vcard-temp (XEP-0054),
-//! private XML (XEP-0049), blocking (XEP-0191) and in-band registration (XEP-0077).
+//! version (XEP-0092), time (XEP-0202), last activity (XEP-0012), vcard-temp (XEP-0054) with
+//! avatar hashes in presence (XEP-0153), private XML (XEP-0049), blocking (XEP-0191) and
+//! in-band registration (XEP-0077).
 //!
 //! Every wait is for a specific stanza. "Nothing arrived" is checked after a ping round trip on
 //! the sender and then on the observer: the server handles a stanza completely (including what
@@ -500,6 +501,131 @@ fn vcards_are_stored_and_served() {
     assert_error(&missing, "cancel", "service-unavailable");
     let again = a.iq("get", None, "<vCard xmlns='vcard-temp'/>");
     assert!(again.contains("<FN>Alice &amp; Co</FN>"), "{again}");
+}
+
+/// The `<photo>` of a presence's `vcard-temp:x:update` element: `Some("")` for `<photo/>`,
+/// `None` without one.
+fn photo_in(presence: &str) -> Option<String> {
+    if presence.contains("<photo/>") {
+        return Some(String::new());
+    }
+    let start = presence.find("<photo>")? + "<photo>".len();
+    let end = start + presence[start..].find("</photo>")?;
+    Some(presence[start..end].to_owned())
+}
+
+/// A vCard with a PHOTO whose BINVAL is `bytes` in base64, folded over two lines.
+fn vcard_with_photo(bytes: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(bytes);
+    let (head, tail) = b64.split_at(b64.len() / 2);
+    format!(
+        "<vCard xmlns='vcard-temp'><FN>Alice</FN><PHOTO><TYPE>image/png</TYPE><BINVAL>{head}\n {tail}</BINVAL></PHOTO></vCard>"
+    )
+}
+
+fn sha1_hex(bytes: &[u8]) -> String {
+    use sha1::{Digest, Sha1};
+    Sha1::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn vcard_photo_hash_is_added_to_presence() {
+    let srv = server(&["alice", "bob"]);
+    let mut a = Client::online(&srv, "alice", "a");
+    let mut b = Client::online(&srv, "bob", "b");
+    let from_alice = format!("from=\"{}\"", a.jid);
+    let update = "<x xmlns=\"vcard-temp:x:update\">";
+
+    // Bob subscribes to Alice. She has no vCard: her presence gets nothing added.
+    b.send(&format!(
+        "<presence to='{}' type='subscribe'/>",
+        bare("alice")
+    ));
+    a.expect(&["type=\"subscribe\""]);
+    a.send(&format!(
+        "<presence to='{}' type='subscribed'/>",
+        bare("bob")
+    ));
+    b.expect(&["type=\"subscribed\""]);
+    let first = b.expect(&["<presence", &from_alice]);
+    assert!(!first.contains("vcard-temp:x:update"), "{first}");
+
+    // She sets a vCard with a photo: her presence goes out again, to Bob and to herself, with
+    // the SHA-1 of the decoded image.
+    let png = b"\x89PNG\r\n\x1a\n not really an avatar";
+    let hash = sha1_hex(png);
+    let set = a.iq("set", None, &vcard_with_photo(png));
+    assert!(is_result(&set), "{set}");
+    let again = b.expect(&["<presence", &from_alice, update]);
+    assert_eq!(photo_in(&again).as_deref(), Some(hash.as_str()), "{again}");
+    let own = a.expect(&["<presence", &from_alice, update]);
+    assert_eq!(photo_in(&own).as_deref(), Some(hash.as_str()), "{own}");
+
+    // Her next presence carries it, and so does what a new resource of Bob's is told.
+    a.send("<presence><show>away</show></presence>");
+    let away = b.expect(&["<presence", &from_alice, "<show>away</show>"]);
+    assert_eq!(photo_in(&away).as_deref(), Some(hash.as_str()), "{away}");
+    let mut b2 = Client::login(&srv, "bob", "pw", "b2");
+    b2.send("<presence/>");
+    let told = b2.expect(&["<presence", &from_alice]);
+    assert!(told.contains("<show>away</show>"), "{told}");
+    assert_eq!(photo_in(&told).as_deref(), Some(hash.as_str()), "{told}");
+    b2.barrier();
+
+    // The same photo again changes nothing, so nothing is re-sent.
+    b.barrier();
+    b.queue.clear();
+    let same = a.iq("set", None, &vcard_with_photo(png));
+    assert!(is_result(&same), "{same}");
+    b.assert_none("a re-broadcast for an unchanged photo", |s| {
+        s.starts_with("<presence") && s.contains(&from_alice)
+    });
+
+    // Another photo: re-broadcast with the new hash. No photo: an empty <photo/>.
+    let other = b"GIF89a another picture";
+    let set = a.iq("set", None, &vcard_with_photo(other));
+    assert!(is_result(&set), "{set}");
+    let changed = b.expect(&["<presence", &from_alice, update]);
+    assert!(changed.contains("<show>away</show>"), "{changed}");
+    assert_eq!(photo_in(&changed), Some(sha1_hex(other)), "{changed}");
+    let set = a.iq(
+        "set",
+        None,
+        "<vCard xmlns='vcard-temp'><FN>Alice</FN></vCard>",
+    );
+    assert!(is_result(&set), "{set}");
+    let removed = b.expect(&["<presence", &from_alice, update]);
+    assert_eq!(photo_in(&removed).as_deref(), Some(""), "{removed}");
+
+    // A presence with the client's own update element goes out as it was sent, and a vCard
+    // change does not touch or re-send it.
+    a.send(
+        "<presence><x xmlns='vcard-temp:x:update'><photo>0123456789abcdef</photo></x></presence>",
+    );
+    let hers = b.expect(&["<presence", &from_alice, update]);
+    assert_eq!(hers.matches("vcard-temp:x:update").count(), 1, "{hers}");
+    assert_eq!(
+        photo_in(&hers).as_deref(),
+        Some("0123456789abcdef"),
+        "{hers}"
+    );
+    b.barrier();
+    b.queue.clear();
+    let set = a.iq("set", None, &vcard_with_photo(png));
+    assert!(is_result(&set), "{set}");
+    b.assert_none("a re-broadcast over the client's own hash", |s| {
+        s.starts_with("<presence") && s.contains(&from_alice)
+    });
+    // XEP-0153's "not ready" form (no <photo/>) is the client's too.
+    a.send("<presence><x xmlns='vcard-temp:x:update'/></presence>");
+    let not_ready = b.expect(&["<presence", &from_alice, "vcard-temp:x:update"]);
+    assert!(
+        not_ready.contains("<x xmlns=\"vcard-temp:x:update\"/>") && photo_in(&not_ready).is_none(),
+        "{not_ready}"
+    );
 }
 
 // ---- XEP-0049 -------------------------------------------------------------------------------------

@@ -148,6 +148,15 @@ fn xmpp_through_the_transport() {
         "{m}"
     );
 
+    // Removing the contact from the wockd roster removes the legacy buddy: Prosody tells bob
+    // that alice unsubscribed.
+    c.send(&format!(
+        "<iq type='set' id='rm'><query xmlns='jabber:iq:roster'><item jid='{BOB}' subscription='remove'/></query></iq>"
+    ));
+    until_all(&mut c, &["id=\"rm\""]);
+    let u = bob.until("type='unsubscribe'");
+    assert!(u.contains("from='alice@localhost"), "{u}");
+
     // Wrong password: a clear error, said once, no retries.
     register(&mut c, "reg2", "carol", "not-her-password");
     let e = until_all(&mut c, &["carol@localhost/wockd: cannot connect"]);

@@ -21,6 +21,11 @@
 //!   probes through the service, as a remote server would.
 //! * XEP-0191: no presence is broadcast or revealed between an account and a JID it blocked
 //!   (either way); [`blocklist_changed`] sends the unavailable/current presence of §3.3/§3.4.
+//! * XEP-0153 (vcard.rs): available presence leaves the server with the account's vCard photo
+//!   hash added unless the client put in its own `vcard-temp:x:update` element. The session
+//!   keeps the presence as the client sent it and the hash is added on the way out (broadcast
+//!   and [`presences_of`]), so a stored presence never carries a stale hash;
+//!   [`photo_changed`] broadcasts it again when the hash changes.
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap};
@@ -28,7 +33,7 @@ use std::rc::Rc;
 
 use jid::{BareJid, FullJid, Jid};
 
-use crate::modules::{blocking, roster};
+use crate::modules::{blocking, roster, vcard};
 use crate::server::Server;
 use crate::stanza::Condition;
 use crate::store::roster::RosterRow;
@@ -165,6 +170,8 @@ fn available(server: &Rc<Server>, conn: &Rc<Connection>, from: &FullJid, el: Ele
         s.presence = Some(el.clone());
         s.priority.replace(priority).is_some()
     };
+    let mut el = el;
+    vcard::add_photo_update(server, &from.to_bare(), &mut el);
     broadcast(server, from, &el);
     // XEP-0160 (offline.rs): pending offline messages; a no-op when none wait or after the first.
     if priority >= 0 {
@@ -509,8 +516,21 @@ pub fn roster_item_removed(
     user: &BareJid,
     contact: &BareJid,
     before: &RosterRow,
+    by: Option<&FullJid>,
 ) {
     use SubscriptionType::*;
+    // A contact at a service domain (a gateway's legacy contact) hears it through the service,
+    // which removes the legacy buddy (XEP-0100 §4.5, as a remote server would be told).
+    let domain = contact.domain().as_str();
+    if !server.config.is_hosted(domain) {
+        if let Some(by) = by
+            && server.service(domain).is_some()
+        {
+            let el = Element::stanza("presence").attr("type", Unsubscribe.as_str());
+            to_services(server, by, &[Jid::from(contact.clone())], &el);
+        }
+        return;
+    }
     if before.subscription.has_from() || before.pending_in.is_some() {
         inbound(
             server,
@@ -607,6 +627,26 @@ pub fn blocklist_changed(server: &Rc<Server>, user: &BareJid, items: &[Jid], now
     }
 }
 
+/// XEP-0153, for the vCard module to call after `user`'s photo hash changed: the current
+/// presence of each of `user`'s available resources goes out again, with the new hash, to
+/// everyone a presence broadcast reaches. Resources whose presence carries the client's own
+/// `vcard-temp:x:update` element are skipped: the server does not change theirs.
+pub fn photo_changed(server: &Rc<Server>, user: &BareJid) {
+    let current: Vec<(FullJid, Element)> = server
+        .sessions
+        .borrow()
+        .of(user)
+        .iter()
+        .filter(|s| s.priority.is_some())
+        .filter_map(|s| Some((s.jid.clone(), s.presence.clone()?)))
+        .filter(|(_, p)| p.get_child("x", ns::VCARD_UPDATE).is_none())
+        .collect();
+    for (jid, mut el) in current {
+        vcard::add_photo_update(server, user, &mut el);
+        broadcast(server, &jid, &el);
+    }
+}
+
 // ---- delivery helpers -------------------------------------------------------------------------
 
 /// The last presence of each available resource of `of` (except `except`) that `viewer` may
@@ -628,7 +668,10 @@ fn presences_of(
     found
         .into_iter()
         .filter(|(jid, _)| of == viewer || !blocked(server, jid, viewer))
-        .map(|(_, p)| p)
+        .map(|(_, mut p)| {
+            vcard::add_photo_update(server, of, &mut p);
+            p
+        })
         .collect()
 }
 

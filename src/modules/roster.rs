@@ -482,6 +482,13 @@ fn remove(server: &Rc<Server>, user: &BareJid, contact: &BareJid, iq: Incoming) 
             "the roster could not be saved",
         );
     };
+    let by = iq.from.clone();
     iq.result(None);
-    crate::modules::presence::roster_item_removed(server, user, contact, &change.before);
+    crate::modules::presence::roster_item_removed(
+        server,
+        user,
+        contact,
+        &change.before,
+        by.as_ref(),
+    );
 }

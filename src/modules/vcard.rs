@@ -7,8 +7,13 @@
 //! * Set (§3.3): only one's own vCard (else `forbidden`); the element is stored whole, as XML
 //!   text, replacing the previous one.
 //! * XEP-0153 §4: the SHA-1 of the decoded PHOTO/BINVAL is computed on set and kept with the
-//!   vCard; [`photo_hash`] serves it (cached in memory) for presence decoration. A BINVAL that
-//!   is not base64 gets `bad-request`.
+//!   vCard; [`photo_hash`] serves it (cached in memory, per account). A BINVAL that is not
+//!   base64 gets `bad-request`.
+//! * XEP-0153 on the clients' behalf, as ejabberd's mod_vcard_xupdate does: available presence
+//!   of an account with a vCard that carries no `<x xmlns='vcard-temp:x:update'/>` gets one
+//!   from the server ([`add_photo_update`], called by presence.rs wherever such presence leaves
+//!   the server); one the client put in is left alone. A set that changes the hash has the
+//!   account's available resources broadcast their presence again, with the new hash.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -25,6 +30,7 @@ use crate::stream::Stream;
 use crate::xml::{Element, ns, parse};
 
 use super::disco::{Addressee, addressee};
+use super::presence;
 
 pub fn install(s: &mut Stream) {
     s.iqs().rule(ns::VCARD, "vCard").get(get).set(set);
@@ -85,6 +91,8 @@ fn set(iq: Incoming) {
     iq.payload.write_to(&mut xml, "");
     let xml = String::from_utf8_lossy(&xml);
     let server = iq.server().clone();
+    // What contacts were last told (loaded now if not cached: a set is rare, presence is not).
+    let before = photo_hash(&server, &account);
     let stored = server
         .store
         .account_id_of(&account)
@@ -97,12 +105,17 @@ fn set(iq: Incoming) {
         });
     match stored {
         Ok(true) => {
+            let after = Some(hash.unwrap_or_default());
             server
                 .ext::<PhotoCache>()
                 .hashes
                 .borrow_mut()
-                .insert(account, Some(hash.unwrap_or_default()));
+                .insert(account.clone(), after.clone());
             iq.result(None);
+            // XEP-0153: contacts learn of the new avatar from presence.
+            if before != after {
+                presence::photo_changed(&server, &account);
+            }
         }
         Ok(false) => iq.fail(Condition::ItemNotFound, "no such account"),
         Err(e) => {
@@ -140,6 +153,24 @@ pub fn photo_hash(server: &Server, account: &BareJid) -> Option<String> {
             None
         }
     }
+}
+
+/// XEP-0153, on the client's behalf: adds `<x xmlns='vcard-temp:x:update'>` with the
+/// account's [`photo_hash`] (`<photo>hex</photo>`, or an empty `<photo/>` for a vCard without
+/// a photo) to `el`, available presence of `account`. Nothing is added when the account has no
+/// vCard, and nothing is changed when `el` already has such an element (the client's own).
+pub fn add_photo_update(server: &Server, account: &BareJid, el: &mut Element) {
+    if el.get_child("x", ns::VCARD_UPDATE).is_some() {
+        return;
+    }
+    let Some(hash) = photo_hash(server, account) else {
+        return;
+    };
+    let mut photo = Element::new("photo", ns::VCARD_UPDATE);
+    if !hash.is_empty() {
+        photo = photo.text(hash);
+    }
+    el.push(Element::new("x", ns::VCARD_UPDATE).child(photo));
 }
 
 /// Drops what is cached for `account` (it was deleted).

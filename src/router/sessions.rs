@@ -13,7 +13,8 @@ pub struct Session {
     pub conn: Weak<Connection>,
     /// Presence priority; `None` until the resource sends initial presence (not available).
     pub priority: Option<i8>,
-    /// The last available presence the resource broadcast (sent again to new subscribers).
+    /// The last available presence the resource broadcast (sent again to new subscribers),
+    /// as the client sent it: the XEP-0153 photo hash is added when it is sent out.
     pub presence: Option<crate::xml::Element>,
     /// The resource requested the roster (RFC 6121 §2.1.6: it gets roster pushes).
     pub roster_requested: bool,

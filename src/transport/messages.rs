@@ -169,7 +169,8 @@ fn incoming(
 }
 
 /// The user wrote to `contact` from another client of the legacy network: the user's devices
-/// get an XEP-0280 `<sent/>` carbon, as if a resource named after the service had sent it.
+/// get an XEP-0280 `<sent/>` carbon, as if a resource named after the service had sent it,
+/// and the message is archived as sent by the user.
 fn sent_elsewhere(
     server: &Rc<Server>,
     owner: &jid::BareJid,
@@ -188,6 +189,8 @@ fn sent_elsewhere(
         .attr("id", new_id())
         .child(Element::new("body", ns::CLIENT).text(text));
     crate::modules::carbons::sent(server, &from, &m);
+    // And the archive keeps it, so devices that were offline see it when they sync (XEP-0313).
+    crate::modules::mam::archive_outgoing(server, &from, &jid::Jid::from(contact.clone()), &m);
 }
 
 /// UTC timestamp as XEP-0082 `DateTime`.

@@ -8,6 +8,9 @@
 //!   [0.5, 1]. libpurple calls some errors non-fatal that repeat forever (e.g. "You require
 //!   encryption, but it is not available on this server."), so after [`MAX_ATTEMPTS`]
 //!   failures in a row the account is given up as well.
+//! * A connection counts as a success only once it has stayed up for [`STABLE`]: one that
+//!   logs in and drops at once (a server that kicks the client after login) keeps counting
+//!   towards the cap instead of looping forever at the shortest delay.
 //! * The user hears about a failure once per distinct reason (a message from the service JID)
 //!   and sees the state in the service JID's presence status, not one message per attempt.
 //! * Reconnects are scheduled from a timer, never from inside the ui-op (libpurple is still
@@ -15,7 +18,7 @@
 
 use std::ffi::c_char;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use purple_sys as p;
 use rand::Rng;
@@ -28,12 +31,16 @@ const BASE: Duration = Duration::from_secs(2);
 const CAP: Duration = Duration::from_secs(300);
 /// Failures in a row after which a non-fatal error is treated as fatal.
 pub const MAX_ATTEMPTS: u32 = 8;
+/// How long a connection must last before its failure no longer counts as one in a row.
+pub const STABLE: Duration = Duration::from_secs(60);
 
 /// A legacy account's reconnect state.
 #[derive(Default)]
 pub struct Backoff {
-    /// Failures since the last successful connect.
+    /// Failures since the last connection that lasted [`STABLE`].
     pub attempts: u32,
+    /// When the current connection was established.
+    connected_at: Option<Instant>,
     timer: Option<glib::Source>,
 }
 
@@ -81,8 +88,7 @@ unsafe extern "C" fn connected(gc: *mut p::PurpleConnection) {
         let Some(l) = legacy.get_mut(&id) else { return };
         l.state = LinkState::Online;
         l.backoff.cancel();
-        l.backoff.attempts = 0;
-        l.told = None;
+        l.backoff.connected_at = Some(Instant::now());
         (l.owner.clone(), l.service.clone())
     };
     tracing::info!(account = %accounts::label(&server, id), "legacy account connected");
@@ -142,6 +148,15 @@ pub fn failed(server: &Rc<Server>, id: i64, text: &str, fatal: bool) {
         let Some(l) = legacy.get_mut(&id) else { return };
         if matches!(l.state, LinkState::Disabled) {
             return;
+        }
+        if l.backoff
+            .connected_at
+            .take()
+            .is_some_and(|t| t.elapsed() >= STABLE)
+        {
+            // The connection was good for a while: a fresh run of failures starts.
+            l.backoff.attempts = 0;
+            l.told = None;
         }
         l.backoff.attempts += 1;
         let give_up = fatal || l.backoff.attempts >= MAX_ATTEMPTS;

@@ -99,24 +99,66 @@ pub fn install_ui_ops() {
     }
 }
 
-/// Who should answer a request for `acc` (or, without one, for whatever is connecting).
-fn owners_for(server: &Server, acc: *mut p::PurpleAccount) -> Vec<(BareJid, String)> {
+/// Who should answer a request for `acc`. A request without an account (libpurple's
+/// certificate prompts have none) goes to the owners of the accounts connecting to a host the
+/// question names — libpurple's certificate cache is process-wide, so they are the ones whose
+/// connection the answer decides — and only if none matches, to every connecting account.
+fn owners_for(
+    server: &Server,
+    acc: *mut p::PurpleAccount,
+    question: &str,
+) -> Vec<(BareJid, String)> {
     let t = Transport::get(server);
     let legacy = t.legacy.borrow();
-    let mut out: Vec<(BareJid, String)> = legacy
-        .values()
-        .filter(|l| {
-            if acc.is_null() {
-                l.state == LinkState::Connecting
-            } else {
-                l.account == acc
-            }
-        })
+    let connecting = || legacy.values().filter(|l| l.state == LinkState::Connecting);
+    let chosen: Vec<&super::Legacy> = if acc.is_null() {
+        let naming: Vec<_> = connecting()
+            .filter(|l| hosts_of(l).iter().any(|h| question.contains(h.as_str())))
+            .collect();
+        if naming.is_empty() {
+            tracing::warn!(
+                "libpurple request names no connecting account's host; asking every connecting account's owner"
+            );
+            connecting().collect()
+        } else {
+            naming
+        }
+    } else {
+        legacy.values().filter(|l| l.account == acc).collect()
+    };
+    let mut out: Vec<(BareJid, String)> = chosen
+        .into_iter()
         .map(|l| (l.owner.clone(), l.service.clone()))
         .collect();
     out.sort_by(|a, b| (a.0.to_string(), &a.1).cmp(&(b.0.to_string(), &b.1)));
     out.dedup();
     out
+}
+
+/// The hosts an account connects to: its `connect_server` setting and the server part of its
+/// username (`nick@irc.example.org`, `user@example.org/resource`).
+fn hosts_of(l: &super::Legacy) -> Vec<String> {
+    let mut hosts = Vec::new();
+    if let Some((_, server)) = l.username.rsplit_once('@') {
+        let server = server.split('/').next().unwrap_or(server);
+        hosts.push(server.to_owned());
+    }
+    let key = cstring("connect_server");
+    let empty = cstring("");
+    // SAFETY: main thread; `l.account` is alive while the link is (see `Legacy::account`);
+    // libpurple returns a borrowed string or the default.
+    let connect = unsafe {
+        string(p::purple_account_get_string(
+            l.account,
+            key.as_ptr(),
+            empty.as_ptr(),
+        ))
+    };
+    if !connect.is_empty() {
+        hosts.push(connect);
+    }
+    hosts.retain(|h| !h.is_empty());
+    hosts
 }
 
 fn text_of(
@@ -157,7 +199,7 @@ fn open(
         fields,
         hint,
     } = question;
-    let owners = owners_for(server, acc);
+    let owners = owners_for(server, acc, &format!("{title}\n{text}"));
     if owners.is_empty() {
         tracing::warn!(%title, "libpurple request with nobody to ask; left unanswered");
     }
