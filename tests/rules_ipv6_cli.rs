@@ -179,3 +179,19 @@ fn account_commands_work_beside_a_running_server() {
     let o = wockd(&config, &["users"], None);
     assert!(!text(&o).contains("carol@localhost"), "{}", text(&o));
 }
+
+#[test]
+fn xml_lang_and_escaping_survive_routing() {
+    let srv = TestServer::start();
+    srv.add_user("alice", "pw");
+    srv.add_user("bob", "pw");
+    let mut a = Raw::login_plain(srv.trusted, "alice", "pw", "a");
+    let mut b = Raw::login_plain(srv.trusted, "bob", "pw", "b");
+    a.send("<message to='bob@localhost/b' xml:lang='de'><body>Grüße &amp; &lt;Küsse&gt; &#x263A;</body></message>");
+    let got = b.until("</message>");
+    assert!(got.contains("xml:lang=\"de\""), "{got}");
+    assert!(
+        got.contains("<body>Grüße &amp; &lt;Küsse&gt; ☺</body>"),
+        "{got}"
+    );
+}
