@@ -238,6 +238,7 @@ unsafe extern "C" fn timeout_add(
     f: p::GSourceFunc,
     data: p::gpointer,
 ) -> p::guint {
+    tracing::trace!(interval_ms = interval, "libpurple timer");
     // SAFETY: `f` and `data` are libpurple's; GLib calls `f(data)` on this thread's loop.
     unsafe { g::g_timeout_add(interval, f, data) }
 }
@@ -247,6 +248,7 @@ unsafe extern "C" fn timeout_add_seconds(
     f: p::GSourceFunc,
     data: p::gpointer,
 ) -> p::guint {
+    tracing::trace!(interval_s = interval, "libpurple timer");
     // GLib rounds second timers up to the next whole second: a 0 s timer (prpl-irc's send
     // queue with rate limiting off) would wait up to a second. Use a plain timer for those.
     if interval == 0 {
