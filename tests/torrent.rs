@@ -892,6 +892,85 @@ fn finished_notice_waits_for_an_offline_owner_across_a_restart() {
     drop(procs);
 }
 
+/// Per-user quotas: the number of jobs and the bytes of a user's torrents, each refused with
+/// `resource-constraint` and a message saying which limit; other users are not affected.
+#[test]
+fn quotas_refuse_with_a_clear_error() {
+    if !tools_present() {
+        return;
+    }
+    let w = tempfile::tempdir().unwrap();
+    let root = w.path();
+    let announce = "http://127.0.0.1:9/announce"; // nothing listens: no peers, no matter
+    let small = make_torrent(root, "small.bin", &[("", 1 << 20)], announce);
+    let big = make_torrent(root, "big.bin", &[("", 3 << 20)], announce);
+    let other = make_torrent(root, "other.bin", &[("", 1 << 20)], announce);
+    let bobs = make_torrent(root, "bobs.bin", &[("", 1 << 20)], announce);
+    let b64 =
+        |p: &Path| base64::engine::general_purpose::STANDARD.encode(std::fs::read(p).unwrap());
+
+    let data = tempfile::tempdir().unwrap();
+    let srv = TestServer::start_in(
+        data.path(),
+        |c| {
+            tweak(c);
+            c.torrent.max_jobs_per_user = 2;
+            c.torrent.max_bytes_per_user = 2 << 20;
+        },
+        |_| {},
+    );
+    srv.add_user("alice", "pw");
+    srv.add_user("bob", "pw");
+    let mut alice = Client::login(srv.trusted, "alice");
+    let mut bob = Client::login(srv.trusted, "bob");
+
+    // 1 MiB of 2: fine. 3 MiB more: over the byte quota.
+    let r = alice.set(&format!(
+        "<add xmlns='{NS}' paused='true'>{}</add>",
+        b64(&small)
+    ));
+    assert!(is_result(&r), "{r}");
+    let r = alice.set(&format!(
+        "<add xmlns='{NS}' paused='true'>{}</add>",
+        b64(&big)
+    ));
+    assert!(
+        is_error(&r, "resource-constraint") && r.contains("quota"),
+        "{r}"
+    );
+    // Another 1 MiB: the byte quota is full now, and so is the job count.
+    let r = alice.set(&format!(
+        "<add xmlns='{NS}' paused='true'>{}</add>",
+        b64(&other)
+    ));
+    assert!(is_result(&r), "{r}");
+    let r = alice.set(&format!(
+        "<add xmlns='{NS}' paused='true'>{}</add>",
+        b64(&big)
+    ));
+    assert!(
+        is_error(&r, "resource-constraint") && r.contains("limit is 2"),
+        "{r}"
+    );
+    let r = alice.get(&format!("<list xmlns='{NS}'/>"));
+    assert_eq!(r.matches("<job ").count(), 2, "{r}");
+
+    // Bob has his own quota.
+    let r = bob.set(&format!(
+        "<add xmlns='{NS}' paused='true'>{}</add>",
+        b64(&big)
+    ));
+    assert!(
+        is_error(&r, "resource-constraint") && r.contains("quota"),
+        "{r}"
+    );
+    let r = bob.set(&format!(
+        "<add xmlns='{NS}' paused='true'>{}</add>",
+        b64(&bobs)
+    ));
+    assert!(is_result(&r), "{r}");
+}
+
 /// Resident memory of this process (the test server and its engine run inside it), in KiB.
 fn rss_kib() -> u64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
