@@ -167,6 +167,24 @@ fn irc_through_the_transport() {
     c.send("<message to='bob@irc.localhost' type='chat' id='pm1'><body>hi bob</body></message>");
     let l = bob.expect("PRIVMSG bob");
     assert!(l.contains(":hi bob") && l.starts_with(":alicebot!"), "{l}");
+    assert!(
+        !pm.contains("xhtml-im"),
+        "plain text needs no XHTML-IM: {pm}"
+    );
+
+    // Formatting: mIRC bold arrives as XEP-0071 XHTML-IM beside the plain body. The user's
+    // XHTML-IM goes to libpurple as markup; prpl-irc sends its plain text (no tags leak).
+    bob.send("PRIVMSG alicebot :some \x02bold\x02 news");
+    let fm = until_all(&mut c, &["bold</", "</message>"]);
+    assert!(
+        fm.contains("<body>some bold news</body>")
+            && fm.contains("<html xmlns=\"http://jabber.org/protocol/xhtml-im\">")
+            && fm.contains("<body xmlns=\"http://www.w3.org/1999/xhtml\">"),
+        "{fm}"
+    );
+    c.send("<message to='bob@irc.localhost' type='chat' id='pm2'><body>so strong</body><html xmlns='http://jabber.org/protocol/xhtml-im'><body xmlns='http://www.w3.org/1999/xhtml'>so <strong>strong</strong></body></html></message>");
+    let l = bob.expect("PRIVMSG bob");
+    assert!(l.ends_with("PRIVMSG bob :so strong"), "{l:?}");
 
     // Relay latency XMPP → IRC → XMPP (bob echoes).
     let mut samples = Vec::new();

@@ -148,6 +148,22 @@ fn xmpp_through_the_transport() {
         "{m}"
     );
 
+    // XHTML-IM both ways: prpl-jabber passes the markup on.
+    c.send(&format!(
+        "<message to='{BOB}' type='chat' id='m3'><body>so strong</body><html xmlns='http://jabber.org/protocol/xhtml-im'><body xmlns='http://www.w3.org/1999/xhtml'>so <strong>strong</strong></body></html></message>"
+    ));
+    let m = bob.until("</message>");
+    assert!(
+        m.contains("http://jabber.org/protocol/xhtml-im") && m.contains("bold;'>strong</span>"),
+        "{m}"
+    );
+    bob.send("<message to='alice@localhost' type='chat' id='m4'><body>bold move</body><html xmlns='http://jabber.org/protocol/xhtml-im'><body xmlns='http://www.w3.org/1999/xhtml'><em>bold</em> move</body></html></message>");
+    let m = until_all(&mut c, &["bold move", "</html>"]);
+    assert!(
+        m.contains("<html xmlns=\"http://jabber.org/protocol/xhtml-im\">") && m.contains("bold</"),
+        "{m}"
+    );
+
     // Removing the contact from the wockd roster removes the legacy buddy: Prosody tells bob
     // that alice unsubscribed.
     c.send(&format!(

@@ -96,6 +96,16 @@ pub fn html_to_text(html: &str) -> String {
     take_gstring(unsafe { p::purple_markup_strip_html(c.as_ptr()) }).unwrap_or_default()
 }
 
+/// libpurple's HTML as XHTML (`purple_markup_html_to_xhtml`, what prpl-jabber sends as
+/// XHTML-IM): closes tags, quotes attributes, maps `<font>` to styles.
+pub fn html_to_xhtml(html: &str) -> String {
+    let c = cstring(html);
+    let mut xhtml: *mut c_char = std::ptr::null_mut();
+    // SAFETY: libpurple allocates the result (g_free); a NULL plain pointer is allowed.
+    unsafe { p::purple_markup_html_to_xhtml(c.as_ptr(), &mut xhtml, std::ptr::null_mut()) };
+    take_gstring(xhtml).unwrap_or_default()
+}
+
 /// Escapes plain text as libpurple message markup (`&`, `<`, `>`, quotes; newlines as `<br>`).
 pub fn text_to_html(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 8);

@@ -12,6 +12,8 @@ pub const COMMANDS: &str = "http://jabber.org/protocol/commands";
 pub const MUC: &str = "http://jabber.org/protocol/muc";
 pub const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
 pub const CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
+pub const XHTML_IM: &str = "http://jabber.org/protocol/xhtml-im";
+pub const XHTML: &str = "http://www.w3.org/1999/xhtml";
 pub const DELAY: &str = "urn:xmpp:delay";
 pub const PING: &str = "urn:xmpp:ping";
 

@@ -153,6 +153,9 @@ fn incoming(
         .attr("id", new_id())
         .child(Element::new("body", ns::CLIENT).text(text))
         .child(Element::new("active", forms::CHATSTATES));
+    if let Some(x) = xhtml_im(html) {
+        m.push(x);
+    }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -166,6 +169,33 @@ fn incoming(
         );
     }
     crate::modules::message::deliver_to_bare(&server, None, &owner, m);
+}
+
+/// XEP-0071 XHTML-IM for a libpurple message that carries formatting (bold, links, colours
+/// from IRC's mIRC codes or another network's HTML); `None` for plain text. The XHTML comes
+/// from libpurple's converter and goes out only if it parses as well-formed XML.
+pub fn xhtml_im(html: &str) -> Option<Element> {
+    if !html.contains('<') {
+        return None; // text with character references only
+    }
+    let xhtml = super::ffi::html_to_xhtml(html);
+    let wrapped = format!("<body xmlns='{}'>{xhtml}</body>", forms::XHTML);
+    let body = crate::xml::parse::element(wrapped.as_bytes(), &Default::default()).ok()?;
+    body.elements().next()?;
+    Some(Element::new("html", forms::XHTML_IM).child(body))
+}
+
+/// The user's XHTML-IM body as markup for libpurple, if the message has one.
+fn xhtml_body(el: &Element) -> Option<String> {
+    let body = el
+        .get_child("html", forms::XHTML_IM)?
+        .get_child("body", forms::XHTML)?;
+    let mut out = Vec::new();
+    body.write_to(&mut out, forms::XHTML);
+    let s = String::from_utf8(out).ok()?;
+    // Inside the <body …>…</body> that write_to produced.
+    let inner = s.get(s.find('>')? + 1..s.rfind("</body>")?)?;
+    (!inner.trim().is_empty()).then(|| inner.to_owned())
 }
 
 /// The user wrote to `contact` from another client of the legacy network: the user's devices
@@ -268,7 +298,7 @@ pub fn to_legacy(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, node: 
                 "cannot open a conversation",
             );
         }
-        let html = cstring(&text_to_html(&body));
+        let html = cstring(&xhtml_body(&el).unwrap_or_else(|| text_to_html(&body)));
         p::purple_conv_im_send(p::purple_conversation_get_im_data(conv), html.as_ptr());
     }
 }

@@ -526,7 +526,8 @@ pub unsafe extern "C" fn write_chat(
         return;
     };
     let who = string(who);
-    let text = html_to_text(&string(message));
+    let html = string(message);
+    let text = html_to_text(&html);
     if flags & p::PURPLE_MESSAGE_SYSTEM != 0 || who.is_empty() || text.is_empty() {
         // Topic lines, joins and parts as text: the presences and subject carry them.
         tracing::debug!(%room, "system line: {text}");
@@ -542,13 +543,18 @@ pub unsafe extern "C" fn write_chat(
             .and_then(|r| r.pending_ids.pop_front());
     }
     let msg_id = msg_id.unwrap_or_else(messages::new_id);
+    let xhtml = messages::xhtml_im(&html);
     send_to_joined(&server, id, &room, |to| {
-        Element::stanza("message")
+        let mut m = Element::stanza("message")
             .attr("from", format!("{room_jid}/{who}"))
             .attr("to", to.to_string())
             .attr("type", "groupchat")
             .attr("id", msg_id.as_str())
-            .child(Element::new("body", ns::CLIENT).text(text.as_str()))
+            .child(Element::new("body", ns::CLIENT).text(text.as_str()));
+        if let Some(x) = &xhtml {
+            m.push(x.clone());
+        }
+        m
     });
 }
 
