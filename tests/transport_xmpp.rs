@@ -148,6 +148,16 @@ fn xmpp_through_the_transport() {
         "{m}"
     );
 
+    // Chat states (XEP-0085) both ways, through libpurple's typing notifications.
+    bob.send("<message to='alice@localhost' type='chat'><composing xmlns='http://jabber.org/protocol/chatstates'/></message>");
+    let t = until_all(&mut c, &["<composing"]);
+    assert!(t.contains(&format!("from=\"{BOB}\"")), "{t}");
+    c.send(&format!(
+        "<message to='{BOB}' type='chat'><composing xmlns='http://jabber.org/protocol/chatstates'/></message>"
+    ));
+    let t = bob.until("</message>");
+    assert!(t.contains("<composing"), "{t}");
+
     // XHTML-IM both ways: prpl-jabber passes the markup on.
     c.send(&format!(
         "<message to='{BOB}' type='chat' id='m3'><body>so strong</body><html xmlns='http://jabber.org/protocol/xhtml-im'><body xmlns='http://www.w3.org/1999/xhtml'>so <strong>strong</strong></body></html></message>"
