@@ -39,7 +39,7 @@ fn register_irc(c: &mut Raw, id: &str, nick: &str, port: u16) {
 #[test]
 fn irc_through_the_transport() {
     let Some(bin) = require("ngircd") else { return };
-    let (_ircd, port) = ngircd(&bin);
+    let (mut ircd, port) = ngircd(&bin);
 
     let srv = TestServer::start_with(
         |c| {
@@ -241,4 +241,25 @@ fn irc_through_the_transport() {
     let ah = c.until("id=\"ah1\"");
     let ah = ah + &c.until("</iq>");
     assert!(ah.contains("alicebot20@127.0.0.1: online"), "{ah}");
+
+    // The IRC server restarts: the account reconnects (backoff) and rejoins its channel.
+    drop(bob);
+    restart_ngircd(&mut ircd, &bin, port);
+    let back = until_all(&mut c, &["alicebot@127.0.0.1: online"]);
+    assert!(back.contains("from=\"irc.localhost\""), "{back}");
+    let mut bob = Irc::connect(port, "bob");
+    bob.send("JOIN #wockd");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        bob.send("NAMES #wockd");
+        let names = bob.expect(" 353 ");
+        if names.split([' ', ':', '@', '+']).any(|n| n == "alicebot") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "alicebot never rejoined #wockd: {names}"
+        );
+        bob.expect(" 366 ");
+    }
 }

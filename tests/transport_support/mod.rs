@@ -66,6 +66,24 @@ impl Drop for Guard {
     }
 }
 
+/// Stops the ngircd of `guard` and starts it again on the same port and configuration (the
+/// IRC server goes away under its clients).
+pub fn restart_ngircd(guard: &mut Guard, bin: &Path, port: u16) {
+    let _ = guard.child.kill();
+    let _ = guard.child.wait();
+    let d = guard.dir.path();
+    let log = std::fs::File::create(d.join("ngircd-2.log")).unwrap();
+    guard.child = Command::new(bin)
+        .args(["-n", "-f"])
+        .arg(d.join("ngircd.conf"))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("cannot restart ngircd");
+    wait_port(port, "ngircd");
+}
+
 pub fn ngircd(bin: &Path) -> (Guard, u16) {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
