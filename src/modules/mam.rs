@@ -7,6 +7,16 @@
 //! `<flip-page/>`, `<fin complete>`, `item-not-found` for unknown ids, the form's field list,
 //! archive metadata (`urn:xmpp:mam:2#extended`), and preferences (`default` always/never/roster,
 //! always/never lists) stored per account.
+//!
+//! Preferences decide what is archived of the messages exchanged *live*: those a local account
+//! sends ([`archive_outgoing`]) and those delivered to one of its online resources
+//! ([`archives_incoming`], asked by the message module). A message stored because the account
+//! had no available resource is always kept whatever the preferences say: the mailbox is how it
+//! reaches the user (and, being in the mailbox, it is in the archive). The rules, for the other
+//! party's JID: a full JID in a list matches that JID only, a bare JID every JID with that
+//! bare JID; the more specific match wins, and `never` wins over `always` for equal matches;
+//! with no match the default applies, `roster` archiving only with contacts in the account's
+//! roster (and with the account itself).
 
 use jid::{BareJid, Jid};
 
@@ -69,11 +79,39 @@ fn form(iq: Incoming) {
     iq.result(Some(Element::new("query", NS).child(x)));
 }
 
-/// Parses an XEP-0082 DateTime into Unix microseconds.
-fn parse_time(s: &str) -> Option<i64> {
-    let t = humantime::parse_rfc3339_weak(s.trim().trim_end_matches('Z')).ok()?;
+/// Parses an XEP-0082 DateTime (`CCYY-MM-DDThh:mm:ss[.sss]TZD`, TZD `Z` or `±hh:mm`; taken as
+/// UTC when missing) into Unix microseconds, with the length of the interval the text names:
+/// `…:07Z` is a whole second, `…:07.250Z` a whole millisecond. `end` covers all of it, so a
+/// delay stamp given out by the archive (milliseconds) finds its own message again.
+fn parse_time(s: &str) -> Option<(i64, i64)> {
+    let s = s.trim();
+    let (local, offset_secs) = match s.strip_suffix(['Z', 'z']) {
+        Some(l) => (l, 0),
+        None => match s.len().checked_sub(6).filter(|&i| s.is_char_boundary(i)) {
+            Some(i) if matches!(s.as_bytes()[i], b'+' | b'-') => (&s[..i], offset(&s[i..])?),
+            _ => (s, 0),
+        },
+    };
+    let fraction_digits = local.split_once('.').map_or(0, |(_, f)| f.len()).min(6) as u32;
+    let t = humantime::parse_rfc3339_weak(local).ok()?;
     let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
-    Some(d.as_micros() as i64)
+    let micros = i64::try_from(d.as_micros()).ok()? - offset_secs * 1_000_000;
+    Some((micros, 10i64.pow(6 - fraction_digits)))
+}
+
+/// `+hh:mm` or `-hh:mm` in seconds east of UTC.
+fn offset(tzd: &str) -> Option<i64> {
+    let (sign, rest) = tzd.split_at(1);
+    let (h, m) = rest.split_once(':')?;
+    if h.len() != 2 || m.len() != 2 {
+        return None;
+    }
+    let (h, m): (i64, i64) = (h.parse().ok()?, m.parse().ok()?);
+    if !(0..24).contains(&h) || !(0..60).contains(&m) {
+        return None;
+    }
+    let secs = h * 3600 + m * 60;
+    Some(if sign == "-" { -secs } else { secs })
 }
 
 fn form_fields(payload: &Element) -> Vec<(String, String)> {
@@ -112,8 +150,9 @@ fn query(iq: Incoming) {
                 Err(_) => return iq.fail(Condition::JidMalformed, "bad 'with'"),
             },
             "start" | "end" => match parse_time(&value) {
-                Some(t) if var == "start" => q.start = Some(t),
-                Some(t) => q.end = Some(t),
+                Some((t, _)) if var == "start" => q.start = Some(t),
+                // Inclusive (XEP-0313 §4.1.1): everything up to the end of the named instant.
+                Some((t, unit)) => q.end = Some(t + unit - 1),
                 None => return iq.fail(Condition::BadRequest, "bad timestamp"),
             },
             "after-id" => match resolve(&value) {
@@ -266,8 +305,9 @@ fn metadata(iq: Incoming) {
     iq.result(Some(md));
 }
 
-/// Archive preferences (XEP-0313 §6). Stored per account; `default='never'` stops archiving
-/// of live messages for the account (offline storage still happens: it is how they reach you).
+/// Archive preferences (XEP-0313 §6, XEP-0441). Stored per account; they decide what is
+/// archived of the messages exchanged live (see the module documentation); offline storage
+/// always happens, as it is how messages reach the user.
 fn prefs(iq: Incoming) {
     let (_, account) = match owner(&iq) {
         Ok(o) => o,
@@ -276,36 +316,45 @@ fn prefs(iq: Incoming) {
     let server = iq.server().clone();
     if iq.kind == crate::iq::IqType::Set {
         let default = iq.payload.get_attr("default").unwrap_or("always");
-        if !matches!(default, "always" | "never" | "roster") {
+        if Mode::parse(default).is_none() {
             return iq.fail(
                 Condition::BadRequest,
                 "default must be always, never or roster",
             );
         }
-        let list = |name: &str| -> Vec<String> {
-            iq.payload
-                .get_child(name, NS)
-                .map(|l| {
-                    l.elements()
-                        .map(|j| j.text_content().trim().to_owned())
-                        .collect()
-                })
-                .unwrap_or_default()
+        // Each JID normalised (so that matching compares like with like), each once.
+        let list = |name: &str| -> Result<Vec<String>, ()> {
+            let mut out: Vec<String> = Vec::new();
+            let Some(l) = iq.payload.get_child(name, NS) else {
+                return Ok(out);
+            };
+            for j in l.elements().filter(|j| j.name == "jid") {
+                let jid = Jid::new(j.text_content().trim()).map_err(|_| ())?;
+                let jid = jid.to_string();
+                if !out.contains(&jid) {
+                    out.push(jid);
+                }
+            }
+            Ok(out)
+        };
+        let (Ok(always), Ok(never)) = (list("always"), list("never")) else {
+            return iq.fail(Condition::JidMalformed, "bad JID in a list");
         };
         server.ext::<PrefsCache>().0.borrow_mut().remove(&account);
-        if let Err(e) = crate::store::mam::set_prefs(
-            &server.store,
-            account,
-            default,
-            &list("always"),
-            &list("never"),
-        ) {
+        if let Err(e) =
+            crate::store::mam::set_prefs(&server.store, account, default, &always, &never)
+        {
             tracing::error!("storing archive prefs: {e}");
             return iq.fail(Condition::InternalServerError, "");
         }
     }
-    let (default, always, never) = crate::store::mam::prefs(&server.store, account)
-        .unwrap_or_else(|_| ("always".into(), vec![], vec![]));
+    let (default, always, never) = match crate::store::mam::prefs(&server.store, account) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!("reading archive prefs: {e}");
+            return iq.fail(Condition::InternalServerError, "");
+        }
+    };
     let jids = |name: &str, list: Vec<String>| {
         let mut e = Element::new(name, NS);
         for j in list {
@@ -339,10 +388,10 @@ pub fn archive_outgoing(server: &std::rc::Rc<Server>, from: &jid::FullJid, to: &
     let Ok(Some(account)) = server.store.account_id(&node, owner.domain().as_str()) else {
         return;
     };
-    let with = to.to_bare().to_string();
-    if !archives(server, account, &with) {
+    if !archives(server, account, &owner, to) {
         return;
     }
+    let with = to.to_bare().to_string();
     let stanza_id = crate::modules::message::new_stanza_id();
     let mut copy = el.clone();
     copy.push(
@@ -366,34 +415,136 @@ pub fn archive_outgoing(server: &std::rc::Rc<Server>, from: &jid::FullJid, to: &
     );
 }
 
-/// XEP-0313 preferences of an account: the default (`always`, `never`, `roster`), the JIDs
-/// always archived and the JIDs never archived.
-type Prefs = (String, Vec<String>, Vec<String>);
+/// Whether the archive of `owner` (account `account`) keeps a message delivered live to one of
+/// its resources from `from` (the message's `from` attribute), by the account's preferences.
+/// For the message module: messages stored because no resource was available are kept
+/// whatever this says (offline delivery goes through the mailbox).
+pub fn archives_incoming(
+    server: &Server,
+    account: i64,
+    owner: &BareJid,
+    from: Option<&str>,
+) -> bool {
+    // Without a usable sender the message comes from the server itself.
+    let from = from
+        .and_then(|f| Jid::new(f).ok())
+        .or_else(|| Jid::new(owner.domain().as_str()).ok());
+    match from {
+        Some(from) => archives(server, account, owner, &from),
+        None => true,
+    }
+}
+
+/// The `default` of XEP-0313 preferences.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Always,
+    Never,
+    Roster,
+}
+
+impl Mode {
+    fn parse(s: &str) -> Option<Mode> {
+        match s {
+            "always" => Some(Mode::Always),
+            "never" => Some(Mode::Never),
+            "roster" => Some(Mode::Roster),
+            _ => None,
+        }
+    }
+}
+
+/// XEP-0313 preferences of an account, parsed: the default, the JIDs always archived and the
+/// JIDs never archived.
+#[derive(Debug)]
+struct Prefs {
+    default: Mode,
+    always: Vec<Jid>,
+    never: Vec<Jid>,
+}
+
+/// What the preferences say about one JID.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Archive,
+    Skip,
+    /// Archive if the JID is in the owner's roster.
+    IfInRoster,
+}
+
+impl Prefs {
+    fn load(server: &Server, account: i64) -> Result<Prefs, crate::store::StoreError> {
+        let (default, always, never) = crate::store::mam::prefs(&server.store, account)?;
+        let jids = |l: Vec<String>| l.iter().filter_map(|j| Jid::new(j).ok()).collect();
+        Ok(Prefs {
+            // Stored values were checked when set; anything else is read as the default.
+            default: Mode::parse(&default).unwrap_or(Mode::Always),
+            always: jids(always),
+            never: jids(never),
+        })
+    }
+
+    fn verdict(&self, other: &Jid) -> Verdict {
+        // 2: the full JID itself; 1: its bare JID (which covers every resource).
+        let rank = |list: &[Jid]| {
+            list.iter()
+                .filter_map(|j| {
+                    if j == other {
+                        Some(2)
+                    } else if j.resource().is_none()
+                        && j.node() == other.node()
+                        && j.domain() == other.domain()
+                    {
+                        Some(1)
+                    } else {
+                        None
+                    }
+                })
+                .max()
+        };
+        match (rank(&self.always), rank(&self.never)) {
+            (Some(a), Some(n)) if a > n => Verdict::Archive,
+            (_, Some(_)) => Verdict::Skip,
+            (Some(_), None) => Verdict::Archive,
+            (None, None) => match self.default {
+                Mode::Always => Verdict::Archive,
+                Mode::Never => Verdict::Skip,
+                Mode::Roster => Verdict::IfInRoster,
+            },
+        }
+    }
+}
 
 /// Preferences per account, cached: consulted for every archived message.
 #[derive(Default)]
 struct PrefsCache(std::cell::RefCell<std::collections::HashMap<i64, Prefs>>);
 
-/// Whether `account` archives live messages exchanged with `with` (its preferences).
-pub fn archives(server: &Server, account: i64, with: &str) -> bool {
-    let cache = server.ext::<PrefsCache>();
-    let mut cache = cache.0.borrow_mut();
-    let (default, always, never) = match cache.entry(account) {
-        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-        std::collections::hash_map::Entry::Vacant(v) => {
-            match crate::store::mam::prefs(&server.store, account) {
+/// Whether the archive of `owner` (account `account`) keeps a message exchanged live with
+/// `other`, either direction (its preferences).
+fn archives(server: &Server, account: i64, owner: &BareJid, other: &Jid) -> bool {
+    let verdict = {
+        let cache = server.ext::<PrefsCache>();
+        let mut cache = cache.0.borrow_mut();
+        let prefs = match cache.entry(account) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => match Prefs::load(server, account) {
                 Ok(p) => v.insert(p),
-                // Archiving is the safe side when the preferences cannot be read.
-                Err(_) => return true,
-            }
-        }
+                Err(e) => {
+                    // Archiving is the safe side when the preferences cannot be read.
+                    tracing::error!(%owner, "reading archive prefs: {e}");
+                    return true;
+                }
+            },
+        };
+        prefs.verdict(other)
     };
-    if always.iter().any(|j| j == with) {
-        true
-    } else if never.iter().any(|j| j == with) {
-        false
-    } else {
-        default != "never"
+    match verdict {
+        Verdict::Archive => true,
+        Verdict::Skip => false,
+        Verdict::IfInRoster => {
+            let bare = other.to_bare();
+            bare == *owner || crate::modules::roster::item(server, owner, &bare).is_some()
+        }
     }
 }
 
@@ -403,11 +554,79 @@ mod tests {
 
     #[test]
     fn times() {
-        assert_eq!(parse_time("1970-01-01T00:00:01Z"), Some(1_000_000));
+        assert_eq!(
+            parse_time("1970-01-01T00:00:01Z"),
+            Some((1_000_000, 1_000_000))
+        );
         assert_eq!(
             parse_time("2010-06-07T00:00:00.500Z"),
-            Some(1_275_868_800_500_000)
+            Some((1_275_868_800_500_000, 1000))
         );
+        assert_eq!(
+            parse_time("2010-06-07T00:00:00.5Z"),
+            Some((1_275_868_800_500_000, 100_000))
+        );
+        assert_eq!(
+            parse_time("2010-06-07T00:00:00.123456789Z"),
+            Some((1_275_868_800_123_456, 1))
+        );
+        // XEP-0082 offsets: 02:00 at +02:00 and 22:00 the day before at -02:00 are midnight UTC.
+        assert_eq!(
+            parse_time("2010-06-07T02:00:00+02:00"),
+            Some((1_275_868_800_000_000, 1_000_000))
+        );
+        assert_eq!(
+            parse_time("2010-06-06T22:00:00.000-02:00"),
+            Some((1_275_868_800_000_000, 1000))
+        );
+        // No zone designator: UTC.
+        assert_eq!(
+            parse_time("2010-06-07T00:00:00"),
+            Some((1_275_868_800_000_000, 1_000_000))
+        );
+        assert_eq!(parse_time("2010-06-07T00:00:00+2:00"), None);
+        assert_eq!(parse_time("2010-06-07T00:00:00+24:00"), None);
         assert_eq!(parse_time("yesterday"), None);
+        // What the archive gives out parses back to the same instant.
+        let ts = 1_275_868_800_123_456;
+        let (t, unit) = parse_time(&crate::modules::offline::datetime(ts)).unwrap();
+        assert!(t <= ts && ts < t + unit);
+    }
+
+    fn jid(s: &str) -> Jid {
+        Jid::new(s).unwrap()
+    }
+
+    #[test]
+    fn preference_rules() {
+        let prefs = Prefs {
+            default: Mode::Roster,
+            always: vec![jid("bob@example.org"), jid("carol@example.org/work")],
+            never: vec![jid("carol@example.org"), jid("bob@example.org/spam")],
+        };
+        let v = |j: &str| prefs.verdict(&jid(j));
+        assert_eq!(v("bob@example.org"), Verdict::Archive);
+        assert_eq!(v("bob@example.org/phone"), Verdict::Archive);
+        // The full JID is more specific than the bare one, whichever list it is in.
+        assert_eq!(v("bob@example.org/spam"), Verdict::Skip);
+        assert_eq!(v("carol@example.org/home"), Verdict::Skip);
+        assert_eq!(v("carol@example.org/work"), Verdict::Archive);
+        // A bare JID entry does not cover the domain or other accounts there.
+        assert_eq!(v("example.org"), Verdict::IfInRoster);
+        assert_eq!(v("dave@example.org"), Verdict::IfInRoster);
+
+        let both = Prefs {
+            default: Mode::Always,
+            always: vec![jid("eve@example.org")],
+            never: vec![jid("eve@example.org")],
+        };
+        assert_eq!(both.verdict(&jid("eve@example.org/x")), Verdict::Skip);
+        assert_eq!(both.verdict(&jid("zed@example.org")), Verdict::Archive);
+        let never = Prefs {
+            default: Mode::Never,
+            always: vec![],
+            never: vec![],
+        };
+        assert_eq!(never.verdict(&jid("zed@example.org")), Verdict::Skip);
     }
 }

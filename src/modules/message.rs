@@ -136,7 +136,10 @@ pub fn deliver_to_bare(
             }
         }
         Kind::Chat | Kind::Normal if any_available => {
-            if archived_live(&el) && !redelivered {
+            if archived_live(&el)
+                && !redelivered
+                && super::mam::archives_incoming(server, account, to, el.get_attr("from"))
+            {
                 let entry = archive_entry(to, account, &mut el, false);
                 offline::append(server, entry);
             }
@@ -194,11 +197,13 @@ pub fn deliver_to_full(server: &Rc<Server>, to: &FullJid, mut el: Element) -> Re
     if matches!(Kind::of(&el), Kind::Chat | Kind::Normal) && archived_live(&el) {
         let owner = to.to_bare();
         match account_id(server, &owner) {
-            Ok(Some(account)) => {
+            Ok(Some(account))
+                if super::mam::archives_incoming(server, account, &owner, el.get_attr("from")) =>
+            {
                 let entry = archive_entry(&owner, account, &mut el, false);
                 offline::append(server, entry);
             }
-            Ok(None) => {}
+            Ok(_) => {}
             Err(e) => tracing::error!(%owner, "store error looking up account: {e}"),
         }
     }

@@ -1,7 +1,21 @@
 //! XEP-0352 Client State Indication: while a client says it is inactive (a phone in a pocket),
-//! unimportant stanzas — presence updates, chat states — are held back and coalesced (one
-//! presence per sender: only the latest matters); anything important (a message with content,
-//! an IQ) goes out at once, after what was held, so order is kept.
+//! unimportant stanzas are held back and coalesced; anything important goes out at once, after
+//! what was held, so order is kept.
+//!
+//! What counts as important follows Prosody's mod_csi_simple: IQs, nonzas, errors,
+//! subscription requests, and messages a person would want to see now — with a body or a
+//! subject, an encrypted payload (OMEMO, OpenPGP, XEP-0380), an invitation, a call
+//! (XEP-0353), the user's own message sent from another device (a `<sent/>` carbon), a result
+//! of the client's own archive query; a `<received/>` carbon counts as what it carries.
+//! Groupchat messages with a body (mentions among them) are important like any other.
+//! Unimportant: presence updates, and messages that carry only chat states, receipts, chat
+//! markers or PEP notifications (`<event xmlns='…pubsub#event'>`).
+//!
+//! Coalescing, while held: one presence per sender (only the latest matters), and one PEP
+//! notification per publisher and node for nodes whose single item is the current state
+//! (avatar metadata, nickname, OMEMO device lists, tune, mood, activity, location); on other
+//! nodes (bookmarks, where each item is one bookmark) one per publisher, node and item, so a
+//! retraction replaces the publication of the same item but no other item's news is lost.
 
 use super::Connection;
 use crate::xml::{Element, ns};
@@ -10,10 +24,36 @@ pub const NS: &str = "urn:xmpp:csi:0";
 /// Held stanzas before the queue is flushed anyway (memory bound, like Prosody's 256).
 const MAX_HELD: usize = 256;
 
-const CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
+const CARBONS: &str = "urn:xmpp:carbons:2";
+const FORWARD: &str = "urn:xmpp:forward:0";
+const MAM: &str = "urn:xmpp:mam:2";
+const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
+/// XEP-0249 direct MUC invitations.
+const CONFERENCE: &str = "jabber:x:conference";
+/// Namespaces whose payload means the message has content for the user: end-to-end encrypted
+/// messages (OMEMO legacy and 2, OpenPGP for XMPP, legacy OpenPGP, XEP-0380 hints) and calls
+/// (XEP-0353 Jingle Message Initiation).
+const CONTENT: &[&str] = &[
+    "eu.siacs.conversations.axolotl",
+    "urn:xmpp:omemo:2",
+    "urn:xmpp:openpgp:0",
+    "jabber:x:encrypted",
+    "urn:xmpp:eme:0",
+    "urn:xmpp:jingle-message:0",
+    "urn:xmpp:jingle-message:1",
+];
+/// PEP nodes holding one item, the current state: a newer notification makes older ones moot.
+const STATE_NODES: &[&str] = &[
+    "urn:xmpp:avatar:metadata",
+    "http://jabber.org/protocol/nick",
+    "http://jabber.org/protocol/tune",
+    "http://jabber.org/protocol/mood",
+    "http://jabber.org/protocol/activity",
+    "http://jabber.org/protocol/geoloc",
+    "eu.siacs.conversations.axolotl.devicelist",
+    "urn:xmpp:omemo:2:devices",
+];
 
-/// Messages that only carry a chat state (or nothing at all) can wait; everything else a
-/// person would want to see now — a body, an encrypted payload, a receipt, a call — cannot.
 fn important(el: &Element) -> bool {
     match el.name.as_str() {
         "presence" => {
@@ -23,8 +63,68 @@ fn important(el: &Element) -> bool {
                 Some("subscribe" | "unsubscribe" | "subscribed" | "unsubscribed" | "error")
             )
         }
-        "message" => el.elements().any(|c| c.ns != CHATSTATES),
+        "message" => important_message(el),
         _ => true,
+    }
+}
+
+fn important_message(el: &Element) -> bool {
+    if el.get_attr("type") == Some("error") {
+        // A delivery failure of something the user sent.
+        return true;
+    }
+    if el.get_child("sent", CARBONS).is_some() {
+        // The user is writing from another device: this one may stop notifying.
+        return true;
+    }
+    let carried = el
+        .get_child("received", CARBONS)
+        .and_then(|r| r.get_child("forwarded", FORWARD))
+        .and_then(|f| f.get_child("message", ns::CLIENT));
+    carried
+        .unwrap_or(el)
+        .elements()
+        .any(|c| match (c.ns.as_str(), c.name.as_str()) {
+            (ns::CLIENT, "body" | "subject") | (CONFERENCE, "x") | (MAM, "result") => true,
+            (MUC_USER, "x") => c.get_child("invite", MUC_USER).is_some(),
+            (other, _) => CONTENT.contains(&other),
+        })
+}
+
+/// What makes a held stanza superseded by a newer one with the same key.
+#[derive(PartialEq, Eq)]
+enum Key<'a> {
+    /// A presence update from this sender.
+    Presence(Option<&'a str>),
+    /// A PEP notification: publisher, node and (except on state nodes) the item.
+    Pep(&'a str, &'a str, Option<&'a str>),
+}
+
+fn coalescing_key(el: &Element) -> Option<Key<'_>> {
+    match el.name.as_str() {
+        "presence" => Some(Key::Presence(el.get_attr("from"))),
+        "message" => {
+            // Only the plain case: one <items> with one <item> or <retract> (deletions, purges
+            // and several items at once keep their place).
+            let event = el.get_child("event", ns::PUBSUB_EVENT)?;
+            let mut children = event.elements();
+            let items = children.next().filter(|i| i.name == "items")?;
+            let mut entries = items.elements();
+            let entry = entries
+                .next()
+                .filter(|e| matches!(e.name.as_str(), "item" | "retract"))?;
+            if children.next().is_some() || entries.next().is_some() {
+                return None;
+            }
+            let node = items.get_attr("node")?;
+            let item = if STATE_NODES.contains(&node) {
+                None
+            } else {
+                Some(entry.get_attr("id")?)
+            };
+            Some(Key::Pep(el.get_attr("from")?, node, item))
+        }
+        _ => None,
     }
 }
 
@@ -56,9 +156,8 @@ impl Connection {
         let overflow = {
             let mut st = self.state.borrow_mut();
             let held = &mut st.csi.held;
-            if el.name == "presence" {
-                let from = el.get_attr("from");
-                held.retain(|h| !(h.name == "presence" && h.get_attr("from") == from));
+            if let Some(key) = coalescing_key(el) {
+                held.retain(|h| coalescing_key(h).as_ref() != Some(&key));
             }
             held.push(el.clone());
             held.len() >= MAX_HELD
@@ -87,6 +186,11 @@ impl Connection {
 mod tests {
     use super::*;
 
+    fn parse(s: &str) -> Element {
+        crate::xml::parse::element(s.as_bytes(), &vec![(String::new(), ns::CLIENT.to_owned())])
+            .unwrap()
+    }
+
     #[test]
     fn importance() {
         let p = Element::stanza("presence");
@@ -94,10 +198,80 @@ mod tests {
         assert!(important(
             &Element::stanza("presence").attr("type", "subscribe")
         ));
-        let typing = Element::stanza("message").child(Element::new("composing", CHATSTATES));
-        assert!(!important(&typing));
-        let body = Element::stanza("message").child(Element::new("body", ns::CLIENT).text("hi"));
-        assert!(important(&body));
         assert!(important(&Element::stanza("iq")));
+        for yes in [
+            "<message type='chat'><body>hi</body></message>",
+            "<message type='groupchat'><body>alice: look</body></message>",
+            "<message type='groupchat'><subject>topic</subject></message>",
+            "<message type='error'><error type='cancel'/></message>",
+            "<message><encrypted xmlns='eu.siacs.conversations.axolotl'><header sid='1'/></encrypted></message>",
+            "<message><encrypted xmlns='urn:xmpp:omemo:2'><header sid='1'/></encrypted></message>",
+            "<message><x xmlns='jabber:x:conference' jid='room@muc'/></message>",
+            "<message><x xmlns='http://jabber.org/protocol/muc#user'><invite from='a@b'/></x></message>",
+            "<message><propose xmlns='urn:xmpp:jingle-message:0' id='c'/></message>",
+            "<message><sent xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'>\
+             <message xmlns='jabber:client'><active xmlns='http://jabber.org/protocol/chatstates'/></message></forwarded></sent></message>",
+            "<message><received xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'>\
+             <message xmlns='jabber:client'><body>hi</body></message></forwarded></received></message>",
+            "<message><result xmlns='urn:xmpp:mam:2' id='x'/></message>",
+            // A notification that also carries a body is shown to the user.
+            "<message type='headline'><event xmlns='http://jabber.org/protocol/pubsub#event'/><body>news</body></message>",
+        ] {
+            assert!(important(&parse(yes)), "{yes}");
+        }
+        for no in [
+            "<message type='chat'><composing xmlns='http://jabber.org/protocol/chatstates'/></message>",
+            "<message><received xmlns='urn:xmpp:receipts' id='x'/></message>",
+            "<message><displayed xmlns='urn:xmpp:chat-markers:0' id='x'/></message>",
+            "<message><x xmlns='http://jabber.org/protocol/muc#user'><status code='110'/></x></message>",
+            "<message><received xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'>\
+             <message xmlns='jabber:client'><paused xmlns='http://jabber.org/protocol/chatstates'/></message></forwarded></received></message>",
+            "<message type='headline' from='bob@x'><event xmlns='http://jabber.org/protocol/pubsub#event'>\
+             <items node='urn:xmpp:avatar:metadata'><item id='h'/></items></event></message>",
+        ] {
+            assert!(!important(&parse(no)), "{no}");
+        }
+    }
+
+    #[test]
+    fn coalescing() {
+        let event = |from: &str, node: &str, entry: &str| {
+            parse(&format!(
+                "<message type='headline' from='{from}'><event xmlns='http://jabber.org/protocol/pubsub#event'>\
+                 <items node='{node}'>{entry}</items></event></message>"
+            ))
+        };
+        let avatar1 = event("bob@x", "urn:xmpp:avatar:metadata", "<item id='h1'/>");
+        let avatar2 = event("bob@x", "urn:xmpp:avatar:metadata", "<item id='h2'/>");
+        let other = event("carol@x", "urn:xmpp:avatar:metadata", "<item id='h2'/>");
+        let key = |e| coalescing_key(e).unwrap();
+        // A state node: per publisher and node, whatever the item.
+        assert!(key(&avatar1) == key(&avatar2));
+        assert!(key(&avatar1) != key(&other));
+        // Other nodes: per item; a retraction replaces the publication of the same item.
+        let mark1 = event("a@x", "urn:xmpp:bookmarks:1", "<item id='r1@muc'/>");
+        let mark2 = event("a@x", "urn:xmpp:bookmarks:1", "<item id='r2@muc'/>");
+        let gone1 = event("a@x", "urn:xmpp:bookmarks:1", "<retract id='r1@muc'/>");
+        assert!(key(&mark1) != key(&mark2));
+        assert!(key(&mark1) == key(&gone1));
+        // Several items at once, or a purge, keep their place.
+        assert!(
+            coalescing_key(&event(
+                "a@x",
+                "urn:xmpp:bookmarks:1",
+                "<item id='1'/><item id='2'/>"
+            ))
+            .is_none()
+        );
+        assert!(
+            coalescing_key(&parse(
+                "<message from='a@x'><event xmlns='http://jabber.org/protocol/pubsub#event'>\
+                 <purge node='urn:xmpp:bookmarks:1'/></event></message>"
+            ))
+            .is_none()
+        );
+        let p = Element::stanza("presence").attr("from", "bob@x/a");
+        assert!(coalescing_key(&p) == Some(Key::Presence(Some("bob@x/a"))));
+        assert!(coalescing_key(&parse("<message><body>x</body></message>")).is_none());
     }
 }
