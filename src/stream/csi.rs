@@ -134,6 +134,14 @@ pub(crate) struct CsiState {
     held: Vec<Element>,
 }
 
+impl CsiState {
+    /// The stanzas held back, for a resumed stream to send (they were never sent, so stream
+    /// management does not have them).
+    pub(crate) fn take_held(&mut self) -> Vec<Element> {
+        std::mem::take(&mut self.held)
+    }
+}
+
 impl Connection {
     pub(crate) fn on_csi(&self, el: &Element) {
         match el.name.as_str() {

@@ -211,9 +211,9 @@ impl Connection {
             return Err(failed("bad-request", None));
         };
         // Take the old session's state; the old connection (dead or not) goes away quietly.
-        let (jid, mut sm) = {
+        let (jid, mut sm, held) = {
             let mut st = old.state.borrow_mut();
-            (st.jid.take(), st.sm.take())
+            (st.jid.take(), st.sm.take(), st.csi.take_held())
         };
         let (Some(jid), Some(mut sm_state)) = (jid, sm.take()) else {
             return Err(failed("item-not-found", None));
@@ -228,7 +228,9 @@ impl Connection {
         old.close_quietly();
         server.forget_connection(old.id);
 
-        let replay: Vec<Element> = sm_state.queue.drain(..).collect();
+        // Unacknowledged stanzas, then what client state indication held back on the old
+        // connection (the new stream starts active, XEP-0352 §5).
+        let replay: Vec<Element> = sm_state.queue.drain(..).chain(held).collect();
         // Replayed stanzas are counted again as they go out.
         sm_state.h_out = sm_state.acked;
         let resumed = Element::new("resumed", NS)
