@@ -1296,3 +1296,23 @@ fn account_disco_shows_pep_and_the_archive() {
     );
     assert!(hidden.contains("item-not-found"), "{hidden}");
 }
+
+/// A new presence subscription delivers the owner's last items at once (XEP-0163 §4.3.2 "on
+/// subscription"), not only at the subscriber's next login.
+#[test]
+fn a_new_subscriber_gets_the_last_items_at_once() {
+    let srv = server(&["alice", "bob"]);
+    let mut alice = Client::online(&srv, "alice", "desk", &[NICK], false);
+    let mut bob = Client::online(&srv, "bob", "phone", &[NICK], false);
+    let nick = "<nick xmlns='http://jabber.org/protocol/nick'>Alice the First</nick>";
+    let r = alice.iq(
+        "n",
+        &format!("<iq type='set' id='n'>{}</iq>", publish("", NICK, nick, "")),
+    );
+    assert!(is_result(&r), "{r}");
+    bob.barrier();
+    bob.assert_no_event(NICK); // not subscribed yet
+    subscribe(&mut bob, &mut alice, "bob", "alice");
+    let ev = bob.event(&jid("alice"), NICK);
+    assert!(ev.contains("Alice the First"), "{ev}");
+}

@@ -572,6 +572,8 @@ fn send_presence_of(server: &Rc<Server>, from: &BareJid, to: &BareJid) {
     for p in presences {
         send_each(&targets, &p);
     }
+    // PEP: the contact's interested resources get `from`'s last items too.
+    crate::modules::pep::subscription_approved(server, from, to);
 }
 
 /// Unavailable presence from each of `from`'s available resources to `to` (a subscription

@@ -15,7 +15,7 @@ use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 use base64::Engine;
-use jid::FullJid;
+use jid::{BareJid, FullJid};
 use sha1::Digest;
 
 use crate::server::Server;
@@ -125,6 +125,18 @@ pub fn available(server: &Rc<Server>, from: &FullJid, el: &Element, initial: boo
 /// The resource is no longer available (unavailable presence or its session ended).
 pub fn forget(server: &Server, jid: &FullJid) {
     server.ext::<Caps>().sessions.borrow_mut().remove(jid);
+}
+
+/// The eligible resources of `user` whose interest is known, with that interest.
+pub fn interested_resources(server: &Server, user: &BareJid) -> Vec<(FullJid, Rc<Interest>)> {
+    server
+        .ext::<Caps>()
+        .sessions
+        .borrow()
+        .iter()
+        .filter(|(jid, s)| s.eligible && !s.notify.is_empty() && jid.to_bare() == *user)
+        .map(|(jid, s)| (jid.clone(), s.notify.clone()))
+        .collect()
 }
 
 /// Whether `jid` is available with a non-negative priority and wants notifications of `node`.

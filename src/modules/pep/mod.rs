@@ -31,8 +31,8 @@
 //! Not implemented: explicit subscriptions (subscribe/unsubscribe/options answer
 //! `feature-not-implemented`, so a contact without a presence subscription is notified of
 //! nothing, even for open nodes), subscription and affiliation management, collection nodes,
-//! item expiry, XEP-0033 `replyto`, the last item on a *new* presence subscription (which
-//! needs a hook in the presence module), and XEP-0390 caps.
+//! item expiry, XEP-0033 `replyto`, and XEP-0390 caps. A *new* presence subscription sends
+//! the last items at once ([`subscription_approved`]).
 
 mod caps;
 mod config;
@@ -187,6 +187,15 @@ pub fn on_available_presence(server: &Rc<Server>, from: &FullJid, el: &Element) 
         None => return,
     };
     caps::available(server, from, el, initial, priority >= 0);
+}
+
+/// Presence-subscription hook (modules::presence, once `contact` may see `owner`'s presence):
+/// `contact`'s available resources get the last items of `owner`'s nodes they want
+/// (XEP-0060 §6.1.7 "on subscription", which PEP's auto-subscription stands for).
+pub fn subscription_approved(server: &Rc<Server>, owner: &BareJid, contact: &BareJid) {
+    for (jid, interest) in caps::interested_resources(server, contact) {
+        notify::send_last_items_of(server, &jid, owner, &interest);
+    }
 }
 
 /// Session-end hook (Server::session_ended).

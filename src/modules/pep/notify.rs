@@ -142,41 +142,48 @@ pub fn send_last_items(server: &Rc<Server>, to: &FullJid, nodes: &Interest) {
             .filter(|c| *c != user && roster::subscription(server, c, &user).has_from()),
     );
     for owner in owners {
-        let stored = server
-            .store
-            .account_id_of(&owner)
-            .and_then(|account| match account {
-                Some(a) => server.store.pep_nodes(a),
-                None => Ok(Vec::new()),
-            });
-        let owned = match stored {
-            Ok(n) => n,
+        send_last_items_of(server, to, &owner, nodes);
+    }
+}
+
+/// The last item of each of `owner`'s nodes in `nodes` that `to` may see and that sends its
+/// last item on subscription and presence.
+pub fn send_last_items_of(server: &Rc<Server>, to: &FullJid, owner: &BareJid, nodes: &Interest) {
+    let user = to.to_bare();
+    let stored = server
+        .store
+        .account_id_of(owner)
+        .and_then(|account| match account {
+            Some(a) => server.store.pep_nodes(a),
+            None => Ok(Vec::new()),
+        });
+    let owned = match stored {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::error!(%owner, "store error reading PEP nodes: {e}");
+            return;
+        }
+    };
+    for node in owned {
+        if !nodes.contains(&node.name)
+            || node.config.send_last != SendLast::OnSubAndPresence
+            || !node.config.deliver_notifications
+            || !may_notify(server, owner, &user, &node)
+        {
+            continue;
+        }
+        let item = match server.store.pep_last_item(node.id) {
+            Ok(Some(item)) => item,
+            Ok(None) => continue,
             Err(e) => {
-                tracing::error!(%owner, "store error reading PEP nodes: {e}");
+                tracing::error!(%owner, node = %node.name, "store error reading last item: {e}");
                 continue;
             }
         };
-        for node in owned {
-            if !nodes.contains(&node.name)
-                || node.config.send_last != SendLast::OnSubAndPresence
-                || !node.config.deliver_notifications
-                || !may_notify(server, &owner, &user, &node)
-            {
-                continue;
-            }
-            let item = match server.store.pep_last_item(node.id) {
-                Ok(Some(item)) => item,
-                Ok(None) => continue,
-                Err(e) => {
-                    tracing::error!(%owner, node = %node.name, "store error reading last item: {e}");
-                    continue;
-                }
-            };
-            let Some(payload) = payload_of(&item) else {
-                continue;
-            };
-            let event = items_event(&node, &item, Some(payload));
-            server.deliver_to_full(to, &message(&owner, to, event, Some(item.published)));
-        }
+        let Some(payload) = payload_of(&item) else {
+            continue;
+        };
+        let event = items_event(&node, &item, Some(payload));
+        server.deliver_to_full(to, &message(owner, to, event, Some(item.published)));
     }
 }
