@@ -112,3 +112,39 @@ fn sasl2_bind2_fast_login_and_resume() {
     ));
     assert!(again.until("</message>").contains("welcome back"));
 }
+
+/// Bind 2 with carbons enabled inline (XEP-0386 §4): the new session gets <received/> copies
+/// at once, without a separate carbons IQ.
+#[test]
+fn bind2_enables_carbons_inline() {
+    let srv = TestServer::start();
+    srv.add_user("alice", "pw");
+    srv.add_user("bob", "pw");
+    let mut desk = Raw::login_plain(srv.trusted, "alice", "pw", "desk");
+    desk.send("<presence/>");
+
+    let mut phone = Raw::connect(srv.trusted);
+    phone.send(HEADER);
+    let features = phone.until("</stream:features>");
+    assert!(
+        features.contains("var=\"urn:xmpp:carbons:2\"")
+            && features.contains("var=\"urn:xmpp:csi:0\""),
+        "{features}"
+    );
+    let creds = B64.encode("\0alice\0pw");
+    phone.send(&format!(
+        "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><initial-response>{creds}</initial-response>{UA}\
+         <bind xmlns='urn:xmpp:bind:0'><tag>Phone</tag><enable xmlns='urn:xmpp:carbons:2'/></bind></authenticate>"
+    ));
+    phone.until("</success>");
+    phone.send("<presence/>");
+    desk.until("from=\"alice@localhost/Phone.");
+
+    let mut bob = Raw::login_plain(srv.trusted, "bob", "pw", "b");
+    bob.send("<message to='alice@localhost/desk' type='chat'><body>for the desk</body></message>");
+    let copy = phone.until("</message>");
+    assert!(
+        copy.contains("<received xmlns=\"urn:xmpp:carbons:2\"") && copy.contains("for the desk"),
+        "{copy}"
+    );
+}

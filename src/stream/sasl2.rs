@@ -26,6 +26,9 @@ use crate::xml::{Element, ns};
 
 pub const NS: &str = "urn:xmpp:sasl:2";
 pub const BIND2: &str = "urn:xmpp:bind:0";
+/// Inline features of Bind 2 besides stream management.
+const CARBONS: &str = crate::modules::carbons::NS;
+const CSI: &str = super::csi::NS;
 pub const FAST: &str = "urn:xmpp:fast:0";
 const HT: &str = "HT-SHA-256-NONE";
 const TOKEN_LIFETIME_SECS: i64 = 14 * 24 * 3600;
@@ -68,7 +71,9 @@ pub(crate) fn feature(mechanisms: &[&str]) -> Element {
         .child(
             Element::new("bind", BIND2).child(
                 Element::new("inline", BIND2)
-                    .child(Element::new("feature", BIND2).attr("var", super::sm::NS)),
+                    .child(Element::new("feature", BIND2).attr("var", super::sm::NS))
+                    .child(Element::new("feature", BIND2).attr("var", CARBONS))
+                    .child(Element::new("feature", BIND2).attr("var", CSI)),
             ),
         )
         .child(Element::new("sm", super::sm::NS))
@@ -326,6 +331,18 @@ impl Connection {
                     let mut bound = Element::new("bound", BIND2);
                     if bind.get_child("enable", super::sm::NS).is_some() {
                         bound.push(self.enable_sm_inline());
+                    }
+                    // XEP-0386 §4: carbons and client state set in the same round trip.
+                    if bind.get_child("enable", CARBONS).is_some()
+                        && let Some(s) = server.sessions.borrow_mut().get_mut(&full)
+                    {
+                        s.carbons = true;
+                    }
+                    if let Some(state) = bind
+                        .elements()
+                        .find(|c| c.ns == CSI && matches!(c.name.as_str(), "active" | "inactive"))
+                    {
+                        self.on_csi(state);
                     }
                     success.push(bound);
                 }
