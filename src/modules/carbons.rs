@@ -11,6 +11,7 @@ use std::rc::Rc;
 use jid::{BareJid, FullJid};
 
 use crate::iq::Incoming;
+use crate::router::{Session, Sessions};
 use crate::server::Server;
 use crate::stream::Stream;
 use crate::xml::{Element, ns};
@@ -55,10 +56,10 @@ pub fn eligible(el: &Element) -> bool {
             .any(|c| c.name == "result" && c.get_child("forwarded", FORWARD).is_some())
 }
 
-fn wrap(direction: &str, account: &BareJid, to: &FullJid, el: &Element) -> Element {
+fn wrap(direction: &str, account: &str, to: &FullJid, el: &Element) -> Element {
     Element::stanza("message")
-        .attr("from", account.to_string())
-        .attr("to", to.to_string())
+        .attr("from", account)
+        .attr("to", to.as_str())
         .attr("type", el.get_attr("type").unwrap_or("normal"))
         .child(
             Element::new(direction, NS).child(Element::new("forwarded", FORWARD).child(el.clone())),
@@ -66,18 +67,22 @@ fn wrap(direction: &str, account: &BareJid, to: &FullJid, el: &Element) -> Eleme
         .child(Element::new("no-copy", ns::HINTS))
 }
 
-/// Sends copies of `el` to `account`'s carbon-enabled resources except `skip` (the resources
-/// that sent or already received it).
-fn copy(server: &Rc<Server>, direction: &str, account: &BareJid, el: &Element, skip: &[&FullJid]) {
-    if !eligible(el) {
-        return;
-    }
-    let targets: Vec<_> = server
-        .sessions
-        .borrow()
-        .of(account)
+/// Sends copies of `el` (which must be [`eligible`]) to the carbon-enabled sessions among
+/// `sessions` (those of the account `account`) except those `skip` names: the resources that
+/// sent or already received it. Allocates nothing when no session wants a copy, the usual case
+/// on the path of every routed message.
+fn copy(
+    server: &Rc<Server>,
+    direction: &str,
+    account: &str,
+    el: &Element,
+    sessions: impl FnOnce(&Sessions) -> &[Session],
+    skip: impl Fn(&Session) -> bool,
+) {
+    // Collected first: sending must not happen with the session table borrowed.
+    let targets: Vec<_> = sessions(&server.sessions.borrow())
         .iter()
-        .filter(|s| s.carbons && s.priority.is_some() && !skip.contains(&&s.jid))
+        .filter(|s| s.carbons && s.priority.is_some() && !skip(s))
         .filter_map(|s| s.connection().map(|c| (s.jid.clone(), c)))
         .collect();
     for (jid, conn) in targets {
@@ -85,14 +90,39 @@ fn copy(server: &Rc<Server>, direction: &str, account: &BareJid, el: &Element, s
     }
 }
 
-/// A resource of `account` received `el`: the others get a `<received/>` copy.
-pub fn received(server: &Rc<Server>, account: &BareJid, el: &Element, delivered_to: &[&FullJid]) {
-    copy(server, "received", account, el, delivered_to);
+/// Some resources of `account` received `el`: the others get a `<received/>` copy. `delivered`
+/// tells the sessions that did receive it.
+pub fn received(
+    server: &Rc<Server>,
+    account: &BareJid,
+    el: &Element,
+    delivered: impl Fn(&Session) -> bool,
+) {
+    if eligible(el) {
+        copy(
+            server,
+            "received",
+            account.as_str(),
+            el,
+            |s| s.of(account),
+            delivered,
+        );
+    }
 }
 
 /// The resource `from` sent `el`: the account's other resources get a `<sent/>` copy.
 pub fn sent(server: &Rc<Server>, from: &FullJid, el: &Element) {
-    copy(server, "sent", &from.to_bare(), el, &[from]);
+    if eligible(el) {
+        let account = Sessions::bare_str(from);
+        copy(
+            server,
+            "sent",
+            account,
+            el,
+            |s| s.of_account(from),
+            |s| s.jid == *from,
+        );
+    }
 }
 
 #[cfg(test)]

@@ -273,23 +273,11 @@ fn requeue(w: &Writer, mut entries: Vec<NewEntry>) {
 }
 
 fn write(tx: &rusqlite::Connection, entries: &[NewEntry]) -> Result<(), StoreError> {
-    for e in entries {
-        match mailbox::append(tx, e) {
-            Ok(_) => {}
-            // A row that can never be written (its account was deleted meanwhile; a stanza id
-            // collision) must not hold back the others. SQLite undoes just that statement.
-            Err(rusqlite::Error::SqliteFailure(f, msg))
-                if f.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                tracing::warn!(
-                    account = e.account,
-                    "mailbox: row dropped: {}",
-                    msg.unwrap_or_default()
-                );
-            }
-            Err(err) => return Err(err.into()),
-        }
-    }
+    // A row that can never be written (its account was deleted meanwhile; a stanza id
+    // collision) must not hold back the others: append_all drops just that row.
+    mailbox::append_all(tx, entries, |e, err| {
+        tracing::warn!(account = e.account, "mailbox: row dropped: {err}");
+    })?;
     Ok(())
 }
 

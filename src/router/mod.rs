@@ -35,7 +35,7 @@ fn bounce(conn: &Connection, stanza: &Element, cond: Condition, text: &str) {
 pub fn route_from_client(server: &Rc<Server>, conn: &Rc<Connection>, mut el: Element) {
     let Some(from) = conn.jid() else { return };
     // No spoofing: whatever the client wrote, the stanza is from its bound JID.
-    el.set_attr("from", from.to_string());
+    el.set_attr("from", from.as_str());
     let to = match parse_to(&el) {
         Ok(to) => to,
         Err(()) => return bounce(conn, &el, Condition::JidMalformed, "malformed 'to' address"),
@@ -154,13 +154,18 @@ fn route_message(
     if !hosted {
         return deliver_elsewhere(server, conn, from, Some(to), el);
     }
-    if let Some(full) = to.try_as_full().ok().cloned() {
-        match crate::modules::message::deliver_to_full(server, &full, el) {
+    // `into_bare` reuses the JID's string (`to_bare` would format a new one).
+    let bare = match to.try_into_full() {
+        Ok(full) => match crate::modules::message::deliver_to_full(server, &full, el) {
             Ok(()) => return,
-            Err(back) => el = back,
-        }
-    }
-    server.deliver_message_to_bare(conn, &to.to_bare(), el);
+            Err(back) => {
+                el = back;
+                full.into_bare()
+            }
+        },
+        Err(bare) => bare,
+    };
+    server.deliver_message_to_bare(conn, &bare, el);
 }
 
 fn route_presence(

@@ -28,15 +28,27 @@ impl Session {
     }
 }
 
+/// Sessions by bare JID. Keyed by the bare JID's string, so that lookups by a full JID (one or
+/// more per routed stanza) borrow its bare part instead of allocating a `BareJid`.
 #[derive(Default)]
 pub struct Sessions {
-    by_bare: HashMap<BareJid, Vec<Session>>,
+    by_bare: HashMap<String, Vec<Session>>,
 }
 
 impl Sessions {
+    /// The bare part of `jid` (`node@domain`), borrowed: a full JID's normalised string is the
+    /// bare JID, a slash and the resource.
+    pub fn bare_str(jid: &FullJid) -> &str {
+        let s = jid.as_str();
+        &s[..s.len() - jid.resource().as_str().len() - 1]
+    }
+
     /// Adds a session; returns the connection it replaces (same full JID), if any.
     pub fn bind(&mut self, jid: FullJid, conn: &Rc<Connection>) -> Option<Rc<Connection>> {
-        let list = self.by_bare.entry(jid.to_bare()).or_default();
+        let list = self
+            .by_bare
+            .entry(Self::bare_str(&jid).to_owned())
+            .or_default();
         let old = list
             .iter()
             .position(|s| s.jid == jid)
@@ -62,35 +74,46 @@ impl Sessions {
 
     /// Removes the session of `conn` (if it is still the one bound to `jid`).
     pub fn unbind(&mut self, jid: &FullJid, conn_id: u64) -> bool {
-        let bare = jid.to_bare();
-        let Some(list) = self.by_bare.get_mut(&bare) else {
+        let bare = Self::bare_str(jid);
+        let Some(list) = self.by_bare.get_mut(bare) else {
             return false;
         };
         let before = list.len();
         list.retain(|s| !(s.jid == *jid && s.conn.upgrade().is_none_or(|c| c.id == conn_id)));
         let removed = list.len() != before;
         if list.is_empty() {
-            self.by_bare.remove(&bare);
+            self.by_bare.remove(bare);
         }
         removed
     }
 
     pub fn get(&self, jid: &FullJid) -> Option<&Session> {
         self.by_bare
-            .get(&jid.to_bare())?
+            .get(Self::bare_str(jid))?
             .iter()
             .find(|s| s.jid == *jid)
     }
 
     pub fn get_mut(&mut self, jid: &FullJid) -> Option<&mut Session> {
         self.by_bare
-            .get_mut(&jid.to_bare())?
+            .get_mut(Self::bare_str(jid))?
             .iter_mut()
             .find(|s| s.jid == *jid)
     }
 
     pub fn of(&self, bare: &BareJid) -> &[Session] {
-        self.by_bare.get(bare).map(Vec::as_slice).unwrap_or(&[])
+        self.by_bare
+            .get(bare.as_str())
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    /// The sessions of `jid`'s account (`jid` among them if it is bound).
+    pub fn of_account(&self, jid: &FullJid) -> &[Session] {
+        self.by_bare
+            .get(Self::bare_str(jid))
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
     }
 
     pub fn all(&self) -> impl Iterator<Item = &Session> {
@@ -99,5 +122,23 @@ impl Sessions {
 
     pub fn count(&self) -> usize {
         self.by_bare.values().map(Vec::len).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bare_part_of_full_jids() {
+        for (full, bare) in [
+            ("alice@example.org/phone", "alice@example.org"),
+            ("example.org/a/b", "example.org"),
+            ("x@y/z@w/", "x@y"),
+        ] {
+            let full = FullJid::new(full).unwrap();
+            assert_eq!(Sessions::bare_str(&full), bare);
+            assert_eq!(Sessions::bare_str(&full), full.to_bare().as_str());
+        }
     }
 }

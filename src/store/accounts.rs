@@ -4,7 +4,9 @@
 //! caller has already normalised them (nodeprep / nameprep), so equal
 //! accounts are equal byte strings.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -51,6 +53,72 @@ fn lookup_id(conn: &Connection, username: &str, domain: &str) -> Result<Option<i
         .prepare_cached("SELECT id FROM accounts WHERE username = ?1 AND domain = ?2")?
         .query_row(params![username, domain], |r| r.get(0))
         .optional()?)
+}
+
+/// How long a check that no other process changed the database vouches for the cached account
+/// ids (see [`IdCache`]). Short: under load that is still a thousand lookups or more per check.
+const ID_CACHE_TRUST: Duration = Duration::from_millis(1);
+
+/// Account ids already looked up, by domain and username: every routed message needs its
+/// sender's and its recipient's, and an SQL query outside a transaction costs a read
+/// transaction (file locks on the WAL index) each time.
+///
+/// Only existing accounts are cached. The server's own deletions clear the cache at once;
+/// the command line (`wockd deluser`/`adduser`) writes from another process, which the cache
+/// notices through `PRAGMA data_version` (it changes whenever another connection commits).
+/// That check is itself a read transaction, so it is made at most every [`ID_CACHE_TRUST`]: an
+/// account another process deletes is seen as gone at most that long afterwards. (Account ids
+/// can be reused — `INTEGER PRIMARY KEY`, no `AUTOINCREMENT` — so a deletion and a new account
+/// within that millisecond could hand out the new account's id for the old name. Uncached
+/// lookups have the same race over a longer window: a message's mailbox row is written by the
+/// commit at the end of the loop turn, after its recipient's id was looked up.)
+#[derive(Debug, Default)]
+pub(super) struct IdCache {
+    ids: RefCell<HashMap<String, HashMap<String, i64>>>,
+    /// `PRAGMA data_version` when `ids` was last known to be current, and when that was.
+    checked: Cell<Option<(i64, Instant)>>,
+}
+
+impl IdCache {
+    /// The cached id of `username@domain`, after making sure the cache is current.
+    fn get(
+        &self,
+        conn: &Connection,
+        username: &str,
+        domain: &str,
+    ) -> Result<Option<i64>, StoreError> {
+        let now = Instant::now();
+        match self.checked.get() {
+            Some((_, at)) if now.duration_since(at) < ID_CACHE_TRUST => {}
+            previous => {
+                let version: i64 = conn
+                    .prepare_cached("PRAGMA data_version")?
+                    .query_row([], |r| r.get(0))?;
+                if previous.is_none_or(|(v, _)| v != version) {
+                    self.ids.borrow_mut().clear();
+                }
+                self.checked.set(Some((version, now)));
+            }
+        }
+        Ok(self
+            .ids
+            .borrow()
+            .get(domain)
+            .and_then(|users| users.get(username))
+            .copied())
+    }
+
+    fn insert(&self, username: &str, domain: &str, id: i64) {
+        self.ids
+            .borrow_mut()
+            .entry(domain.to_owned())
+            .or_default()
+            .insert(username.to_owned(), id);
+    }
+
+    fn clear(&self) {
+        self.ids.borrow_mut().clear();
+    }
 }
 
 impl Store {
@@ -101,6 +169,8 @@ impl Store {
     ///
     /// Fails with [`StoreError::NoSuchAccount`] if the account does not exist.
     pub fn delete_account(&self, username: &str, domain: &str) -> Result<(), StoreError> {
+        // Whatever happens next, no id of a deleted account stays cached.
+        self.account_ids.clear();
         let deleted = self
             .conn
             .prepare_cached("DELETE FROM accounts WHERE username = ?1 AND domain = ?2")?
@@ -161,8 +231,17 @@ impl Store {
 
     /// The row id of `username@domain`, for tables that reference
     /// `accounts(id)`; `None` if it does not exist.
+    ///
+    /// On the message path (twice per routed message): cached, see [`IdCache`].
     pub fn account_id(&self, username: &str, domain: &str) -> Result<Option<i64>, StoreError> {
-        lookup_id(&self.conn, username, domain)
+        if let Some(id) = self.account_ids.get(&self.conn, username, domain)? {
+            return Ok(Some(id));
+        }
+        let id = lookup_id(&self.conn, username, domain)?;
+        if let Some(id) = id {
+            self.account_ids.insert(username, domain, id);
+        }
+        Ok(id)
     }
 }
 
@@ -332,6 +411,40 @@ mod tests {
                 .unwrap(),
             None
         );
+    }
+
+    #[test]
+    fn cached_ids_follow_deletions_here_and_in_other_processes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = tmp.path().join("wockd.db");
+        let server = Store::open(&db).unwrap();
+        server.create_account("alice", "example.org", &[]).unwrap();
+        server.create_account("bob", "example.org", &[]).unwrap();
+        let bob = server.account_id("bob", "example.org").unwrap().unwrap();
+        assert_eq!(server.account_id("bob", "example.org").unwrap(), Some(bob));
+        assert_eq!(server.account_id("bob", "example.net").unwrap(), None);
+
+        // Deleted by this store: gone at once.
+        server.delete_account("bob", "example.org").unwrap();
+        assert_eq!(server.account_id("bob", "example.org").unwrap(), None);
+
+        // Deleted and made again by another process (the command line), which may reuse the
+        // id: the new one is seen once the cache's trust has run out.
+        let alice = server.account_id("alice", "example.org").unwrap().unwrap();
+        let cli = Store::open(&db).unwrap();
+        cli.delete_account("alice", "example.org").unwrap();
+        cli.create_account("carol", "example.org", &[]).unwrap();
+        cli.create_account("alice", "example.org", &[]).unwrap();
+        let again = cli.account_id("alice", "example.org").unwrap().unwrap();
+        assert_ne!(again, alice);
+        std::thread::sleep(ID_CACHE_TRUST * 2);
+        assert_eq!(
+            server.account_id("alice", "example.org").unwrap(),
+            Some(again)
+        );
+        cli.delete_account("alice", "example.org").unwrap();
+        std::thread::sleep(ID_CACHE_TRUST * 2);
+        assert_eq!(server.account_id("alice", "example.org").unwrap(), None);
     }
 
     #[test]

@@ -122,11 +122,16 @@ fn entry(r: &Row<'_>) -> rusqlite::Result<Entry> {
 
 /// Appends a row; returns its archive id.
 pub fn append(conn: &Connection, e: &NewEntry) -> rusqlite::Result<i64> {
-    conn.prepare_cached(
-        "INSERT INTO mailbox (account, stanza_id, ts, with_jid, direction, offline, xml)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![
+    insert(&mut conn.prepare_cached(INSERT)?, e)?;
+    Ok(conn.last_insert_rowid())
+}
+
+const INSERT: &str =
+    "INSERT INTO mailbox (account, stanza_id, ts, with_jid, direction, offline, xml)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+
+fn insert(stmt: &mut rusqlite::CachedStatement<'_>, e: &NewEntry) -> rusqlite::Result<()> {
+    stmt.execute(params![
         e.account,
         e.stanza_id,
         e.ts,
@@ -135,7 +140,38 @@ pub fn append(conn: &Connection, e: &NewEntry) -> rusqlite::Result<i64> {
         e.offline,
         e.xml
     ])?;
-    Ok(conn.last_insert_rowid())
+    Ok(())
+}
+
+/// Appends `entries` in order (their row ids increase in that order), with one prepared
+/// statement for all of them: the write path of a loop turn's batch, inside its transaction.
+///
+/// A row that violates a constraint (its account was deleted meanwhile, a stanza id collision)
+/// is not written — SQLite undoes just that statement — and is handed to `dropped` with the
+/// error; the others are written. Any other error is returned at once (the caller's
+/// transaction then rolls back).
+///
+/// One row per statement on purpose: a multi-row `INSERT` would have SQLite keep a statement
+/// journal (a copy of every page the statement touches, to undo it as a whole on a bad row),
+/// which costs more than the per-statement overhead it saves.
+pub fn append_all(
+    conn: &Connection,
+    entries: &[NewEntry],
+    mut dropped: impl FnMut(&NewEntry, rusqlite::Error),
+) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(INSERT)?;
+    for e in entries {
+        match insert(&mut stmt, e) {
+            Ok(()) => {}
+            Err(err @ rusqlite::Error::SqliteFailure(f, _))
+                if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                dropped(e, err);
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
 }
 
 /// Puts an archived row that was delivered live back into the offline view (stream
@@ -416,6 +452,56 @@ mod tests {
             Some(ids[2])
         );
         assert_eq!(id_of(conn, alice, "nope").unwrap(), None);
+    }
+
+    #[test]
+    fn append_all_keeps_order_and_drops_only_bad_rows() {
+        let store = Store::open_in_memory().unwrap();
+        let conn = store.conn();
+        let alice = account(&store, "alice");
+        // One row with a duplicate stanza id and one for an account that does not exist.
+        let mut rows: Vec<NewEntry> = (1..=42)
+            .map(|n| new(alice, n, n.is_multiple_of(3)))
+            .collect();
+        rows[5].stanza_id = rows[4].stanza_id.clone();
+        rows[33].account = alice + 1000;
+        let mut dropped = Vec::new();
+        append_all(conn, &rows, |e, _| dropped.push(e.ts)).unwrap();
+        assert_eq!(dropped, [rows[5].ts, rows[33].ts]);
+        let stored: Vec<(String, i64)> = conn
+            .prepare("SELECT stanza_id, ts FROM mailbox ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let want: Vec<(String, i64)> = rows
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 5 && *i != 33)
+            .map(|(_, e)| (e.stanza_id.clone(), e.ts))
+            .collect();
+        assert_eq!(stored, want);
+        let back = query(
+            conn,
+            alice,
+            &Query {
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let first = rows[0].clone();
+        assert_eq!(
+            (
+                &back[0].with,
+                back[0].direction,
+                back[0].offline,
+                &back[0].xml
+            ),
+            (&first.with, first.direction, first.offline, &first.xml)
+        );
+        assert_eq!(count_pending(conn, alice).unwrap(), 13);
     }
 
     #[test]

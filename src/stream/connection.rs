@@ -370,6 +370,23 @@ impl Connection {
     /// Queues a top-level element for the client. Written at the end of this loop turn.
     /// Serialises straight into the output buffer (no per-stanza allocation on plain streams).
     pub fn send(&self, el: &Element) {
+        self.send_with(el, |out| el.write_to(out, crate::xml::ns::CLIENT));
+    }
+
+    /// Like [`send`](Self::send) for a stanza the caller has serialised already, as a top-level
+    /// element of a client stream (exactly what `el.to_bytes()` makes, in two pieces to be
+    /// joined): saves serialising it again (the message path serialises each message for the
+    /// mailbox anyway). `el` is still what stream management and client state indication keep.
+    pub fn send_serialised(&self, el: &Element, pieces: [&[u8]; 2]) {
+        debug_assert_eq!(pieces.concat(), el.to_bytes());
+        self.send_with(el, |out| {
+            out.extend_from_slice(pieces[0]);
+            out.extend_from_slice(pieces[1]);
+        });
+    }
+
+    /// [`send`](Self::send) with `write` putting `el`'s serialisation into a buffer.
+    fn send_with(&self, el: &Element, write: impl FnOnce(&mut Vec<u8>)) {
         if self.state.borrow().csi.inactive && self.csi_hold(el) {
             return;
         }
@@ -389,18 +406,19 @@ impl Connection {
                 return;
             }
             if st.tls.is_none() && !log_xml {
-                el.write_to(&mut st.out, crate::xml::ns::CLIENT);
-                true
+                write(&mut st.out);
+                None
             } else {
-                false
+                Some(write)
             }
         };
-        if written {
-            self.queue_flush();
-        } else {
-            let mut buf = Vec::with_capacity(256);
-            el.write_to(&mut buf, crate::xml::ns::CLIENT);
-            self.send_raw(&buf);
+        match written {
+            None => self.queue_flush(),
+            Some(write) => {
+                let mut buf = Vec::with_capacity(256);
+                write(&mut buf);
+                self.send_raw(&buf);
+            }
         }
     }
 

@@ -81,8 +81,13 @@ fn attr_value(a: &Attribute<'_>) -> Result<String, ParseError> {
 }
 
 /// Builds an element from a start tag: pushes its declarations onto `scope` (the caller pops
-/// them when the element ends) and resolves its name.
-fn open(start: &BytesStart<'_>, scope: &mut Scope) -> Result<(Element, usize), ParseError> {
+/// them when the element ends) and resolves its name against `scope`, then `outer` (the
+/// stream's declarations, which are not copied for every stanza).
+fn open(
+    start: &BytesStart<'_>,
+    scope: &mut Scope,
+    outer: &Scope,
+) -> Result<(Element, usize), ParseError> {
     let mut attrs = Vec::new();
     let mut declared = 0;
     for a in start.attributes().with_checks(true) {
@@ -104,7 +109,9 @@ fn open(start: &BytesStart<'_>, scope: &mut Scope) -> Result<(Element, usize), P
     let (prefix, local) = split_qname(qname.as_ref());
     let ns = match prefix {
         "xml" => ns::XML,
-        _ => lookup(scope, prefix).ok_or_else(|| ParseError::UnboundPrefix(prefix.to_owned()))?,
+        _ => lookup(scope, prefix)
+            .or_else(|| lookup(outer, prefix))
+            .ok_or_else(|| ParseError::UnboundPrefix(prefix.to_owned()))?,
     };
     Ok((
         Element {
@@ -133,7 +140,7 @@ pub fn stream_header(input: &[u8]) -> Result<StreamHeader, ParseError> {
         match r.read_event()? {
             Event::Start(start) => {
                 let mut scope = Scope::new();
-                let (el, _) = open(&start, &mut scope)?;
+                let (el, _) = open(&start, &mut scope, &Scope::new())?;
                 let mut h = StreamHeader {
                     ns: el.ns,
                     name: el.name,
@@ -160,17 +167,18 @@ pub fn stream_header(input: &[u8]) -> Result<StreamHeader, ParseError> {
 /// Parses one complete top-level element, with the stream's declarations in scope.
 pub fn element(input: &[u8], stream_scope: &Scope) -> Result<Element, ParseError> {
     let mut r = reader(input);
-    let mut scope = stream_scope.clone();
+    // Declarations made inside the element; the stream's are looked up after them.
+    let mut scope = Scope::new();
     // (element, number of declarations it pushed)
     let mut stack: Vec<(Element, usize)> = Vec::new();
     loop {
         match r.read_event()? {
             Event::Start(start) => {
-                let opened = open(&start, &mut scope)?;
+                let opened = open(&start, &mut scope, stream_scope)?;
                 stack.push(opened);
             }
             Event::Empty(start) => {
-                let (el, declared) = open(&start, &mut scope)?;
+                let (el, declared) = open(&start, &mut scope, stream_scope)?;
                 scope.truncate(scope.len() - declared);
                 match stack.last_mut() {
                     Some((parent, _)) => parent.children.push(Node::Element(el)),
@@ -263,6 +271,19 @@ mod tests {
         // round trip keeps the meaning
         let again = element(&el.to_bytes(), &client_scope()).unwrap();
         assert_eq!(again, el);
+    }
+
+    #[test]
+    fn inner_declarations_shadow_the_streams() {
+        let el = element(
+            b"<message><x xmlns='urn:x'><y/><stream:z/></x><body/></message>",
+            &client_scope(),
+        )
+        .unwrap();
+        let x = el.get_child("x", "urn:x").unwrap();
+        assert!(x.get_child("y", "urn:x").is_some());
+        assert!(x.get_child("z", ns::STREAMS).is_some());
+        assert!(el.get_child("body", ns::CLIENT).is_some());
     }
 
     #[test]
