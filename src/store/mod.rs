@@ -138,7 +138,7 @@ impl StoreError {
 /// default (2 MiB) is smaller than one busy loop turn's worth of mailbox pages: a commit then
 /// spills dirty pages early and reads index pages back with `pread` over and over. Pages are
 /// only allocated as they are used, so a small database costs no more.
-const CACHE_KIB: u32 = 2000;
+const CACHE_KIB: u32 = 16 * 1024;
 
 /// The server's database: one SQLite connection.
 #[derive(Debug)]
