@@ -83,6 +83,14 @@ impl Service for Gateway {
             "presence" => presence(server, &info, from, &to, stanza),
             _ => {}
         }
+        // Whatever that handed to prpl-irc goes out now, not at its next queue tick.
+        let t = Transport::get(server);
+        for id in t.accounts_of(&from.to_bare(), &self.domain) {
+            let acc = t.legacy.borrow().get(&id).map(|l| l.account);
+            if let Some(acc) = acc {
+                super::core::flush_send_queue(acc);
+            }
+        }
     }
 }
 
