@@ -228,6 +228,15 @@ fn irc_through_the_transport() {
     for n in 2..=20 {
         register_irc(&mut c, &format!("reg{n}"), &format!("alicebot{n}"), port);
         until_all(&mut c, &[&format!("alicebot{n}@127.0.0.1: online")]);
+        if n == 2 {
+            // A second account on the same network: its contacts get `%2` JIDs, both ways.
+            bob.send("PRIVMSG alicebot2 :to your second nick");
+            let m = until_all(&mut c, &["to your second nick"]);
+            assert!(m.contains("from=\"bob%2@irc.localhost\""), "{m}");
+            c.send("<message to='bob%2@irc.localhost' type='chat'><body>from the second</body></message>");
+            let l = bob.expect(":from the second");
+            assert!(l.starts_with(":alicebot2!"), "{l}");
+        }
         if n == 5 || n == 20 {
             rss.push((n, rss_kib()));
         }

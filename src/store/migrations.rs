@@ -60,6 +60,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
     super::mam::SCHEMA,
     // XEP-0163 PEP nodes and items (src/store/pep.rs).
     super::pep::SCHEMA,
+    // The IM transport: a stored contact-JID slot per legacy account (src/store/transport.rs).
+    super::transport::SLOTS,
 ];
 
 /// Brings the schema of `conn` up to date with [`MIGRATIONS`].

@@ -36,6 +36,19 @@ pub(super) const SCHEMA: &str = r#"
     );
 "#;
 
+/// Migration: the slot that tells apart the contact JIDs of a user's accounts on one service
+/// (0 → `name@irc.example`, 1 → `name%2@irc.example`, …). Stored so that a contact's JID
+/// never changes, whatever the user adds or removes later. Existing accounts get the slots
+/// they were given at run time before (in id order).
+pub(super) const SLOTS: &str = r#"
+    ALTER TABLE transport_accounts ADD COLUMN slot INTEGER;
+    UPDATE transport_accounts SET slot = (
+        SELECT count(*) FROM transport_accounts o
+        WHERE o.account = transport_accounts.account AND o.service = transport_accounts.service
+          AND o.id < transport_accounts.id);
+    CREATE UNIQUE INDEX transport_accounts_slot ON transport_accounts (account, service, slot);
+"#;
+
 /// One legacy account as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LegacyAccount {
@@ -47,10 +60,12 @@ pub struct LegacyAccount {
     pub username: String,
     pub password: Option<String>,
     pub enabled: bool,
+    /// Contact-JID slot among the owner's accounts on this service (see [`SLOTS`]).
+    pub slot: usize,
     pub settings: Vec<(String, String)>,
 }
 
-const SELECT: &str = "SELECT t.id, a.username, a.domain, t.service, t.protocol, t.username, t.password, t.enabled \
+const SELECT: &str = "SELECT t.id, a.username, a.domain, t.service, t.protocol, t.username, t.password, t.enabled, t.slot \
      FROM transport_accounts t JOIN accounts a ON a.id = t.account";
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LegacyAccount> {
@@ -62,6 +77,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LegacyAccount> {
         username: r.get(5)?,
         password: r.get(6)?,
         enabled: r.get::<_, i64>(7)? != 0,
+        slot: r.get::<_, Option<i64>>(8)?.unwrap_or(0).max(0) as usize,
         settings: Vec::new(),
     })
 }
@@ -120,8 +136,13 @@ impl Store {
             .unwrap_or(0);
         self.transaction(|tx| {
             tx.execute(
-                "INSERT INTO transport_accounts (account, service, protocol, username, password, enabled, created) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6) \
+                // A new account takes the lowest slot free among the owner's on the service.
+                "INSERT INTO transport_accounts (account, service, protocol, username, password, enabled, created, slot) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, \
+                   (SELECT min(s) FROM (SELECT 0 AS s UNION ALL SELECT slot + 1 FROM transport_accounts \
+                                        WHERE account = ?1 AND service = ?2 AND slot IS NOT NULL) \
+                    WHERE s NOT IN (SELECT slot FROM transport_accounts \
+                                    WHERE account = ?1 AND service = ?2 AND slot IS NOT NULL))) \
                  ON CONFLICT (account, service, username) DO UPDATE SET password = excluded.password, enabled = 1",
                 params![account, service, protocol, username, password, now],
             )?;
@@ -224,5 +245,55 @@ mod tests {
         assert_eq!(s.legacy_rooms(id).unwrap().len(), 1);
         s.delete_account("alice", "localhost").unwrap();
         assert!(s.legacy_accounts().unwrap().is_empty());
+    }
+
+    #[test]
+    fn contact_slots_are_stable_across_removals() {
+        let s = Store::open_in_memory().unwrap();
+        s.create_account("alice", "localhost", &[]).unwrap();
+        s.create_account("bob", "localhost", &[]).unwrap();
+        let add = |owner: &str, service: &str, user: &str| {
+            s.save_legacy_account((owner, "localhost"), service, "prpl-irc", user, None, &[])
+                .unwrap()
+        };
+        let slot = |id| s.legacy_account(id).unwrap().unwrap().slot;
+        let a = add("alice", "irc.localhost", "a@one");
+        let b = add("alice", "irc.localhost", "a@two");
+        let c = add("alice", "irc.localhost", "a@three");
+        assert_eq!((slot(a), slot(b), slot(c)), (0, 1, 2));
+        // Other owners and other services count from 0 on their own.
+        assert_eq!(slot(add("bob", "irc.localhost", "b@one")), 0);
+        assert_eq!(slot(add("alice", "xmpp.localhost", "a@x")), 0);
+        // Removing the first keeps the others where they are; a new one fills the gap.
+        s.delete_legacy_account(a).unwrap();
+        assert_eq!((slot(b), slot(c)), (1, 2));
+        let d = add("alice", "irc.localhost", "a@four");
+        assert_eq!(slot(d), 0);
+        // Saving an existing account again (new password) keeps its slot.
+        assert_eq!(add("alice", "irc.localhost", "a@three"), c);
+        assert_eq!(slot(c), 2);
+        assert_eq!(slot(add("alice", "irc.localhost", "a@five")), 3);
+    }
+
+    #[test]
+    fn slot_migration_keeps_the_run_time_order() {
+        use rusqlite::Connection;
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE transport_accounts (id INTEGER PRIMARY KEY, account INTEGER, \
+             service TEXT, username TEXT); \
+             INSERT INTO transport_accounts VALUES (1, 1, 'irc', 'x'), (2, 2, 'irc', 'y'), \
+             (3, 1, 'irc', 'z'), (4, 1, 'xmpp', 'w'), (5, 1, 'irc', 'v');",
+        )
+        .unwrap();
+        conn.execute_batch(SLOTS).unwrap();
+        let slots: Vec<(i64, i64)> = conn
+            .prepare("SELECT id, slot FROM transport_accounts ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(slots, [(1, 0), (2, 0), (3, 1), (4, 0), (5, 2)]);
     }
 }

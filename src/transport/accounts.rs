@@ -250,16 +250,7 @@ pub fn attach(server: &Rc<Server>, rec: &LegacyAccount) -> Option<i64> {
         apply_setting(acc, &rec.protocol, k, v);
     }
     let mut legacy = t.legacy.borrow_mut();
-    let index = match legacy.get(&rec.id) {
-        Some(l) => l.index,
-        None => (0..)
-            .find(|i| {
-                !legacy
-                    .values()
-                    .any(|l| l.owner == owner && l.service == rec.service && l.index == *i)
-            })
-            .unwrap_or(0),
-    };
+    let index = rec.slot;
     legacy.entry(rec.id).or_insert_with(|| Legacy {
         id: rec.id,
         owner,
