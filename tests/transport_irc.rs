@@ -122,6 +122,35 @@ fn irc_through_the_transport() {
     );
     bob.expect("JOIN");
 
+    // Room discovery: the network's public channels (IRC LIST), not only the user's.
+    bob.send("JOIN #elsewhere");
+    bob.expect(" 366 ");
+    bob.send("TOPIC #elsewhere :a room alice never joined");
+    bob.expect("TOPIC");
+    c.send(&format!(
+        "<iq type='get' id='di1' to='{SVC}'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>"
+    ));
+    let items = c.until("id=\"di1\"") + &c.until("</iq>");
+    assert!(items.contains("type=\"result\""), "{items}");
+    assert!(
+        items.contains("jid=\"#elsewhere@irc.localhost\"")
+            && items.contains("name=\"#elsewhere (1 user): a room alice never joined\""),
+        "{items}"
+    );
+    assert!(items.contains("jid=\"#wockd@irc.localhost\""), "{items}");
+    // XEP-0059 max: one item and the total.
+    c.send(&format!(
+        "<iq type='get' id='di2' to='{SVC}'><query xmlns='http://jabber.org/protocol/disco#items'><set xmlns='http://jabber.org/protocol/rsm'><max>1</max></set></query></iq>"
+    ));
+    let one = c.until("id=\"di2\"") + &c.until("</iq>");
+    assert_eq!(one.matches("<item ").count(), 1, "{one}");
+    let all = items.matches("<item ").count();
+    assert!(all >= 2, "{items}");
+    assert!(
+        one.contains(&format!("<count>{all}</count>")),
+        "{one}\nvs {items}"
+    );
+
     // Groupchat both ways; the user's own message reflected once with its id.
     bob.send("PRIVMSG #wockd :hello from irc");
     let m = until_all(&mut c, &["hello from irc"]);

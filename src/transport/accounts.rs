@@ -339,6 +339,17 @@ pub fn remove(server: &Rc<Server>, id: i64) {
     if let Err(e) = server.store.delete_legacy_account(id) {
         tracing::error!("cannot delete legacy account {id}: {e}");
     }
+    super::roomlist::forget(id);
+}
+
+/// The prpl id of a legacy account (empty if unknown).
+pub fn protocol(server: &Server, id: i64) -> String {
+    Transport::get(server)
+        .legacy
+        .borrow()
+        .get(&id)
+        .map(|l| l.protocol.clone())
+        .unwrap_or_default()
 }
 
 /// A short human label for an account: its libpurple username.

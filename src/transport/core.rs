@@ -176,6 +176,7 @@ unsafe extern "C" fn ui_init() {
     super::messages::install_ui_ops();
     super::requests::install_ui_ops();
     super::contacts::install_ui_ops();
+    super::roomlist::install_ui_ops();
     super::muc::install_signals();
 }
 

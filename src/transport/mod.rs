@@ -28,6 +28,7 @@ mod messages;
 mod muc;
 mod reconnect;
 mod requests;
+mod roomlist;
 mod roster_bridge;
 mod service;
 

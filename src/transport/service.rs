@@ -101,6 +101,11 @@ pub fn bounce(server: &Server, from: &FullJid, stanza: &Element, cond: Condition
     }
 }
 
+/// Sends the result of IQ `req` with `payload` (for answers given on a later loop turn).
+pub fn reply(server: &Server, from: &FullJid, req: &Element, payload: Element) {
+    result(server, from, req, Some(payload))
+}
+
 fn result(server: &Server, from: &FullJid, req: &Element, payload: Option<Element>) {
     let mut r = Element::stanza("iq").attr("type", "result");
     if let Some(id) = req.get_attr("id") {
@@ -156,12 +161,7 @@ fn iq(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, to: &Jid, el: Ele
             if q.get_attr("node") == Some(forms::COMMANDS) {
                 return result(server, from, &el, Some(adhoc::items(info)));
             }
-            result(
-                server,
-                from,
-                &el,
-                Some(service_items(server, info, &from.to_bare())),
-            )
+            super::roomlist::items(server, info, from, el.clone(), &q)
         }
         (forms::DISCO_INFO, "query", "get", false) => {
             let node = to.node().map(|n| n.to_string()).unwrap_or_default();
@@ -279,7 +279,8 @@ fn service_info(info: &ServiceInfo) -> Element {
     q
 }
 
-fn service_items(server: &Server, info: &ServiceInfo, owner: &BareJid) -> Element {
+/// The rooms `owner` joined or will re-join on this service, as disco items.
+pub fn own_rooms(server: &Server, info: &ServiceInfo, owner: &BareJid) -> Element {
     let mut q = Element::new("query", forms::DISCO_ITEMS);
     let t = Transport::get(server);
     for id in t.accounts_of(owner, &info.domain) {

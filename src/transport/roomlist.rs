@@ -1,0 +1,372 @@
+//! Room discovery (XEP-0045 §6.3): disco#items on a service JID lists the legacy network's
+//! public rooms, fetched with libpurple's room-list API (prpl-irc: `LIST`; prpl-jabber: the
+//! conference service's items), plus the rooms the user has joined or will re-join.
+//!
+//! A room list arrives asynchronously and can be huge (a big IRC network answers `LIST` with
+//! tens of thousands of channels), so:
+//! * at most one fetch per legacy account runs at a time; later requests wait for it;
+//! * a finished list is kept for [`CACHE_FOR`], so browsing does not re-`LIST` the network;
+//! * the reply goes out when every account's list is complete, or after [`WAIT`] with what
+//!   has arrived (the fetch goes on and fills the cache);
+//! * rooms are sorted by occupant count and cut to the request's XEP-0059 `max` (default
+//!   [`DEFAULT_MAX`]), with the total in `<count/>`.
+//!
+//! libpurple calls the ui-ops below on the main thread; fetches are keyed by the
+//! `PurpleRoomlist` pointer, which we hold a reference on from request to completion.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use jid::FullJid;
+use purple_sys as p;
+
+use super::ffi::{glist, string};
+use super::{ServiceInfo, Transport, accounts, core, forms};
+use crate::server::Server;
+use crate::xml::Element;
+
+const RSM: &str = "http://jabber.org/protocol/rsm";
+/// How long a finished list is reused.
+const CACHE_FOR: Duration = Duration::from_secs(300);
+/// How long a disco#items request waits for lists before answering with what it has.
+const WAIT: Duration = Duration::from_secs(20);
+/// Items per reply when the request names no RSM `max`; also the upper bound.
+const DEFAULT_MAX: usize = 500;
+/// prpls whose room list asks the user a question first (prpl-jabber: "Enter a Conference
+/// Server"): browsing must not pop up a prompt, so these list only the user's own rooms.
+const PROMPTING: &[&str] = &["prpl-jabber"];
+
+/// One public room as the prpl listed it.
+#[derive(Clone, Debug)]
+struct Listed {
+    /// The name that joins it (what `chat_info_defaults` accepts: IRC `#chan`,
+    /// XMPP `room@conference.host`).
+    name: String,
+    users: Option<i64>,
+    topic: Option<String>,
+}
+
+/// A disco#items request waiting for room lists.
+struct Waiter {
+    token: u64,
+    from: FullJid,
+    req: Element,
+    info: ServiceInfo,
+    pending: HashSet<i64>,
+    max: usize,
+    timer: Option<glib::Source>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Running fetches: `PurpleRoomlist` pointer → (legacy account id, rooms so far).
+    fetching: HashMap<usize, (i64, Vec<Listed>)>,
+    /// Finished lists by legacy account id.
+    cache: HashMap<i64, (Instant, Rc<Vec<Listed>>)>,
+    waiting: Vec<Waiter>,
+    next_token: u64,
+}
+
+thread_local! {
+    static STATE: RefCell<State> = RefCell::default();
+}
+
+pub fn install_ui_ops() {
+    // SAFETY: called once from core::init on the main thread; the struct is leaked so it
+    // outlives libpurple.
+    unsafe {
+        p::purple_roomlist_set_ui_ops(Box::leak(Box::new(p::PurpleRoomlistUiOps {
+            show_with_account: None,
+            create: None,
+            set_fields: None,
+            add_room: Some(add_room),
+            in_progress: Some(in_progress),
+            destroy: Some(destroyed),
+            _purple_reserved1: None,
+            _purple_reserved2: None,
+            _purple_reserved3: None,
+            _purple_reserved4: None,
+        })));
+    }
+}
+
+/// Answers disco#items on the service JID `info.domain` for `from` (request `el`, payload `q`).
+pub fn items(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, el: Element, q: &Element) {
+    let max = q
+        .get_child("set", RSM)
+        .and_then(|s| s.child_text("max", RSM))
+        .and_then(|m| m.trim().parse::<usize>().ok())
+        .map_or(DEFAULT_MAX, |m| m.min(DEFAULT_MAX));
+    let owner = from.to_bare();
+    let t = Transport::get(server);
+    let mut pending = HashSet::new();
+    for id in t.accounts_of(&owner, &info.domain) {
+        if start_fetch(server, id) {
+            pending.insert(id);
+        }
+    }
+    let mut w = Waiter {
+        token: 0,
+        from: from.clone(),
+        req: el,
+        info: info.clone(),
+        pending,
+        max,
+        timer: None,
+    };
+    if w.pending.is_empty() {
+        return answer(server, w);
+    }
+    let token = STATE.with_borrow_mut(|s| {
+        s.next_token += 1;
+        s.next_token
+    });
+    w.token = token;
+    let weak = Rc::downgrade(server);
+    w.timer = Some(server.after(WAIT, move || {
+        let Some(server) = weak.upgrade() else { return };
+        let w = STATE.with_borrow_mut(|s| {
+            let i = s.waiting.iter().position(|w| w.token == token)?;
+            Some(s.waiting.swap_remove(i))
+        });
+        if let Some(mut w) = w {
+            w.timer = None; // this timer is the one firing; GLib removes it
+            answer(&server, w);
+        }
+    }));
+    STATE.with_borrow_mut(|s| s.waiting.push(w));
+}
+
+/// Makes sure account `id`'s list is fresh or being fetched; true if the caller must wait.
+fn start_fetch(server: &Server, id: i64) -> bool {
+    let (fresh, running) = STATE.with_borrow(|s| {
+        let fresh = s
+            .cache
+            .get(&id)
+            .is_some_and(|(at, _)| at.elapsed() < CACHE_FOR);
+        let running = s.fetching.values().any(|(i, _)| *i == id);
+        (fresh, running)
+    });
+    if fresh {
+        return false;
+    }
+    if running {
+        return true;
+    }
+    let Some(gc) = accounts::connection(server, id) else {
+        return false;
+    };
+    if PROMPTING.contains(&accounts::protocol(server, id).as_str()) {
+        return false;
+    }
+    // SAFETY: main thread, live connection. The prpl owns the list it returns; we take a
+    // reference so it stays valid until we have read it (dropped in `finish_fetch`).
+    unsafe {
+        let prpl = super::ffi::prpl_info(p::purple_connection_get_prpl(gc));
+        if prpl.is_null() || (*prpl).roomlist_get_list.is_none() {
+            return false;
+        }
+        let list = p::purple_roomlist_get_list(gc);
+        if list.is_null() {
+            return false;
+        }
+        p::purple_roomlist_ref(list);
+        STATE.with_borrow_mut(|s| s.fetching.insert(list as usize, (id, Vec::new())));
+        // The prpl may have answered synchronously (a cached list); then it is done already.
+        if (*list).in_progress == 0 && !(*list).rooms.is_null() {
+            finish_fetch(list);
+            return false;
+        }
+    }
+    core::flush_send_queue(
+        Transport::get(server)
+            .legacy
+            .borrow()
+            .get(&id)
+            .map_or(std::ptr::null_mut(), |l| l.account),
+    );
+    true
+}
+
+unsafe extern "C" fn add_room(list: *mut p::PurpleRoomlist, room: *mut p::PurpleRoomlistRoom) {
+    if !core::on_main_thread() || list.is_null() || room.is_null() {
+        return;
+    }
+    // SAFETY: libpurple passes a live list and room for the duration of the call.
+    let listed = unsafe { read_room(list, room) };
+    if let Some(listed) = listed {
+        STATE.with_borrow_mut(|s| {
+            if let Some((_, rooms)) = s.fetching.get_mut(&(list as usize)) {
+                rooms.push(listed);
+            }
+        });
+    }
+}
+
+/// Reads a room's joinable name and its users/topic fields (by the fields' names, which
+/// prpls share: `users`, `topic`; prpl-jabber's description is `description`).
+///
+/// # Safety
+/// `list` and `room` must be live.
+unsafe fn read_room(
+    list: *mut p::PurpleRoomlist,
+    room: *mut p::PurpleRoomlistRoom,
+) -> Option<Listed> {
+    unsafe {
+        if p::purple_roomlist_room_get_type(room) & p::PURPLE_ROOMLIST_ROOMTYPE_ROOM == 0 {
+            return None;
+        }
+        let mut name = string(p::purple_roomlist_room_get_name(room));
+        // prpl-jabber lists the bare room name; its serialisation is the joinable room@host.
+        let gc = p::purple_account_get_connection((*list).account);
+        if !gc.is_null() {
+            let prpl = super::ffi::prpl_info(p::purple_connection_get_prpl(gc));
+            if !prpl.is_null()
+                && let Some(ser) = (*prpl).roomlist_room_serialize
+                && let Some(s) = super::ffi::take_gstring(ser(room))
+                && !s.is_empty()
+            {
+                name = s;
+            }
+        }
+        if name.is_empty() {
+            return None;
+        }
+        let fields = glist(p::purple_roomlist_get_fields(list));
+        let values = glist(p::purple_roomlist_room_get_fields(room));
+        let (mut users, mut topic) = (None, None);
+        for (f, v) in fields.iter().zip(values.iter()) {
+            let f = *f as *mut p::PurpleRoomlistField;
+            if f.is_null() {
+                continue;
+            }
+            let key = string((*f).name);
+            match ((*f).type_, key.as_str()) {
+                (p::PURPLE_ROOMLIST_FIELD_INT, "users") => users = Some(*v as i64),
+                (p::PURPLE_ROOMLIST_FIELD_STRING, "topic" | "description") if !v.is_null() => {
+                    let text = super::ffi::html_to_text(&string(*v as *const std::ffi::c_char));
+                    topic = Some(text).filter(|t| !t.trim().is_empty());
+                }
+                _ => {}
+            }
+        }
+        Some(Listed { name, users, topic })
+    }
+}
+
+unsafe extern "C" fn in_progress(list: *mut p::PurpleRoomlist, flag: p::gboolean) {
+    if flag == 0 && core::on_main_thread() && !list.is_null() {
+        finish_fetch(list);
+    }
+}
+
+unsafe extern "C" fn destroyed(list: *mut p::PurpleRoomlist) {
+    // A list destroyed before completing (connection lost): keep what arrived.
+    if core::on_main_thread() && !list.is_null() {
+        complete(list as usize);
+    }
+}
+
+/// A list is complete: cache it, drop our reference, answer the requests it completes.
+fn finish_fetch(list: *mut p::PurpleRoomlist) {
+    if complete(list as usize) {
+        // SAFETY: the reference taken in `start_fetch`; the prpl still holds its own while it
+        // calls in_progress(FALSE), so this never frees the list under the caller.
+        unsafe { p::purple_roomlist_unref(list) };
+    }
+}
+
+/// Moves a fetch into the cache and answers the requests now complete; false if unknown.
+fn complete(key: usize) -> bool {
+    let Some((id, mut rooms)) = STATE.with_borrow_mut(|s| s.fetching.remove(&key)) else {
+        return false;
+    };
+    rooms.sort_by(|a, b| b.users.cmp(&a.users).then_with(|| a.name.cmp(&b.name)));
+    rooms.dedup_by(|a, b| a.name == b.name);
+    let done: Vec<Waiter> = STATE.with_borrow_mut(|s| {
+        s.cache.insert(id, (Instant::now(), Rc::new(rooms)));
+        for w in &mut s.waiting {
+            w.pending.remove(&id);
+        }
+        let (done, left) = std::mem::take(&mut s.waiting)
+            .into_iter()
+            .partition(|w| w.pending.is_empty());
+        s.waiting = left;
+        done
+    });
+    if let Some(server) = core::server() {
+        for mut w in done {
+            if let Some(t) = w.timer.take() {
+                t.destroy();
+            }
+            answer(&server, w);
+        }
+    }
+    true
+}
+
+/// Forgets the cached list of a removed or disconnected account.
+pub fn forget(id: i64) {
+    STATE.with_borrow_mut(|s| {
+        s.cache.remove(&id);
+    });
+}
+
+/// Sends the disco#items result: the user's own rooms first, then the public ones.
+fn answer(server: &Server, w: Waiter) {
+    let owner = w.from.to_bare();
+    let mut q = super::service::own_rooms(server, &w.info, &owner);
+    let mut seen: HashSet<String> = q
+        .elements()
+        .filter_map(|i| i.get_attr("jid").map(str::to_owned))
+        .collect();
+    let t = Transport::get(server);
+    let mut total = seen.len();
+    let mut shown = seen.len();
+    for id in t.accounts_of(&owner, &w.info.domain) {
+        let Some(list) = STATE.with_borrow(|s| s.cache.get(&id).map(|(_, l)| l.clone())) else {
+            continue;
+        };
+        for room in list.iter() {
+            let Some(jid) = t.contact_jid(id, &room.name).map(|j| j.to_string()) else {
+                continue;
+            };
+            if !seen.insert(jid.clone()) {
+                continue;
+            }
+            total += 1;
+            if shown >= w.max {
+                continue;
+            }
+            shown += 1;
+            q.push(
+                Element::new("item", forms::DISCO_ITEMS)
+                    .attr("jid", jid)
+                    .attr("name", label(room)),
+            );
+        }
+    }
+    if total > shown {
+        q.push(Element::new("set", RSM).child(Element::new("count", RSM).text(total.to_string())));
+    }
+    super::service::reply(server, &w.from, &w.req, q);
+}
+
+/// `#chan (12 users): topic`, the topic cut to a readable length.
+fn label(room: &Listed) -> String {
+    let mut s = room.name.clone();
+    if let Some(n) = room.users {
+        s.push_str(&format!(" ({n} {})", if n == 1 { "user" } else { "users" }));
+    }
+    if let Some(topic) = &room.topic {
+        let cut: String = topic.chars().take(100).collect();
+        s.push_str(": ");
+        s.push_str(cut.trim());
+        if cut.len() < topic.len() {
+            s.push('…');
+        }
+    }
+    s
+}
