@@ -7,7 +7,7 @@ pub mod sessions;
 
 use std::rc::Rc;
 
-use jid::{FullJid, Jid};
+use jid::{BareJid, FullJid, Jid};
 
 pub use sessions::{Session, Sessions};
 
@@ -22,6 +22,52 @@ use crate::xml::Element;
 /// addressed to that domain or a JID under it — the shape of an XEP-0114 component.
 pub trait Service {
     fn handle(&self, server: &Rc<Server>, stanza: Element, from: &FullJid);
+}
+
+/// The way back: what a service sends to the server's own users. Services write every
+/// outgoing stanza through this (inside wockd, `Rc<Server>` implements it), so a service could
+/// later run attached to another server over XEP-0114: plain routing for the first three, and
+/// XEP-0356 privileged messages for [`ServiceHost::sent_elsewhere`].
+pub trait ServiceHost {
+    /// A stanza to one session (IQ results, errors, room traffic for the joined resource).
+    fn to_session(&self, to: &FullJid, stanza: &Element);
+    /// Presence to every available session of `owner` (contacts' and the service's presence).
+    fn to_available(&self, owner: &BareJid, stanza: &Element);
+    /// A message to `owner`'s bare JID, the normal route: delivered by priority, carbons,
+    /// archived, kept in the mailbox while the user is offline.
+    fn to_account(&self, owner: &BareJid, message: Element);
+    /// A message the user sent from another client of a foreign network: sent carbons to the
+    /// user's devices and the archive, as if a local client had sent it (`from` is the user).
+    fn sent_elsewhere(&self, from: &FullJid, to: &BareJid, message: &Element);
+}
+
+impl ServiceHost for Rc<Server> {
+    fn to_session(&self, to: &FullJid, stanza: &Element) {
+        self.deliver_to_full(to, stanza);
+    }
+
+    fn to_available(&self, owner: &BareJid, stanza: &Element) {
+        let targets: Vec<_> = self
+            .sessions
+            .borrow()
+            .of(owner)
+            .iter()
+            .filter(|s| s.priority.is_some())
+            .filter_map(|s| s.connection())
+            .collect();
+        for c in targets {
+            c.send(stanza);
+        }
+    }
+
+    fn to_account(&self, owner: &BareJid, message: Element) {
+        crate::modules::message::deliver_to_bare(self, None, owner, message);
+    }
+
+    fn sent_elsewhere(&self, from: &FullJid, to: &BareJid, message: &Element) {
+        crate::modules::carbons::sent(self, from, message);
+        crate::modules::mam::archive_outgoing(self, from, &Jid::from(to.clone()), message);
+    }
 }
 
 /// Answers `stanza` with an error on the connection it came from.

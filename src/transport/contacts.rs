@@ -21,6 +21,7 @@ use purple_sys as p;
 
 use super::ffi::{cstring, gslist, opt_string, string};
 use super::{ServiceInfo, Transport, core, messages, requests, roster_bridge};
+use crate::router::ServiceHost;
 use crate::server::Server;
 use crate::xml::{Element, ns};
 
@@ -96,14 +97,14 @@ unsafe extern "C" fn buddy_removed(b: *mut p::PurpleBuddy, _d: *mut c_void) {
         .attr("from", contact.to_string())
         .attr("to", owner.to_string())
         .attr("type", "unavailable");
-    super::to_available(&server, &owner, &p);
+    server.to_available(&owner, &p);
 }
 
 unsafe extern "C" fn buddy_changed(b: *mut p::PurpleBuddy, _d: *mut c_void) {
     let Some((server, _, owner, contact, _)) = buddy_ctx(b) else {
         return;
     };
-    super::to_available(&server, &owner, &presence_of(b, &contact, &owner));
+    server.to_available(&owner, &presence_of(b, &contact, &owner));
 }
 
 unsafe extern "C" fn buddy_status(
@@ -153,7 +154,7 @@ fn presence_of(b: *mut p::PurpleBuddy, contact: &BareJid, owner: &BareJid) -> El
 }
 
 /// After a connect: every buddy the account has goes into the roster, with its presence.
-pub fn sync(server: &Server, id: i64) {
+pub fn sync(server: &Rc<Server>, id: i64) {
     let t = Transport::get(server);
     let Some((acc, owner)) = t
         .legacy
@@ -174,7 +175,7 @@ pub fn sync(server: &Server, id: i64) {
         let b = b as *mut p::PurpleBuddy;
         if let Some((_, _, _, contact, _)) = buddy_ctx(b) {
             write_item(server, &owner, &contact, b);
-            super::to_available(server, &owner, &presence_of(b, &contact, &owner));
+            server.to_available(&owner, &presence_of(b, &contact, &owner));
         }
     }
 }
@@ -291,10 +292,10 @@ pub fn presence_to_contact(
         Some("subscribe") => {
             add_buddy(acc, &name);
             roster_bridge::set_item(server, owner, &contact.to_string(), &name, &[], "both");
-            super::to_available(server, owner, &reply("subscribed"));
+            server.to_available(&owner, &reply("subscribed"));
             let b = find_buddy(acc, &name);
             if !b.is_null() {
-                super::to_available(server, owner, &presence_of(b, &contact, owner));
+                server.to_available(&owner, &presence_of(b, &contact, owner));
             }
         }
         Some("subscribed") => {
@@ -304,7 +305,7 @@ pub fn presence_to_contact(
         Some("unsubscribe") | Some("unsubscribed") => {
             remove_buddy(acc, &name);
             roster_bridge::remove_item(server, owner, &contact.to_string());
-            super::to_available(server, owner, &reply("unsubscribed"));
+            server.to_available(&owner, &reply("unsubscribed"));
         }
         Some("probe") => {
             let b = find_buddy(acc, &name);
@@ -313,7 +314,7 @@ pub fn presence_to_contact(
             } else {
                 presence_of(b, &contact, owner)
             };
-            super::to_available(server, owner, &el);
+            server.to_available(&owner, &el);
         }
         _ => {}
     }

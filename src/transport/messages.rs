@@ -2,7 +2,7 @@
 //!
 //! * Legacy → XMPP: libpurple's `write_im` (and `write_conv`, its fallback) with
 //!   `PURPLE_MESSAGE_RECV` becomes a `chat` message from the contact JID, the markup reduced to
-//!   a plain body. Every one goes through `modules::message::deliver_to_bare`, which delivers to
+//!   a plain body. Every one goes through `ServiceHost::to_account` (the server's bare-JID route), which delivers to
 //!   the user's devices or stores it in the mailbox when the user is offline — the legacy
 //!   account stays connected meanwhile.
 //! * Our own sends come back through `write_im` with `PURPLE_MESSAGE_SEND` and are dropped
@@ -25,6 +25,7 @@ use rand::Rng;
 use super::ffi::{cstring, html_to_text, opt_string, string, text_to_html};
 use super::forms;
 use super::{ServiceInfo, Transport, accounts, core, muc};
+use crate::router::ServiceHost;
 use crate::server::Server;
 use crate::stanza::Condition;
 use crate::xml::{Element, ns};
@@ -139,7 +140,7 @@ fn incoming(
             Condition::RecipientUnavailable,
             Some(&text),
         ));
-        super::to_available(&server, &owner, &m);
+        server.to_available(&owner, &m);
         return;
     }
     if flags & p::PURPLE_MESSAGE_RECV == 0 || text.is_empty() {
@@ -168,7 +169,7 @@ fn incoming(
                 .attr("stamp", rfc3339(mtime)),
         );
     }
-    crate::modules::message::deliver_to_bare(&server, None, &owner, m);
+    server.to_account(&owner, m);
 }
 
 /// XEP-0071 XHTML-IM for a libpurple message that carries formatting (bold, links, colours
@@ -218,9 +219,9 @@ fn sent_elsewhere(
         .attr("type", "chat")
         .attr("id", new_id())
         .child(Element::new("body", ns::CLIENT).text(text));
-    crate::modules::carbons::sent(server, &from, &m);
-    // And the archive keeps it, so devices that were offline see it when they sync (XEP-0313).
-    crate::modules::mam::archive_outgoing(server, &from, &jid::Jid::from(contact.clone()), &m);
+    // Sent carbons, and the archive keeps it, so devices that were offline see it when they
+    // sync (XEP-0313).
+    server.sent_elsewhere(&from, contact, &m);
 }
 
 /// UTC timestamp as XEP-0082 `DateTime`.
@@ -325,7 +326,7 @@ fn chat_state(acc: *mut p::PurpleAccount, name: *const c_char, state: &str) {
         .attr("type", "chat")
         .child(Element::new(state, forms::CHATSTATES))
         .child(Element::new("no-store", "urn:xmpp:hints"));
-    super::to_available(&server, &owner, &m);
+    server.to_available(&owner, &m);
 }
 
 unsafe extern "C" fn typing(acc: *mut p::PurpleAccount, name: *const c_char, _data: *mut c_void) {

@@ -8,6 +8,13 @@
 //! XEP-0045 rooms (a subset), libpurple's prompts as XEP-0004 forms, capped exponential
 //! reconnects with jitter, and XEP-0050 commands. See each file's header for details.
 //!
+//! Boundaries: stanzas come in through the router's `Service` trait ([`service::Gateway`]) and
+//! go out through `router::ServiceHost` (to a session, to available sessions, to the account's
+//! bare JID with mailbox and archive, sent carbons) — the two halves of an XEP-0114 component
+//! link, so the transport could later run attached to another server. What it still takes
+//! directly from the server is its own tables in the store and the roster writes in
+//! `roster_bridge` (over a component link: XEP-0356 roster privilege).
+//!
 //! Threading: libpurple is not thread-safe. It runs on the server's main loop thread; every
 //! function here that touches libpurple runs there (stanza handlers and libpurple's own
 //! callbacks both do), and [`core::on_main_thread`] guards the entry points.

@@ -24,6 +24,7 @@ use purple_sys as p;
 use super::ffi::{cstring, glist, html_to_text, prpl_info, string, text_to_html};
 use super::forms;
 use super::{Room, ServiceInfo, Transport, accounts, core, messages};
+use crate::router::ServiceHost;
 use crate::server::Server;
 use crate::stanza::Condition;
 use crate::xml::{Element, ns};
@@ -69,7 +70,7 @@ pub fn room_info(node: &str) -> Element {
         .child(Element::new("feature", forms::DISCO_INFO).attr("var", "muc_open"))
 }
 
-fn send_to_joined(server: &Server, id: i64, room: &str, build: impl Fn(&FullJid) -> Element) {
+fn send_to_joined(server: &Rc<Server>, id: i64, room: &str, build: impl Fn(&FullJid) -> Element) {
     let targets: Vec<FullJid> = Transport::get(server)
         .legacy
         .borrow()
@@ -78,7 +79,7 @@ fn send_to_joined(server: &Server, id: i64, room: &str, build: impl Fn(&FullJid)
         .map(|r| r.joined_by.clone())
         .unwrap_or_default();
     for to in targets {
-        server.deliver_to_full(&to, &build(&to));
+        server.to_session(&to, &build(&to));
     }
 }
 
@@ -139,7 +140,7 @@ pub fn presence_from_user(
                 r.joined_by.is_empty()
             };
             let own = own_nick(server, id, &room).unwrap_or_else(|| nick.to_owned());
-            server.deliver_to_full(
+            server.to_session(
                 from,
                 &occupant_presence(&room_jid, &own, from, "none", &["110"]),
             );
@@ -263,7 +264,7 @@ fn role_of(flags: p::PurpleConvChatBuddyFlags) -> &'static str {
 }
 
 /// Everything a session that joins an already-joined room must see.
-fn replay_state(server: &Server, id: i64, room: &str, to: &FullJid) {
+fn replay_state(server: &Rc<Server>, id: i64, room: &str, to: &FullJid) {
     let t = Transport::get(server);
     let Some(room_jid) = t.contact_jid(id, room) else {
         return;
@@ -286,7 +287,7 @@ fn replay_state(server: &Server, id: i64, room: &str, to: &FullJid) {
     };
     for (nick, flags) in &users {
         if *nick != own {
-            server.deliver_to_full(
+            server.to_session(
                 to,
                 &occupant_presence(&room_jid, nick, to, role_of(*flags), &[]),
             );
@@ -303,7 +304,7 @@ fn replay_state(server: &Server, id: i64, room: &str, to: &FullJid) {
     if asked != own {
         codes.push("210");
     }
-    server.deliver_to_full(
+    server.to_session(
         to,
         &occupant_presence(&room_jid, &own, to, "participant", &codes),
     );
@@ -313,7 +314,7 @@ fn replay_state(server: &Server, id: i64, room: &str, to: &FullJid) {
         .get(&id)
         .and_then(|l| l.rooms.get(room))
         .and_then(|r| r.subject.clone());
-    server.deliver_to_full(
+    server.to_session(
         to,
         &Element::stanza("message")
             .attr("from", room_jid.to_string())
@@ -698,7 +699,7 @@ pub fn rejoin_all(server: &Rc<Server>, id: i64) {
 }
 
 /// The account dropped: occupants vanish for the user until the rooms are re-joined.
-pub fn account_gone(server: &Server, id: i64) {
+pub fn account_gone(server: &Rc<Server>, id: i64) {
     let t = Transport::get(server);
     let rooms: Vec<(String, Vec<String>)> = t
         .legacy

@@ -315,7 +315,7 @@ pub fn forget(id: i64) {
 }
 
 /// Sends the disco#items result: the user's own rooms first, then the public ones.
-fn answer(server: &Server, w: Waiter) {
+fn answer(server: &Rc<Server>, w: Waiter) {
     let owner = w.from.to_bare();
     let mut q = super::service::own_rooms(server, &w.info, &owner);
     let mut seen: HashSet<String> = q

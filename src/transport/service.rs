@@ -28,6 +28,7 @@ use super::{
     roster_bridge,
 };
 use crate::router::Service;
+use crate::router::ServiceHost;
 use crate::server::Server;
 use crate::stanza::{Condition, error_reply};
 use crate::xml::Element;
@@ -95,18 +96,18 @@ impl Service for Gateway {
 }
 
 /// Sends an error reply for `stanza` back to its sender.
-pub fn bounce(server: &Server, from: &FullJid, stanza: &Element, cond: Condition, text: &str) {
+pub fn bounce(server: &Rc<Server>, from: &FullJid, stanza: &Element, cond: Condition, text: &str) {
     if let Some(e) = error_reply(stanza, cond.default_type(), cond, Some(text)) {
-        server.deliver_to_full(from, &e);
+        server.to_session(from, &e);
     }
 }
 
 /// Sends the result of IQ `req` with `payload` (for answers given on a later loop turn).
-pub fn reply(server: &Server, from: &FullJid, req: &Element, payload: Element) {
+pub fn reply(server: &Rc<Server>, from: &FullJid, req: &Element, payload: Element) {
     result(server, from, req, Some(payload))
 }
 
-fn result(server: &Server, from: &FullJid, req: &Element, payload: Option<Element>) {
+fn result(server: &Rc<Server>, from: &FullJid, req: &Element, payload: Option<Element>) {
     let mut r = Element::stanza("iq").attr("type", "result");
     if let Some(id) = req.get_attr("id") {
         r.set_attr("id", id);
@@ -118,7 +119,7 @@ fn result(server: &Server, from: &FullJid, req: &Element, payload: Option<Elemen
     if let Some(p) = payload {
         r.push(p);
     }
-    server.deliver_to_full(from, &r);
+    server.to_session(from, &r);
 }
 
 fn iq(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, to: &Jid, el: Element) {
@@ -377,7 +378,7 @@ fn register_set(
             .attr("from", info.domain.as_str())
             .attr("to", owner.to_string())
             .attr("type", "unavailable");
-        super::to_available(server, &owner, &p);
+        server.to_available(&owner, &p);
         roster_bridge::remove_item(server, &owner, &info.domain);
         return;
     }
@@ -556,7 +557,7 @@ fn presence(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, to: &Jid, e
                     .attr("from", info.domain.as_str())
                     .attr("to", owner.to_string())
                     .attr("type", "subscribed");
-                super::to_available(server, &owner, &p);
+                server.to_available(&owner, &p);
                 announce(server, &owner, &info.domain);
             }
             _ => {}
@@ -592,12 +593,12 @@ pub fn tell(server: &Rc<Server>, owner: &BareJid, service: &str, text: &str) {
         .attr("type", "chat")
         .attr("id", messages::new_id())
         .child(Element::new("body", crate::xml::ns::CLIENT).text(text));
-    crate::modules::message::deliver_to_bare(server, None, owner, msg);
+    server.to_account(&owner, msg);
 }
 
 /// The service JID's presence to the user: available while every enabled account is
 /// online; `away` while connecting; `xa` with the reasons when some are down.
-pub fn announce(server: &Server, owner: &BareJid, service: &str) {
+pub fn announce(server: &Rc<Server>, owner: &BareJid, service: &str) {
     let t = Transport::get(server);
     let mut lines = Vec::new();
     let mut worst = 0;
@@ -630,5 +631,5 @@ pub fn announce(server: &Server, owner: &BareJid, service: &str) {
         }
         p.push(Element::new("status", crate::xml::ns::CLIENT).text(lines.join("; ")));
     }
-    super::to_available(server, owner, &p);
+    server.to_available(&owner, &p);
 }
