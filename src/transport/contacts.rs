@@ -292,10 +292,10 @@ pub fn presence_to_contact(
         Some("subscribe") => {
             add_buddy(acc, &name);
             roster_bridge::set_item(server, owner, &contact.to_string(), &name, &[], "both");
-            server.to_available(&owner, &reply("subscribed"));
+            server.to_available(owner, &reply("subscribed"));
             let b = find_buddy(acc, &name);
             if !b.is_null() {
-                server.to_available(&owner, &presence_of(b, &contact, owner));
+                server.to_available(owner, &presence_of(b, &contact, owner));
             }
         }
         Some("subscribed") => {
@@ -305,7 +305,7 @@ pub fn presence_to_contact(
         Some("unsubscribe") | Some("unsubscribed") => {
             remove_buddy(acc, &name);
             roster_bridge::remove_item(server, owner, &contact.to_string());
-            server.to_available(&owner, &reply("unsubscribed"));
+            server.to_available(owner, &reply("unsubscribed"));
         }
         Some("probe") => {
             let b = find_buddy(acc, &name);
@@ -314,7 +314,7 @@ pub fn presence_to_contact(
             } else {
                 presence_of(b, &contact, owner)
             };
-            server.to_available(&owner, &el);
+            server.to_available(owner, &el);
         }
         _ => {}
     }

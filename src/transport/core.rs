@@ -165,6 +165,8 @@ pub fn init(server: &Rc<Server>, dir: &Path) -> Result<(), InitError> {
         p::purple_set_blist(p::purple_blist_new());
         p::purple_blist_load();
     }
+    // Certificate trust per wockd user, not per process (certs.rs).
+    super::certs::install(dir);
     let (maj, min, mic) = purple_sys::version();
     tracing::info!(user_dir = %dir.display(), "libpurple {maj}.{min}.{mic} initialised");
     Ok(())

@@ -19,13 +19,14 @@
 //! function here that touches libpurple runs there (stanza handlers and libpurple's own
 //! callbacks both do), and [`core::on_main_thread`] guards the entry points.
 //!
-//! Files: `core` (init, event loop, debug, DNS), `ffi` (FFI helpers, ownership rules),
+//! Files: `core` (init, event loop, debug, DNS), `certs` (TLS trust per user), `ffi` (FFI helpers, ownership rules),
 //! `escape` (XEP-0106), `accounts` (legacy accounts: store ↔ libpurple), `service` (the
 //! service JID: disco, gateway, registration, routing), `contacts`, `messages`, `muc`,
 //! `requests`, `reconnect`, `adhoc`, `roster_bridge` (the roster module's interface).
 
 mod accounts;
 mod adhoc;
+mod certs;
 mod contacts;
 mod core;
 pub mod escape;

@@ -99,6 +99,26 @@ pub fn install_ui_ops() {
     }
 }
 
+thread_local! {
+    /// The user whose answer is being carried out (see `owners_for`).
+    static ANSWERING: std::cell::RefCell<Option<(BareJid, String)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Sets [`ANSWERING`] for as long as it lives.
+struct Answering(Option<(BareJid, String)>);
+
+impl Answering {
+    fn set(owner: BareJid, service: String) -> Answering {
+        Answering(ANSWERING.replace(Some((owner, service))))
+    }
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        ANSWERING.set(self.0.take());
+    }
+}
+
 /// Who should answer a request for `acc`. A request without an account (libpurple's
 /// certificate prompts have none) goes to the owners of the accounts connecting to a host the
 /// question names — libpurple's certificate cache is process-wide, so they are the ones whose
@@ -110,6 +130,16 @@ fn owners_for(
 ) -> Vec<(BareJid, String)> {
     let t = Transport::get(server);
     let legacy = t.legacy.borrow();
+    if acc.is_null() {
+        // Raised while one account's certificate is verified (certs.rs), or again from one
+        // user's answer ("View certificate" re-opens the question): that user's alone.
+        if let Some(l) = super::certs::verifying().and_then(|id| legacy.get(&id)) {
+            return vec![(l.owner.clone(), l.service.clone())];
+        }
+        if let Some(who) = ANSWERING.with_borrow(|a| a.clone()) {
+            return vec![who];
+        }
+    }
     let connecting = || legacy.values().filter(|l| l.state == LinkState::Connecting);
     let chosen: Vec<&super::Legacy> = if acc.is_null() {
         let naming: Vec<_> = connecting()
@@ -558,6 +588,8 @@ pub fn answer_message(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, e
             .map(|n| n - 1)
             .or_else(|| labels.iter().position(|l| l.eq_ignore_ascii_case(b)))
     };
+    // Whatever the callback asks next belongs to the same user.
+    let _answering = Answering::set(owner.clone(), info.domain.clone());
     let (rtype, ok) = match &req.kind {
         Kind::Action { labels, cbs } => match pick(labels, "action") {
             Some(i) => {

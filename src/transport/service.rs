@@ -593,7 +593,7 @@ pub fn tell(server: &Rc<Server>, owner: &BareJid, service: &str, text: &str) {
         .attr("type", "chat")
         .attr("id", messages::new_id())
         .child(Element::new("body", crate::xml::ns::CLIENT).text(text));
-    server.to_account(&owner, msg);
+    server.to_account(owner, msg);
 }
 
 /// The service JID's presence to the user: available while every enabled account is
@@ -631,5 +631,5 @@ pub fn announce(server: &Rc<Server>, owner: &BareJid, service: &str) {
         }
         p.push(Element::new("status", crate::xml::ns::CLIENT).text(lines.join("; ")));
     }
-    server.to_available(&owner, &p);
+    server.to_available(owner, &p);
 }
