@@ -139,7 +139,19 @@ pub fn execute(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, cmd: &El
         }
         "enable" => {
             let _ = server.store.set_legacy_enabled(id, true);
+            let state = t.legacy.borrow().get(&id).map(|l| l.state.clone());
+            if let Some(s @ (LinkState::Online | LinkState::Connecting)) = state {
+                // Logging in again would leave a connected account marked "connecting".
+                return done(format!("{label}: already enabled ({}).", state_text(&s)));
+            }
+            // An explicit enable starts a fresh run: full retries, failures told again.
+            if let Some(l) = t.legacy.borrow_mut().get_mut(&id) {
+                l.backoff.cancel();
+                l.backoff.attempts = 0;
+                l.told = None;
+            }
             accounts::login(server, id);
+            super::service::announce(server, &owner, &info.domain);
             done(format!("{label}: enabled."))
         }
         "disable" => {
@@ -180,6 +192,8 @@ pub fn execute(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, cmd: &El
                     "cannot read the account".into(),
                 ));
             };
+            // Saving re-enables the account in the store; a disabled one must stay so.
+            let was_enabled = rec.enabled;
             let mut settings = rec.settings.clone();
             for f in accounts::form_fields(&info.prpl)
                 .into_iter()
@@ -212,6 +226,15 @@ pub fn execute(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, cmd: &El
                 return Err((
                     Condition::InternalServerError,
                     "cannot store the settings".into(),
+                ));
+            }
+            if !was_enabled {
+                let _ = server.store.set_legacy_enabled(id, false);
+                if let Ok(Some(rec)) = server.store.legacy_account(id) {
+                    accounts::attach(server, &rec);
+                }
+                return done(format!(
+                    "{label}: settings saved; it stays logged out until enabled."
                 ));
             }
             if let Ok(Some(rec)) = server.store.legacy_account(id) {

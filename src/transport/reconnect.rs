@@ -175,11 +175,13 @@ pub fn failed(server: &Rc<Server>, id: i64, text: &str, fatal: bool) {
         )
     };
     tracing::warn!(account = %label, fatal, "legacy account disconnected: {text}");
+    // One jittered draw: the delay the user is told is the one scheduled.
+    let delay = attempts.map(Backoff::delay);
     if tell {
-        let msg = match attempts {
-            Some(n) => format!(
+        let msg = match delay {
+            Some(d) => format!(
                 "{label}: disconnected: {text}. Reconnecting in {}s.",
-                Backoff::delay(n).as_secs().max(1)
+                (d.as_secs_f64().round() as u64).max(1)
             ),
             None if fatal => format!(
                 "{label}: cannot connect: {text}. Not retrying; fix the settings (register again) \
@@ -192,8 +194,8 @@ pub fn failed(server: &Rc<Server>, id: i64, text: &str, fatal: bool) {
         service::tell(server, &owner, &service_domain, &msg);
     }
     service::announce(server, &owner, &service_domain);
-    if let Some(n) = attempts {
-        schedule(server, id, Backoff::delay(n));
+    if let Some(d) = delay {
+        schedule(server, id, d);
     }
 }
 
