@@ -158,6 +158,41 @@ fn xmpp_through_the_transport() {
     let t = bob.until("</message>");
     assert!(t.contains("<composing"), "{t}");
 
+    // Avatars: bob's picture on Prosody (vCard + XEP-0153 hash in his presence) is fetched by
+    // prpl-jabber and reaches the user as the contact's hash in presence and vCard PHOTO.
+    const PNG: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==";
+    let png = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .decode(PNG)
+            .unwrap()
+    };
+    let hash: String = {
+        use sha1::Digest as _;
+        sha1::Sha1::digest(&png)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    bob.send(&format!("<iq type='set' id='vc'><vCard xmlns='vcard-temp'><FN>Bob B.</FN><PHOTO><TYPE>image/png</TYPE><BINVAL>{PNG}</BINVAL></PHOTO></vCard></iq>"));
+    let r = bob.until("id='vc'");
+    assert!(r.contains("type='result'"), "{r}");
+    bob.send(&format!("<presence><status>with a face</status><x xmlns='vcard-temp:x:update'><photo>{hash}</photo></x></presence>"));
+    let pr = until_all(&mut c, &[&format!("<photo>{hash}</photo>")]);
+    assert!(pr.contains(&format!("from=\"{BOB}\"")), "{pr}");
+    c.send(&format!(
+        "<iq type='get' id='vc1' to='{BOB}'><vCard xmlns='vcard-temp'/></iq>"
+    ));
+    let vc = until_all(&mut c, &["id=\"vc1\"", "</iq>"]);
+    assert!(
+        vc.contains(&format!("<BINVAL>{PNG}</BINVAL>")) && vc.contains("<TYPE>image/png</TYPE>"),
+        "{vc}"
+    );
+    assert!(
+        vc.contains("<FN>Bobby</FN>"),
+        "the roster name is the display name: {vc}"
+    );
+
     // XHTML-IM both ways: prpl-jabber passes the markup on.
     c.send(&format!(
         "<message to='{BOB}' type='chat' id='m3'><body>so strong</body><html xmlns='http://jabber.org/protocol/xhtml-im'><body xmlns='http://www.w3.org/1999/xhtml'>so <strong>strong</strong></body></html></message>"

@@ -40,6 +40,8 @@ pub fn install_ui_ops() {
         core::connect_signal(h, "buddy-signed-on", buddy_changed as *const ());
         core::connect_signal(h, "buddy-signed-off", buddy_changed as *const ());
         core::connect_signal(h, "buddy-status-changed", buddy_status as *const ());
+        // A new picture: the presence carries its XEP-0153 hash, so send it again.
+        core::connect_signal(h, "buddy-icon-changed", buddy_changed as *const ());
     }
 }
 
@@ -148,6 +150,10 @@ fn presence_of(b: *mut p::PurpleBuddy, contact: &BareJid, owner: &BareJid) -> El
             if !text.is_empty() {
                 el.push(Element::new("status", ns::CLIENT).text(text));
             }
+        }
+        let name = string(p::purple_buddy_get_name(b));
+        if let Some(x) = super::avatars::update_element(p::purple_buddy_get_account(b), &name) {
+            el.push(x);
         }
     }
     el

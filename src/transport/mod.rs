@@ -26,6 +26,7 @@
 
 mod accounts;
 mod adhoc;
+mod avatars;
 mod certs;
 mod contacts;
 mod core;

@@ -181,8 +181,15 @@ fn iq(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, to: &Jid, el: Ele
                     .child(
                         Element::new("feature", forms::DISCO_INFO).attr("var", forms::CHATSTATES),
                     )
+                    .child(
+                        Element::new("feature", forms::DISCO_INFO)
+                            .attr("var", super::avatars::VCARD),
+                    )
             };
             result(server, from, &el, Some(q))
+        }
+        (super::avatars::VCARD, "vCard", "get", false) => {
+            super::avatars::vcard(server, info, from, to, &el)
         }
         (forms::REGISTER, "query", "get", true) => result(
             server,

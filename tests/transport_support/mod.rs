@@ -278,7 +278,7 @@ pub fn prosody(users: &[(&str, &str)]) -> (Guard, u16) {
              c2s_ports = {{ {port} }}; s2s_ports = {{ }}; c2s_direct_tls_ports = {{ }}\n\
              http_ports = {{ }}; https_ports = {{ }}\n\
              component_ports = {{ {comp} }}; component_interfaces = {{ \"127.0.0.1\" }}\n\
-             modules_enabled = {{ \"roster\", \"saslauth\", \"disco\", \"ping\", \"presence\", \"message\", \"iq\" }}\n\
+             modules_enabled = {{ \"roster\", \"saslauth\", \"disco\", \"ping\", \"presence\", \"message\", \"iq\", \"vcard\" }}\n\
              modules_disabled = {{ \"s2s\", \"tls\", \"posix\", \"offline\" }}\n\
              authentication = \"internal_hashed\"\n\
              c2s_require_encryption = false\n\
