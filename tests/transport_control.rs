@@ -569,7 +569,6 @@ fn transport_control() {
     );
     irc_quiet(&mut bob, ":alicebot!", Duration::from_secs(1));
     assert_eq!(x.accounts(), "alicebot@127.0.0.1: online");
-    drop(eve);
 
     // disable: the nick quits IRC and stays away; the state says disabled.
     x.clear();
@@ -924,4 +923,73 @@ fn transport_control() {
     });
     assert_eq!(x.accounts(), "alicessl@127.0.0.1: online");
     eprintln!("[{:?}] certificate prompt done", t0.elapsed());
+
+    // ---- 4. Certificate trust is per wockd user ---------------------------------------------
+
+    // Alice's "accept" is remembered for her: a re-login goes straight to IRC, no question.
+    x.clear();
+    x.account_command("relogin", "alicessl@127.0.0.1", &[]);
+    let mut saw_irc = false;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !saw_irc {
+        assert!(
+            Instant::now() < deadline,
+            "alice's re-login never reached IRC"
+        );
+        if let Ok(TlsEv::Line(l)) = tls.recv_timeout(Duration::from_millis(200)) {
+            saw_irc = ["NICK ", "USER ", "PASS ", "CAP "]
+                .iter()
+                .any(|c| l.starts_with(c));
+        }
+    }
+    x.take("the service presence: TLS account online again", 15, |s| {
+        service_presence(s) && s.contains("alicessl@127.0.0.1: online")
+    });
+    x.pump();
+    assert!(
+        x.try_take(&|s: &str| service_message(s) && s.contains("jabber:x:data"))
+            .is_none(),
+        "alice was asked again about a certificate she accepted"
+    );
+    // Eve connecting to the same host is asked for herself — alice's trust is not hers —
+    // and alice is not asked about eve's connection.
+    eve.send("<presence/>");
+    eve.clear();
+    x.clear();
+    register_irc(&mut eve, "evessl", tls_port, true);
+    let q = eve.take("eve's own certificate question", 15, |s| {
+        service_message(s) && s.contains("jabber:x:data")
+    });
+    assert!(body(&q).contains("127.0.0.1"), "{q}");
+    let mut irc_lines = Vec::new();
+    while let Ok(e) = tls.recv_timeout(Duration::from_secs(2)) {
+        // The port is shared with alice's live connection: only eve's lines count.
+        if let TlsEv::Line(l) = e
+            && l.contains("evessl")
+        {
+            irc_lines.push(l);
+        }
+    }
+    assert!(
+        irc_lines.is_empty(),
+        "eve's connection went on before she answered: {irc_lines:?}"
+    );
+    assert!(eve.accounts().starts_with("evessl@127.0.0.1: connecting"));
+    x.pump();
+    assert!(
+        x.try_take(&|s: &str| service_message(s) && s.contains("jabber:x:data"))
+            .is_none(),
+        "alice got eve's certificate question"
+    );
+    let request = field_value(&q, "request").expect("no request field");
+    let reject = option_value(&q, "Reject").expect("no Reject option");
+    eve.send(&format!(
+        "<message to='{SVC}' type='chat'>{}</message>",
+        submit(&[("request", &request), ("action", &reject)])
+    ));
+    eve.take("eve told her account failed", 10, |s| {
+        service_message(s) && s.contains("evessl@127.0.0.1") && s.contains("Not retrying")
+    });
+    assert_eq!(x.accounts(), "alicessl@127.0.0.1: online");
+    eprintln!("[{:?}] per-user certificate trust done", t0.elapsed());
 }

@@ -280,7 +280,12 @@ pub fn login(server: &Rc<Server>, id: i64) {
         Ok(Some(rec)) => rec.password,
         _ => None,
     };
-    if let Some(l) = t.legacy.borrow_mut().get_mut(&id) {
+    // An account already online (or on its way) keeps its state; only a real connect is
+    // "connecting" — set before libpurple starts it, as enabling may connect at once.
+    // SAFETY: main thread, live account.
+    if unsafe { p::purple_account_is_disconnected(acc) } != 0
+        && let Some(l) = t.legacy.borrow_mut().get_mut(&id)
+    {
         l.state = LinkState::Connecting;
     }
     let ui = cstring(core::UI_ID);
