@@ -48,7 +48,6 @@ use std::rc::Rc;
 use jid::{BareJid, FullJid};
 
 use crate::server::Server;
-use crate::xml::Element;
 
 /// One configured network.
 #[derive(Clone, Debug)]
@@ -170,21 +169,6 @@ impl Transport {
             l.service
         ))
         .ok()
-    }
-}
-
-/// Sends `el` to every available session of `owner` (presence from contacts and the service).
-pub fn to_available(server: &Server, owner: &BareJid, el: &Element) {
-    let targets: Vec<_> = server
-        .sessions
-        .borrow()
-        .of(owner)
-        .iter()
-        .filter(|s| s.priority.is_some())
-        .filter_map(|s| s.connection())
-        .collect();
-    for c in targets {
-        c.send(el);
     }
 }
 

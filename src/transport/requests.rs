@@ -23,6 +23,7 @@ use purple_sys as p;
 use super::ffi::{cstring, glist, string};
 use super::forms::{self, FormField};
 use super::{LinkState, ServiceInfo, Transport, core, messages, roster_bridge, service};
+use crate::router::ServiceHost;
 use crate::server::Server;
 use crate::xml::{Element, ns};
 
@@ -256,7 +257,7 @@ fn open(
             .attr("id", messages::new_id())
             .child(Element::new("body", ns::CLIENT).text(body.trim()))
             .child(forms::form(None, &title, &text, &all));
-        crate::modules::message::deliver_to_bare(server, None, owner, msg);
+        server.to_account(owner, msg);
     }
     id as *mut c_void
 }
@@ -789,7 +790,7 @@ pub unsafe extern "C" fn request_authorize(
         el.push(Element::new("status", ns::CLIENT).text(msg));
     }
     roster_bridge::pending_in(&server, &owner, &contact, &el);
-    super::to_available(&server, &owner, &el);
+    server.to_available(&owner, &el);
     handle as *mut c_void
 }
 
