@@ -111,7 +111,7 @@ pub struct Log {
     pub xml: bool,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Transport {
     /// Run libpurple inside the server and offer the services below.
@@ -119,6 +119,20 @@ pub struct Transport {
     /// One service JID per network. Empty: `irc.<domain>` (prpl-irc) and `xmpp.<domain>`
     /// (prpl-jabber) for the first hosted domain.
     pub services: Vec<TransportService>,
+    /// Seconds without any data from a legacy server after which its connection is taken for
+    /// dead and re-made (a NAT that dropped it, a hung server). libpurple's keepalives make an
+    /// idle but healthy connection hear from its server at least every ~90 s. 0: never.
+    pub stall_timeout: u64,
+}
+
+impl Default for Transport {
+    fn default() -> Self {
+        Transport {
+            enabled: false,
+            services: Vec::new(),
+            stall_timeout: 300,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -219,4 +219,5 @@ pub fn install(server: &Rc<Server>) {
         );
     }
     accounts::load_all(server);
+    reconnect::start_watchdog(server);
 }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use purple_sys as p;
 use rand::Rng;
 
-use super::ffi::string;
+use super::ffi::{cstring, string};
 use super::{LinkState, Transport, accounts, contacts, core, muc, service};
 use crate::server::Server;
 
@@ -55,6 +55,61 @@ impl Backoff {
     pub fn cancel(&mut self) {
         if let Some(t) = self.timer.take() {
             t.destroy();
+        }
+    }
+}
+
+/// Starts the stall watchdog (see `[transport] stall_timeout`): a connection that has heard
+/// nothing from its server for that long is failed as a network error, so the usual reconnect
+/// (and telling the user) follows. Prpls that never record when data arrived
+/// (`last_received` stays 0) are left alone.
+pub fn start_watchdog(server: &Rc<Server>) {
+    let stall = server.config.transport.stall_timeout;
+    if stall == 0 {
+        return;
+    }
+    let every = Duration::from_secs((stall / 3).clamp(1, 30));
+    let weak = Rc::downgrade(server);
+    crate::net::source::every(every, move || {
+        let Some(server) = weak.upgrade() else {
+            return glib::ControlFlow::Break;
+        };
+        check_stalls(&server, stall);
+        glib::ControlFlow::Continue
+    });
+}
+
+fn check_stalls(server: &Rc<Server>, stall: u64) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let online: Vec<i64> = Transport::get(server)
+        .legacy
+        .borrow()
+        .values()
+        .filter(|l| l.state == LinkState::Online)
+        .map(|l| l.id)
+        .collect();
+    for id in online {
+        let Some(gc) = accounts::connection(server, id) else {
+            continue;
+        };
+        // SAFETY: main thread; a connected account's live connection.
+        let last = unsafe { (*gc).last_received } as i64;
+        if last > 0 && now - last > stall as i64 {
+            tracing::warn!(account = %accounts::label(server, id), "no data from the legacy server for {stall} s; reconnecting");
+            let text = cstring(&format!(
+                "No data from the server for {stall} s; the connection is taken for dead."
+            ));
+            // SAFETY: as above; libpurple copies the text and tears the connection down
+            // from its own idle callback, then our report_disconnect_reason runs.
+            unsafe {
+                p::purple_connection_error_reason(
+                    gc,
+                    p::PURPLE_CONNECTION_ERROR_NETWORK_ERROR,
+                    text.as_ptr(),
+                )
+            };
         }
     }
 }
