@@ -95,6 +95,7 @@ fn check_stalls(server: &Rc<Server>, stall: u64) {
             continue;
         };
         // SAFETY: main thread; a connected account's live connection.
+        #[allow(clippy::unnecessary_cast)] // time_t is i64 here, not on every target
         let last = unsafe { (*gc).last_received } as i64;
         if last > 0 && now - last > stall as i64 {
             tracing::warn!(account = %accounts::label(server, id), "no data from the legacy server for {stall} s; reconnecting");
