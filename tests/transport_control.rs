@@ -20,7 +20,7 @@
 mod common;
 mod transport_support;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::Arc;
@@ -29,7 +29,6 @@ use std::time::{Duration, Instant};
 
 use common::{Raw, TestServer};
 use transport_support::*;
-use wockd::config::TransportService;
 
 const SVC: &str = "irc.localhost";
 const COMMANDS: &str = "http://jabber.org/protocol/commands";
@@ -466,15 +465,7 @@ fn transport_control() {
     let srv = TestServer::start_with(
         |c| {
             c.transport.enabled = true;
-            c.transport.services = vec![TransportService {
-                domain: SVC.into(),
-                prpl: "prpl-irc".into(),
-                name: None,
-                defaults: BTreeMap::from([
-                    ("ratelimit-interval".into(), "0".into()),
-                    ("ratelimit-burst".into(), "100".into()),
-                ]),
-            }];
+            c.transport.services = vec![irc_service(SVC)];
         },
         |_| {},
     );

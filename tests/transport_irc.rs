@@ -8,12 +8,10 @@
 mod common;
 mod transport_support;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::{Raw, TestServer};
 use transport_support::*;
-use wockd::config::TransportService;
 
 const SVC: &str = "irc.localhost";
 
@@ -44,16 +42,7 @@ fn irc_through_the_transport() {
     let srv = TestServer::start_with(
         |c| {
             c.transport.enabled = true;
-            c.transport.services = vec![TransportService {
-                domain: SVC.into(),
-                prpl: "prpl-irc".into(),
-                name: None,
-                // libpurple's IRC rate limit (2 s, burst 5) would delay and drop test lines.
-                defaults: BTreeMap::from([
-                    ("ratelimit-interval".into(), "0".into()),
-                    ("ratelimit-burst".into(), "100".into()),
-                ]),
-            }];
+            c.transport.services = vec![irc_service(SVC)];
         },
         |_| {},
     );

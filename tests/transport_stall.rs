@@ -9,7 +9,6 @@
 mod common;
 mod transport_support;
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::mpsc::{Receiver, channel};
@@ -17,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use common::{Raw, TestServer};
 use transport_support::*;
-use wockd::config::TransportService;
 
 const SVC: &str = "irc.localhost";
 
@@ -70,12 +68,7 @@ fn a_silent_connection_is_remade() {
         |c| {
             c.transport.enabled = true;
             c.transport.stall_timeout = 3;
-            c.transport.services = vec![TransportService {
-                domain: SVC.into(),
-                prpl: "prpl-irc".into(),
-                name: None,
-                defaults: BTreeMap::new(),
-            }];
+            c.transport.services = vec![irc_service(SVC)];
         },
         |_| {},
     );

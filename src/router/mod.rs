@@ -47,15 +47,7 @@ impl ServiceHost for Rc<Server> {
     }
 
     fn to_available(&self, owner: &BareJid, stanza: &Element) {
-        let targets: Vec<_> = self
-            .sessions
-            .borrow()
-            .of(owner)
-            .iter()
-            .filter(|s| s.priority.is_some())
-            .filter_map(|s| s.connection())
-            .collect();
-        for c in targets {
+        for (_, c) in crate::modules::presence::available_sessions(self, owner) {
             c.send(stanza);
         }
     }

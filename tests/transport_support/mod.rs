@@ -10,6 +10,20 @@ use std::time::{Duration, Instant};
 
 use crate::common::Raw;
 
+/// An IRC service at `domain` for a test server, with libpurple's IRC rate limit (2 s, burst
+/// 5) off: it would delay and drop test lines.
+pub fn irc_service(domain: &str) -> wockd::config::TransportService {
+    wockd::config::TransportService {
+        domain: domain.into(),
+        prpl: "prpl-irc".into(),
+        name: None,
+        defaults: std::collections::BTreeMap::from([
+            ("ratelimit-interval".into(), "0".into()),
+            ("ratelimit-burst".into(), "100".into()),
+        ]),
+    }
+}
+
 /// Under `CI=true` a missing server fails the test; locally it is skipped, loudly.
 pub fn require(binary: &str) -> Option<PathBuf> {
     let found = ["/usr/sbin", "/usr/bin", "/usr/local/bin", "/usr/local/sbin"]
