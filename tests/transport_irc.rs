@@ -111,6 +111,17 @@ fn irc_through_the_transport() {
     );
     bob.expect("JOIN");
 
+    // The joined room is in the user's XEP-0402 bookmarks (autojoin), for the other devices.
+    c.send("<iq type='get' id='bm'><pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='urn:xmpp:bookmarks:1'/></pubsub></iq>");
+    let bm = c.until("id=\"bm\"") + &c.until("</iq>");
+    assert!(
+        bm.contains("<item id=\"#wockd@irc.localhost\">")
+            && bm.contains("<conference xmlns=\"urn:xmpp:bookmarks:1\"")
+            && bm.contains("autojoin=\"true\"")
+            && bm.contains("<nick>alicebot</nick>"),
+        "{bm}"
+    );
+
     // Room discovery: the network's public channels (IRC LIST), not only the user's.
     bob.send("JOIN #elsewhere");
     bob.expect(" 366 ");

@@ -111,6 +111,34 @@ fn occupant_presence(
     p
 }
 
+/// Adds the room to the user's XEP-0402 bookmarks (autojoin) unless it is there already, so
+/// the user's other devices join it too, and join it again after reconnecting. Leaving from
+/// a client sets autojoin off in that bookmark itself (XEP-0402 §4), which we leave alone.
+fn bookmark(server: &Rc<Server>, owner: &BareJid, room_jid: &BareJid, room: &str, nick: &str) {
+    const NS: &str = "urn:xmpp:bookmarks:1";
+    let conference = Element::new("conference", NS)
+        .attr("name", room)
+        .attr("autojoin", "true")
+        .child(Element::new("nick", NS).text(nick));
+    // XEP-0402 §3.1's publish-options, so clients' later publishes match the node.
+    let options = crate::transport::forms::pubsub_options(&[
+        ("pubsub#persist_items", "true"),
+        ("pubsub#max_items", "max"),
+        ("pubsub#send_last_published_item", "never"),
+        ("pubsub#access_model", "whitelist"),
+    ]);
+    if let Err(e) = crate::modules::pep::publish_if_missing(
+        server,
+        owner,
+        NS,
+        &room_jid.to_string(),
+        conference,
+        Some(options),
+    ) {
+        tracing::warn!("cannot bookmark {room_jid}: {e}");
+    }
+}
+
 /// Presence from the user to `room@service/nick`: join or leave.
 pub fn presence_from_user(
     server: &Rc<Server>,
@@ -171,6 +199,7 @@ pub fn presence_from_user(
             if let Err(e) = server.store.save_legacy_room(id, &room, Some(nick)) {
                 tracing::warn!("cannot remember room: {e}");
             }
+            bookmark(server, &owner, &room_jid, &room, nick);
             if joined {
                 if !already {
                     replay_state(server, id, &room, from);

@@ -365,6 +365,60 @@ impl Ctx {
     }
 }
 
+/// Publishes `payload` as item `item_id` of `owner`'s node `node` on the server's behalf (a
+/// service keeping the user's data in step), exactly as the owner's own publish with
+/// publish-options `options` would: node created with them if missing, notifications to the
+/// owner's resources and contacts. Does nothing and returns false if the item exists already
+/// (the user's own version wins).
+pub fn publish_if_missing(
+    server: &Rc<Server>,
+    owner: &BareJid,
+    node: &str,
+    item_id: &str,
+    payload: Element,
+    options: Option<Element>,
+) -> Result<bool, StoreError> {
+    let Some(account) = server.store.account_id_of(owner)? else {
+        return Ok(false);
+    };
+    let existing = server.store.pep_node(account, node)?;
+    if let Some(n) = &existing
+        && server.store.pep_item(n.id, item_id)?.is_some()
+    {
+        return Ok(false);
+    }
+    let Ok(from) = FullJid::new(&format!("{owner}/wockd")) else {
+        return Ok(false);
+    };
+    let ctx = Ctx {
+        server: server.clone(),
+        from,
+        owner: owner.clone(),
+        account,
+    };
+    let request = Element::new("publish", ns::PUBSUB)
+        .attr("node", node)
+        .child(
+            Element::new("item", ns::PUBSUB)
+                .attr("id", item_id)
+                .child(payload),
+        );
+    // An existing node keeps the configuration its clients gave it: no preconditions then.
+    let options = options.filter(|_| existing.is_none());
+    match publish(&ctx, &request, options.as_ref()) {
+        Ok(done) => {
+            for (node, payload) in done.events {
+                notify::broadcast(&ctx.server, &ctx.owner, &node, &payload);
+            }
+            Ok(true)
+        }
+        Err(fail) => {
+            tracing::warn!(%owner, node, "server-side publish refused: {:?} {}", fail.cond, fail.text);
+            Ok(false)
+        }
+    }
+}
+
 fn pubsub_get(iq: Incoming) {
     handle(iq, |ctx, p| {
         if let Some(items) = p.get_child("items", ns::PUBSUB) {
