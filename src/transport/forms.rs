@@ -141,6 +141,28 @@ pub fn truthy(v: &str) -> bool {
     matches!(v.trim(), "1" | "true")
 }
 
+/// XEP-0060 `publish-options`: the submitted `pubsub#publish-options` form.
+pub fn pubsub_options(fields: &[(&str, &str)]) -> Element {
+    use crate::xml::ns::DATA_FORMS;
+    let mut x = Element::new("x", DATA_FORMS).attr("type", "submit").child(
+        Element::new("field", DATA_FORMS)
+            .attr("var", "FORM_TYPE")
+            .attr("type", "hidden")
+            .child(
+                Element::new("value", DATA_FORMS)
+                    .text("http://jabber.org/protocol/pubsub#publish-options"),
+            ),
+    );
+    for (var, value) in fields {
+        x.push(
+            Element::new("field", DATA_FORMS)
+                .attr("var", *var)
+                .child(Element::new("value", DATA_FORMS).text(*value)),
+        );
+    }
+    x
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,26 +187,4 @@ mod tests {
         assert_eq!(value(&vals, "a"), Some("v"));
         assert_eq!(value(&vals, "FORM_TYPE"), Some(REGISTER));
     }
-}
-
-/// XEP-0060 `publish-options`: the submitted `pubsub#publish-options` form.
-pub fn pubsub_options(fields: &[(&str, &str)]) -> Element {
-    use crate::xml::ns::DATA_FORMS;
-    let mut x = Element::new("x", DATA_FORMS).attr("type", "submit").child(
-        Element::new("field", DATA_FORMS)
-            .attr("var", "FORM_TYPE")
-            .attr("type", "hidden")
-            .child(
-                Element::new("value", DATA_FORMS)
-                    .text("http://jabber.org/protocol/pubsub#publish-options"),
-            ),
-    );
-    for (var, value) in fields {
-        x.push(
-            Element::new("field", DATA_FORMS)
-                .attr("var", *var)
-                .child(Element::new("value", DATA_FORMS).text(*value)),
-        );
-    }
-    x
 }
