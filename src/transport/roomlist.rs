@@ -34,6 +34,8 @@ const CACHE_FOR: Duration = Duration::from_secs(300);
 const WAIT: Duration = Duration::from_secs(20);
 /// Items per reply when the request names no RSM `max`; also the upper bound.
 const DEFAULT_MAX: usize = 500;
+/// disco#items requests of one user that may wait for lists at the same time.
+const MAX_WAITING: usize = 8;
 /// prpls whose room list asks the user a question first (prpl-jabber: "Enter a Conference
 /// Server"): browsing must not pop up a prompt, so these list only the user's own rooms.
 const PROMPTING: &[&str] = &["prpl-jabber"];
@@ -116,7 +118,15 @@ pub fn items(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, el: Elemen
         max,
         timer: None,
     };
-    if w.pending.is_empty() {
+    // A client asking again and again while a list is slow to come gets what there is,
+    // rather than piling up waiting requests.
+    let queued = STATE.with_borrow(|s| {
+        s.waiting
+            .iter()
+            .filter(|o| o.from.to_bare() == owner)
+            .count()
+    });
+    if w.pending.is_empty() || queued >= MAX_WAITING {
         return answer(server, w);
     }
     let token = STATE.with_borrow_mut(|s| {
@@ -280,11 +290,10 @@ fn finish_fetch(list: *mut p::PurpleRoomlist) {
 
 /// Moves a fetch into the cache and answers the requests now complete; false if unknown.
 fn complete(key: usize) -> bool {
-    let Some((id, mut rooms)) = STATE.with_borrow_mut(|s| s.fetching.remove(&key)) else {
+    let Some((id, rooms)) = STATE.with_borrow_mut(|s| s.fetching.remove(&key)) else {
         return false;
     };
-    rooms.sort_by(|a, b| b.users.cmp(&a.users).then_with(|| a.name.cmp(&b.name)));
-    rooms.dedup_by(|a, b| a.name == b.name);
+    let rooms = sorted(rooms);
     let done: Vec<Waiter> = STATE.with_borrow_mut(|s| {
         s.cache.insert(id, (Instant::now(), Rc::new(rooms)));
         for w in &mut s.waiting {
@@ -307,6 +316,14 @@ fn complete(key: usize) -> bool {
     true
 }
 
+/// Largest rooms first, each name once.
+fn sorted(mut rooms: Vec<Listed>) -> Vec<Listed> {
+    rooms.sort_by(|a, b| a.name.cmp(&b.name));
+    rooms.dedup_by(|a, b| a.name == b.name);
+    rooms.sort_by(|a, b| b.users.cmp(&a.users).then_with(|| a.name.cmp(&b.name)));
+    rooms
+}
+
 /// Forgets the cached list of a removed or disconnected account.
 pub fn forget(id: i64) {
     STATE.with_borrow_mut(|s| {
@@ -326,7 +343,15 @@ fn answer(server: &Rc<Server>, w: Waiter) {
     let mut total = seen.len();
     let mut shown = seen.len();
     for id in t.accounts_of(&owner, &w.info.domain) {
-        let Some(list) = STATE.with_borrow(|s| s.cache.get(&id).map(|(_, l)| l.clone())) else {
+        // A finished list, else (the wait ran out) what a running fetch has so far.
+        let Some(list) = STATE.with_borrow(|s| {
+            s.cache.get(&id).map(|(_, l)| l.clone()).or_else(|| {
+                s.fetching
+                    .values()
+                    .find(|(i, _)| *i == id)
+                    .map(|(_, rooms)| Rc::new(sorted(rooms.clone())))
+            })
+        }) else {
             continue;
         };
         for room in list.iter() {
