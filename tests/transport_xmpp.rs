@@ -42,6 +42,8 @@ fn xmpp_through_the_transport() {
         ("alice", "pw-alice"),
         ("bob", "pw-bob"),
         ("carol", "pw-carol"),
+        ("dave", "pw-dave"),
+        ("erin", "pw-erin"),
     ]);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
 
@@ -218,6 +220,32 @@ fn xmpp_through_the_transport() {
     until_all(&mut c, &["id=\"rm\""]);
     let u = bob.until("type='unsubscribe'");
     assert!(u.contains("from='alice@localhost"), "{u}");
+
+    // A legacy authorisation request becomes a subscription request; approving it answers
+    // the legacy contact.
+    let mut dave = Raw::login_plain(addr, "dave", "pw-dave", "desk");
+    dave.send("<iq type='get' id='rg'><query xmlns='jabber:iq:roster'/></iq>");
+    until_all(&mut dave, &["id='rg'"]);
+    dave.send("<presence/>");
+    dave.send("<presence to='alice@localhost' type='subscribe'/>");
+    const DAVE: &str = "dave\\40localhost@xmpp.localhost";
+    let sub = until_all(&mut c, &[&format!("from=\"{DAVE}\""), "type=\"subscribe\""]);
+    assert!(sub.contains("<presence"), "{sub}");
+    c.send(&format!("<presence to='{DAVE}' type='subscribed'/>"));
+    let ok = dave.until("type='subscribed'") + &dave.until(">");
+    assert!(ok.contains("from='alice@localhost"), "{ok}");
+
+    // Subscribing to a contact JID adds the legacy buddy: Prosody asks erin.
+    let mut erin = Raw::login_plain(addr, "erin", "pw-erin", "desk");
+    erin.send("<iq type='get' id='rg'><query xmlns='jabber:iq:roster'/></iq>");
+    until_all(&mut erin, &["id='rg'"]);
+    erin.send("<presence/>");
+    const ERIN: &str = "erin\\40localhost@xmpp.localhost";
+    c.send(&format!("<presence to='{ERIN}' type='subscribe'/>"));
+    let push = until_all(&mut c, &[&format!("jid=\"{ERIN}\"")]);
+    assert!(push.contains("jabber:iq:roster"), "no roster push: {push}");
+    let ask = erin.until("type='subscribe'") + &erin.until(">");
+    assert!(ask.contains("from='alice@localhost"), "{ask}");
 
     // Wrong password: a clear error, said once, no retries.
     register(&mut c, "reg2", "carol", "not-her-password");
