@@ -153,10 +153,17 @@ impl Transport {
     pub fn resolve(&self, owner: &BareJid, service: &str, node: &str) -> Option<(i64, String)> {
         let (name, index) = escape::parse_contact_node(node);
         let legacy = self.legacy.borrow();
-        legacy
-            .values()
-            .find(|l| &l.owner == owner && l.service == service && l.index == index)
-            .map(|l| (l.id, name))
+        let account = |index| {
+            legacy
+                .values()
+                .find(|l| &l.owner == owner && l.service == service && l.index == index)
+        };
+        match account(index) {
+            Some(l) => Some((l.id, name)),
+            // No such account: `%n` was part of the legacy name itself (`x%2` on account 1).
+            None if index > 0 => account(0).map(|l| (l.id, escape::unescape(node))),
+            None => None,
+        }
     }
 
     /// The contact JID of legacy name `name` on account `id`.
