@@ -53,7 +53,9 @@ pub fn is_room(server: &Server, owner: &BareJid, service: &str, node: &str) -> b
     let Some(l) = legacy.get(&id) else {
         return false;
     };
-    l.rooms.contains_key(&name) || (l.protocol == "prpl-irc" && is_irc_channel(&name))
+    l.rooms.contains_key(&name)
+        || (l.protocol == "prpl-irc" && is_irc_channel(&name))
+        || super::roomlist::is_listed(id, &name)
 }
 
 pub fn room_info(node: &str) -> Element {

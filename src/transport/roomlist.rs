@@ -324,6 +324,15 @@ fn sorted(mut rooms: Vec<Listed>) -> Vec<Listed> {
     rooms
 }
 
+/// Whether account `id`'s last room list names `room` (so its disco#info says "a room").
+pub fn is_listed(id: i64, room: &str) -> bool {
+    STATE.with_borrow(|s| {
+        s.cache
+            .get(&id)
+            .is_some_and(|(_, list)| list.iter().any(|r| r.name == room))
+    })
+}
+
 /// Forgets the cached list of a removed or disconnected account.
 pub fn forget(id: i64) {
     STATE.with_borrow_mut(|s| {
