@@ -190,13 +190,7 @@ fn start_fetch(server: &Server, id: i64) -> bool {
             return false;
         }
     }
-    core::flush_send_queue(
-        Transport::get(server)
-            .legacy
-            .borrow()
-            .get(&id)
-            .map_or(std::ptr::null_mut(), |l| l.account),
-    );
+    // The LIST goes out when Gateway::handle flushes prpl-irc's queue after this stanza.
     true
 }
 
