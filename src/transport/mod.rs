@@ -4,9 +4,10 @@
 //! XEP-0030 identity `gateway/<type>`, XEP-0100 (`jabber:iq:gateway`) with XEP-0106
 //! escaping, XEP-0077 registration with a data form generated from the prpl's user splits and
 //! protocol options (several legacy accounts per user), the legacy buddy list as roster items
-//! with presence both ways, messages both ways (markup, XEP-0085 chat states), group chats as
-//! XEP-0045 rooms (a subset), libpurple's prompts as XEP-0004 forms, capped exponential
-//! reconnects with jitter, and XEP-0050 commands. See each file's header for details.
+//! with presence both ways and avatars, messages both ways (markup, XEP-0085 chat states),
+//! group chats as XEP-0045 rooms (a subset) with the network's room list, libpurple's prompts
+//! as XEP-0004 forms with per-user certificate trust, capped exponential reconnects with
+//! jitter and a stall watchdog, and XEP-0050 commands. See each file's header for details.
 //!
 //! Boundaries: stanzas come in through the router's `Service` trait ([`service::Gateway`]) and
 //! go out through `router::ServiceHost` (to a session, to available sessions, to the account's
@@ -19,10 +20,13 @@
 //! function here that touches libpurple runs there (stanza handlers and libpurple's own
 //! callbacks both do), and [`core::on_main_thread`] guards the entry points.
 //!
-//! Files: `core` (init, event loop, debug, DNS), `certs` (TLS trust per user), `ffi` (FFI helpers, ownership rules),
-//! `escape` (XEP-0106), `accounts` (legacy accounts: store ↔ libpurple), `service` (the
-//! service JID: disco, gateway, registration, routing), `contacts`, `messages`, `muc`,
-//! `requests`, `reconnect`, `adhoc`, `roster_bridge` (the roster module's interface).
+//! Files: `core` (init, event loop, debug, DNS, prpl-irc's send queue), `certs` (TLS trust
+//! per user), `ffi` (FFI helpers, ownership rules), `escape` (XEP-0106), `accounts` (legacy
+//! accounts: store ↔ libpurple), `service` (the service JID: disco, gateway, registration,
+//! routing), `contacts`, `avatars` (buddy icons as vCard/XEP-0153), `messages`, `muc`
+//! (rooms, XEP-0402 bookmarks), `roomlist` (public rooms in disco#items), `requests`,
+//! `reconnect` (backoff, stall watchdog), `adhoc`, `roster_bridge` (the roster module's
+//! interface).
 
 mod accounts;
 mod adhoc;
