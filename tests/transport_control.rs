@@ -446,6 +446,15 @@ fn serve_tls(s: TcpStream, cfg: Arc<rustls::ServerConfig>, tx: Sender<TlsEv>) {
     }
 }
 
+/// A new connection to the TLS port and its completed handshake.
+fn expect_handshake(tls: &Receiver<TlsEv>) {
+    assert!(matches!(next_tls(tls, "a connection", 10), TlsEv::Accepted));
+    assert!(matches!(
+        next_tls(tls, "the TLS handshake", 10),
+        TlsEv::Handshake
+    ));
+}
+
 fn next_tls(rx: &Receiver<TlsEv>, what: &str, secs: u64) -> TlsEv {
     match rx.recv_timeout(Duration::from_secs(secs)) {
         Ok(e) => e,
@@ -808,14 +817,7 @@ fn transport_control() {
     let (tls_port, tls) = tls_irc_server();
     x.clear();
     register_irc(&mut x, "alicessl", tls_port, true);
-    assert!(matches!(
-        next_tls(&tls, "a connection", 10),
-        TlsEv::Accepted
-    ));
-    assert!(matches!(
-        next_tls(&tls, "the TLS handshake", 10),
-        TlsEv::Handshake
-    ));
+    expect_handshake(&tls);
     let prompt = x.take("the certificate question", 15, |s| {
         service_message(s) && s.contains("jabber:x:data")
     });
@@ -863,14 +865,7 @@ fn transport_control() {
     // Re-login asks again; "accept" as a chat reply lets the connection proceed.
     x.clear();
     x.account_command("relogin", "alicessl@127.0.0.1", &[]);
-    assert!(matches!(
-        next_tls(&tls, "a connection", 10),
-        TlsEv::Accepted
-    ));
-    assert!(matches!(
-        next_tls(&tls, "the TLS handshake", 10),
-        TlsEv::Handshake
-    ));
+    expect_handshake(&tls);
     let again = x.take("the certificate question again", 15, |s| {
         service_message(s) && s.contains("jabber:x:data")
     });
