@@ -339,16 +339,39 @@ pub fn flush_send_queue(acc: *mut p::PurpleAccount) {
         if irc.is_null() {
             return;
         }
-        let funcs = std::ptr::addr_of!(g_timeout_funcs) as *mut g::GSourceFuncs;
-        let source = g::g_main_context_find_source_by_funcs_user_data(
-            std::ptr::null_mut(),
-            funcs,
-            irc as g::gpointer,
-        );
+        // Searching by user data walks every source of the context (every client socket in
+        // `wockd run`), so the timer's id is remembered per connection; an id whose source is
+        // gone (a new connection) is looked for again.
+        let key = irc as usize;
+        let cached = SEND_QUEUE_TIMERS.with_borrow(|m| m.get(&key).copied());
+        let mut source = cached.map_or(std::ptr::null_mut(), |id| {
+            g::g_main_context_find_source_by_id(std::ptr::null_mut(), id)
+        });
+        if source.is_null() {
+            let funcs = std::ptr::addr_of!(g_timeout_funcs) as *mut g::GSourceFuncs;
+            source = g::g_main_context_find_source_by_funcs_user_data(
+                std::ptr::null_mut(),
+                funcs,
+                irc as g::gpointer,
+            );
+            SEND_QUEUE_TIMERS.with_borrow_mut(|m| {
+                m.retain(|_, id| {
+                    !g::g_main_context_find_source_by_id(std::ptr::null_mut(), *id).is_null()
+                });
+                if !source.is_null() {
+                    m.insert(key, g::g_source_get_id(source));
+                }
+            });
+        }
         if !source.is_null() {
             g::g_source_set_ready_time(source, 0);
         }
     }
+}
+
+thread_local! {
+    /// prpl-irc's send-queue timer id per connection (its protocol data pointer).
+    static SEND_QUEUE_TIMERS: RefCell<HashMap<usize, u32>> = RefCell::new(HashMap::new());
 }
 
 unsafe extern "C" fn source_remove(handle: p::guint) -> p::gboolean {
