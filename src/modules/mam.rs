@@ -246,7 +246,7 @@ fn result_message(
     queryid: Option<&str>,
     row: &Entry,
 ) -> Option<Element> {
-    let original = parse::element(&row.xml, &Vec::new()).ok()?;
+    let original = parse::element(&row.xml, &parse::Scope::new()).ok()?;
     let mut result = Element::new("result", NS).attr("id", row.stanza_id.as_str());
     if let Some(q) = queryid {
         result.set_attr("queryid", q);

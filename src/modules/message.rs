@@ -354,8 +354,11 @@ mod tests {
     use super::*;
 
     fn parse(s: &str) -> Element {
-        crate::xml::parse::element(s.as_bytes(), &vec![(String::new(), ns::CLIENT.to_owned())])
-            .unwrap()
+        crate::xml::parse::element(
+            s.as_bytes(),
+            &crate::xml::parse::Scope::with_default(ns::CLIENT),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -429,7 +432,8 @@ mod tests {
         assert_eq!(ids, ["kept".to_owned(), entry.stanza_id.clone()]);
         assert_eq!(entry.with, "bob@localhost");
         assert_eq!(entry.stanza_id.len(), 16);
-        let back = crate::xml::parse::element(&entry.xml, &Vec::new()).unwrap();
+        let back =
+            crate::xml::parse::element(&entry.xml, &crate::xml::parse::Scope::new()).unwrap();
         assert_eq!(back, el);
     }
 }

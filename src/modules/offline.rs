@@ -313,7 +313,7 @@ fn next_step(
     let domain = owner.domain().to_string();
     let mut stanzas = Vec::with_capacity(rows.len());
     for row in rows {
-        match crate::xml::parse::element(&row.xml, &Vec::new()) {
+        match crate::xml::parse::element(&row.xml, &crate::xml::parse::Scope::new()) {
             Ok(mut el) => {
                 el.push(
                     Element::new("delay", ns::DELAY)

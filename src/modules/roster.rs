@@ -197,7 +197,7 @@ pub fn pending_requests(server: &Server, user: &BareJid) -> Vec<Element> {
     let Some(roster) = load(server, user) else {
         return Vec::new();
     };
-    let scope = vec![(String::new(), ns::CLIENT.to_owned())];
+    let scope = parse::Scope::with_default(ns::CLIENT);
     let stored: Vec<String> = roster
         .borrow()
         .rows

@@ -312,16 +312,22 @@ impl Connection {
                 }
                 match st.framer.next(&st.inbuf) {
                     Ok(None) => None,
-                    Ok(Some(Token::StreamOpen(r))) => {
-                        Some(parse::stream_header(&st.inbuf[r]).map(Input::Header))
-                    }
+                    Ok(Some(Token::StreamOpen(r))) => Some(
+                        parse::stream_header(&st.inbuf[r])
+                            .map(Input::Header)
+                            .map_err(parse_error),
+                    ),
                     Ok(Some(Token::Element(r))) => {
                         if let Some(server) = self.server.upgrade()
                             && server.config.log.xml
                         {
                             crate::stream::negotiate::log_in(self.id, &st.inbuf[r.clone()]);
                         }
-                        Some(parse::element(&st.inbuf[r], &st.scope).map(Input::Element))
+                        Some(
+                            parse::element(&st.inbuf[r], &st.scope)
+                                .map(Input::Element)
+                                .map_err(parse_error),
+                        )
                     }
                     Ok(Some(Token::StreamClose)) => Some(Ok(Input::Close)),
                     Err(e) => Some(Err(framer_error(e))),
@@ -335,9 +341,8 @@ impl Connection {
                     self.close(None);
                     break;
                 }
-                Some(Err(e)) => {
-                    let (cond, text) = parse_error(&e);
-                    self.close(Some((cond, text)));
+                Some(Err(error)) => {
+                    self.close(Some(error));
                     break;
                 }
             }
@@ -713,24 +718,19 @@ enum Input {
     Close,
 }
 
-fn framer_error(e: FramerError) -> ParseError {
-    match e {
-        FramerError::TooLarge(n) => {
-            ParseError::NotWellFormed(format!("\u{0}policy:stanza larger than {n} bytes"))
-        }
-        FramerError::TooDeep(n) => {
-            ParseError::NotWellFormed(format!("\u{0}policy:elements nested deeper than {n}"))
-        }
-        FramerError::Restricted(what) => ParseError::Restricted(what),
-        FramerError::NotWellFormed(what) => ParseError::NotWellFormed(what.to_owned()),
-        FramerError::TextAtStreamLevel => {
-            ParseError::NotWellFormed("\u{0}format:character data at stream level".into())
-        }
-    }
+/// Maps a framing failure to the stream error RFC 6120 §4.9.3 names for it.
+fn framer_error(e: FramerError) -> (StreamError, Option<String>) {
+    let cond = match e {
+        FramerError::TooLarge(_) | FramerError::TooDeep(_) => StreamError::PolicyViolation,
+        FramerError::Restricted(_) => StreamError::RestrictedXml,
+        FramerError::NotWellFormed(_) => StreamError::NotWellFormed,
+        FramerError::TextAtStreamLevel => StreamError::BadFormat,
+    };
+    (cond, Some(e.to_string()))
 }
 
-/// Maps a framing/parsing failure to the stream error RFC 6120 §4.9.3 names for it.
-fn parse_error(e: &ParseError) -> (StreamError, Option<String>) {
+/// Maps a parsing failure to the stream error RFC 6120 §4.9.3 names for it.
+fn parse_error(e: ParseError) -> (StreamError, Option<String>) {
     match e {
         ParseError::Restricted(what) => (
             StreamError::RestrictedXml,
@@ -740,14 +740,7 @@ fn parse_error(e: &ParseError) -> (StreamError, Option<String>) {
             StreamError::InvalidNamespace,
             Some(format!("undeclared prefix {p}")),
         ),
-        ParseError::NotWellFormed(msg) => {
-            if let Some(m) = msg.strip_prefix("\u{0}policy:") {
-                (StreamError::PolicyViolation, Some(m.to_owned()))
-            } else if let Some(m) = msg.strip_prefix("\u{0}format:") {
-                (StreamError::BadFormat, Some(m.to_owned()))
-            } else {
-                (StreamError::NotWellFormed, Some(msg.clone()))
-            }
-        }
+        ParseError::Limit(what) => (StreamError::PolicyViolation, Some(what.to_owned())),
+        ParseError::NotWellFormed(msg) => (StreamError::NotWellFormed, Some(msg)),
     }
 }

@@ -195,8 +195,11 @@ mod tests {
     use super::*;
 
     fn parse(s: &str) -> Element {
-        crate::xml::parse::element(s.as_bytes(), &vec![(String::new(), ns::CLIENT.to_owned())])
-            .unwrap()
+        crate::xml::parse::element(
+            s.as_bytes(),
+            &crate::xml::parse::Scope::with_default(ns::CLIENT),
+        )
+        .unwrap()
     }
 
     #[test]

@@ -117,9 +117,7 @@ impl Framer {
     /// Scans forward and returns the next complete token, or `None` when more bytes are needed.
     pub fn next(&mut self, buf: &[u8]) -> Result<Option<Token>, FramerError> {
         while self.pos < buf.len() {
-            if self.depth >= 2 && self.pos - self.element_start > self.max_bytes {
-                return Err(FramerError::TooLarge(self.max_bytes));
-            }
+            self.check_size()?;
             match self.state {
                 State::Content => {
                     let rest = &buf[self.pos..];
@@ -175,14 +173,19 @@ impl Framer {
                     }
                 },
                 State::StartTag { quote, slash } => {
-                    let b = buf[self.pos];
-                    self.pos += 1;
                     if quote != 0 {
-                        if b == quote {
-                            self.state = State::StartTag { quote: 0, slash };
+                        // Skip the attribute value in one step; the size check follows.
+                        match memchr::memchr(quote, &buf[self.pos..]) {
+                            Some(i) => {
+                                self.pos += i + 1;
+                                self.state = State::StartTag { quote: 0, slash };
+                            }
+                            None => self.pos = buf.len(),
                         }
                         continue;
                     }
+                    let b = buf[self.pos];
+                    self.pos += 1;
                     match b {
                         b'"' | b'\'' => {
                             self.state = State::StartTag {
@@ -211,9 +214,6 @@ impl Framer {
                                 slash: false,
                             }
                         }
-                    }
-                    if self.depth <= 1 && self.pos - self.tag_start > self.max_bytes {
-                        return Err(FramerError::TooLarge(self.max_bytes));
                     }
                 }
                 State::EndTag => match memchr::memchr(b'>', &buf[self.pos..]) {
@@ -257,10 +257,25 @@ impl Framer {
                 },
             }
         }
-        if self.depth >= 2 && self.pos - self.element_start > self.max_bytes {
+        self.check_size()?;
+        Ok(None)
+    }
+
+    /// The size limit, checked in every state: a stanza (from its start tag) or, at stream
+    /// level, a single tag (the header, an end tag) may not exceed `max_bytes`, whatever it
+    /// is made of (quoted attribute values and end tags included).
+    fn check_size(&self) -> Result<(), FramerError> {
+        let start = if self.depth >= 2 {
+            self.element_start
+        } else if self.state != State::Content {
+            self.tag_start
+        } else {
+            return Ok(());
+        };
+        if self.pos - start > self.max_bytes {
             return Err(FramerError::TooLarge(self.max_bytes));
         }
-        Ok(None)
+        Ok(())
     }
 
     fn push_name(&mut self, buf: &[u8]) {
@@ -422,6 +437,40 @@ mod tests {
             all(&mut f, b"<!DOCTYPE stream>"),
             Err(FramerError::Restricted(_))
         ));
+    }
+
+    /// Every unterminated shape is refused once it passes the limit, never buffered on.
+    #[test]
+    fn unterminated_input_is_refused_in_every_state() {
+        let endless = vec![b'x'; 300];
+        let shapes: [&[u8]; 8] = [
+            b"<stream:stream xmlns='jabber:client' a='",
+            b"<stream:stream xmlns='jabber:client' a=\"",
+            b"<stream:stream xmlns='jabber:client' ",
+            b"</",
+            b"<message a='",
+            b"<message>",
+            b"<message><body>",
+            b"<message><x a=\"",
+        ];
+        for (i, shape) in shapes.into_iter().enumerate() {
+            let mut input = if i < 4 { Vec::new() } else { HEADER.to_vec() };
+            if i == 3 {
+                input = HEADER.to_vec();
+            }
+            input.extend_from_slice(shape);
+            let mut f = Framer::new(100, 10);
+            let mut result = Ok(());
+            // Fed in small reads, as a slow attacker would.
+            for chunk in endless.chunks(7) {
+                input.extend_from_slice(chunk);
+                if let Err(e) = all(&mut f, &input) {
+                    result = Err(e);
+                    break;
+                }
+            }
+            assert_eq!(result, Err(FramerError::TooLarge(100)), "shape {i}");
+        }
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Parses one framed stream header or top-level element with quick-xml into an [`Element`],
 //! resolving namespace prefixes against the declarations the stream header made.
 
+use std::collections::HashMap;
+
 use quick_xml::Reader;
 use quick_xml::XmlVersion;
 use quick_xml::escape::resolve_predefined_entity;
@@ -19,6 +21,9 @@ pub enum ParseError {
     Restricted(&'static str),
     #[error("undeclared namespace prefix {0:?}")]
     UnboundPrefix(String),
+    /// A limit on the shape of an element (attributes, declarations): a policy violation.
+    #[error("{0}")]
+    Limit(&'static str),
 }
 
 impl From<quick_xml::Error> for ParseError {
@@ -33,8 +38,79 @@ impl From<quick_xml::events::attributes::AttrError> for ParseError {
     }
 }
 
-/// Namespace bindings in scope: (prefix, uri); the empty prefix is the default namespace.
-pub type Scope = Vec<(String, String)>;
+/// At most this many namespace declarations on one element (Prosody and ejabberd have no such
+/// cap; no real stanza comes near it).
+pub const MAX_DECLARATIONS: usize = 32;
+/// At most this many attributes on one element: quick-xml's duplicate check is quadratic in it.
+pub const MAX_ATTRIBUTES: usize = 64;
+
+/// Namespace bindings in scope: each prefix maps to a stack of URIs (innermost last), so a
+/// lookup is one map probe however deep the element and however many declarations enclose it.
+/// The default namespace (the empty prefix, declared on nearly every payload) has a stack of
+/// its own, so the common case does not even hash.
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    default: Vec<String>,
+    prefixed: HashMap<String, Vec<String>>,
+    /// The prefixes in declaration order (`None` for the default), to undo an element's
+    /// declarations when it ends.
+    log: Vec<Option<String>>,
+}
+
+impl Scope {
+    pub fn new() -> Scope {
+        Scope::default()
+    }
+
+    /// A scope with only a default namespace (to re-read stored stanzas).
+    pub fn with_default(uri: &str) -> Scope {
+        let mut s = Scope::new();
+        s.declare("", uri.to_owned());
+        s
+    }
+
+    /// The URI bound to `prefix` (`""` for the default namespace).
+    pub fn get(&self, prefix: &str) -> Option<&str> {
+        if prefix.is_empty() {
+            self.default.last()
+        } else {
+            self.prefixed.get(prefix).and_then(|v| v.last())
+        }
+        .map(String::as_str)
+    }
+
+    fn declare(&mut self, prefix: &str, uri: String) {
+        if prefix.is_empty() {
+            self.default.push(uri);
+            self.log.push(None);
+        } else {
+            match self.prefixed.get_mut(prefix) {
+                Some(stack) => stack.push(uri),
+                None => {
+                    self.prefixed.insert(prefix.to_owned(), vec![uri]);
+                }
+            }
+            self.log.push(Some(prefix.to_owned()));
+        }
+    }
+
+    /// Undoes the last `n` declarations.
+    fn undo(&mut self, n: usize) {
+        for _ in 0..n {
+            match self.log.pop() {
+                Some(None) => {
+                    self.default.pop();
+                }
+                Some(Some(p)) => {
+                    if let Some(stack) = self.prefixed.get_mut(&p) {
+                        stack.pop();
+                    }
+                }
+                None => return,
+            }
+        }
+    }
+}
 
 /// What a stream header said (RFC 6120 §4.7).
 #[derive(Debug, Clone, Default)]
@@ -53,16 +129,34 @@ pub struct StreamHeader {
 impl StreamHeader {
     /// The default namespace of the stream's content (`jabber:client` for clients).
     pub fn content_ns(&self) -> Option<&str> {
-        lookup(&self.scope, "")
+        self.scope.get("")
     }
 }
 
-fn lookup<'a>(scope: &'a Scope, prefix: &str) -> Option<&'a str> {
-    scope
-        .iter()
-        .rev()
-        .find(|(p, _)| p == prefix)
-        .map(|(_, u)| u.as_str())
+/// XML 1.0 §2.2 `Char`: what may appear in a document at all, literally or as a reference.
+pub fn is_xml_char(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
+}
+
+/// True if valid UTF-8 `bytes` hold a character outside XML 1.0 `Char`: a C0 control other
+/// than TAB, LF, CR, or U+FFFE / U+FFFF (surrogates cannot occur in valid UTF-8). One pass,
+/// byte-wise: this runs on every stanza.
+fn has_forbidden_chars(bytes: &[u8]) -> bool {
+    bytes.iter().enumerate().any(|(i, &b)| match b {
+        b'\t' | b'\n' | b'\r' => false,
+        0..0x20 => true,
+        0xEF => bytes.get(i + 1) == Some(&0xBF) && matches!(bytes.get(i + 2), Some(0xBE | 0xBF)),
+        _ => false,
+    })
+}
+
+fn check_chars(text: &str) -> Result<(), ParseError> {
+    if has_forbidden_chars(text.as_bytes()) {
+        return Err(ParseError::NotWellFormed(
+            "character not allowed in XML".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn split_qname(q: &str) -> (&str, &str) {
@@ -74,13 +168,17 @@ fn split_qname(q: &str) -> (&str, &str) {
 
 fn attr_value(a: &Attribute<'_>) -> Result<String, ParseError> {
     match a.normalized_value(XmlVersion::Implicit1_0) {
-        Ok(v) => Ok(v.into_owned()),
+        // Character references may have produced what the raw bytes could not hold.
+        Ok(v) => {
+            check_chars(&v)?;
+            Ok(v.into_owned())
+        }
         Err(quick_xml::Error::Escape(_)) => Err(ParseError::Restricted("entity reference")),
         Err(e) => Err(e.into()),
     }
 }
 
-/// Builds an element from a start tag: pushes its declarations onto `scope` (the caller pops
+/// Builds an element from a start tag: pushes its declarations onto `scope` (the caller undoes
 /// them when the element ends) and resolves its name against `scope`, then `outer` (the
 /// stream's declarations, which are not copied for every stanza).
 fn open(
@@ -88,29 +186,43 @@ fn open(
     scope: &mut Scope,
     outer: &Scope,
 ) -> Result<(Element, usize), ParseError> {
+    // On an error the caller drops `scope` with the whole parse, so nothing is undone here.
     let mut attrs = Vec::new();
     let mut declared = 0;
-    for a in start.attributes().with_checks(true) {
+    for (i, a) in start.attributes().with_checks(true).enumerate() {
+        if i == MAX_ATTRIBUTES {
+            return Err(ParseError::Limit("too many attributes on one element"));
+        }
         let a = a?;
         let key: &str = a.key.as_ref();
         let value = attr_value(&a)?;
-        if key == "xmlns" {
-            scope.push((String::new(), value));
-            declared += 1;
-        } else if let Some(prefix) = key.strip_prefix("xmlns:") {
-            scope.push((prefix.to_owned(), value.clone()));
-            declared += 1;
-            attrs.push((key.to_owned(), value));
+        let prefix = if key == "xmlns" {
+            Some("")
         } else {
-            attrs.push((key.to_owned(), value));
+            key.strip_prefix("xmlns:")
+        };
+        if let Some(prefix) = prefix {
+            if declared == MAX_DECLARATIONS {
+                return Err(ParseError::Limit(
+                    "too many namespace declarations on one element",
+                ));
+            }
+            declared += 1;
+            if prefix.is_empty() {
+                scope.declare(prefix, value);
+                continue;
+            }
+            scope.declare(prefix, value.clone());
         }
+        attrs.push((key.to_owned(), value));
     }
     let qname = start.name();
     let (prefix, local) = split_qname(qname.as_ref());
     let ns = match prefix {
         "xml" => ns::XML,
-        _ => lookup(scope, prefix)
-            .or_else(|| lookup(outer, prefix))
+        _ => scope
+            .get(prefix)
+            .or_else(|| outer.get(prefix))
             .ok_or_else(|| ParseError::UnboundPrefix(prefix.to_owned()))?,
     };
     Ok((
@@ -135,6 +247,11 @@ fn reader(input: &[u8]) -> Reader<&[u8]> {
 
 /// Parses a stream header start tag (`<stream:stream …>`).
 pub fn stream_header(input: &[u8]) -> Result<StreamHeader, ParseError> {
+    if has_forbidden_chars(input) {
+        return Err(ParseError::NotWellFormed(
+            "character not allowed in XML".into(),
+        ));
+    }
     let mut r = reader(input);
     loop {
         match r.read_event()? {
@@ -166,6 +283,11 @@ pub fn stream_header(input: &[u8]) -> Result<StreamHeader, ParseError> {
 
 /// Parses one complete top-level element, with the stream's declarations in scope.
 pub fn element(input: &[u8], stream_scope: &Scope) -> Result<Element, ParseError> {
+    if has_forbidden_chars(input) {
+        return Err(ParseError::NotWellFormed(
+            "character not allowed in XML".into(),
+        ));
+    }
     let mut r = reader(input);
     // Declarations made inside the element; the stream's are looked up after them.
     let mut scope = Scope::new();
@@ -179,7 +301,7 @@ pub fn element(input: &[u8], stream_scope: &Scope) -> Result<Element, ParseError
             }
             Event::Empty(start) => {
                 let (el, declared) = open(&start, &mut scope, stream_scope)?;
-                scope.truncate(scope.len() - declared);
+                scope.undo(declared);
                 match stack.last_mut() {
                     Some((parent, _)) => parent.children.push(Node::Element(el)),
                     None => return Ok(el),
@@ -189,7 +311,7 @@ pub fn element(input: &[u8], stream_scope: &Scope) -> Result<Element, ParseError
                 let Some((el, declared)) = stack.pop() else {
                     return Err(ParseError::NotWellFormed("unbalanced end tag".into()));
                 };
-                scope.truncate(scope.len() - declared);
+                scope.undo(declared);
                 match stack.last_mut() {
                     Some((parent, _)) => parent.children.push(Node::Element(el)),
                     None => return Ok(el),
@@ -201,7 +323,12 @@ pub fn element(input: &[u8], stream_scope: &Scope) -> Result<Element, ParseError
             }
             Event::GeneralRef(r) => {
                 let text = match r.resolve_char_ref() {
-                    Ok(Some(c)) => c.to_string(),
+                    Ok(Some(c)) if is_xml_char(c) => c.to_string(),
+                    Ok(Some(_)) => {
+                        return Err(ParseError::NotWellFormed(
+                            "character reference to a character not allowed in XML".into(),
+                        ));
+                    }
                     Ok(None) => resolve_predefined_entity(&r.xml10_content())
                         .ok_or(ParseError::Restricted("entity reference"))?
                         .to_owned(),
@@ -237,10 +364,10 @@ mod tests {
     use super::*;
 
     fn client_scope() -> Scope {
-        vec![
-            (String::new(), ns::CLIENT.to_owned()),
-            ("stream".to_owned(), ns::STREAMS.to_owned()),
-        ]
+        let mut s = Scope::new();
+        s.declare("", ns::CLIENT.to_owned());
+        s.declare("stream", ns::STREAMS.to_owned());
+        s
     }
 
     #[test]
@@ -297,5 +424,84 @@ mod tests {
             Err(ParseError::UnboundPrefix(_))
         ));
         assert!(element(b"<message><body></message>", &client_scope()).is_err());
+    }
+
+    #[test]
+    fn refuses_characters_outside_xml_char() {
+        for bad in [
+            &b"<message><body>bell \x07</body></message>"[..],
+            b"<message><body>nul \x00</body></message>",
+            b"<message><body>&#x7;</body></message>",
+            b"<message><body>&#0;</body></message>",
+            b"<message><body>&#xD800;</body></message>",
+            b"<message><body>&#xFFFE;</body></message>",
+            b"<message><body>\xEF\xBF\xBF</body></message>",
+            b"<message to='a&#x1b;b'/>",
+            b"<message to='a\x1bb'/>",
+        ] {
+            assert!(
+                matches!(
+                    element(bad, &client_scope()),
+                    Err(ParseError::NotWellFormed(_))
+                ),
+                "{bad:?}"
+            );
+        }
+        assert!(stream_header(b"<stream:stream xmlns:stream='x' to='a\x01'>").is_err());
+        let ok = element(
+            b"<message><body>tab\tlf\ncr\r &#x9; \xEF\xBF\xBD \xF0\x9F\x98\x80</body></message>",
+            &client_scope(),
+        )
+        .unwrap();
+        assert!(
+            ok.child_text("body", ns::CLIENT)
+                .unwrap()
+                .contains('\u{1F600}')
+        );
+    }
+
+    #[test]
+    fn caps_attributes_and_declarations_per_element() {
+        let attrs: String = (0..MAX_ATTRIBUTES).map(|i| format!(" a{i}='x'")).collect();
+        assert!(element(format!("<message{attrs}/>").as_bytes(), &client_scope()).is_ok());
+        assert_eq!(
+            element(
+                format!("<message{attrs} z='1'/>").as_bytes(),
+                &client_scope()
+            ),
+            Err(ParseError::Limit("too many attributes on one element"))
+        );
+        let decls: String = (0..=MAX_DECLARATIONS)
+            .map(|i| format!(" xmlns:p{i}='urn:{i}'"))
+            .collect();
+        assert_eq!(
+            element(format!("<message{decls}/>").as_bytes(), &client_scope()),
+            Err(ParseError::Limit(
+                "too many namespace declarations on one element"
+            ))
+        );
+    }
+
+    /// Deep nesting with declarations at every level: lookups stay one probe, and each
+    /// element's declarations are undone when it ends.
+    #[test]
+    fn scope_is_restored_after_each_element() {
+        let mut xml = String::from("<message>");
+        for i in 0..30 {
+            xml.push_str(&format!("<x xmlns='urn:{i}' xmlns:p='urn:p{i}'>"));
+        }
+        xml.push_str("<p:leaf/>");
+        for _ in 0..30 {
+            xml.push_str("</x>");
+        }
+        xml.push_str("<p:after xmlns:p='urn:last'/><body/></message>");
+        let el = element(xml.as_bytes(), &client_scope()).unwrap();
+        let mut x = el.get_child("x", "urn:0").unwrap();
+        for i in 1..30 {
+            x = x.get_child("x", &format!("urn:{i}")).unwrap();
+        }
+        assert!(x.get_child("leaf", "urn:p29").is_some());
+        assert!(el.get_child("after", "urn:last").is_some());
+        assert!(el.get_child("body", ns::CLIENT).is_some());
     }
 }
