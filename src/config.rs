@@ -85,6 +85,12 @@ pub struct Limits {
     pub idle_timeout_secs: u64,
     /// Most simultaneous client connections.
     pub max_connections: usize,
+    /// Output bytes a connection may leave unread before its stream is closed
+    /// (`policy-violation`); what it never acknowledged goes back to the mailbox.
+    pub max_output_bytes: usize,
+    /// Bytes of unacknowledged stanzas (XEP-0198) kept per session, also while it hibernates;
+    /// past this the session ends and its unacknowledged messages go to the mailbox.
+    pub max_unacked_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -269,6 +275,8 @@ impl Default for Limits {
             keepalive_secs: 120,
             idle_timeout_secs: 600,
             max_connections: 10_000,
+            max_output_bytes: 4 * 1024 * 1024,
+            max_unacked_bytes: 8 * 1024 * 1024,
         }
     }
 }

@@ -209,14 +209,19 @@ impl Server {
     }
 
     /// Closes a connection on the next loop turn (from places that must not re-enter it).
-    pub(crate) fn queue_close(self: &Rc<Self>, id: u64) {
+    /// A hibernating session (XEP-0198) has no stream to close: it ends at once, its
+    /// unacknowledged messages going back to the mailbox.
+    pub(crate) fn queue_close(self: &Rc<Self>, id: u64, cond: StreamError, text: &'static str) {
         let weak = Rc::downgrade(self);
         source::idle_once(move || {
             if let Some(c) = weak.upgrade().and_then(|s| s.connection(id)) {
-                c.close(Some((
-                    StreamError::ResourceConstraint,
-                    Some("too many unacknowledged stanzas".into()),
-                )));
+                if c.is_hibernating() {
+                    tracing::info!(conn = id, "{text}; hibernating session ended");
+                    c.end_session_with_requeue();
+                    c.teardown();
+                } else {
+                    c.close(Some((cond, Some(text.into()))));
+                }
             }
         });
     }

@@ -27,8 +27,6 @@ use super::sasl::SaslState;
 
 /// Read at most this much per wake-up before yielding to other sources (fairness).
 const READ_BUDGET: usize = 256 * 1024;
-/// A client that lets this much output pile up unread is dropped rather than grow without end.
-const MAX_PENDING_OUTPUT: usize = 16 * 1024 * 1024;
 /// How long a closing stream waits for the peer's `</stream:stream>` or EOF.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
@@ -57,6 +55,15 @@ pub(crate) struct State {
     pub(crate) framer: Framer,
     /// Raw bytes for the socket (everything before TLS starts; with TLS only `<proceed/>`).
     out: Vec<u8>,
+    /// Plaintext waiting to enter rustls, whose own buffer takes only so much at a time: what
+    /// it does not take stays here until the socket is writable again.
+    tls_out: Vec<u8>,
+    /// The output budget was exceeded: output is discarded and the stream is being closed.
+    overflowed: bool,
+    /// Reasons input is not being read or processed (see [`Pause`]); 0 when it flows.
+    paused: u8,
+    /// TLS close_notify was queued (after the closing tag).
+    close_notified: bool,
     write_source: Option<Source>,
     pub(crate) phase: Phase,
     /// Namespace declarations of the current stream header.
@@ -129,6 +136,10 @@ impl Connection {
                 inbuf: Vec::new(),
                 framer: Framer::new(limits.max_stanza_bytes, limits.max_depth),
                 out: Vec::new(),
+                tls_out: Vec::new(),
+                overflowed: false,
+                paused: 0,
+                close_notified: false,
                 write_source: None,
                 phase: Phase::AwaitHeader,
                 scope: Scope::new(),
@@ -152,8 +163,13 @@ impl Connection {
             read_source: RefCell::new(None),
             flush_queued: Cell::new(false),
         });
-        let fd = conn.state.borrow().sock.as_raw_fd();
-        let weak = Rc::downgrade(&conn);
+        conn.watch_input();
+        Ok(conn)
+    }
+
+    fn watch_input(self: &Rc<Self>) {
+        let fd = self.state.borrow().sock.as_raw_fd();
+        let weak = Rc::downgrade(self);
         let src = source::watch_fd(
             fd,
             IOCondition::IN | IOCondition::HUP | IOCondition::ERR,
@@ -165,8 +181,38 @@ impl Connection {
                 None => ControlFlow::Break,
             },
         );
-        *conn.read_source.borrow_mut() = Some(src);
-        Ok(conn)
+        if let Some(old) = self.read_source.borrow_mut().replace(src) {
+            old.destroy();
+        }
+    }
+
+    /// Stops reading and processing input for `why` (rate limit, a store outage, an
+    /// authentication being computed off the loop) until [`unpause`](Self::unpause).
+    pub(crate) fn pause(&self, why: Pause) {
+        self.state.borrow_mut().paused |= why as u8;
+        if let Some(s) = self.read_source.borrow_mut().take() {
+            s.destroy();
+        }
+    }
+
+    /// Lifts one reason for a pause; input flows again (buffered input first) when none is left.
+    pub(crate) fn unpause(self: &Rc<Self>, why: Pause) {
+        let flowing = {
+            let mut st = self.state.borrow_mut();
+            if st.paused & why as u8 == 0 {
+                return;
+            }
+            st.paused &= !(why as u8);
+            st.paused == 0 && matches!(st.phase, Phase::AwaitHeader | Phase::Open)
+        };
+        if flowing {
+            self.watch_input();
+            self.process_input();
+        }
+    }
+
+    pub(crate) fn is_paused(&self) -> bool {
+        self.state.borrow().paused != 0
     }
 
     pub fn server(&self) -> Option<Rc<Server>> {
@@ -191,6 +237,10 @@ impl Connection {
         }
     }
 
+    pub(crate) fn is_hibernating(&self) -> bool {
+        self.state.borrow().phase == Phase::Hibernating
+    }
+
     pub fn is_open(&self) -> bool {
         matches!(self.state.borrow().phase, Phase::AwaitHeader | Phase::Open)
     }
@@ -198,6 +248,9 @@ impl Connection {
     // ---- input ----------------------------------------------------------------------------
 
     fn on_readable(self: &Rc<Self>) {
+        if self.is_paused() {
+            return;
+        }
         let eof = match self.read_available() {
             Ok(eof) => eof,
             Err(e) => {
@@ -238,6 +291,7 @@ impl Connection {
         let _ = st.sock.shutdown(Shutdown::Both);
         st.inbuf = Vec::new();
         st.out = Vec::new();
+        st.tls_out = Vec::new();
         st.tls = None;
         drop(st);
         if let Some(s) = self.read_source.borrow_mut().take() {
@@ -246,7 +300,14 @@ impl Connection {
     }
 
     /// Reads what the socket has (through TLS if active) into `inbuf`. Returns true on EOF.
+    /// `inbuf` never holds more than a partial stanza plus one read budget: reading stops at
+    /// that cap and goes on once the framer has consumed what is complete.
     fn read_available(&self) -> io::Result<bool> {
+        let cap = self
+            .server
+            .upgrade()
+            .map_or(0, |s| s.config.limits.max_stanza_bytes)
+            + READ_BUDGET;
         let mut st = self.state.borrow_mut();
         let st = &mut *st;
         st.last_read = Instant::now();
@@ -254,7 +315,7 @@ impl Connection {
         let mut total = 0;
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
-            while total < READ_BUDGET {
+            while total < READ_BUDGET && st.inbuf.len() < cap {
                 if let Some(tls) = st.tls.as_mut() {
                     match tls.read_tls(&mut st.sock) {
                         Ok(0) => return Ok(true),
@@ -281,7 +342,7 @@ impl Connection {
                     if state.peer_has_closed() {
                         return Ok(true);
                     }
-                    if tls.wants_write() {
+                    if tls.wants_write() || !st.tls_out.is_empty() {
                         self.queue_flush();
                     }
                 } else {
@@ -307,7 +368,7 @@ impl Connection {
             let next = {
                 let mut st = self.state.borrow_mut();
                 let st = &mut *st;
-                if !matches!(st.phase, Phase::AwaitHeader | Phase::Open) {
+                if !matches!(st.phase, Phase::AwaitHeader | Phase::Open) || st.paused != 0 {
                     break;
                 }
                 match st.framer.next(&st.inbuf) {
@@ -395,43 +456,58 @@ impl Connection {
         if self.state.borrow().csi.inactive && self.csi_hold(el) {
             return;
         }
-        if self.state.borrow().sm.is_some() && super::sm::is_stanza(el) && !self.sm_track(el) {
+        let log_xml = self.server.upgrade().is_some_and(|s| s.config.log.xml);
+        let (track, len) = {
+            let mut st = self.state.borrow_mut();
+            let st = &mut *st;
+            let track = st.sm.is_some() && super::sm::is_stanza(el);
+            let live = matches!(st.phase, Phase::AwaitHeader | Phase::Open | Phase::Closing)
+                && !st.overflowed;
+            if live {
+                // Straight into the output queue: no per-stanza buffer.
+                let buf = if st.tls.is_some() {
+                    &mut st.tls_out
+                } else {
+                    &mut st.out
+                };
+                let before = buf.len();
+                write(buf);
+                if log_xml {
+                    crate::stream::negotiate::log_out(self.id, &buf[before..]);
+                }
+                (track, buf.len() - before)
+            } else if track && st.phase != Phase::Closed {
+                // Hibernating (or overflowed): not written, but kept for resumption or the
+                // mailbox, and counted against the unacknowledged budget by its size.
+                let mut buf = Vec::new();
+                write(&mut buf);
+                (track, buf.len())
+            } else {
+                return;
+            }
+        };
+        if track && !self.sm_track(el, len) {
             tracing::warn!(
                 conn = self.id,
                 "too many unacknowledged stanzas; ending the session"
             );
             if let Some(server) = self.server() {
-                server.queue_close(self.id);
+                server.queue_close(
+                    self.id,
+                    StreamError::ResourceConstraint,
+                    "too many unacknowledged stanzas",
+                );
             }
         }
-        let log_xml = self.server.upgrade().is_some_and(|s| s.config.log.xml);
-        let written = {
-            let mut st = self.state.borrow_mut();
-            if matches!(st.phase, Phase::Closed | Phase::Hibernating) {
-                return;
-            }
-            if st.tls.is_none() && !log_xml {
-                write(&mut st.out);
-                None
-            } else {
-                Some(write)
-            }
-        };
-        match written {
-            None => self.queue_flush(),
-            Some(write) => {
-                let mut buf = Vec::with_capacity(256);
-                write(&mut buf);
-                self.send_raw(&buf);
-            }
-        }
+        self.output_queued();
     }
 
     /// Queues raw bytes (stream header, closing tag, keepalive whitespace).
     pub(crate) fn send_raw(&self, bytes: &[u8]) {
         {
             let mut st = self.state.borrow_mut();
-            if matches!(st.phase, Phase::Closed | Phase::Hibernating) {
+            let st = &mut *st;
+            if matches!(st.phase, Phase::Closed | Phase::Hibernating) || st.overflowed {
                 return;
             }
             if let Some(server) = self.server.upgrade()
@@ -439,15 +515,50 @@ impl Connection {
             {
                 crate::stream::negotiate::log_out(self.id, bytes);
             }
-            match st.tls.as_mut() {
-                // rustls buffers plaintext until the handshake completes.
-                Some(tls) => {
-                    if tls.writer().write_all(bytes).is_err() {
-                        return;
-                    }
-                }
-                None => st.out.extend_from_slice(bytes),
+            // rustls buffers plaintext until the handshake completes; flush feeds it.
+            if st.tls.is_some() {
+                st.tls_out.extend_from_slice(bytes);
+            } else {
+                st.out.extend_from_slice(bytes);
             }
+        }
+        self.output_queued();
+    }
+
+    /// After output was queued: enforces the output budget, then schedules the flush. A client
+    /// that lets more than `max_output_bytes` pile up unread gets no more output and its stream
+    /// is closed on the next loop turn (`policy-violation`); its session ends the normal way,
+    /// so what it never acknowledged (XEP-0198) goes back to the mailbox.
+    fn output_queued(&self) {
+        let over = {
+            let mut st = self.state.borrow_mut();
+            let st = &mut *st;
+            let budget = self
+                .server
+                .upgrade()
+                .map_or(usize::MAX, |s| s.config.limits.max_output_bytes);
+            if !st.overflowed && st.out.len() + st.tls_out.len() > budget {
+                st.overflowed = true;
+                st.out = Vec::new();
+                st.tls_out = Vec::new();
+                true
+            } else {
+                false
+            }
+        };
+        if over {
+            tracing::warn!(
+                conn = self.id,
+                "client does not read its output; closing its stream"
+            );
+            if let Some(server) = self.server() {
+                server.queue_close(
+                    self.id,
+                    StreamError::PolicyViolation,
+                    "too much output left unread",
+                );
+            }
+            return;
         }
         self.queue_flush();
     }
@@ -474,7 +585,7 @@ impl Connection {
             self.send_raw(b"<r xmlns='urn:xmpp:sm:3'/>");
             self.flush_queued.set(false);
         }
-        let (blocked, failed, finished_closing, pending) = {
+        let (blocked, failed) = {
             let mut st = self.state.borrow_mut();
             let st = &mut *st;
             if st.phase == Phase::Closed {
@@ -482,11 +593,11 @@ impl Connection {
             }
             let mut blocked = false;
             let mut failed = false;
-            while !st.out.is_empty() {
-                match st.sock.write(&st.out) {
-                    Ok(n) => {
-                        st.out.drain(..n);
-                    }
+            // Written from an offset and drained once: no memmove per partial write.
+            let mut done = 0;
+            while done < st.out.len() {
+                match st.sock.write(&st.out[done..]) {
+                    Ok(n) => done += n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         blocked = true;
                         break;
@@ -498,15 +609,35 @@ impl Connection {
                     }
                 }
             }
+            st.out.drain(..done);
             if st.out.is_empty() && st.out.capacity() > 4096 {
                 st.out = Vec::new();
             }
-            let mut pending = st.out.len();
             if !blocked
                 && !failed
                 && let Some(tls) = st.tls.as_mut()
             {
-                while tls.wants_write() {
+                // Feed rustls as much plaintext as its buffer takes, write its records out,
+                // and repeat until everything is out or the socket is full. What rustls did
+                // not take stays in `tls_out` for the next writable event.
+                let mut fed = 0;
+                loop {
+                    if fed < st.tls_out.len() {
+                        match tls.writer().write(&st.tls_out[fed..]) {
+                            Ok(n) => fed += n,
+                            Err(_) => {
+                                failed = true;
+                                break;
+                            }
+                        }
+                    }
+                    if fed == st.tls_out.len() && st.phase == Phase::Closing && !st.close_notified {
+                        tls.send_close_notify();
+                        st.close_notified = true;
+                    }
+                    if !tls.wants_write() {
+                        break;
+                    }
                     match tls.write_tls(&mut st.sock) {
                         Ok(_) => {}
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -520,15 +651,15 @@ impl Connection {
                         }
                     }
                 }
-                if tls.wants_write() {
-                    pending += 1;
+                st.tls_out.drain(..fed);
+                if st.tls_out.is_empty() && st.tls_out.capacity() > 4096 {
+                    st.tls_out = Vec::new();
                 }
             }
-            let finished_closing = st.phase == Phase::Closing && !blocked && !failed;
-            if finished_closing {
+            if st.phase == Phase::Closing && !blocked && !failed {
                 let _ = st.sock.shutdown(Shutdown::Write);
             }
-            (blocked, failed, finished_closing, pending)
+            (blocked, failed)
         };
         if failed {
             if let Some(c) = self.server().and_then(|s| s.connection(self.id)) {
@@ -536,15 +667,6 @@ impl Connection {
             } else {
                 self.teardown();
             }
-            return false;
-        }
-        let _ = finished_closing;
-        if pending > MAX_PENDING_OUTPUT {
-            tracing::warn!(
-                conn = self.id,
-                "client does not read its output; dropping it"
-            );
-            self.teardown();
             return false;
         }
         self.set_write_watch(blocked);
@@ -591,6 +713,8 @@ impl Connection {
         if !self.state.borrow().header_sent {
             self.send_header(None);
         }
+        // An overflowed stream gets its error and closing tag (if it ever reads again).
+        self.state.borrow_mut().overflowed = false;
         if let Some((cond, text)) = &error {
             tracing::debug!(
                 conn = self.id,
@@ -605,9 +729,8 @@ impl Connection {
             let mut st = self.state.borrow_mut();
             st.phase = Phase::Closing;
             st.closing_since = Some(Instant::now());
-            if let Some(tls) = st.tls.as_mut() {
-                tls.send_close_notify();
-            }
+            // TLS close_notify follows the closing tag: flush sends it once rustls has taken
+            // every queued byte.
         }
         // The session ends now: unavailable presence goes out, nothing more is routed here;
         // what the client never acknowledged goes back to the mailbox.
@@ -632,6 +755,7 @@ impl Connection {
             let _ = st.sock.shutdown(Shutdown::Both);
             st.inbuf = Vec::new();
             st.out = Vec::new();
+            st.tls_out = Vec::new();
             st.tls = None;
         }
         if let Some(s) = self.read_source.borrow_mut().take() {
@@ -710,6 +834,19 @@ impl Connection {
             Phase::Closed | Phase::Hibernating => {}
         }
     }
+}
+
+/// Why input is paused (bits of `State::paused`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Pause {
+    /// The read rate limit is exhausted until its bucket refills.
+    Rate = 1,
+    /// The mailbox cannot be committed (disk full, I/O error): nothing more is taken in until
+    /// it can, so nothing is acknowledged that is not on disk.
+    Store = 2,
+    /// A password check runs off the loop; the next stanza waits for its answer.
+    Auth = 4,
 }
 
 enum Input {

@@ -40,8 +40,20 @@ pub(crate) struct SmState {
     pub(crate) h_out: u32,
     /// The last `h` the client acknowledged; `queue` holds stanzas `acked+1 ..= h_out`.
     pub(crate) acked: u32,
-    pub(crate) queue: VecDeque<Element>,
+    /// Each with its serialised size.
+    pub(crate) queue: VecDeque<(Element, usize)>,
+    /// Sum of the sizes in `queue`.
+    pub(crate) queue_bytes: usize,
     pub(crate) r_outstanding: bool,
+}
+
+impl SmState {
+    /// Drops the `n` oldest (now acknowledged) stanzas; `n` is at most the queue's length.
+    fn drop_acked(&mut self, n: usize) {
+        for (_, len) in self.queue.drain(..n) {
+            self.queue_bytes -= len;
+        }
+    }
 }
 
 /// Resumable sessions by id (module state on the server).
@@ -143,6 +155,7 @@ impl Connection {
             h_out: 0,
             acked: 0,
             queue: VecDeque::new(),
+            queue_bytes: 0,
             r_outstanding: false,
         }));
         enabled
@@ -163,7 +176,7 @@ impl Connection {
         if n > sm.queue.len() {
             return Err(sm.h_out);
         }
-        sm.queue.drain(..n);
+        sm.drop_acked(n);
         sm.acked = h;
         sm.r_outstanding = false;
         Ok(())
@@ -222,7 +235,7 @@ impl Connection {
         if n > sm_state.queue.len() {
             return Err(failed("unexpected-request", Some(sm_state.h_out)));
         }
-        sm_state.queue.drain(..n);
+        sm_state.drop_acked(n);
         sm_state.acked = h;
         sm_state.r_outstanding = false;
         old.close_quietly();
@@ -230,7 +243,13 @@ impl Connection {
 
         // Unacknowledged stanzas, then what client state indication held back on the old
         // connection (the new stream starts active, XEP-0352 §5).
-        let replay: Vec<Element> = sm_state.queue.drain(..).chain(held).collect();
+        sm_state.queue_bytes = 0;
+        let replay: Vec<Element> = sm_state
+            .queue
+            .drain(..)
+            .map(|(el, _)| el)
+            .chain(held)
+            .collect();
         // Replayed stanzas are counted again as they go out.
         sm_state.h_out = sm_state.acked;
         let resumed = Element::new("resumed", NS)
@@ -285,14 +304,20 @@ impl Connection {
     }
 
     /// Queues a sent stanza for acknowledgement. Returns false when the queue overflowed.
-    pub(crate) fn sm_track(&self, el: &Element) -> bool {
+    /// `len` is the stanza's serialised size: the queue is bounded in bytes as well as in count
+    /// (`[limits] max_unacked_bytes`), also while the session hibernates.
+    pub(crate) fn sm_track(&self, el: &Element, len: usize) -> bool {
+        let budget = self
+            .server()
+            .map_or(usize::MAX, |s| s.config.limits.max_unacked_bytes);
         let mut st = self.state.borrow_mut();
         let Some(sm) = st.sm.as_mut() else {
             return true;
         };
         sm.h_out = sm.h_out.wrapping_add(1);
-        sm.queue.push_back(el.clone());
-        sm.queue.len() <= MAX_QUEUE
+        sm.queue.push_back((el.clone(), len));
+        sm.queue_bytes += len;
+        sm.queue.len() <= MAX_QUEUE && sm.queue_bytes <= budget
     }
 
     /// Counts a stanza received from the client.
@@ -322,7 +347,14 @@ impl Connection {
             let unacked: Vec<Element> = st
                 .sm
                 .as_mut()
-                .map(|sm| sm.queue.drain(..).filter(|e| e.name == "message").collect())
+                .map(|sm| {
+                    sm.queue_bytes = 0;
+                    sm.queue
+                        .drain(..)
+                        .map(|(el, _)| el)
+                        .filter(|e| e.name == "message")
+                        .collect()
+                })
                 .unwrap_or_default();
             if let Some(id) = st.sm.as_ref().and_then(|s| s.id.clone()) {
                 server.ext::<Registry>().by_id.borrow_mut().remove(&id);

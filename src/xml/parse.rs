@@ -173,7 +173,9 @@ fn attr_value(a: &Attribute<'_>) -> Result<String, ParseError> {
             check_chars(&v)?;
             Ok(v.into_owned())
         }
-        Err(quick_xml::Error::Escape(_)) => Err(ParseError::Restricted("entity reference")),
+        Err(quick_xml::Error::Escape(quick_xml::escape::EscapeError::UnrecognizedEntity(..))) => {
+            Err(ParseError::Restricted("entity reference"))
+        }
         Err(e) => Err(e.into()),
     }
 }
