@@ -20,6 +20,7 @@ use crate::net::{source, tls};
 use crate::router::{self, Service, Sessions};
 use crate::stanza::{Condition, StreamError};
 use crate::store::Store;
+use crate::stream::Pause;
 use crate::stream::{Connection, Stream};
 use crate::xml::Element;
 
@@ -43,6 +44,9 @@ pub struct Server {
     /// Per-module state, one value per type (see [`Server::ext`]).
     ext: RefCell<HashMap<std::any::TypeId, Rc<dyn std::any::Any>>>,
     started: Instant,
+    /// The mailbox cannot be committed (disk full, I/O error): input is paused and output held
+    /// until a retry succeeds, so nothing is acknowledged that is not on disk.
+    store_failing: Cell<bool>,
 }
 
 impl Server {
@@ -71,6 +75,7 @@ impl Server {
             timers: RefCell::new(Vec::new()),
             ext: RefCell::new(HashMap::new()),
             started: Instant::now(),
+            store_failing: Cell::new(false),
         }))
     }
 
@@ -160,6 +165,9 @@ impl Server {
                     match Connection::start(self, id, sock, peer, trusted, tls) {
                         Ok(conn) => {
                             tracing::debug!(conn = id, %peer, "connected");
+                            if self.store_failing.get() {
+                                conn.pause(Pause::Store);
+                            }
                             self.conns.borrow_mut().insert(id, conn);
                         }
                         Err(e) => tracing::warn!(%peer, "cannot set up connection: {e}"),
@@ -226,10 +234,13 @@ impl Server {
         });
     }
 
-    fn flush_all(&self) {
+    fn flush_all(self: &Rc<Self>) {
         // Acknowledged means on disk: this turn's mailbox rows are committed before any reply
         // of this turn (an IQ result, an XEP-0198 <a/>) is written (see modules::offline).
-        self.commit_mailbox();
+        // If they cannot be, nothing is written: the queue waits for the retry.
+        if !self.commit_mailbox() {
+            return;
+        }
         let ids = std::mem::take(&mut *self.flush_queue.borrow_mut());
         for id in ids {
             if let Some(c) = self.connection(id) {
@@ -238,12 +249,53 @@ impl Server {
         }
     }
 
-    /// Commits the mailbox rows queued this turn; a failure is logged and the rows stay
-    /// queued for the commit job to retry.
-    pub(crate) fn commit_mailbox(&self) {
-        if let Err(e) = crate::modules::offline::commit(self) {
-            tracing::error!("mailbox: commit before output failed: {e}");
+    /// Commits the mailbox rows queued this turn. On failure the rows stay queued, every
+    /// connection stops taking input, output is held, and the commit is retried each second
+    /// until it succeeds: a full disk is a logged, recoverable state in which nothing is
+    /// acknowledged and nothing acknowledged is lost. Returns whether output may be written.
+    pub(crate) fn commit_mailbox(self: &Rc<Self>) -> bool {
+        if self.store_failing.get() {
+            return false;
         }
+        match crate::modules::offline::commit(self) {
+            Ok(()) => true,
+            Err(e) => {
+                self.store_failing.set(true);
+                tracing::error!(
+                    "mailbox: commit failed ({e}); input paused and output held until it succeeds"
+                );
+                let conns: Vec<Rc<Connection>> = self.conns.borrow().values().cloned().collect();
+                for c in conns {
+                    c.pause(Pause::Store);
+                }
+                self.retry_commit();
+                false
+            }
+        }
+    }
+
+    fn retry_commit(self: &Rc<Self>) {
+        let weak = Rc::downgrade(self);
+        self.after(Duration::from_secs(1), move || {
+            let Some(server) = weak.upgrade() else { return };
+            if let Err(e) = crate::modules::offline::commit(&server) {
+                tracing::debug!("mailbox: commit still failing: {e}");
+                server.retry_commit();
+                return;
+            }
+            tracing::warn!("mailbox: commit succeeded again; resuming");
+            server.store_failing.set(false);
+            let conns: Vec<Rc<Connection>> = server.conns.borrow().values().cloned().collect();
+            for c in conns {
+                c.unpause(Pause::Store);
+            }
+            server.flush_all();
+        });
+    }
+
+    /// True while mailbox commits fail (see [`commit_mailbox`](Self::commit_mailbox)).
+    pub fn store_failing(&self) -> bool {
+        self.store_failing.get()
     }
 
     fn housekeeping(&self) {

@@ -12,7 +12,7 @@
 //!   whichever resource comes first. Large backlogs go out in chunks of about [`CHUNK_BYTES`],
 //!   the next chunk only once the previous one has left the TLS buffer.
 //! * **Batching.** Rows are queued in memory and written by one job per loop turn in a single
-//!   transaction (WAL, `synchronous=NORMAL`: a commit survives `kill -9`, and a burst of
+//!   transaction (WAL, `synchronous=FULL`: a commit survives `kill -9` and power loss; a burst of
 //!   messages costs one commit, not one per message). The job is an idle source of priority
 //!   [`COMMIT_PRIORITY`], just above `DEFAULT` where the sockets and the output flushes are:
 //!   glib dispatches only the most urgent ready priority per iteration and an idle source is

@@ -397,7 +397,18 @@ impl Connection {
             match next {
                 None => break,
                 Some(Ok(Input::Header(h))) => self.on_header(h),
-                Some(Ok(Input::Element(el))) => self.on_element(el),
+                Some(Ok(Input::Element(el))) => {
+                    // A bug in one handler ends this stream, not the process (the release
+                    // profile unwinds; every libpurple callback catches on its own).
+                    let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        self.on_element(el)
+                    }));
+                    if handled.is_err() {
+                        tracing::error!(conn = self.id, "a stanza handler panicked; closing");
+                        self.close(Some((StreamError::InternalServerError, None)));
+                        break;
+                    }
+                }
                 Some(Ok(Input::Close)) => {
                     self.close(None);
                     break;
@@ -735,10 +746,9 @@ impl Connection {
         // The session ends now: unavailable presence goes out, nothing more is routed here;
         // what the client never acknowledged goes back to the mailbox.
         self.end_session_with_requeue();
-        if let Some(server) = self.server() {
-            server.commit_mailbox();
+        if self.server().is_none_or(|server| server.commit_mailbox()) {
+            self.flush();
         }
-        self.flush();
     }
 
     /// Releases everything: sources, registry entry, router session.

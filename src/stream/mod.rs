@@ -3,6 +3,7 @@
 //! negotiation and dispatch ([`Connection`]).
 
 mod connection;
+pub(crate) use connection::Pause;
 mod csi;
 pub(crate) mod negotiate;
 mod sasl;
