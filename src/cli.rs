@@ -232,6 +232,7 @@ fn init_logging(config: &Config) {
 /// `embedded`: no configuration file was given, so the first run also makes a ready account.
 pub fn run(config: Config, embedded: bool) -> Result<()> {
     init_logging(&config);
+    raise_open_file_limit();
     let data_dir = config.data_dir();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
@@ -314,4 +315,26 @@ fn print_welcome(
          accept the self-signed certificate on first use.",
         bound.first().map(|(a, _)| a.port()).unwrap_or(5222)
     );
+}
+
+/// Raises the soft limit on open files to the hard limit: every connection is a descriptor,
+/// and the default soft limit (1024) is far below what a server is allowed.
+fn raise_open_file_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by pointer.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let old = lim.rlim_cur;
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                tracing::info!("open file limit raised from {old} to {}", lim.rlim_max);
+            }
+        }
+    }
 }

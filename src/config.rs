@@ -91,6 +91,21 @@ pub struct Limits {
     /// Bytes of unacknowledged stanzas (XEP-0198) kept per session, also while it hibernates;
     /// past this the session ends and its unacknowledged messages go to the mailbox.
     pub max_unacked_bytes: usize,
+    /// Connections from one address (IPv6: one /64); more are refused.
+    pub max_connections_per_ip: usize,
+    /// Unauthenticated connections from one address; a new one evicts the oldest.
+    pub max_unauthenticated_per_ip: usize,
+    /// Unauthenticated connections in all; a new one evicts the oldest.
+    pub max_unauthenticated: usize,
+    /// Read rate of a connection before authentication, bytes per second, and its burst.
+    pub read_rate_pre_auth: usize,
+    pub read_burst_pre_auth: usize,
+    /// Read rate of an authenticated client connection, bytes per second, and its burst.
+    pub read_rate: usize,
+    pub read_burst: usize,
+    /// Failed logins (SASL, iq-auth) from one address per minute before further attempts
+    /// from it fail at once with `temporary-auth-failure`.
+    pub max_auth_failures_per_ip: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -277,6 +292,14 @@ impl Default for Limits {
             max_connections: 10_000,
             max_output_bytes: 4 * 1024 * 1024,
             max_unacked_bytes: 8 * 1024 * 1024,
+            max_connections_per_ip: 256,
+            max_unauthenticated_per_ip: 64,
+            max_unauthenticated: 1024,
+            read_rate_pre_auth: 32 * 1024,
+            read_burst_pre_auth: 128 * 1024,
+            read_rate: 1024 * 1024,
+            read_burst: 4 * 1024 * 1024,
+            max_auth_failures_per_ip: 20,
         }
     }
 }

@@ -16,6 +16,7 @@ use socket2::{Domain, Socket, Type};
 
 use crate::auth::scram::{self, Hash};
 use crate::config::{Config, Listener};
+use crate::net::limits::{Admit, IpTable};
 use crate::net::{source, tls};
 use crate::router::{self, Service, Sessions};
 use crate::stanza::{Condition, StreamError};
@@ -47,6 +48,8 @@ pub struct Server {
     /// The mailbox cannot be committed (disk full, I/O error): input is paused and output held
     /// until a retry succeeds, so nothing is acknowledged that is not on disk.
     store_failing: Cell<bool>,
+    /// Connections per client address, unauthenticated ones in age order, login failures.
+    ips: RefCell<IpTable>,
 }
 
 impl Server {
@@ -76,6 +79,7 @@ impl Server {
             ext: RefCell::new(HashMap::new()),
             started: Instant::now(),
             store_failing: Cell::new(false),
+            ips: RefCell::new(IpTable::default()),
         }))
     }
 
@@ -128,27 +132,45 @@ impl Server {
         sock.set_nonblocking(true)?;
         let listener: TcpListener = sock.into();
         let addr = listener.local_addr()?;
-        let weak = Rc::downgrade(self);
-        let trusted = l.trusted_loopback;
-        let direct_tls = l.direct_tls;
-        let fd = listener.as_raw_fd();
-        let src = source::watch_fd(fd, IOCondition::IN, move |fd, _| {
-            let Some(server) = weak.upgrade() else {
-                return ControlFlow::Break;
-            };
-            server.accept_all(fd, trusted, direct_tls);
-            ControlFlow::Continue
-        });
+        let src = self.watch_listener(listener.as_raw_fd(), l.trusted_loopback, l.direct_tls);
         self.listeners.borrow_mut().push((listener, src));
         Ok(addr)
     }
 
-    fn accept_all(self: &Rc<Self>, fd: i32, trusted: bool, direct_tls: bool) {
+    fn watch_listener(self: &Rc<Self>, fd: i32, trusted: bool, direct_tls: bool) -> Source {
+        let weak = Rc::downgrade(self);
+        source::watch_fd(fd, IOCondition::IN, move |fd, _| {
+            let Some(server) = weak.upgrade() else {
+                return ControlFlow::Break;
+            };
+            if server.accept_all(fd, trusted, direct_tls) {
+                return ControlFlow::Continue;
+            }
+            // Out of file descriptors: a level-triggered listener would spin on EMFILE, so it
+            // stops watching for a moment (connections wait in the kernel's backlog).
+            let weak = Rc::downgrade(&server);
+            server.after(Duration::from_millis(250), move || {
+                if let Some(server) = weak.upgrade() {
+                    let src = server.watch_listener(fd, trusted, direct_tls);
+                    let mut listeners = server.listeners.borrow_mut();
+                    match listeners.iter_mut().find(|(l, _)| l.as_raw_fd() == fd) {
+                        Some(entry) => entry.1 = src,
+                        None => src.destroy(),
+                    }
+                }
+            });
+            ControlFlow::Break
+        })
+    }
+
+    /// Accepts every waiting connection. Returns false when the listener must pause (no file
+    /// descriptors left).
+    fn accept_all(self: &Rc<Self>, fd: i32, trusted: bool, direct_tls: bool) -> bool {
         loop {
             let accepted = {
                 let listeners = self.listeners.borrow();
                 let Some((l, _)) = listeners.iter().find(|(l, _)| l.as_raw_fd() == fd) else {
-                    return;
+                    return true;
                 };
                 l.accept()
             };
@@ -161,6 +183,18 @@ impl Server {
                     }
                     let id = self.next_id.get();
                     self.next_id.set(id + 1);
+                    let limits = &self.config.limits;
+                    let admitted = self.ips.borrow_mut().admit(
+                        id,
+                        peer.ip(),
+                        limits.max_connections_per_ip,
+                        limits.max_unauthenticated_per_ip,
+                        limits.max_unauthenticated,
+                    );
+                    let Admit::Yes { evict } = admitted else {
+                        tracing::debug!(%peer, "too many connections from this address; refusing");
+                        continue;
+                    };
                     let tls = direct_tls.then(|| self.tls.clone());
                     match Connection::start(self, id, sock, peer, trusted, tls) {
                         Ok(conn) => {
@@ -170,15 +204,36 @@ impl Server {
                             }
                             self.conns.borrow_mut().insert(id, conn);
                         }
-                        Err(e) => tracing::warn!(%peer, "cannot set up connection: {e}"),
+                        Err(e) => {
+                            tracing::warn!(%peer, "cannot set up connection: {e}");
+                            self.ips.borrow_mut().forget(id, peer.ip());
+                        }
+                    }
+                    for old in evict {
+                        if let Some(c) = self.connection(old) {
+                            tracing::debug!(
+                                conn = old,
+                                "evicted: oldest unauthenticated connection"
+                            );
+                            c.close(Some((
+                                StreamError::PolicyViolation,
+                                Some("too many unauthenticated connections".into()),
+                            )));
+                            // At once, not after the closing grace: its slot is needed now.
+                            c.teardown();
+                        }
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    tracing::warn!("accept failed: {e}; not accepting for 250 ms");
+                    return false;
+                }
                 Err(e) => {
-                    // EMFILE and friends: log and try again on the next wake-up.
-                    tracing::warn!("accept failed: {e}");
-                    return;
+                    // ECONNABORTED and friends concern one connection only.
+                    tracing::debug!("accept failed: {e}");
+                    continue;
                 }
             }
         }
@@ -195,7 +250,26 @@ impl Server {
     pub(crate) fn forget_connection(&self, id: u64) {
         // Dropped after the borrow ends: the connection's destructor may touch the server.
         let conn = self.conns.borrow_mut().remove(&id);
+        if let Some(c) = &conn {
+            self.ips.borrow_mut().forget(id, c.peer.ip());
+        }
         drop(conn);
+    }
+
+    /// Connection `id` from `ip` authenticated: it no longer counts as unauthenticated.
+    pub(crate) fn note_authenticated(&self, id: u64, ip: std::net::IpAddr) {
+        self.ips.borrow_mut().authenticated(id, ip);
+    }
+
+    /// Records a failed login from `ip` (SASL, iq-auth).
+    pub fn note_auth_failure(&self, ip: std::net::IpAddr) {
+        self.ips.borrow_mut().auth_failed(ip, Instant::now());
+    }
+
+    /// Whether `ip` may try to log in now (`[limits] max_auth_failures_per_ip` per minute).
+    pub fn auth_allowed(&self, ip: std::net::IpAddr) -> bool {
+        let max = self.config.limits.max_auth_failures_per_ip;
+        self.ips.borrow_mut().auth_allowed(ip, max, Instant::now())
     }
 
     /// Coalesces output: every connection written to during this loop turn is flushed once,

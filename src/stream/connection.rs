@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use glib::{ControlFlow, IOCondition, Source};
 use jid::{BareJid, FullJid};
 
+use crate::net::limits::TokenBucket;
 use crate::net::source;
 use crate::server::Server;
 use crate::stanza::StreamError;
@@ -64,6 +65,8 @@ pub(crate) struct State {
     paused: u8,
     /// TLS close_notify was queued (after the closing tag).
     close_notified: bool,
+    /// The read rate limit (`[limits] read_rate*`).
+    bucket: TokenBucket,
     write_source: Option<Source>,
     pub(crate) phase: Phase,
     /// Namespace declarations of the current stream header.
@@ -140,6 +143,7 @@ impl Connection {
                 overflowed: false,
                 paused: 0,
                 close_notified: false,
+                bucket: TokenBucket::new(limits.read_burst_pre_auth, now),
                 write_source: None,
                 phase: Phase::AwaitHeader,
                 scope: Scope::new(),
@@ -252,7 +256,10 @@ impl Connection {
             return;
         }
         let eof = match self.read_available() {
-            Ok(eof) => eof,
+            Ok((eof, n)) => {
+                self.charge(n);
+                eof
+            }
             Err(e) => {
                 tracing::debug!(conn = self.id, "read error: {e}");
                 self.lost();
@@ -299,10 +306,37 @@ impl Connection {
         }
     }
 
-    /// Reads what the socket has (through TLS if active) into `inbuf`. Returns true on EOF.
+    /// Charges `n` bytes read to the rate limit; past it, input pauses until the debt is repaid
+    /// (the socket's backlog then throttles the peer, as Prosody's and ejabberd's shapers do).
+    fn charge(self: &Rc<Self>, n: usize) {
+        let Some(server) = self.server() else { return };
+        let l = &server.config.limits;
+        let wait = {
+            let mut st = self.state.borrow_mut();
+            let (rate, burst) = if st.authenticated.is_some() {
+                (l.read_rate, l.read_burst)
+            } else {
+                (l.read_rate_pre_auth, l.read_burst_pre_auth)
+            };
+            let now = st.last_read;
+            st.bucket.take(n, rate, burst, now)
+        };
+        if let Some(wait) = wait {
+            self.pause(Pause::Rate);
+            let weak = Rc::downgrade(self);
+            server.after(wait, move || {
+                if let Some(c) = weak.upgrade() {
+                    c.unpause(Pause::Rate);
+                }
+            });
+        }
+    }
+
+    /// Reads what the socket has (through TLS if active) into `inbuf`. Returns whether the peer
+    /// closed (EOF) and how many bytes were read from the socket.
     /// `inbuf` never holds more than a partial stanza plus one read budget: reading stops at
     /// that cap and goes on once the framer has consumed what is complete.
-    fn read_available(&self) -> io::Result<bool> {
+    fn read_available(&self) -> io::Result<(bool, usize)> {
         let cap = self
             .server
             .upgrade()
@@ -318,9 +352,11 @@ impl Connection {
             while total < READ_BUDGET && st.inbuf.len() < cap {
                 if let Some(tls) = st.tls.as_mut() {
                     match tls.read_tls(&mut st.sock) {
-                        Ok(0) => return Ok(true),
+                        Ok(0) => return Ok((true, total)),
                         Ok(n) => total += n,
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            return Ok((false, total));
+                        }
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                         Err(e) => return Err(e),
                     }
@@ -332,7 +368,7 @@ impl Connection {
                     if state.plaintext_bytes_to_read() > 0 {
                         loop {
                             match tls.reader().read(&mut scratch) {
-                                Ok(0) => return Ok(true),
+                                Ok(0) => return Ok((true, total)),
                                 Ok(n) => st.inbuf.extend_from_slice(&scratch[..n]),
                                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                                 Err(e) => return Err(e),
@@ -340,25 +376,27 @@ impl Connection {
                         }
                     }
                     if state.peer_has_closed() {
-                        return Ok(true);
+                        return Ok((true, total));
                     }
                     if tls.wants_write() || !st.tls_out.is_empty() {
                         self.queue_flush();
                     }
                 } else {
                     match st.sock.read(&mut scratch) {
-                        Ok(0) => return Ok(true),
+                        Ok(0) => return Ok((true, total)),
                         Ok(n) => {
                             total += n;
                             st.inbuf.extend_from_slice(&scratch[..n]);
                         }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            return Ok((false, total));
+                        }
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                         Err(e) => return Err(e),
                     }
                 }
             }
-            Ok(false)
+            Ok((false, total))
         })
     }
 

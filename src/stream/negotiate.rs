@@ -391,6 +391,9 @@ impl Connection {
     /// Marks the stream authenticated as `bare` (SASL success or legacy auth).
     pub fn set_authenticated(&self, bare: jid::BareJid) {
         self.state.borrow_mut().authenticated = Some(bare);
+        if let Some(server) = self.server() {
+            server.note_authenticated(self.id, self.peer.ip());
+        }
     }
 
     pub fn domain(&self) -> String {
