@@ -90,6 +90,13 @@ trusted_loopback = true
 
 [log]
 level = "warn"
+
+# The generator is one address with 1000 sessions and 50 concurrent logins: lift the
+# per-address connection caps (the read-rate limits stay at their defaults).
+[limits]
+max_connections_per_ip = 100000
+max_unauthenticated_per_ip = 100000
+max_unauthenticated = 100000
 EOF
 
 echo "== creating $ACCOUNTS accounts"
