@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs the property tests ("fuzzing" on the stable toolchain: proptest drives the framer and
+# parser, the XEP-0106 escapes, SASL and JID parsing, the torrent protocol parsers) again and
+# again with fresh random seeds for a given time. Usage: scripts/fuzz.sh [SECONDS] (default 3600)
+# Each round runs PROPTEST_CASES cases per property (default 5000). A failure stops the run and
+# prints proptest's minimal failing input.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECONDS_TOTAL="${1:-3600}"
+export PROPTEST_CASES="${PROPTEST_CASES:-5000}"
+# Property tests are named *never_panic*, *round_trip* or *prop_*; the fuzz_* test files hold
+# only property tests.
+FILTERS=(never_panic round_trip prop_)
+cargo build --release --tests --locked
+end=$(( $(date +%s) + SECONDS_TOTAL ))
+round=0
+while [ "$(date +%s)" -lt "$end" ]; do
+  round=$((round + 1))
+  echo "== fuzz round $round ($PROPTEST_CASES cases per property)"
+  for f in "${FILTERS[@]}"; do
+    cargo test --release --locked --lib --tests -q -- "$f" 2>&1 | grep -E "test result|FAILED|minimal failing|panicked" || true
+    if [ "${PIPESTATUS[0]}" -ne 0 ]; then echo "fuzz: failure in round $round" >&2; exit 1; fi
+  done
+done
+echo "fuzz: $round rounds, no failure"
