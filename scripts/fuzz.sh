@@ -18,8 +18,14 @@ while [ "$(date +%s)" -lt "$end" ]; do
   round=$((round + 1))
   echo "== fuzz round $round ($PROPTEST_CASES cases per property)"
   for f in "${FILTERS[@]}"; do
-    cargo test --release --locked --lib --tests -q -- "$f" 2>&1 | grep -E "test result|FAILED|minimal failing|panicked" || true
-    if [ "${PIPESTATUS[0]}" -ne 0 ]; then echo "fuzz: failure in round $round" >&2; exit 1; fi
+    log="$(mktemp)"
+    if ! cargo test --release --locked --lib --tests -q -- "$f" > "$log" 2>&1; then
+      grep -E -A8 "FAILED|minimal failing|panicked" "$log" >&2 || cat "$log" >&2
+      echo "fuzz: failure in round $round (filter $f)" >&2
+      rm -f "$log"
+      exit 1
+    fi
+    rm -f "$log"
   done
 done
 echo "fuzz: $round rounds, no failure"
