@@ -220,3 +220,77 @@ fn a_client_that_stops_reading_is_cut_off_and_loses_nothing() {
     );
     second_client_served(&srv);
 }
+
+/// A bug in one stanza handler (here a rule that panics) closes that stream with
+/// `internal-server-error`; the process and every other session live on.
+#[test]
+fn a_panicking_handler_closes_only_its_stream() {
+    let srv = TestServer::start_with(
+        |_| {},
+        |s| {
+            s.iqs()
+                .rule("urn:test:bug", "q")
+                .get(|_iq| panic!("a bug in a handler"));
+        },
+    );
+    srv.add_user("alice", "pw");
+    srv.add_user("bob", "pw");
+    let mut bob = Raw::login_plain(srv.trusted, "bob", "pw", "watching");
+    let mut alice = Raw::login_plain(srv.trusted, "alice", "pw", "buggy");
+    alice.send("<iq type='get' id='bug'><q xmlns='urn:test:bug'/></iq>");
+    let rest = alice.until_closed();
+    assert!(rest.contains("<internal-server-error"), "{rest}");
+    bob.send("<iq type='get' id='ok'><ping xmlns='urn:xmpp:ping'/></iq>");
+    let r = bob.until("id=\"ok\"");
+    assert!(r.contains("type=\"result\""), "{r}");
+    second_client_served(&srv);
+}
+
+/// Unterminated input in every framer state (an endless quoted attribute in the stream header,
+/// an endless end tag, an endless start tag, endless text) ends the stream with
+/// `policy-violation` once it passes the stanza limit, before authentication, over plain TCP
+/// and over TLS; nothing is buffered beyond the limit.
+#[test]
+fn unterminated_input_is_cut_off_at_the_limit() {
+    let srv = TestServer::start_with(|c| c.limits.max_stanza_bytes = 64 * 1024, |_| {});
+    srv.add_user("bob", "pw");
+    let header_open = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0' a='";
+    let shapes: [(&str, &str); 4] = [
+        (header_open, "x"),
+        (HEADER, "</"),
+        (HEADER, "<message a='"),
+        (HEADER, "<message><body>"),
+    ];
+    let chunk = "x".repeat(16 * 1024);
+    for (i, (head, opener)) in shapes.iter().enumerate() {
+        let mut c = Raw::connect(srv.trusted);
+        c.send(head);
+        if *head == HEADER {
+            c.until("</stream:features>");
+        }
+        c.send(opener);
+        let mut sent = 0;
+        while sent < 256 * 1024 {
+            if c.sock.write_all(chunk.as_bytes()).is_err() {
+                break;
+            }
+            sent += chunk.len();
+        }
+        let rest = c.until_closed();
+        assert!(rest.contains("<policy-violation"), "shape {i}: {rest}");
+        second_client_served(&srv);
+    }
+    // The same over TLS.
+    let mut s = tls_client(&srv);
+    s.write_all(HEADER.as_bytes()).unwrap();
+    let mut buf = String::new();
+    read_until(&mut s, &mut buf, "</stream:features>");
+    s.write_all(b"<message a='").unwrap();
+    for _ in 0..16 {
+        if s.write_all(chunk.as_bytes()).is_err() {
+            break;
+        }
+    }
+    read_until(&mut s, &mut buf, "<policy-violation");
+    second_client_served(&srv);
+}
