@@ -336,9 +336,7 @@ impl Server {
             tracing::info!(%jid, "session ended");
             crate::modules::pep::session_gone(self, &jid);
             crate::modules::last::session_ended(self, &jid);
-            if was_available {
-                crate::modules::presence::session_gone(self, &jid);
-            }
+            crate::modules::presence::session_gone(self, &jid, was_available);
         }
     }
 
