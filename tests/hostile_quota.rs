@@ -361,7 +361,7 @@ fn chat(to: &str, body: &str) -> String {
 #[test]
 fn archive_retention_spares_undelivered_messages() {
     let srv = server_with(&["alice", "bob", "carol"], |c| {
-        c.mam.keep = "1s".into();
+        c.mam.keep = "2s".into();
         c.mam.cleanup_interval_secs = 1;
     });
     let mut a = Client::online(&srv, "alice", "a");
