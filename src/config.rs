@@ -44,6 +44,10 @@ pub struct Config {
     /// (DHT on, for real use); `wockd run` without a file gets [`Torrent::embedded`].
     #[serde(default)]
     pub torrent: Torrent,
+    /// Per-account storage limits of private XML, PEP and vCards.
+    pub quotas: Quotas,
+    /// The message archive (XEP-0313): retention and size.
+    pub mam: Mam,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -106,6 +110,79 @@ pub struct Limits {
     /// Failed logins (SASL, iq-auth) from one address per minute before further attempts
     /// from it fail at once with `temporary-auth-failure`.
     pub max_auth_failures_per_ip: usize,
+    /// Seconds the server waits for a client's answer to an IQ it sent (XEP-0115 caps
+    /// queries); then the query is given up as if answered with `remote-server-timeout`.
+    pub server_iq_timeout_secs: u64,
+    /// Most IQs the server waits an answer for from one session; asking one more gives up the
+    /// oldest.
+    pub max_pending_iqs: usize,
+}
+
+/// `[quotas]`: what one account may store on the server. The error a client gets when a
+/// request would exceed one is documented with each module and in README.md.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Quotas {
+    /// XEP-0049 private XML: most bytes (serialised XML) of all of an account's items.
+    pub private_max_bytes: usize,
+    /// XEP-0049 private XML: most items (distinct namespace + element name) per account.
+    pub private_max_items: usize,
+    /// XEP-0163 PEP: most nodes per account.
+    pub pep_max_nodes: u64,
+    /// XEP-0163 PEP: most items one node keeps (what `pubsub#max_items = max` means); older
+    /// items are dropped on publish, as XEP-0060 says.
+    pub pep_max_items: u32,
+    /// XEP-0163 PEP: largest item payload, in bytes of serialised XML.
+    pub pep_max_item_bytes: usize,
+    /// XEP-0054 vcard-temp: largest vCard, in bytes of serialised XML (photos included).
+    pub vcard_max_bytes: usize,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Quotas {
+            private_max_bytes: 1024 * 1024,
+            private_max_items: 256,
+            pep_max_nodes: 256,
+            pep_max_items: 1000,
+            pep_max_item_bytes: 256 * 1024,
+            vcard_max_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// `[mam]`: how long and how much the message archive keeps (it is also the offline store).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Mam {
+    /// How long archived messages are kept, e.g. `"1y"`, `"90days"`, `"6months"` (humantime
+    /// syntax); `"forever"` keeps them forever.
+    pub keep: String,
+    /// Most messages one account's archive keeps (0: no limit); the cleanup drops the oldest
+    /// beyond it.
+    pub max_messages_per_account: u64,
+    /// Seconds between two cleanup passes (retention and the size limit).
+    pub cleanup_interval_secs: u64,
+}
+
+impl Default for Mam {
+    fn default() -> Self {
+        Mam {
+            keep: "forever".to_owned(),
+            max_messages_per_account: 0,
+            cleanup_interval_secs: 600,
+        }
+    }
+}
+
+impl Mam {
+    /// `keep` as a duration; `None` for forever. Checked by [`Config::validate`].
+    pub fn keep(&self) -> Option<std::time::Duration> {
+        match self.keep.trim() {
+            "" | "forever" | "never" => None,
+            s => humantime::parse_duration(s).ok(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -267,6 +344,8 @@ impl Default for Config {
             log: Log::default(),
             transport: Transport::default(),
             torrent: Torrent::embedded(),
+            quotas: Quotas::default(),
+            mam: Mam::default(),
         }
     }
 }
@@ -300,6 +379,8 @@ impl Default for Limits {
             read_rate: 1024 * 1024,
             read_burst: 4 * 1024 * 1024,
             max_auth_failures_per_ip: 20,
+            server_iq_timeout_secs: 60,
+            max_pending_iqs: 32,
         }
     }
 }
@@ -412,6 +493,22 @@ impl Config {
                 ));
             }
         }
+        let keep = self.mam.keep.trim();
+        if !matches!(keep, "" | "forever" | "never")
+            && humantime::parse_duration(keep).map_or(true, |d| d.is_zero())
+        {
+            return Err(ConfigError::Invalid(format!(
+                "`mam.keep` `{keep}` must be a duration such as \"1y\" or \"90days\", or \"forever\""
+            )));
+        }
+        if self.mam.cleanup_interval_secs == 0
+            || self.limits.server_iq_timeout_secs == 0
+            || self.limits.max_pending_iqs == 0
+        {
+            return Err(ConfigError::Invalid(
+                "`mam.cleanup_interval_secs`, `limits.server_iq_timeout_secs` and `limits.max_pending_iqs` must be positive".into(),
+            ));
+        }
         if self.auth.scram_iterations < 4096 {
             return Err(ConfigError::Invalid(
                 "`auth.scram_iterations` must be at least 4096".into(),
@@ -482,5 +579,21 @@ mod tests {
                 .unwrap();
         assert!(bad.validate().is_err());
         assert!(toml::from_str::<Config>("nonsense = 1").is_err());
+    }
+
+    #[test]
+    fn mam_keep_is_a_duration_or_forever() {
+        let c = Config::default();
+        assert_eq!(c.mam.keep(), None);
+        let c: Config = toml::from_str("[mam]\nkeep = '1y'\n").unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            c.mam.keep(),
+            Some(std::time::Duration::from_secs(365 * 86_400 + 6 * 3600))
+        );
+        for bad in ["[mam]\nkeep = 'a while'\n", "[mam]\nkeep = '0s'\n"] {
+            let c: Config = toml::from_str(bad).unwrap();
+            assert!(c.validate().is_err(), "{bad}");
+        }
     }
 }

@@ -25,8 +25,19 @@ use crate::stream::Pause;
 use crate::stream::{Connection, Stream};
 use crate::xml::Element;
 
-/// A callback for the response to an IQ the server sent.
+/// A callback for the response to an IQ the server sent. It is called exactly once: with the
+/// answer, or with an error made by the server (`remote-server-timeout` when no answer came in
+/// time, `recipient-unavailable` when the session ended or was never there,
+/// `resource-constraint` when the session had too many IQs pending and this was the oldest).
 pub type IqCallback = Box<dyn FnOnce(&Rc<Server>, Element)>;
+
+/// An IQ the server sent and waits for the answer to.
+struct PendingIq {
+    on_response: IqCallback,
+    deadline: Instant,
+    /// Order of sending, to give up the oldest first.
+    seq: u64,
+}
 
 pub struct Server {
     pub config: Config,
@@ -37,7 +48,9 @@ pub struct Server {
     pub sessions: RefCell<Sessions>,
     conns: RefCell<HashMap<u64, Rc<Connection>>>,
     services: RefCell<HashMap<String, Rc<dyn Service>>>,
-    pending_iqs: RefCell<HashMap<String, IqCallback>>,
+    /// IQs sent to sessions, by session and IQ id; bounded per session and in time
+    /// (`limits.max_pending_iqs`, `limits.server_iq_timeout_secs`).
+    pending_iqs: RefCell<HashMap<FullJid, HashMap<String, PendingIq>>>,
     next_id: Cell<u64>,
     flush_queue: RefCell<Vec<u64>>,
     listeners: RefCell<Vec<(TcpListener, Source)>>,
@@ -372,12 +385,14 @@ impl Server {
         self.store_failing.get()
     }
 
-    fn housekeeping(&self) {
+    fn housekeeping(self: &Rc<Self>) {
         let now = Instant::now();
         let conns: Vec<Rc<Connection>> = self.conns.borrow().values().cloned().collect();
         for c in conns {
             c.housekeeping(now);
         }
+        self.expire_iqs(now);
+        crate::modules::mam::housekeeping(self);
     }
 
     /// The module state of type `T`, made with `T::default()` on first use. Modules keep their
@@ -465,11 +480,10 @@ impl Server {
             .is_some_and(|s| s.priority.is_some());
         if self.sessions.borrow_mut().unbind(&jid, conn.id) {
             tracing::info!(%jid, "session ended");
+            self.abandon_iqs(&jid);
             crate::modules::pep::session_gone(self, &jid);
             crate::modules::last::session_ended(self, &jid);
-            if was_available {
-                crate::modules::presence::session_gone(self, &jid);
-            }
+            crate::modules::presence::session_gone(self, &jid, was_available);
         }
     }
 
@@ -506,28 +520,124 @@ impl Server {
 
     // ---- IQs the server sends ---------------------------------------------------------------
 
-    /// Sends an IQ request to a session and calls `on_response` with the reply.
-    pub fn send_iq(&self, to: &FullJid, mut iq: Element, on_response: IqCallback) {
+    /// Sends an IQ request to a session and calls `on_response` with the reply, or with an
+    /// error if none comes (see [`IqCallback`]). The callback never runs inside this call.
+    pub fn send_iq(self: &Rc<Self>, to: &FullJid, mut iq: Element, on_response: IqCallback) {
         let n = self.next_id.get();
         self.next_id.set(n + 1);
         let id = format!("wockd-{n}");
         iq.set_attr("id", id.as_str());
         iq.set_attr("to", to.to_string());
-        self.pending_iqs
-            .borrow_mut()
-            .insert(format!("{to}\u{0}{id}"), on_response);
-        self.deliver_to_full(to, &iq);
+        if !self.deliver_to_full(to, &iq) {
+            let error = iq_error(to, &id, Condition::RecipientUnavailable, "no such session");
+            self.call_later(vec![(on_response, error)]);
+            return;
+        }
+        let limits = &self.config.limits;
+        let given_up = {
+            let mut pending = self.pending_iqs.borrow_mut();
+            let of_session = pending.entry(to.clone()).or_default();
+            // Too many unanswered: the oldest is given up (the newest is the one that matters
+            // for caps, the only user so far: a resource's current caps).
+            let oldest = (of_session.len() >= limits.max_pending_iqs)
+                .then(|| {
+                    of_session
+                        .iter()
+                        .min_by_key(|(_, p)| p.seq)
+                        .map(|(id, _)| id.clone())
+                })
+                .flatten()
+                .and_then(|old| of_session.remove(&old).map(|p| (old, p)));
+            of_session.insert(
+                id,
+                PendingIq {
+                    on_response,
+                    deadline: Instant::now() + Duration::from_secs(limits.server_iq_timeout_secs),
+                    seq: n,
+                },
+            );
+            oldest
+        };
+        if let Some((old, p)) = given_up {
+            tracing::debug!(%to, "too many IQs pending; giving up the oldest");
+            let error = iq_error(
+                to,
+                &old,
+                Condition::ResourceConstraint,
+                "too many queries pending",
+            );
+            self.call_later(vec![(p.on_response, error)]);
+        }
     }
 
     pub(crate) fn iq_response(self: &Rc<Self>, from: &FullJid, id: &str, el: Element) {
-        let cb = self
-            .pending_iqs
-            .borrow_mut()
-            .remove(&format!("{from}\u{0}{id}"));
-        if let Some(cb) = cb {
-            cb(self, el);
+        let cb = {
+            let mut pending = self.pending_iqs.borrow_mut();
+            let cb = pending.get_mut(from).and_then(|m| m.remove(id));
+            if pending.get(from).is_some_and(HashMap::is_empty) {
+                pending.remove(from);
+            }
+            cb
+        };
+        if let Some(p) = cb {
+            (p.on_response)(self, el);
         }
-        // Otherwise: a response nobody waits for. Responses are never answered.
+        // Otherwise: a response nobody waits for (any more). Responses are never answered.
+    }
+
+    /// How many IQs the server waits an answer for, over all sessions.
+    pub fn pending_iq_count(&self) -> usize {
+        self.pending_iqs.borrow().values().map(HashMap::len).sum()
+    }
+
+    /// Gives up the IQs whose deadline has passed (housekeeping, every second).
+    fn expire_iqs(self: &Rc<Self>, now: Instant) {
+        let mut expired = Vec::new();
+        self.pending_iqs.borrow_mut().retain(|jid, of_session| {
+            let ids: Vec<String> = of_session
+                .iter()
+                .filter(|(_, p)| p.deadline <= now)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in ids {
+                if let Some(p) = of_session.remove(&id) {
+                    let error = iq_error(jid, &id, Condition::RemoteServerTimeout, "no answer");
+                    expired.push((p.on_response, error));
+                }
+            }
+            !of_session.is_empty()
+        });
+        if !expired.is_empty() {
+            tracing::debug!(n = expired.len(), "IQs to clients expired unanswered");
+            self.call_later(expired);
+        }
+    }
+
+    /// The session `jid` ended: what it was asked will never be answered.
+    fn abandon_iqs(self: &Rc<Self>, jid: &FullJid) {
+        let Some(of_session) = self.pending_iqs.borrow_mut().remove(jid) else {
+            return;
+        };
+        let gone = of_session
+            .into_iter()
+            .map(|(id, p)| {
+                let error = iq_error(jid, &id, Condition::RecipientUnavailable, "session ended");
+                (p.on_response, error)
+            })
+            .collect();
+        self.call_later(gone);
+    }
+
+    /// Runs IQ callbacks on the next loop turn, outside whatever borrows the caller holds.
+    fn call_later(self: &Rc<Self>, calls: Vec<(IqCallback, Element)>) {
+        let weak = Rc::downgrade(self);
+        source::idle_once(move || {
+            if let Some(server) = weak.upgrade() {
+                for (cb, error) in calls {
+                    cb(&server, error);
+                }
+            }
+        });
     }
 
     // ---- services ---------------------------------------------------------------------------
@@ -573,4 +683,17 @@ impl Server {
         }
         let _ = Condition::ServiceUnavailable;
     }
+}
+
+/// The error answer the server makes up for an IQ to `from` that got none.
+fn iq_error(from: &FullJid, id: &str, cond: Condition, text: &str) -> Element {
+    Element::stanza("iq")
+        .attr("type", "error")
+        .attr("id", id)
+        .attr("from", from.to_string())
+        .child(crate::stanza::error_element(
+            cond.default_type(),
+            cond,
+            Some(text),
+        ))
 }

@@ -548,6 +548,105 @@ fn archives(server: &Server, account: i64, owner: &BareJid, other: &Jid) -> bool
     }
 }
 
+// ---- retention and size ----------------------------------------------------------------------
+
+/// Rows one cleanup step deletes at most (one short transaction; the loop runs in between).
+const CLEANUP_BATCH: usize = 500;
+
+/// The cleanup's progress (`server.ext`).
+#[derive(Default)]
+struct Cleanup {
+    /// When the last pass started.
+    last: std::cell::Cell<Option<std::time::Instant>>,
+    /// Accounts the running pass has still to visit (`None`: no pass running).
+    todo: std::cell::RefCell<Option<Vec<i64>>>,
+}
+
+/// Called every second by the server's housekeeping: starts a cleanup pass every
+/// `mam.cleanup_interval_secs` when retention (`mam.keep`) or a size limit
+/// (`mam.max_messages_per_account`) is configured. A pass visits every account and deletes,
+/// in steps of at most [`CLEANUP_BATCH`] rows with the loop running between steps, the
+/// messages older than `keep` and the oldest messages beyond the size limit — never a message
+/// still waiting for offline delivery (those are bounded by the offline quota instead).
+pub(crate) fn housekeeping(server: &std::rc::Rc<Server>) {
+    let config = &server.config.mam;
+    if config.keep().is_none() && config.max_messages_per_account == 0 {
+        return;
+    }
+    let state = server.ext::<Cleanup>();
+    if state.todo.borrow().is_some() {
+        return;
+    }
+    let interval = std::time::Duration::from_secs(config.cleanup_interval_secs);
+    if state.last.get().is_some_and(|t| t.elapsed() < interval) {
+        return;
+    }
+    state.last.set(Some(std::time::Instant::now()));
+    let accounts = match mailbox::account_ids(server.store.conn()) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!("archive cleanup: cannot list accounts: {e}");
+            return;
+        }
+    };
+    // Visited from the end of the list.
+    *state.todo.borrow_mut() = Some(accounts);
+    cleanup_step(server);
+}
+
+/// One step of a cleanup pass: one batch for the next account, then the next step on a later
+/// loop turn (after sockets and timers: low priority).
+fn cleanup_step(server: &std::rc::Rc<Server>) {
+    let state = server.ext::<Cleanup>();
+    let Some(account) = state.todo.borrow().as_ref().and_then(|t| t.last().copied()) else {
+        *state.todo.borrow_mut() = None;
+        return;
+    };
+    // Rows queued this turn are committed first, so that the offline cursor is current.
+    if let Err(e) = crate::modules::offline::commit(server) {
+        tracing::error!("archive cleanup: mailbox commit failed, pass stopped: {e}");
+        *state.todo.borrow_mut() = None;
+        return;
+    }
+    let config = &server.config.mam;
+    let cutoff = config.keep().map(|keep| {
+        let keep = i64::try_from(keep.as_micros()).unwrap_or(i64::MAX);
+        crate::modules::offline::now_micros().saturating_sub(keep)
+    });
+    let cap = config.max_messages_per_account;
+    let deleted = server.store.transaction(|tx| -> rusqlite::Result<usize> {
+        let mut n = 0;
+        if let Some(cutoff) = cutoff {
+            n = mailbox::delete_older(tx, account, cutoff, CLEANUP_BATCH)?;
+        }
+        if cap > 0 && n < CLEANUP_BATCH {
+            n += mailbox::delete_beyond(tx, account, cap, CLEANUP_BATCH - n)?;
+        }
+        Ok(n)
+    });
+    let more = match deleted {
+        Ok(n) => {
+            if n > 0 {
+                tracing::debug!(account, n, "archive cleanup: messages deleted");
+            }
+            n == CLEANUP_BATCH
+        }
+        Err(e) => {
+            tracing::error!(account, "archive cleanup failed: {e}");
+            false
+        }
+    };
+    if !more && let Some(todo) = state.todo.borrow_mut().as_mut() {
+        todo.pop();
+    }
+    let weak = std::rc::Rc::downgrade(server);
+    crate::net::source::idle_once_at(glib::Priority::LOW, move || {
+        if let Some(server) = weak.upgrade() {
+            cleanup_step(&server);
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

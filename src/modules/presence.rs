@@ -12,11 +12,16 @@
 //! * §4 presence: initial presence broadcast to subscribers and to the user's own available
 //!   resources (including the sender), updates likewise, unavailable presence (sent, or when
 //!   the session ends) to subscribers, own resources and entities that got directed presence
-//!   (§4.6). Probes are answered inside the server: when a resource becomes available it is
+//!   (§4.6), whether the JID it went to is bare or full, and whether or not the session had
+//!   sent initial presence. Probes are answered inside the server: when a resource becomes available it is
 //!   sent the last presence of every available resource of the contacts it is subscribed to
 //!   and of its own other resources; a client's explicit probe gets the same answer if it is
 //!   entitled to it (§4.3.2). Priority is kept on the session (`None` = unavailable), which is
 //!   what message delivery to bare JIDs uses.
+//! * Directed presence bookkeeping (§4.6.3) is bounded: one session is tracked for at most
+//!   [`MAX_DIRECTED`] entities. Directed available presence to one more is refused with
+//!   `<resource-constraint/>` (type `wait`) and not delivered, so that everyone who saw the
+//!   session available is sure to see it go (a directed unavailable frees a place).
 //! * Subscribers and contacts at a service domain (XEP-0100 gateways) get broadcasts and
 //!   probes through the service, as a remote server would.
 //! * XEP-0191: no presence is broadcast or revealed between an account and a JID it blocked
@@ -40,6 +45,9 @@ use crate::store::roster::RosterRow;
 use crate::stream::negotiate::stanza_error;
 use crate::stream::{Connection, Stream};
 use crate::xml::{Element, ns};
+
+/// Most entities one session's directed presence is tracked for (see the module docs).
+pub const MAX_DIRECTED: usize = 1000;
 
 /// Module state on the server (`server.ext::<PresenceState>()`).
 #[derive(Default)]
@@ -115,8 +123,10 @@ pub fn directed_to_bare(server: &Rc<Server>, from: &FullJid, to: &BareJid, el: E
     let kind = el.get_attr("type").map(str::to_owned);
     match kind.as_deref() {
         None | Some("unavailable") => {
-            if *to != from.to_bare() {
-                note_directed(server, from, &Jid::from(to.clone()), kind.is_none());
+            if *to != from.to_bare()
+                && !note_directed(server, from, &Jid::from(to.clone()), kind.is_none())
+            {
+                return refuse_untracked(server, from, &el);
             }
             deliver_to_available(server, to, &el);
         }
@@ -136,13 +146,55 @@ pub fn directed_to_bare(server: &Rc<Server>, from: &FullJid, to: &BareJid, el: E
     }
 }
 
-/// A session ended while available (stream closed or connection lost): its unavailable
-/// presence goes to everyone who saw it available (§4.5.2). The session is already unbound.
-pub fn session_gone(server: &Rc<Server>, jid: &FullJid) {
+/// Presence to a full JID at a hosted domain. Available and unavailable presence is directed
+/// presence (§4.6): delivered if that session exists, and remembered so that the session's
+/// end sends `unavailable` there too (§4.6.3). Other types are delivered as they are.
+pub fn directed_to_full(server: &Rc<Server>, from: &FullJid, to: &FullJid, el: Element) {
+    let kind = el.get_attr("type");
+    if matches!(kind, None | Some("unavailable")) && to != from {
+        let available = kind.is_none();
+        let exists = server.sessions.borrow().get(to).is_some();
+        // §8.5.3.2.3: presence for a resource that has no session is dropped (and so is not
+        // remembered); an unavailable one still forgets it.
+        if available && !exists {
+            return;
+        }
+        if !note_directed(server, from, &Jid::from(to.clone()), available) {
+            return refuse_untracked(server, from, &el);
+        }
+    }
+    server.deliver_to_full(to, &el);
+}
+
+/// A session ended (stream closed cleanly or by a stream error, connection lost, resumption
+/// window over): its unavailable presence goes to everyone who saw it available (§4.5.2) and
+/// to every entity it sent directed presence to, available or not (§4.6.3). The session is
+/// already unbound.
+pub fn session_gone(server: &Rc<Server>, jid: &FullJid, was_available: bool) {
+    let directed = server
+        .ext::<PresenceState>()
+        .directed
+        .borrow()
+        .contains_key(jid);
+    if !was_available && !directed {
+        return;
+    }
     let el = Element::stanza("presence")
         .attr("from", jid.to_string())
         .attr("type", "unavailable");
-    going_offline(server, jid, &el, true);
+    going_offline(server, jid, &el, was_available);
+}
+
+/// Directed available presence beyond [`MAX_DIRECTED`]: not sent, and the sender is told.
+fn refuse_untracked(server: &Server, from: &FullJid, el: &Element) {
+    tracing::debug!(%from, "directed presence refused: {MAX_DIRECTED} entities tracked already");
+    if let Some(reply) = stanza_error(
+        el,
+        Condition::ResourceConstraint,
+        "too many entities got directed presence from this session",
+    ) {
+        server.deliver_to_full(from, &reply);
+    }
 }
 
 // ---- availability -----------------------------------------------------------------------------
@@ -308,18 +360,35 @@ fn going_offline(server: &Rc<Server>, from: &FullJid, el: &Element, was_availabl
 
 /// Records (or, for unavailable presence, forgets) that `from` sent directed presence to
 /// `to`, so `to` gets `from`'s unavailable presence when it goes offline (§4.6). The router
-/// calls this for bare JIDs; other callers may add full JIDs and services.
-pub fn note_directed(server: &Server, from: &FullJid, to: &Jid, available: bool) {
+/// calls this for local bare and full JIDs; other callers may add services. Returns false,
+/// recording nothing, when `from` has [`MAX_DIRECTED`] entities recorded already and `to` is
+/// not one of them: the caller must not send the presence.
+pub fn note_directed(server: &Server, from: &FullJid, to: &Jid, available: bool) -> bool {
     let state = server.ext::<PresenceState>();
     let mut directed = state.directed.borrow_mut();
     if available {
-        directed.entry(from.clone()).or_default().insert(to.clone());
+        let set = directed.entry(from.clone()).or_default();
+        if set.len() >= MAX_DIRECTED && !set.contains(to) {
+            return false;
+        }
+        set.insert(to.clone());
     } else if let Some(set) = directed.get_mut(from) {
         set.remove(to);
         if set.is_empty() {
             directed.remove(from);
         }
     }
+    true
+}
+
+/// How many entities `from`'s directed presence is tracked for (tests, diagnostics).
+pub fn directed_count(server: &Server, from: &FullJid) -> usize {
+    server
+        .ext::<PresenceState>()
+        .directed
+        .borrow()
+        .get(from)
+        .map_or(0, BTreeSet::len)
 }
 
 /// A client's probe (§4.3.2): answered with the contact's available presence if the sender is

@@ -8,9 +8,14 @@
 //! * Reserved namespaces (`jabber:*`, `http://jabber.org/*`, `vcard-temp`) are refused with
 //!   `not-acceptable`, as the XEP allows; requests addressed to anyone but the sender's own
 //!   account get `forbidden` (the XEP's preferred condition).
+//! * Quotas (`[quotas]`): an account holds at most `private_max_items` items and
+//!   `private_max_bytes` bytes of serialised XML; a set that would go beyond either stores
+//!   nothing and gets `resource-constraint` (type `wait`: it fits once the client stores less),
+//!   the XEP naming no condition for it.
 
 use crate::iq::Incoming;
 use crate::stanza::Condition;
+use crate::store::xeps::PrivateXmlError;
 use crate::stream::Stream;
 use crate::xml::{Element, ns, parse};
 
@@ -110,9 +115,21 @@ fn set(iq: Incoming) {
     if items.is_empty() {
         return iq.fail(Condition::NotAcceptable, "nothing to store");
     }
-    match iq.server().store.set_private_xml(account, &items) {
+    let quotas = &iq.server().config.quotas;
+    let (max_items, max_bytes) = (quotas.private_max_items, quotas.private_max_bytes);
+    match iq
+        .server()
+        .store
+        .set_private_xml(account, &items, max_items, max_bytes)
+    {
         Ok(()) => iq.result(None),
-        Err(e) => {
+        Err(PrivateXmlError::Quota { .. }) => iq.fail(
+            Condition::ResourceConstraint,
+            &format!(
+                "private storage is limited to {max_items} items and {max_bytes} bytes per account"
+            ),
+        ),
+        Err(PrivateXmlError::Store(e)) => {
             tracing::error!("store error writing private XML: {e}");
             iq.fail(Condition::InternalServerError, "");
         }

@@ -5,7 +5,9 @@
 //!   account: `service-unavailable` (RFC 6121 §8.5.1); the server's own domain has none
 //!   (`service-unavailable`).
 //! * Set (§3.3): only one's own vCard (else `forbidden`); the element is stored whole, as XML
-//!   text, replacing the previous one.
+//!   text, replacing the previous one. A vCard larger than `quotas.vcard_max_bytes` (serialised,
+//!   photo included; 256 KiB by default) is refused with `not-acceptable` (type `modify`: the
+//!   client has to send a smaller one; the XEP names no condition for it).
 //! * XEP-0153 §4: the SHA-1 of the decoded PHOTO/BINVAL is computed on set and kept with the
 //!   vCard; [`photo_hash`] serves it (cached in memory, per account). A BINVAL that is not
 //!   base64 gets `bad-request`.
@@ -83,12 +85,19 @@ fn set(iq: Incoming) {
     let Some(account) = account else {
         return iq.fail(Condition::Forbidden, "only your own vCard can be set");
     };
+    let mut xml = Vec::new();
+    iq.payload.write_to(&mut xml, "");
+    let max = iq.server().config.quotas.vcard_max_bytes;
+    if xml.len() > max {
+        return iq.fail(
+            Condition::NotAcceptable,
+            &format!("a vCard may have at most {max} bytes; make the photo smaller"),
+        );
+    }
     let hash = match photo_sha1(&iq.payload) {
         Ok(h) => h,
         Err(()) => return iq.fail(Condition::BadRequest, "PHOTO/BINVAL is not base64"),
     };
-    let mut xml = Vec::new();
-    iq.payload.write_to(&mut xml, "");
     let xml = String::from_utf8_lossy(&xml);
     let server = iq.server().clone();
     // What contacts were last told (loaded now if not cached: a set is rare, presence is not).

@@ -216,9 +216,7 @@ fn route_presence(
     match to {
         None => server.own_presence(conn, from, el),
         Some(to) if server.config.is_hosted(to.domain().as_str()) => match to.try_as_full() {
-            Ok(full) => {
-                server.deliver_to_full(full, &el);
-            }
+            Ok(full) => crate::modules::presence::directed_to_full(server, from, full, el),
             Err(_) => server.directed_presence_to_bare(from, &to.to_bare(), el),
         },
         Some(to) => deliver_elsewhere(server, conn, from, Some(to), el),

@@ -295,6 +295,64 @@ pub fn id_of(conn: &Connection, account: i64, stanza_id: &str) -> rusqlite::Resu
         .optional()
 }
 
+// ---- retention (the archive cleanup of modules::mam) -----------------------------------------
+
+/// Every account's row id, in order.
+pub fn account_ids(conn: &Connection) -> rusqlite::Result<Vec<i64>> {
+    let mut stmt = conn.prepare_cached("SELECT id FROM accounts ORDER BY id")?;
+    let rows = stmt.query_map([], |r| r.get(0))?;
+    rows.collect()
+}
+
+/// Deletes at most `limit` rows of `account` received before `before` (Unix microseconds),
+/// oldest first, except the rows still waiting for offline delivery. Returns how many.
+pub fn delete_older(
+    conn: &Connection,
+    account: i64,
+    before: i64,
+    limit: usize,
+) -> rusqlite::Result<usize> {
+    let after = cursor(conn, account, OFFLINE_CURSOR)?;
+    conn.prepare_cached(
+        "DELETE FROM mailbox WHERE id IN (
+             SELECT id FROM mailbox
+             WHERE account = ?1 AND ts < ?2 AND NOT (offline = 1 AND id > ?3)
+             ORDER BY ts LIMIT ?4)",
+    )?
+    .execute(params![account, before, after, limit as i64])
+}
+
+/// Deletes at most `limit` rows of `account` beyond its newest `keep`, oldest first, except the
+/// rows still waiting for offline delivery. Returns how many.
+pub fn delete_beyond(
+    conn: &Connection,
+    account: i64,
+    keep: u64,
+    limit: usize,
+) -> rusqlite::Result<usize> {
+    // The newest row that is not among the newest `keep`: it and everything older goes.
+    let Some(last) = conn
+        .prepare_cached(
+            "SELECT id FROM mailbox WHERE account = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2",
+        )?
+        .query_row(
+            params![account, i64::try_from(keep).unwrap_or(i64::MAX)],
+            |r| r.get::<_, i64>(0),
+        )
+        .optional()?
+    else {
+        return Ok(0);
+    };
+    let after = cursor(conn, account, OFFLINE_CURSOR)?;
+    conn.prepare_cached(
+        "DELETE FROM mailbox WHERE id IN (
+             SELECT id FROM mailbox
+             WHERE account = ?1 AND id <= ?2 AND NOT (offline = 1 AND id > ?3)
+             ORDER BY id LIMIT ?4)",
+    )?
+    .execute(params![account, last, after, limit as i64])
+}
+
 /// Mailbox sizes of one account, for `wockd status`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stats {
@@ -502,6 +560,52 @@ mod tests {
             (&first.with, first.direction, first.offline, &first.xml)
         );
         assert_eq!(count_pending(conn, alice).unwrap(), 13);
+    }
+
+    #[test]
+    fn retention_spares_pending_rows_and_works_in_batches() {
+        let store = Store::open_in_memory().unwrap();
+        let conn = store.conn();
+        let alice = account(&store, "alice");
+        let bob = account(&store, "bob");
+        // ts = n seconds; odd rows pending offline delivery until the cursor passes them.
+        let ids: Vec<i64> = (1..=10)
+            .map(|n| append(conn, &new(alice, n, n % 2 == 1)).unwrap())
+            .collect();
+        append(conn, &new(bob, 11, false)).unwrap();
+        advance_cursor(conn, alice, OFFLINE_CURSOR, ids[2]).unwrap(); // rows 1 and 3 delivered
+        let left = |account| {
+            query(
+                conn,
+                account,
+                &Query {
+                    limit: 100,
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+            .iter()
+            .map(|e| e.ts / 1_000_000)
+            .collect::<Vec<_>>()
+        };
+        // Older than 8 s: rows 1..=7 except the pending 5 and 7, two at a time.
+        assert_eq!(delete_older(conn, alice, 8_000_000, 2).unwrap(), 2);
+        assert_eq!(left(alice), [3, 4, 5, 6, 7, 8, 9, 10]);
+        assert_eq!(delete_older(conn, alice, 8_000_000, 2).unwrap(), 2);
+        assert_eq!(delete_older(conn, alice, 8_000_000, 2).unwrap(), 1);
+        assert_eq!(delete_older(conn, alice, 8_000_000, 2).unwrap(), 0);
+        assert_eq!(left(alice), [5, 7, 8, 9, 10]);
+        // Keep the newest 2: 5 and 7 are pending, 8 goes.
+        assert_eq!(delete_beyond(conn, alice, 2, 100).unwrap(), 1);
+        assert_eq!(left(alice), [5, 7, 9, 10]);
+        advance_cursor(conn, alice, OFFLINE_CURSOR, ids[9]).unwrap();
+        assert_eq!(delete_beyond(conn, alice, 2, 1).unwrap(), 1);
+        assert_eq!(delete_beyond(conn, alice, 2, 1).unwrap(), 1);
+        assert_eq!(delete_beyond(conn, alice, 2, 1).unwrap(), 0);
+        assert_eq!(left(alice), [9, 10]);
+        // Other accounts are untouched.
+        assert_eq!(left(bob), [11]);
+        assert_eq!(account_ids(conn).unwrap(), [alice, bob]);
     }
 
     #[test]

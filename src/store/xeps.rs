@@ -46,6 +46,22 @@ pub fn unix_now() -> i64 {
     i64::try_from(secs).unwrap_or(i64::MAX)
 }
 
+/// Why private XML was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum PrivateXmlError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// What the account would have held with the new items.
+    #[error("private XML quota exceeded ({count} items, {bytes} bytes)")]
+    Quota { count: u64, bytes: u64 },
+}
+
+impl From<rusqlite::Error> for PrivateXmlError {
+    fn from(e: rusqlite::Error) -> Self {
+        PrivateXmlError::Store(e.into())
+    }
+}
+
 /// A stored vCard.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredVcard {
@@ -119,12 +135,15 @@ impl Store {
     }
 
     /// Stores each `(ns, name, xml)`, replacing what was stored under that (ns, name), in one
-    /// transaction.
+    /// transaction; stores nothing when the account would then hold more than `max_items`
+    /// items or more than `max_bytes` bytes of XML in all.
     pub fn set_private_xml(
         &self,
         account: i64,
         items: &[(String, String, String)],
-    ) -> Result<(), StoreError> {
+        max_items: usize,
+        max_bytes: usize,
+    ) -> Result<(), PrivateXmlError> {
         self.transaction(|tx| {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO private_xml (account, ns, name, xml) VALUES (?1, ?2, ?3, ?4)
@@ -132,6 +151,17 @@ impl Store {
             )?;
             for (ns, name, xml) in items {
                 stmt.execute(params![account, ns, name, xml])?;
+            }
+            // Checked after the writes, inside the transaction: an error rolls them back.
+            let (count, bytes): (i64, i64) = tx
+                .prepare_cached(
+                    "SELECT count(*), coalesce(sum(length(CAST(xml AS BLOB))), 0)
+                     FROM private_xml WHERE account = ?1",
+                )?
+                .query_row([account], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let (count, bytes) = (count.unsigned_abs(), bytes.unsigned_abs());
+            if count > max_items as u64 || bytes > max_bytes as u64 {
+                return Err(PrivateXmlError::Quota { count, bytes });
             }
             Ok(())
         })
@@ -263,10 +293,17 @@ mod tests {
                     item("x:prefs", "p", "<p xmlns=\"x:prefs\">1</p>"),
                     item("x:prefs", "q", "<q/>"),
                 ],
+                usize::MAX,
+                usize::MAX,
             )
             .unwrap();
         store
-            .set_private_xml(a, &[item("x:prefs", "p", "<p xmlns=\"x:prefs\">2</p>")])
+            .set_private_xml(
+                a,
+                &[item("x:prefs", "p", "<p xmlns=\"x:prefs\">2</p>")],
+                usize::MAX,
+                usize::MAX,
+            )
             .unwrap();
         assert_eq!(
             store.private_xml(a, "x:prefs", "p").unwrap().as_deref(),
@@ -277,6 +314,45 @@ mod tests {
             Some("<q/>")
         );
         assert_eq!(store.private_xml(a, "x:other", "p").unwrap(), None);
+    }
+
+    #[test]
+    fn private_xml_quota_counts_items_and_bytes_after_replacement() {
+        let (store, ids) = store_with(&["alice", "bob"]);
+        let (a, b) = (ids[0], ids[1]);
+        let item = |name: &str, len: usize| {
+            (
+                "x:q".to_owned(),
+                name.to_owned(),
+                format!("<{name} xmlns=\"x:q\">{}</{name}>", "é".repeat(len)),
+            )
+        };
+        // 2 items of 10 two-byte characters plus 19 bytes of markup each: 39 bytes.
+        store
+            .set_private_xml(a, &[item("p", 10), item("q", 10)], 2, 78)
+            .unwrap();
+        // A third item is one too many; nothing of the request is stored.
+        let over = store.set_private_xml(a, &[item("p", 1), item("r", 1)], 2, 1000);
+        assert!(
+            matches!(over, Err(PrivateXmlError::Quota { count: 3, .. })),
+            "{over:?}"
+        );
+        assert!(
+            store
+                .private_xml(a, "x:q", "p")
+                .unwrap()
+                .unwrap()
+                .contains("éééé")
+        );
+        // Replacing counts the new size only; one byte over is refused.
+        store.set_private_xml(a, &[item("p", 10)], 2, 78).unwrap();
+        let over = store.set_private_xml(a, &[item("p", 11)], 2, 79);
+        assert!(
+            matches!(over, Err(PrivateXmlError::Quota { bytes: 80, .. })),
+            "{over:?}"
+        );
+        // Other accounts have their own quota.
+        store.set_private_xml(b, &[item("p", 10)], 1, 39).unwrap();
     }
 
     #[test]

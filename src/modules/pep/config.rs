@@ -5,9 +5,6 @@
 use crate::store::pep::{AccessModel, NodeConfig, SendLast};
 use crate::xml::{Element, ns};
 
-/// The most items a node keeps, whatever its `max_items` (also what `max` means).
-pub const SERVICE_MAX_ITEMS: u32 = 1000;
-
 /// One submitted field: its `var` and values.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Field {
@@ -56,22 +53,24 @@ fn boolean(f: &Field) -> Result<bool, BadField> {
     }
 }
 
-fn max_items(f: &Field) -> Result<Option<u32>, BadField> {
+/// `pubsub#max_items`: `max` or 1 to `limit` (the service's `quotas.pep_max_items`).
+fn max_items(f: &Field, limit: u32) -> Result<Option<u32>, BadField> {
     let v = single(f)?;
     if v == "max" {
         return Ok(None);
     }
     match v.parse::<u32>() {
-        Ok(n) if (1..=SERVICE_MAX_ITEMS).contains(&n) => Ok(Some(n)),
+        Ok(n) if (1..=limit).contains(&n) => Ok(Some(n)),
         _ => Err(BadField(format!(
-            "pubsub#max_items is 'max' or a number from 1 to {SERVICE_MAX_ITEMS}"
+            "pubsub#max_items is 'max' or a number from 1 to {limit}"
         ))),
     }
 }
 
-/// Applies one field to `c`. Returns false for a field this service does not implement
-/// (ignored: XEP-0004 lets a form processor skip fields it does not know).
-fn apply_field(c: &mut NodeConfig, f: &Field) -> Result<bool, BadField> {
+/// Applies one field to `c`, with `limit` the most items a node may keep. Returns false for a
+/// field this service does not implement (ignored: XEP-0004 lets a form processor skip fields
+/// it does not know).
+fn apply_field(c: &mut NodeConfig, f: &Field, limit: u32) -> Result<bool, BadField> {
     match f.var.as_str() {
         "pubsub#access_model" => {
             c.access_model = AccessModel::parse(single(f)?)
@@ -81,7 +80,7 @@ fn apply_field(c: &mut NodeConfig, f: &Field) -> Result<bool, BadField> {
             c.roster_groups = f.values.iter().filter(|v| !v.is_empty()).cloned().collect();
         }
         "pubsub#persist_items" => c.persist_items = boolean(f)?,
-        "pubsub#max_items" => c.max_items = max_items(f)?,
+        "pubsub#max_items" => c.max_items = max_items(f, limit)?,
         "pubsub#send_last_published_item" => {
             c.send_last = SendLast::parse(single(f)?)
                 .ok_or_else(|| BadField("unknown pubsub#send_last_published_item".into()))?;
@@ -96,11 +95,12 @@ fn apply_field(c: &mut NodeConfig, f: &Field) -> Result<bool, BadField> {
     Ok(true)
 }
 
-/// `base` changed by a submitted `node_config` form (configure set, create-and-configure).
-pub fn apply(base: &NodeConfig, x: &Element) -> Result<NodeConfig, BadField> {
+/// `base` changed by a submitted `node_config` form (configure set, create-and-configure);
+/// `limit` is the most items a node may keep.
+pub fn apply(base: &NodeConfig, x: &Element, limit: u32) -> Result<NodeConfig, BadField> {
     let mut c = base.clone();
     for f in fields(x) {
-        if !apply_field(&mut c, &f)? {
+        if !apply_field(&mut c, &f, limit)? {
             tracing::debug!(var = %f.var, "ignoring a node configuration field this service does not implement");
         }
     }
@@ -110,10 +110,10 @@ pub fn apply(base: &NodeConfig, x: &Element) -> Result<NodeConfig, BadField> {
 /// XEP-0060 §7.1.5 preconditions: true when every field the form names has that value in
 /// `current` (fields the service does not implement are not preconditions it can check, and
 /// are skipped). A malformed value is an error.
-pub fn preconditions_met(current: &NodeConfig, x: &Element) -> Result<bool, BadField> {
+pub fn preconditions_met(current: &NodeConfig, x: &Element, limit: u32) -> Result<bool, BadField> {
     for f in fields(x) {
         let mut wanted = current.clone();
-        if apply_field(&mut wanted, &f)? && wanted != *current {
+        if apply_field(&mut wanted, &f, limit)? && wanted != *current {
             return Ok(false);
         }
     }
@@ -261,12 +261,12 @@ mod tests {
             ("pubsub#access_model", &["whitelist"]),
         ]);
         let defaults = NodeConfig::default();
-        assert!(!preconditions_met(&defaults, &x).unwrap());
-        let c = apply(&defaults, &x).unwrap();
+        assert!(!preconditions_met(&defaults, &x, 1000).unwrap());
+        let c = apply(&defaults, &x, 1000).unwrap();
         assert_eq!(c.access_model, AccessModel::Whitelist);
         assert_eq!(c.max_items, None);
         assert_eq!(c.send_last, SendLast::Never);
-        assert!(preconditions_met(&c, &x).unwrap());
+        assert!(preconditions_met(&c, &x, 1000).unwrap());
     }
 
     #[test]
@@ -275,9 +275,9 @@ mod tests {
             ("pubsub#itemreply", &["publisher"]),
             ("pubsub#access_model", &["open"]),
         ]);
-        let c = apply(&NodeConfig::default(), &x).unwrap();
+        let c = apply(&NodeConfig::default(), &x, 1000).unwrap();
         assert_eq!(c.access_model, AccessModel::Open);
-        assert!(preconditions_met(&c, &x).unwrap());
+        assert!(preconditions_met(&c, &x, 1000).unwrap());
         for bad in [
             form_of(&[("pubsub#access_model", &["everyone"])]),
             form_of(&[("pubsub#max_items", &["0"])]),
@@ -285,7 +285,7 @@ mod tests {
             form_of(&[("pubsub#persist_items", &["yes"])]),
             form_of(&[("pubsub#access_model", &["open", "presence"])]),
         ] {
-            assert!(apply(&NodeConfig::default(), &bad).is_err(), "{bad}");
+            assert!(apply(&NodeConfig::default(), &bad, 1000).is_err(), "{bad}");
         }
     }
 
@@ -298,6 +298,6 @@ mod tests {
             ..NodeConfig::default()
         };
         let f = form(&c, &["Friends".into(), "Work".into()]);
-        assert_eq!(apply(&NodeConfig::default(), &f).unwrap(), c);
+        assert_eq!(apply(&NodeConfig::default(), &f, 1000).unwrap(), c);
     }
 }

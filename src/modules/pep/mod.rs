@@ -13,7 +13,7 @@
 //!   publishes or manages (one publisher per node, XEP-0163 §2.2).
 //! * Configuration (config.rs): `access_model` (open, presence — the default —, roster with
 //!   `roster_groups_allowed`, whitelist = the owner only), `persist_items`, `max_items`
-//!   (a number or `max`, capped at [`config::SERVICE_MAX_ITEMS`]),
+//!   (a number or `max`, capped at `quotas.pep_max_items`),
 //!   `send_last_published_item`, `deliver_notifications`, `deliver_payloads`,
 //!   `notify_retract`, `notify_delete`, `title`. Nodes and items persist in SQLite
 //!   (store/pep.rs); the oldest items beyond `max_items` are dropped on publish.
@@ -52,11 +52,8 @@ use crate::store::pep::{NodeConfig, PepItem, PepNode};
 use crate::stream::Stream;
 use crate::xml::{Element, ns};
 
-use config::SERVICE_MAX_ITEMS;
 use notify::Denied;
 
-/// Nodes one account may have.
-const MAX_NODES: u64 = 256;
 /// Longest NodeID and ItemID accepted, in bytes.
 const MAX_ID_BYTES: usize = 1024;
 
@@ -339,6 +336,15 @@ impl Ctx {
         }
     }
 
+    fn quotas(&self) -> &crate::config::Quotas {
+        &self.server.config.quotas
+    }
+
+    /// The most items a node keeps (what `max` means).
+    fn max_items(&self) -> u32 {
+        self.quotas().pep_max_items
+    }
+
     fn node(&self, name: &str) -> Result<PepNode, Fail> {
         self.server
             .store
@@ -347,10 +353,14 @@ impl Ctx {
     }
 
     fn create(&self, name: &str, config: NodeConfig) -> Result<PepNode, Fail> {
-        if self.server.store.pep_node_count(self.account)? >= MAX_NODES {
+        if self.server.store.pep_node_count(self.account)? >= self.quotas().pep_max_nodes {
             return Err(Fail {
                 kind: ErrorType::Cancel,
-                ..Fail::new(Condition::ResourceConstraint, "too many nodes")
+                ..Fail::app(
+                    Condition::ResourceConstraint,
+                    "max-nodes-exceeded",
+                    "too many nodes",
+                )
             });
         }
         let id = self
@@ -630,11 +640,23 @@ fn publish(ctx: &Ctx, publish: &Element, options: Option<&Element>) -> Result<Do
         Some(id) if !id.is_empty() => id.to_owned(),
         _ => new_id(),
     };
+    let mut serialised = Vec::new();
+    // Written as a root of its own, so it declares its namespace and parses back alone.
+    payload.write_to(&mut serialised, "");
+    if serialised.len() > ctx.quotas().pep_max_item_bytes {
+        // XEP-0060 §7.1.3.5.
+        return Err(Fail::app(
+            Condition::NotAcceptable,
+            "payload-too-big",
+            "the item is larger than this service stores",
+        ));
+    }
     let bad_options = |_| Fail::new(Condition::BadRequest, "invalid publish-options");
     let node = match ctx.server.store.pep_node(ctx.account, name)? {
         Some(node) => {
             if let Some(x) = options
-                && !config::preconditions_met(&node.config, x).map_err(bad_options)?
+                && !config::preconditions_met(&node.config, x, ctx.max_items())
+                    .map_err(bad_options)?
             {
                 return Err(Fail {
                     kind: ErrorType::Cancel,
@@ -649,15 +671,13 @@ fn publish(ctx: &Ctx, publish: &Element, options: Option<&Element>) -> Result<Do
         }
         None => {
             let config = match options {
-                Some(x) => config::apply(&NodeConfig::default(), x).map_err(bad_options)?,
+                Some(x) => config::apply(&NodeConfig::default(), x, ctx.max_items())
+                    .map_err(bad_options)?,
                 None => NodeConfig::default(),
             };
             ctx.create(name, config)?
         }
     };
-    let mut serialised = Vec::new();
-    // Written as a root of its own, so it declares its namespace and parses back alone.
-    payload.write_to(&mut serialised, "");
     let stored = PepItem {
         item_id,
         publisher: ctx.from.to_string(),
@@ -666,7 +686,7 @@ fn publish(ctx: &Ctx, publish: &Element, options: Option<&Element>) -> Result<Do
     };
     ctx.server
         .store
-        .pep_publish(&node, &stored, SERVICE_MAX_ITEMS)?;
+        .pep_publish(&node, &stored, ctx.max_items())?;
     let reply = Element::new("pubsub", ns::PUBSUB).child(
         Element::new("publish", ns::PUBSUB)
             .attr("node", name)
@@ -768,7 +788,7 @@ fn create(ctx: &Ctx, create: &Element, form: Option<&Element>) -> Result<Done, F
         return Err(Fail::new(Condition::Conflict, "the node exists"));
     }
     let config = match form {
-        Some(x) => config::apply(&NodeConfig::default(), x)
+        Some(x) => config::apply(&NodeConfig::default(), x, ctx.max_items())
             .map_err(|_| Fail::new(Condition::NotAcceptable, "invalid node configuration"))?,
         None => NodeConfig::default(),
     };
@@ -805,11 +825,11 @@ fn configure_set(ctx: &Ctx, configure: &Element) -> Result<Done, Fail> {
     if x.get_attr("type") == Some("cancel") {
         return Ok(Done::default());
     }
-    let config = config::apply(&node.config, x)
+    let config = config::apply(&node.config, x, ctx.max_items())
         .map_err(|_| Fail::new(Condition::NotAcceptable, "invalid node configuration"))?;
     ctx.server
         .store
-        .pep_configure(node.id, &config, SERVICE_MAX_ITEMS)?;
+        .pep_configure(node.id, &config, ctx.max_items())?;
     Ok(Done::default())
 }
 
