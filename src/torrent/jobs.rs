@@ -43,6 +43,8 @@ pub const NOTE_ADDED: u8 = 1;
 pub const NOTE_METADATA: u8 = 2;
 pub const NOTE_FINISHED: u8 = 4;
 pub const NOTE_FAILED: u8 = 8;
+/// Trackers were left out by the address policy (see `guard.rs`).
+pub const NOTE_IGNORED: u8 = 16;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {
