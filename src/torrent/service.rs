@@ -1513,3 +1513,149 @@ fn store_failure(e: crate::store::StoreError) -> Failure {
     tracing::error!("torrent store: {e}");
     Failure::new(Condition::InternalServerError, "storage error")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The payload a client sends for `r`.
+    fn payload(r: &Request) -> (Element, IqType) {
+        let el = |name: &str| Element::new(name, ns::TORRENT);
+        let b = |v: bool| if v { "true" } else { "false" };
+        match r {
+            Request::Add {
+                text,
+                paused,
+                peers,
+            } => {
+                let list: Vec<String> = peers.iter().map(SocketAddr::to_string).collect();
+                (
+                    el("add")
+                        .attr("paused", b(*paused))
+                        .attr("peers", list.join(","))
+                        .text(text.clone()),
+                    IqType::Set,
+                )
+            }
+            Request::List => (el("list"), IqType::Get),
+            Request::GetSettings => (el("settings"), IqType::Get),
+            Request::SetSettings { notify, progress } => {
+                let mut e = el("settings");
+                if let Some(n) = notify {
+                    e.set_attr("notify", n.as_str());
+                }
+                if let Some(p) = progress {
+                    e.set_attr("progress", b(*p));
+                }
+                (e, IqType::Set)
+            }
+            Request::Status { job } => (el("status").attr("id", job.to_string()), IqType::Get),
+            Request::Pause { job } => (el("pause").attr("id", job.to_string()), IqType::Set),
+            Request::Resume { job } => (el("resume").attr("id", job.to_string()), IqType::Set),
+            Request::Remove { job, files } => (
+                el("remove")
+                    .attr("id", job.to_string())
+                    .attr("files", b(*files)),
+                IqType::Set,
+            ),
+        }
+    }
+
+    #[test]
+    fn requests() {
+        let p = |xml: Element, k| parse_request(&xml, k);
+        let e = |n: &str| Element::new(n, ns::TORRENT);
+        assert_eq!(
+            p(e("status"), IqType::Get).unwrap_err().text,
+            "give the job's number as id='N'"
+        );
+        assert!(
+            p(e("status").attr("id", "1"), IqType::Set)
+                .unwrap_err()
+                .text
+                .contains("status is a get")
+        );
+        assert!(p(e("add"), IqType::Get).is_err());
+        assert!(p(e("settings").attr("notify", "loud"), IqType::Set).is_err());
+        assert!(p(e("add").attr("peers", "1.2.3.4"), IqType::Set).is_err());
+        let many = vec!["1.2.3.4:5"; MAX_PEERS + 1].join(" ");
+        assert!(p(e("add").attr("peers", many), IqType::Set).is_err());
+        assert_eq!(
+            p(e("pause").attr("id", " 7 "), IqType::Set).unwrap(),
+            Request::Pause { job: 7 }
+        );
+    }
+
+    /// Peers as users write them (no IPv6 flow label or scope).
+    pub(crate) fn any_peer() -> impl Strategy<Value = SocketAddr> {
+        (any::<std::net::IpAddr>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::new(ip, port))
+    }
+
+    fn any_request() -> impl Strategy<Value = Request> {
+        let notify = prop_oneof![Just(Notify::All), Just(Notify::Done), Just(Notify::None)];
+        prop_oneof![
+            (
+                "[^\\s]([^<]{0,30}[^\\s])?",
+                any::<bool>(),
+                proptest::collection::vec(any_peer(), 0..MAX_PEERS)
+            )
+                .prop_map(|(text, paused, peers)| Request::Add {
+                    text,
+                    paused,
+                    peers
+                }),
+            Just(Request::List),
+            Just(Request::GetSettings),
+            (
+                proptest::option::of(notify),
+                proptest::option::of(any::<bool>())
+            )
+                .prop_map(|(notify, progress)| Request::SetSettings { notify, progress }),
+            any::<i64>().prop_map(|job| Request::Status { job }),
+            any::<i64>().prop_map(|job| Request::Pause { job }),
+            any::<i64>().prop_map(|job| Request::Resume { job }),
+            (any::<i64>(), any::<bool>()).prop_map(|(job, files)| Request::Remove { job, files }),
+        ]
+    }
+
+    proptest! {
+        /// Every request reads back from the payload a client would send for it.
+        #[test]
+        fn requests_round_trip(r in any_request()) {
+            let (el, kind) = payload(&r);
+            prop_assert_eq!(parse_request(&el, kind).unwrap(), r);
+        }
+
+        /// Any name, attributes and text: a request or an error, never a panic.
+        #[test]
+        fn any_payload(
+            name in "(add|list|settings|status|pause|resume|remove|[a-z]{0,5})",
+            attrs in proptest::collection::vec(
+                ("(id|peers|paused|files|notify|progress|[a-z]{1,3})", any::<String>()),
+                0..6,
+            ),
+            text in any::<String>(),
+            set in any::<bool>(),
+        ) {
+            let mut el = Element::new(name, ns::TORRENT).text(text);
+            for (k, v) in attrs {
+                el.set_attr(&k, v);
+            }
+            let _ = parse_request(&el, if set { IqType::Set } else { IqType::Get });
+        }
+
+        /// Peer lists: any text is read or refused without panicking; lists of addresses
+        /// read back.
+        #[test]
+        fn peers_round_trip(
+            peers in proptest::collection::vec(any_peer(), 0..MAX_PEERS),
+            sep in "(,|, | |\\n)",
+            junk in any::<String>(),
+        ) {
+            let text = peers.iter().map(SocketAddr::to_string).collect::<Vec<_>>().join(&sep);
+            prop_assert_eq!(parse_peers(&text).unwrap(), peers);
+            let _ = parse_peers(&junk);
+        }
+    }
+}
