@@ -702,6 +702,88 @@ fn choose_folder(user_dir: &Path, name: Option<&str>, multi: bool, info_hash: &s
 mod tests {
     use super::*;
 
+    /// Whether something connects to `l` (non-blocking) before `deadline`.
+    fn connected_within(l: &TcpListener, within: Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if l.accept().is_ok() {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The session's blocklist stops peers that reach librqbit without passing wockd's own
+    /// checks (from trackers, DHT, peer exchange): given straight to librqbit here, a peer on
+    /// 127.0.0.1 is not contacted; with private addresses allowed (no blocklist) it is.
+    #[test]
+    fn engine_blocklist_stops_private_peers() {
+        // As the engine thread does (reqwest takes the process default).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        for allow in [true, false] {
+            let tmp = tempfile::tempdir().unwrap();
+            let peer = TcpListener::bind("127.0.0.1:0").unwrap();
+            peer.set_nonblocking(true).unwrap();
+            let settings = Settings {
+                download_dir: tmp.path().join("downloads"),
+                session_dir: tmp.path().join("session"),
+                dht: false,
+                lsd: false,
+                upnp: false,
+                listen: None,
+                bind_device: None,
+                download_bps: None,
+                upload_bps: None,
+                fetch: fetch::Limits {
+                    timeout: Duration::from_secs(5),
+                    max_bytes: 1 << 20,
+                    allow_private: allow,
+                },
+            };
+            let session = rt.block_on(start_session(&settings)).unwrap();
+            assert_eq!(
+                settings.session_dir.join(BLOCKLIST).exists(),
+                !allow,
+                "the blocklist file is written only when private addresses are refused"
+            );
+            let bytes = super::super::guard::tests::tiny_torrent("x.bin", 40000, &[]);
+            let opts = AddTorrentOptions {
+                overwrite: true,
+                output_folder: Some(tmp.path().join("out").to_string_lossy().into_owned()),
+                initial_peers: Some(vec![peer.local_addr().unwrap()]),
+                ..Default::default()
+            };
+            let h = match rt
+                .block_on(session.add_torrent(AddTorrent::from_bytes(bytes), Some(opts)))
+                .unwrap()
+            {
+                AddTorrentResponse::Added(_, h) => h,
+                _ => panic!("not added"),
+            };
+            // The torrent is live (so it would be connecting to its peers) before the wait.
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while !matches!(h.stats().state, TorrentStatsState::Live) {
+                assert!(std::time::Instant::now() < deadline, "{:?}", h.stats().state);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let wait = if allow { 20 } else { 3 };
+            assert_eq!(
+                connected_within(&peer, Duration::from_secs(wait)),
+                allow,
+                "allow_private = {allow}"
+            );
+            rt.block_on(session.stop());
+        }
+    }
+
     #[test]
     fn folders_stay_inside_and_do_not_clobber() {
         let tmp = tempfile::tempdir().unwrap();
