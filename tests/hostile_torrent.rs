@@ -127,10 +127,7 @@ impl Client {
         let mut chunk = [0u8; 65536];
         match self.raw.sock.read(&mut chunk) {
             Ok(0) => panic!("server closed the stream; unread: {:?}", self.raw.buf),
-            Ok(n) => self
-                .raw
-                .buf
-                .push_str(&String::from_utf8_lossy(&chunk[..n])),
+            Ok(n) => self.raw.buf.push_str(&String::from_utf8_lossy(&chunk[..n])),
             Err(_) => {} // read timeout (100 ms)
         }
         self.queue.extend(split_stanzas(&mut self.raw.buf));
@@ -288,7 +285,11 @@ fn peers_on_private_addresses_are_refused() {
     );
     let r = alice.iq(
         "set",
-        &format!("<add xmlns='{NS}' peers='{}'>{}</add>", peer.addr(), b64(&t)),
+        &format!(
+            "<add xmlns='{NS}' peers='{}'>{}</add>",
+            peer.addr(),
+            b64(&t)
+        ),
     );
     assert!(is_result(&r), "{r}");
     assert!(
@@ -397,10 +398,7 @@ fn a_deleted_account_leaves_no_torrents() {
     let r = bob.iq("set", &format!("<add xmlns='{NS}'>{}</add>", b64(&t)));
     assert!(is_error(&r, "conflict"), "{r}");
 
-    let r = alice.iq(
-        "set",
-        "<query xmlns='jabber:iq:register'><remove/></query>",
-    );
+    let r = alice.iq("set", "<query xmlns='jabber:iq:register'><remove/></query>");
     assert!(is_result(&r), "{r}");
     drop(alice);
     // The folder goes once the engine has removed the torrents.
@@ -500,7 +498,11 @@ fn what_wockd_run_creates_is_private() {
         ),
     )
     .unwrap();
-    let out = wockd(&config, &["adduser", "alice@localhost", "--password-stdin"], "pw\n");
+    let out = wockd(
+        &config,
+        &["adduser", "alice@localhost", "--password-stdin"],
+        "pw\n",
+    );
     assert!(out.status.success(), "{out:?}");
 
     let child = Command::new(env!("CARGO_BIN_EXE_wockd"))
@@ -554,7 +556,13 @@ fn what_wockd_run_creates_is_private() {
     let loose: Vec<String> = all
         .iter()
         .filter(|(_, dir, mode)| *mode != if *dir { 0o700 } else { 0o600 })
-        .map(|(p, dir, mode)| format!("{} {} {mode:o}", if *dir { "dir" } else { "file" }, p.display()))
+        .map(|(p, dir, mode)| {
+            format!(
+                "{} {} {mode:o}",
+                if *dir { "dir" } else { "file" },
+                p.display()
+            )
+        })
         .collect();
     assert!(loose.is_empty(), "not private: {loose:#?}");
 }

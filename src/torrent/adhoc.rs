@@ -544,8 +544,11 @@ mod tests {
             }
         );
         assert_eq!(
-            parse_submission("remove", &s(&[("jobs", &[" 1", "2 "]), ("delete_files", &["1"])]))
-                .unwrap(),
+            parse_submission(
+                "remove",
+                &s(&[("jobs", &[" 1", "2 "]), ("delete_files", &["1"])])
+            )
+            .unwrap(),
             Submission::Jobs {
                 numbers: vec![1, 2],
                 delete_files: true

@@ -36,11 +36,17 @@ const MAX_NUMBERS: usize = 50;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Command {
     /// Add each link; `paused` if the message starts with the word "paused".
-    Add { links: Vec<String>, paused: bool },
+    Add {
+        links: Vec<String>,
+        paused: bool,
+    },
     TooManyLinks,
     Help,
     List,
-    Jobs { op: JobOp, numbers: Vec<i64> },
+    Jobs {
+        op: JobOp,
+        numbers: Vec<i64>,
+    },
     /// A job command without (valid) numbers; the word as typed, lower case.
     NeedNumbers(String),
     TooManyNumbers,
@@ -302,7 +308,10 @@ mod tests {
             }
         );
         assert_eq!(parse(&"http://x ".repeat(11)), Command::TooManyLinks);
-        assert_eq!(parse(&format!("pause{}", " 1".repeat(51))), Command::TooManyNumbers);
+        assert_eq!(
+            parse(&format!("pause{}", " 1".repeat(51))),
+            Command::TooManyNumbers
+        );
         // A multi-byte word where a scheme would be: no slicing inside a character.
         assert_eq!(parse("magnéééé:x"), Command::Unknown);
         assert_eq!(parse("é"), Command::Unknown);

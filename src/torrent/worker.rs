@@ -771,7 +771,11 @@ mod tests {
             // The torrent is live (so it would be connecting to its peers) before the wait.
             let deadline = std::time::Instant::now() + Duration::from_secs(20);
             while !matches!(h.stats().state, TorrentStatsState::Live) {
-                assert!(std::time::Instant::now() < deadline, "{:?}", h.stats().state);
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{:?}",
+                    h.stats().state
+                );
                 std::thread::sleep(Duration::from_millis(20));
             }
             let wait = if allow { 20 } else { 3 };
