@@ -52,9 +52,9 @@ impl fmt::Display for Ignored {
 
 /// "ignored trackers: a (why), b (why)" — empty when nothing was ignored.
 pub fn describe(ignored: &[Ignored]) -> String {
-    match ignored.len() {
-        0 => String::new(),
-        1 => format!("ignored tracker {}", ignored[0]),
+    match ignored {
+        [] => String::new(),
+        [one] => format!("ignored tracker {one}"),
         _ => format!(
             "ignored trackers: {}",
             ignored
