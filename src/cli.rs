@@ -233,8 +233,12 @@ fn init_logging(config: &Config) {
 pub fn run(config: Config, embedded: bool) -> Result<()> {
     init_logging(&config);
     raise_open_file_limit();
+    // Everything the server writes is its own: mail, keys, legacy passwords (libpurple's
+    // accounts.xml), torrents. Files it or a library creates get 0600, directories 0700.
+    // SAFETY: umask only sets the process's file mode creation mask; it cannot fail.
+    unsafe { libc::umask(0o077) };
     let data_dir = config.data_dir();
-    std::fs::create_dir_all(&data_dir)
+    crate::store::tighten_dir(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let store = open_store(&config)?;
     let mut accounts = store.list_accounts()?;

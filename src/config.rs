@@ -278,8 +278,10 @@ pub struct Torrent {
     /// Limits for fetching a .torrent from an http(s) URL.
     pub fetch_timeout_secs: u64,
     pub fetch_max_bytes: u64,
-    /// Allow .torrent URLs on loopback, private and link-local addresses (off: such URLs are
-    /// refused, so users cannot make the server probe its own network).
+    /// Allow .torrent URLs, peers and trackers on loopback, private, link-local and other
+    /// non-public addresses and on this host's own (off: such URLs and peers are refused and
+    /// such trackers left out, so users cannot make the server probe its own network; see
+    /// `src/torrent/guard.rs`).
     pub fetch_private_addresses: bool,
     /// How long a magnet may wait for its metadata before the job fails.
     pub metadata_timeout_secs: u64,

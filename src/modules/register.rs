@@ -223,6 +223,7 @@ fn remove_account(iq: Incoming, me: &BareJid) {
     super::blocking::forget(&server, me);
     super::vcard::forget(&server, me);
     super::roster::forget(&server, me);
+    crate::torrent::forget_account(&server, me);
     // The answer goes out before the stream error that ends the requesting stream.
     iq.result(None);
     let conns: Vec<_> = server

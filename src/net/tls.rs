@@ -89,7 +89,7 @@ pub fn server_config(config: &Config) -> Result<Arc<ServerConfig>, TlsError> {
 pub fn generate_self_signed(domains: &[String], cert: &Path, key: &Path) -> Result<(), TlsError> {
     let ck = rcgen::generate_simple_self_signed(domains.to_vec())?;
     if let Some(dir) = cert.parent() {
-        fs::create_dir_all(dir).map_err(io(dir))?;
+        crate::store::private_dir(dir).map_err(io(dir))?;
     }
     write_private(key, ck.signing_key.serialize_pem().as_bytes())?;
     write_private(cert, ck.cert.pem().as_bytes())?;

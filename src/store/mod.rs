@@ -161,10 +161,7 @@ impl Store {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             // Only directories created here get 0700; existing ones are left
             // alone (the file itself is 0600 whatever its directory is).
-            DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
+            private_dir(dir)
                 .map_err(|e| StoreError::io("cannot create database directory", dir, e))?;
         }
         create_private_file(path)?;
@@ -266,6 +263,52 @@ fn set_wal_mode(conn: &Connection) -> Result<String, StoreError> {
 
 /// Creates `path` with mode 0600, or opens it if it exists; then makes sure
 /// group and others have no access.
+/// Creates `path` and any missing parents with mode 0700, the one way wockd makes a
+/// directory (data directory, `tls/`, `purple/`, `torrent-session/`, `downloads/` and every
+/// folder below it). An existing directory is left as it is, with a warning if other users
+/// can get into it; [`tighten_dir`] is for directories that are wholly wockd's.
+pub fn private_dir(path: &Path) -> io::Result<()> {
+    DirBuilder::new().recursive(true).mode(0o700).create(path)?;
+    let mode = std::fs::metadata(path)?.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format_args!("{mode:o}"),
+            "directory is accessible to other users"
+        );
+    }
+    Ok(())
+}
+
+/// [`private_dir`], and then removes group and other permissions from `path` should it have
+/// any (with a warning): for the data directory, which holds keys, passwords and mail.
+pub fn tighten_dir(path: &Path) -> io::Result<()> {
+    DirBuilder::new().recursive(true).mode(0o700).create(path)?;
+    let mode = std::fs::metadata(path)?.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format_args!("{mode:o}"),
+            "data directory was accessible to other users; restricting it to its owner"
+        );
+        std::fs::set_permissions(path, Permissions::from_mode(mode & 0o700))?;
+    }
+    Ok(())
+}
+
+/// Writes `data` to `path` (replacing it), mode 0600 whatever the umask.
+pub fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
+    use std::io::Write as _;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.set_permissions(Permissions::from_mode(0o600))?;
+    f.write_all(data)
+}
+
 fn create_private_file(path: &Path) -> Result<(), StoreError> {
     let created = OpenOptions::new()
         .write(true)
@@ -357,6 +400,30 @@ mod tests {
             assert!(side.exists(), "{} missing", side.display());
             assert_eq!(mode_of(&side), 0o600, "{}", side.display());
         }
+    }
+
+    #[test]
+    fn private_dirs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let deep = tmp.path().join("a").join("b").join("c");
+        private_dir(&deep).unwrap();
+        for d in [tmp.path().join("a"), tmp.path().join("a/b"), deep.clone()] {
+            assert_eq!(mode_of(&d), 0o700, "{}", d.display());
+        }
+        // An existing open directory: left alone by private_dir, tightened by tighten_dir.
+        let open = tmp.path().join("open");
+        fs::create_dir(&open).unwrap();
+        fs::set_permissions(&open, Permissions::from_mode(0o755)).unwrap();
+        private_dir(&open).unwrap();
+        assert_eq!(mode_of(&open), 0o755);
+        tighten_dir(&open).unwrap();
+        assert_eq!(mode_of(&open), 0o700);
+        let f = open.join("f");
+        fs::write(&f, b"old").unwrap();
+        fs::set_permissions(&f, Permissions::from_mode(0o644)).unwrap();
+        write_private(&f, b"new").unwrap();
+        assert_eq!(mode_of(&f), 0o600);
+        assert_eq!(fs::read(&f).unwrap(), b"new");
     }
 
     #[test]

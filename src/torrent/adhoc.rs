@@ -359,13 +359,75 @@ fn values(x: &Element, var: &str) -> Vec<String> {
         .collect()
 }
 
+/// Most jobs chosen in one submission.
+const MAX_CHOSEN: usize = 50;
+
+/// What a submitted form asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Submission {
+    Add {
+        text: String,
+        paused: bool,
+    },
+    /// `pause`, `resume` or `remove` of the chosen jobs.
+    Jobs {
+        numbers: Vec<i64>,
+        delete_files: bool,
+    },
+    Settings {
+        notify: Option<Notify>,
+        progress: Option<bool>,
+    },
+}
+
+/// Reads the submitted form `x` of command `node` (one of [`COMMANDS`] but `list`).
+pub(super) fn parse_submission(node: &str, x: &Element) -> Result<Submission, Failure> {
+    let first = |var: &str| values(x, var).into_iter().next();
+    match node {
+        "add" => Ok(Submission::Add {
+            text: values(x, "url").join("\n"),
+            paused: truthy(first("paused").as_deref()),
+        }),
+        "pause" | "resume" | "remove" => {
+            let chosen = values(x, "jobs");
+            if chosen.len() > MAX_CHOSEN {
+                return Err(Failure::bad_request(format!(
+                    "at most {MAX_CHOSEN} jobs at a time"
+                )));
+            }
+            let numbers = chosen
+                .iter()
+                .map(|v| v.trim().parse::<i64>())
+                .collect::<Result<Vec<i64>, _>>()
+                .map_err(|_| Failure::bad_request("jobs are chosen by number"))?;
+            Ok(Submission::Jobs {
+                numbers,
+                delete_files: node == "remove" && truthy(first("delete_files").as_deref()),
+            })
+        }
+        _ => Ok(Submission::Settings {
+            notify: match first("notify") {
+                None => None,
+                Some(v) => Some(
+                    Notify::parse(v.trim())
+                        .ok_or_else(|| Failure::bad_request("notify must be all, done or none"))?,
+                ),
+            },
+            progress: first("progress").map(|v| truthy(Some(&v))),
+        }),
+    }
+}
+
 fn submit(svc: &Rc<TorrentService>, iq: Incoming, owner: BareJid, reply: Reply, x: Element) {
     let node = reply.node.clone();
-    match node.as_str() {
-        "add" => {
-            let text = values(&x, "url").join("\n");
+    let submission = match parse_submission(&node, &x) {
+        Ok(s) => s,
+        Err(f) => return iq.fail(f.cond, &f.text),
+    };
+    match submission {
+        Submission::Add { text, paused } => {
             let opts = AddOptions {
-                paused: truthy(values(&x, "paused").first().map(String::as_str)),
+                paused,
                 peers: Vec::new(),
             };
             svc.add(
@@ -390,18 +452,13 @@ fn submit(svc: &Rc<TorrentService>, iq: Incoming, owner: BareJid, reply: Reply, 
                 }),
             );
         }
-        "pause" | "resume" | "remove" => {
-            let numbers: Result<Vec<i64>, _> = values(&x, "jobs")
-                .iter()
-                .map(|v| v.trim().parse::<i64>())
-                .collect();
-            let Ok(numbers) = numbers else {
-                return iq.fail(Condition::BadRequest, "jobs are chosen by number");
-            };
+        Submission::Jobs {
+            numbers,
+            delete_files: files,
+        } => {
             if numbers.is_empty() {
                 return iq.result(Some(reply.completed("info", "Nothing chosen.")));
             }
-            let files = truthy(values(&x, "delete_files").first().map(String::as_str));
             let svc = svc.clone();
             source::spawn_local(async move {
                 let mut lines = Vec::new();
@@ -433,26 +490,162 @@ fn submit(svc: &Rc<TorrentService>, iq: Incoming, owner: BareJid, reply: Reply, 
                 iq.result(Some(reply.completed(kind, &lines.join("\n"))));
             });
         }
-        _ => {
+        Submission::Settings { notify, progress } => {
             let mut s: Settings = match svc.settings(&owner) {
                 Ok(s) => s,
                 Err(f) => return iq.result(Some(reply.completed("error", &f.text))),
             };
-            if let Some(v) = values(&x, "notify").first() {
-                match Notify::parse(v.trim()) {
-                    Some(n) => s.notify = n,
-                    None => {
-                        return iq.fail(Condition::BadRequest, "notify must be all, done or none");
-                    }
-                }
+            if let Some(n) = notify {
+                s.notify = n;
             }
-            if let Some(v) = values(&x, "progress").first() {
-                s.progress = truthy(Some(v));
+            if let Some(p) = progress {
+                s.progress = p;
             }
             match svc.set_settings(&owner, s) {
                 Ok(()) => iq.result(Some(reply.completed("info", "Settings saved."))),
                 Err(f) => iq.result(Some(reply.completed("error", &f.text))),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A submitted form with these fields (var, values).
+    fn submitted(fields: &[(String, Vec<String>)]) -> Element {
+        let mut x = Element::new("x", NS_DATA).attr("type", "submit");
+        for (var, vals) in fields {
+            let mut f = field(var, None, None);
+            for v in vals {
+                f.push(value(v));
+            }
+            x.push(f);
+        }
+        x
+    }
+
+    #[test]
+    fn forms() {
+        let s = |f: &[(&str, &[&str])]| {
+            submitted(
+                &f.iter()
+                    .map(|(k, v)| (k.to_string(), v.iter().map(|s| s.to_string()).collect()))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(
+            parse_submission("add", &s(&[("url", &["a", "b"]), ("paused", &["true"])])).unwrap(),
+            Submission::Add {
+                text: "a\nb".into(),
+                paused: true
+            }
+        );
+        assert_eq!(
+            parse_submission(
+                "remove",
+                &s(&[("jobs", &[" 1", "2 "]), ("delete_files", &["1"])])
+            )
+            .unwrap(),
+            Submission::Jobs {
+                numbers: vec![1, 2],
+                delete_files: true
+            }
+        );
+        assert!(parse_submission("pause", &s(&[("jobs", &["one"])])).is_err());
+        let many: Vec<String> = (0..=MAX_CHOSEN).map(|n| n.to_string()).collect();
+        assert!(parse_submission("pause", &submitted(&[("jobs".into(), many)])).is_err());
+        assert_eq!(
+            parse_submission("settings", &s(&[("notify", &["none"])])).unwrap(),
+            Submission::Settings {
+                notify: Some(Notify::None),
+                progress: None
+            }
+        );
+        assert!(parse_submission("settings", &s(&[("notify", &["loud"])])).is_err());
+    }
+
+    /// Any element tree of the data-forms vocabulary, and strangers.
+    fn any_element() -> impl Strategy<Value = Element> {
+        let leaf = (
+            "(value|field|x|required|option|[a-z]{1,4})",
+            prop_oneof![Just(NS_DATA.to_owned()), "[a-z:]{0,6}"],
+            proptest::option::of("(url|jobs|paused|delete_files|notify|progress|[a-z]{0,4})"),
+            any::<String>(),
+        )
+            .prop_map(|(name, ns, var, text)| {
+                let mut e = Element::new(name, ns).text(text);
+                if let Some(v) = var {
+                    e.set_attr("var", v);
+                }
+                e
+            });
+        leaf.prop_recursive(4, 40, 6, |inner| {
+            (inner.clone(), proptest::collection::vec(inner, 0..6)).prop_map(|(mut e, kids)| {
+                for k in kids {
+                    e.push(k);
+                }
+                e
+            })
+        })
+    }
+
+    fn node() -> impl Strategy<Value = &'static str> {
+        prop_oneof![
+            Just("add"),
+            Just("pause"),
+            Just("resume"),
+            Just("remove"),
+            Just("settings")
+        ]
+    }
+
+    proptest! {
+        /// Any tree as a submitted form: a submission or an error, never a panic.
+        #[test]
+        fn any_form(node in node(), x in any_element()) {
+            let _ = parse_submission(node, &x);
+        }
+
+        /// Forms built from a submission read back as it.
+        #[test]
+        fn forms_round_trip(
+            node in node(),
+            text in "[^\n]{0,40}",
+            flag in any::<bool>(),
+            numbers in proptest::collection::vec(any::<i64>(), 0..MAX_CHOSEN),
+            notify in proptest::option::of(prop_oneof![
+                Just(Notify::All), Just(Notify::Done), Just(Notify::None)
+            ]),
+            progress in proptest::option::of(any::<bool>()),
+        ) {
+            let b = |v: bool| if v { "1".to_owned() } else { "0".to_owned() };
+            let (fields, want) = match node {
+                "add" => (
+                    vec![("url".into(), vec![text.clone()]), ("paused".into(), vec![b(flag)])],
+                    Submission::Add { text, paused: flag },
+                ),
+                "settings" => {
+                    let mut f = Vec::new();
+                    if let Some(n) = notify {
+                        f.push(("notify".into(), vec![n.as_str().to_owned()]));
+                    }
+                    if let Some(p) = progress {
+                        f.push(("progress".into(), vec![b(p)]));
+                    }
+                    (f, Submission::Settings { notify, progress })
+                }
+                _ => (
+                    vec![
+                        ("jobs".into(), numbers.iter().map(i64::to_string).collect()),
+                        ("delete_files".into(), vec![b(flag)]),
+                    ],
+                    Submission::Jobs { numbers, delete_files: flag && node == "remove" },
+                ),
+            };
+            prop_assert_eq!(parse_submission(node, &submitted(&fields)).unwrap(), want);
         }
     }
 }

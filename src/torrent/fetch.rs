@@ -4,8 +4,9 @@
 //! - only `http` and `https` (also after redirects, at most 5);
 //! - an overall time limit and a size limit (checked against Content-Length and while reading);
 //! - unless `fetch_private_addresses` is on, no loopback, private, link-local or otherwise
-//!   non-public address: checked for IP literals in the URL and for every address a host
-//!   name resolves to (the resolver itself filters, so a DNS answer cannot sneak one in).
+//!   non-public address nor one of this host's ([`crate::net::addr::is_remote`]): checked for
+//!   IP literals in the URL and for every address a host name resolves to (the resolver itself
+//!   filters, so a DNS answer cannot sneak one in).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use reqwest::Url;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 use super::jobs::{Failure, human_bytes};
+use crate::net::addr::is_remote;
 use crate::stanza::Condition;
 
 #[derive(Clone, Debug)]
@@ -173,7 +175,7 @@ pub fn check_url(url: &Url, allow_private: bool) -> Result<(), Failure> {
 }
 
 fn check_ip(ip: IpAddr, allow_private: bool) -> Result<(), Failure> {
-    if allow_private || is_public(ip) {
+    if allow_private || is_remote(ip) {
         Ok(())
     } else {
         Err(Failure::new(
@@ -182,40 +184,6 @@ fn check_ip(ip: IpAddr, allow_private: bool) -> Result<(), Failure> {
                 "{ip} is not a public address; this server does not fetch from its own network"
             ),
         ))
-    }
-}
-
-/// Globally routable unicast, roughly RFC 6890: what a fetch on a user's behalf may reach.
-pub fn is_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || v4.is_documentation()
-                || o[0] == 0
-                || (o[0] == 100 && (64..128).contains(&o[1])) // shared address space (CGNAT)
-                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
-                || (o[0] == 198 && (18..20).contains(&o[1]))
-                || o[0] >= 240)
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(v4.into());
-            }
-            let s = v6.segments();
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (s[0] & 0xfe00) == 0xfc00 // unique local
-                || (s[0] & 0xffc0) == 0xfe80 // link local
-                || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
-                || (s[0] == 0x64 && s[1] == 0xff9b)) // NAT64 may reach private IPv4
-        }
     }
 }
 
@@ -234,7 +202,7 @@ impl Resolve for GuardedResolver {
             let ok: Vec<SocketAddr> = addrs
                 .iter()
                 .copied()
-                .filter(|a| allow || is_public(a.ip()))
+                .filter(|a| allow || is_remote(a.ip()))
                 .collect();
             if ok.is_empty() {
                 let why = if addrs.is_empty() {
@@ -270,10 +238,10 @@ mod tests {
             "fd00::1",
             "::ffff:127.0.0.1",
         ] {
-            assert!(!is_public(private.parse().unwrap()), "{private}");
+            assert!(!is_remote(private.parse().unwrap()), "{private}");
         }
         for public in ["1.1.1.1", "93.184.216.34", "2606:4700::1111"] {
-            assert!(is_public(public.parse().unwrap()), "{public}");
+            assert!(is_remote(public.parse().unwrap()), "{public}");
         }
         let u = |s: &str| Url::parse(s).unwrap();
         assert!(check_url(&u("http://127.0.0.1/x"), false).is_err());

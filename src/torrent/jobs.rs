@@ -43,6 +43,8 @@ pub const NOTE_ADDED: u8 = 1;
 pub const NOTE_METADATA: u8 = 2;
 pub const NOTE_FINISHED: u8 = 4;
 pub const NOTE_FAILED: u8 = 8;
+/// Trackers were left out by the address policy (see `guard.rs`).
+pub const NOTE_IGNORED: u8 = 16;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {
@@ -505,5 +507,83 @@ mod tests {
         assert_eq!(human_duration(59), "59s");
         assert_eq!(human_duration(130), "2m 10s");
         assert_eq!(human_duration(3720), "1h 02m");
+    }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn enc(s: &str) -> String {
+            url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+        }
+
+        fn peer() -> impl Strategy<Value = SocketAddr> {
+            (any::<std::net::IpAddr>(), any::<u16>()).prop_map(|(ip, p)| SocketAddr::new(ip, p))
+        }
+
+        proptest! {
+            /// Any text as an add: an input or an error, never a panic.
+            #[test]
+            fn any_add_text(t in any::<String>(), max in 0u64..10_000) {
+                let _ = parse_add(&t, max);
+            }
+
+            /// Magnet-shaped text, with the parameters that wockd reads itself.
+            #[test]
+            fn any_magnet(
+                params in proptest::collection::vec(
+                    ("(xt|dn|tr|x\\.pe|so|[a-z.]{0,4})", "(urn:btih:[0-9a-fA-F]{0,41}|[%0-9a-zA-Z:.\\[\\]+]{0,24}|%[0-9a-f]?)"),
+                    0..6,
+                ),
+            ) {
+                let m = format!(
+                    "magnet:?{}",
+                    params.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("&")
+                );
+                let _ = parse_add(&m, 100);
+                let _ = percent_decode(&m);
+            }
+
+            /// A magnet made of a hash, a name and peers reads back as them.
+            #[test]
+            fn magnet_round_trip(
+                hash in "[0-9a-f]{40}",
+                name in proptest::option::of("[^\\x00]{1,30}"),
+                peers in proptest::collection::vec(peer(), 0..5),
+            ) {
+                let mut m = format!("magnet:?xt=urn:btih:{hash}");
+                if let Some(n) = &name {
+                    m.push_str(&format!("&dn={}", enc(n)));
+                }
+                for p in &peers {
+                    m.push_str(&format!("&x.pe={}", enc(&p.to_string())));
+                }
+                match parse_add(&m, 100).unwrap() {
+                    AddInput::Magnet { uri, info_hash, name: got, peers: got_peers } => {
+                        prop_assert_eq!(uri, m);
+                        prop_assert_eq!(info_hash, hash);
+                        prop_assert_eq!(got, name);
+                        prop_assert_eq!(got_peers, peers);
+                    }
+                    other => prop_assert!(false, "{:?}", other),
+                }
+            }
+
+            /// A base64 .torrent (any bytes that start like a bencoded dictionary) reads back.
+            #[test]
+            fn base64_round_trip(mut bytes in proptest::collection::vec(any::<u8>(), 0..300), wrap in 1usize..80) {
+                bytes.insert(0, b'd');
+                let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
+                let wrapped: Vec<String> = b64
+                    .as_bytes()
+                    .chunks(wrap)
+                    .map(|c| String::from_utf8_lossy(c).into_owned())
+                    .collect();
+                prop_assert_eq!(
+                    parse_add(&wrapped.join("\n"), 1000).unwrap(),
+                    AddInput::Torrent(bytes)
+                );
+            }
+        }
     }
 }

@@ -11,19 +11,21 @@
 //!
 //! Layers, one file each: [`worker`] runs librqbit on its own thread and tokio runtime and talks
 //! to the glib loop only over channels; [`fetch`] downloads .torrent files with limits (on the
-//! worker's runtime); [`jobs`] is the per-user job model; [`store`] its SQL; [`service`] the
-//! service itself (routing, notifications, restart reconciliation).
+//! worker's runtime); [`guard`] decides which peers and trackers the engine may reach;
+//! [`jobs`] is the per-user job model; [`store`] its SQL; [`service`] the service itself
+//! (routing, notifications, restart reconciliation, account deletion).
 
 pub mod adhoc;
 pub mod chat;
 mod fetch;
+mod guard;
 pub mod jobs;
 pub mod service;
 mod store;
 mod worker;
 
 pub use jobs::Failure;
-pub use service::{TorrentService, Torrents, install, shutdown, stream_torrent};
+pub use service::{TorrentService, Torrents, forget_account, install, shutdown, stream_torrent};
 
 #[cfg(test)]
 mod tests {

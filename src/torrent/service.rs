@@ -25,9 +25,10 @@ use std::time::Duration;
 use jid::{BareJid, FullJid, Jid};
 use tokio::sync::oneshot;
 
+use super::guard::{self, Ignored};
 use super::jobs::{
-    AddInput, Failure, Job, Jobs, NOTE_ADDED, NOTE_FAILED, NOTE_FINISHED, NOTE_METADATA, Progress,
-    State, human_bytes, parse_add,
+    AddInput, Failure, Job, Jobs, NOTE_ADDED, NOTE_FAILED, NOTE_FINISHED, NOTE_IGNORED,
+    NOTE_METADATA, Progress, State, human_bytes, parse_add,
 };
 use super::store::{self, Notify, Settings};
 use super::worker::{AddRequest, Cmd, Event, Reply, Worker};
@@ -136,6 +137,17 @@ pub fn install(server: &Rc<Server>) {
         svc.timers.borrow_mut().push(timer);
     }
     tracing::info!(domain = %svc.domain, "torrent service ready");
+}
+
+/// Account deletion: everything the torrent service holds for `account` goes — its torrents
+/// are stopped and removed from the engine with their files, pending fetches and magnets are
+/// cancelled, its jobs and settings are deleted from memory and the store, and its download
+/// folder is removed — so a new account with the same name inherits nothing. Safe to call
+/// before or after the account's row is deleted, and when the service is not installed.
+pub fn forget_account(server: &Rc<Server>, account: &BareJid) {
+    if let Some(svc) = service(server) {
+        svc.forget_account(account);
+    }
 }
 
 /// Stops the engine (librqbit pauses every torrent and writes its state) and joins its
@@ -257,24 +269,17 @@ fn handle_ns_iq(iq: Incoming) {
     {
         return iq.fail(Condition::ServiceUnavailable, "");
     }
-    let p = &iq.payload;
-    let number = p.get_attr("id").map(|s| s.trim().parse::<i64>());
-    let number = match (p.name.as_str(), number) {
-        ("add" | "list" | "settings", _) => 0,
-        (_, Some(Ok(n))) => n,
-        (_, _) => return iq.fail(Condition::BadRequest, "give the job's number as id='N'"),
+    let request = match parse_request(&iq.payload, iq.kind) {
+        Ok(r) => r,
+        Err(f) => return fail(iq, f),
     };
-    match (p.name.as_str(), iq.kind) {
-        ("add", IqType::Set) => {
-            let text = p.text_content();
-            let peers = match parse_peers(p.get_attr("peers").unwrap_or("")) {
-                Ok(v) => v,
-                Err(f) => return fail(iq, f),
-            };
-            let opts = AddOptions {
-                paused: truthy(p.get_attr("paused")),
-                peers,
-            };
+    match request {
+        Request::Add {
+            text,
+            paused,
+            peers,
+        } => {
+            let opts = AddOptions { paused, peers };
             svc.add(
                 owner,
                 &text,
@@ -286,7 +291,7 @@ fn handle_ns_iq(iq: Incoming) {
                 }),
             );
         }
-        ("list", IqType::Get) => {
+        Request::List => {
             let svc = svc.clone();
             source::spawn_local(async move {
                 let mut list = Element::new("list", ns::TORRENT);
@@ -296,47 +301,40 @@ fn handle_ns_iq(iq: Incoming) {
                 iq.result(Some(list));
             });
         }
-        ("settings", IqType::Get) => match svc.settings(&owner) {
+        Request::GetSettings => match svc.settings(&owner) {
             Ok(s) => iq.result(Some(settings_element(&s))),
             Err(f) => fail(iq, f),
         },
-        ("settings", IqType::Set) => {
+        Request::SetSettings { notify, progress } => {
             let mut s = match svc.settings(&owner) {
                 Ok(s) => s,
                 Err(f) => return fail(iq, f),
             };
-            if let Some(n) = p.get_attr("notify") {
-                match Notify::parse(n) {
-                    Some(n) => s.notify = n,
-                    None => {
-                        return iq.fail(Condition::BadRequest, "notify must be all, done or none");
-                    }
-                }
+            if let Some(n) = notify {
+                s.notify = n;
             }
-            if let Some(v) = p.get_attr("progress") {
-                s.progress = truthy(Some(v));
+            if let Some(p) = progress {
+                s.progress = p;
             }
             match svc.set_settings(&owner, s) {
                 Ok(()) => iq.result(Some(settings_element(&s))),
                 Err(f) => fail(iq, f),
             }
         }
-        (op @ ("status" | "pause" | "resume" | "remove"), kind) => {
-            if (op == "status") != (kind == IqType::Get) {
-                return iq.fail(
-                    Condition::BadRequest,
-                    "status is a get; pause, resume and remove are sets",
-                );
-            }
-            let files = truthy(p.get_attr("files"));
-            let op = op.to_owned();
+        op @ (Request::Status { .. }
+        | Request::Pause { .. }
+        | Request::Resume { .. }
+        | Request::Remove { .. }) => {
             let svc = svc.clone();
             source::spawn_local(async move {
-                let r = match op.as_str() {
-                    "status" => svc.status(&owner, number).await.map(Some),
-                    "pause" => svc.pause(&owner, number).await.map(Some),
-                    "resume" => svc.resume(&owner, number).await.map(Some),
-                    _ => svc.remove(&owner, number, files).await.map(|_| None),
+                let r = match op {
+                    Request::Status { job } => svc.status(&owner, job).await.map(Some),
+                    Request::Pause { job } => svc.pause(&owner, job).await.map(Some),
+                    Request::Resume { job } => svc.resume(&owner, job).await.map(Some),
+                    Request::Remove { job, files } => {
+                        svc.remove(&owner, job, files).await.map(|_| None)
+                    }
+                    _ => Ok(None),
                 };
                 match r {
                     Ok(Some((j, p))) => iq.result(Some(j.to_element(p.as_ref()))),
@@ -345,20 +343,102 @@ fn handle_ns_iq(iq: Incoming) {
                 }
             });
         }
-        _ => iq.fail(
-            Condition::BadRequest,
-            "unknown request in the torrent namespace",
-        ),
     }
 }
 
-/// `ip:port` peers separated by commas or spaces.
+/// Most peers one `add` may name.
+pub(super) const MAX_PEERS: usize = 50;
+
+/// A request in the torrent namespace, as read from its payload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Request {
+    Add {
+        text: String,
+        paused: bool,
+        peers: Vec<SocketAddr>,
+    },
+    List,
+    GetSettings,
+    SetSettings {
+        notify: Option<Notify>,
+        progress: Option<bool>,
+    },
+    Status {
+        job: i64,
+    },
+    Pause {
+        job: i64,
+    },
+    Resume {
+        job: i64,
+    },
+    Remove {
+        job: i64,
+        files: bool,
+    },
+}
+
+/// Reads the payload of an IQ in the torrent namespace (`p.ns` is not checked).
+pub(super) fn parse_request(p: &Element, kind: IqType) -> Result<Request, Failure> {
+    let number = || match p.get_attr("id").map(|s| s.trim().parse::<i64>()) {
+        Some(Ok(n)) => Ok(n),
+        _ => Err(Failure::bad_request("give the job's number as id='N'")),
+    };
+    let wrong_kind = || Failure::bad_request("status is a get; pause, resume and remove are sets");
+    match (p.name.as_str(), kind) {
+        ("add", IqType::Set) => Ok(Request::Add {
+            text: p.text_content(),
+            paused: truthy(p.get_attr("paused")),
+            peers: parse_peers(p.get_attr("peers").unwrap_or(""))?,
+        }),
+        ("list", IqType::Get) => Ok(Request::List),
+        ("settings", IqType::Get) => Ok(Request::GetSettings),
+        ("settings", IqType::Set) => Ok(Request::SetSettings {
+            notify: match p.get_attr("notify") {
+                None => None,
+                Some(n) => Some(
+                    Notify::parse(n)
+                        .ok_or_else(|| Failure::bad_request("notify must be all, done or none"))?,
+                ),
+            },
+            progress: p.get_attr("progress").map(|v| truthy(Some(v))),
+        }),
+        ("status", IqType::Get) => Ok(Request::Status { job: number()? }),
+        ("pause", IqType::Set) => Ok(Request::Pause { job: number()? }),
+        ("resume", IqType::Set) => Ok(Request::Resume { job: number()? }),
+        ("remove", IqType::Set) => Ok(Request::Remove {
+            job: number()?,
+            files: truthy(p.get_attr("files")),
+        }),
+        ("status" | "pause" | "resume" | "remove", _) => {
+            number()?;
+            Err(wrong_kind())
+        }
+        _ => Err(Failure::bad_request(
+            "unknown request in the torrent namespace",
+        )),
+    }
+}
+
+/// `ip:port` peers separated by commas or spaces (at most [`MAX_PEERS`]).
 pub(super) fn parse_peers(s: &str) -> Result<Vec<SocketAddr>, Failure> {
-    s.split(|c: char| c == ',' || c.is_whitespace())
+    let peers: Vec<&str> = s
+        .split(|c: char| c == ',' || c.is_whitespace())
         .filter(|p| !p.is_empty())
+        .take(MAX_PEERS + 1)
+        .collect();
+    if peers.len() > MAX_PEERS {
+        return Err(Failure::bad_request(format!(
+            "at most {MAX_PEERS} peers can be given"
+        )));
+    }
+    peers
+        .into_iter()
         .map(|p| {
-            p.parse()
-                .map_err(|_| Failure::bad_request(format!("peer `{p}` is not ip:port")))
+            p.parse().map_err(|_| {
+                let shown: String = p.chars().take(60).collect();
+                Failure::bad_request(format!("peer `{shown}` is not ip:port"))
+            })
         })
         .collect()
 }
@@ -688,6 +768,22 @@ impl TorrentService {
             Ok(i) => i,
             Err(f) => return done(Err(f)),
         };
+        // Peers the user names are checked here, so the add fails with the reason at once.
+        let allow = self.cfg.fetch_private_addresses;
+        let named: &[SocketAddr] = match &input {
+            AddInput::Magnet { peers, .. } => peers,
+            _ => &[],
+        };
+        if named.len() + opts.peers.len() > MAX_PEERS {
+            return done(Err(Failure::bad_request(format!(
+                "at most {MAX_PEERS} peers can be given"
+            ))));
+        }
+        for p in named.iter().chain(&opts.peers) {
+            if let Err(f) = guard::check_peer(*p, allow) {
+                return done(Err(f));
+            }
+        }
         let account = match self.account(&owner) {
             Ok(a) => a,
             Err(f) => return done(Err(f)),
@@ -833,6 +929,7 @@ impl TorrentService {
             .get(id)
             .map(|j| j.peers.clone())
             .unwrap_or_default();
+        let mut ignored: Vec<Ignored> = Vec::new();
         let (bytes, peers) = match input {
             AddInput::Url(url) => {
                 let r = self
@@ -882,6 +979,7 @@ impl TorrentService {
                         self.announce(id, NOTE_METADATA, "metadata", &text);
                     }
                 }
+                ignored.extend(res.ignored);
                 (res.bytes, res.peers)
             }
             AddInput::Torrent(b) => (b, peers),
@@ -924,7 +1022,10 @@ impl TorrentService {
             return removed_meanwhile(&slot);
         }
         let a = match r {
-            Ok(a) => a,
+            Ok(mut a) => {
+                ignored.append(&mut a.ignored);
+                a
+            }
             Err(f) => return self.add_failed(id, f, &slot),
         };
         self.update(id, |j| {
@@ -958,6 +1059,16 @@ impl TorrentService {
                     );
                     self.announce(id, NOTE_ADDED, "added", &text);
                 }
+            }
+        }
+        if !ignored.is_empty() {
+            let number = self.jobs.borrow().get(id).map(|j| j.number);
+            if let Some(n) = number {
+                let text = format!(
+                    "Job {n}: {}; this server only connects to public addresses.",
+                    guard::describe(&ignored)
+                );
+                self.announce(id, NOTE_IGNORED, "ignored", &text);
             }
         }
         self.replay_early(a.torrent);
@@ -1002,6 +1113,69 @@ impl TorrentService {
             }
             None => self.job_failed(id, &f.text),
         }
+    }
+
+    /// See [`forget_account`].
+    pub fn forget_account(self: &Rc<Self>, owner: &BareJid) {
+        let jobs: Vec<Job> = self
+            .jobs
+            .borrow()
+            .all()
+            .filter(|j| &j.owner == owner)
+            .cloned()
+            .collect();
+        let mut accounts: HashSet<i64> = jobs.iter().map(|j| j.account).collect();
+        if let Ok(a) = self.account(owner) {
+            accounts.insert(a);
+        }
+        let server = self.store_server();
+        for a in accounts {
+            if let Err(e) = store::delete_account(&server.store, a) {
+                tracing::error!(account = %owner, "cannot delete torrent jobs: {e}");
+            }
+        }
+        let mut removals = Vec::new();
+        for j in &jobs {
+            self.jobs.borrow_mut().remove(j.id);
+            if j.state.pending() {
+                self.send(Cmd::Cancel { job: j.id });
+            }
+            if let Some(torrent) = j.torrent {
+                let (tx, rx) = oneshot::channel();
+                self.send(Cmd::Remove {
+                    torrent,
+                    delete_files: true,
+                    reply: tx,
+                });
+                removals.push(rx);
+            }
+        }
+        // The owner's folder goes once the engine has let go of its files.
+        let dir = self.user_dir(owner);
+        let inside = dir.parent() == Some(self.download_dir.as_path())
+            && dir
+                .file_name()
+                .is_some_and(|n| n == owner.to_string().as_str());
+        let who = owner.clone();
+        tracing::info!(account = %who, jobs = jobs.len(), "torrent jobs of a deleted account removed");
+        source::spawn_local(async move {
+            for rx in removals {
+                let _ = rx.await;
+            }
+            if inside {
+                let (tx, rx) = oneshot::channel();
+                std::thread::spawn(move || {
+                    let r = match std::fs::remove_dir_all(&dir) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                        _ => Ok(()),
+                    };
+                    let _ = tx.send(r);
+                });
+                if let Ok(Err(e)) = rx.await {
+                    tracing::warn!(account = %who, "cannot remove the download folder: {e}");
+                }
+            }
+        });
     }
 
     fn forget(&self, id: i64) {
@@ -1338,4 +1512,150 @@ fn size_note(total: Option<u64>) -> String {
 fn store_failure(e: crate::store::StoreError) -> Failure {
     tracing::error!("torrent store: {e}");
     Failure::new(Condition::InternalServerError, "storage error")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The payload a client sends for `r`.
+    fn payload(r: &Request) -> (Element, IqType) {
+        let el = |name: &str| Element::new(name, ns::TORRENT);
+        let b = |v: bool| if v { "true" } else { "false" };
+        match r {
+            Request::Add {
+                text,
+                paused,
+                peers,
+            } => {
+                let list: Vec<String> = peers.iter().map(SocketAddr::to_string).collect();
+                (
+                    el("add")
+                        .attr("paused", b(*paused))
+                        .attr("peers", list.join(","))
+                        .text(text.clone()),
+                    IqType::Set,
+                )
+            }
+            Request::List => (el("list"), IqType::Get),
+            Request::GetSettings => (el("settings"), IqType::Get),
+            Request::SetSettings { notify, progress } => {
+                let mut e = el("settings");
+                if let Some(n) = notify {
+                    e.set_attr("notify", n.as_str());
+                }
+                if let Some(p) = progress {
+                    e.set_attr("progress", b(*p));
+                }
+                (e, IqType::Set)
+            }
+            Request::Status { job } => (el("status").attr("id", job.to_string()), IqType::Get),
+            Request::Pause { job } => (el("pause").attr("id", job.to_string()), IqType::Set),
+            Request::Resume { job } => (el("resume").attr("id", job.to_string()), IqType::Set),
+            Request::Remove { job, files } => (
+                el("remove")
+                    .attr("id", job.to_string())
+                    .attr("files", b(*files)),
+                IqType::Set,
+            ),
+        }
+    }
+
+    #[test]
+    fn requests() {
+        let p = |xml: Element, k| parse_request(&xml, k);
+        let e = |n: &str| Element::new(n, ns::TORRENT);
+        assert_eq!(
+            p(e("status"), IqType::Get).unwrap_err().text,
+            "give the job's number as id='N'"
+        );
+        assert!(
+            p(e("status").attr("id", "1"), IqType::Set)
+                .unwrap_err()
+                .text
+                .contains("status is a get")
+        );
+        assert!(p(e("add"), IqType::Get).is_err());
+        assert!(p(e("settings").attr("notify", "loud"), IqType::Set).is_err());
+        assert!(p(e("add").attr("peers", "1.2.3.4"), IqType::Set).is_err());
+        let many = vec!["1.2.3.4:5"; MAX_PEERS + 1].join(" ");
+        assert!(p(e("add").attr("peers", many), IqType::Set).is_err());
+        assert_eq!(
+            p(e("pause").attr("id", " 7 "), IqType::Set).unwrap(),
+            Request::Pause { job: 7 }
+        );
+    }
+
+    /// Peers as users write them (no IPv6 flow label or scope).
+    pub(crate) fn any_peer() -> impl Strategy<Value = SocketAddr> {
+        (any::<std::net::IpAddr>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::new(ip, port))
+    }
+
+    fn any_request() -> impl Strategy<Value = Request> {
+        let notify = prop_oneof![Just(Notify::All), Just(Notify::Done), Just(Notify::None)];
+        prop_oneof![
+            (
+                "[^\\s]([^<]{0,30}[^\\s])?",
+                any::<bool>(),
+                proptest::collection::vec(any_peer(), 0..MAX_PEERS)
+            )
+                .prop_map(|(text, paused, peers)| Request::Add {
+                    text,
+                    paused,
+                    peers
+                }),
+            Just(Request::List),
+            Just(Request::GetSettings),
+            (
+                proptest::option::of(notify),
+                proptest::option::of(any::<bool>())
+            )
+                .prop_map(|(notify, progress)| Request::SetSettings { notify, progress }),
+            any::<i64>().prop_map(|job| Request::Status { job }),
+            any::<i64>().prop_map(|job| Request::Pause { job }),
+            any::<i64>().prop_map(|job| Request::Resume { job }),
+            (any::<i64>(), any::<bool>()).prop_map(|(job, files)| Request::Remove { job, files }),
+        ]
+    }
+
+    proptest! {
+        /// Every request reads back from the payload a client would send for it.
+        #[test]
+        fn requests_round_trip(r in any_request()) {
+            let (el, kind) = payload(&r);
+            prop_assert_eq!(parse_request(&el, kind).unwrap(), r);
+        }
+
+        /// Any name, attributes and text: a request or an error, never a panic.
+        #[test]
+        fn any_payload(
+            name in "(add|list|settings|status|pause|resume|remove|[a-z]{0,5})",
+            attrs in proptest::collection::vec(
+                ("(id|peers|paused|files|notify|progress|[a-z]{1,3})", any::<String>()),
+                0..6,
+            ),
+            text in any::<String>(),
+            set in any::<bool>(),
+        ) {
+            let mut el = Element::new(name, ns::TORRENT).text(text);
+            for (k, v) in attrs {
+                el.set_attr(&k, v);
+            }
+            let _ = parse_request(&el, if set { IqType::Set } else { IqType::Get });
+        }
+
+        /// Peer lists: any text is read or refused without panicking; lists of addresses
+        /// read back.
+        #[test]
+        fn peers_round_trip(
+            peers in proptest::collection::vec(any_peer(), 0..MAX_PEERS),
+            sep in "(,|, | |\\n)",
+            junk in any::<String>(),
+        ) {
+            let text = peers.iter().map(SocketAddr::to_string).collect::<Vec<_>>().join(&sep);
+            prop_assert_eq!(parse_peers(&text).unwrap(), peers);
+            let _ = parse_peers(&junk);
+        }
+    }
 }

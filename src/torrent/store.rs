@@ -257,6 +257,17 @@ pub fn progress_subscribers(store: &Store) -> Result<Vec<i64>, StoreError> {
     rows.collect::<Result<_, _>>().map_err(Into::into)
 }
 
+/// Every job and the settings of `account` (account deletion; the rows also go by
+/// `ON DELETE CASCADE` when the account row is deleted).
+pub fn delete_account(store: &Store, account: i64) -> Result<(), StoreError> {
+    let conn = store.conn();
+    conn.prepare_cached("DELETE FROM torrent_jobs WHERE account = ?1")?
+        .execute([account])?;
+    conn.prepare_cached("DELETE FROM torrent_settings WHERE account = ?1")?
+        .execute([account])?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

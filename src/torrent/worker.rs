@@ -11,6 +11,11 @@
 //!   `finished` is level-triggered: each torrent has a watcher that polls `stats()` too, and the
 //!   main side dedupes with the job's `notified` flags;
 //! - DHT and LSD default to on in `SessionOptions`: both are set explicitly from the config.
+//!
+//! Where it may connect ([`guard`]): magnets and .torrents reach librqbit without the trackers
+//! that fail the address policy, and unless private addresses are allowed the session gets a
+//! blocklist of every non-public range and this host's addresses, which librqbit checks before
+//! each outgoing peer connection.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, TcpListener};
@@ -31,6 +36,7 @@ use librqbit::{
 use tokio::sync::oneshot;
 
 use super::fetch::{self, Fetcher};
+use super::guard::{self, Ignored};
 use super::jobs::{Failure, Progress, human_bytes};
 use crate::stanza::Condition;
 
@@ -112,6 +118,8 @@ pub struct Added {
     pub name: Option<String>,
     pub total: u64,
     pub folder: PathBuf,
+    /// Trackers left out by the address policy.
+    pub ignored: Vec<Ignored>,
 }
 
 #[derive(Debug)]
@@ -122,6 +130,8 @@ pub struct Resolved {
     pub total: u64,
     /// Peers seen while resolving, to start the download with.
     pub peers: Vec<SocketAddr>,
+    /// Trackers left out by the address policy.
+    pub ignored: Vec<Ignored>,
 }
 
 /// What librqbit brought back from its own persistence at start.
@@ -274,8 +284,10 @@ fn run(settings: Settings, cmds: async_channel::Receiver<Cmd>, ev: async_channel
                     reply,
                 } => {
                     let session = session.clone();
+                    let allow = settings.fetch.allow_private;
                     let t = tokio::spawn(async move {
-                        let _ = reply.send(resolve(&session, magnet, peers, timeout).await);
+                        let r = resolve(&session, magnet, peers, timeout, allow).await;
+                        let _ = reply.send(r);
                     });
                     tasks.insert(job, t.abort_handle());
                 }
@@ -286,8 +298,9 @@ fn run(settings: Settings, cmds: async_channel::Receiver<Cmd>, ev: async_channel
                 }
                 Cmd::Add(req, reply) => {
                     let (session, ev) = (session.clone(), ev.clone());
+                    let allow = settings.fetch.allow_private;
                     tokio::spawn(async move {
-                        let _ = reply.send(add(&session, req, ev).await);
+                        let _ = reply.send(add(&session, req, ev, allow).await);
                     });
                 }
                 Cmd::Pause { torrent, reply } => {
@@ -366,9 +379,22 @@ fn engine_error(what: &str, e: anyhow::Error) -> Failure {
     Failure::new(Condition::InternalServerError, format!("{what}: {e:#}"))
 }
 
+/// The blocklist file librqbit loads at start (see [`guard::blocklist`]).
+const BLOCKLIST: &str = "blocklist.txt";
+
 async fn start_session(s: &Settings) -> anyhow::Result<Arc<Session>> {
-    std::fs::create_dir_all(&s.download_dir)?;
-    std::fs::create_dir_all(&s.session_dir)?;
+    crate::store::private_dir(&s.download_dir)?;
+    crate::store::private_dir(&s.session_dir)?;
+    let blocklist_url = if s.fetch.allow_private {
+        None
+    } else {
+        let path = s.session_dir.join(BLOCKLIST);
+        let text = guard::blocklist(&crate::net::addr::own_addresses());
+        crate::store::write_private(&path, text.as_bytes())?;
+        let url = reqwest::Url::from_file_path(&path)
+            .map_err(|()| anyhow::anyhow!("{} is not an absolute path", path.display()))?;
+        Some(url.to_string())
+    };
     let listen = match s.listen {
         None => None,
         Some((ip, [first, last])) => {
@@ -405,6 +431,7 @@ async fn start_session(s: &Settings) -> anyhow::Result<Arc<Session>> {
             upload_bps: s.upload_bps,
         },
         client_name_and_version: Some(format!("wockd {}", env!("CARGO_PKG_VERSION"))),
+        blocklist_url,
         ..Default::default()
     };
     Session::new_with_opts(s.download_dir.clone(), opts).await
@@ -475,7 +502,17 @@ async fn resolve(
     magnet: String,
     peers: Vec<SocketAddr>,
     timeout: Duration,
+    allow_private: bool,
 ) -> Result<Resolved, Failure> {
+    // librqbit does not consult its blocklist while it looks for metadata: check here.
+    for p in &peers {
+        guard::check_peer(*p, allow_private)?;
+    }
+    let (magnet, ignored) = guard::filter_magnet(&magnet, allow_private).await;
+    let why_not = |text: String| match guard::describe(&ignored) {
+        d if d.is_empty() => text,
+        d => format!("{text} ({d})"),
+    };
     let opts = AddTorrentOptions {
         list_only: true,
         initial_peers: Some(peers.clone()),
@@ -486,10 +523,10 @@ async fn resolve(
         Err(_) => {
             return Err(Failure::new(
                 Condition::RemoteServerTimeout,
-                format!(
+                why_not(format!(
                     "no peer sent the torrent's metadata within {} s",
                     timeout.as_secs()
-                ),
+                )),
             ));
         }
         Ok(Err(e)) => {
@@ -501,7 +538,7 @@ async fn resolve(
             } else {
                 format!("cannot get the magnet's metadata: {text}")
             };
-            return Err(Failure::new(Condition::RemoteServerNotFound, text));
+            return Err(Failure::new(Condition::RemoteServerNotFound, why_not(text)));
         }
         Ok(Ok(r)) => r,
     };
@@ -519,6 +556,7 @@ async fn resolve(
                 name: l.info.name().map(|n| n.into_owned()),
                 total: l.info.lengths().total_length(),
                 peers: all,
+                ignored,
             })
         }
         AddTorrentResponse::AlreadyManaged(..) | AddTorrentResponse::Added(..) => {
@@ -532,9 +570,16 @@ async fn resolve(
 
 async fn add(
     session: &Arc<Session>,
-    req: AddRequest,
+    mut req: AddRequest,
     ev: async_channel::Sender<Event>,
+    allow_private: bool,
 ) -> Result<Added, Failure> {
+    let (bytes, ignored) =
+        guard::filter_torrent(std::mem::take(&mut req.bytes), allow_private).await?;
+    req.bytes = bytes;
+    // The blocklist stops them anyway; users' own peers were checked when they were given.
+    req.peers
+        .retain(|p| allow_private || crate::net::addr::is_remote(p.ip()));
     let not_torrent = |e: &dyn std::fmt::Display| {
         Failure::new(
             Condition::NotAcceptable,
@@ -581,12 +626,17 @@ async fn add(
         ));
     }
     drop(meta);
-    tokio::fs::create_dir_all(&folder).await.map_err(|e| {
-        Failure::new(
-            Condition::InternalServerError,
-            format!("cannot create {}: {e}", folder.display()),
-        )
-    })?;
+    let dir = folder.clone();
+    tokio::task::spawn_blocking(move || crate::store::private_dir(&dir))
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(|e| {
+            Failure::new(
+                Condition::InternalServerError,
+                format!("cannot create {}: {e}", folder.display()),
+            )
+        })?;
     let opts = AddTorrentOptions {
         paused: req.paused,
         // Needed to resume over files already there (a re-add after a restart).
@@ -607,6 +657,7 @@ async fn add(
                 name,
                 total,
                 folder,
+                ignored,
             })
         }
         Ok(_) => Err(Failure::new(
@@ -631,7 +682,7 @@ fn choose_folder(user_dir: &Path, name: Option<&str>, multi: bool, info_hash: &s
             && !n.contains(['/', '\\', '\0'])
             && n.len() <= 200
     });
-    let short = &info_hash[..info_hash.len().min(8)];
+    let short = info_hash.get(..8).unwrap_or(info_hash);
     if multi {
         let base = safe.unwrap_or(info_hash);
         let first = user_dir.join(base);
@@ -650,6 +701,92 @@ fn choose_folder(user_dir: &Path, name: Option<&str>, multi: bool, info_hash: &s
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether something connects to `l` (non-blocking) before `deadline`.
+    fn connected_within(l: &TcpListener, within: Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if l.accept().is_ok() {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The session's blocklist stops peers that reach librqbit without passing wockd's own
+    /// checks (from trackers, DHT, peer exchange): given straight to librqbit here, a peer on
+    /// 127.0.0.1 is not contacted; with private addresses allowed (no blocklist) it is.
+    #[test]
+    fn engine_blocklist_stops_private_peers() {
+        // As the engine thread does (reqwest takes the process default).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        for allow in [true, false] {
+            let tmp = tempfile::tempdir().unwrap();
+            let peer = TcpListener::bind("127.0.0.1:0").unwrap();
+            peer.set_nonblocking(true).unwrap();
+            let settings = Settings {
+                download_dir: tmp.path().join("downloads"),
+                session_dir: tmp.path().join("session"),
+                dht: false,
+                lsd: false,
+                upnp: false,
+                listen: None,
+                bind_device: None,
+                download_bps: None,
+                upload_bps: None,
+                fetch: fetch::Limits {
+                    timeout: Duration::from_secs(5),
+                    max_bytes: 1 << 20,
+                    allow_private: allow,
+                },
+            };
+            let session = rt.block_on(start_session(&settings)).unwrap();
+            assert_eq!(
+                settings.session_dir.join(BLOCKLIST).exists(),
+                !allow,
+                "the blocklist file is written only when private addresses are refused"
+            );
+            let bytes = super::super::guard::tests::tiny_torrent("x.bin", 40000, &[]);
+            let opts = AddTorrentOptions {
+                overwrite: true,
+                output_folder: Some(tmp.path().join("out").to_string_lossy().into_owned()),
+                initial_peers: Some(vec![peer.local_addr().unwrap()]),
+                ..Default::default()
+            };
+            let h = match rt
+                .block_on(session.add_torrent(AddTorrent::from_bytes(bytes), Some(opts)))
+                .unwrap()
+            {
+                AddTorrentResponse::Added(_, h) => h,
+                _ => panic!("not added"),
+            };
+            // The torrent is live (so it would be connecting to its peers) before the wait.
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while !matches!(h.stats().state, TorrentStatsState::Live) {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{:?}",
+                    h.stats().state
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let wait = if allow { 20 } else { 3 };
+            assert_eq!(
+                connected_within(&peer, Duration::from_secs(wait)),
+                allow,
+                "allow_private = {allow}"
+            );
+            rt.block_on(session.stop());
+        }
+    }
 
     #[test]
     fn folders_stay_inside_and_do_not_clobber() {

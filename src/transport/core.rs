@@ -94,11 +94,12 @@ pub fn init(server: &Rc<Server>, dir: &Path) -> Result<(), InitError> {
     if INITIALISED.swap(true, Ordering::SeqCst) {
         return Err(InitError::AlreadyInitialised);
     }
-    std::fs::create_dir_all(dir).map_err(|e| InitError::Dir(dir.display().to_string(), e))?;
+    crate::store::private_dir(dir).map_err(|e| InitError::Dir(dir.display().to_string(), e))?;
     // libpurple asks for this dir to cache peer certificates; a missing one makes the TLS
     // trust prompt come back on every connect (skype4pidgin#290).
     let peers = dir.join("certificates").join("x509").join("tls_peers");
-    std::fs::create_dir_all(&peers).map_err(|e| InitError::Dir(peers.display().to_string(), e))?;
+    crate::store::private_dir(&peers)
+        .map_err(|e| InitError::Dir(peers.display().to_string(), e))?;
     CORE.with(|c| {
         *c.borrow_mut() = Some(Core {
             server: Rc::downgrade(server),
