@@ -84,29 +84,35 @@ fn write_item(server: &Server, owner: &BareJid, contact: &BareJid, b: *mut p::Pu
 }
 
 unsafe extern "C" fn buddy_added(b: *mut p::PurpleBuddy, _d: *mut c_void) {
-    let Some((server, _, owner, contact, _)) = buddy_ctx(b) else {
-        return;
-    };
-    write_item(&server, &owner, &contact, b);
+    super::ffi::guard("buddy_added", (), || {
+        let Some((server, _, owner, contact, _)) = buddy_ctx(b) else {
+            return;
+        };
+        write_item(&server, &owner, &contact, b);
+    })
 }
 
 unsafe extern "C" fn buddy_removed(b: *mut p::PurpleBuddy, _d: *mut c_void) {
-    let Some((server, _, owner, contact, _)) = buddy_ctx(b) else {
-        return;
-    };
-    roster_bridge::remove_item(&server, &owner, &contact.to_string());
-    let p = Element::stanza("presence")
-        .attr("from", contact.to_string())
-        .attr("to", owner.to_string())
-        .attr("type", "unavailable");
-    server.to_available(&owner, &p);
+    super::ffi::guard("buddy_removed", (), || {
+        let Some((server, _, owner, contact, _)) = buddy_ctx(b) else {
+            return;
+        };
+        roster_bridge::remove_item(&server, &owner, &contact.to_string());
+        let p = Element::stanza("presence")
+            .attr("from", contact.to_string())
+            .attr("to", owner.to_string())
+            .attr("type", "unavailable");
+        server.to_available(&owner, &p);
+    })
 }
 
 unsafe extern "C" fn buddy_changed(b: *mut p::PurpleBuddy, _d: *mut c_void) {
-    let Some((server, _, owner, contact, _)) = buddy_ctx(b) else {
-        return;
-    };
-    server.to_available(&owner, &presence_of(b, &contact, &owner));
+    super::ffi::guard("buddy_changed", (), || {
+        let Some((server, _, owner, contact, _)) = buddy_ctx(b) else {
+            return;
+        };
+        server.to_available(&owner, &presence_of(b, &contact, &owner));
+    })
 }
 
 unsafe extern "C" fn buddy_status(
@@ -115,8 +121,10 @@ unsafe extern "C" fn buddy_status(
     _new: *mut p::PurpleStatus,
     _d: *mut c_void,
 ) {
-    // SAFETY: forwarded with the same liveness.
-    unsafe { buddy_changed(b, _d) };
+    super::ffi::guard("buddy_status", (), || {
+        // SAFETY: forwarded with the same liveness.
+        unsafe { buddy_changed(b, _d) };
+    })
 }
 
 /// The XMPP presence for a buddy's current status.

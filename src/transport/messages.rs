@@ -72,14 +72,16 @@ unsafe extern "C" fn write_im(
     flags: p::PurpleMessageFlags,
     mtime: p::time_t,
 ) {
-    // SAFETY: conv is live during the ui-op.
-    let (acc, name) = unsafe {
-        (
-            p::purple_conversation_get_account(conv),
-            string(p::purple_conversation_get_name(conv)),
-        )
-    };
-    incoming(acc, &name, &string(message), flags, mtime);
+    super::ffi::guard("write_im", (), || {
+        // SAFETY: conv is live during the ui-op.
+        let (acc, name) = unsafe {
+            (
+                p::purple_conversation_get_account(conv),
+                string(p::purple_conversation_get_name(conv)),
+            )
+        };
+        incoming(acc, &name, &string(message), flags, mtime);
+    })
 }
 
 unsafe extern "C" fn write_conv(
@@ -90,16 +92,18 @@ unsafe extern "C" fn write_conv(
     flags: p::PurpleMessageFlags,
     mtime: p::time_t,
 ) {
-    // SAFETY: as above. Only IM conversations get here: write_chat is implemented.
-    unsafe {
-        if p::purple_conversation_get_type(conv) != p::PURPLE_CONV_TYPE_IM {
-            return;
+    super::ffi::guard("write_conv", (), || {
+        // SAFETY: as above. Only IM conversations get here: write_chat is implemented.
+        unsafe {
+            if p::purple_conversation_get_type(conv) != p::PURPLE_CONV_TYPE_IM {
+                return;
+            }
+            let acc = p::purple_conversation_get_account(conv);
+            let peer =
+                opt_string(p::purple_conversation_get_name(conv)).unwrap_or_else(|| string(name));
+            incoming(acc, &peer, &string(message), flags, mtime);
         }
-        let acc = p::purple_conversation_get_account(conv);
-        let peer =
-            opt_string(p::purple_conversation_get_name(conv)).unwrap_or_else(|| string(name));
-        incoming(acc, &peer, &string(message), flags, mtime);
-    }
+    })
 }
 
 fn incoming(
@@ -330,11 +334,15 @@ fn chat_state(acc: *mut p::PurpleAccount, name: *const c_char, state: &str) {
 }
 
 unsafe extern "C" fn typing(acc: *mut p::PurpleAccount, name: *const c_char, _data: *mut c_void) {
-    chat_state(acc, name, "composing");
+    super::ffi::guard("typing", (), || {
+        chat_state(acc, name, "composing");
+    })
 }
 
 unsafe extern "C" fn typed(acc: *mut p::PurpleAccount, name: *const c_char, _data: *mut c_void) {
-    chat_state(acc, name, "paused");
+    super::ffi::guard("typed", (), || {
+        chat_state(acc, name, "paused");
+    })
 }
 
 unsafe extern "C" fn typing_stopped(
@@ -342,7 +350,9 @@ unsafe extern "C" fn typing_stopped(
     name: *const c_char,
     _data: *mut c_void,
 ) {
-    chat_state(acc, name, "active");
+    super::ffi::guard("typing_stopped", (), || {
+        chat_state(acc, name, "active");
+    })
 }
 
 #[cfg(test)]

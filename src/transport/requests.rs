@@ -279,43 +279,45 @@ unsafe extern "C" fn request_action(
     labels: *const *const c_char,
     cbs: *const p::GCallback,
 ) -> *mut c_void {
-    let Some(server) = core::server() else {
-        return std::ptr::null_mut();
-    };
-    // SAFETY: the shim passes `count` valid entries for the duration of the call.
-    let (labels, cbs): (Vec<String>, Vec<p::GCallback>) = unsafe {
-        (0..count)
-            .map(|i| (clean_label(&string(*labels.add(i))), *cbs.add(i)))
-            .unzip()
-    };
-    let (title, text) = text_of(title, primary, secondary);
-    let mut f = FormField::new("action", "list-single", Some("Answer")).required(true);
-    f.options = labels
-        .iter()
-        .enumerate()
-        .map(|(i, l)| (l.clone(), i.to_string()))
-        .collect();
-    let hint = format!(
-        "Reply with one of: {}",
-        labels
+    super::ffi::guard("request_action", std::ptr::null_mut(), || {
+        let Some(server) = core::server() else {
+            return std::ptr::null_mut();
+        };
+        // SAFETY: the shim passes `count` valid entries for the duration of the call.
+        let (labels, cbs): (Vec<String>, Vec<p::GCallback>) = unsafe {
+            (0..count)
+                .map(|i| (clean_label(&string(*labels.add(i))), *cbs.add(i)))
+                .unzip()
+        };
+        let (title, text) = text_of(title, primary, secondary);
+        let mut f = FormField::new("action", "list-single", Some("Answer")).required(true);
+        f.options = labels
             .iter()
             .enumerate()
-            .map(|(i, l)| format!("{} ({l})", i + 1))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    open(
-        &server,
-        acc,
-        Kind::Action { labels, cbs },
-        user_data,
-        Question {
-            title,
-            text,
-            fields: vec![f],
-            hint,
-        },
-    )
+            .map(|(i, l)| (l.clone(), i.to_string()))
+            .collect();
+        let hint = format!(
+            "Reply with one of: {}",
+            labels
+                .iter()
+                .enumerate()
+                .map(|(i, l)| format!("{} ({l})", i + 1))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        open(
+            &server,
+            acc,
+            Kind::Action { labels, cbs },
+            user_data,
+            Question {
+                title,
+                text,
+                fields: vec![f],
+                hint,
+            },
+        )
+    })
 }
 
 unsafe extern "C" fn request_choice(
@@ -335,48 +337,50 @@ unsafe extern "C" fn request_choice(
     labels: *const *const c_char,
     values: *const c_int,
 ) -> *mut c_void {
-    let Some(server) = core::server() else {
-        return std::ptr::null_mut();
-    };
-    // SAFETY: as in request_action.
-    let (labels, values): (Vec<String>, Vec<c_int>) = unsafe {
-        (0..count)
-            .map(|i| (clean_label(&string(*labels.add(i))), *values.add(i)))
-            .unzip()
-    };
-    let (title, text) = text_of(title, primary, secondary);
-    let mut f = FormField::new("choice", "list-single", Some("Choice")).required(true);
-    f.options = labels
-        .iter()
-        .zip(&values)
-        .map(|(l, v)| (l.clone(), v.to_string()))
-        .collect();
-    let hint = format!(
-        "Reply with one of: {} — or 'cancel'",
-        labels
+    super::ffi::guard("request_choice", std::ptr::null_mut(), || {
+        let Some(server) = core::server() else {
+            return std::ptr::null_mut();
+        };
+        // SAFETY: as in request_action.
+        let (labels, values): (Vec<String>, Vec<c_int>) = unsafe {
+            (0..count)
+                .map(|i| (clean_label(&string(*labels.add(i))), *values.add(i)))
+                .unzip()
+        };
+        let (title, text) = text_of(title, primary, secondary);
+        let mut f = FormField::new("choice", "list-single", Some("Choice")).required(true);
+        f.options = labels
             .iter()
-            .enumerate()
-            .map(|(i, l)| format!("{} ({l})", i + 1))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    open(
-        &server,
-        acc,
-        Kind::Choice {
-            labels,
-            values,
-            ok,
-            cancel,
-        },
-        user_data,
-        Question {
-            title,
-            text,
-            fields: vec![f],
-            hint,
-        },
-    )
+            .zip(&values)
+            .map(|(l, v)| (l.clone(), v.to_string()))
+            .collect();
+        let hint = format!(
+            "Reply with one of: {} — or 'cancel'",
+            labels
+                .iter()
+                .enumerate()
+                .map(|(i, l)| format!("{} ({l})", i + 1))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        open(
+            &server,
+            acc,
+            Kind::Choice {
+                labels,
+                values,
+                ok,
+                cancel,
+            },
+            user_data,
+            Question {
+                title,
+                text,
+                fields: vec![f],
+                hint,
+            },
+        )
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -397,34 +401,36 @@ unsafe extern "C" fn request_input(
     _conv: *mut p::PurpleConversation,
     user_data: *mut c_void,
 ) -> *mut c_void {
-    let Some(server) = core::server() else {
-        return std::ptr::null_mut();
-    };
-    let (title, text) = text_of(title, primary, secondary);
-    let kind = if masked != 0 {
-        "text-private"
-    } else {
-        "text-single"
-    };
-    let f = FormField::new("value", kind, Some("Answer"))
-        .value(string(default))
-        .required(true);
-    open(
-        &server,
-        acc,
-        Kind::Input {
-            ok,
-            cancel,
-            masked: masked != 0,
-        },
-        user_data,
-        Question {
-            title,
-            text,
-            fields: vec![f],
-            hint: "Reply with the answer, or 'cancel'.".into(),
-        },
-    )
+    super::ffi::guard("request_input", std::ptr::null_mut(), || {
+        let Some(server) = core::server() else {
+            return std::ptr::null_mut();
+        };
+        let (title, text) = text_of(title, primary, secondary);
+        let kind = if masked != 0 {
+            "text-private"
+        } else {
+            "text-single"
+        };
+        let f = FormField::new("value", kind, Some("Answer"))
+            .value(string(default))
+            .required(true);
+        open(
+            &server,
+            acc,
+            Kind::Input {
+                ok,
+                cancel,
+                masked: masked != 0,
+            },
+            user_data,
+            Question {
+                title,
+                text,
+                fields: vec![f],
+                hint: "Reply with the answer, or 'cancel'.".into(),
+            },
+        )
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -442,65 +448,70 @@ unsafe extern "C" fn request_fields(
     _conv: *mut p::PurpleConversation,
     user_data: *mut c_void,
 ) -> *mut c_void {
-    let Some(server) = core::server() else {
-        return std::ptr::null_mut();
-    };
-    let (title, text) = text_of(title, primary, secondary);
-    let mut out = Vec::new();
-    for f in all_fields(fields) {
-        // SAFETY: fields belong to the request, alive until it is closed.
-        unsafe {
-            let var = string(p::purple_request_field_get_id(f));
-            let label = string(p::purple_request_field_get_label(f));
-            let ff = match p::purple_request_field_get_type(f) {
-                p::PURPLE_REQUEST_FIELD_STRING => {
-                    let kind = if p::purple_request_field_string_is_masked(f) != 0 {
-                        "text-private"
-                    } else {
-                        "text-single"
-                    };
-                    FormField::new(&var, kind, Some(&label))
-                        .value(string(p::purple_request_field_string_get_default_value(f)))
-                }
-                p::PURPLE_REQUEST_FIELD_INTEGER => {
-                    FormField::new(&var, "text-single", Some(&label))
-                        .value(p::purple_request_field_int_get_default_value(f).to_string())
-                }
-                p::PURPLE_REQUEST_FIELD_BOOLEAN => FormField::new(&var, "boolean", Some(&label))
-                    .value(if p::purple_request_field_bool_get_default_value(f) != 0 {
-                        "1"
-                    } else {
-                        "0"
-                    }),
-                p::PURPLE_REQUEST_FIELD_CHOICE => {
-                    let mut ff = FormField::new(&var, "list-single", Some(&label))
-                        .value(p::purple_request_field_choice_get_default_value(f).to_string());
-                    ff.options = glist(p::purple_request_field_choice_get_labels(f))
-                        .into_iter()
-                        .enumerate()
-                        .map(|(i, l)| (string(l as *const c_char), i.to_string()))
-                        .collect();
-                    ff
-                }
-                p::PURPLE_REQUEST_FIELD_LABEL => FormField::new("", "fixed", None).value(label),
-                _ => continue,
-            };
-            out.push(ff.required(p::purple_request_field_is_required(f) != 0));
+    super::ffi::guard("request_fields", std::ptr::null_mut(), || {
+        let Some(server) = core::server() else {
+            return std::ptr::null_mut();
+        };
+        let (title, text) = text_of(title, primary, secondary);
+        let mut out = Vec::new();
+        for f in all_fields(fields) {
+            // SAFETY: fields belong to the request, alive until it is closed.
+            unsafe {
+                let var = string(p::purple_request_field_get_id(f));
+                let label = string(p::purple_request_field_get_label(f));
+                let ff = match p::purple_request_field_get_type(f) {
+                    p::PURPLE_REQUEST_FIELD_STRING => {
+                        let kind = if p::purple_request_field_string_is_masked(f) != 0 {
+                            "text-private"
+                        } else {
+                            "text-single"
+                        };
+                        FormField::new(&var, kind, Some(&label))
+                            .value(string(p::purple_request_field_string_get_default_value(f)))
+                    }
+                    p::PURPLE_REQUEST_FIELD_INTEGER => {
+                        FormField::new(&var, "text-single", Some(&label))
+                            .value(p::purple_request_field_int_get_default_value(f).to_string())
+                    }
+                    p::PURPLE_REQUEST_FIELD_BOOLEAN => {
+                        FormField::new(&var, "boolean", Some(&label)).value(
+                            if p::purple_request_field_bool_get_default_value(f) != 0 {
+                                "1"
+                            } else {
+                                "0"
+                            },
+                        )
+                    }
+                    p::PURPLE_REQUEST_FIELD_CHOICE => {
+                        let mut ff = FormField::new(&var, "list-single", Some(&label))
+                            .value(p::purple_request_field_choice_get_default_value(f).to_string());
+                        ff.options = glist(p::purple_request_field_choice_get_labels(f))
+                            .into_iter()
+                            .enumerate()
+                            .map(|(i, l)| (string(l as *const c_char), i.to_string()))
+                            .collect();
+                        ff
+                    }
+                    p::PURPLE_REQUEST_FIELD_LABEL => FormField::new("", "fixed", None).value(label),
+                    _ => continue,
+                };
+                out.push(ff.required(p::purple_request_field_is_required(f) != 0));
+            }
         }
-    }
-    open(
-        &server,
-        acc,
-        Kind::Fields { fields, ok, cancel },
-        user_data,
-        Question {
-            title,
-            text,
-            fields: out,
-            hint: "Answer with the form, reply with the value of the first field, or 'cancel'."
-                .into(),
-        },
-    )
+        open(
+            &server,
+            acc,
+            Kind::Fields { fields, ok, cancel },
+            user_data,
+            Question {
+                title,
+                text,
+                fields: out,
+                hint: "Answer with the form, reply with the value of the first field, or 'cancel'."
+                    .into(),
+            },
+        )
+    })
 }
 
 fn all_fields(fields: *mut p::PurpleRequestFields) -> Vec<*mut p::PurpleRequestField> {
@@ -519,12 +530,14 @@ fn all_fields(fields: *mut p::PurpleRequestFields) -> Vec<*mut p::PurpleRequestF
 }
 
 unsafe extern "C" fn close_request(_kind: p::PurpleRequestType, handle: *mut c_void) {
-    let Some(server) = core::server() else { return };
-    Transport::get(&server)
-        .requests
-        .borrow_mut()
-        .items
-        .retain(|r| r.id != handle as usize);
+    super::ffi::guard("close_request", (), || {
+        let Some(server) = core::server() else { return };
+        Transport::get(&server)
+            .requests
+            .borrow_mut()
+            .items
+            .retain(|r| r.id != handle as usize);
+    })
 }
 
 unsafe extern "C" fn notify_message(
@@ -533,10 +546,12 @@ unsafe extern "C" fn notify_message(
     primary: *const c_char,
     secondary: *const c_char,
 ) -> *mut c_void {
-    // No account context: logged, not sent (it could concern any user's account).
-    let (title, text) = text_of(title, primary, secondary);
-    tracing::info!(target: "purple", "notice: {title}: {text}");
-    std::ptr::null_mut()
+    super::ffi::guard("notify_message", std::ptr::null_mut(), || {
+        // No account context: logged, not sent (it could concern any user's account).
+        let (title, text) = text_of(title, primary, secondary);
+        tracing::info!(target: "purple", "notice: {title}: {text}");
+        std::ptr::null_mut()
+    })
 }
 
 /// A message from the user to the service JID: an answer to the oldest request they were
@@ -749,58 +764,62 @@ pub unsafe extern "C" fn request_authorize(
     deny: p::PurpleAccountRequestAuthorizationCb,
     user_data: *mut c_void,
 ) -> *mut c_void {
-    let Some(server) = core::server() else {
-        return std::ptr::null_mut();
-    };
-    let t = Transport::get(&server);
-    let Some(legacy) = t.id_of(acc) else {
-        return std::ptr::null_mut();
-    };
-    let Some((owner, protocol)) = t
-        .legacy
-        .borrow()
-        .get(&legacy)
-        .map(|l| (l.owner.clone(), l.protocol.clone()))
-    else {
-        return std::ptr::null_mut();
-    };
-    let name = messages::peer_name(&protocol, &string(remote_user));
-    let Some(contact) = t.contact_jid(legacy, &name) else {
-        return std::ptr::null_mut();
-    };
-    let handle = {
-        let mut pending = t.requests.borrow_mut();
-        let handle = pending.next_handle();
-        pending.auths.push(Auth {
-            handle,
-            legacy,
-            name,
-            authorize,
-            deny,
-            user_data,
-        });
-        handle
-    };
-    let mut el = Element::stanza("presence")
-        .attr("from", contact.to_string())
-        .attr("to", owner.to_string())
-        .attr("type", "subscribe");
-    let msg = string(message);
-    if !msg.is_empty() {
-        el.push(Element::new("status", ns::CLIENT).text(msg));
-    }
-    roster_bridge::pending_in(&server, &owner, &contact, &el);
-    server.to_available(&owner, &el);
-    handle as *mut c_void
+    super::ffi::guard("request_authorize", std::ptr::null_mut(), || {
+        let Some(server) = core::server() else {
+            return std::ptr::null_mut();
+        };
+        let t = Transport::get(&server);
+        let Some(legacy) = t.id_of(acc) else {
+            return std::ptr::null_mut();
+        };
+        let Some((owner, protocol)) = t
+            .legacy
+            .borrow()
+            .get(&legacy)
+            .map(|l| (l.owner.clone(), l.protocol.clone()))
+        else {
+            return std::ptr::null_mut();
+        };
+        let name = messages::peer_name(&protocol, &string(remote_user));
+        let Some(contact) = t.contact_jid(legacy, &name) else {
+            return std::ptr::null_mut();
+        };
+        let handle = {
+            let mut pending = t.requests.borrow_mut();
+            let handle = pending.next_handle();
+            pending.auths.push(Auth {
+                handle,
+                legacy,
+                name,
+                authorize,
+                deny,
+                user_data,
+            });
+            handle
+        };
+        let mut el = Element::stanza("presence")
+            .attr("from", contact.to_string())
+            .attr("to", owner.to_string())
+            .attr("type", "subscribe");
+        let msg = string(message);
+        if !msg.is_empty() {
+            el.push(Element::new("status", ns::CLIENT).text(msg));
+        }
+        roster_bridge::pending_in(&server, &owner, &contact, &el);
+        server.to_available(&owner, &el);
+        handle as *mut c_void
+    })
 }
 
 pub unsafe extern "C" fn close_account_request(handle: *mut c_void) {
-    let Some(server) = core::server() else { return };
-    Transport::get(&server)
-        .requests
-        .borrow_mut()
-        .auths
-        .retain(|a| a.handle != handle as usize);
+    super::ffi::guard("close_account_request", (), || {
+        let Some(server) = core::server() else { return };
+        Transport::get(&server)
+            .requests
+            .borrow_mut()
+            .auths
+            .retain(|a| a.handle != handle as usize);
+    })
 }
 
 /// The user's `subscribed` (true) or `unsubscribed` to a contact with a pending legacy

@@ -195,18 +195,20 @@ fn start_fetch(server: &Server, id: i64) -> bool {
 }
 
 unsafe extern "C" fn add_room(list: *mut p::PurpleRoomlist, room: *mut p::PurpleRoomlistRoom) {
-    if !core::on_main_thread() || list.is_null() || room.is_null() {
-        return;
-    }
-    // SAFETY: libpurple passes a live list and room for the duration of the call.
-    let listed = unsafe { read_room(list, room) };
-    if let Some(listed) = listed {
-        STATE.with_borrow_mut(|s| {
-            if let Some((_, rooms)) = s.fetching.get_mut(&(list as usize)) {
-                rooms.push(listed);
-            }
-        });
-    }
+    super::ffi::guard("add_room", (), || {
+        if !core::on_main_thread() || list.is_null() || room.is_null() {
+            return;
+        }
+        // SAFETY: libpurple passes a live list and room for the duration of the call.
+        let listed = unsafe { read_room(list, room) };
+        if let Some(listed) = listed {
+            STATE.with_borrow_mut(|s| {
+                if let Some((_, rooms)) = s.fetching.get_mut(&(list as usize)) {
+                    rooms.push(listed);
+                }
+            });
+        }
+    })
 }
 
 /// Reads a room's joinable name and its users/topic fields (by the fields' names, which
@@ -261,16 +263,20 @@ unsafe fn read_room(
 }
 
 unsafe extern "C" fn in_progress(list: *mut p::PurpleRoomlist, flag: p::gboolean) {
-    if flag == 0 && core::on_main_thread() && !list.is_null() {
-        finish_fetch(list);
-    }
+    super::ffi::guard("in_progress", (), || {
+        if flag == 0 && core::on_main_thread() && !list.is_null() {
+            finish_fetch(list);
+        }
+    })
 }
 
 unsafe extern "C" fn destroyed(list: *mut p::PurpleRoomlist) {
-    // A list destroyed before completing (connection lost): keep what arrived.
-    if core::on_main_thread() && !list.is_null() {
-        complete(list as usize);
-    }
+    super::ffi::guard("destroyed", (), || {
+        // A list destroyed before completing (connection lost): keep what arrived.
+        if core::on_main_thread() && !list.is_null() {
+            complete(list as usize);
+        }
+    })
 }
 
 /// A list is complete: cache it, drop our reference, answer the requests it completes.

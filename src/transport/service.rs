@@ -61,6 +61,7 @@ pub fn describe(
         name: name.unwrap_or_else(|| format!("{plugin_name} gateway")),
         kind,
         defaults,
+        allow_private: false,
     })
 }
 
