@@ -20,7 +20,7 @@ use jid::BareJid;
 use purple_sys as p;
 
 use super::ffi::{cstring, gslist, opt_string, string};
-use super::{ServiceInfo, Transport, core, messages, requests, roster_bridge};
+use super::{ServiceInfo, Transport, core, messages, requests, roster_bridge, text};
 use crate::router::ServiceHost;
 use crate::server::Server;
 use crate::xml::{Element, ns};
@@ -70,12 +70,12 @@ fn buddy_ctx(b: *mut p::PurpleBuddy) -> Option<(Rc<Server>, i64, BareJid, BareJi
 fn write_item(server: &Server, owner: &BareJid, contact: &BareJid, b: *mut p::PurpleBuddy) {
     // SAFETY: live buddy; the alias and group name are borrowed strings.
     let (alias, group) = unsafe {
-        let alias = opt_string(p::purple_buddy_get_alias(b)).unwrap_or_default();
+        let alias = text::line(&opt_string(p::purple_buddy_get_alias(b)).unwrap_or_default());
         let g = p::purple_buddy_get_group(b);
         let group = if g.is_null() {
             None
         } else {
-            opt_string(p::purple_group_get_name(g))
+            opt_string(p::purple_group_get_name(g)).map(|g| text::line(&g))
         };
         (alias, group)
     };
@@ -154,7 +154,7 @@ fn presence_of(b: *mut p::PurpleBuddy, contact: &BareJid, owner: &BareJid) -> El
         }
         let key = cstring("message");
         if let Some(msg) = opt_string(p::purple_status_get_attr_string(status, key.as_ptr())) {
-            let text = super::ffi::html_to_text(&msg);
+            let text = text::display(&super::ffi::html_to_text(&msg));
             if !text.is_empty() {
                 el.push(Element::new("status", ns::CLIENT).text(text));
             }

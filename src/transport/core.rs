@@ -620,14 +620,16 @@ unsafe extern "C" fn srv_resolve(
         let key = q as usize;
         SRV.with(|s| s.borrow_mut().insert(key));
         crate::net::source::idle_once(move || {
-            if !SRV.with(|s| s.borrow_mut().remove(&key)) {
-                return;
-            }
-            let msg = cstring("SRV lookups are not used; connecting to the domain directly");
-            if let Some(cb) = failed {
-                // SAFETY: the query is still pending (not destroyed); libpurple copies the text.
-                unsafe { cb(key as *mut p::PurpleSrvTxtQueryData, msg.as_ptr()) };
-            }
+            super::ffi::guard("srv answer", (), || {
+                if !SRV.with(|s| s.borrow_mut().remove(&key)) {
+                    return;
+                }
+                let msg = cstring("SRV lookups are not used; connecting to the domain directly");
+                if let Some(cb) = failed {
+                    // SAFETY: the query is still pending (not destroyed); libpurple copies the text.
+                    unsafe { cb(key as *mut p::PurpleSrvTxtQueryData, msg.as_ptr()) };
+                }
+            })
         });
         g::GTRUE
     })

@@ -24,7 +24,7 @@ use rand::Rng;
 
 use super::ffi::{cstring, html_to_text, opt_string, string, text_to_html};
 use super::forms;
-use super::{ServiceInfo, Transport, accounts, core, muc};
+use super::{ServiceInfo, Transport, accounts, core, muc, text};
 use crate::router::ServiceHost;
 use crate::server::Server;
 use crate::stanza::Condition;
@@ -126,6 +126,8 @@ fn incoming(
         tracing::warn!("legacy name {name:?} makes no valid JID; message dropped");
         return;
     };
+    // Bells, IRC codes prpl-irc left, U+FFFF…: gone before anything is sent or archived.
+    let html = &text::display(html);
     if flags & p::PURPLE_MESSAGE_SEND != 0 {
         if flags & p::PURPLE_MESSAGE_REMOTE_SEND != 0 {
             sent_elsewhere(&server, &owner, &service, &contact, html);
@@ -213,7 +215,7 @@ fn sent_elsewhere(
     contact: &jid::BareJid,
     html: &str,
 ) {
-    let text = html_to_text(html);
+    let text = html_to_text(&text::display(html));
     let Ok(from) = FullJid::new(&format!("{owner}/{service}")) else {
         return;
     };
@@ -303,7 +305,9 @@ pub fn to_legacy(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, node: 
                 "cannot open a conversation",
             );
         }
-        let html = cstring(&xhtml_body(&el).unwrap_or_else(|| text_to_html(&body)));
+        // A lone CR would end the line for some prpls (IRC); the XHTML carries it unescaped.
+        let markup = xhtml_body(&el).map_or_else(|| text_to_html(&body), |x| x.replace('\r', ""));
+        let html = cstring(&markup);
         p::purple_conv_im_send(p::purple_conversation_get_im_data(conv), html.as_ptr());
     }
 }

@@ -23,7 +23,7 @@ use purple_sys as p;
 
 use super::ffi::{cstring, glist, html_to_text, prpl_info, string, text_to_html};
 use super::forms;
-use super::{Room, ServiceInfo, Transport, accounts, core, messages};
+use super::{Room, ServiceInfo, Transport, accounts, core, messages, text};
 use crate::router::ServiceHost;
 use crate::server::Server;
 use crate::stanza::Condition;
@@ -85,6 +85,23 @@ fn send_to_joined(server: &Rc<Server>, id: i64, room: &str, build: impl Fn(&Full
     }
 }
 
+/// The resource an occupant appears as: the nick without what XML or a JID cannot carry;
+/// a nick that still makes no valid JID (C1 controls, unassigned code points…) appears as
+/// `x-` and the hex of its first bytes, the same every time.
+fn occupant_nick(room_jid: &BareJid, nick: &str) -> String {
+    let clean = text::line(nick);
+    if FullJid::new(&format!("{room_jid}/{clean}")).is_ok() {
+        return clean;
+    }
+    let hex: String = nick.bytes().take(32).map(|b| format!("{b:02x}")).collect();
+    format!("x-{hex}")
+}
+
+/// `room@service/nick` of an occupant (see [`occupant_nick`]).
+fn occupant_jid(room_jid: &BareJid, nick: &str) -> String {
+    format!("{room_jid}/{}", occupant_nick(room_jid, nick))
+}
+
 fn occupant_presence(
     room_jid: &BareJid,
     nick: &str,
@@ -104,7 +121,7 @@ fn occupant_presence(
         x.push(Element::new("status", forms::MUC_USER).attr("code", *s));
     }
     let mut p = Element::stanza("presence")
-        .attr("from", format!("{room_jid}/{nick}"))
+        .attr("from", occupant_jid(room_jid, nick))
         .attr("to", to.to_string())
         .child(x);
     if role == "none" {
@@ -402,7 +419,7 @@ unsafe extern "C" fn topic_changed(
             return;
         };
         let t = Transport::get(&server);
-        let topic = string(topic);
+        let topic = text::line(&string(topic));
         if let Some(r) = t
             .legacy
             .borrow_mut()
@@ -418,7 +435,7 @@ unsafe extern "C" fn topic_changed(
         let from = if who.is_empty() {
             room_jid.to_string()
         } else {
-            format!("{room_jid}/{who}")
+            occupant_jid(&room_jid, &who)
         };
         send_to_joined(&server, id, &room, |to| {
             Element::stanza("message")
@@ -542,7 +559,7 @@ pub unsafe extern "C" fn chat_rename_user(
                 .get_child_mut("x", forms::MUC_USER)
                 .and_then(|x| x.get_child_mut("item", forms::MUC_USER))
             {
-                item.set_attr("nick", new.as_str());
+                item.set_attr("nick", occupant_nick(&room_jid, &new));
                 item.set_attr("role", "participant");
             }
             p
@@ -569,7 +586,8 @@ pub unsafe extern "C" fn write_chat(
             return;
         };
         let who = string(who);
-        let html = string(message);
+        // Bells, IRC codes prpl-irc left, U+FFFF…: gone before anything is sent.
+        let html = text::display(&string(message));
         let text = html_to_text(&html);
         if flags & p::PURPLE_MESSAGE_SYSTEM != 0 || who.is_empty() || text.is_empty() {
             // Topic lines, joins and parts as text: the presences and subject carry them.
@@ -589,7 +607,7 @@ pub unsafe extern "C" fn write_chat(
         let xhtml = messages::xhtml_im(&html);
         send_to_joined(&server, id, &room, |to| {
             let mut m = Element::stanza("message")
-                .attr("from", format!("{room_jid}/{who}"))
+                .attr("from", occupant_jid(&room_jid, &who))
                 .attr("to", to.to_string())
                 .attr("type", "groupchat")
                 .attr("id", msg_id.as_str())

@@ -22,7 +22,7 @@ use purple_sys as p;
 
 use super::ffi::{cstring, glist, string};
 use super::forms::{self, FormField};
-use super::{LinkState, ServiceInfo, Transport, core, messages, roster_bridge, service};
+use super::{LinkState, ServiceInfo, Transport, core, messages, roster_bridge, service, text};
 use crate::router::ServiceHost;
 use crate::server::Server;
 use crate::xml::{Element, ns};
@@ -197,10 +197,10 @@ fn text_of(
     primary: *const c_char,
     secondary: *const c_char,
 ) -> (String, String) {
-    let title = super::ffi::html_to_text(&string(title));
+    let title = text::line(&super::ffi::html_to_text(&string(title)));
     let parts: Vec<String> = [primary, secondary]
         .into_iter()
-        .map(|s| super::ffi::html_to_text(&string(s)))
+        .map(|s| text::display(&super::ffi::html_to_text(&string(s))))
         .filter(|s| !s.is_empty())
         .collect();
     (title, parts.join("\n"))
@@ -262,8 +262,10 @@ fn open(
     id as *mut c_void
 }
 
+/// A button or choice label for the user: mnemonic underscores and what XML cannot carry
+/// removed.
 fn clean_label(l: &str) -> String {
-    l.replace('_', "")
+    text::line(&l.replace('_', ""))
 }
 
 unsafe extern "C" fn request_action(
@@ -412,7 +414,7 @@ unsafe extern "C" fn request_input(
             "text-single"
         };
         let f = FormField::new("value", kind, Some("Answer"))
-            .value(string(default))
+            .value(text::line(&string(default)))
             .required(true);
         open(
             &server,
@@ -457,8 +459,8 @@ unsafe extern "C" fn request_fields(
         for f in all_fields(fields) {
             // SAFETY: fields belong to the request, alive until it is closed.
             unsafe {
-                let var = string(p::purple_request_field_get_id(f));
-                let label = string(p::purple_request_field_get_label(f));
+                let var = text::line(&string(p::purple_request_field_get_id(f)));
+                let label = text::line(&string(p::purple_request_field_get_label(f)));
                 let ff = match p::purple_request_field_get_type(f) {
                     p::PURPLE_REQUEST_FIELD_STRING => {
                         let kind = if p::purple_request_field_string_is_masked(f) != 0 {
@@ -466,8 +468,9 @@ unsafe extern "C" fn request_fields(
                         } else {
                             "text-single"
                         };
-                        FormField::new(&var, kind, Some(&label))
-                            .value(string(p::purple_request_field_string_get_default_value(f)))
+                        FormField::new(&var, kind, Some(&label)).value(text::display(&string(
+                            p::purple_request_field_string_get_default_value(f),
+                        )))
                     }
                     p::PURPLE_REQUEST_FIELD_INTEGER => {
                         FormField::new(&var, "text-single", Some(&label))
@@ -488,7 +491,7 @@ unsafe extern "C" fn request_fields(
                         ff.options = glist(p::purple_request_field_choice_get_labels(f))
                             .into_iter()
                             .enumerate()
-                            .map(|(i, l)| (string(l as *const c_char), i.to_string()))
+                            .map(|(i, l)| (clean_label(&string(l as *const c_char)), i.to_string()))
                             .collect();
                         ff
                     }
@@ -563,6 +566,26 @@ pub fn answer_message(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, e
     if form.is_none() && body.is_empty() {
         return;
     }
+    // Answers go into libpurple (passwords, codes, nicks): no control characters, which a
+    // prpl could send on as protocol (a CR LF in an IRC line starts another command).
+    let bad = text::first_control(&body).or_else(|| {
+        form.iter()
+            .flatten()
+            .flat_map(|(_, vs)| vs)
+            .find_map(|v| text::first_control(v))
+    });
+    if let Some(c) = bad {
+        service::tell(
+            server,
+            &owner,
+            &info.domain,
+            &format!(
+                "That answer contains a control character (U+{:04X}), which is not accepted; try again.",
+                u32::from(c)
+            ),
+        );
+        return;
+    }
     let t = Transport::get(server);
     let wanted = form
         .as_ref()
@@ -609,7 +632,7 @@ pub fn answer_message(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, e
     let (rtype, ok) = match &req.kind {
         Kind::Action { labels, cbs } => match pick(labels, "action") {
             Some(i) => {
-                if let Some(cb) = cbs[i] {
+                if let Some(cb) = cbs.get(i).copied().flatten() {
                     // SAFETY: PurpleRequestActionCb(void *user_data, int action), called once.
                     unsafe {
                         let f: unsafe extern "C" fn(*mut c_void, c_int) = std::mem::transmute(cb);
@@ -715,7 +738,8 @@ fn fill_fields(
     for f in all_fields(fields) {
         // SAFETY: live request fields; setters copy strings.
         unsafe {
-            let var = string(p::purple_request_field_get_id(f));
+            // The id as the form showed it (see request_fields).
+            let var = text::line(&string(p::purple_request_field_get_id(f)));
             let value = match form.and_then(|v| forms::value(v, &var)) {
                 Some(v) => v.to_owned(),
                 None if !body_used
@@ -801,7 +825,7 @@ pub unsafe extern "C" fn request_authorize(
             .attr("from", contact.to_string())
             .attr("to", owner.to_string())
             .attr("type", "subscribe");
-        let msg = string(message);
+        let msg = text::display(&string(message));
         if !msg.is_empty() {
             el.push(Element::new("status", ns::CLIENT).text(msg));
         }

@@ -136,15 +136,17 @@ pub fn items(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, el: Elemen
     w.token = token;
     let weak = Rc::downgrade(server);
     w.timer = Some(server.after(WAIT, move || {
-        let Some(server) = weak.upgrade() else { return };
-        let w = STATE.with_borrow_mut(|s| {
-            let i = s.waiting.iter().position(|w| w.token == token)?;
-            Some(s.waiting.swap_remove(i))
-        });
-        if let Some(mut w) = w {
-            w.timer = None; // this timer is the one firing; GLib removes it
-            answer(&server, w);
-        }
+        super::ffi::guard("room list wait", (), || {
+            let Some(server) = weak.upgrade() else { return };
+            let w = STATE.with_borrow_mut(|s| {
+                let i = s.waiting.iter().position(|w| w.token == token)?;
+                Some(s.waiting.swap_remove(i))
+            });
+            if let Some(mut w) = w {
+                w.timer = None; // this timer is the one firing; GLib removes it
+                answer(&server, w);
+            }
+        })
     }));
     STATE.with_borrow_mut(|s| s.waiting.push(w));
 }
@@ -252,7 +254,9 @@ unsafe fn read_room(
             match ((*f).type_, key.as_str()) {
                 (p::PURPLE_ROOMLIST_FIELD_INT, "users") => users = Some(*v as i64),
                 (p::PURPLE_ROOMLIST_FIELD_STRING, "topic" | "description") if !v.is_null() => {
-                    let text = super::ffi::html_to_text(&string(*v as *const std::ffi::c_char));
+                    let text = super::text::line(&super::ffi::html_to_text(&string(
+                        *v as *const std::ffi::c_char,
+                    )));
                     topic = Some(text).filter(|t| !t.trim().is_empty());
                 }
                 _ => {}
