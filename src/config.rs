@@ -221,6 +221,11 @@ pub struct Transport {
     /// dead and re-made (a NAT that dropped it, a hung server). libpurple's keepalives make an
     /// idle but healthy connection hear from its server at least every ~90 s. 0: never.
     pub stall_timeout: u64,
+    /// Let legacy accounts connect to non-public addresses (loopback, private, link-local…,
+    /// this host's own addresses). Off: a registration or settings change naming such a
+    /// server is refused, and libpurple's name lookups drop such addresses. Each service can
+    /// override it with its own `allow_private_addresses`.
+    pub allow_private_addresses: bool,
 }
 
 impl Default for Transport {
@@ -229,6 +234,7 @@ impl Default for Transport {
             enabled: false,
             services: Vec::new(),
             stall_timeout: 300,
+            allow_private_addresses: false,
         }
     }
 }
@@ -247,6 +253,9 @@ pub struct TransportService {
     /// `ratelimit-interval = "2"`; users can change them in the registration form.
     #[serde(default)]
     pub defaults: std::collections::BTreeMap<String, String>,
+    /// Overrides `[transport] allow_private_addresses` for this service.
+    #[serde(default)]
+    pub allow_private_addresses: Option<bool>,
 }
 
 /// `[torrent]`: remote BitTorrent downloads over XMPP (src/torrent/).

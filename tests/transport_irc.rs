@@ -42,6 +42,8 @@ fn irc_through_the_transport() {
     let srv = TestServer::start_with(
         |c| {
             c.transport.enabled = true;
+            // ngircd listens on 127.0.0.1: the public-address rule must let it through.
+            c.transport.allow_private_addresses = true;
             c.transport.services = vec![irc_service(SVC)];
         },
         |_| {},

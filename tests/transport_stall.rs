@@ -67,6 +67,8 @@ fn a_silent_connection_is_remade() {
     let srv = TestServer::start_with(
         |c| {
             c.transport.enabled = true;
+            // ngircd listens on 127.0.0.1: the public-address rule must let it through.
+            c.transport.allow_private_addresses = true;
             c.transport.stall_timeout = 3;
             c.transport.services = vec![irc_service(SVC)];
         },

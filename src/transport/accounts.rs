@@ -15,7 +15,7 @@ use jid::BareJid;
 use purple_sys as p;
 
 use super::ffi::{cstring, glist, opt_string, prpl_info, string};
-use super::{Legacy, LinkState, ServiceInfo, Transport, core, reconnect};
+use super::{Legacy, LinkState, ServiceInfo, Transport, core, policy, reconnect, text};
 use crate::server::Server;
 use crate::store::transport::LegacyAccount;
 
@@ -61,7 +61,7 @@ pub fn form_fields(prpl: &str) -> Vec<Field> {
             let s = split as *mut p::PurpleAccountUserSplit;
             out.push(Field {
                 var: format!("split:{i}"),
-                label: string(p::purple_account_user_split_get_text(s)),
+                label: text::line(&string(p::purple_account_user_split_get_text(s))),
                 kind: FieldKind::Text,
                 default: string(p::purple_account_user_split_get_default_value(s)),
                 required: true,
@@ -80,8 +80,8 @@ pub fn form_fields(prpl: &str) -> Vec<Field> {
         }
         for opt in glist((*info).protocol_options) {
             let o = opt as *mut p::PurpleAccountOption;
-            let setting = string(p::purple_account_option_get_setting(o));
-            let label = string(p::purple_account_option_get_text(o));
+            let setting = text::line(&string(p::purple_account_option_get_setting(o)));
+            let label = text::line(&string(p::purple_account_option_get_text(o)));
             let (kind, default) = match p::purple_account_option_get_type(o) {
                 p::PURPLE_PREF_BOOLEAN => (
                     FieldKind::Bool,
@@ -101,7 +101,10 @@ pub fn form_fields(prpl: &str) -> Vec<Field> {
                         .into_iter()
                         .map(|kv| {
                             let kv = kv as *mut p::PurpleKeyValuePair;
-                            (string((*kv).key), string((*kv).value as *const _))
+                            (
+                                text::line(&string((*kv).key)),
+                                text::line(&string((*kv).value as *const _)),
+                            )
                         })
                         .collect();
                     (
@@ -158,6 +161,17 @@ pub fn compose_username(prpl: &str, username: &str, splits: &[String]) -> String
         }
     }
     out
+}
+
+/// The hosts an account with `username` and `settings` (over the service's defaults)
+/// connects to (see `policy::endpoints`).
+pub fn hosts(info: &ServiceInfo, username: &str, settings: &[(String, String)]) -> Vec<String> {
+    let mut effective = info.defaults.clone();
+    effective.extend(settings.iter().cloned());
+    policy::endpoints(
+        username,
+        effective.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    )
 }
 
 /// Applies one protocol-option setting with the type the prpl declares for it.
@@ -276,10 +290,24 @@ pub fn login(server: &Rc<Server>, id: i64) {
     let Some(acc) = t.legacy.borrow().get(&id).map(|l| l.account) else {
         return;
     };
-    let password = match server.store.legacy_account(id) {
-        Ok(Some(rec)) => rec.password,
-        _ => None,
-    };
+    let rec = server.store.legacy_account(id).ok().flatten();
+    // The public-address rule (policy.rs): numeric addresses are checked here, names when
+    // libpurple looks them up (the DNS ui-op), with this account's hosts let through if its
+    // service allows private addresses.
+    if let Some(rec) = &rec
+        && let Some(info) = t.service(&rec.service)
+    {
+        let hosts = hosts(&info, &rec.username, &rec.settings);
+        policy::set_account(id, hosts.clone(), info.allow_private);
+        if !info.allow_private
+            && let Some(why) = policy::literal_refusal(&hosts)
+        {
+            tracing::warn!(account = %rec.username, "not connecting: {why}");
+            reconnect::failed(server, id, &why, true);
+            return;
+        }
+    }
+    let password = rec.and_then(|r| r.password);
     // An account already online (or on its way) keeps its state; only a real connect is
     // "connecting" — set before libpurple starts it, as enabling may connect at once.
     // SAFETY: main thread, live account.
@@ -341,6 +369,7 @@ pub fn remove(server: &Rc<Server>, id: i64) {
         // SAFETY: main thread; after this call the pointer is dead and no longer stored.
         unsafe { p::purple_accounts_delete(l.account) };
     }
+    policy::set_account(id, Vec::new(), false);
     if let Err(e) = server.store.delete_legacy_account(id) {
         tracing::error!("cannot delete legacy account {id}: {e}");
     }

@@ -54,17 +54,25 @@ fn note(el: Element, kind: &str, text: &str) -> Element {
 
 type Outcome = Result<Element, (Condition, String)>;
 
-pub fn execute(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, cmd: &Element) -> Outcome {
+/// Runs command `cmd` of request `req`; `None` when the answer goes out later (a settings
+/// change whose servers are being resolved, see `policy::vet`).
+pub fn execute(
+    server: &Rc<Server>,
+    info: &ServiceInfo,
+    from: &FullJid,
+    req: &Element,
+    cmd: &Element,
+) -> Option<Outcome> {
     let node = cmd.get_attr("node").unwrap_or("");
     if !COMMANDS.iter().any(|(n, _)| *n == node) {
-        return Err((Condition::ItemNotFound, "no such command".into()));
+        return Some(Err((Condition::ItemNotFound, "no such command".into())));
     }
     let session = cmd
         .get_attr("sessionid")
         .map(str::to_owned)
         .unwrap_or_else(super::messages::new_id);
     if cmd.get_attr("action") == Some("cancel") {
-        return Ok(response(node, &session, "canceled"));
+        return Some(Ok(response(node, &session, "canceled")));
     }
     let owner = from.to_bare();
     let t = Transport::get(server);
@@ -82,14 +90,18 @@ pub fn execute(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, cmd: &El
         } else {
             lines.join("\n")
         };
-        return Ok(note(response(node, &session, "completed"), "info", &text));
+        return Some(Ok(note(
+            response(node, &session, "completed"),
+            "info",
+            &text,
+        )));
     }
     if ids.is_empty() {
-        return Ok(note(
+        return Some(Ok(note(
             response(node, &session, "completed"),
             "warn",
             "No accounts; register with this gateway.",
-        ));
+        )));
     }
     let choose = || {
         let mut f = FormField::new("account", "list-single", Some("Account")).required(true);
@@ -97,35 +109,57 @@ pub fn execute(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, cmd: &El
             .iter()
             .map(|id| (accounts::label(server, *id), id.to_string()))
             .collect();
-        f.values.push(ids[0].to_string());
+        f.values.extend(ids.first().map(i64::to_string));
         f
     };
     let Some(values) = submitted else {
         let mut fields = vec![choose()];
-        if node == "settings" && ids.len() == 1 {
-            fields.extend(settings_fields(server, info, ids[0]));
+        if node == "settings"
+            && let [only] = ids.as_slice()
+        {
+            fields.extend(settings_fields(server, info, *only));
         }
         let title = COMMANDS
             .iter()
             .find(|(n, _)| *n == node)
             .map(|(_, t)| *t)
             .unwrap_or("");
-        return Ok(response(node, &session, "executing")
+        return Some(Ok(response(node, &session, "executing")
             .child(
                 Element::new("actions", forms::COMMANDS)
                     .attr("execute", "complete")
                     .child(Element::new("complete", forms::COMMANDS)),
             )
-            .child(forms::form(None, title, "", &fields)));
+            .child(forms::form(None, title, "", &fields))));
     };
+    let label_of = |var: &str| match var {
+        "account" => "Account".to_owned(),
+        "password" => "New password".to_owned(),
+        _ => accounts::form_fields(&info.prpl)
+            .into_iter()
+            .find(|f| f.var == var)
+            .map_or_else(|| var.to_owned(), |f| f.label),
+    };
+    if let Some(why) = forms::control_char_refusal(&values, label_of) {
+        return Some(Err((Condition::NotAcceptable, why)));
+    }
     let Some(id) = forms::value(&values, "account")
         .and_then(|v| v.parse::<i64>().ok())
         .filter(|id| ids.contains(id))
     else {
-        return Err((Condition::BadRequest, "choose one of your accounts".into()));
+        return Some(Err((
+            Condition::BadRequest,
+            "choose one of your accounts".into(),
+        )));
     };
     let label = accounts::label(server, id);
-    let done = |text: String| Ok(note(response(node, &session, "completed"), "info", &text));
+    let done = |text: String| {
+        Some(Ok(note(
+            response(node, &session, "completed"),
+            "info",
+            &text,
+        )))
+    };
     match node {
         "relogin" => {
             accounts::logout(server, id, LinkState::Offline);
@@ -173,7 +207,7 @@ pub fn execute(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, cmd: &El
                 .any(|(k, _)| k.starts_with("opt:") || k == "password")
             {
                 // First the account, now its settings.
-                return Ok(response(node, &session, "executing")
+                return Some(Ok(response(node, &session, "executing")
                     .child(
                         Element::new("actions", forms::COMMANDS)
                             .attr("execute", "complete")
@@ -184,16 +218,14 @@ pub fn execute(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, cmd: &El
                         "Settings",
                         &label,
                         &[vec![choose()], settings_fields(server, info, id)].concat(),
-                    )));
+                    ))));
             }
             let Ok(Some(rec)) = server.store.legacy_account(id) else {
-                return Err((
+                return Some(Err((
                     Condition::InternalServerError,
                     "cannot read the account".into(),
-                ));
+                )));
             };
-            // Saving re-enables the account in the store; a disabled one must stay so.
-            let was_enabled = rec.enabled;
             let mut settings = rec.settings.clone();
             for f in accounts::form_fields(&info.prpl)
                 .into_iter()
@@ -206,7 +238,9 @@ pub fn execute(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, cmd: &El
                     FieldKind::Bool => if forms::truthy(v) { "1" } else { "0" }.to_owned(),
                     _ => v.to_owned(),
                 };
-                let key = f.var[4..].to_owned();
+                let Some(key) = f.var.strip_prefix("opt:").map(str::to_owned) else {
+                    continue;
+                };
                 settings.retain(|(k, _)| *k != key);
                 settings.push((key, v));
             }
@@ -214,38 +248,68 @@ pub fn execute(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, cmd: &El
                 .filter(|p| !p.is_empty())
                 .map(str::to_owned)
                 .or(rec.password.clone());
-            let saved = server.store.save_legacy_account(
-                (&rec.owner.0, &rec.owner.1),
-                &rec.service,
-                &rec.protocol,
-                &rec.username,
-                password.as_deref(),
-                &settings,
-            );
-            if saved.is_err() {
-                return Err((
-                    Condition::InternalServerError,
-                    "cannot store the settings".into(),
-                ));
-            }
-            if !was_enabled {
-                let _ = server.store.set_legacy_enabled(id, false);
-                if let Ok(Some(rec)) = server.store.legacy_account(id) {
-                    accounts::attach(server, &rec);
+            // The servers named must be public unless the service allows otherwise.
+            let hosts = accounts::hosts(info, &rec.username, &settings);
+            let (server, from, req) = (server.clone(), from.clone(), req.clone());
+            let (node, session) = (node.to_owned(), session.clone());
+            super::policy::vet(hosts, info.allow_private, move |verdict| {
+                let outcome = match verdict {
+                    Err(why) => Err((Condition::NotAcceptable, why)),
+                    Ok(()) => save_settings(&server, id, &rec, password.as_deref(), &settings)
+                        .map(|text| note(response(&node, &session, "completed"), "info", &text)),
+                };
+                match outcome {
+                    Ok(resp) => super::service::reply(&server, &from, &req, resp),
+                    Err((cond, text)) => super::service::bounce(&server, &from, &req, cond, &text),
                 }
-                return done(format!(
-                    "{label}: settings saved; it stays logged out until enabled."
-                ));
-            }
-            if let Ok(Some(rec)) = server.store.legacy_account(id) {
-                accounts::logout(server, id, LinkState::Offline);
-                accounts::attach(server, &rec);
-                accounts::login(server, id);
-            }
-            done(format!("{label}: settings saved; logging in again."))
+            });
+            None
         }
-        _ => Err((Condition::ItemNotFound, "no such command".into())),
+        _ => Some(Err((Condition::ItemNotFound, "no such command".into()))),
     }
+}
+
+/// Stores vetted settings and logs the account in again (unless it is disabled); the note
+/// for the user.
+fn save_settings(
+    server: &Rc<Server>,
+    id: i64,
+    rec: &crate::store::transport::LegacyAccount,
+    password: Option<&str>,
+    settings: &[(String, String)],
+) -> Result<String, (Condition, String)> {
+    let label = accounts::label(server, id);
+    // Saving re-enables the account in the store; a disabled one must stay so.
+    let was_enabled = rec.enabled;
+    let saved = server.store.save_legacy_account(
+        (&rec.owner.0, &rec.owner.1),
+        &rec.service,
+        &rec.protocol,
+        &rec.username,
+        password,
+        settings,
+    );
+    if saved.is_err() {
+        return Err((
+            Condition::InternalServerError,
+            "cannot store the settings".into(),
+        ));
+    }
+    if !was_enabled {
+        let _ = server.store.set_legacy_enabled(id, false);
+        if let Ok(Some(rec)) = server.store.legacy_account(id) {
+            accounts::attach(server, &rec);
+        }
+        return Ok(format!(
+            "{label}: settings saved; it stays logged out until enabled."
+        ));
+    }
+    if let Ok(Some(rec)) = server.store.legacy_account(id) {
+        accounts::logout(server, id, LinkState::Offline);
+        accounts::attach(server, &rec);
+        accounts::login(server, id);
+    }
+    Ok(format!("{label}: settings saved; logging in again."))
 }
 
 fn settings_fields(server: &Server, info: &ServiceInfo, id: i64) -> Vec<FormField> {
@@ -265,7 +329,9 @@ fn settings_fields(server: &Server, info: &ServiceInfo, id: i64) -> Vec<FormFiel
         .into_iter()
         .filter(|f| f.var.starts_with("opt:"))
     {
-        let key = &f.var[4..];
+        let Some(key) = f.var.strip_prefix("opt:") else {
+            continue;
+        };
         let value = current
             .iter()
             .find(|(k, _)| k == key)

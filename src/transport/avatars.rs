@@ -86,7 +86,7 @@ pub fn vcard(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, to: &Jid, 
         if b.is_null() {
             None
         } else {
-            Some(string(p::purple_buddy_get_alias(b)))
+            Some(super::text::line(&string(p::purple_buddy_get_alias(b))))
         }
     };
     card.push(

@@ -128,46 +128,48 @@ fn trust_file(owner: &str, host: &str) -> PathBuf {
 }
 
 unsafe extern "C" fn start(vrq: *mut p::PurpleCertificateVerificationRequest) {
-    let orig = ORIGINAL.load(Ordering::Acquire);
-    // SAFETY: libpurple hands a live request; `orig` was set before we were registered.
-    unsafe {
-        let Some(orig_start) = (*orig).start_verification else {
-            return p::purple_certificate_verify_complete(vrq, p::PURPLE_CERTIFICATE_INVALID);
-        };
-        let gsc = (*vrq).cb_data as *mut p::PurpleSslConnection;
-        let host = string((*vrq).subject_name);
-        let owner = account_of(gsc).and_then(|id| {
-            let server = core::server()?;
-            let t = Transport::get(&server);
-            let l = t.legacy.borrow();
-            l.get(&id).map(|l| (id, l.owner.to_string()))
-        });
-        let Some((id, owner)) = owner else {
-            // Not one of ours (or a prpl that passes something else): libpurple's behaviour,
-            // with an empty shared cache so no other user's decision applies.
-            tracing::warn!(%host, "TLS verification for an unknown account: no stored trust used");
-            let pool = peers_pool();
-            let h = cstring(&host);
-            if p::purple_certificate_pool_contains(pool, h.as_ptr()) != 0 {
-                p::purple_certificate_pool_delete(pool, h.as_ptr());
-            }
-            return orig_start(vrq);
-        };
-        let file = trust_file(&owner, &host);
-        load_into_cache(&file, &host);
-        PENDING.with_borrow_mut(|m| {
-            m.insert(
-                gsc as usize,
-                Pending {
-                    cb: (*vrq).cb,
-                    host,
-                    trust_file: file,
-                },
-            )
-        });
-        (*vrq).cb = Some(done);
-        as_account(Some(id), || orig_start(vrq));
-    }
+    super::ffi::guard("start", (), || {
+        let orig = ORIGINAL.load(Ordering::Acquire);
+        // SAFETY: libpurple hands a live request; `orig` was set before we were registered.
+        unsafe {
+            let Some(orig_start) = (*orig).start_verification else {
+                return p::purple_certificate_verify_complete(vrq, p::PURPLE_CERTIFICATE_INVALID);
+            };
+            let gsc = (*vrq).cb_data as *mut p::PurpleSslConnection;
+            let host = string((*vrq).subject_name);
+            let owner = account_of(gsc).and_then(|id| {
+                let server = core::server()?;
+                let t = Transport::get(&server);
+                let l = t.legacy.borrow();
+                l.get(&id).map(|l| (id, l.owner.to_string()))
+            });
+            let Some((id, owner)) = owner else {
+                // Not one of ours (or a prpl that passes something else): libpurple's behaviour,
+                // with an empty shared cache so no other user's decision applies.
+                tracing::warn!(%host, "TLS verification for an unknown account: no stored trust used");
+                let pool = peers_pool();
+                let h = cstring(&host);
+                if p::purple_certificate_pool_contains(pool, h.as_ptr()) != 0 {
+                    p::purple_certificate_pool_delete(pool, h.as_ptr());
+                }
+                return orig_start(vrq);
+            };
+            let file = trust_file(&owner, &host);
+            load_into_cache(&file, &host);
+            PENDING.with_borrow_mut(|m| {
+                m.insert(
+                    gsc as usize,
+                    Pending {
+                        cb: (*vrq).cb,
+                        host,
+                        trust_file: file,
+                    },
+                )
+            });
+            (*vrq).cb = Some(done);
+            as_account(Some(id), || orig_start(vrq));
+        }
+    })
 }
 
 /// Makes libpurple's peer cache hold the owner's certificate for `host`, or none.
@@ -202,28 +204,30 @@ fn load_into_cache(file: &Path, host: &str) {
 /// libpurple's verdict: keep what it cached as the owner's trust, empty the shared cache,
 /// and pass the verdict on to the SSL connection.
 unsafe extern "C" fn done(status: p::PurpleCertificateVerificationStatus, gsc: p::gpointer) {
-    let Some(pending) = PENDING.with_borrow_mut(|m| m.remove(&(gsc as usize))) else {
-        return;
-    };
-    let pool = peers_pool();
-    let h = cstring(&pending.host);
-    // SAFETY: main thread; the certificate retrieved is ours to destroy; `gsc` is the live SSL
-    // connection libpurple is completing the request for.
-    unsafe {
-        if p::purple_certificate_pool_contains(pool, h.as_ptr()) != 0 {
-            if status == p::PURPLE_CERTIFICATE_VALID {
-                let crt = p::purple_certificate_pool_retrieve(pool, h.as_ptr());
-                if !crt.is_null() {
-                    save(&pending.trust_file, crt);
-                    p::purple_certificate_destroy(crt);
+    super::ffi::guard("done", (), || {
+        let Some(pending) = PENDING.with_borrow_mut(|m| m.remove(&(gsc as usize))) else {
+            return;
+        };
+        let pool = peers_pool();
+        let h = cstring(&pending.host);
+        // SAFETY: main thread; the certificate retrieved is ours to destroy; `gsc` is the live SSL
+        // connection libpurple is completing the request for.
+        unsafe {
+            if p::purple_certificate_pool_contains(pool, h.as_ptr()) != 0 {
+                if status == p::PURPLE_CERTIFICATE_VALID {
+                    let crt = p::purple_certificate_pool_retrieve(pool, h.as_ptr());
+                    if !crt.is_null() {
+                        save(&pending.trust_file, crt);
+                        p::purple_certificate_destroy(crt);
+                    }
                 }
+                p::purple_certificate_pool_delete(pool, h.as_ptr());
             }
-            p::purple_certificate_pool_delete(pool, h.as_ptr());
+            if let Some(cb) = pending.cb {
+                cb(status, gsc);
+            }
         }
-        if let Some(cb) = pending.cb {
-            cb(status, gsc);
-        }
-    }
+    })
 }
 
 fn save(file: &Path, crt: *mut p::PurpleCertificate) {
@@ -246,11 +250,13 @@ fn save(file: &Path, crt: *mut p::PurpleCertificate) {
 }
 
 unsafe extern "C" fn destroy(vrq: *mut p::PurpleCertificateVerificationRequest) {
-    let orig = ORIGINAL.load(Ordering::Acquire);
-    // SAFETY: the request libpurple is destroying; the original verifier's own clean-up.
-    unsafe {
-        if let Some(d) = (*orig).destroy_request {
-            d(vrq);
+    super::ffi::guard("destroy", (), || {
+        let orig = ORIGINAL.load(Ordering::Acquire);
+        // SAFETY: the request libpurple is destroying; the original verifier's own clean-up.
+        unsafe {
+            if let Some(d) = (*orig).destroy_request {
+                d(vrq);
+            }
         }
-    }
+    })
 }

@@ -20,7 +20,7 @@ use jid::BareJid;
 use purple_sys as p;
 
 use super::ffi::{cstring, gslist, opt_string, string};
-use super::{ServiceInfo, Transport, core, messages, requests, roster_bridge};
+use super::{ServiceInfo, Transport, core, messages, requests, roster_bridge, text};
 use crate::router::ServiceHost;
 use crate::server::Server;
 use crate::xml::{Element, ns};
@@ -70,12 +70,12 @@ fn buddy_ctx(b: *mut p::PurpleBuddy) -> Option<(Rc<Server>, i64, BareJid, BareJi
 fn write_item(server: &Server, owner: &BareJid, contact: &BareJid, b: *mut p::PurpleBuddy) {
     // SAFETY: live buddy; the alias and group name are borrowed strings.
     let (alias, group) = unsafe {
-        let alias = opt_string(p::purple_buddy_get_alias(b)).unwrap_or_default();
+        let alias = text::line(&opt_string(p::purple_buddy_get_alias(b)).unwrap_or_default());
         let g = p::purple_buddy_get_group(b);
         let group = if g.is_null() {
             None
         } else {
-            opt_string(p::purple_group_get_name(g))
+            opt_string(p::purple_group_get_name(g)).map(|g| text::line(&g))
         };
         (alias, group)
     };
@@ -84,29 +84,35 @@ fn write_item(server: &Server, owner: &BareJid, contact: &BareJid, b: *mut p::Pu
 }
 
 unsafe extern "C" fn buddy_added(b: *mut p::PurpleBuddy, _d: *mut c_void) {
-    let Some((server, _, owner, contact, _)) = buddy_ctx(b) else {
-        return;
-    };
-    write_item(&server, &owner, &contact, b);
+    super::ffi::guard("buddy_added", (), || {
+        let Some((server, _, owner, contact, _)) = buddy_ctx(b) else {
+            return;
+        };
+        write_item(&server, &owner, &contact, b);
+    })
 }
 
 unsafe extern "C" fn buddy_removed(b: *mut p::PurpleBuddy, _d: *mut c_void) {
-    let Some((server, _, owner, contact, _)) = buddy_ctx(b) else {
-        return;
-    };
-    roster_bridge::remove_item(&server, &owner, &contact.to_string());
-    let p = Element::stanza("presence")
-        .attr("from", contact.to_string())
-        .attr("to", owner.to_string())
-        .attr("type", "unavailable");
-    server.to_available(&owner, &p);
+    super::ffi::guard("buddy_removed", (), || {
+        let Some((server, _, owner, contact, _)) = buddy_ctx(b) else {
+            return;
+        };
+        roster_bridge::remove_item(&server, &owner, &contact.to_string());
+        let p = Element::stanza("presence")
+            .attr("from", contact.to_string())
+            .attr("to", owner.to_string())
+            .attr("type", "unavailable");
+        server.to_available(&owner, &p);
+    })
 }
 
 unsafe extern "C" fn buddy_changed(b: *mut p::PurpleBuddy, _d: *mut c_void) {
-    let Some((server, _, owner, contact, _)) = buddy_ctx(b) else {
-        return;
-    };
-    server.to_available(&owner, &presence_of(b, &contact, &owner));
+    super::ffi::guard("buddy_changed", (), || {
+        let Some((server, _, owner, contact, _)) = buddy_ctx(b) else {
+            return;
+        };
+        server.to_available(&owner, &presence_of(b, &contact, &owner));
+    })
 }
 
 unsafe extern "C" fn buddy_status(
@@ -115,8 +121,10 @@ unsafe extern "C" fn buddy_status(
     _new: *mut p::PurpleStatus,
     _d: *mut c_void,
 ) {
-    // SAFETY: forwarded with the same liveness.
-    unsafe { buddy_changed(b, _d) };
+    super::ffi::guard("buddy_status", (), || {
+        // SAFETY: forwarded with the same liveness.
+        unsafe { buddy_changed(b, _d) };
+    })
 }
 
 /// The XMPP presence for a buddy's current status.
@@ -146,7 +154,7 @@ fn presence_of(b: *mut p::PurpleBuddy, contact: &BareJid, owner: &BareJid) -> El
         }
         let key = cstring("message");
         if let Some(msg) = opt_string(p::purple_status_get_attr_string(status, key.as_ptr())) {
-            let text = super::ffi::html_to_text(&msg);
+            let text = text::display(&super::ffi::html_to_text(&msg));
             if !text.is_empty() {
                 el.push(Element::new("status", ns::CLIENT).text(text));
             }

@@ -175,33 +175,37 @@ pub fn init(server: &Rc<Server>, dir: &Path) -> Result<(), InitError> {
 
 /// Every feature's ui-ops and signal handlers, installed when libpurple asks for them.
 unsafe extern "C" fn ui_init() {
-    super::reconnect::install_ui_ops();
-    super::messages::install_ui_ops();
-    super::requests::install_ui_ops();
-    super::contacts::install_ui_ops();
-    super::roomlist::install_ui_ops();
-    super::muc::install_signals();
+    super::ffi::guard("ui_init", (), || {
+        super::reconnect::install_ui_ops();
+        super::messages::install_ui_ops();
+        super::requests::install_ui_ops();
+        super::contacts::install_ui_ops();
+        super::roomlist::install_ui_ops();
+        super::muc::install_signals();
+    })
 }
 
 unsafe extern "C" fn ui_info() -> *mut p::GHashTable {
-    thread_local! {
-        static INFO: usize = {
-            // SAFETY: a string table of static strings, created once and never freed.
-            unsafe {
-                let t = g::g_hash_table_new(Some(g::g_str_hash), Some(g::g_str_equal));
-                for (k, v) in [
-                    (c"name", c"wockd"),
-                    (c"version", c"0.1"),
-                    (c"website", c"https://wockd.org/"),
-                    (c"client_type", c"pc"),
-                ] {
-                    g::g_hash_table_insert(t, k.as_ptr() as g::gpointer, v.as_ptr() as g::gpointer);
+    super::ffi::guard("ui_info", std::ptr::null_mut(), || {
+        thread_local! {
+            static INFO: usize = {
+                // SAFETY: a string table of static strings, created once and never freed.
+                unsafe {
+                    let t = g::g_hash_table_new(Some(g::g_str_hash), Some(g::g_str_equal));
+                    for (k, v) in [
+                        (c"name", c"wockd"),
+                        (c"version", c"0.1"),
+                        (c"website", c"https://wockd.org/"),
+                        (c"client_type", c"pc"),
+                    ] {
+                        g::g_hash_table_insert(t, k.as_ptr() as g::gpointer, v.as_ptr() as g::gpointer);
+                    }
+                    t as usize
                 }
-                t as usize
-            }
-        };
-    }
-    INFO.with(|t| *t as *mut p::GHashTable)
+            };
+        }
+        INFO.with(|t| *t as *mut p::GHashTable)
+    })
 }
 
 /// In the test harness the server runs a context of its own: drive the global default
@@ -246,18 +250,22 @@ struct TimerClosure {
 }
 
 unsafe extern "C" fn timer_fire(closure: g::gpointer) -> g::gboolean {
-    // SAFETY: `closure` is the box made in `add_timer`, alive until `timer_free`.
-    let c = unsafe { &*(closure as *const TimerClosure) };
-    match c.func {
-        // SAFETY: libpurple's callback with libpurple's data, on the loop's thread.
-        Some(f) => unsafe { f(c.data) },
-        None => 0,
-    }
+    super::ffi::guard("timer_fire", 0, || {
+        // SAFETY: `closure` is the box made in `add_timer`, alive until `timer_free`.
+        let c = unsafe { &*(closure as *const TimerClosure) };
+        match c.func {
+            // SAFETY: libpurple's callback with libpurple's data, on the loop's thread.
+            Some(f) => unsafe { f(c.data) },
+            None => 0,
+        }
+    })
 }
 
 unsafe extern "C" fn timer_free(closure: g::gpointer) {
-    // SAFETY: GLib calls this once, when the source is destroyed; the box is ours.
-    drop(unsafe { Box::from_raw(closure as *mut TimerClosure) });
+    super::ffi::guard("timer_free", (), || {
+        // SAFETY: GLib calls this once, when the source is destroyed; the box is ours.
+        drop(unsafe { Box::from_raw(closure as *mut TimerClosure) });
+    })
 }
 
 fn add_timer(
@@ -294,8 +302,10 @@ unsafe extern "C" fn timeout_add(
     f: p::GSourceFunc,
     data: p::gpointer,
 ) -> p::guint {
-    tracing::trace!(interval_ms = interval, "libpurple timer");
-    add_timer(interval, false, f, data)
+    super::ffi::guard("timeout_add", 0, || {
+        tracing::trace!(interval_ms = interval, "libpurple timer");
+        add_timer(interval, false, f, data)
+    })
 }
 
 unsafe extern "C" fn timeout_add_seconds(
@@ -303,10 +313,12 @@ unsafe extern "C" fn timeout_add_seconds(
     f: p::GSourceFunc,
     data: p::gpointer,
 ) -> p::guint {
-    tracing::trace!(interval_s = interval, "libpurple timer");
-    // GLib rounds second timers up to the next whole second: a 0 s timer would wait up to a
-    // second. Use a plain timer for those.
-    add_timer(interval, interval != 0, f, data)
+    super::ffi::guard("timeout_add_seconds", 0, || {
+        tracing::trace!(interval_s = interval, "libpurple timer");
+        // GLib rounds second timers up to the next whole second: a 0 s timer would wait up to a
+        // second. Use a plain timer for those.
+        add_timer(interval, interval != 0, f, data)
+    })
 }
 
 unsafe extern "C" {
@@ -376,8 +388,10 @@ thread_local! {
 }
 
 unsafe extern "C" fn source_remove(handle: p::guint) -> p::gboolean {
-    // SAFETY: handles come from the g_*_add functions above (default context).
-    unsafe { g::g_source_remove(handle) }
+    super::ffi::guard("source_remove", 0, || {
+        // SAFETY: handles come from the g_*_add functions above (default context).
+        unsafe { g::g_source_remove(handle) }
+    })
 }
 
 const READ_COND: g::GIOCondition = g::G_IO_IN | g::G_IO_HUP | g::G_IO_ERR;
@@ -395,29 +409,31 @@ unsafe extern "C" fn input_add(
     func: p::PurpleInputFunction,
     data: p::gpointer,
 ) -> p::guint {
-    let mut gcond = 0;
-    if cond & p::PURPLE_INPUT_READ != 0 {
-        gcond |= READ_COND;
-    }
-    if cond & p::PURPLE_INPUT_WRITE != 0 {
-        gcond |= WRITE_COND;
-    }
-    let closure = Box::into_raw(Box::new(InputClosure { func, data, fd }));
-    // SAFETY: the channel only wraps the fd (it does not own or close it); the watch holds
-    // its own reference. The closure is freed by `input_destroy` when the source goes.
-    unsafe {
-        let ch = g::g_io_channel_unix_new(fd);
-        let id = g::g_io_add_watch_full(
-            ch,
-            g::G_PRIORITY_DEFAULT,
-            gcond,
-            Some(input_invoke),
-            closure as g::gpointer,
-            Some(input_destroy),
-        );
-        g::g_io_channel_unref(ch);
-        id
-    }
+    super::ffi::guard("input_add", 0, || {
+        let mut gcond = 0;
+        if cond & p::PURPLE_INPUT_READ != 0 {
+            gcond |= READ_COND;
+        }
+        if cond & p::PURPLE_INPUT_WRITE != 0 {
+            gcond |= WRITE_COND;
+        }
+        let closure = Box::into_raw(Box::new(InputClosure { func, data, fd }));
+        // SAFETY: the channel only wraps the fd (it does not own or close it); the watch holds
+        // its own reference. The closure is freed by `input_destroy` when the source goes.
+        unsafe {
+            let ch = g::g_io_channel_unix_new(fd);
+            let id = g::g_io_add_watch_full(
+                ch,
+                g::G_PRIORITY_DEFAULT,
+                gcond,
+                Some(input_invoke),
+                closure as g::gpointer,
+                Some(input_destroy),
+            );
+            g::g_io_channel_unref(ch);
+            id
+        }
+    })
 }
 
 unsafe extern "C" fn input_invoke(
@@ -425,25 +441,29 @@ unsafe extern "C" fn input_invoke(
     cond: g::GIOCondition,
     data: g::gpointer,
 ) -> g::gboolean {
-    // SAFETY: `data` is the InputClosure of this watch, alive until input_destroy.
-    let c = unsafe { &*(data as *const InputClosure) };
-    let mut pc = 0;
-    if cond & READ_COND != 0 {
-        pc |= p::PURPLE_INPUT_READ;
-    }
-    if cond & WRITE_COND != 0 {
-        pc |= p::PURPLE_INPUT_WRITE;
-    }
-    if let Some(f) = c.func {
-        // SAFETY: the prpl's callback with the data it registered.
-        unsafe { f(c.data, c.fd, pc) };
-    }
-    g::GTRUE
+    super::ffi::guard("input_invoke", g::GTRUE, || {
+        // SAFETY: `data` is the InputClosure of this watch, alive until input_destroy.
+        let c = unsafe { &*(data as *const InputClosure) };
+        let mut pc = 0;
+        if cond & READ_COND != 0 {
+            pc |= p::PURPLE_INPUT_READ;
+        }
+        if cond & WRITE_COND != 0 {
+            pc |= p::PURPLE_INPUT_WRITE;
+        }
+        if let Some(f) = c.func {
+            // SAFETY: the prpl's callback with the data it registered.
+            unsafe { f(c.data, c.fd, pc) };
+        }
+        g::GTRUE
+    })
 }
 
 unsafe extern "C" fn input_destroy(data: g::gpointer) {
-    // SAFETY: created by Box::into_raw in input_add; GLib calls this exactly once.
-    drop(unsafe { Box::from_raw(data as *mut InputClosure) });
+    super::ffi::guard("input_destroy", (), || {
+        // SAFETY: created by Box::into_raw in input_add; GLib calls this exactly once.
+        drop(unsafe { Box::from_raw(data as *mut InputClosure) });
+    })
 }
 
 // ---- debug output ----------------------------------------------------------------------
@@ -464,31 +484,35 @@ unsafe extern "C" fn debug_print(
     category: *const c_char,
     arg: *const c_char,
 ) {
-    let cat = string(category);
-    let text = redact(string(arg).trim_end());
-    match level {
-        p::PURPLE_DEBUG_FATAL | p::PURPLE_DEBUG_ERROR => {
-            tracing::error!(target: "purple", "{cat}: {text}")
+    super::ffi::guard("debug_print", (), || {
+        let cat = string(category);
+        let text = redact(string(arg).trim_end());
+        match level {
+            p::PURPLE_DEBUG_FATAL | p::PURPLE_DEBUG_ERROR => {
+                tracing::error!(target: "purple", "{cat}: {text}")
+            }
+            p::PURPLE_DEBUG_WARNING => tracing::warn!(target: "purple", "{cat}: {text}"),
+            p::PURPLE_DEBUG_INFO => tracing::debug!(target: "purple", "{cat}: {text}"),
+            _ => tracing::trace!(target: "purple", "{cat}: {text}"),
         }
-        p::PURPLE_DEBUG_WARNING => tracing::warn!(target: "purple", "{cat}: {text}"),
-        p::PURPLE_DEBUG_INFO => tracing::debug!(target: "purple", "{cat}: {text}"),
-        _ => tracing::trace!(target: "purple", "{cat}: {text}"),
-    }
+    })
 }
 
 unsafe extern "C" fn debug_is_enabled(
     level: p::PurpleDebugLevel,
     _category: *const c_char,
 ) -> p::gboolean {
-    let on = match level {
-        p::PURPLE_DEBUG_FATAL | p::PURPLE_DEBUG_ERROR => {
-            tracing::enabled!(target: "purple", tracing::Level::ERROR)
-        }
-        p::PURPLE_DEBUG_WARNING => tracing::enabled!(target: "purple", tracing::Level::WARN),
-        p::PURPLE_DEBUG_INFO => tracing::enabled!(target: "purple", tracing::Level::DEBUG),
-        _ => tracing::enabled!(target: "purple", tracing::Level::TRACE),
-    };
-    on as p::gboolean
+    super::ffi::guard("debug_is_enabled", 0, || {
+        let on = match level {
+            p::PURPLE_DEBUG_FATAL | p::PURPLE_DEBUG_ERROR => {
+                tracing::enabled!(target: "purple", tracing::Level::ERROR)
+            }
+            p::PURPLE_DEBUG_WARNING => tracing::enabled!(target: "purple", tracing::Level::WARN),
+            p::PURPLE_DEBUG_INFO => tracing::enabled!(target: "purple", tracing::Level::DEBUG),
+            _ => tracing::enabled!(target: "purple", tracing::Level::TRACE),
+        };
+        on as p::gboolean
+    })
 }
 
 // ---- DNS through GIO (no fork) -----------------------------------------------------------
@@ -498,11 +522,42 @@ unsafe extern "C" fn dns_resolve(
     resolved: p::PurpleDnsQueryResolvedCallback,
     failed: p::PurpleDnsQueryFailedCallback,
 ) -> p::gboolean {
-    // SAFETY: q is a live query; libpurple owns the host string.
-    let (host, port) = unsafe {
+    super::ffi::guard("dns_resolve", g::GTRUE, || {
+        // Never answer FALSE: libpurple would then fork a resolver of its own, which neither
+        // stays off the main loop's thread nor applies the address rule.
+        let started = super::ffi::guard("dns_resolve lookup", Err(()), || {
+            start_lookup(q, resolved, failed)
+        });
+        if started.is_err() {
+            fail_query(q, failed, "internal error while resolving");
+        }
+        g::GTRUE
+    })
+}
+
+fn fail_query(q: *mut p::PurpleDnsQueryData, failed: p::PurpleDnsQueryFailedCallback, msg: &str) {
+    DNS.with(|d| d.borrow_mut().remove(&(q as usize)));
+    let c = cstring(msg);
+    if let Some(cb) = failed {
+        // SAFETY: the query is pending (not destroyed); libpurple copies the message and then
+        // destroys the query (our dns_destroy finds nothing left to cancel).
+        unsafe { cb(q, c.as_ptr()) };
+    }
+}
+
+/// Starts the lookup of a libpurple DNS query on GIO's resolver; the answer keeps only the
+/// addresses the account may connect to (`policy::filter_resolved`).
+fn start_lookup(
+    q: *mut p::PurpleDnsQueryData,
+    resolved: p::PurpleDnsQueryResolvedCallback,
+    failed: p::PurpleDnsQueryFailedCallback,
+) -> Result<(), ()> {
+    // SAFETY: q is a live query; libpurple owns the host string. (The port is a C
+    // `unsigned short`: no conversion can fail.)
+    let (host, port): (String, u16) = unsafe {
         (
             string(p::purple_dnsquery_get_host(q)),
-            p::purple_dnsquery_get_port(q) as u16,
+            p::purple_dnsquery_get_port(q),
         )
     };
     let cancel = gio::Cancellable::new();
@@ -510,39 +565,47 @@ unsafe extern "C" fn dns_resolve(
     let key = q as usize;
     let name = host.clone();
     gio::Resolver::default().lookup_by_name_async(&name, Some(&cancel), move |res| {
-        // Destroyed (cancelled) meanwhile: libpurple no longer wants an answer.
-        if DNS.with(|d| d.borrow_mut().remove(&key)).is_none() {
-            return;
-        }
-        let q = key as *mut p::PurpleDnsQueryData;
-        match res {
-            Ok(addrs) if !addrs.is_empty() => {
-                let list = hosts_list(&addrs, port);
-                if let Some(cb) = resolved {
-                    // SAFETY: libpurple takes ownership of the list (proxy.c frees it).
-                    unsafe { cb(q, list) };
+        super::ffi::guard("dns answer", (), move || {
+            // Destroyed (cancelled) meanwhile: libpurple no longer wants an answer.
+            if DNS.with(|d| d.borrow().get(&key).is_none()) {
+                return;
+            }
+            let q = key as *mut p::PurpleDnsQueryData;
+            let addrs: Vec<std::net::IpAddr> = match res {
+                Ok(addrs) => addrs
+                    .iter()
+                    .filter_map(|a| a.to_string().parse().ok())
+                    .collect(),
+                Err(e) => return fail_query(q, failed, &format!("cannot resolve {host}: {e}")),
+            };
+            if addrs.is_empty() {
+                return fail_query(q, failed, &format!("cannot resolve {host}: no addresses"));
+            }
+            match super::policy::filter_resolved(&host, addrs) {
+                Ok(ok) => {
+                    DNS.with(|d| d.borrow_mut().remove(&key));
+                    let list = hosts_list(&ok, port);
+                    if let Some(cb) = resolved {
+                        // SAFETY: libpurple takes ownership of the list (proxy.c frees it).
+                        unsafe { cb(q, list) };
+                    }
+                }
+                Err(why) => {
+                    tracing::warn!(%host, "{why}");
+                    fail_query(q, failed, &why)
                 }
             }
-            Ok(_) | Err(_) => {
-                let msg = match res {
-                    Err(e) => format!("cannot resolve {host}: {e}"),
-                    Ok(_) => format!("cannot resolve {host}: no addresses"),
-                };
-                let c = cstring(&msg);
-                if let Some(cb) = failed {
-                    // SAFETY: the message is copied by libpurple before we free it.
-                    unsafe { cb(q, c.as_ptr()) };
-                }
-            }
-        }
+        })
     });
-    g::GTRUE
+    Ok(())
 }
 
 unsafe extern "C" fn dns_destroy(q: *mut p::PurpleDnsQueryData) {
-    if let Some(c) = DNS.with(|d| d.borrow_mut().remove(&(q as usize))) {
-        c.cancel();
-    }
+    super::ffi::guard("dns_destroy", (), || {
+        if let Some(c) = DNS.with(|d| d.borrow_mut().remove(&(q as usize))) {
+            c.cancel();
+        }
+    })
 }
 
 /// SRV/TXT lookups: libpurple would fork a resolver child. We answer "no records" (on the
@@ -554,34 +617,37 @@ unsafe extern "C" fn srv_resolve(
     _resolved: p::PurpleSrvTxtQueryResolvedCallback,
     failed: p::PurpleSrvTxtQueryFailedCallback,
 ) -> p::gboolean {
-    let key = q as usize;
-    SRV.with(|s| s.borrow_mut().insert(key));
-    crate::net::source::idle_once(move || {
-        if !SRV.with(|s| s.borrow_mut().remove(&key)) {
-            return;
-        }
-        let msg = cstring("SRV lookups are not used; connecting to the domain directly");
-        if let Some(cb) = failed {
-            // SAFETY: the query is still pending (not destroyed); libpurple copies the text.
-            unsafe { cb(key as *mut p::PurpleSrvTxtQueryData, msg.as_ptr()) };
-        }
-    });
-    g::GTRUE
+    super::ffi::guard("srv_resolve", g::GTRUE, || {
+        let key = q as usize;
+        SRV.with(|s| s.borrow_mut().insert(key));
+        crate::net::source::idle_once(move || {
+            super::ffi::guard("srv answer", (), || {
+                if !SRV.with(|s| s.borrow_mut().remove(&key)) {
+                    return;
+                }
+                let msg = cstring("SRV lookups are not used; connecting to the domain directly");
+                if let Some(cb) = failed {
+                    // SAFETY: the query is still pending (not destroyed); libpurple copies the text.
+                    unsafe { cb(key as *mut p::PurpleSrvTxtQueryData, msg.as_ptr()) };
+                }
+            })
+        });
+        g::GTRUE
+    })
 }
 
 unsafe extern "C" fn srv_destroy(q: *mut p::PurpleSrvTxtQueryData) {
-    SRV.with(|s| s.borrow_mut().remove(&(q as usize)));
+    super::ffi::guard("srv_destroy", (), || {
+        SRV.with(|s| s.borrow_mut().remove(&(q as usize)));
+    })
 }
 
 /// dnsquery.h's result format: a GSList of alternating (address length, `struct sockaddr *`)
 /// entries, all g_malloc'd.
-fn hosts_list(addrs: &[gio::InetAddress], port: u16) -> *mut p::GSList {
+fn hosts_list(addrs: &[std::net::IpAddr], port: u16) -> *mut p::GSList {
     let mut list: *mut g::GSList = std::ptr::null_mut();
-    for a in addrs {
-        let Ok(ip) = a.to_string().parse::<std::net::IpAddr>() else {
-            continue;
-        };
-        let (mem, len) = match ip {
+    for ip in addrs {
+        let (mem, len) = match *ip {
             std::net::IpAddr::V4(v4) => {
                 // SAFETY: zeroed sockaddr_in, then filled field by field.
                 let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };

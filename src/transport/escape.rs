@@ -16,10 +16,14 @@ const TABLE: [(char, &str); 10] = [
     ('\\', "\\5c"),
 ];
 
-fn is_escape_seq(s: &str) -> bool {
+/// The character whose XEP-0106 escape sequence starts at byte `i` of `s`, if one does. Works
+/// on bytes (every sequence is ASCII), so it never splits a multi-byte character.
+fn escape_seq_at(s: &str, i: usize) -> Option<char> {
+    let seq = s.as_bytes().get(i..i.checked_add(3)?)?;
     TABLE
         .iter()
-        .any(|(_, e)| s.len() >= 3 && s[..3].eq_ignore_ascii_case(e))
+        .find(|(_, e)| seq.eq_ignore_ascii_case(e.as_bytes()))
+        .map(|(c, _)| *c)
 }
 
 /// Escapes a legacy name for use as a JID node. A backslash is escaped only where it would
@@ -28,7 +32,7 @@ pub fn escape(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     for (i, ch) in name.char_indices() {
         if ch == '\\' {
-            if is_escape_seq(&name[i..]) {
+            if escape_seq_at(name, i).is_some() {
                 out.push_str("\\5c");
             } else {
                 out.push('\\');
@@ -43,24 +47,21 @@ pub fn escape(name: &str) -> String {
     out
 }
 
-/// Reverses [`escape`].
+/// Reverses [`escape`]. Any text is accepted: what is not an escape sequence is kept as is.
 pub fn unescape(node: &str) -> String {
     let mut out = String::with_capacity(node.len());
-    let mut i = 0;
-    while i < node.len() {
-        let rest = &node[i..];
-        if rest.starts_with('\\')
-            && let Some((c, _)) = TABLE
-                .iter()
-                .find(|(_, e)| rest.len() >= 3 && rest[..3].eq_ignore_ascii_case(e))
+    let mut chars = node.char_indices();
+    while let Some((i, ch)) = chars.next() {
+        if ch == '\\'
+            && let Some(c) = escape_seq_at(node, i)
         {
-            out.push(*c);
-            i += 3;
+            out.push(c);
+            // The two hex digits of the sequence: ASCII, one char each.
+            chars.next();
+            chars.next();
             continue;
         }
-        let ch = rest.chars().next().unwrap_or_default();
         out.push(ch);
-        i += ch.len_utf8().max(1);
     }
     out
 }
@@ -70,7 +71,7 @@ pub fn contact_node(name: &str, n: usize) -> String {
     if n == 0 {
         escape(name)
     } else {
-        format!("{}%{}", escape(name), n + 1)
+        format!("{}%{}", escape(name), n.saturating_add(1))
     }
 }
 
@@ -123,5 +124,63 @@ mod tests {
         assert_eq!(contact_node("bob@x", 1), "bob\\40x%2");
         assert_eq!(parse_contact_node("bob\\40x%2"), ("bob@x".into(), 1));
         assert_eq!(parse_contact_node("bob"), ("bob".into(), 0));
+    }
+
+    #[test]
+    fn backslash_before_multibyte_does_not_panic() {
+        // Issue 10: `\aé` used to slice the `é` in half.
+        for node in [
+            "\\aé",
+            "\\é",
+            "\\5",
+            "\\",
+            "a\\",
+            "\\5é",
+            "\\2",
+            "é\\2f",
+            "\\a\u{1F600}",
+        ] {
+            let _ = unescape(node);
+            let _ = parse_contact_node(node);
+            assert_eq!(unescape(&escape(node)), node);
+        }
+        assert_eq!(unescape("\\aé"), "\\aé");
+        assert_eq!(unescape("\\2fé"), "/é");
+        assert_eq!(escape("\\é"), "\\é");
+        assert_eq!(contact_node("x", usize::MAX), "x%18446744073709551615");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn escape_round_trips(s in "\\PC*") {
+            proptest::prop_assert_eq!(unescape(&escape(&s)), s);
+        }
+
+        #[test]
+        fn escape_round_trips_backslash_heavy(s in "[\\\\0-9a-fA-F é@/: %\u{1F600}]{0,24}") {
+            proptest::prop_assert_eq!(unescape(&escape(&s)), s);
+        }
+
+        #[test]
+        fn contact_nodes_round_trip(s in "\\PC*", n in 1usize..1000) {
+            let node = contact_node(&s, n);
+            let (name, index) = parse_contact_node(&node);
+            proptest::prop_assert_eq!(index, n);
+            proptest::prop_assert_eq!(name, s);
+        }
+
+        #[test]
+        fn unescape_and_parse_never_panic(s in proptest::string::string_regex("(?s).{0,64}").unwrap()) {
+            let _ = unescape(&s);
+            let _ = parse_contact_node(&s);
+            let _ = escape(&s);
+        }
+
+        #[test]
+        fn unescape_never_panics_on_any_utf8(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..64)) {
+            let s = String::from_utf8_lossy(&bytes);
+            let _ = unescape(&s);
+            let _ = parse_contact_node(&s);
+        }
     }
 }

@@ -13,8 +13,31 @@
 //!   anything deferred to a later loop turn.
 
 use std::ffi::{CStr, CString, c_char, c_void};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use purple_sys as p;
+
+/// Runs the body of an `extern "C"` callback (a ui-op, a signal handler, a GLib trampoline):
+/// a panic inside is caught here instead of unwinding into C (which would abort the process),
+/// logged, and the callback returns `default` — the value that tells libpurple or GLib
+/// "nothing done" (NULL, FALSE, 0). Every `extern "C" fn` in `src/transport` starts with it.
+pub fn guard<R>(name: &'static str, default: R, body: impl FnOnce() -> R) -> R {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(r) => r,
+        Err(payload) => {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a non-text panic".to_owned());
+            tracing::error!(
+                callback = name,
+                "panic in a libpurple callback, contained (the callback did nothing): {what}"
+            );
+            default
+        }
+    }
+}
 
 /// Copies a borrowed C string; `None` for NULL.
 pub fn opt_string(s: *const c_char) -> Option<String> {
@@ -127,6 +150,51 @@ pub fn text_to_html(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guard_contains_panics() {
+        assert_eq!(guard("ok", 0, || 7), 7);
+        assert_eq!(guard("boom", 0, || -> i32 { panic!("boom") }), 0);
+        let p: *mut c_void = guard("null", std::ptr::null_mut(), || {
+            let v: Vec<u8> = Vec::new();
+            #[allow(clippy::indexing_slicing)]
+            let _ = v[3];
+            std::ptr::dangling_mut()
+        });
+        assert!(p.is_null());
+    }
+
+    /// Every `extern "C" fn` defined in src/transport runs its body inside [`guard`] (the
+    /// first statement of the body), so no panic can unwind into libpurple or GLib.
+    #[test]
+    fn every_callback_is_guarded() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/transport");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let src = std::fs::read_to_string(&path).unwrap();
+            for (at, _) in src.match_indices("extern \"C\" fn ") {
+                let rest = &src[at..];
+                // A definition (not a fn-pointer type): the name is followed by `(`.
+                let name_end = rest["extern \"C\" fn ".len()..]
+                    .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+                    .unwrap();
+                if name_end == 0 {
+                    continue;
+                }
+                let open = rest.find('{').unwrap();
+                let body = rest[open + 1..].trim_start();
+                assert!(
+                    body.starts_with("super::ffi::guard(") || body.starts_with("guard("),
+                    "{}: an extern \"C\" fn whose body is not wrapped in ffi::guard: {}",
+                    path.display(),
+                    &rest[..rest.find('(').unwrap()]
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 45, "only {checked} callbacks found");
+    }
 
     #[test]
     fn escapes_plain_text_as_markup() {

@@ -136,6 +136,24 @@ pub fn value<'a>(values: &'a [(String, Vec<String>)], var: &str) -> Option<&'a s
         .map(String::as_str)
 }
 
+/// The refusal for a submitted form holding a control character (CR, LF, NUL, any C0 but
+/// TAB) in any value: every field the transport takes is single-line, and a CR LF in, say,
+/// an IRC nick would end the line prpl-irc sends and start a command of the user's choosing.
+/// `label` names a field by its `var`.
+pub fn control_char_refusal(
+    values: &[(String, Vec<String>)],
+    label: impl Fn(&str) -> String,
+) -> Option<String> {
+    values.iter().find_map(|(var, vs)| {
+        let c = vs.iter().find_map(|v| super::text::first_control(v))?;
+        Some(format!(
+            "{} contains a control character (U+{:04X}), which is not accepted",
+            label(var),
+            u32::from(c)
+        ))
+    })
+}
+
 /// XEP-0004 booleans: `1`/`true` are true.
 pub fn truthy(v: &str) -> bool {
     matches!(v.trim(), "1" | "true")

@@ -24,7 +24,7 @@ use rand::Rng;
 
 use super::ffi::{cstring, html_to_text, opt_string, string, text_to_html};
 use super::forms;
-use super::{ServiceInfo, Transport, accounts, core, muc};
+use super::{ServiceInfo, Transport, accounts, core, muc, text};
 use crate::router::ServiceHost;
 use crate::server::Server;
 use crate::stanza::Condition;
@@ -72,14 +72,16 @@ unsafe extern "C" fn write_im(
     flags: p::PurpleMessageFlags,
     mtime: p::time_t,
 ) {
-    // SAFETY: conv is live during the ui-op.
-    let (acc, name) = unsafe {
-        (
-            p::purple_conversation_get_account(conv),
-            string(p::purple_conversation_get_name(conv)),
-        )
-    };
-    incoming(acc, &name, &string(message), flags, mtime);
+    super::ffi::guard("write_im", (), || {
+        // SAFETY: conv is live during the ui-op.
+        let (acc, name) = unsafe {
+            (
+                p::purple_conversation_get_account(conv),
+                string(p::purple_conversation_get_name(conv)),
+            )
+        };
+        incoming(acc, &name, &string(message), flags, mtime);
+    })
 }
 
 unsafe extern "C" fn write_conv(
@@ -90,16 +92,18 @@ unsafe extern "C" fn write_conv(
     flags: p::PurpleMessageFlags,
     mtime: p::time_t,
 ) {
-    // SAFETY: as above. Only IM conversations get here: write_chat is implemented.
-    unsafe {
-        if p::purple_conversation_get_type(conv) != p::PURPLE_CONV_TYPE_IM {
-            return;
+    super::ffi::guard("write_conv", (), || {
+        // SAFETY: as above. Only IM conversations get here: write_chat is implemented.
+        unsafe {
+            if p::purple_conversation_get_type(conv) != p::PURPLE_CONV_TYPE_IM {
+                return;
+            }
+            let acc = p::purple_conversation_get_account(conv);
+            let peer =
+                opt_string(p::purple_conversation_get_name(conv)).unwrap_or_else(|| string(name));
+            incoming(acc, &peer, &string(message), flags, mtime);
         }
-        let acc = p::purple_conversation_get_account(conv);
-        let peer =
-            opt_string(p::purple_conversation_get_name(conv)).unwrap_or_else(|| string(name));
-        incoming(acc, &peer, &string(message), flags, mtime);
-    }
+    })
 }
 
 fn incoming(
@@ -122,6 +126,8 @@ fn incoming(
         tracing::warn!("legacy name {name:?} makes no valid JID; message dropped");
         return;
     };
+    // Bells, IRC codes prpl-irc left, U+FFFF…: gone before anything is sent or archived.
+    let html = &text::display(html);
     if flags & p::PURPLE_MESSAGE_SEND != 0 {
         if flags & p::PURPLE_MESSAGE_REMOTE_SEND != 0 {
             sent_elsewhere(&server, &owner, &service, &contact, html);
@@ -209,7 +215,7 @@ fn sent_elsewhere(
     contact: &jid::BareJid,
     html: &str,
 ) {
-    let text = html_to_text(html);
+    let text = html_to_text(&text::display(html));
     let Ok(from) = FullJid::new(&format!("{owner}/{service}")) else {
         return;
     };
@@ -299,7 +305,9 @@ pub fn to_legacy(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, node: 
                 "cannot open a conversation",
             );
         }
-        let html = cstring(&xhtml_body(&el).unwrap_or_else(|| text_to_html(&body)));
+        // A lone CR would end the line for some prpls (IRC); the XHTML carries it unescaped.
+        let markup = xhtml_body(&el).map_or_else(|| text_to_html(&body), |x| x.replace('\r', ""));
+        let html = cstring(&markup);
         p::purple_conv_im_send(p::purple_conversation_get_im_data(conv), html.as_ptr());
     }
 }
@@ -330,11 +338,15 @@ fn chat_state(acc: *mut p::PurpleAccount, name: *const c_char, state: &str) {
 }
 
 unsafe extern "C" fn typing(acc: *mut p::PurpleAccount, name: *const c_char, _data: *mut c_void) {
-    chat_state(acc, name, "composing");
+    super::ffi::guard("typing", (), || {
+        chat_state(acc, name, "composing");
+    })
 }
 
 unsafe extern "C" fn typed(acc: *mut p::PurpleAccount, name: *const c_char, _data: *mut c_void) {
-    chat_state(acc, name, "paused");
+    super::ffi::guard("typed", (), || {
+        chat_state(acc, name, "paused");
+    })
 }
 
 unsafe extern "C" fn typing_stopped(
@@ -342,7 +354,9 @@ unsafe extern "C" fn typing_stopped(
     name: *const c_char,
     _data: *mut c_void,
 ) {
-    chat_state(acc, name, "active");
+    super::ffi::guard("typing_stopped", (), || {
+        chat_state(acc, name, "active");
+    })
 }
 
 #[cfg(test)]

@@ -39,11 +39,13 @@ mod ffi;
 mod forms;
 mod messages;
 mod muc;
+mod policy;
 mod reconnect;
 mod requests;
 mod roomlist;
 mod roster_bridge;
 mod service;
+mod text;
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -62,6 +64,8 @@ pub struct ServiceInfo {
     /// The XEP-0030 gateway type (`irc`, `xmpp`, …).
     pub kind: String,
     pub defaults: BTreeMap<String, String>,
+    /// Accounts of this service may connect to non-public addresses (see `policy`).
+    pub allow_private: bool,
 }
 
 /// Whether a legacy account is up, and if not, why.
@@ -204,6 +208,7 @@ pub fn install(server: &Rc<Server>) {
             prpl: prpl.into(),
             name: None,
             defaults: BTreeMap::new(),
+            allow_private_addresses: None,
         };
         list.push(default(format!("irc.{d}"), "prpl-irc"));
         list.push(default(format!("xmpp.{d}"), "prpl-jabber"));
@@ -214,12 +219,14 @@ pub fn install(server: &Rc<Server>) {
         prpl,
         name,
         defaults,
+        allow_private_addresses,
     } in list
     {
-        let Some(info) = service::describe(&domain, &prpl, name, defaults) else {
+        let Some(mut info) = service::describe(&domain, &prpl, name, defaults) else {
             tracing::error!(%domain, %prpl, "no such libpurple protocol plugin; service not offered");
             continue;
         };
+        info.allow_private = allow_private_addresses.unwrap_or(cfg.allow_private_addresses);
         tracing::info!(%domain, %prpl, "IM transport service");
         t.services.borrow_mut().push(info);
         server.add_service(

@@ -23,7 +23,7 @@ use purple_sys as p;
 
 use super::ffi::{cstring, glist, html_to_text, prpl_info, string, text_to_html};
 use super::forms;
-use super::{Room, ServiceInfo, Transport, accounts, core, messages};
+use super::{Room, ServiceInfo, Transport, accounts, core, messages, text};
 use crate::router::ServiceHost;
 use crate::server::Server;
 use crate::stanza::Condition;
@@ -85,6 +85,23 @@ fn send_to_joined(server: &Rc<Server>, id: i64, room: &str, build: impl Fn(&Full
     }
 }
 
+/// The resource an occupant appears as: the nick without what XML or a JID cannot carry;
+/// a nick that still makes no valid JID (C1 controls, unassigned code points…) appears as
+/// `x-` and the hex of its first bytes, the same every time.
+fn occupant_nick(room_jid: &BareJid, nick: &str) -> String {
+    let clean = text::line(nick);
+    if FullJid::new(&format!("{room_jid}/{clean}")).is_ok() {
+        return clean;
+    }
+    let hex: String = nick.bytes().take(32).map(|b| format!("{b:02x}")).collect();
+    format!("x-{hex}")
+}
+
+/// `room@service/nick` of an occupant (see [`occupant_nick`]).
+fn occupant_jid(room_jid: &BareJid, nick: &str) -> String {
+    format!("{room_jid}/{}", occupant_nick(room_jid, nick))
+}
+
 fn occupant_presence(
     room_jid: &BareJid,
     nick: &str,
@@ -104,7 +121,7 @@ fn occupant_presence(
         x.push(Element::new("status", forms::MUC_USER).attr("code", *s));
     }
     let mut p = Element::stanza("presence")
-        .attr("from", format!("{room_jid}/{nick}"))
+        .attr("from", occupant_jid(room_jid, nick))
         .attr("to", to.to_string())
         .child(x);
     if role == "none" {
@@ -371,22 +388,24 @@ fn conv_room(conv: *mut p::PurpleConversation) -> Option<(Rc<Server>, i64, Strin
 }
 
 unsafe extern "C" fn chat_joined(conv: *mut p::PurpleConversation, _data: *mut c_void) {
-    let Some((server, id, room)) = conv_room(conv) else {
-        return;
-    };
-    let t = Transport::get(&server);
-    let users = {
-        let mut legacy = t.legacy.borrow_mut();
-        let Some(l) = legacy.get_mut(&id) else { return };
-        // A room joined from elsewhere (another client, a server-side autojoin) is kept
-        // without sessions; joining it later replays the state.
-        let r = l.rooms.entry(room.clone()).or_default();
-        r.joined = true;
-        r.joined_by.clone()
-    };
-    for to in users {
-        replay_state(&server, id, &room, &to);
-    }
+    super::ffi::guard("chat_joined", (), || {
+        let Some((server, id, room)) = conv_room(conv) else {
+            return;
+        };
+        let t = Transport::get(&server);
+        let users = {
+            let mut legacy = t.legacy.borrow_mut();
+            let Some(l) = legacy.get_mut(&id) else { return };
+            // A room joined from elsewhere (another client, a server-side autojoin) is kept
+            // without sessions; joining it later replays the state.
+            let r = l.rooms.entry(room.clone()).or_default();
+            r.joined = true;
+            r.joined_by.clone()
+        };
+        for to in users {
+            replay_state(&server, id, &room, &to);
+        }
+    })
 }
 
 unsafe extern "C" fn topic_changed(
@@ -395,36 +414,38 @@ unsafe extern "C" fn topic_changed(
     topic: *const c_char,
     _d: *mut c_void,
 ) {
-    let Some((server, id, room)) = conv_room(conv) else {
-        return;
-    };
-    let t = Transport::get(&server);
-    let topic = string(topic);
-    if let Some(r) = t
-        .legacy
-        .borrow_mut()
-        .get_mut(&id)
-        .and_then(|l| l.rooms.get_mut(&room))
-    {
-        r.subject = Some(topic.clone());
-    }
-    let Some(room_jid) = t.contact_jid(id, &room) else {
-        return;
-    };
-    let who = string(who);
-    let from = if who.is_empty() {
-        room_jid.to_string()
-    } else {
-        format!("{room_jid}/{who}")
-    };
-    send_to_joined(&server, id, &room, |to| {
-        Element::stanza("message")
-            .attr("from", from.as_str())
-            .attr("to", to.to_string())
-            .attr("type", "groupchat")
-            .attr("id", messages::new_id())
-            .child(Element::new("subject", ns::CLIENT).text(topic.as_str()))
-    });
+    super::ffi::guard("topic_changed", (), || {
+        let Some((server, id, room)) = conv_room(conv) else {
+            return;
+        };
+        let t = Transport::get(&server);
+        let topic = text::line(&string(topic));
+        if let Some(r) = t
+            .legacy
+            .borrow_mut()
+            .get_mut(&id)
+            .and_then(|l| l.rooms.get_mut(&room))
+        {
+            r.subject = Some(topic.clone());
+        }
+        let Some(room_jid) = t.contact_jid(id, &room) else {
+            return;
+        };
+        let who = string(who);
+        let from = if who.is_empty() {
+            room_jid.to_string()
+        } else {
+            occupant_jid(&room_jid, &who)
+        };
+        send_to_joined(&server, id, &room, |to| {
+            Element::stanza("message")
+                .attr("from", from.as_str())
+                .attr("to", to.to_string())
+                .attr("type", "groupchat")
+                .attr("id", messages::new_id())
+                .child(Element::new("subject", ns::CLIENT).text(topic.as_str()))
+        });
+    })
 }
 
 pub unsafe extern "C" fn chat_add_users(
@@ -432,68 +453,72 @@ pub unsafe extern "C" fn chat_add_users(
     cbuddies: *mut p::GList,
     _new: p::gboolean,
 ) {
-    let Some((server, id, room)) = conv_room(conv) else {
-        return;
-    };
-    let t = Transport::get(&server);
-    let Some(room_jid) = t.contact_jid(id, &room) else {
-        return;
-    };
-    let own = own_nick(&server, id, &room).unwrap_or_default();
-    // SAFETY: the list and its PurpleConvChatBuddy entries are borrowed for the call.
-    let users: Vec<(String, p::PurpleConvChatBuddyFlags)> = unsafe {
-        glist(cbuddies)
-            .into_iter()
-            .map(|cb| {
-                let cb = cb as *mut p::PurpleConvChatBuddy;
-                (string((*cb).name), (*cb).flags)
-            })
-            .collect()
-    };
-    for (nick, flags) in users {
-        if nick == own {
-            continue;
+    super::ffi::guard("chat_add_users", (), || {
+        let Some((server, id, room)) = conv_room(conv) else {
+            return;
+        };
+        let t = Transport::get(&server);
+        let Some(room_jid) = t.contact_jid(id, &room) else {
+            return;
+        };
+        let own = own_nick(&server, id, &room).unwrap_or_default();
+        // SAFETY: the list and its PurpleConvChatBuddy entries are borrowed for the call.
+        let users: Vec<(String, p::PurpleConvChatBuddyFlags)> = unsafe {
+            glist(cbuddies)
+                .into_iter()
+                .map(|cb| {
+                    let cb = cb as *mut p::PurpleConvChatBuddy;
+                    (string((*cb).name), (*cb).flags)
+                })
+                .collect()
+        };
+        for (nick, flags) in users {
+            if nick == own {
+                continue;
+            }
+            if let Some(r) = t
+                .legacy
+                .borrow_mut()
+                .get_mut(&id)
+                .and_then(|l| l.rooms.get_mut(&room))
+            {
+                r.occupants.insert(nick.clone());
+            }
+            send_to_joined(&server, id, &room, |to| {
+                occupant_presence(&room_jid, &nick, to, role_of(flags), &[])
+            });
         }
-        if let Some(r) = t
-            .legacy
-            .borrow_mut()
-            .get_mut(&id)
-            .and_then(|l| l.rooms.get_mut(&room))
-        {
-            r.occupants.insert(nick.clone());
-        }
-        send_to_joined(&server, id, &room, |to| {
-            occupant_presence(&room_jid, &nick, to, role_of(flags), &[])
-        });
-    }
+    })
 }
 
 pub unsafe extern "C" fn chat_remove_users(conv: *mut p::PurpleConversation, users: *mut p::GList) {
-    let Some((server, id, room)) = conv_room(conv) else {
-        return;
-    };
-    let t = Transport::get(&server);
-    let Some(room_jid) = t.contact_jid(id, &room) else {
-        return;
-    };
-    // SAFETY: a borrowed list of borrowed names.
-    let nicks: Vec<String> = glist(users)
-        .into_iter()
-        .map(|n| string(n as *const c_char))
-        .collect();
-    for nick in nicks {
-        if let Some(r) = t
-            .legacy
-            .borrow_mut()
-            .get_mut(&id)
-            .and_then(|l| l.rooms.get_mut(&room))
-        {
-            r.occupants.remove(&nick);
+    super::ffi::guard("chat_remove_users", (), || {
+        let Some((server, id, room)) = conv_room(conv) else {
+            return;
+        };
+        let t = Transport::get(&server);
+        let Some(room_jid) = t.contact_jid(id, &room) else {
+            return;
+        };
+        // SAFETY: a borrowed list of borrowed names.
+        let nicks: Vec<String> = glist(users)
+            .into_iter()
+            .map(|n| string(n as *const c_char))
+            .collect();
+        for nick in nicks {
+            if let Some(r) = t
+                .legacy
+                .borrow_mut()
+                .get_mut(&id)
+                .and_then(|l| l.rooms.get_mut(&room))
+            {
+                r.occupants.remove(&nick);
+            }
+            send_to_joined(&server, id, &room, |to| {
+                occupant_presence(&room_jid, &nick, to, "none", &[])
+            });
         }
-        send_to_joined(&server, id, &room, |to| {
-            occupant_presence(&room_jid, &nick, to, "none", &[])
-        });
-    }
+    })
 }
 
 pub unsafe extern "C" fn chat_rename_user(
@@ -502,45 +527,47 @@ pub unsafe extern "C" fn chat_rename_user(
     new: *const c_char,
     _alias: *const c_char,
 ) {
-    let Some((server, id, room)) = conv_room(conv) else {
-        return;
-    };
-    let t = Transport::get(&server);
-    let Some(room_jid) = t.contact_jid(id, &room) else {
-        return;
-    };
-    let (old, new) = (string(old), string(new));
-    let own = own_nick(&server, id, &room).unwrap_or_default();
-    let is_self = own == new;
-    if let Some(r) = t
-        .legacy
-        .borrow_mut()
-        .get_mut(&id)
-        .and_then(|l| l.rooms.get_mut(&room))
-    {
-        r.occupants.remove(&old);
-        if !is_self {
-            r.occupants.insert(new.clone());
-        }
-    }
-    let extra: &[&str] = if is_self { &["110"] } else { &[] };
-    send_to_joined(&server, id, &room, |to| {
-        let mut codes = vec!["303"];
-        codes.extend_from_slice(extra);
-        let mut p = occupant_presence(&room_jid, &old, to, "none", &codes);
-        // §7.6: the unavailable presence carries the new nick; the role stays.
-        if let Some(item) = p
-            .get_child_mut("x", forms::MUC_USER)
-            .and_then(|x| x.get_child_mut("item", forms::MUC_USER))
+    super::ffi::guard("chat_rename_user", (), || {
+        let Some((server, id, room)) = conv_room(conv) else {
+            return;
+        };
+        let t = Transport::get(&server);
+        let Some(room_jid) = t.contact_jid(id, &room) else {
+            return;
+        };
+        let (old, new) = (string(old), string(new));
+        let own = own_nick(&server, id, &room).unwrap_or_default();
+        let is_self = own == new;
+        if let Some(r) = t
+            .legacy
+            .borrow_mut()
+            .get_mut(&id)
+            .and_then(|l| l.rooms.get_mut(&room))
         {
-            item.set_attr("nick", new.as_str());
-            item.set_attr("role", "participant");
+            r.occupants.remove(&old);
+            if !is_self {
+                r.occupants.insert(new.clone());
+            }
         }
-        p
-    });
-    send_to_joined(&server, id, &room, |to| {
-        occupant_presence(&room_jid, &new, to, "participant", extra)
-    });
+        let extra: &[&str] = if is_self { &["110"] } else { &[] };
+        send_to_joined(&server, id, &room, |to| {
+            let mut codes = vec!["303"];
+            codes.extend_from_slice(extra);
+            let mut p = occupant_presence(&room_jid, &old, to, "none", &codes);
+            // §7.6: the unavailable presence carries the new nick; the role stays.
+            if let Some(item) = p
+                .get_child_mut("x", forms::MUC_USER)
+                .and_then(|x| x.get_child_mut("item", forms::MUC_USER))
+            {
+                item.set_attr("nick", occupant_nick(&room_jid, &new));
+                item.set_attr("role", "participant");
+            }
+            p
+        });
+        send_to_joined(&server, id, &room, |to| {
+            occupant_presence(&room_jid, &new, to, "participant", extra)
+        });
+    })
 }
 
 pub unsafe extern "C" fn write_chat(
@@ -550,62 +577,67 @@ pub unsafe extern "C" fn write_chat(
     flags: p::PurpleMessageFlags,
     _mtime: p::time_t,
 ) {
-    let Some((server, id, room)) = conv_room(conv) else {
-        return;
-    };
-    let t = Transport::get(&server);
-    let Some(room_jid) = t.contact_jid(id, &room) else {
-        return;
-    };
-    let who = string(who);
-    let html = string(message);
-    let text = html_to_text(&html);
-    if flags & p::PURPLE_MESSAGE_SYSTEM != 0 || who.is_empty() || text.is_empty() {
-        // Topic lines, joins and parts as text: the presences and subject carry them.
-        tracing::debug!(%room, "system line: {text}");
-        return;
-    }
-    let mut msg_id = None;
-    if flags & p::PURPLE_MESSAGE_SEND != 0 {
-        msg_id = t
+    super::ffi::guard("write_chat", (), || {
+        let Some((server, id, room)) = conv_room(conv) else {
+            return;
+        };
+        let t = Transport::get(&server);
+        let Some(room_jid) = t.contact_jid(id, &room) else {
+            return;
+        };
+        let who = string(who);
+        // Bells, IRC codes prpl-irc left, U+FFFF…: gone before anything is sent.
+        let html = text::display(&string(message));
+        let text = html_to_text(&html);
+        if flags & p::PURPLE_MESSAGE_SYSTEM != 0 || who.is_empty() || text.is_empty() {
+            // Topic lines, joins and parts as text: the presences and subject carry them.
+            tracing::debug!(%room, "system line: {text}");
+            return;
+        }
+        let mut msg_id = None;
+        if flags & p::PURPLE_MESSAGE_SEND != 0 {
+            msg_id = t
+                .legacy
+                .borrow_mut()
+                .get_mut(&id)
+                .and_then(|l| l.rooms.get_mut(&room))
+                .and_then(|r| r.pending_ids.pop_front());
+        }
+        let msg_id = msg_id.unwrap_or_else(messages::new_id);
+        let xhtml = messages::xhtml_im(&html);
+        send_to_joined(&server, id, &room, |to| {
+            let mut m = Element::stanza("message")
+                .attr("from", occupant_jid(&room_jid, &who))
+                .attr("to", to.to_string())
+                .attr("type", "groupchat")
+                .attr("id", msg_id.as_str())
+                .child(Element::new("body", ns::CLIENT).text(text.as_str()));
+            if let Some(x) = &xhtml {
+                m.push(x.clone());
+            }
+            m
+        });
+    })
+}
+
+pub unsafe extern "C" fn destroy_conversation(conv: *mut p::PurpleConversation) {
+    super::ffi::guard("destroy_conversation", (), || {
+        // SAFETY: conv is live until this returns.
+        if unsafe { p::purple_conversation_get_type(conv) } != p::PURPLE_CONV_TYPE_CHAT {
+            return;
+        }
+        let Some((server, id, room)) = conv_room(conv) else {
+            return;
+        };
+        if let Some(r) = Transport::get(&server)
             .legacy
             .borrow_mut()
             .get_mut(&id)
             .and_then(|l| l.rooms.get_mut(&room))
-            .and_then(|r| r.pending_ids.pop_front());
-    }
-    let msg_id = msg_id.unwrap_or_else(messages::new_id);
-    let xhtml = messages::xhtml_im(&html);
-    send_to_joined(&server, id, &room, |to| {
-        let mut m = Element::stanza("message")
-            .attr("from", format!("{room_jid}/{who}"))
-            .attr("to", to.to_string())
-            .attr("type", "groupchat")
-            .attr("id", msg_id.as_str())
-            .child(Element::new("body", ns::CLIENT).text(text.as_str()));
-        if let Some(x) = &xhtml {
-            m.push(x.clone());
+        {
+            r.joined = false;
         }
-        m
-    });
-}
-
-pub unsafe extern "C" fn destroy_conversation(conv: *mut p::PurpleConversation) {
-    // SAFETY: conv is live until this returns.
-    if unsafe { p::purple_conversation_get_type(conv) } != p::PURPLE_CONV_TYPE_CHAT {
-        return;
-    }
-    let Some((server, id, room)) = conv_room(conv) else {
-        return;
-    };
-    if let Some(r) = Transport::get(&server)
-        .legacy
-        .borrow_mut()
-        .get_mut(&id)
-        .and_then(|l| l.rooms.get_mut(&room))
-    {
-        r.joined = false;
-    }
+    })
 }
 
 /// A groupchat message from the user.

@@ -74,7 +74,7 @@ pub fn start_watchdog(server: &Rc<Server>) {
         let Some(server) = weak.upgrade() else {
             return glib::ControlFlow::Break;
         };
-        check_stalls(&server, stall);
+        super::ffi::guard("stall watchdog", (), || check_stalls(&server, stall));
         glib::ControlFlow::Continue
     });
 }
@@ -134,50 +134,56 @@ fn id_of_gc(server: &Server, gc: *mut p::PurpleConnection) -> Option<i64> {
 }
 
 unsafe extern "C" fn connected(gc: *mut p::PurpleConnection) {
-    let Some(server) = core::server() else { return };
-    let Some(id) = id_of_gc(&server, gc) else {
-        return;
-    };
-    let owner_service = {
-        let t = Transport::get(&server);
-        let mut legacy = t.legacy.borrow_mut();
-        let Some(l) = legacy.get_mut(&id) else { return };
-        l.state = LinkState::Online;
-        l.backoff.cancel();
-        l.backoff.connected_at = Some(Instant::now());
-        (l.owner.clone(), l.service.clone())
-    };
-    tracing::info!(account = %accounts::label(&server, id), "legacy account connected");
-    service::announce(&server, &owner_service.0, &owner_service.1);
-    // Joining from inside the ui-op would re-enter the prpl's login path.
-    let weak = Rc::downgrade(&server);
-    crate::net::source::idle_once(move || {
-        if let Some(s) = weak.upgrade() {
-            contacts::sync(&s, id);
-            muc::rejoin_all(&s, id);
-        }
-    });
+    super::ffi::guard("connected", (), || {
+        let Some(server) = core::server() else { return };
+        let Some(id) = id_of_gc(&server, gc) else {
+            return;
+        };
+        let owner_service = {
+            let t = Transport::get(&server);
+            let mut legacy = t.legacy.borrow_mut();
+            let Some(l) = legacy.get_mut(&id) else { return };
+            l.state = LinkState::Online;
+            l.backoff.cancel();
+            l.backoff.connected_at = Some(Instant::now());
+            (l.owner.clone(), l.service.clone())
+        };
+        tracing::info!(account = %accounts::label(&server, id), "legacy account connected");
+        service::announce(&server, &owner_service.0, &owner_service.1);
+        // Joining from inside the ui-op would re-enter the prpl's login path.
+        let weak = Rc::downgrade(&server);
+        crate::net::source::idle_once(move || {
+            super::ffi::guard("after connect", (), || {
+                if let Some(s) = weak.upgrade() {
+                    contacts::sync(&s, id);
+                    muc::rejoin_all(&s, id);
+                }
+            })
+        });
+    })
 }
 
 unsafe extern "C" fn disconnected(gc: *mut p::PurpleConnection) {
-    let Some(server) = core::server() else { return };
-    let Some(id) = id_of_gc(&server, gc) else {
-        return;
-    };
-    let t = Transport::get(&server);
-    let owner_service = {
-        let mut legacy = t.legacy.borrow_mut();
-        let Some(l) = legacy.get_mut(&id) else { return };
-        if matches!(l.state, LinkState::Online | LinkState::Connecting) {
-            l.state = LinkState::Offline;
-        }
-        for r in l.rooms.values_mut() {
-            r.joined = false;
-        }
-        (l.owner.clone(), l.service.clone())
-    };
-    muc::account_gone(&server, id);
-    service::announce(&server, &owner_service.0, &owner_service.1);
+    super::ffi::guard("disconnected", (), || {
+        let Some(server) = core::server() else { return };
+        let Some(id) = id_of_gc(&server, gc) else {
+            return;
+        };
+        let t = Transport::get(&server);
+        let owner_service = {
+            let mut legacy = t.legacy.borrow_mut();
+            let Some(l) = legacy.get_mut(&id) else { return };
+            if matches!(l.state, LinkState::Online | LinkState::Connecting) {
+                l.state = LinkState::Offline;
+            }
+            for r in l.rooms.values_mut() {
+                r.joined = false;
+            }
+            (l.owner.clone(), l.service.clone())
+        };
+        muc::account_gone(&server, id);
+        service::announce(&server, &owner_service.0, &owner_service.1);
+    })
 }
 
 unsafe extern "C" fn report_disconnect_reason(
@@ -185,14 +191,16 @@ unsafe extern "C" fn report_disconnect_reason(
     reason: p::PurpleConnectionError,
     text: *const c_char,
 ) {
-    let Some(server) = core::server() else { return };
-    let Some(id) = id_of_gc(&server, gc) else {
-        return;
-    };
-    let text = string(text);
-    // SAFETY: a pure function of the enum.
-    let fatal = unsafe { p::purple_connection_error_is_fatal(reason) } != 0;
-    failed(&server, id, &text, fatal);
+    super::ffi::guard("report_disconnect_reason", (), || {
+        let Some(server) = core::server() else { return };
+        let Some(id) = id_of_gc(&server, gc) else {
+            return;
+        };
+        let text = super::text::line(&string(text));
+        // SAFETY: a pure function of the enum.
+        let fatal = unsafe { p::purple_connection_error_is_fatal(reason) } != 0;
+        failed(&server, id, &text, fatal);
+    })
 }
 
 /// Records a failure, tells the user once, and schedules a retry unless it is final.
@@ -258,24 +266,26 @@ pub fn failed(server: &Rc<Server>, id: i64, text: &str, fatal: bool) {
 fn schedule(server: &Rc<Server>, id: i64, delay: Duration) {
     let weak = Rc::downgrade(server);
     let timer = server.after(delay, move || {
-        let Some(s) = weak.upgrade() else { return };
-        let t = Transport::get(&s);
-        let (acc, due) = {
-            let mut legacy = t.legacy.borrow_mut();
-            let Some(l) = legacy.get_mut(&id) else { return };
-            l.backoff.timer = None;
-            (l.account, matches!(l.state, LinkState::Down(_)))
-        };
-        if !due {
-            return;
-        }
-        // SAFETY: main thread, live account (still in the table).
-        if unsafe { p::purple_account_is_disconnected(acc) } == 0 {
-            // libpurple has not finished tearing down yet.
-            schedule(&s, id, Duration::from_secs(1));
-            return;
-        }
-        accounts::login(&s, id);
+        super::ffi::guard("reconnect", (), || {
+            let Some(s) = weak.upgrade() else { return };
+            let t = Transport::get(&s);
+            let (acc, due) = {
+                let mut legacy = t.legacy.borrow_mut();
+                let Some(l) = legacy.get_mut(&id) else { return };
+                l.backoff.timer = None;
+                (l.account, matches!(l.state, LinkState::Down(_)))
+            };
+            if !due {
+                return;
+            }
+            // SAFETY: main thread, live account (still in the table).
+            if unsafe { p::purple_account_is_disconnected(acc) } == 0 {
+                // libpurple has not finished tearing down yet.
+                schedule(&s, id, Duration::from_secs(1));
+                return;
+            }
+            accounts::login(&s, id);
+        })
     });
     let t = Transport::get(server);
     if let Some(l) = t.legacy.borrow_mut().get_mut(&id) {

@@ -22,7 +22,7 @@ use purple_sys as p;
 
 use super::ffi::{cstring, glist, string};
 use super::forms::{self, FormField};
-use super::{LinkState, ServiceInfo, Transport, core, messages, roster_bridge, service};
+use super::{LinkState, ServiceInfo, Transport, core, messages, roster_bridge, service, text};
 use crate::router::ServiceHost;
 use crate::server::Server;
 use crate::xml::{Element, ns};
@@ -197,10 +197,10 @@ fn text_of(
     primary: *const c_char,
     secondary: *const c_char,
 ) -> (String, String) {
-    let title = super::ffi::html_to_text(&string(title));
+    let title = text::line(&super::ffi::html_to_text(&string(title)));
     let parts: Vec<String> = [primary, secondary]
         .into_iter()
-        .map(|s| super::ffi::html_to_text(&string(s)))
+        .map(|s| text::display(&super::ffi::html_to_text(&string(s))))
         .filter(|s| !s.is_empty())
         .collect();
     (title, parts.join("\n"))
@@ -262,8 +262,10 @@ fn open(
     id as *mut c_void
 }
 
+/// A button or choice label for the user: mnemonic underscores and what XML cannot carry
+/// removed.
 fn clean_label(l: &str) -> String {
-    l.replace('_', "")
+    text::line(&l.replace('_', ""))
 }
 
 unsafe extern "C" fn request_action(
@@ -279,43 +281,45 @@ unsafe extern "C" fn request_action(
     labels: *const *const c_char,
     cbs: *const p::GCallback,
 ) -> *mut c_void {
-    let Some(server) = core::server() else {
-        return std::ptr::null_mut();
-    };
-    // SAFETY: the shim passes `count` valid entries for the duration of the call.
-    let (labels, cbs): (Vec<String>, Vec<p::GCallback>) = unsafe {
-        (0..count)
-            .map(|i| (clean_label(&string(*labels.add(i))), *cbs.add(i)))
-            .unzip()
-    };
-    let (title, text) = text_of(title, primary, secondary);
-    let mut f = FormField::new("action", "list-single", Some("Answer")).required(true);
-    f.options = labels
-        .iter()
-        .enumerate()
-        .map(|(i, l)| (l.clone(), i.to_string()))
-        .collect();
-    let hint = format!(
-        "Reply with one of: {}",
-        labels
+    super::ffi::guard("request_action", std::ptr::null_mut(), || {
+        let Some(server) = core::server() else {
+            return std::ptr::null_mut();
+        };
+        // SAFETY: the shim passes `count` valid entries for the duration of the call.
+        let (labels, cbs): (Vec<String>, Vec<p::GCallback>) = unsafe {
+            (0..count)
+                .map(|i| (clean_label(&string(*labels.add(i))), *cbs.add(i)))
+                .unzip()
+        };
+        let (title, text) = text_of(title, primary, secondary);
+        let mut f = FormField::new("action", "list-single", Some("Answer")).required(true);
+        f.options = labels
             .iter()
             .enumerate()
-            .map(|(i, l)| format!("{} ({l})", i + 1))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    open(
-        &server,
-        acc,
-        Kind::Action { labels, cbs },
-        user_data,
-        Question {
-            title,
-            text,
-            fields: vec![f],
-            hint,
-        },
-    )
+            .map(|(i, l)| (l.clone(), i.to_string()))
+            .collect();
+        let hint = format!(
+            "Reply with one of: {}",
+            labels
+                .iter()
+                .enumerate()
+                .map(|(i, l)| format!("{} ({l})", i + 1))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        open(
+            &server,
+            acc,
+            Kind::Action { labels, cbs },
+            user_data,
+            Question {
+                title,
+                text,
+                fields: vec![f],
+                hint,
+            },
+        )
+    })
 }
 
 unsafe extern "C" fn request_choice(
@@ -335,48 +339,50 @@ unsafe extern "C" fn request_choice(
     labels: *const *const c_char,
     values: *const c_int,
 ) -> *mut c_void {
-    let Some(server) = core::server() else {
-        return std::ptr::null_mut();
-    };
-    // SAFETY: as in request_action.
-    let (labels, values): (Vec<String>, Vec<c_int>) = unsafe {
-        (0..count)
-            .map(|i| (clean_label(&string(*labels.add(i))), *values.add(i)))
-            .unzip()
-    };
-    let (title, text) = text_of(title, primary, secondary);
-    let mut f = FormField::new("choice", "list-single", Some("Choice")).required(true);
-    f.options = labels
-        .iter()
-        .zip(&values)
-        .map(|(l, v)| (l.clone(), v.to_string()))
-        .collect();
-    let hint = format!(
-        "Reply with one of: {} — or 'cancel'",
-        labels
+    super::ffi::guard("request_choice", std::ptr::null_mut(), || {
+        let Some(server) = core::server() else {
+            return std::ptr::null_mut();
+        };
+        // SAFETY: as in request_action.
+        let (labels, values): (Vec<String>, Vec<c_int>) = unsafe {
+            (0..count)
+                .map(|i| (clean_label(&string(*labels.add(i))), *values.add(i)))
+                .unzip()
+        };
+        let (title, text) = text_of(title, primary, secondary);
+        let mut f = FormField::new("choice", "list-single", Some("Choice")).required(true);
+        f.options = labels
             .iter()
-            .enumerate()
-            .map(|(i, l)| format!("{} ({l})", i + 1))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    open(
-        &server,
-        acc,
-        Kind::Choice {
-            labels,
-            values,
-            ok,
-            cancel,
-        },
-        user_data,
-        Question {
-            title,
-            text,
-            fields: vec![f],
-            hint,
-        },
-    )
+            .zip(&values)
+            .map(|(l, v)| (l.clone(), v.to_string()))
+            .collect();
+        let hint = format!(
+            "Reply with one of: {} — or 'cancel'",
+            labels
+                .iter()
+                .enumerate()
+                .map(|(i, l)| format!("{} ({l})", i + 1))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        open(
+            &server,
+            acc,
+            Kind::Choice {
+                labels,
+                values,
+                ok,
+                cancel,
+            },
+            user_data,
+            Question {
+                title,
+                text,
+                fields: vec![f],
+                hint,
+            },
+        )
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -397,34 +403,36 @@ unsafe extern "C" fn request_input(
     _conv: *mut p::PurpleConversation,
     user_data: *mut c_void,
 ) -> *mut c_void {
-    let Some(server) = core::server() else {
-        return std::ptr::null_mut();
-    };
-    let (title, text) = text_of(title, primary, secondary);
-    let kind = if masked != 0 {
-        "text-private"
-    } else {
-        "text-single"
-    };
-    let f = FormField::new("value", kind, Some("Answer"))
-        .value(string(default))
-        .required(true);
-    open(
-        &server,
-        acc,
-        Kind::Input {
-            ok,
-            cancel,
-            masked: masked != 0,
-        },
-        user_data,
-        Question {
-            title,
-            text,
-            fields: vec![f],
-            hint: "Reply with the answer, or 'cancel'.".into(),
-        },
-    )
+    super::ffi::guard("request_input", std::ptr::null_mut(), || {
+        let Some(server) = core::server() else {
+            return std::ptr::null_mut();
+        };
+        let (title, text) = text_of(title, primary, secondary);
+        let kind = if masked != 0 {
+            "text-private"
+        } else {
+            "text-single"
+        };
+        let f = FormField::new("value", kind, Some("Answer"))
+            .value(text::line(&string(default)))
+            .required(true);
+        open(
+            &server,
+            acc,
+            Kind::Input {
+                ok,
+                cancel,
+                masked: masked != 0,
+            },
+            user_data,
+            Question {
+                title,
+                text,
+                fields: vec![f],
+                hint: "Reply with the answer, or 'cancel'.".into(),
+            },
+        )
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -442,65 +450,71 @@ unsafe extern "C" fn request_fields(
     _conv: *mut p::PurpleConversation,
     user_data: *mut c_void,
 ) -> *mut c_void {
-    let Some(server) = core::server() else {
-        return std::ptr::null_mut();
-    };
-    let (title, text) = text_of(title, primary, secondary);
-    let mut out = Vec::new();
-    for f in all_fields(fields) {
-        // SAFETY: fields belong to the request, alive until it is closed.
-        unsafe {
-            let var = string(p::purple_request_field_get_id(f));
-            let label = string(p::purple_request_field_get_label(f));
-            let ff = match p::purple_request_field_get_type(f) {
-                p::PURPLE_REQUEST_FIELD_STRING => {
-                    let kind = if p::purple_request_field_string_is_masked(f) != 0 {
-                        "text-private"
-                    } else {
-                        "text-single"
-                    };
-                    FormField::new(&var, kind, Some(&label))
-                        .value(string(p::purple_request_field_string_get_default_value(f)))
-                }
-                p::PURPLE_REQUEST_FIELD_INTEGER => {
-                    FormField::new(&var, "text-single", Some(&label))
-                        .value(p::purple_request_field_int_get_default_value(f).to_string())
-                }
-                p::PURPLE_REQUEST_FIELD_BOOLEAN => FormField::new(&var, "boolean", Some(&label))
-                    .value(if p::purple_request_field_bool_get_default_value(f) != 0 {
-                        "1"
-                    } else {
-                        "0"
-                    }),
-                p::PURPLE_REQUEST_FIELD_CHOICE => {
-                    let mut ff = FormField::new(&var, "list-single", Some(&label))
-                        .value(p::purple_request_field_choice_get_default_value(f).to_string());
-                    ff.options = glist(p::purple_request_field_choice_get_labels(f))
-                        .into_iter()
-                        .enumerate()
-                        .map(|(i, l)| (string(l as *const c_char), i.to_string()))
-                        .collect();
-                    ff
-                }
-                p::PURPLE_REQUEST_FIELD_LABEL => FormField::new("", "fixed", None).value(label),
-                _ => continue,
-            };
-            out.push(ff.required(p::purple_request_field_is_required(f) != 0));
+    super::ffi::guard("request_fields", std::ptr::null_mut(), || {
+        let Some(server) = core::server() else {
+            return std::ptr::null_mut();
+        };
+        let (title, text) = text_of(title, primary, secondary);
+        let mut out = Vec::new();
+        for f in all_fields(fields) {
+            // SAFETY: fields belong to the request, alive until it is closed.
+            unsafe {
+                let var = text::line(&string(p::purple_request_field_get_id(f)));
+                let label = text::line(&string(p::purple_request_field_get_label(f)));
+                let ff = match p::purple_request_field_get_type(f) {
+                    p::PURPLE_REQUEST_FIELD_STRING => {
+                        let kind = if p::purple_request_field_string_is_masked(f) != 0 {
+                            "text-private"
+                        } else {
+                            "text-single"
+                        };
+                        FormField::new(&var, kind, Some(&label)).value(text::display(&string(
+                            p::purple_request_field_string_get_default_value(f),
+                        )))
+                    }
+                    p::PURPLE_REQUEST_FIELD_INTEGER => {
+                        FormField::new(&var, "text-single", Some(&label))
+                            .value(p::purple_request_field_int_get_default_value(f).to_string())
+                    }
+                    p::PURPLE_REQUEST_FIELD_BOOLEAN => {
+                        FormField::new(&var, "boolean", Some(&label)).value(
+                            if p::purple_request_field_bool_get_default_value(f) != 0 {
+                                "1"
+                            } else {
+                                "0"
+                            },
+                        )
+                    }
+                    p::PURPLE_REQUEST_FIELD_CHOICE => {
+                        let mut ff = FormField::new(&var, "list-single", Some(&label))
+                            .value(p::purple_request_field_choice_get_default_value(f).to_string());
+                        ff.options = glist(p::purple_request_field_choice_get_labels(f))
+                            .into_iter()
+                            .enumerate()
+                            .map(|(i, l)| (clean_label(&string(l as *const c_char)), i.to_string()))
+                            .collect();
+                        ff
+                    }
+                    p::PURPLE_REQUEST_FIELD_LABEL => FormField::new("", "fixed", None).value(label),
+                    _ => continue,
+                };
+                out.push(ff.required(p::purple_request_field_is_required(f) != 0));
+            }
         }
-    }
-    open(
-        &server,
-        acc,
-        Kind::Fields { fields, ok, cancel },
-        user_data,
-        Question {
-            title,
-            text,
-            fields: out,
-            hint: "Answer with the form, reply with the value of the first field, or 'cancel'."
-                .into(),
-        },
-    )
+        open(
+            &server,
+            acc,
+            Kind::Fields { fields, ok, cancel },
+            user_data,
+            Question {
+                title,
+                text,
+                fields: out,
+                hint: "Answer with the form, reply with the value of the first field, or 'cancel'."
+                    .into(),
+            },
+        )
+    })
 }
 
 fn all_fields(fields: *mut p::PurpleRequestFields) -> Vec<*mut p::PurpleRequestField> {
@@ -519,12 +533,14 @@ fn all_fields(fields: *mut p::PurpleRequestFields) -> Vec<*mut p::PurpleRequestF
 }
 
 unsafe extern "C" fn close_request(_kind: p::PurpleRequestType, handle: *mut c_void) {
-    let Some(server) = core::server() else { return };
-    Transport::get(&server)
-        .requests
-        .borrow_mut()
-        .items
-        .retain(|r| r.id != handle as usize);
+    super::ffi::guard("close_request", (), || {
+        let Some(server) = core::server() else { return };
+        Transport::get(&server)
+            .requests
+            .borrow_mut()
+            .items
+            .retain(|r| r.id != handle as usize);
+    })
 }
 
 unsafe extern "C" fn notify_message(
@@ -533,10 +549,12 @@ unsafe extern "C" fn notify_message(
     primary: *const c_char,
     secondary: *const c_char,
 ) -> *mut c_void {
-    // No account context: logged, not sent (it could concern any user's account).
-    let (title, text) = text_of(title, primary, secondary);
-    tracing::info!(target: "purple", "notice: {title}: {text}");
-    std::ptr::null_mut()
+    super::ffi::guard("notify_message", std::ptr::null_mut(), || {
+        // No account context: logged, not sent (it could concern any user's account).
+        let (title, text) = text_of(title, primary, secondary);
+        tracing::info!(target: "purple", "notice: {title}: {text}");
+        std::ptr::null_mut()
+    })
 }
 
 /// A message from the user to the service JID: an answer to the oldest request they were
@@ -546,6 +564,26 @@ pub fn answer_message(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, e
     let form = el.get_child("x", forms::DATA).and_then(forms::submitted);
     let body = el.child_text("body", ns::CLIENT).unwrap_or_default();
     if form.is_none() && body.is_empty() {
+        return;
+    }
+    // Answers go into libpurple (passwords, codes, nicks): no control characters, which a
+    // prpl could send on as protocol (a CR LF in an IRC line starts another command).
+    let bad = text::first_control(&body).or_else(|| {
+        form.iter()
+            .flatten()
+            .flat_map(|(_, vs)| vs)
+            .find_map(|v| text::first_control(v))
+    });
+    if let Some(c) = bad {
+        service::tell(
+            server,
+            &owner,
+            &info.domain,
+            &format!(
+                "That answer contains a control character (U+{:04X}), which is not accepted; try again.",
+                u32::from(c)
+            ),
+        );
         return;
     }
     let t = Transport::get(server);
@@ -594,7 +632,7 @@ pub fn answer_message(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, e
     let (rtype, ok) = match &req.kind {
         Kind::Action { labels, cbs } => match pick(labels, "action") {
             Some(i) => {
-                if let Some(cb) = cbs[i] {
+                if let Some(cb) = cbs.get(i).copied().flatten() {
                     // SAFETY: PurpleRequestActionCb(void *user_data, int action), called once.
                     unsafe {
                         let f: unsafe extern "C" fn(*mut c_void, c_int) = std::mem::transmute(cb);
@@ -700,7 +738,8 @@ fn fill_fields(
     for f in all_fields(fields) {
         // SAFETY: live request fields; setters copy strings.
         unsafe {
-            let var = string(p::purple_request_field_get_id(f));
+            // The id as the form showed it (see request_fields).
+            let var = text::line(&string(p::purple_request_field_get_id(f)));
             let value = match form.and_then(|v| forms::value(v, &var)) {
                 Some(v) => v.to_owned(),
                 None if !body_used
@@ -749,58 +788,62 @@ pub unsafe extern "C" fn request_authorize(
     deny: p::PurpleAccountRequestAuthorizationCb,
     user_data: *mut c_void,
 ) -> *mut c_void {
-    let Some(server) = core::server() else {
-        return std::ptr::null_mut();
-    };
-    let t = Transport::get(&server);
-    let Some(legacy) = t.id_of(acc) else {
-        return std::ptr::null_mut();
-    };
-    let Some((owner, protocol)) = t
-        .legacy
-        .borrow()
-        .get(&legacy)
-        .map(|l| (l.owner.clone(), l.protocol.clone()))
-    else {
-        return std::ptr::null_mut();
-    };
-    let name = messages::peer_name(&protocol, &string(remote_user));
-    let Some(contact) = t.contact_jid(legacy, &name) else {
-        return std::ptr::null_mut();
-    };
-    let handle = {
-        let mut pending = t.requests.borrow_mut();
-        let handle = pending.next_handle();
-        pending.auths.push(Auth {
-            handle,
-            legacy,
-            name,
-            authorize,
-            deny,
-            user_data,
-        });
-        handle
-    };
-    let mut el = Element::stanza("presence")
-        .attr("from", contact.to_string())
-        .attr("to", owner.to_string())
-        .attr("type", "subscribe");
-    let msg = string(message);
-    if !msg.is_empty() {
-        el.push(Element::new("status", ns::CLIENT).text(msg));
-    }
-    roster_bridge::pending_in(&server, &owner, &contact, &el);
-    server.to_available(&owner, &el);
-    handle as *mut c_void
+    super::ffi::guard("request_authorize", std::ptr::null_mut(), || {
+        let Some(server) = core::server() else {
+            return std::ptr::null_mut();
+        };
+        let t = Transport::get(&server);
+        let Some(legacy) = t.id_of(acc) else {
+            return std::ptr::null_mut();
+        };
+        let Some((owner, protocol)) = t
+            .legacy
+            .borrow()
+            .get(&legacy)
+            .map(|l| (l.owner.clone(), l.protocol.clone()))
+        else {
+            return std::ptr::null_mut();
+        };
+        let name = messages::peer_name(&protocol, &string(remote_user));
+        let Some(contact) = t.contact_jid(legacy, &name) else {
+            return std::ptr::null_mut();
+        };
+        let handle = {
+            let mut pending = t.requests.borrow_mut();
+            let handle = pending.next_handle();
+            pending.auths.push(Auth {
+                handle,
+                legacy,
+                name,
+                authorize,
+                deny,
+                user_data,
+            });
+            handle
+        };
+        let mut el = Element::stanza("presence")
+            .attr("from", contact.to_string())
+            .attr("to", owner.to_string())
+            .attr("type", "subscribe");
+        let msg = text::display(&string(message));
+        if !msg.is_empty() {
+            el.push(Element::new("status", ns::CLIENT).text(msg));
+        }
+        roster_bridge::pending_in(&server, &owner, &contact, &el);
+        server.to_available(&owner, &el);
+        handle as *mut c_void
+    })
 }
 
 pub unsafe extern "C" fn close_account_request(handle: *mut c_void) {
-    let Some(server) = core::server() else { return };
-    Transport::get(&server)
-        .requests
-        .borrow_mut()
-        .auths
-        .retain(|a| a.handle != handle as usize);
+    super::ffi::guard("close_account_request", (), || {
+        let Some(server) = core::server() else { return };
+        Transport::get(&server)
+            .requests
+            .borrow_mut()
+            .auths
+            .retain(|a| a.handle != handle as usize);
+    })
 }
 
 /// The user's `subscribed` (true) or `unsubscribed` to a contact with a pending legacy

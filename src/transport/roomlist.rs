@@ -136,15 +136,17 @@ pub fn items(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, el: Elemen
     w.token = token;
     let weak = Rc::downgrade(server);
     w.timer = Some(server.after(WAIT, move || {
-        let Some(server) = weak.upgrade() else { return };
-        let w = STATE.with_borrow_mut(|s| {
-            let i = s.waiting.iter().position(|w| w.token == token)?;
-            Some(s.waiting.swap_remove(i))
-        });
-        if let Some(mut w) = w {
-            w.timer = None; // this timer is the one firing; GLib removes it
-            answer(&server, w);
-        }
+        super::ffi::guard("room list wait", (), || {
+            let Some(server) = weak.upgrade() else { return };
+            let w = STATE.with_borrow_mut(|s| {
+                let i = s.waiting.iter().position(|w| w.token == token)?;
+                Some(s.waiting.swap_remove(i))
+            });
+            if let Some(mut w) = w {
+                w.timer = None; // this timer is the one firing; GLib removes it
+                answer(&server, w);
+            }
+        })
     }));
     STATE.with_borrow_mut(|s| s.waiting.push(w));
 }
@@ -195,18 +197,20 @@ fn start_fetch(server: &Server, id: i64) -> bool {
 }
 
 unsafe extern "C" fn add_room(list: *mut p::PurpleRoomlist, room: *mut p::PurpleRoomlistRoom) {
-    if !core::on_main_thread() || list.is_null() || room.is_null() {
-        return;
-    }
-    // SAFETY: libpurple passes a live list and room for the duration of the call.
-    let listed = unsafe { read_room(list, room) };
-    if let Some(listed) = listed {
-        STATE.with_borrow_mut(|s| {
-            if let Some((_, rooms)) = s.fetching.get_mut(&(list as usize)) {
-                rooms.push(listed);
-            }
-        });
-    }
+    super::ffi::guard("add_room", (), || {
+        if !core::on_main_thread() || list.is_null() || room.is_null() {
+            return;
+        }
+        // SAFETY: libpurple passes a live list and room for the duration of the call.
+        let listed = unsafe { read_room(list, room) };
+        if let Some(listed) = listed {
+            STATE.with_borrow_mut(|s| {
+                if let Some((_, rooms)) = s.fetching.get_mut(&(list as usize)) {
+                    rooms.push(listed);
+                }
+            });
+        }
+    })
 }
 
 /// Reads a room's joinable name and its users/topic fields (by the fields' names, which
@@ -250,7 +254,9 @@ unsafe fn read_room(
             match ((*f).type_, key.as_str()) {
                 (p::PURPLE_ROOMLIST_FIELD_INT, "users") => users = Some(*v as i64),
                 (p::PURPLE_ROOMLIST_FIELD_STRING, "topic" | "description") if !v.is_null() => {
-                    let text = super::ffi::html_to_text(&string(*v as *const std::ffi::c_char));
+                    let text = super::text::line(&super::ffi::html_to_text(&string(
+                        *v as *const std::ffi::c_char,
+                    )));
                     topic = Some(text).filter(|t| !t.trim().is_empty());
                 }
                 _ => {}
@@ -261,16 +267,20 @@ unsafe fn read_room(
 }
 
 unsafe extern "C" fn in_progress(list: *mut p::PurpleRoomlist, flag: p::gboolean) {
-    if flag == 0 && core::on_main_thread() && !list.is_null() {
-        finish_fetch(list);
-    }
+    super::ffi::guard("in_progress", (), || {
+        if flag == 0 && core::on_main_thread() && !list.is_null() {
+            finish_fetch(list);
+        }
+    })
 }
 
 unsafe extern "C" fn destroyed(list: *mut p::PurpleRoomlist) {
-    // A list destroyed before completing (connection lost): keep what arrived.
-    if core::on_main_thread() && !list.is_null() {
-        complete(list as usize);
-    }
+    super::ffi::guard("destroyed", (), || {
+        // A list destroyed before completing (connection lost): keep what arrived.
+        if core::on_main_thread() && !list.is_null() {
+            complete(list as usize);
+        }
+    })
 }
 
 /// A list is complete: cache it, drop our reference, answer the requests it completes.

@@ -47,7 +47,8 @@ pub fn describe(
         return None;
     }
     // SAFETY: a loaded plugin's info is static.
-    let plugin_name = unsafe { string((*(*plugin).info).name as *const c_char) };
+    let plugin_name =
+        super::text::line(&unsafe { string((*(*plugin).info).name as *const c_char) });
     let kind = match prpl {
         "prpl-irc" => "irc".to_owned(),
         "prpl-jabber" => "xmpp".to_owned(),
@@ -61,6 +62,7 @@ pub fn describe(
         name: name.unwrap_or_else(|| format!("{plugin_name} gateway")),
         kind,
         defaults,
+        allow_private: false,
     })
 }
 
@@ -245,10 +247,13 @@ fn iq(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, to: &Jid, el: Ele
                 ),
             }
         }
-        (forms::COMMANDS, "command", "set", true) => match adhoc::execute(server, info, from, &q) {
-            Ok(resp) => result(server, from, &el, Some(resp)),
-            Err((cond, text)) => bounce(server, from, &el, cond, &text),
-        },
+        (forms::COMMANDS, "command", "set", true) => {
+            match adhoc::execute(server, info, from, &el, &q) {
+                Some(Ok(resp)) => result(server, from, &el, Some(resp)),
+                Some(Err((cond, text))) => bounce(server, from, &el, cond, &text),
+                None => {} // answered later
+            }
+        }
         (forms::PING, "ping", "get", _) => result(server, from, &el, None),
         _ => bounce(server, from, &el, Condition::ServiceUnavailable, ""),
     }
@@ -401,6 +406,15 @@ fn register_set(
                 })
                 .collect(),
         };
+    let label = |var: &str| {
+        fields
+            .iter()
+            .find(|f| f.var == var)
+            .map_or_else(|| var.to_owned(), |f| f.label.clone())
+    };
+    if let Some(why) = forms::control_char_refusal(&values, label) {
+        return bounce(server, from, el, Condition::NotAcceptable, &why);
+    }
     let username = forms::value(&values, "username")
         .unwrap_or("")
         .trim()
@@ -439,7 +453,9 @@ fn register_set(
         let Some(v) = forms::value(&values, &f.var) else {
             continue;
         };
-        let key = &f.var[4..];
+        let Some(key) = f.var.strip_prefix("opt:") else {
+            continue;
+        };
         let v = match f.kind {
             FieldKind::Bool => if forms::truthy(v) { "1" } else { "0" }.to_owned(),
             FieldKind::Int => match v.trim().parse::<i32>() {
@@ -466,14 +482,45 @@ fn register_set(
         }
     }
     let legacy_user = accounts::compose_username(&info.prpl, &username, &splits);
+    // The servers named must be public unless the service allows otherwise (policy.rs);
+    // names are resolved first, so the answer may come on a later loop turn.
+    let hosts = accounts::hosts(info, &legacy_user, &settings);
+    let password = password.map(str::to_owned);
+    let (server2, info2, from2, el2) = (server.clone(), info.clone(), from.clone(), el.clone());
+    super::policy::vet(hosts, info.allow_private, move |verdict| match verdict {
+        Err(why) => bounce(&server2, &from2, &el2, Condition::NotAcceptable, &why),
+        Ok(()) => finish_registration(
+            &server2,
+            &info2,
+            &from2,
+            &el2,
+            &legacy_user,
+            password.as_deref(),
+            &settings,
+        ),
+    });
+}
+
+/// Stores a vetted registration, (re)attaches the account and logs it in.
+fn finish_registration(
+    server: &Rc<Server>,
+    info: &ServiceInfo,
+    from: &FullJid,
+    el: &Element,
+    legacy_user: &str,
+    password: Option<&str>,
+    settings: &[(String, String)],
+) {
+    let owner = from.to_bare();
+    let t = Transport::get(server);
     let node = owner.node().map(|n| n.to_string()).unwrap_or_default();
     let saved = server.store.save_legacy_account(
         (&node, owner.domain().as_str()),
         &info.domain,
         &info.prpl,
-        &legacy_user,
+        legacy_user,
         password,
-        &settings,
+        settings,
     );
     let id = match saved {
         Ok(id) => id,

@@ -21,6 +21,7 @@ pub fn irc_service(domain: &str) -> wockd::config::TransportService {
             ("ratelimit-interval".into(), "0".into()),
             ("ratelimit-burst".into(), "100".into()),
         ]),
+        allow_private_addresses: None,
     }
 }
 
