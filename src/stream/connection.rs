@@ -85,6 +85,9 @@ pub(crate) struct State {
     pub(crate) opened: Instant,
     pub(crate) closing_since: Option<Instant>,
     pub(crate) keepalive_sent: bool,
+    /// Input is not handled while a password check runs off the main loop (src/auth/kdf.rs):
+    /// nothing the client sent after its credentials is processed before their verdict.
+    pub(crate) input_paused: bool,
 }
 
 /// A client connection. Owned by the server's registry; sources hold weak references.
@@ -148,6 +151,7 @@ impl Connection {
                 opened: now,
                 closing_since: None,
                 keepalive_sent: false,
+                input_paused: false,
             }),
             read_source: RefCell::new(None),
             flush_queued: Cell::new(false),
@@ -307,7 +311,7 @@ impl Connection {
             let next = {
                 let mut st = self.state.borrow_mut();
                 let st = &mut *st;
-                if !matches!(st.phase, Phase::AwaitHeader | Phase::Open) {
+                if !matches!(st.phase, Phase::AwaitHeader | Phase::Open) || st.input_paused {
                     break;
                 }
                 match st.framer.next(&st.inbuf) {
@@ -352,6 +356,18 @@ impl Connection {
         }
         if st.inbuf.is_empty() && st.inbuf.capacity() > 1024 {
             st.inbuf = Vec::new();
+        }
+    }
+
+    /// Stops handling input (it is still read and buffered) until [`Self::resume_input`].
+    pub(crate) fn pause_input(&self) {
+        self.state.borrow_mut().input_paused = true;
+    }
+
+    /// Handles input again, starting with what arrived meanwhile.
+    pub(crate) fn resume_input(self: &Rc<Self>) {
+        if std::mem::take(&mut self.state.borrow_mut().input_paused) {
+            self.process_input();
         }
     }
 
