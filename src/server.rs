@@ -22,6 +22,9 @@ use crate::store::Store;
 use crate::stream::{Connection, Stream};
 use crate::xml::Element;
 
+/// What [`Server::on_account_deleted`] registers.
+pub type AccountDeletedHook = Box<dyn Fn(&Rc<Server>, &BareJid)>;
+
 type AccountHook = Rc<dyn Fn(&Rc<Server>, &BareJid)>;
 
 /// See [`Server::on_account_deleted`].
@@ -296,7 +299,7 @@ impl Server {
     /// once its rows are gone and its streams closed: services drop what they hold for it in
     /// memory or elsewhere (legacy sessions, torrent jobs), so that a new account with the same
     /// name inherits nothing. Register at a service's install point.
-    pub fn on_account_deleted(&self, hook: Box<dyn Fn(&Rc<Server>, &BareJid)>) {
+    pub fn on_account_deleted(&self, hook: AccountDeletedHook) {
         self.ext::<AccountDeletedHooks>()
             .0
             .borrow_mut()

@@ -13,7 +13,8 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 const SM: &str = "urn:xmpp:sm:3";
-const UA: &str = "<user-agent id='0b8f2e3c-2f51-4b4c-9d36-5d7a0c3c1e11'><software>test</software></user-agent>";
+const UA: &str =
+    "<user-agent id='0b8f2e3c-2f51-4b4c-9d36-5d7a0c3c1e11'><software>test</software></user-agent>";
 
 fn attr(text: &str, name: &str) -> String {
     let start = text

@@ -33,7 +33,8 @@ fn xml_text() -> impl Strategy<Value = String> {
     any::<String>().prop_map(|s| {
         s.chars()
             .filter(|c| {
-                matches!(c, '\t' | '\n' | '\r') || (*c >= ' ' && !matches!(c, '\u{fffe}' | '\u{ffff}'))
+                matches!(c, '\t' | '\n' | '\r')
+                    || (*c >= ' ' && !matches!(c, '\u{fffe}' | '\u{ffff}'))
             })
             .collect::<String>()
             .replace('&', "&amp;")

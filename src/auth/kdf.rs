@@ -171,7 +171,10 @@ pub fn derive_all(
     iterations: u32,
 ) -> Result<Vec<(Hash, ScramKeys)>, scram::ScramError> {
     Ok(vec![
-        (Hash::Sha1, scram::new_keys(Hash::Sha1, password, iterations)?),
+        (
+            Hash::Sha1,
+            scram::new_keys(Hash::Sha1, password, iterations)?,
+        ),
         (
             Hash::Sha256,
             scram::new_keys(Hash::Sha256, password, iterations)?,

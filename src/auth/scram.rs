@@ -1385,7 +1385,7 @@ mod props {
             let mut s = ScramServer::new(hash).with_unknown_user_iterations(2);
             let parsed = s.client_first(&first);
             let reply = match &parsed {
-                Ok(f) if known => s.server_first(keys()),
+                Ok(_) if known => s.server_first(keys()),
                 Ok(f) => s.server_first_unknown_user(&f.username),
                 Err(_) => s.server_first(keys()),
             };
@@ -1447,7 +1447,11 @@ mod props {
         let client_key = hash.hmac(&salted, &[b"Client Key"]);
         let stored_key = hash.digest(&client_key);
         let signature = hash.hmac(&stored_key, &[auth.as_bytes()]);
-        let proof = client_key.iter().zip(&signature).map(|(a, b)| a ^ b).collect();
+        let proof = client_key
+            .iter()
+            .zip(&signature)
+            .map(|(a, b)| a ^ b)
+            .collect();
         (proof, signature)
     }
 }

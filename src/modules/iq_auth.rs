@@ -67,27 +67,32 @@ fn set_iq_auth(iq: Incoming) {
     // PBKDF2 on a worker (unknown users against a dummy key, at the same cost); the stream's
     // input waits for the verdict, so the client's next stanzas are handled after it.
     let server = iq.server().clone();
-    conn.check_password_then(&server, &account.clone(), &password, move |conn, verdict| {
-        match verdict {
-            Ok(true) => {}
-            Ok(false) => return legacy_auth_failed(conn, iq),
-            Err(_) => {
-                return iq.error(
-                    ErrorType::Wait,
-                    Condition::ResourceConstraint,
-                    "too many logins in progress; try again",
-                );
+    conn.check_password_then(
+        &server,
+        &account.clone(),
+        &password,
+        move |conn, verdict| {
+            match verdict {
+                Ok(true) => {}
+                Ok(false) => return legacy_auth_failed(conn, iq),
+                Err(_) => {
+                    return iq.error(
+                        ErrorType::Wait,
+                        Condition::ResourceConstraint,
+                        "too many logins in progress; try again",
+                    );
+                }
             }
-        }
-        conn.set_authenticated(account);
-        match conn.bind_resource(Some(&resource)) {
-            Ok(full) => {
-                tracing::info!(%full, "authenticated (legacy iq-auth)");
-                iq.result(None);
+            conn.set_authenticated(account);
+            match conn.bind_resource(Some(&resource)) {
+                Ok(full) => {
+                    tracing::info!(%full, "authenticated (legacy iq-auth)");
+                    iq.result(None);
+                }
+                Err((cond, text)) => iq.error(ErrorType::Modify, cond, text),
             }
-            Err((cond, text)) => iq.error(ErrorType::Modify, cond, text),
-        }
-    });
+        },
+    );
 }
 
 /// A wrong username or password: `not-acceptable` (XEP-0078 §3), counted with the stream's

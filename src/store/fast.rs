@@ -242,7 +242,10 @@ mod tests {
             }
         }
 
-        assert_eq!(verify(&s, "alice", "localhost", "ua", MECH, &resp, 50).unwrap(), None);
+        assert_eq!(
+            verify(&s, "alice", "localhost", "ua", MECH, &resp, 50).unwrap(),
+            None
+        );
         assert_eq!(
             verify(&s, "alice", "localhost", "other", MECH, &init, 50).unwrap(),
             None
@@ -251,7 +254,10 @@ mod tests {
             verify(&s, "alice", "localhost", "ua", "HT-SHA-256-UNIQ", &init, 50).unwrap(),
             None
         );
-        assert_eq!(verify(&s, "alice", "localhost", "ua", MECH, &init, 101).unwrap(), None);
+        assert_eq!(
+            verify(&s, "alice", "localhost", "ua", MECH, &init, 101).unwrap(),
+            None
+        );
         assert_eq!(
             verify(&s, "alice", "localhost", "ua", MECH, &init, 50).unwrap(),
             Some(resp.clone())
@@ -262,7 +268,10 @@ mod tests {
             Some(resp)
         );
         revoke_all(&s, "alice", "localhost").unwrap();
-        assert_eq!(verify(&s, "alice", "localhost", "ua", MECH, &init, 50).unwrap(), None);
+        assert_eq!(
+            verify(&s, "alice", "localhost", "ua", MECH, &init, 50).unwrap(),
+            None
+        );
     }
 
     #[test]
@@ -272,7 +281,10 @@ mod tests {
         store_new(&s, "alice", "localhost", "ua", MECH, &init, &[7; 32], 100).unwrap();
         let keys = vec![(Hash::Sha256, new_keys(Hash::Sha256, "new", 16).unwrap())];
         s.set_keys("alice", "localhost", &keys).unwrap();
-        assert_eq!(verify(&s, "alice", "localhost", "ua", MECH, &init, 50).unwrap(), None);
+        assert_eq!(
+            verify(&s, "alice", "localhost", "ua", MECH, &init, 50).unwrap(),
+            None
+        );
     }
 
     #[test]
