@@ -249,7 +249,9 @@ impl Server {
         }
     }
 
-    fn housekeeping(&self) {
+    fn housekeeping(self: &Rc<Self>) {
+        // Accounts deleted or given a new password from the command line.
+        crate::modules::register::notice_outside_changes(self);
         let now = Instant::now();
         let conns: Vec<Rc<Connection>> = self.conns.borrow().values().cloned().collect();
         for c in conns {

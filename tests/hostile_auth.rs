@@ -414,3 +414,52 @@ fn unknown_users_cost_a_key_derivation_too() {
         "unknown user: 1 iteration {cheap:?}, 20000 iterations {costly:?}"
     );
 }
+
+/// The command line (`wockd passwd`, `wockd deluser`) writes the database from another
+/// process; the test does the same through the store API from another connection.
+#[test]
+fn command_line_password_change_and_deletion_reach_the_running_server() {
+    use wockd::auth::scram::{Hash, new_keys};
+    let srv = TestServer::start();
+    srv.add_user("alice", "pw");
+    let (_phone, token) = sasl2_with_token(&srv, "alice", "pw");
+    let mut desk = Raw::login_plain(srv.trusted, "alice", "pw", "desk");
+    let store = wockd::store::Store::open(&srv.dir.join("wockd.sqlite")).unwrap();
+
+    // `wockd passwd`: the sessions end within the server's next housekeeping round, and the
+    // FAST token is gone with the old password.
+    let keys = |pw: &str| {
+        vec![
+            (Hash::Sha1, new_keys(Hash::Sha1, pw, 4096).unwrap()),
+            (Hash::Sha256, new_keys(Hash::Sha256, pw, 4096).unwrap()),
+        ]
+    };
+    store.set_keys("alice", DOMAIN, &keys("new")).unwrap();
+    let rest = desk.until_closed();
+    assert!(rest.contains("password was changed"), "{rest}");
+    let after = fast_login(&srv, "alice", &token);
+    assert!(after.contains("<failure"), "{after}");
+
+    // `wockd deluser` while a session hibernates: it ends for good.
+    let (phone, sm_id) = login_sm(&srv, "alice", "new", "phone");
+    drop(phone);
+    let mut desk = Raw::login_plain(srv.trusted, "alice", "new", "desk");
+    ping(&mut desk, "barrier");
+    store.delete_account("alice", DOMAIN).unwrap();
+    let rest = desk.until_closed();
+    assert!(rest.contains("account was deleted"), "{rest}");
+    srv.add_user("alice", "again");
+    let mut fresh = Raw::connect(srv.trusted);
+    fresh.send(HEADER);
+    fresh.until("</stream:features>");
+    fresh.send(&format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{}</auth>",
+        B64.encode("\0alice\0again")
+    ));
+    fresh.until("<success");
+    fresh.send(HEADER);
+    fresh.until("</stream:features>");
+    fresh.send(&format!("<resume xmlns='{SM}' previd='{sm_id}' h='0'/>"));
+    let resumed = fresh.until("/>");
+    assert!(resumed.contains("<failed"), "{resumed}");
+}

@@ -83,6 +83,9 @@ fn set_iq_auth(iq: Incoming) {
                     );
                 }
             }
+            if let Some(server) = conn.server() {
+                crate::modules::register::note_login(&server, &account);
+            }
             conn.set_authenticated(account);
             match conn.bind_resource(Some(&resource)) {
                 Ok(full) => {

@@ -233,6 +233,7 @@ fn change_or_remove(iq: Incoming) {
             Ok(()) => {
                 // set_keys revoked the FAST tokens in the same transaction.
                 tracing::info!(account = %me, "password changed in-band");
+                note_login(&server, &me);
                 iq.result(None);
                 end_sessions(
                     &server,
@@ -282,6 +283,7 @@ fn remove_account(iq: Incoming, me: &BareJid) {
 /// service is to register `forget_account` (stopping the account's jobs in the engine) in
 /// `torrent::install`.
 pub(crate) fn account_deleted(server: &Rc<Server>, account: &BareJid, account_id: Option<i64>) {
+    server.ext::<Outside>().keys.borrow_mut().remove(account);
     end_sessions(server, account, None, "the account was deleted");
     super::blocking::forget(server, account);
     super::vcard::forget(server, account);
@@ -312,6 +314,92 @@ pub(crate) fn end_sessions(server: &Rc<Server>, account: &BareJid, except: Optio
         } else {
             // Hibernating: no socket to write to; the session ends here.
             c.teardown();
+        }
+    }
+}
+
+// ---- changes made by the command line ---------------------------------------------------------
+
+/// What [`notice_outside_changes`] remembers: the database's `data_version` at the last look,
+/// and the id and SCRAM-SHA-256 `StoredKey` of every account that logged in (bounded by the
+/// number of accounts).
+#[derive(Default)]
+struct Outside {
+    version: std::cell::Cell<Option<i64>>,
+    keys: std::cell::RefCell<std::collections::HashMap<BareJid, (i64, Vec<u8>)>>,
+}
+
+/// The account's id and current `StoredKey`; `Ok(None)` if it does not exist.
+fn fingerprint(server: &Server, account: &BareJid) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
+    let node = account.node().map(|n| n.to_string()).unwrap_or_default();
+    let domain = account.domain().as_str();
+    let Some(id) = server.store.account_id(&node, domain)? else {
+        return Ok(None);
+    };
+    Ok(server
+        .store
+        .account_keys(&node, domain, Hash::Sha256)?
+        .map(|k| (id, k.stored_key)))
+}
+
+/// Remembers what `account` authenticated against (called on every successful login), so
+/// that a change made from the command line while it is online is noticed.
+pub(crate) fn note_login(server: &Server, account: &BareJid) {
+    match fingerprint(server, account) {
+        Ok(Some(f)) => {
+            server
+                .ext::<Outside>()
+                .keys
+                .borrow_mut()
+                .insert(account.clone(), f);
+        }
+        Ok(None) => {}
+        Err(e) => tracing::error!(%account, "cannot look up account: {e}"),
+    }
+}
+
+/// `wockd deluser` and `wockd passwd` change the database from another process. Called every
+/// second: when another connection has committed since the last call (`PRAGMA data_version`),
+/// every account that logged in is looked up again. A deleted one (or one deleted and made
+/// again: its id changed) is torn down as by an in-band removal; one whose verifier changed has
+/// its sessions closed as after an in-band password change (its FAST tokens went with the
+/// change, see `Store::set_keys`).
+pub(crate) fn notice_outside_changes(server: &Rc<Server>) {
+    let version = match server.store.data_version() {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!("cannot read the database's data version: {e}");
+            return;
+        }
+    };
+    let state = server.ext::<Outside>();
+    if state.version.replace(Some(version)) == Some(version) {
+        return;
+    }
+    let known: Vec<(BareJid, (i64, Vec<u8>))> = state
+        .keys
+        .borrow()
+        .iter()
+        .map(|(a, f)| (a.clone(), f.clone()))
+        .collect();
+    for (account, (id, key)) in known {
+        match fingerprint(server, &account) {
+            Err(e) => tracing::error!(%account, "cannot look up account: {e}"),
+            Ok(Some((now_id, now_key))) if now_id == id => {
+                if now_key != key {
+                    tracing::info!(%account, "password changed outside the server");
+                    state
+                        .keys
+                        .borrow_mut()
+                        .insert(account.clone(), (id, now_key));
+                    end_sessions(server, &account, None, "the account's password was changed");
+                }
+            }
+            Ok(_) => {
+                tracing::info!(%account, "account deleted outside the server");
+                state.keys.borrow_mut().remove(&account);
+                account_deleted(server, &account, Some(id));
+            }
         }
     }
 }

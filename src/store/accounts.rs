@@ -185,6 +185,15 @@ impl Store {
         Ok(())
     }
 
+    /// SQLite's `PRAGMA data_version`: changes whenever another connection (the command
+    /// line: `wockd passwd`, `wockd deluser`) committed a change to the database.
+    pub fn data_version(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |r| r.get(0))?)
+    }
+
     /// Whether `username@domain` exists.
     pub fn account_exists(&self, username: &str, domain: &str) -> Result<bool, StoreError> {
         Ok(self

@@ -221,6 +221,9 @@ impl Connection {
                 .push(crate::xml::Node::Text(B64.encode(data)));
         }
         self.state.borrow_mut().sasl = None;
+        if let Some(server) = self.server() {
+            crate::modules::register::note_login(&server, &account);
+        }
         self.set_authenticated(account);
         self.send(&success);
         self.restart_stream();

@@ -275,6 +275,7 @@ impl Connection {
     ) {
         tracing::info!(conn = self.id, %account, "authenticated (SASL2)");
         self.state.borrow_mut().sasl2 = None;
+        crate::modules::register::note_login(server, &account);
         self.set_authenticated(account.clone());
         let mut success = Element::new("success", NS);
         if let Some(data) = additional {
