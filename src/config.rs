@@ -198,6 +198,9 @@ pub struct Auth {
     /// passwords may be sent (TLS or trusted loopback). Off by default: accounts are made with
     /// `wockd adduser`. Changing one's password and deleting one's account are always allowed.
     pub registration: bool,
+    /// Threads that run PBKDF2 for plaintext passwords (PLAIN, iq-auth, registration, password
+    /// changes) off the main loop. 0: one less than the number of CPUs, at least one.
+    pub kdf_threads: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -403,6 +406,7 @@ impl Default for Auth {
             legacy_auth: true,
             max_failures: 3,
             registration: false,
+            kdf_threads: 0,
         }
     }
 }

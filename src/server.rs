@@ -14,7 +14,6 @@ use glib::{ControlFlow, IOCondition, Source};
 use jid::{BareJid, FullJid};
 use socket2::{Domain, Socket, Type};
 
-use crate::auth::scram::{self, Hash};
 use crate::config::{Config, Listener};
 use crate::net::limits::{Admit, IpTable};
 use crate::net::{source, tls};
@@ -24,6 +23,15 @@ use crate::store::Store;
 use crate::stream::Pause;
 use crate::stream::{Connection, Stream};
 use crate::xml::Element;
+
+/// What [`Server::on_account_deleted`] registers.
+pub type AccountDeletedHook = Box<dyn Fn(&Rc<Server>, &BareJid)>;
+
+type AccountHook = Rc<dyn Fn(&Rc<Server>, &BareJid)>;
+
+/// See [`Server::on_account_deleted`].
+#[derive(Default)]
+struct AccountDeletedHooks(RefCell<Vec<AccountHook>>);
 
 /// A callback for the response to an IQ the server sent. It is called exactly once: with the
 /// answer, or with an error made by the server (`remote-server-timeout` when no answer came in
@@ -386,6 +394,8 @@ impl Server {
     }
 
     fn housekeeping(self: &Rc<Self>) {
+        // Accounts deleted or given a new password from the command line.
+        crate::modules::register::notice_outside_changes(self);
         let now = Instant::now();
         let conns: Vec<Rc<Connection>> = self.conns.borrow().values().cloned().collect();
         for c in conns {
@@ -426,26 +436,31 @@ impl Server {
 
     // ---- accounts -------------------------------------------------------------------------
 
-    /// Checks a plaintext password (SASL PLAIN, legacy iq-auth) against the stored SCRAM keys:
-    /// the password itself is never stored.
-    pub fn check_password(&self, account: &BareJid, password: &str) -> bool {
-        let node = account.node().map(|n| n.to_string()).unwrap_or_default();
-        let domain = account.domain().to_string();
-        match self.store.account_keys(&node, &domain, Hash::Sha256) {
-            Ok(Some(keys)) => scram::verify_password(Hash::Sha256, &keys, password),
-            Ok(None) => false,
-            Err(e) => {
-                tracing::error!("store error checking password: {e}");
-                false
-            }
-        }
-    }
-
     pub fn account_exists(&self, account: &BareJid) -> bool {
         let node = account.node().map(|n| n.to_string()).unwrap_or_default();
         self.store
             .account_exists(&node, account.domain().as_str())
             .unwrap_or(false)
+    }
+
+    /// Registers `hook` to run after an account was deleted (in-band, XEP-0077 `<remove/>`),
+    /// once its rows are gone and its streams closed: services drop what they hold for it in
+    /// memory or elsewhere (legacy sessions, torrent jobs), so that a new account with the same
+    /// name inherits nothing. Register at a service's install point.
+    pub fn on_account_deleted(&self, hook: AccountDeletedHook) {
+        self.ext::<AccountDeletedHooks>()
+            .0
+            .borrow_mut()
+            .push(Rc::from(hook));
+    }
+
+    /// Runs the [`on_account_deleted`](Self::on_account_deleted) hooks for `account`.
+    pub fn fire_account_deleted(self: &Rc<Self>, account: &BareJid) {
+        // Cloned out first: a hook may register another.
+        let hooks: Vec<AccountHook> = self.ext::<AccountDeletedHooks>().0.borrow().clone();
+        for hook in hooks {
+            hook(self, account);
+        }
     }
 
     // ---- sessions and delivery ------------------------------------------------------------

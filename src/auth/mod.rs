@@ -1,2 +1,3 @@
+pub mod kdf;
 pub mod plain;
 pub mod scram;

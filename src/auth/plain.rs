@@ -167,3 +167,49 @@ mod tests {
         }
     }
 }
+
+/// Property tests (`PROPTEST_CASES` sets the number of cases): any bytes give a result, and
+/// what parses is exactly the message's three fields.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_bytes_never_panic_and_parse_back(
+            msg in proptest::collection::vec(any::<u8>(), 0..(MAX_MESSAGE_LEN + 64)),
+        ) {
+            if let Ok(c) = parse(&msg) {
+                let again = format!("{}\0{}\0{}", c.authzid.unwrap_or(""), c.authcid, c.password);
+                prop_assert_eq!(again.as_bytes(), &msg[..]);
+            }
+        }
+
+        #[test]
+        fn nul_heavy_messages(
+            parts in proptest::collection::vec(
+                prop_oneof![Just("\0".to_owned()), "[^\u{0}]{0,8}"], 0..12),
+        ) {
+            let msg = parts.concat();
+            let nuls = msg.matches('\0').count();
+            let parsed = parse(msg.as_bytes());
+            if nuls != 2 {
+                prop_assert_eq!(parsed, Err(PlainError::Malformed));
+            }
+        }
+
+        #[test]
+        fn well_formed_messages_parse(
+            authzid in "[^\u{0}]{0,20}",
+            authcid in "[^\u{0}]{1,20}",
+            password in "[^\u{0}]{1,20}",
+        ) {
+            let msg = format!("{authzid}\0{authcid}\0{password}");
+            let c = parse(msg.as_bytes()).unwrap();
+            prop_assert_eq!(c.authzid, (!authzid.is_empty()).then_some(authzid.as_str()));
+            prop_assert_eq!(c.authcid, authcid.as_str());
+            prop_assert_eq!(c.password, password.as_str());
+        }
+    }
+}

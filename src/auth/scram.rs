@@ -1322,3 +1322,136 @@ mod tests {
         assert_eq!(decode_saslname("\u{1F600}").as_deref(), Some("\u{1F600}"));
     }
 }
+
+/// Property tests: arbitrary and structured-but-hostile input to both SCRAM parsers never
+/// panics, and honest exchanges with arbitrary names and passwords succeed. `PROPTEST_CASES`
+/// sets the number of cases (see scripts/fuzz.sh).
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Pieces a SCRAM message is made of, to reach deeper than random bytes do.
+    fn soup() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            Just(b"n,".to_vec()),
+            Just(b"y,".to_vec()),
+            Just(b"p=tls-unique,".to_vec()),
+            Just(b"a=".to_vec()),
+            Just(b"n=".to_vec()),
+            Just(b"r=".to_vec()),
+            Just(b"c=".to_vec()),
+            Just(b"p=".to_vec()),
+            Just(b"m=".to_vec()),
+            Just(b"=2C".to_vec()),
+            Just(b"=3D".to_vec()),
+            Just(b"=".to_vec()),
+            Just(b",".to_vec()),
+            Just(b"biws".to_vec()),
+            Just(b"\0".to_vec()),
+            Just(vec![0xc3]),
+            Just(vec![0xff]),
+            "[a-zA-Z0-9+/=]{0,12}".prop_map(String::into_bytes),
+            any::<String>().prop_map(String::into_bytes),
+        ];
+        proptest::collection::vec(piece, 0..16).prop_map(|v| v.concat())
+    }
+
+    fn keys() -> ScramKeys {
+        static KEYS: OnceLock<ScramKeys> = OnceLock::new();
+        KEYS.get_or_init(|| derive_keys(Hash::Sha256, "pw", &[7; SALT_LEN], 2).unwrap())
+            .clone()
+    }
+
+    /// saslname encoding (RFC 5802 §5.1), the client's side.
+    fn encode_saslname(name: &str) -> String {
+        name.replace('=', "=3D").replace(',', "=2C")
+    }
+
+    proptest! {
+        #[test]
+        fn client_first_never_panics(msg in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = ScramServer::new(Hash::Sha1).client_first(&msg);
+        }
+
+        #[test]
+        fn whole_exchange_never_panics(
+            first in soup(),
+            last in soup(),
+            known in any::<bool>(),
+            sha256 in any::<bool>(),
+        ) {
+            let hash = if sha256 { Hash::Sha256 } else { Hash::Sha1 };
+            let mut s = ScramServer::new(hash).with_unknown_user_iterations(2);
+            let parsed = s.client_first(&first);
+            let reply = match &parsed {
+                Ok(_) if known => s.server_first(keys()),
+                Ok(f) => s.server_first_unknown_user(&f.username),
+                Err(_) => s.server_first(keys()),
+            };
+            prop_assert_eq!(parsed.is_ok(), !reply.is_empty());
+            // The structured final message echoes the real nonce half the time.
+            let mut fin = last.clone();
+            if known && let Ok(text) = std::str::from_utf8(&reply)
+                && let Some(nonce) = text.split(',').next()
+            {
+                fin = [b"c=biws,".as_slice(), nonce.as_bytes(), b",", &last].concat();
+            }
+            let out = s.client_final(&fin);
+            if !known || parsed.is_err() {
+                prop_assert!(out.is_err());
+            }
+            // Whatever happened, the exchange is over.
+            prop_assert_eq!(s.client_final(&fin), Err(ScramError::OutOfOrder));
+        }
+
+        #[test]
+        fn client_final_never_panics(msg in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let mut s = ScramServer::new(Hash::Sha256);
+            s.client_first(b"n,,n=u,r=abc").unwrap();
+            s.server_first(keys());
+            let _ = s.client_final(&msg);
+        }
+
+        #[test]
+        fn saslnames_round_trip(name in "[^\u{0}]{1,40}") {
+            prop_assert_eq!(decode_saslname(&encode_saslname(&name)), Some(name));
+        }
+
+        #[test]
+        fn honest_exchange_succeeds_and_wrong_password_fails(
+            name in "[^\u{0}]{1,24}",
+            nonce in "[!-+\\--~]{1,32}",
+            password in "[a-zA-Z0-9 ]{1,24}",
+            wrong in any::<bool>(),
+        ) {
+            let keys = derive_keys(Hash::Sha256, &password, &[9; SALT_LEN], 1).unwrap();
+            let mut s = ScramServer::new(Hash::Sha256);
+            let bare = format!("n={},r={nonce}", encode_saslname(&name));
+            let first = s.client_first(format!("n,,{bare}").as_bytes()).unwrap();
+            prop_assert_eq!(&first.username, &name);
+            let server_first = String::from_utf8(s.server_first(keys.clone())).unwrap();
+            let full_nonce = server_first.split(',').next().unwrap().to_owned();
+            let without_proof = format!("c=biws,{full_nonce}");
+            let auth = format!("{bare},{server_first},{without_proof}");
+            let used = if wrong { format!("{password}x") } else { password.clone() };
+            let (proof, _) = tests_client_proof(&used, &keys.salt, &auth);
+            let out = s.client_final(format!("{without_proof},p={}", BASE64.encode(proof)).as_bytes());
+            prop_assert_eq!(out.is_ok(), !wrong);
+        }
+    }
+
+    fn tests_client_proof(password: &str, salt: &[u8], auth: &str) -> (Vec<u8>, Vec<u8>) {
+        let hash = Hash::Sha256;
+        let salted = hash.pbkdf2(password.as_bytes(), salt, 1);
+        let client_key = hash.hmac(&salted, &[b"Client Key"]);
+        let stored_key = hash.digest(&client_key);
+        let signature = hash.hmac(&stored_key, &[auth.as_bytes()]);
+        let proof = client_key
+            .iter()
+            .zip(&signature)
+            .map(|(a, b)| a ^ b)
+            .collect();
+        (proof, signature)
+    }
+}

@@ -519,6 +519,11 @@ impl Prefs {
 #[derive(Default)]
 struct PrefsCache(std::cell::RefCell<std::collections::HashMap<i64, Prefs>>);
 
+/// Drops the cached preferences of account `account` (it was deleted: its id may be reused).
+pub(crate) fn forget(server: &Server, account: i64) {
+    server.ext::<PrefsCache>().0.borrow_mut().remove(&account);
+}
+
 /// Whether the archive of `owner` (account `account`) keeps a message exchanged live with
 /// `other`, either direction (its preferences).
 fn archives(server: &Server, account: i64, owner: &BareJid, other: &Jid) -> bool {

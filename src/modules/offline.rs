@@ -79,6 +79,11 @@ struct Writer {
     delivering: RefCell<HashSet<BareJid>>,
 }
 
+/// Drops the cached mailbox count of `owner` (the account was deleted).
+pub(crate) fn forget(server: &Server, owner: &BareJid) {
+    server.ext::<Writer>().pending.borrow_mut().remove(owner);
+}
+
 /// Queues a mailbox row; it is committed at the end of this loop turn.
 pub fn append(server: &Rc<Server>, entry: NewEntry) {
     server.ext::<Writer>().queue.borrow_mut().push(entry);

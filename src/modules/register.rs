@@ -7,10 +7,18 @@
 //!   taken username gets `conflict`, missing fields or an invalid username `not-acceptable`.
 //! * §3.2 cancellation (`<remove/>`, always available to a logged-in user for their own
 //!   account): the account and everything stored for it are deleted, the request answered,
-//!   then every stream of the account is closed with a `not-authorized` stream error.
+//!   then every stream of the account is closed with a `not-authorized` stream error and its
+//!   hibernating (XEP-0198) sessions are ended, never to be resumed; what modules cache for it
+//!   is dropped and [`Server::fire_account_deleted`] tells the services (legacy accounts of the
+//!   IM transport, torrent jobs). A new account with the same name inherits nothing.
 //! * §3.3 password change (always available to a logged-in user): new SCRAM keys are derived
 //!   for every supported hash with `auth.scram_iterations`; an empty password is refused
-//!   (`bad-request`) and the old one kept. Other sessions stay logged in.
+//!   (`bad-request`) and the old one kept. The account's XEP-0484 FAST tokens are revoked and
+//!   its other sessions (hibernating ones too) are closed with `not-authorized`; the session
+//!   that made the change stays.
+//!
+//! Key derivation (PBKDF2) for creation and password change runs off the main loop
+//! (src/auth/kdf.rs); the requesting stream handles nothing else until it is answered.
 //! * A logged-in get answers `<registered/>` with the username.
 //!
 //! Data forms (§5) and out-of-band redirection are not offered.
@@ -19,7 +27,8 @@ use std::rc::Rc;
 
 use jid::BareJid;
 
-use crate::auth::scram::{self, Hash, ScramError, ScramKeys};
+use crate::auth::kdf;
+use crate::auth::scram::{Hash, ScramKeys};
 use crate::iq::Incoming;
 use crate::server::Server;
 use crate::stanza::{Condition, ErrorType, StreamError};
@@ -45,13 +54,29 @@ pub fn install(s: &mut Stream) {
         .set(change_or_remove);
 }
 
-/// New SCRAM verifiers for every hash the server supports.
-fn derive_keys(server: &Server, password: &str) -> Result<Vec<(Hash, ScramKeys)>, ScramError> {
-    let i = server.config.auth.scram_iterations;
-    Ok(vec![
-        (Hash::Sha1, scram::new_keys(Hash::Sha1, password, i)?),
-        (Hash::Sha256, scram::new_keys(Hash::Sha256, password, i)?),
-    ])
+/// Derives new SCRAM verifiers for every supported hash on the key derivation pool, with the
+/// requesting stream paused; `done` gets them, or has answered the request already (`None`).
+fn derive_keys_then(
+    iq: Incoming,
+    password: String,
+    done: impl FnOnce(Incoming, Vec<(Hash, ScramKeys)>) + 'static,
+) {
+    let Some(conn) = iq.connection() else { return };
+    let server = iq.server().clone();
+    let iterations = server.config.auth.scram_iterations;
+    conn.kdf_then(
+        &server,
+        move || kdf::derive_all(&password, iterations),
+        move |_, keys| match keys {
+            Ok(Ok(keys)) => done(iq, keys),
+            Ok(Err(_)) => iq.fail(Condition::NotAcceptable, "this password cannot be used"),
+            Err(_) => iq.error(
+                ErrorType::Wait,
+                Condition::ResourceConstraint,
+                "the server is busy; try again",
+            ),
+        },
+    );
 }
 
 /// The password as sent (not trimmed: spaces may be part of it); `None` when absent or empty.
@@ -121,21 +146,28 @@ fn create_account(iq: Incoming) {
     let Some(node) = node else {
         return iq.fail(Condition::NotAcceptable, "invalid username");
     };
-    let keys = match derive_keys(iq.server(), &password) {
-        Ok(k) => k,
-        Err(_) => return iq.fail(Condition::NotAcceptable, "this password cannot be used"),
-    };
-    match iq.server().store.create_account(&node, &domain, &keys) {
-        Ok(()) => {
-            tracing::info!(account = %format!("{node}@{domain}"), "account registered in-band");
-            iq.result(None);
-        }
-        Err(StoreError::AccountExists) => iq.fail(Condition::Conflict, "the username is taken"),
-        Err(e) => {
-            tracing::error!("store error creating account: {e}");
-            iq.fail(Condition::InternalServerError, "");
-        }
+    // Spare the key derivation for a name that is taken (the store checks again).
+    if iq
+        .server()
+        .store
+        .account_exists(&node, &domain)
+        .unwrap_or(false)
+    {
+        return iq.fail(Condition::Conflict, "the username is taken");
     }
+    derive_keys_then(iq, password, move |iq, keys| {
+        match iq.server().store.create_account(&node, &domain, &keys) {
+            Ok(()) => {
+                tracing::info!(account = %format!("{node}@{domain}"), "account registered in-band");
+                iq.result(None);
+            }
+            Err(StoreError::AccountExists) => iq.fail(Condition::Conflict, "the username is taken"),
+            Err(e) => {
+                tracing::error!("store error creating account: {e}");
+                iq.fail(Condition::InternalServerError, "");
+            }
+        }
+    });
 }
 
 // ---- logged in --------------------------------------------------------------------------------
@@ -192,25 +224,40 @@ fn change_or_remove(iq: Incoming) {
             return iq.fail(Condition::BadRequest, "the username is not yours");
         }
     }
-    let keys = match derive_keys(iq.server(), &password) {
-        Ok(k) => k,
-        Err(_) => return iq.fail(Condition::NotAcceptable, "this password cannot be used"),
+    let Some(this_stream) = iq.connection().map(|c| c.id) else {
+        return;
     };
-    match iq.server().store.set_keys(&node, &domain, &keys) {
-        Ok(()) => {
-            tracing::info!(account = %me, "password changed in-band");
-            iq.result(None);
+    derive_keys_then(iq, password, move |iq, keys| {
+        let server = iq.server().clone();
+        match server.store.set_keys(&node, &domain, &keys) {
+            Ok(()) => {
+                // set_keys revoked the FAST tokens in the same transaction.
+                tracing::info!(account = %me, "password changed in-band");
+                note_login(&server, &me);
+                iq.result(None);
+                end_sessions(
+                    &server,
+                    &me,
+                    Some(this_stream),
+                    "the account's password was changed",
+                );
+            }
+            Err(e) => {
+                tracing::error!(account = %me, "store error changing password: {e}");
+                iq.fail(Condition::InternalServerError, "");
+            }
         }
-        Err(e) => {
-            tracing::error!(account = %me, "store error changing password: {e}");
-            iq.fail(Condition::InternalServerError, "");
-        }
-    }
+    });
 }
 
 fn remove_account(iq: Incoming, me: &BareJid) {
     let server: Rc<Server> = iq.server().clone();
     let node = me.node().map(|n| n.to_string()).unwrap_or_default();
+    let account_id = server
+        .store
+        .account_id(&node, me.domain().as_str())
+        .ok()
+        .flatten();
     match server.store.delete_account(&node, me.domain().as_str()) {
         Ok(()) => {}
         Err(StoreError::NoSuchAccount) => return iq.fail(Condition::RegistrationRequired, ""),
@@ -220,23 +267,138 @@ fn remove_account(iq: Incoming, me: &BareJid) {
         }
     }
     tracing::info!(account = %me, "account deleted in-band");
-    super::blocking::forget(&server, me);
-    super::vcard::forget(&server, me);
-    super::roster::forget(&server, me);
-    crate::torrent::forget_account(&server, me);
     // The answer goes out before the stream error that ends the requesting stream.
     iq.result(None);
+    account_deleted(&server, me, account_id);
+}
+
+/// Everything held for a deleted account goes: its streams are closed, its hibernating
+/// sessions ended (so nothing can resume them), module caches dropped, and the services told
+/// through [`Server::fire_account_deleted`]. The rows went with the account (`ON DELETE
+/// CASCADE`: keys, FAST tokens, roster, mailbox, archive, vCard, private XML, PEP, legacy
+/// accounts, torrent jobs).
+///
+/// Services register their hook where they are installed: the IM transport logs out and
+/// removes the account's legacy accounts (`transport::install`); the torrent service stops the
+/// account's jobs in the engine (`torrent::service::install`).
+pub(crate) fn account_deleted(server: &Rc<Server>, account: &BareJid, account_id: Option<i64>) {
+    server.ext::<Outside>().keys.borrow_mut().remove(account);
+    end_sessions(server, account, None, "the account was deleted");
+    super::blocking::forget(server, account);
+    super::vcard::forget(server, account);
+    super::roster::forget(server, account);
+    super::offline::forget(server, account);
+    if let Some(id) = account_id {
+        super::mam::forget(server, id);
+    }
+    server.fire_account_deleted(account);
+}
+
+/// Ends every session of `account` except the one on connection `except`: live streams are
+/// closed with a `not-authorized` stream error carrying `why`, hibernating (XEP-0198) ones are
+/// ended for good (what they never had acknowledged goes back to the mailbox, as when the
+/// resumption window runs out).
+pub(crate) fn end_sessions(server: &Rc<Server>, account: &BareJid, except: Option<u64>, why: &str) {
     let conns: Vec<_> = server
         .sessions
         .borrow()
-        .of(me)
+        .of(account)
         .iter()
         .filter_map(|s| s.connection())
+        .filter(|c| Some(c.id) != except)
         .collect();
     for c in conns {
-        c.close(Some((
-            StreamError::NotAuthorized,
-            Some("the account was deleted".into()),
-        )));
+        if c.is_open() {
+            c.close(Some((StreamError::NotAuthorized, Some(why.to_owned()))));
+        } else {
+            // Hibernating: no socket to write to; the session ends here.
+            c.teardown();
+        }
+    }
+}
+
+// ---- changes made by the command line ---------------------------------------------------------
+
+/// What [`notice_outside_changes`] remembers: the database's `data_version` at the last look,
+/// and the id and SCRAM-SHA-256 `StoredKey` of every account that logged in (bounded by the
+/// number of accounts).
+#[derive(Default)]
+struct Outside {
+    version: std::cell::Cell<Option<i64>>,
+    keys: std::cell::RefCell<std::collections::HashMap<BareJid, (i64, Vec<u8>)>>,
+}
+
+/// The account's id and current `StoredKey`; `Ok(None)` if it does not exist.
+fn fingerprint(server: &Server, account: &BareJid) -> Result<Option<(i64, Vec<u8>)>, StoreError> {
+    let node = account.node().map(|n| n.to_string()).unwrap_or_default();
+    let domain = account.domain().as_str();
+    let Some(id) = server.store.account_id(&node, domain)? else {
+        return Ok(None);
+    };
+    Ok(server
+        .store
+        .account_keys(&node, domain, Hash::Sha256)?
+        .map(|k| (id, k.stored_key)))
+}
+
+/// Remembers what `account` authenticated against (called on every successful login), so
+/// that a change made from the command line while it is online is noticed.
+pub(crate) fn note_login(server: &Server, account: &BareJid) {
+    match fingerprint(server, account) {
+        Ok(Some(f)) => {
+            server
+                .ext::<Outside>()
+                .keys
+                .borrow_mut()
+                .insert(account.clone(), f);
+        }
+        Ok(None) => {}
+        Err(e) => tracing::error!(%account, "cannot look up account: {e}"),
+    }
+}
+
+/// `wockd deluser` and `wockd passwd` change the database from another process. Called every
+/// second: when another connection has committed since the last call (`PRAGMA data_version`),
+/// every account that logged in is looked up again. A deleted one (or one deleted and made
+/// again: its id changed) is torn down as by an in-band removal; one whose verifier changed has
+/// its sessions closed as after an in-band password change (its FAST tokens went with the
+/// change, see `Store::set_keys`).
+pub(crate) fn notice_outside_changes(server: &Rc<Server>) {
+    let version = match server.store.data_version() {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!("cannot read the database's data version: {e}");
+            return;
+        }
+    };
+    let state = server.ext::<Outside>();
+    if state.version.replace(Some(version)) == Some(version) {
+        return;
+    }
+    let known: Vec<(BareJid, (i64, Vec<u8>))> = state
+        .keys
+        .borrow()
+        .iter()
+        .map(|(a, f)| (a.clone(), f.clone()))
+        .collect();
+    for (account, (id, key)) in known {
+        match fingerprint(server, &account) {
+            Err(e) => tracing::error!(%account, "cannot look up account: {e}"),
+            Ok(Some((now_id, now_key))) if now_id == id => {
+                if now_key != key {
+                    tracing::info!(%account, "password changed outside the server");
+                    state
+                        .keys
+                        .borrow_mut()
+                        .insert(account.clone(), (id, now_key));
+                    end_sessions(server, &account, None, "the account's password was changed");
+                }
+            }
+            Ok(_) => {
+                tracing::info!(%account, "account deleted outside the server");
+                state.keys.borrow_mut().remove(&account);
+                account_deleted(server, &account, Some(id));
+            }
+        }
     }
 }

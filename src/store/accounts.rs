@@ -147,7 +147,9 @@ impl Store {
     }
 
     /// Replaces all SCRAM verifiers of `username@domain` with `keys` (a
-    /// password change), in one transaction.
+    /// password change), in one transaction, and revokes the account's XEP-0484
+    /// FAST tokens in the same transaction: a token issued under the old
+    /// password must not outlive it (in-band change and `wockd passwd` alike).
     ///
     /// Fails with [`StoreError::NoSuchAccount`] if the account does not exist.
     pub fn set_keys(
@@ -159,6 +161,8 @@ impl Store {
         self.transaction(|tx| {
             let id = lookup_id(tx, username, domain)?.ok_or(StoreError::NoSuchAccount)?;
             tx.prepare_cached("DELETE FROM account_keys WHERE account = ?1")?
+                .execute([id])?;
+            tx.prepare_cached("DELETE FROM fast_tokens WHERE account = ?1")?
                 .execute([id])?;
             insert_keys(tx, id, keys)
         })
@@ -179,6 +183,15 @@ impl Store {
             return Err(StoreError::NoSuchAccount);
         }
         Ok(())
+    }
+
+    /// SQLite's `PRAGMA data_version`: changes whenever another connection (the command
+    /// line: `wockd passwd`, `wockd deluser`) committed a change to the database.
+    pub fn data_version(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |r| r.get(0))?)
     }
 
     /// Whether `username@domain` exists.

@@ -62,6 +62,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
     super::pep::SCHEMA,
     // The IM transport: a stored contact-JID slot per legacy account (src/store/transport.rs).
     super::transport::SLOTS,
+    // XEP-0484 FAST tokens kept as a hash of the proof, not the proof (src/store/fast.rs).
+    super::fast::HASHED,
 ];
 
 /// Brings the schema of `conn` up to date with [`MIGRATIONS`].

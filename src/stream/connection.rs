@@ -470,6 +470,17 @@ impl Connection {
         }
     }
 
+    /// While a password check runs off the main loop (src/auth/kdf.rs), nothing the client
+    /// sent after its credentials is read or processed before their verdict.
+    pub(crate) fn pause_input(&self) {
+        self.pause(Pause::Auth);
+    }
+
+    /// Handles input again, starting with what arrived meanwhile.
+    pub(crate) fn resume_input(self: &Rc<Self>) {
+        self.unpause(Pause::Auth);
+    }
+
     /// Bytes received but not yet framed (handed to TLS at STARTTLS).
     pub(crate) fn take_unconsumed(&self) -> Vec<u8> {
         let mut st = self.state.borrow_mut();

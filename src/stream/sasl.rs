@@ -74,6 +74,13 @@ impl Connection {
             return;
         }
         match el.name.as_str() {
+            // Too many failed logins from this address in the last minute: none is tried.
+            "auth" if !server.auth_allowed(self.peer.ip()) => {
+                self.send(&failure(
+                    "temporary-auth-failure",
+                    Some("too many failed logins from your address; try again later"),
+                ));
+            }
             "auth" => self.on_sasl_auth(&server, &info, &el),
             "response" => self.on_sasl_response(&server, &el),
             "abort" => {
@@ -200,11 +207,16 @@ impl Connection {
         {
             return self.sasl_failed(server, "invalid-authzid", None);
         }
-        if server.check_password(&account, creds.password) {
-            self.sasl_succeeded(account, None);
-        } else {
-            self.sasl_failed(server, "not-authorized", None);
-        }
+        // PBKDF2 on a worker; this stream's input waits for the verdict.
+        let who = account.clone();
+        self.check_password_then(server, &who, creds.password, move |conn, verdict| {
+            let Some(server) = conn.server() else { return };
+            match verdict {
+                Ok(true) => conn.sasl_succeeded(account, None),
+                Ok(false) => conn.sasl_failed(&server, "not-authorized", None),
+                Err(_) => conn.sasl_failed(&server, "temporary-auth-failure", None),
+            }
+        });
     }
 
     fn sasl_succeeded(self: &Rc<Self>, account: BareJid, additional: Option<&[u8]>) {
@@ -216,22 +228,38 @@ impl Connection {
                 .push(crate::xml::Node::Text(B64.encode(data)));
         }
         self.state.borrow_mut().sasl = None;
+        if let Some(server) = self.server() {
+            crate::modules::register::note_login(&server, &account);
+        }
         self.set_authenticated(account);
         self.send(&success);
         self.restart_stream();
     }
 
     fn sasl_failed(self: &Rc<Self>, server: &Rc<Server>, condition: &str, text: Option<&str>) {
-        let failures = {
+        {
             let mut st = self.state.borrow_mut();
             st.sasl = None;
             st.plain_pending = false;
-            st.sasl_failures += 1;
-            st.sasl_failures
-        };
+        }
         tracing::info!(conn = self.id, peer = %self.peer, "SASL failure: {condition}");
         self.send(&failure(condition, text));
-        if condition != "aborted" && failures >= server.config.auth.max_failures {
+        if condition != "aborted" {
+            self.count_auth_failure(server);
+        }
+    }
+
+    /// Counts a failed authentication attempt (SASL, SASL2 or XEP-0078: one budget per
+    /// stream) and closes the stream with `policy-violation` once `auth.max_failures` is
+    /// reached. Call after sending the failure itself.
+    pub(crate) fn count_auth_failure(self: &Rc<Self>, server: &Server) {
+        server.note_auth_failure(self.peer.ip());
+        let failures = {
+            let mut st = self.state.borrow_mut();
+            st.sasl_failures = st.sasl_failures.saturating_add(1);
+            st.sasl_failures
+        };
+        if failures >= server.config.auth.max_failures {
             self.close(Some((
                 StreamError::PolicyViolation,
                 Some("too many failed authentication attempts".into()),

@@ -4,7 +4,8 @@
 //!
 //! FAST uses `HT-SHA-256-NONE` (draft-schmaus-kitten-sasl-ht): the client proves the token
 //! with HMAC(token, "Initiator"). Without channel binding that value is fixed per token, so the
-//! server stores only it and HMAC(token, "Responder") — never the token itself. Tokens live
+//! server stores only a hash of it and HMAC(token, "Responder") sealed with it — never the
+//! token nor the proof (see src/store/fast.rs). A password change revokes them all. Tokens live
 //! 14 days, are bound to the client's user-agent id, and rotate through two slots ("new" and
 //! "current") as XEP-0484 §7 describes.
 
@@ -89,6 +90,9 @@ impl Connection {
             return self.send(&failure("encryption-required", None));
         }
         match el.name.as_str() {
+            "authenticate" if !server.auth_allowed(self.peer.ip()) => {
+                self.send(&failure("temporary-auth-failure", None));
+            }
             "authenticate" => self.sasl2_authenticate(&server, el),
             "response" => {
                 let data = match B64.decode(el.text_content().trim()) {
@@ -136,10 +140,16 @@ impl Connection {
             else {
                 return self.sasl2_failed(server, "not-authorized");
             };
-            if !server.check_password(&account, creds.password) {
-                return self.sasl2_failed(server, "not-authorized");
-            }
-            return self.sasl2_succeeded(server, account, &el, None);
+            // PBKDF2 on a worker; this stream's input waits for the verdict.
+            let who = account.clone();
+            return self.check_password_then(server, &who, creds.password, move |conn, verdict| {
+                let Some(server) = conn.server() else { return };
+                match verdict {
+                    Ok(true) => conn.sasl2_succeeded(&server, account, &el, None),
+                    Ok(false) => conn.sasl2_failed(&server, "not-authorized"),
+                    Err(_) => conn.sasl2_failed(&server, "temporary-auth-failure"),
+                }
+            });
         }
         let Some(hash) = Hash::from_mechanism(&mech) else {
             return self.sasl2_failed(server, "invalid-mechanism");
@@ -251,18 +261,10 @@ impl Connection {
     }
 
     fn sasl2_failed(self: &Rc<Self>, server: &Rc<Server>, condition: &str) {
-        let failures = {
-            let mut st = self.state.borrow_mut();
-            st.sasl2 = None;
-            st.sasl_failures += 1;
-            st.sasl_failures
-        };
+        self.state.borrow_mut().sasl2 = None;
         self.send(&failure(condition, None));
-        if condition != "aborted" && failures >= server.config.auth.max_failures {
-            self.close(Some((
-                StreamError::PolicyViolation,
-                Some("too many failed authentication attempts".into()),
-            )));
+        if condition != "aborted" {
+            self.count_auth_failure(server);
         }
     }
 
@@ -276,6 +278,7 @@ impl Connection {
     ) {
         tracing::info!(conn = self.id, %account, "authenticated (SASL2)");
         self.state.borrow_mut().sasl2 = None;
+        crate::modules::register::note_login(server, &account);
         self.set_authenticated(account.clone());
         let mut success = Element::new("success", NS);
         if let Some(data) = additional {

@@ -73,6 +73,8 @@ pub fn install(server: &Rc<Server>) {
     if !cfg.torrent.enabled || service(server).is_some() {
         return;
     }
+    // A deleted account's jobs stop in the engine and their rows and files go with it.
+    server.on_account_deleted(Box::new(|server, owner| forget_account(server, owner)));
     let t = &cfg.torrent;
     let kib = |k: u32| std::num::NonZeroU32::new(k.saturating_mul(1024));
     let settings = worker::Settings {
