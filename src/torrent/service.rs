@@ -74,7 +74,7 @@ pub fn install(server: &Rc<Server>) {
         return;
     }
     // A deleted account's jobs stop in the engine and their rows and files go with it.
-    server.on_account_deleted(Box::new(|server, owner| forget_account(server, owner)));
+    server.on_account_deleted(Box::new(forget_account));
     let t = &cfg.torrent;
     let kib = |k: u32| std::num::NonZeroU32::new(k.saturating_mul(1024));
     let settings = worker::Settings {

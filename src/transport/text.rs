@@ -45,14 +45,10 @@ pub fn strip_irc_formatting(s: &str) -> Cow<'_, str> {
                     }
                 }
             }
-            b'\x04' => {
-                if digits(b, i, 6, |c| c.is_ascii_hexdigit()) == 6 {
-                    i += 6;
-                    if b.get(i) == Some(&b',')
-                        && digits(b, i + 1, 6, |c| c.is_ascii_hexdigit()) == 6
-                    {
-                        i += 7;
-                    }
+            b'\x04' if digits(b, i, 6, |c| c.is_ascii_hexdigit()) == 6 => {
+                i += 6;
+                if b.get(i) == Some(&b',') && digits(b, i + 1, 6, |c| c.is_ascii_hexdigit()) == 6 {
+                    i += 7;
                 }
             }
             _ => {}
