@@ -17,12 +17,27 @@ pub fn is_xml_char(c: char) -> bool {
 
 /// True when every character of `s` is an XML 1.0 `Char`.
 pub fn is_xml_str(s: &str) -> bool {
-    s.chars().all(is_xml_char)
+    !has_forbidden_bytes(s.as_bytes())
+}
+
+/// True if valid UTF-8 `bytes` hold a character outside XML 1.0 `Char`: a C0 control other
+/// than TAB, LF, CR, or U+FFFE / U+FFFF (surrogates cannot occur in valid UTF-8). One pass,
+/// byte-wise: the parser runs it on every stanza, the serialiser on every text.
+pub fn has_forbidden_bytes(bytes: &[u8]) -> bool {
+    bytes.iter().enumerate().any(|(i, &b)| match b {
+        b'\t' | b'\n' | b'\r' => false,
+        0..0x20 => true,
+        0xEF => bytes.get(i + 1) == Some(&0xBF) && matches!(bytes.get(i + 2), Some(0xBE | 0xBF)),
+        _ => false,
+    })
 }
 
 /// `s` with every character that is not an XML 1.0 `Char` removed (C0 controls other than
 /// TAB/LF/CR, U+FFFE, U+FFFF). Borrows when there is nothing to remove.
 pub fn sanitize(s: &str) -> Cow<'_, str> {
+    if !has_forbidden_bytes(s.as_bytes()) {
+        return Cow::Borrowed(s);
+    }
     match s.find(|c: char| !is_xml_char(c)) {
         None => Cow::Borrowed(s),
         Some(first) => {

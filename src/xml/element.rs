@@ -8,6 +8,8 @@ use std::fmt;
 
 use quick_xml::escape::{escape, partial_escape};
 
+use super::chars::sanitize;
+
 use super::ns;
 
 /// A child of an element: another element or character data (already unescaped).
@@ -152,7 +154,11 @@ impl Element {
         for n in &self.children {
             match n {
                 Node::Element(e) => e.write_to(out, inner_ns),
-                Node::Text(t) => out.extend_from_slice(partial_escape(t.as_str()).as_bytes()),
+                // The last line of defence: whatever put text here (a legacy network, a torrent
+                // name, an old archive row), nothing outside XML 1.0 leaves the server.
+                Node::Text(t) => {
+                    out.extend_from_slice(partial_escape(sanitize(t).as_ref()).as_bytes())
+                }
             }
         }
         out.extend_from_slice(b"</");
@@ -175,7 +181,7 @@ fn write_attr(out: &mut Vec<u8>, name: &str, value: &str) {
     out.push(b' ');
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b"=\"");
-    out.extend_from_slice(escape(value).as_bytes());
+    out.extend_from_slice(escape(sanitize(value).as_ref()).as_bytes());
     out.push(b'"');
 }
 
@@ -208,6 +214,18 @@ mod tests {
         assert_eq!(
             el.to_string(),
             "<stream:features><auth xmlns=\"http://jabber.org/features/iq-auth\"/></stream:features>"
+        );
+    }
+
+    #[test]
+    fn never_writes_characters_outside_xml() {
+        let el = Element::stanza("message")
+            .attr("to", "a\u{1}b@x")
+            .child(Element::new("body", ns::CLIENT).text("ring\u{7} \u{3}4red\u{FFFF}!"));
+        let out = String::from_utf8(el.to_bytes()).unwrap();
+        assert_eq!(
+            out,
+            "<message to=\"ab@x\"><body>ring 4red!</body></message>"
         );
     }
 }

@@ -10,6 +10,7 @@ use quick_xml::events::attributes::Attribute;
 use quick_xml::events::{BytesStart, Event};
 use thiserror::Error;
 
+use super::chars::{has_forbidden_bytes, is_xml_char};
 use super::element::{Element, Node};
 use super::ns;
 
@@ -133,25 +134,8 @@ impl StreamHeader {
     }
 }
 
-/// XML 1.0 §2.2 `Char`: what may appear in a document at all, literally or as a reference.
-pub fn is_xml_char(c: char) -> bool {
-    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
-}
-
-/// True if valid UTF-8 `bytes` hold a character outside XML 1.0 `Char`: a C0 control other
-/// than TAB, LF, CR, or U+FFFE / U+FFFF (surrogates cannot occur in valid UTF-8). One pass,
-/// byte-wise: this runs on every stanza.
-fn has_forbidden_chars(bytes: &[u8]) -> bool {
-    bytes.iter().enumerate().any(|(i, &b)| match b {
-        b'\t' | b'\n' | b'\r' => false,
-        0..0x20 => true,
-        0xEF => bytes.get(i + 1) == Some(&0xBF) && matches!(bytes.get(i + 2), Some(0xBE | 0xBF)),
-        _ => false,
-    })
-}
-
 fn check_chars(text: &str) -> Result<(), ParseError> {
-    if has_forbidden_chars(text.as_bytes()) {
+    if has_forbidden_bytes(text.as_bytes()) {
         return Err(ParseError::NotWellFormed(
             "character not allowed in XML".into(),
         ));
@@ -249,7 +233,7 @@ fn reader(input: &[u8]) -> Reader<&[u8]> {
 
 /// Parses a stream header start tag (`<stream:stream …>`).
 pub fn stream_header(input: &[u8]) -> Result<StreamHeader, ParseError> {
-    if has_forbidden_chars(input) {
+    if has_forbidden_bytes(input) {
         return Err(ParseError::NotWellFormed(
             "character not allowed in XML".into(),
         ));
@@ -285,7 +269,7 @@ pub fn stream_header(input: &[u8]) -> Result<StreamHeader, ParseError> {
 
 /// Parses one complete top-level element, with the stream's declarations in scope.
 pub fn element(input: &[u8], stream_scope: &Scope) -> Result<Element, ParseError> {
-    if has_forbidden_chars(input) {
+    if has_forbidden_bytes(input) {
         return Err(ParseError::NotWellFormed(
             "character not allowed in XML".into(),
         ));
