@@ -130,6 +130,10 @@ bench() {
   fi
 }
 
+echo
+echo "== worst-case stanza parse time (in-process, default limits)"
+"$PWD/target/release/wockd-bench" parse-worst | tee -a "$RESULTS"
+
 # Idle first, so "idle RSS" is that of a server that has not served anything yet.
 bench "idle sessions" idle --sessions "$SESSIONS" --concurrency 100
 bench "logins PLAIN" logins --count "$LOGINS" --concurrency "$CONCURRENCY" --mech PLAIN

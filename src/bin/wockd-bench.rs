@@ -7,6 +7,8 @@
 //! * `messages`: sender/receiver pairs exchange chat messages (bounded window per pair);
 //!   msg/s, delivery latency, and the server's CPU per message (`--pid`). With `--offline` the
 //!   receivers are offline: the store rate, then with `--drain` the delivery on login.
+//! * `parse-worst`: wockd's own framer and parser on the worst stanzas the default limits allow
+//!   (in-process: time per stanza).
 //! * `create-users`: makes the benchN accounts with `wockd adduser` (or prints the Prosody /
 //!   ejabberd commands).
 //!
@@ -14,6 +16,8 @@
 //! epoll-driven (one loop per `--threads`), caches SCRAM's SaltedPassword per account and
 //! batches its writes, so its own CPU use stays small next to the server's; it prints that too.
 
+#[path = "bench/parse.rs"]
+mod parse;
 #[path = "bench/reactor.rs"]
 mod reactor;
 #[path = "bench/sasl.rs"]
@@ -156,6 +160,12 @@ enum Cmd {
         #[arg(long, default_value_t = 120)]
         timeout: u64,
     },
+    /// Time wockd's framer + parser on worst-case stanzas (in-process, no server).
+    ParseWorst {
+        /// Repetitions per shape (the median is reported).
+        #[arg(long, default_value_t = 21)]
+        rounds: usize,
+    },
     /// Create the accounts (users pattern, 0..count) with `wockd adduser`.
     CreateUsers {
         #[arg(long, default_value_t = 1000)]
@@ -247,6 +257,9 @@ fn user_name(pattern: &str, i: usize) -> String {
 
 fn run(cli: Cli) -> Result<()> {
     let c = cli.common;
+    if let Cmd::ParseWorst { rounds } = cli.command {
+        return parse::run(rounds);
+    }
     if let Cmd::CreateUsers {
         count,
         wockd,
@@ -329,7 +342,7 @@ fn run(cli: Cli) -> Result<()> {
                 timeout: Duration::from_secs(timeout),
             },
         ),
-        Cmd::CreateUsers { .. } => unreachable!(),
+        Cmd::CreateUsers { .. } | Cmd::ParseWorst { .. } => unreachable!(),
     }
 }
 
