@@ -151,3 +151,63 @@ fn reading_is_throttled_to_the_configured_rate() {
         "16 KiB read in {elapsed:?} at 4 KiB/s"
     );
 }
+
+/// Failed logins are counted per address across streams: past
+/// `max_auth_failures_per_ip` in a minute, even the right password gets
+/// `temporary-auth-failure` from that address, while another address logs in.
+#[test]
+fn failed_logins_per_address_are_limited() {
+    use base64::Engine;
+    let srv = TestServer::start_with(|c| c.limits.max_auth_failures_per_ip = 4, |_| {});
+    srv.add_user("alice", "pw");
+    let attempt = |c: &mut Raw, pw: &str| -> String {
+        let creds = base64::engine::general_purpose::STANDARD.encode(format!("\0alice\0{pw}"));
+        c.send(&format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{creds}</auth>"
+        ));
+        let head = c.until("xmpp-sasl\"");
+        if head.contains("<failure") {
+            head + &c.until("</failure>")
+        } else {
+            head
+        }
+    };
+    let mut failures = 0;
+    while failures < 4 {
+        let mut c = Raw::connect(srv.trusted);
+        c.send(HEADER);
+        c.until("</stream:features>");
+        for _ in 0..2 {
+            let r = attempt(&mut c, "wrong");
+            assert!(r.contains("<not-authorized"), "{r}");
+            failures += 1;
+        }
+    }
+    let mut c = Raw::connect(srv.trusted);
+    c.send(HEADER);
+    c.until("</stream:features>");
+    let r = attempt(&mut c, "pw");
+    assert!(r.contains("<temporary-auth-failure"), "{r}");
+    // Another address is not affected.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(
+        &"127.0.0.3:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
+    sock.connect(&srv.trusted.into()).unwrap();
+    let stream: TcpStream = sock.into();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut other = Raw {
+        sock: stream,
+        buf: String::new(),
+    };
+    other.send(HEADER);
+    other.until("</stream:features>");
+    let r = attempt(&mut other, "pw");
+    assert!(r.contains("<success"), "{r}");
+}
