@@ -865,8 +865,8 @@ impl Connection {
                 } else if bound && silent > Duration::from_secs(limits.keepalive_secs) {
                     // XEP-0199 §4.1: ping a silent client; any input (the pong or anything else)
                     // clears `keepalive_sent`. No answer within min(keepalive, 60 s): dead peer.
-                    // Sent directly rather than with `send_iq`: a dead client never answers, and
-                    // its pending callback would be kept forever.
+                    // Sent directly rather than with `send_iq`: the answer needs no callback,
+                    // any input at all proves the client alive.
                     let grace = Duration::from_secs(limits.keepalive_secs.clamp(1, 60));
                     if !keepalive_sent {
                         self.state.borrow_mut().keepalive_sent = true;
