@@ -216,7 +216,7 @@ mod tests {
         assert_eq!(t.admit(5, ip, 10, 3, 100), Admit::Yes { evict: vec![2] });
         t.forget(2, ip);
         // Global cap: another address's new connection evicts the oldest anywhere.
-        assert_eq!(t.admit(6, other, 10, 3, 4), Admit::Yes { evict: vec![3] });
+        assert_eq!(t.admit(6, other, 10, 3, 3), Admit::Yes { evict: vec![3] });
         t.forget(3, ip);
         // Per-address cap on all connections.
         let mut t = IpTable::default();
