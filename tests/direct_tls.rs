@@ -3,60 +3,9 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::io::Write;
 
-use common::{HEADER, TestServer};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
-
-fn tls_client(srv: &TestServer) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(srv.cert_path()).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let conn =
-        rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap())
-            .unwrap();
-    let sock = TcpStream::connect(srv.direct_tls).unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    rustls::StreamOwned::new(conn, sock)
-}
-
-fn read_until(s: &mut impl Read, buf: &mut String, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(i) = buf.find(needle) {
-            let out = buf[..i + needle.len()].to_owned();
-            buf.drain(..i + needle.len());
-            return out;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timeout waiting for {needle}: {buf}"
-        );
-        let mut chunk = [0u8; 16384];
-        match s.read(&mut chunk) {
-            Ok(0) => panic!("closed waiting for {needle}: {buf}"),
-            Ok(n) => buf.push_str(&String::from_utf8_lossy(&chunk[..n])),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => panic!("{e}"),
-        }
-    }
-}
+use common::{HEADER, TestServer, read_until, tls_client};
 
 #[test]
 fn direct_tls_login_with_plain() {

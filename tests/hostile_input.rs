@@ -5,62 +5,9 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{HEADER, Raw, TestServer};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
-
-type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
-
-fn tls_client(srv: &TestServer) -> Tls {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(srv.cert_path()).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let conn =
-        rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap())
-            .unwrap();
-    let sock = TcpStream::connect(srv.direct_tls).unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    rustls::StreamOwned::new(conn, sock)
-}
-
-fn read_until(s: &mut impl Read, buf: &mut String, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(i) = buf.find(needle) {
-            let out = buf[..i + needle.len()].to_owned();
-            buf.drain(..i + needle.len());
-            return out;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timeout waiting for {needle}: {} bytes buffered",
-            buf.len()
-        );
-        let mut chunk = [0u8; 65536];
-        match s.read(&mut chunk) {
-            Ok(0) => panic!("closed waiting for {needle}"),
-            Ok(n) => buf.push_str(&String::from_utf8_lossy(&chunk[..n])),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => panic!("{e}"),
-        }
-    }
-}
+use common::{HEADER, Raw, TestServer, Tls, read_until, tls_client};
 
 /// Logs in over direct TLS with PLAIN and binds `res`.
 fn tls_login(srv: &TestServer, user: &str, res: &str) -> (Tls, String) {

@@ -4,6 +4,10 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -285,5 +289,58 @@ impl Raw {
         ));
         c.until("</iq>");
         c
+    }
+}
+
+/// A direct-TLS (XEP-0368) client stream.
+pub type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// Connects to the direct-TLS listener, trusting the server's self-signed certificate.
+pub fn tls_client(srv: &TestServer) -> Tls {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(srv.cert_path()).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let conn =
+        rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap())
+            .unwrap();
+    let sock = TcpStream::connect(srv.direct_tls).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    rustls::StreamOwned::new(conn, sock)
+}
+
+/// Reads from `s` until `needle` is in `buf`; returns the text up to it and keeps the rest.
+/// Panics after 20 s or on EOF.
+pub fn read_until(s: &mut impl Read, buf: &mut String, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(i) = buf.find(needle) {
+            let out = buf[..i + needle.len()].to_owned();
+            buf.drain(..i + needle.len());
+            return out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timeout waiting for {needle}: {} bytes buffered",
+            buf.len()
+        );
+        let mut chunk = [0u8; 65536];
+        match s.read(&mut chunk) {
+            Ok(0) => panic!("closed waiting for {needle}: {buf}"),
+            Ok(n) => buf.push_str(&String::from_utf8_lossy(&chunk[..n])),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("{e}"),
+        }
     }
 }
