@@ -4,6 +4,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -69,16 +70,45 @@ pub struct Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        // The daemon the pid file names (prosody under runuser is not our child), then our
+        // child's whole process group: SIGTERM, up to 5 s to go, then SIGKILL, so that no
+        // process outlives its test.
         if let Some(pf) = &self.extra_pidfile
             && let Ok(s) = std::fs::read_to_string(pf)
             && let Ok(pid) = s.trim().parse::<i32>()
         {
-            // SAFETY: kill(2) on the pid this test started (recorded by the server itself).
-            unsafe { libc::kill(pid, libc::SIGTERM) };
+            stop(pid);
         }
+        let pgid = self.child.id() as i32;
+        // SAFETY: kill(2) on the process group this test started (see `process_group(0)`).
+        unsafe { libc::kill(-pgid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // SAFETY: as above; whatever of the group is left goes now.
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// SIGTERM to `pid`, then SIGKILL if it is still there after 5 s.
+fn stop(pid: i32) {
+    // SAFETY: kill(2) on a pid this test's server recorded in its pid file.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
 }
 
 /// Stops the ngircd of `guard` and starts it again on the same port and configuration (the
@@ -89,6 +119,7 @@ pub fn restart_ngircd(guard: &mut Guard, bin: &Path, port: u16) {
     let d = guard.dir.path();
     let log = std::fs::File::create(d.join("ngircd-2.log")).unwrap();
     guard.child = Command::new(bin)
+        .process_group(0)
         .args(["-n", "-f"])
         .arg(d.join("ngircd.conf"))
         .stdout(log.try_clone().unwrap())
@@ -123,6 +154,7 @@ pub fn ngircd(bin: &Path) -> (Guard, u16) {
     .unwrap();
     let log = std::fs::File::create(d.join("ngircd.log")).unwrap();
     let child = Command::new(bin)
+        .process_group(0)
         .args(["-n", "-f"])
         .arg(&conf)
         .stdout(log.try_clone().unwrap())
@@ -335,6 +367,7 @@ pub fn prosody(users: &[(&str, &str)]) -> (Guard, u16) {
         assert!(st.success(), "prosodyctl register {u} failed");
     }
     let child = cmd("prosody")
+        .process_group(0)
         .arg("--config")
         .arg(&conf)
         .arg("-F")
