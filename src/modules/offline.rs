@@ -44,8 +44,8 @@ use crate::xml::{Element, ns};
 
 /// Most undelivered offline messages kept per account.
 pub const QUOTA: u64 = 10_000;
-/// About how much stanza XML one delivery step sends (at least one message). Kept under
-/// rustls' 64 KiB send buffer, which refuses what does not fit.
+/// About how much stanza XML one delivery step sends (at least one message): a backlog goes
+/// out as the client reads it instead of filling its output budget at once.
 pub const CHUNK_BYTES: usize = 32 * 1024;
 /// Most messages one delivery step sends.
 const CHUNK_MESSAGES: usize = 256;
