@@ -261,15 +261,12 @@ fn set_wal_mode(conn: &Connection) -> Result<String, StoreError> {
     }
 }
 
-/// Creates `path` with mode 0600, or opens it if it exists; then makes sure
-/// group and others have no access.
 /// Creates `path` and any missing parents with mode 0700, the one way wockd makes a
 /// directory (data directory, `tls/`, `purple/`, `torrent-session/`, `downloads/` and every
 /// folder below it). An existing directory is left as it is, with a warning if other users
 /// can get into it; [`tighten_dir`] is for directories that are wholly wockd's.
 pub fn private_dir(path: &Path) -> io::Result<()> {
-    DirBuilder::new().recursive(true).mode(0o700).create(path)?;
-    let mode = std::fs::metadata(path)?.permissions().mode() & 0o7777;
+    let mode = create_dir_0700(path)?;
     if mode & 0o077 != 0 {
         tracing::warn!(
             path = %path.display(),
@@ -283,8 +280,7 @@ pub fn private_dir(path: &Path) -> io::Result<()> {
 /// [`private_dir`], and then removes group and other permissions from `path` should it have
 /// any (with a warning): for the data directory, which holds keys, passwords and mail.
 pub fn tighten_dir(path: &Path) -> io::Result<()> {
-    DirBuilder::new().recursive(true).mode(0o700).create(path)?;
-    let mode = std::fs::metadata(path)?.permissions().mode() & 0o7777;
+    let mode = create_dir_0700(path)?;
     if mode & 0o077 != 0 {
         tracing::warn!(
             path = %path.display(),
@@ -294,6 +290,12 @@ pub fn tighten_dir(path: &Path) -> io::Result<()> {
         std::fs::set_permissions(path, Permissions::from_mode(mode & 0o700))?;
     }
     Ok(())
+}
+
+/// Creates `path` (and parents) with mode 0700 where missing; returns its mode now.
+fn create_dir_0700(path: &Path) -> io::Result<u32> {
+    DirBuilder::new().recursive(true).mode(0o700).create(path)?;
+    Ok(std::fs::metadata(path)?.permissions().mode() & 0o7777)
 }
 
 /// Writes `data` to `path` (replacing it), mode 0600 whatever the umask.
@@ -309,6 +311,8 @@ pub fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
     f.write_all(data)
 }
 
+/// Creates `path` with mode 0600, or opens it if it exists; then makes sure
+/// group and others have no access.
 fn create_private_file(path: &Path) -> Result<(), StoreError> {
     let created = OpenOptions::new()
         .write(true)
