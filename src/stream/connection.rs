@@ -547,17 +547,10 @@ impl Connection {
             }
         };
         if track && !self.sm_track(el, len) {
-            tracing::warn!(
-                conn = self.id,
-                "too many unacknowledged stanzas; ending the session"
+            self.close_later(
+                StreamError::ResourceConstraint,
+                "too many unacknowledged stanzas",
             );
-            if let Some(server) = self.server() {
-                server.queue_close(
-                    self.id,
-                    StreamError::ResourceConstraint,
-                    "too many unacknowledged stanzas",
-                );
-            }
         }
         self.output_queued();
     }
@@ -607,20 +600,19 @@ impl Connection {
             }
         };
         if over {
-            tracing::warn!(
-                conn = self.id,
-                "client does not read its output; closing its stream"
-            );
-            if let Some(server) = self.server() {
-                server.queue_close(
-                    self.id,
-                    StreamError::PolicyViolation,
-                    "too much output left unread",
-                );
-            }
+            self.close_later(StreamError::PolicyViolation, "too much output left unread");
             return;
         }
         self.queue_flush();
+    }
+
+    /// Ends the session on the next loop turn (from the output path, which must not re-enter
+    /// the router): a stream error for a live stream, at once for a hibernating one.
+    fn close_later(&self, cond: StreamError, why: &'static str) {
+        tracing::warn!(conn = self.id, "{why}; ending the session");
+        if let Some(server) = self.server() {
+            server.queue_close(self.id, cond, why);
+        }
     }
 
     /// Writes bytes that must reach the socket in clear before TLS starts (`<proceed/>`).
