@@ -8,12 +8,12 @@
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod core;
 pub mod iq;
 pub mod modules;
 pub mod net;
 pub mod router;
 pub mod server;
-pub mod stanza;
 pub mod store;
 pub mod stream;
 pub mod torrent;

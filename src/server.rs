@@ -15,10 +15,10 @@ use jid::{BareJid, FullJid};
 use socket2::{Domain, Socket, Type};
 
 use crate::config::{Config, Listener};
+use crate::core::stanza::{Condition, StreamError};
 use crate::net::limits::{Admit, IpTable};
 use crate::net::{source, tls};
 use crate::router::{self, Service, Sessions};
-use crate::stanza::{Condition, StreamError};
 use crate::store::Store;
 use crate::stream::Pause;
 use crate::stream::{Connection, Stream};
@@ -706,7 +706,7 @@ fn iq_error(from: &FullJid, id: &str, cond: Condition, text: &str) -> Element {
         .attr("type", "error")
         .attr("id", id)
         .attr("from", from.to_string())
-        .child(crate::stanza::error_element(
+        .child(crate::core::stanza::error_element(
             cond.default_type(),
             cond,
             Some(text),

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::{Raw, TestServer};
+use wockd::core::stanza::{Condition, ErrorType};
 use wockd::iq::Incoming;
-use wockd::stanza::{Condition, ErrorType};
 
 const CLIENT: &[&str] = &[
     "<stream:stream\n  xmlns=\"jabber:client\"\n  xmlns:stream=\"http://etherx.jabber.org/streams\"\n  to=\"jabber.wockd.org\">",

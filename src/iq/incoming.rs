@@ -5,8 +5,8 @@ use std::rc::{Rc, Weak};
 use jid::{FullJid, Jid};
 
 use super::IqType;
+use crate::core::stanza::{Condition, ErrorType, error_element};
 use crate::server::Server;
-use crate::stanza::{Condition, ErrorType, error_element};
 use crate::stream::Connection;
 use crate::xml::Element;
 

@@ -26,9 +26,9 @@ use std::rc::Rc;
 
 use jid::{BareJid, FullJid, Jid};
 
+use crate::core::stanza::{Condition, ErrorType, error_reply};
 use crate::iq::Incoming;
 use crate::server::Server;
-use crate::stanza::{Condition, ErrorType, error_reply};
 use crate::stream::{Connection, Stream};
 use crate::xml::{Element, ns};
 

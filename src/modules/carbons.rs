@@ -32,7 +32,7 @@ fn set_enabled(iq: Incoming, on: bool) {
         .is_some_and(|t| t.to_bare() != from.to_bare() && t.node().is_some())
     {
         return iq.fail(
-            crate::stanza::Condition::Forbidden,
+            crate::core::stanza::Condition::Forbidden,
             "carbons are set on your own account",
         );
     }

@@ -18,8 +18,8 @@ use std::collections::BTreeSet;
 
 use jid::BareJid;
 
+use crate::core::stanza::Condition;
 use crate::iq::Incoming;
-use crate::stanza::Condition;
 use crate::stream::Stream;
 use crate::xml::{Element, ns};
 

@@ -10,8 +10,8 @@ use std::rc::Rc;
 
 use jid::BareJid;
 
+use crate::core::stanza::{Condition, ErrorType};
 use crate::iq::Incoming;
-use crate::stanza::{Condition, ErrorType};
 use crate::stream::{Connection, Stream};
 use crate::xml::{Element, ns};
 

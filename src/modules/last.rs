@@ -14,9 +14,9 @@ use std::rc::Rc;
 
 use jid::{BareJid, FullJid};
 
+use crate::core::stanza::Condition;
 use crate::iq::Incoming;
 use crate::server::Server;
-use crate::stanza::Condition;
 use crate::store::xeps::unix_now;
 use crate::stream::Stream;
 use crate::xml::{Element, ns};

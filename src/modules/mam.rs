@@ -20,9 +20,9 @@
 
 use jid::{BareJid, Jid};
 
+use crate::core::stanza::Condition;
 use crate::iq::Incoming;
 use crate::server::Server;
-use crate::stanza::Condition;
 use crate::store::mailbox::{self, Entry, Query};
 use crate::stream::Stream;
 use crate::xml::{Element, parse};
@@ -253,10 +253,7 @@ fn result_message(
     }
     result.push(
         Element::new("forwarded", FORWARD)
-            .child(
-                Element::new("delay", DELAY)
-                    .attr("stamp", crate::modules::offline::datetime(row.ts)),
-            )
+            .child(Element::new("delay", DELAY).attr("stamp", crate::core::time::datetime(row.ts)))
             .child(original),
     );
     Some(
@@ -293,7 +290,7 @@ fn metadata(iq: Incoming) {
         let stamp = |e: &Entry| {
             Element::new("x", NS)
                 .attr("id", e.stanza_id.as_str())
-                .attr("timestamp", crate::modules::offline::datetime(e.ts))
+                .attr("timestamp", crate::core::time::datetime(e.ts))
         };
         let mut start = stamp(&first);
         start.name = "start".into();
@@ -406,7 +403,7 @@ pub fn archive_outgoing(server: &std::rc::Rc<Server>, from: &jid::FullJid, to: &
         mailbox::NewEntry {
             account,
             stanza_id,
-            ts: crate::modules::offline::now_micros(),
+            ts: crate::core::time::now_micros(),
             with,
             direction: mailbox::Direction::Out,
             offline: false,
@@ -616,7 +613,7 @@ fn cleanup_step(server: &std::rc::Rc<Server>) {
     let config = &server.config.mam;
     let cutoff = config.keep().map(|keep| {
         let keep = i64::try_from(keep.as_micros()).unwrap_or(i64::MAX);
-        crate::modules::offline::now_micros().saturating_sub(keep)
+        crate::core::time::now_micros().saturating_sub(keep)
     });
     let cap = config.max_messages_per_account;
     let deleted = server.store.transaction(|tx| -> rusqlite::Result<usize> {
@@ -693,7 +690,7 @@ mod tests {
         assert_eq!(parse_time("yesterday"), None);
         // What the archive gives out parses back to the same instant.
         let ts = 1_275_868_800_123_456;
-        let (t, unit) = parse_time(&crate::modules::offline::datetime(ts)).unwrap();
+        let (t, unit) = parse_time(&crate::core::time::datetime(ts)).unwrap();
         assert!(t <= ts && ts < t + unit);
     }
 

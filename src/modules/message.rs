@@ -34,11 +34,11 @@ use base64::Engine;
 use jid::{BareJid, FullJid, Jid};
 use rand::Rng;
 
+use crate::core::stanza::stanza_error;
+use crate::core::stanza::{Condition, ErrorType, error_reply};
 use crate::server::Server;
-use crate::stanza::{Condition, ErrorType, error_reply};
 use crate::store::mailbox::{Direction, NewEntry};
 use crate::stream::Connection;
-use crate::stream::negotiate::stanza_error;
 use crate::xml::{Element, Node, ns};
 
 use super::offline;
@@ -305,7 +305,7 @@ fn archive_entry(owner: &BareJid, account: i64, el: &mut Element, offline: bool)
     NewEntry {
         account,
         stanza_id,
-        ts: offline::now_micros(),
+        ts: crate::core::time::now_micros(),
         with,
         direction: Direction::In,
         offline,
@@ -336,7 +336,7 @@ const SORTED_BASE64: base64::engine::GeneralPurpose =
 pub fn new_stanza_id() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static LAST: AtomicU64 = AtomicU64::new(0);
-    let now = u64::try_from(offline::now_micros()).unwrap_or(0);
+    let now = u64::try_from(crate::core::time::now_micros()).unwrap_or(0);
     let mut micros = now;
     // Never fails: the closure always returns Some.
     let _ = LAST.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {

@@ -30,7 +30,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use glib::Priority;
 use jid::{BareJid, FullJid};
@@ -323,7 +323,7 @@ fn next_step(
                 el.push(
                     Element::new("delay", ns::DELAY)
                         .attr("from", domain.as_str())
-                        .attr("stamp", datetime(row.ts)),
+                        .attr("stamp", crate::core::time::datetime(row.ts)),
                 );
                 stanzas.push(el);
             }
@@ -387,54 +387,4 @@ fn tls_backlog(conn: &Connection) -> bool {
         .tls
         .as_ref()
         .is_some_and(|t| t.wants_write())
-}
-
-/// Now, in Unix microseconds (the mailbox's `ts`).
-pub fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
-
-/// XEP-0082 DateTime in UTC with milliseconds, e.g. `2026-03-01T12:00:00.250Z`.
-pub fn datetime(micros: i64) -> String {
-    let secs = micros.div_euclid(1_000_000);
-    let millis = micros.rem_euclid(1_000_000) / 1000;
-    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
-    let s = secs.rem_euclid(86_400);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        s / 3600,
-        s % 3600 / 60,
-        s % 60
-    )
-}
-
-/// Proleptic Gregorian (year, month, day) of a day count since 1970-01-01 (H. Hinnant's
-/// `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn datetimes() {
-        assert_eq!(datetime(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(datetime(1_700_000_000_123_456), "2023-11-14T22:13:20.123Z");
-        assert_eq!(datetime(951_825_600_000_000), "2000-02-29T12:00:00.000Z");
-        assert_eq!(datetime(4_107_542_400_000_000), "2100-03-01T00:00:00.000Z");
-        assert_eq!(datetime(-1_000), "1969-12-31T23:59:59.999Z");
-    }
 }

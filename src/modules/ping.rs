@@ -7,7 +7,7 @@
 //!   bound client that has been silent for `limits.keepalive_secs` and drops it with
 //!   `connection-timeout` when nothing at all comes back in time.
 
-use crate::stanza::Condition;
+use crate::core::stanza::Condition;
 use crate::stream::Stream;
 use crate::xml::ns;
 

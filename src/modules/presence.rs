@@ -38,11 +38,11 @@ use std::rc::Rc;
 
 use jid::{BareJid, FullJid, Jid};
 
+use crate::core::stanza::Condition;
+use crate::core::stanza::stanza_error;
 use crate::modules::{blocking, roster, vcard};
 use crate::server::Server;
-use crate::stanza::Condition;
 use crate::store::roster::RosterRow;
-use crate::stream::negotiate::stanza_error;
 use crate::stream::{Connection, Stream};
 use crate::xml::{Element, ns};
 

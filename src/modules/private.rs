@@ -13,8 +13,8 @@
 //!   nothing and gets `resource-constraint` (type `wait`: it fits once the client stores less),
 //!   the XEP naming no condition for it.
 
+use crate::core::stanza::Condition;
 use crate::iq::Incoming;
-use crate::stanza::Condition;
 use crate::store::xeps::PrivateXmlError;
 use crate::stream::Stream;
 use crate::xml::{Element, ns, parse};

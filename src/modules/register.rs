@@ -29,9 +29,9 @@ use jid::BareJid;
 
 use crate::auth::kdf;
 use crate::auth::scram::{Hash, ScramKeys};
+use crate::core::stanza::{Condition, ErrorType, StreamError};
 use crate::iq::Incoming;
 use crate::server::Server;
-use crate::stanza::{Condition, ErrorType, StreamError};
 use crate::store::StoreError;
 use crate::stream::Stream;
 use crate::xml::{Element, ns};

@@ -18,9 +18,9 @@ use std::rc::Rc;
 
 use jid::{BareJid, Jid};
 
+use crate::core::stanza::Condition;
 use crate::iq::Incoming;
 use crate::server::Server;
-use crate::stanza::Condition;
 use crate::store::roster::{RosterRow, Subscription};
 use crate::stream::Stream;
 use crate::xml::{Element, ns, parse};

@@ -4,7 +4,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::stanza::Condition;
+use crate::core::stanza::Condition;
 use crate::stream::Stream;
 use crate::xml::{Element, ns};
 

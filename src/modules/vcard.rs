@@ -25,9 +25,9 @@ use base64::Engine;
 use jid::BareJid;
 use sha1::{Digest, Sha1};
 
+use crate::core::stanza::Condition;
 use crate::iq::Incoming;
 use crate::server::Server;
-use crate::stanza::Condition;
 use crate::stream::Stream;
 use crate::xml::{Element, ns, parse};
 

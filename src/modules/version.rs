@@ -2,7 +2,7 @@
 //! operating system, answered when the request is for the server (no `to` or a hosted domain).
 //! Accounts' bare JIDs get `service-unavailable`: their clients answer at full JIDs.
 
-use crate::stanza::Condition;
+use crate::core::stanza::Condition;
 use crate::stream::Stream;
 use crate::xml::{Element, ns};
 

@@ -11,11 +11,11 @@ use jid::{BareJid, FullJid, Jid};
 
 pub use sessions::{Session, Sessions};
 
+use crate::core::stanza::Condition;
+use crate::core::stanza::{parse_to, request_parts, stanza_error};
 use crate::iq::{Incoming, ReplyTo};
 use crate::server::Server;
-use crate::stanza::Condition;
 use crate::stream::Connection;
-use crate::stream::negotiate::{parse_to, request_parts, stanza_error};
 use crate::xml::Element;
 
 /// A service reachable at its own domain (transport, torrent…), handed every stanza

@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 use glib::{ControlFlow, IOCondition, Source};
 use jid::{BareJid, FullJid};
 
+use crate::core::stanza::StreamError;
 use crate::net::limits::TokenBucket;
 use crate::net::source;
 use crate::server::Server;
-use crate::stanza::StreamError;
 use crate::xml::parse::{self, Scope};
 use crate::xml::{Element, Framer, FramerError, ParseError, Token};
 

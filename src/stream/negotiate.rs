@@ -3,13 +3,13 @@
 
 use std::rc::Rc;
 
-use jid::{FullJid, Jid};
+use jid::FullJid;
 use rand::Rng;
 
 use super::Connection;
 use super::connection::Phase;
-use crate::iq::{Incoming, IqType, ReplyTo};
-use crate::stanza::{Condition, ErrorType, StreamError, error_reply};
+use crate::core::stanza::{Condition, StreamError, error_reply, request_parts};
+use crate::iq::{Incoming, ReplyTo};
 use crate::xml::parse::StreamHeader;
 use crate::xml::{Element, ns};
 
@@ -399,39 +399,6 @@ impl Connection {
     pub fn domain(&self) -> String {
         self.state.borrow().domain.clone()
     }
-}
-
-/// Splits a get/set IQ into its type and single payload; `None` when it is not a well-formed
-/// request (the router answers those with `bad-request`).
-pub(crate) fn request_parts(el: &Element) -> Option<(IqType, &Element)> {
-    let kind = match el.get_attr("type")? {
-        "get" => IqType::Get,
-        "set" => IqType::Set,
-        _ => return None,
-    };
-    let mut children = el.elements();
-    let payload = children.next()?;
-    if children.next().is_some() {
-        return None;
-    }
-    Some((kind, payload))
-}
-
-/// The `to` of a stanza, parsed; `Err` when present but malformed.
-pub(crate) fn parse_to(el: &Element) -> Result<Option<Jid>, ()> {
-    match el.get_attr("to") {
-        None => Ok(None),
-        Some(s) => Jid::new(s).map(Some).map_err(|_| ()),
-    }
-}
-
-pub(crate) fn stanza_error(el: &Element, cond: Condition, text: &str) -> Option<Element> {
-    error_reply(el, cond.default_type(), cond, Some(text))
-}
-
-#[allow(dead_code)]
-pub(crate) fn modify_error(el: &Element, cond: Condition) -> Option<Element> {
-    error_reply(el, ErrorType::Modify, cond, None)
 }
 
 #[cfg(test)]

@@ -11,8 +11,8 @@ use jid::BareJid;
 use super::{Connection, StreamInfo};
 use crate::auth::plain;
 use crate::auth::scram::{Hash, ScramServer};
+use crate::core::stanza::StreamError;
 use crate::server::Server;
-use crate::stanza::StreamError;
 use crate::xml::{Element, ns};
 
 /// Mechanisms in order of preference.

@@ -20,8 +20,8 @@ use sha2::Sha256;
 
 use super::Connection;
 use crate::auth::scram::{Hash, ScramServer};
+use crate::core::stanza::StreamError;
 use crate::server::Server;
-use crate::stanza::StreamError;
 use crate::store::fast as tokens;
 use crate::xml::{Element, ns};
 
@@ -393,10 +393,7 @@ impl Connection {
             &responder,
             expires,
         ) {
-            Ok(()) => Some((
-                token,
-                crate::modules::offline::datetime(expires * 1_000_000),
-            )),
+            Ok(()) => Some((token, crate::core::time::datetime(expires * 1_000_000))),
             Err(e) => {
                 tracing::error!("storing a FAST token: {e}");
                 None

@@ -20,7 +20,7 @@ use rand::Rng;
 
 use super::Connection;
 use super::connection::Phase;
-use crate::stanza::StreamError;
+use crate::core::stanza::StreamError;
 use crate::xml::{Element, ns};
 
 pub const NS: &str = "urn:xmpp:sm:3";

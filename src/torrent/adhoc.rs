@@ -15,9 +15,9 @@ use super::TorrentService;
 use super::jobs::{Failure, Job, human_bytes};
 use super::service::{AddOptions, truthy};
 use super::store::{Notify, Settings};
+use crate::core::stanza::Condition;
 use crate::iq::Incoming;
 use crate::net::source;
-use crate::stanza::Condition;
 use crate::xml::{Element, ns};
 
 pub const NS_COMMANDS: &str = "http://jabber.org/protocol/commands";

@@ -16,8 +16,8 @@ use reqwest::Url;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 use super::jobs::{Failure, human_bytes};
+use crate::core::stanza::Condition;
 use crate::net::addr::is_remote;
-use crate::stanza::Condition;
 
 #[derive(Clone, Debug)]
 pub struct Limits {

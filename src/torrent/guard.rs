@@ -28,8 +28,8 @@ use std::time::Duration;
 use url::{Host, Url};
 
 use super::jobs::Failure;
+use crate::core::stanza::Condition;
 use crate::net::addr::{self, is_remote};
-use crate::stanza::Condition;
 
 /// Most trackers of one torrent that are checked (and kept).
 pub const MAX_TRACKERS: usize = 64;

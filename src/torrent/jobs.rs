@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use base64::Engine as _;
 use jid::BareJid;
 
-use crate::stanza::Condition;
+use crate::core::stanza::Condition;
 use crate::xml::{Element, ns};
 
 /// Why an operation failed: an XMPP condition and a sentence for the user.

@@ -33,13 +33,13 @@ use super::jobs::{
 use super::store::{self, Notify, Settings};
 use super::worker::{AddRequest, Cmd, Event, Reply, Worker};
 use super::{adhoc, chat, fetch, worker};
+use crate::core::stanza::Condition;
+use crate::core::stanza::{request_parts, stanza_error};
 use crate::iq::{Incoming, IqType, ReplyTo};
 use crate::net::source;
 use crate::router::Service;
 use crate::server::Server;
-use crate::stanza::Condition;
 use crate::stream::Stream;
-use crate::stream::negotiate::{request_parts, stanza_error};
 use crate::xml::{Element, ns};
 
 const DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";

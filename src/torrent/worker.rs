@@ -38,7 +38,7 @@ use tokio::sync::oneshot;
 use super::fetch::{self, Fetcher};
 use super::guard::{self, Ignored};
 use super::jobs::{Failure, Progress, human_bytes};
-use crate::stanza::Condition;
+use crate::core::stanza::Condition;
 
 /// How the engine runs (from `[torrent]`).
 #[derive(Clone, Debug)]

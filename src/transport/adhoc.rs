@@ -11,8 +11,8 @@ use jid::FullJid;
 use super::accounts::{self, FieldKind};
 use super::forms::{self, FormField};
 use super::{LinkState, ServiceInfo, Transport};
+use crate::core::stanza::Condition;
 use crate::server::Server;
-use crate::stanza::Condition;
 use crate::xml::Element;
 
 const COMMANDS: [(&str, &str); 6] = [

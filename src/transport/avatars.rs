@@ -13,8 +13,8 @@ use sha1::{Digest, Sha1};
 
 use super::ffi::{cstring, string};
 use super::{ServiceInfo, Transport, service};
+use crate::core::stanza::Condition;
 use crate::server::Server;
-use crate::stanza::Condition;
 use crate::xml::Element;
 
 pub const VCARD: &str = "vcard-temp";

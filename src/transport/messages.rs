@@ -25,9 +25,9 @@ use rand::Rng;
 use super::ffi::{cstring, html_to_text, opt_string, string, text_to_html};
 use super::forms;
 use super::{ServiceInfo, Transport, accounts, core, muc, text};
+use crate::core::stanza::Condition;
 use crate::router::ServiceHost;
 use crate::server::Server;
-use crate::stanza::Condition;
 use crate::xml::{Element, ns};
 
 /// A fresh stanza id.
@@ -141,7 +141,7 @@ fn incoming(
             .attr("to", owner.to_string())
             .attr("type", "error")
             .attr("id", new_id());
-        m.push(crate::stanza::error_element(
+        m.push(crate::core::stanza::error_element(
             Condition::RecipientUnavailable.default_type(),
             Condition::RecipientUnavailable,
             Some(&text),

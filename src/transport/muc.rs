@@ -24,9 +24,9 @@ use purple_sys as p;
 use super::ffi::{cstring, glist, html_to_text, prpl_info, string, text_to_html};
 use super::forms;
 use super::{Room, ServiceInfo, Transport, accounts, core, messages, text};
+use crate::core::stanza::Condition;
 use crate::router::ServiceHost;
 use crate::server::Server;
-use crate::stanza::Condition;
 use crate::xml::{Element, ns};
 
 pub fn install_signals() {

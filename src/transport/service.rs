@@ -27,10 +27,10 @@ use super::{
     LinkState, ServiceInfo, Transport, adhoc, contacts, escape, messages, muc, requests,
     roster_bridge,
 };
+use crate::core::stanza::{Condition, error_reply};
 use crate::router::Service;
 use crate::router::ServiceHost;
 use crate::server::Server;
-use crate::stanza::{Condition, error_reply};
 use crate::xml::Element;
 
 /// Describes a configured service from its prpl; `None` if the plugin is missing.

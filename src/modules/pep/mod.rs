@@ -43,10 +43,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use jid::{BareJid, FullJid};
 
+use crate::core::stanza::{Condition, ErrorType, error_element};
 use crate::iq::Incoming;
 use crate::modules::roster;
 use crate::server::Server;
-use crate::stanza::{Condition, ErrorType, error_element};
 use crate::store::StoreError;
 use crate::store::pep::{NodeConfig, PepItem, PepNode};
 use crate::stream::Stream;

@@ -1,6 +1,9 @@
 //! Stanza-level and stream-level error conditions (RFC 6120 §8.3 and §4.9) and the helpers
 //! that build error replies.
 
+use jid::Jid;
+
+use crate::iq::IqType;
 use crate::xml::{Element, ns};
 
 /// RFC 6120 §8.3.2 error types.
@@ -198,4 +201,36 @@ impl StreamError {
         }
         e
     }
+}
+
+/// Splits a get/set IQ into its type and single payload; `None` when it is not a well-formed
+/// request (the router answers those with `bad-request`).
+pub fn request_parts(el: &Element) -> Option<(IqType, &Element)> {
+    let kind = match el.get_attr("type")? {
+        "get" => IqType::Get,
+        "set" => IqType::Set,
+        _ => return None,
+    };
+    let mut children = el.elements();
+    let payload = children.next()?;
+    if children.next().is_some() {
+        return None;
+    }
+    Some((kind, payload))
+}
+
+/// The `to` of a stanza, parsed; `Err` when present but malformed.
+pub fn parse_to(el: &Element) -> Result<Option<Jid>, ()> {
+    match el.get_attr("to") {
+        None => Ok(None),
+        Some(s) => Jid::new(s).map(Some).map_err(|_| ()),
+    }
+}
+
+pub fn stanza_error(el: &Element, cond: Condition, text: &str) -> Option<Element> {
+    error_reply(el, cond.default_type(), cond, Some(text))
+}
+
+pub fn modify_error(el: &Element, cond: Condition) -> Option<Element> {
+    error_reply(el, ErrorType::Modify, cond, None)
 }
