@@ -271,7 +271,7 @@ pub fn run(config: Config, embedded: bool) -> Result<()> {
     }
     main_loop.run();
     // What the last loop turn queued for the mailbox, had its commit not run yet.
-    if let Err(e) = crate::modules::offline::commit(&server) {
+    if let Err(e) = server.store.commit_pending() {
         tracing::error!("mailbox: messages lost at shutdown: {e}");
     }
     crate::modules::stop_services(&server);

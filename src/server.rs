@@ -15,10 +15,13 @@ use jid::{BareJid, FullJid};
 use socket2::{Domain, Socket, Type};
 
 use crate::config::{Config, Listener};
+use crate::core::events::{AccountDeleted, SessionEnded, Tick};
+use crate::core::hooks::Hooks;
+use crate::core::module::Module;
 use crate::core::stanza::{Condition, StreamError};
 use crate::net::limits::{Admit, IpTable};
 use crate::net::{source, tls};
-use crate::router::{self, Service, Sessions};
+use crate::router::{Service, Sessions};
 use crate::store::Store;
 use crate::stream::Pause;
 use crate::stream::{Connection, Stream};
@@ -27,11 +30,10 @@ use crate::xml::Element;
 /// What [`Server::on_account_deleted`] registers.
 pub type AccountDeletedHook = Box<dyn Fn(&Rc<Server>, &BareJid)>;
 
-type AccountHook = Rc<dyn Fn(&Rc<Server>, &BareJid)>;
-
-/// See [`Server::on_account_deleted`].
-#[derive(Default)]
-struct AccountDeletedHooks(RefCell<Vec<AccountHook>>);
+/// glib priority of the mailbox commit job: just more urgent than `DEFAULT`, where the sockets
+/// and the output flushes are. glib dispatches only the most urgent ready priority per
+/// iteration and an idle source is always ready, so it runs before the next socket read.
+pub const COMMIT_PRIORITY: i32 = glib::ffi::G_PRIORITY_DEFAULT - 1;
 
 /// A callback for the response to an IQ the server sent. It is called exactly once: with the
 /// answer, or with an error made by the server (`remote-server-timeout` when no answer came in
@@ -52,6 +54,8 @@ pub struct Server {
     pub store: Store,
     /// What every client stream offers; built by the `install` functions at start-up.
     pub stream: Stream,
+    /// The hook bus (`core::hooks`): what modules registered at install time.
+    pub hooks: Hooks,
     pub tls: Arc<rustls::ServerConfig>,
     pub sessions: RefCell<Sessions>,
     conns: RefCell<HashMap<u64, Rc<Connection>>>,
@@ -71,23 +75,29 @@ pub struct Server {
     store_failing: Cell<bool>,
     /// Connections per client address, unauthenticated ones in age order, login failures.
     ips: RefCell<IpTable>,
+    /// The mailbox commit job is attached.
+    commit_scheduled: Cell<bool>,
 }
 
 impl Server {
-    /// Builds the server. `install` adds features and IQ rules to the stream template, the
-    /// seed's `initialize_stream`.
+    /// Builds the server. `install` adds features, IQ rules and hooks (the seed's
+    /// `initialize_stream`, plus the hook bus); the router's own delivery hooks come first.
     pub fn new(
         config: Config,
         store: Store,
-        install: impl FnOnce(&mut Stream),
+        install: impl FnOnce(&mut Module),
     ) -> Result<Rc<Server>, tls::TlsError> {
         let tls = tls::server_config(&config)?;
         let mut stream = Stream::default();
-        install(&mut stream);
+        let hooks = Hooks::default();
+        crate::core::install(&hooks);
+        crate::router::deliver::install(&hooks);
+        install(&mut Module::new(&mut stream, &hooks, &config));
         Ok(Rc::new(Server {
             config,
             store,
             stream,
+            hooks,
             tls,
             sessions: RefCell::new(Sessions::default()),
             conns: RefCell::new(HashMap::new()),
@@ -101,6 +111,7 @@ impl Server {
             started: Instant::now(),
             store_failing: Cell::new(false),
             ips: RefCell::new(IpTable::default()),
+            commit_scheduled: Cell::new(false),
         }))
     }
 
@@ -352,7 +363,7 @@ impl Server {
         if self.store_failing.get() {
             return false;
         }
-        match crate::modules::offline::commit(self) {
+        match self.store.commit_pending() {
             Ok(()) => true,
             Err(e) => {
                 self.store_failing.set(true);
@@ -373,7 +384,7 @@ impl Server {
         let weak = Rc::downgrade(self);
         self.after(Duration::from_secs(1), move || {
             let Some(server) = weak.upgrade() else { return };
-            if let Err(e) = crate::modules::offline::commit(&server) {
+            if let Err(e) = server.store.commit_pending() {
                 tracing::debug!("mailbox: commit still failing: {e}");
                 server.retry_commit();
                 return;
@@ -393,16 +404,37 @@ impl Server {
         self.store_failing.get()
     }
 
+    /// Queues a mailbox row (`Store::queue_mailbox`) and makes sure it is committed at the end
+    /// of this loop turn, before any output of the turn is written (see [`Server::flush_all`]).
+    pub fn queue_mailbox(self: &Rc<Self>, entry: crate::store::mailbox::NewEntry) {
+        self.store.queue_mailbox(entry);
+        if self.commit_scheduled.replace(true) {
+            return;
+        }
+        let weak = Rc::downgrade(self);
+        source::idle_once_at(glib::Priority::from(COMMIT_PRIORITY), move || {
+            if let Some(server) = weak.upgrade() {
+                server.commit_scheduled.set(false);
+                server.commit_mailbox();
+            }
+        });
+    }
+
+    /// Runs `f` at the end of this loop turn, with the mailbox commit (priority
+    /// [`COMMIT_PRIORITY`]: before the next socket read).
+    pub fn soon(&self, f: impl FnOnce() + 'static) {
+        source::idle_once_at(glib::Priority::from(COMMIT_PRIORITY), f);
+    }
+
     fn housekeeping(self: &Rc<Self>) {
-        // Accounts deleted or given a new password from the command line.
-        crate::modules::register::notice_outside_changes(self);
+        // Modules' periodic work (accounts changed from the command line, archive expiry).
+        self.hooks.fire(self, &mut Tick);
         let now = Instant::now();
         let conns: Vec<Rc<Connection>> = self.conns.borrow().values().cloned().collect();
         for c in conns {
             c.housekeeping(now);
         }
         self.expire_iqs(now);
-        crate::modules::mam::housekeeping(self);
     }
 
     /// The module state of type `T`, made with `T::default()` on first use. Modules keep their
@@ -443,24 +475,11 @@ impl Server {
             .unwrap_or(false)
     }
 
-    /// Registers `hook` to run after an account was deleted (in-band, XEP-0077 `<remove/>`),
-    /// once its rows are gone and its streams closed: services drop what they hold for it in
-    /// memory or elsewhere (legacy sessions, torrent jobs), so that a new account with the same
-    /// name inherits nothing. Register at a service's install point.
+    /// Registers `hook` to run after an account was deleted: a shorthand for hooking
+    /// [`AccountDeleted`] at priority 0, for services installed while the server runs.
     pub fn on_account_deleted(&self, hook: AccountDeletedHook) {
-        self.ext::<AccountDeletedHooks>()
-            .0
-            .borrow_mut()
-            .push(Rc::from(hook));
-    }
-
-    /// Runs the [`on_account_deleted`](Self::on_account_deleted) hooks for `account`.
-    pub fn fire_account_deleted(self: &Rc<Self>, account: &BareJid) {
-        // Cloned out first: a hook may register another.
-        let hooks: Vec<AccountHook> = self.ext::<AccountDeletedHooks>().0.borrow().clone();
-        for hook in hooks {
-            hook(self, account);
-        }
+        self.hooks
+            .on::<AccountDeleted>(0, move |server, e| hook(server, &e.account));
     }
 
     // ---- sessions and delivery ------------------------------------------------------------
@@ -496,9 +515,13 @@ impl Server {
         if self.sessions.borrow_mut().unbind(&jid, conn.id) {
             tracing::info!(%jid, "session ended");
             self.abandon_iqs(&jid);
-            crate::modules::pep::session_gone(self, &jid);
-            crate::modules::last::session_ended(self, &jid);
-            crate::modules::presence::session_gone(self, &jid, was_available);
+            self.hooks.fire(
+                self,
+                &mut SessionEnded {
+                    jid,
+                    was_available,
+                },
+            );
         }
     }
 
@@ -512,25 +535,6 @@ impl Server {
             }
             None => false,
         }
-    }
-
-    /// RFC 6121 §8.5.2: a message to a bare JID goes to the available resources of highest
-    /// non-negative priority; when there are none the mailbox module takes it.
-    pub fn deliver_message_to_bare(
-        self: &Rc<Self>,
-        from_conn: &Connection,
-        to: &BareJid,
-        el: Element,
-    ) {
-        crate::modules::message::deliver_to_bare(self, Some(from_conn), to, el);
-    }
-
-    pub fn own_presence(self: &Rc<Self>, conn: &Rc<Connection>, from: &FullJid, el: Element) {
-        crate::modules::presence::own_presence(self, conn, from, el);
-    }
-
-    pub fn directed_presence_to_bare(self: &Rc<Self>, from: &FullJid, to: &BareJid, el: Element) {
-        crate::modules::presence::directed_to_bare(self, from, to, el);
     }
 
     // ---- IQs the server sends ---------------------------------------------------------------
@@ -672,10 +676,6 @@ impl Server {
         let mut domains: Vec<String> = self.services.borrow().keys().cloned().collect();
         domains.sort();
         domains
-    }
-
-    pub(crate) fn route_from_client(self: &Rc<Self>, conn: &Rc<Connection>, el: Element) {
-        router::route_from_client(self, conn, el);
     }
 
     // ---- shutdown ---------------------------------------------------------------------------

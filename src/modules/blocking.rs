@@ -21,29 +21,38 @@
 //! subscriptions and should consult [`is_blocked`] when it broadcasts.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use jid::{BareJid, FullJid, Jid};
 
+use crate::core::account::{Addressee, addressee};
+use crate::core::blocklist::{is_blocked, set_list, update_cache};
 use crate::core::stanza::{Condition, ErrorType, error_reply};
-use crate::iq::Incoming;
-use crate::server::Server;
-use crate::stream::{Connection, Stream};
+use crate::core::{AccountDeleted, Flow, Incoming, Module, Name, Point, Routed, Server, To};
 use crate::xml::{Element, ns};
 
-use super::disco::{Addressee, addressee};
+pub fn install(m: &mut Module) {
+    m.iqs().rule(ns::BLOCKING, "blocklist").get(get_blocklist);
+    m.iqs().rule(ns::BLOCKING, "block").set(block);
+    m.iqs().rule(ns::BLOCKING, "unblock").set(unblock);
+    // Before anything else sees what a client sends.
+    m.hook(Point::Pre(Name::Any, To::Any), 1000, enforce);
+    m.on(0, |server, e: &mut AccountDeleted| forget(server, &e.account));
+}
 
-pub fn install(s: &mut Stream) {
-    s.iqs().rule(ns::BLOCKING, "blocklist").get(get_blocklist);
-    s.iqs().rule(ns::BLOCKING, "block").set(block);
-    s.iqs().rule(ns::BLOCKING, "unblock").set(unblock);
+/// `Pre(Any, Any)`: [`intercept`] on every stanza a client sends.
+fn enforce(server: &Rc<Server>, ev: &mut Routed<'_>) -> Flow {
+    match (ev.connection(), ev.from_client()) {
+        (Some(conn), Some(from)) if intercept(server, conn, from, ev.to.as_ref(), &ev.stanza) => {
+            Flow::Handled
+        }
+        _ => Flow::Continue,
+    }
 }
 
 #[derive(Default)]
 struct Blocking {
-    /// Blocked JIDs (normalised strings) of the accounts looked at so far.
-    lists: RefCell<HashMap<BareJid, HashSet<String>>>,
     /// Resources that requested the blocklist, with the id of their connection (a later
     /// session with the same full JID has not asked, and gets no pushes).
     requested: RefCell<HashMap<BareJid, Vec<(FullJid, u64)>>>,
@@ -52,60 +61,12 @@ struct Blocking {
 
 // ---- enforcement ------------------------------------------------------------------------------
 
-/// Whether the local account `owner` blocked `other`.
-pub fn is_blocked(server: &Server, owner: &BareJid, other: &Jid) -> bool {
-    let state = server.ext::<Blocking>();
-    if let Some(list) = state.lists.borrow().get(owner) {
-        return matches(list, other);
-    }
-    match load(server, owner) {
-        Some(list) => {
-            let hit = matches(&list, other);
-            state.lists.borrow_mut().insert(owner.clone(), list);
-            hit
-        }
-        None => false,
-    }
-}
-
-/// The blocklist from the database; `None` (not cached) when `owner` is not an account, so
-/// stanzas to made-up JIDs cannot grow the cache.
-fn load(server: &Server, owner: &BareJid) -> Option<HashSet<String>> {
-    let loaded = server.store.account_id_of(owner).and_then(|id| match id {
-        Some(id) => server.store.blocklist(id).map(Some),
-        None => Ok(None),
-    });
-    match loaded {
-        Ok(list) => list.map(|l| l.into_iter().collect()),
-        Err(e) => {
-            tracing::error!(%owner, "store error reading blocklist: {e}");
-            None
-        }
-    }
-}
-
-fn matches(list: &HashSet<String>, jid: &Jid) -> bool {
-    if list.is_empty() {
-        return false;
-    }
-    let s = jid.as_str();
-    // Node and domain cannot contain '/', so the first one starts the resource.
-    let bare = s.split_once('/').map_or(s, |(b, _)| b);
-    let domain = jid.domain().as_str();
-    list.contains(s)
-        || list.contains(bare)
-        || list.contains(domain)
-        || jid
-            .resource()
-            .is_some_and(|r| jid.node().is_some() && list.contains(&format!("{domain}/{r}")))
-}
-
 /// Applies the blocklists of sender and recipient to a stanza a client sent (`from` is its
 /// bound JID, `to` the parsed `to`). Returns true when the stanza must not be routed; it has
 /// then been answered as XEP-0191 §3.3 says.
-pub fn intercept(
+fn intercept(
     server: &Rc<Server>,
-    conn: &Connection,
+    conn: &crate::core::Connection,
     from: &FullJid,
     to: Option<&Jid>,
     el: &Element,
@@ -191,11 +152,8 @@ fn get_blocklist(iq: Incoming) {
         }
     };
     let server = iq.server().clone();
+    set_list(&server, &me, list.iter().cloned().collect());
     let state = server.ext::<Blocking>();
-    state
-        .lists
-        .borrow_mut()
-        .insert(me.clone(), list.iter().cloned().collect());
     if let (Some(full), Some(conn)) = (iq.from.clone(), iq.connection()) {
         let mut requested = state.requested.borrow_mut();
         let entry = requested.entry(me).or_default();
@@ -281,21 +239,6 @@ fn unblock(iq: Incoming) {
     push(&server, &me, items_element("unblock", &jids));
 }
 
-fn update_cache(server: &Server, me: &BareJid, f: impl FnOnce(&mut HashSet<String>)) {
-    let state = server.ext::<Blocking>();
-    let cached = state.lists.borrow().contains_key(me);
-    if !cached {
-        // Load the stored list (which already has the change) rather than guess.
-        if let Some(list) = load(server, me) {
-            state.lists.borrow_mut().insert(me.clone(), list);
-        }
-        return;
-    }
-    if let Some(list) = state.lists.borrow_mut().get_mut(me) {
-        f(list);
-    }
-}
-
 fn items_element(name: &str, jids: &[String]) -> Element {
     let mut el = Element::new(name, ns::BLOCKING);
     for j in jids {
@@ -338,37 +281,7 @@ fn push(server: &Server, me: &BareJid, payload: Element) {
     }
 }
 
-/// Drops what is cached for `account` (it was deleted).
-pub(crate) fn forget(server: &Rc<Server>, account: &BareJid) {
-    let state = server.ext::<Blocking>();
-    state.lists.borrow_mut().remove(account);
-    state.requested.borrow_mut().remove(account);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn jid_matching_follows_xep_0016() {
-        let list = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<HashSet<_>>();
-        let j = |s: &str| Jid::new(s).unwrap();
-        let full = list(&["romeo@montague.net/orchard"]);
-        assert!(matches(&full, &j("romeo@montague.net/orchard")));
-        assert!(!matches(&full, &j("romeo@montague.net/garden")));
-        assert!(!matches(&full, &j("romeo@montague.net")));
-        let bare = list(&["romeo@montague.net"]);
-        assert!(matches(&bare, &j("romeo@montague.net/orchard")));
-        assert!(matches(&bare, &j("romeo@montague.net")));
-        assert!(!matches(&bare, &j("juliet@montague.net")));
-        let domain = list(&["montague.net"]);
-        assert!(matches(&domain, &j("romeo@montague.net/orchard")));
-        assert!(matches(&domain, &j("montague.net")));
-        assert!(!matches(&domain, &j("romeo@capulet.net")));
-        let domres = list(&["montague.net/x"]);
-        assert!(matches(&domres, &j("montague.net/x")));
-        assert!(!matches(&domres, &j("montague.net")));
-        assert!(matches(&domres, &j("romeo@montague.net/x")));
-        assert!(!matches(&list(&[]), &j("a@b")));
-    }
+/// Drops what is remembered for `account` (it was deleted).
+fn forget(server: &Server, account: &BareJid) {
+    server.ext::<Blocking>().requested.borrow_mut().remove(account);
 }

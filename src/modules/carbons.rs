@@ -10,18 +10,74 @@ use std::rc::Rc;
 
 use jid::{BareJid, FullJid};
 
-use crate::iq::Incoming;
-use crate::router::{Session, Sessions};
-use crate::server::Server;
-use crate::stream::Stream;
+use crate::core::sessions::{Session, Sessions};
+use crate::core::{Flow, Incoming, Module, Name, Point, Routed, Server, To};
 use crate::xml::{Element, ns};
 
-pub const NS: &str = "urn:xmpp:carbons:2";
-const FORWARD: &str = "urn:xmpp:forward:0";
+pub const NS: &str = ns::CARBONS;
+const FORWARD: &str = ns::FORWARD;
 
-pub fn install(s: &mut Stream) {
-    s.iqs().rule(NS, "enable").set(|iq| set_enabled(iq, true));
-    s.iqs().rule(NS, "disable").set(|iq| set_enabled(iq, false));
+pub fn install(m: &mut Module) {
+    m.iqs().rule(NS, "enable").set(|iq| set_enabled(iq, true));
+    m.iqs().rule(NS, "disable").set(|iq| set_enabled(iq, false));
+    m.hook(Point::Pre(Name::Message, To::Any), -50, copy_sent);
+    // After the message module chose the sessions, before it sends.
+    m.hook(Point::Deliver(Name::Message, To::Bare), 90, skip_copied);
+    m.hook(Point::Deliver(Name::Message, To::Any), -50, copy_received);
+}
+
+/// `Pre(Message, Any)`: the sender's other resources get a `<sent/>` copy (XEP-0280 §7) — of
+/// a message that goes somewhere (one bounced with remote-server-not-found was not sent).
+fn copy_sent(server: &Rc<Server>, ev: &mut Routed<'_>) -> Flow {
+    if let Some(from) = ev.sender()
+        && ev.reachable
+    {
+        sent(server, from, &ev.stanza);
+    }
+    Flow::Continue
+}
+
+/// A message the server hands back (stream management's unacknowledged messages) was
+/// carbon-copied already: the resources with carbons on had their copy, so they do not get it
+/// again.
+fn skip_copied(server: &Rc<Server>, ev: &mut Routed<'_>) -> Flow {
+    if !ev.delivery.redelivered || !eligible(&ev.stanza) {
+        return Flow::Continue;
+    }
+    let Some(to) = ev.to_bare() else {
+        return Flow::Continue;
+    };
+    let sessions = server.sessions.borrow();
+    let copied = sessions.of(to);
+    ev.delivery.sessions.retain(|c| {
+        !copied
+            .iter()
+            .any(|s| s.carbons && std::ptr::eq(s.conn.as_ptr(), Rc::as_ptr(c)))
+    });
+    Flow::Continue
+}
+
+/// `Deliver(Message, Any)`: some resources of the recipient received the message; the others
+/// with carbons on get a `<received/>` copy (XEP-0280 §6) — once: not again for a message
+/// handed back by stream management.
+fn copy_received(server: &Rc<Server>, ev: &mut Routed<'_>) -> Flow {
+    if !ev.delivery.any_available || ev.delivery.redelivered {
+        return Flow::Continue;
+    }
+    let Some(to) = ev.to.as_ref() else {
+        return Flow::Continue;
+    };
+    let owner = match to.try_as_full() {
+        Err(bare) => std::borrow::Cow::Borrowed(bare),
+        Ok(full) => std::borrow::Cow::Owned(full.to_bare()),
+    };
+    let delivered = &ev.delivery.sessions;
+    received(server, &owner, &ev.stanza, |s| {
+        delivered
+            .iter()
+            .any(|c| std::ptr::eq(s.conn.as_ptr(), Rc::as_ptr(c)))
+    });
+    Flow::Continue
 }
 
 fn set_enabled(iq: Incoming, on: bool) {
@@ -92,7 +148,7 @@ fn copy(
 
 /// Some resources of `account` received `el`: the others get a `<received/>` copy. `delivered`
 /// tells the sessions that did receive it.
-pub fn received(
+fn received(
     server: &Rc<Server>,
     account: &BareJid,
     el: &Element,
@@ -111,7 +167,7 @@ pub fn received(
 }
 
 /// The resource `from` sent `el`: the account's other resources get a `<sent/>` copy.
-pub fn sent(server: &Rc<Server>, from: &FullJid, el: &Element) {
+fn sent(server: &Rc<Server>, from: &FullJid, el: &Element) {
     if eligible(el) {
         let account = Sessions::bare_str(from);
         copy(

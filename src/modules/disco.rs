@@ -11,61 +11,27 @@
 //!   answer as for an account that does not exist, so disco does not reveal which accounts do.
 //! * Nodes (§3.2) are not used: a request naming one gets `item-not-found`.
 //!
-//! Also home of [`addressee`], which the other modules of this folder use to tell requests to
-//! the server from requests to an account.
+//! What an account answers beyond its identity comes from the modules that serve it, through
+//! the `AccountDiscoInfo`, `AccountDiscoItems` and `AccountDiscoNode` events (PEP, MAM…), so
+//! nothing is advertised that is not installed.
 
 use std::collections::BTreeSet;
 
 use jid::BareJid;
 
+use crate::core::account::{Addressee, addressee};
+use crate::core::roster::may_see_presence;
 use crate::core::stanza::Condition;
-use crate::iq::Incoming;
-use crate::stream::Stream;
+use crate::core::{AccountDiscoInfo, AccountDiscoItems, AccountDiscoNode, Incoming, Module};
 use crate::xml::{Element, ns};
 
-/// Features the server answers on behalf of an account at its bare JID.
-const ACCOUNT_FEATURES: &[&str] = &[
-    ns::DISCO_INFO,
-    ns::DISCO_ITEMS,
-    ns::LAST,
-    ns::VCARD,
-    super::mam::NS,
-];
+/// Features the server answers on behalf of an account at its bare JID besides those the
+/// modules add through `AccountDiscoInfo`.
+const ACCOUNT_FEATURES: &[&str] = &[ns::DISCO_INFO, ns::DISCO_ITEMS, ns::LAST, ns::VCARD];
 
-pub fn install(s: &mut Stream) {
+pub fn install(s: &mut Module) {
     s.iqs().rule(ns::DISCO_INFO, "query").get(info);
     s.iqs().rule(ns::DISCO_ITEMS, "query").get(items);
-}
-
-/// Whom an IQ handed to a rule is addressed to.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Addressee {
-    /// No `to`: the server, acting for the sender's account (RFC 6120 §10.3.3). Each protocol
-    /// decides whether that means the server or the account.
-    Unaddressed,
-    /// A hosted domain.
-    Server,
-    /// The sender's own bare JID.
-    Own,
-    /// Another local account's bare JID (which may not exist).
-    Other(BareJid),
-}
-
-/// Classifies the `to` of a request handed to a rule (rules only get IQs for the server or
-/// for bare JIDs on hosted domains).
-pub fn addressee(iq: &Incoming) -> Addressee {
-    let Some(to) = &iq.to else {
-        return Addressee::Unaddressed;
-    };
-    let bare = to.to_bare();
-    if bare.node().is_none() {
-        return Addressee::Server;
-    }
-    if iq.account().as_ref() == Some(&bare) {
-        Addressee::Own
-    } else {
-        Addressee::Other(bare)
-    }
 }
 
 fn info(iq: Incoming) {
@@ -78,10 +44,18 @@ fn info(iq: Incoming) {
             Addressee::Other(bare) => Some(bare.clone()),
         };
         let found = owner.zip(iq.account()).and_then(|(owner, requester)| {
-            super::pep::disco_node_info(iq.server(), &owner, &requester, node)
+            let mut event = AccountDiscoNode {
+                owner,
+                requester,
+                node: node.to_owned(),
+                answer: None,
+            };
+            iq.server().hooks.fire(iq.server(), &mut event);
+            event.answer
         });
         return match found {
-            Some(q) => iq.result(Some(q)),
+            Some(Ok(q)) => iq.result(Some(q)),
+            Some(Err(cond)) => iq.fail(cond, ""),
             None => iq.fail(Condition::ItemNotFound, "no such node"),
         };
     }
@@ -98,10 +72,14 @@ fn info(iq: Incoming) {
             }
             iq.result(Some(q));
         }
-        Addressee::Unaddressed | Addressee::Own => iq.result(Some(account_info())),
+        Addressee::Unaddressed | Addressee::Own => {
+            let q = iq.account().map(|own| account_info(&iq, own));
+            iq.result(q.or_else(|| Some(Element::new("query", ns::DISCO_INFO))))
+        }
         Addressee::Other(bare) => {
             if may_discover(&iq, &bare) {
-                iq.result(Some(account_info()));
+                let q = account_info(&iq, bare);
+                iq.result(Some(q));
             } else {
                 iq.fail(Condition::ServiceUnavailable, "");
             }
@@ -117,7 +95,13 @@ fn items(iq: Incoming) {
     let pep_items = |iq: &Incoming, owner: &BareJid| {
         let mut q = Element::new("query", ns::DISCO_ITEMS);
         if let Some(requester) = iq.account() {
-            for item in super::pep::disco_items(iq.server(), owner, &requester) {
+            let mut event = AccountDiscoItems {
+                owner: owner.clone(),
+                requester,
+                items: Vec::new(),
+            };
+            iq.server().hooks.fire(iq.server(), &mut event);
+            for item in event.items {
                 q.push(item);
             }
         }
@@ -155,19 +139,28 @@ pub fn server_features(stage: &crate::stream::Stage) -> BTreeSet<&str> {
         .collect()
 }
 
-/// What an account's bare JID answers: the account, its PEP service (XEP-0163 §8.1) and its
-/// message archive (XEP-0313 §7).
-fn account_info() -> Element {
-    let mut q = Element::new("query", ns::DISCO_INFO)
-        .child(
-            Element::new("identity", ns::DISCO_INFO)
-                .attr("category", "account")
-                .attr("type", "registered"),
-        )
-        .child(super::pep::account_identity());
+/// What an account's bare JID answers: the account and what the modules add (its PEP service,
+/// XEP-0163 §8.1; its message archive, XEP-0313 §7).
+fn account_info(iq: &Incoming, owner: BareJid) -> Element {
+    let requester = iq.account().unwrap_or_else(|| owner.clone());
+    let mut event = AccountDiscoInfo {
+        owner,
+        requester,
+        identities: Vec::new(),
+        features: Vec::new(),
+    };
+    iq.server().hooks.fire(iq.server(), &mut event);
+    let mut q = Element::new("query", ns::DISCO_INFO).child(
+        Element::new("identity", ns::DISCO_INFO)
+            .attr("category", "account")
+            .attr("type", "registered"),
+    );
+    for identity in event.identities {
+        q.push(identity);
+    }
     let features: BTreeSet<&str> = ACCOUNT_FEATURES
         .iter()
-        .chain(super::pep::account_features())
+        .chain(event.features.iter())
         .copied()
         .collect();
     for f in features {
@@ -190,5 +183,5 @@ fn may_discover(iq: &Incoming, account: &BareJid) -> bool {
         return false;
     };
     iq.server().account_exists(account)
-        && super::last::may_see_presence(iq.server(), account, &requester)
+        && may_see_presence(iq.server(), account, &requester)
 }

@@ -11,11 +11,11 @@ use std::rc::Rc;
 use jid::BareJid;
 
 use crate::core::stanza::{Condition, ErrorType};
-use crate::iq::Incoming;
-use crate::stream::{Connection, Stream};
+use crate::core::Incoming;
+use crate::core::{Connection, Module};
 use crate::xml::{Element, ns};
 
-pub fn install(s: &mut Stream) {
+pub fn install(s: &mut Module) {
     let stage = s.before_auth();
     stage.feature_when(Element::new("auth", ns::IQ_AUTH_FEATURE), |info| {
         info.plaintext_ok
@@ -91,7 +91,7 @@ fn set_iq_auth(iq: Incoming) {
                 }
             }
             if let Some(server) = conn.server() {
-                crate::modules::register::note_login(&server, &account);
+                server.hooks.fire(&server, &mut crate::core::LoggedIn { account: account.clone() });
             }
             conn.set_authenticated(account);
             match conn.bind_resource(Some(&resource)) {

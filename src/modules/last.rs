@@ -12,18 +12,20 @@
 
 use std::rc::Rc;
 
-use jid::{BareJid, FullJid};
+use jid::FullJid;
 
 use crate::core::stanza::Condition;
-use crate::iq::Incoming;
-use crate::server::Server;
+use crate::core::Incoming;
+use crate::core::{Server, SessionEnded};
 use crate::store::xeps::unix_now;
-use crate::stream::Stream;
+use crate::core::Module;
+use crate::core::roster::may_see_presence;
 use crate::xml::{Element, ns};
 
-use super::disco::{Addressee, addressee};
+use crate::core::account::{Addressee, addressee};
 
-pub fn install(s: &mut Stream) {
+pub fn install(s: &mut Module) {
+    s.on(0, |server, e: &mut SessionEnded| session_ended(server, &e.jid));
     s.iqs().rule(ns::LAST, "query").get(get);
 }
 
@@ -91,7 +93,7 @@ fn get(iq: Incoming) {
 /// Records the time the account's last session ended. Call it whenever a session ends (before
 /// or after it is removed from the session table): it writes only when `jid` was the account's
 /// last session.
-pub fn session_ended(server: &Rc<Server>, jid: &FullJid) {
+fn session_ended(server: &Rc<Server>, jid: &FullJid) {
     let bare = jid.to_bare();
     let others = server
         .sessions
@@ -110,11 +112,4 @@ pub fn session_ended(server: &Rc<Server>, jid: &FullJid) {
     if let Err(e) = stored {
         tracing::error!(%bare, "store error recording last logout: {e}");
     }
-}
-
-/// Whether `requester` may see the presence (and so the last activity, disco information) of
-/// the local account `owner`: the owner itself, or a contact subscribed to its presence
-/// (subscription `from` or `both` in the owner's roster).
-pub fn may_see_presence(server: &Server, owner: &BareJid, requester: &BareJid) -> bool {
-    owner == requester || super::roster::subscription(server, owner, requester).has_from()
 }

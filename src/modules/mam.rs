@@ -20,26 +20,84 @@
 
 use jid::{BareJid, Jid};
 
-use crate::core::stanza::Condition;
-use crate::iq::Incoming;
-use crate::server::Server;
-use crate::store::mailbox::{self, Entry, Query};
-use crate::stream::Stream;
-use crate::xml::{Element, parse};
+use std::rc::Rc;
 
-pub const NS: &str = "urn:xmpp:mam:2";
-const RSM: &str = "http://jabber.org/protocol/rsm";
-const FORWARD: &str = "urn:xmpp:forward:0";
-const DATA: &str = "jabber:x:data";
-const DELAY: &str = "urn:xmpp:delay";
+use crate::core::mailbox::{archived_live, new_stanza_id, stamp};
+use crate::core::stanza::Condition;
+use crate::core::{
+    AccountDeleted, AccountDiscoInfo, Flow, Incoming, Module, Name, Point, Routed, Server,
+    Tick, To, account,
+};
+use crate::store::mailbox::{self, Entry, Query};
+use crate::xml::{Element, ns, parse};
+
+pub const NS: &str = ns::MAM;
+const RSM: &str = ns::RSM;
+const FORWARD: &str = ns::FORWARD;
+const DATA: &str = ns::DATA_FORMS;
+const DELAY: &str = ns::DELAY;
 /// Largest page, whatever the client asks.
 const MAX_PAGE: usize = 250;
 const DEFAULT_PAGE: usize = 50;
 
-pub fn install(s: &mut Stream) {
-    s.iqs().rule(NS, "query").get(form).set(query);
-    s.iqs().rule(NS, "metadata").get(metadata);
-    s.iqs().rule(NS, "prefs").get(prefs).set(prefs);
+pub fn install(m: &mut Module) {
+    m.iqs().rule(NS, "query").get(form).set(query);
+    m.iqs().rule(NS, "metadata").get(metadata);
+    m.iqs().rule(NS, "prefs").get(prefs).set(prefs);
+    m.hook(Point::Pre(Name::Message, To::Any), -50, archive_sent);
+    // After the message module chose the sessions, before it sends: the stanza id goes out
+    // with the message.
+    m.hook(Point::Deliver(Name::Message, To::Any), 50, archive_received);
+    m.on(0, |_, e: &mut AccountDiscoInfo| e.features.push(NS));
+    m.on(0, |server, e: &mut AccountDeleted| {
+        if let Some(id) = e.id {
+            forget(server, id);
+        }
+    });
+    m.on(0, |server, _: &mut Tick| housekeeping(server));
+}
+
+/// `Pre(Message, Any)`: what a local user sends goes into its own archive (direction out) —
+/// if it goes somewhere.
+fn archive_sent(server: &Rc<Server>, ev: &mut Routed<'_>) -> Flow {
+    if let (Some(from), Some(to)) = (ev.sender(), ev.to.as_ref())
+        && ev.reachable
+    {
+        archive_outgoing(server, from, to, &ev.stanza);
+    }
+    Flow::Continue
+}
+
+/// `Deliver(Message, Any)`: a message delivered live to a resource of the recipient is
+/// archived, by its preferences, and stamped with the archive's XEP-0359 id (the message
+/// module queues the row once it has sent the stamped message).
+fn archive_received(server: &Rc<Server>, ev: &mut Routed<'_>) -> Flow {
+    if !ev.delivery.any_available
+        || ev.delivery.redelivered
+        || matches!(ev.kind(), Some("groupchat" | "headline" | "error"))
+        || !archived_live(&ev.stanza)
+    {
+        return Flow::Continue;
+    }
+    let Some(to) = ev.to.as_ref() else {
+        return Flow::Continue;
+    };
+    let owner = to.to_bare();
+    let account = match ev.delivery.account {
+        Some(id) => id,
+        None => match account::id(server, &owner) {
+            Ok(Some(id)) => id,
+            Ok(None) => return Flow::Continue,
+            Err(e) => {
+                tracing::error!(%owner, "store error looking up account: {e}");
+                return Flow::Continue;
+            }
+        },
+    };
+    if archives_incoming(server, account, &owner, ev.stanza.get_attr("from")) {
+        ev.delivery.entry = Some(stamp(&owner, account, &mut ev.stanza, false));
+    }
+    Flow::Continue
 }
 
 /// The account whose archive `iq` may read: only one's own.
@@ -132,7 +190,7 @@ fn query(iq: Incoming) {
         Err((c, t)) => return iq.fail(c, t),
     };
     let server = iq.server().clone();
-    if let Err(e) = crate::modules::offline::commit(&server) {
+    if let Err(e) = server.store.commit_pending() {
         tracing::error!("mailbox commit before archive query: {e}");
     }
     let conn = server.store.conn();
@@ -270,7 +328,7 @@ fn metadata(iq: Incoming) {
         Err((c, t)) => return iq.fail(c, t),
     };
     let server = iq.server().clone();
-    let _ = crate::modules::offline::commit(&server);
+    let _ = server.store.commit_pending();
     let conn = server.store.conn();
     let edge = |newest| {
         mailbox::query(
@@ -369,7 +427,7 @@ fn prefs(iq: Incoming) {
 
 /// Keeps a copy of a message a local account sent in its own archive (direction out), with a
 /// stanza id of that archive. The routed message itself is not changed.
-pub fn archive_outgoing(server: &std::rc::Rc<Server>, from: &jid::FullJid, to: &Jid, el: &Element) {
+fn archive_outgoing(server: &Rc<Server>, from: &jid::FullJid, to: &Jid, el: &Element) {
     let kind = el.get_attr("type").unwrap_or("normal");
     if !matches!(kind, "chat" | "normal")
         || el.get_child("body", crate::xml::ns::CLIENT).is_none()
@@ -389,7 +447,7 @@ pub fn archive_outgoing(server: &std::rc::Rc<Server>, from: &jid::FullJid, to: &
         return;
     }
     let with = to.to_bare().to_string();
-    let stanza_id = crate::modules::message::new_stanza_id();
+    let stanza_id = new_stanza_id();
     let mut copy = el.clone();
     copy.push(
         Element::new("stanza-id", crate::xml::ns::SID)
@@ -398,25 +456,22 @@ pub fn archive_outgoing(server: &std::rc::Rc<Server>, from: &jid::FullJid, to: &
     );
     let mut xml = Vec::with_capacity(256);
     copy.write_to(&mut xml, "");
-    crate::modules::offline::append(
-        server,
-        mailbox::NewEntry {
+    server.queue_mailbox(mailbox::NewEntry {
             account,
             stanza_id,
             ts: crate::core::time::now_micros(),
             with,
             direction: mailbox::Direction::Out,
-            offline: false,
-            xml,
-        },
-    );
+        offline: false,
+        xml,
+    });
 }
 
 /// Whether the archive of `owner` (account `account`) keeps a message delivered live to one of
 /// its resources from `from` (the message's `from` attribute), by the account's preferences.
 /// For the message module: messages stored because no resource was available are kept
 /// whatever this says (offline delivery goes through the mailbox).
-pub fn archives_incoming(
+fn archives_incoming(
     server: &Server,
     account: i64,
     owner: &BareJid,
@@ -517,7 +572,7 @@ impl Prefs {
 struct PrefsCache(std::cell::RefCell<std::collections::HashMap<i64, Prefs>>);
 
 /// Drops the cached preferences of account `account` (it was deleted: its id may be reused).
-pub(crate) fn forget(server: &Server, account: i64) {
+fn forget(server: &Server, account: i64) {
     server.ext::<PrefsCache>().0.borrow_mut().remove(&account);
 }
 
@@ -545,7 +600,7 @@ fn archives(server: &Server, account: i64, owner: &BareJid, other: &Jid) -> bool
         Verdict::Skip => false,
         Verdict::IfInRoster => {
             let bare = other.to_bare();
-            bare == *owner || crate::modules::roster::item(server, owner, &bare).is_some()
+            bare == *owner || crate::core::roster::item(server, owner, &bare).is_some()
         }
     }
 }
@@ -570,7 +625,7 @@ struct Cleanup {
 /// in steps of at most [`CLEANUP_BATCH`] rows with the loop running between steps, the
 /// messages older than `keep` and the oldest messages beyond the size limit — never a message
 /// still waiting for offline delivery (those are bounded by the offline quota instead).
-pub(crate) fn housekeeping(server: &std::rc::Rc<Server>) {
+fn housekeeping(server: &Rc<Server>) {
     let config = &server.config.mam;
     if config.keep().is_none() && config.max_messages_per_account == 0 {
         return;
@@ -605,7 +660,7 @@ fn cleanup_step(server: &std::rc::Rc<Server>) {
         return;
     };
     // Rows queued this turn are committed first, so that the offline cursor is current.
-    if let Err(e) = crate::modules::offline::commit(server) {
+    if let Err(e) = server.store.commit_pending() {
         tracing::error!("archive cleanup: mailbox commit failed, pass stopped: {e}");
         *state.todo.borrow_mut() = None;
         return;

@@ -1,5 +1,7 @@
-//! Server modules, one feature per file. Each has `install(s: &mut Stream)` that registers its
-//! stream features and IQ rules — the seed's `stream_auth(s)` / `stream_torrent(s)` shape.
+//! Server modules, one feature per file. Each has `install(m: &mut Module)` that registers its
+//! stream features, IQ rules and hooks — the seed's `stream_auth(s)` / `stream_torrent(s)`
+//! shape, plus the hook bus (`core::hooks`). A module imports `core`, `store` and `xml` only,
+//! never a sibling: modules co-operate through events (`core::events`).
 
 pub mod blocking;
 pub mod carbons;
@@ -21,15 +23,16 @@ pub mod time;
 pub mod vcard;
 pub mod version;
 
-use crate::stream::Stream;
+use crate::core::Module;
 
 /// Installs every built-in module on the stream template.
-pub fn install_all(s: &mut Stream) {
+pub fn install_all(s: &mut Module) {
     iq_auth::install(s);
     session::install(s);
     ping::install(s);
     roster::install(s);
     presence::install(s);
+    message::install(s);
     offline::install(s);
     disco::install(s);
     vcard::install(s);

@@ -1,5 +1,6 @@
-//! Offline messages (XEP-0160, RFC 6121 §8.5.2.2) as a view of the mailbox, and the mailbox's
-//! write path.
+//! Offline messages (XEP-0160, RFC 6121 §8.5.2.2) as a view of the mailbox. A hook on
+//! `Deliver(Message, Bare)` at −100 keeps what no resource took; `ResourceAvailable` pushes the
+//! backlog.
 //!
 //! * **Storing.** A chat or normal message for an account with no available resource becomes a
 //!   mailbox row with `offline = 1` (see `store/mailbox.rs`), carrying the server's XEP-0359
@@ -13,33 +14,36 @@
 //!   the next chunk only once the previous one has left the TLS buffer.
 //! * **Batching.** Rows are queued in memory and written by one job per loop turn in a single
 //!   transaction (WAL, `synchronous=FULL`: a commit survives `kill -9` and power loss; a burst of
-//!   messages costs one commit, not one per message). The job is an idle source of priority
-//!   [`COMMIT_PRIORITY`], just above `DEFAULT` where the sockets and the output flushes are:
+//!   messages costs one commit, not one per message): the queue is the store's
+//!   (`Store::queue_mailbox`), the job the server's (`Server::queue_mailbox`), an idle source of
+//!   priority `server::COMMIT_PRIORITY`, just above `DEFAULT` where the sockets and the output flushes are:
 //!   glib dispatches only the most urgent ready priority per iteration and an idle source is
 //!   always ready, so it runs before the next socket read.
 //! * **Acknowledged means on disk.** A client that gets the answer to an IQ it sent after its
 //!   messages must be able to rely on those messages having been committed. Priorities alone
 //!   cannot promise that: a flush attached in an earlier iteration is dispatched in the same
 //!   iteration as the socket read that follows it, after that read, and would write this
-//!   turn's replies before this turn's commit. So whatever writes output first calls
-//!   [`commit`] (a no-op when nothing is queued): `Server::flush_all` and `Connection::close`.
+//!   turn's replies before this turn's commit. So whatever writes output first commits
+//!   (`Store::commit_pending`, a no-op when nothing is queued): `Server::flush_all` and
+//!   `Connection::close`.
 //!
-//! Other readers of the mailbox (the message archive later) call [`commit`] first so they see
-//! queued rows.
+//! Other readers of the mailbox (the message archive) commit first so they see queued rows.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::Duration;
 
-use glib::Priority;
 use jid::{BareJid, FullJid};
 
-use crate::net::source;
-use crate::server::Server;
+use crate::core::mailbox::{own_stanza_id, stamp, stored_offline};
+use crate::core::stanza::{Condition, ErrorType, error_reply};
+use crate::core::{
+    AccountDeleted, Connection, Flow, Module, Name, Origin, Point, ResourceAvailable, Routed,
+    Server, To,
+};
 use crate::store::StoreError;
 use crate::store::mailbox::{self, NewEntry, OFFLINE_CURSOR};
-use crate::stream::{Connection, Stream};
 use crate::xml::{Element, ns};
 
 /// Most undelivered offline messages kept per account.
@@ -49,14 +53,56 @@ pub const QUOTA: u64 = 10_000;
 pub const CHUNK_BYTES: usize = 32 * 1024;
 /// Most messages one delivery step sends.
 const CHUNK_MESSAGES: usize = 256;
-/// glib priority of the commit job: just more urgent than `DEFAULT`, where the sockets and the
-/// output flushes are.
-pub const COMMIT_PRIORITY: i32 = glib::ffi::G_PRIORITY_DEFAULT - 1;
 /// Wait before retrying a failed commit (disk full, database locked by another process).
 const RETRY: Duration = Duration::from_secs(1);
 
-pub fn install(s: &mut Stream) {
+pub fn install(s: &mut Module) {
     s.disco_feature(ns::MSGOFFLINE);
+    // What no resource took: after the sessions (0) and carbons (−50).
+    s.hook(Point::Deliver(Name::Message, To::Bare), -100, keep);
+    s.on(0, |server, e: &mut ResourceAvailable| {
+        // Pending offline messages; a no-op when none wait or after the first.
+        if e.priority >= 0 {
+            deliver_offline(server, &e.jid);
+        }
+    });
+    s.on(0, |server, e: &mut AccountDeleted| forget(server, &e.account));
+}
+
+/// `Deliver(Message, Bare)`: a chat or normal message for an account with no available
+/// resource is kept in the mailbox (see the module documentation), or refused with
+/// `resource-constraint` when the account's mailbox is full.
+fn keep(server: &Rc<Server>, ev: &mut Routed<'_>) -> Flow {
+    let Some(account) = ev.delivery.account else {
+        return Flow::Continue;
+    };
+    if ev.delivery.any_available || !stored_offline(&ev.stanza) {
+        return Flow::Continue;
+    }
+    let Some(to) = ev.to_bare() else {
+        return Flow::Continue;
+    };
+    let to = to.clone();
+    // Handed back by stream management: already in the archive, so the same row becomes
+    // pending again rather than a second copy being stored.
+    if matches!(ev.origin, Origin::Local)
+        && let Some(id) = own_stanza_id(&ev.stanza, &to)
+        && put_back(server, &to, account, id)
+    {
+        return Flow::Handled;
+    }
+    let entry = stamp(&to, account, &mut ev.stanza, true);
+    if let Err(full) = store(server, &to, entry)
+        && let Some(reply) = error_reply(
+            &ev.stanza,
+            ErrorType::Wait,
+            Condition::ResourceConstraint,
+            Some(&full.to_string()),
+        )
+    {
+        ev.reply(&reply);
+    }
+    Flow::Handled
 }
 
 /// The sender's message was refused because the recipient's mailbox is full.
@@ -67,8 +113,6 @@ pub struct MailboxFull(pub BareJid);
 /// Runtime state, one per server (`Server::ext`).
 #[derive(Default)]
 struct Writer {
-    /// Rows waiting for this turn's commit.
-    queue: RefCell<Vec<NewEntry>>,
     /// Sessions that asked for their offline messages this turn.
     deliveries: RefCell<Vec<FullJid>>,
     /// The commit job is attached.
@@ -80,19 +124,13 @@ struct Writer {
 }
 
 /// Drops the cached mailbox count of `owner` (the account was deleted).
-pub(crate) fn forget(server: &Server, owner: &BareJid) {
+fn forget(server: &Server, owner: &BareJid) {
     server.ext::<Writer>().pending.borrow_mut().remove(owner);
-}
-
-/// Queues a mailbox row; it is committed at the end of this loop turn.
-pub fn append(server: &Rc<Server>, entry: NewEntry) {
-    server.ext::<Writer>().queue.borrow_mut().push(entry);
-    schedule(server);
 }
 
 /// Queues `entry` (which must have `offline: true`) as an offline message for `owner`, unless
 /// that would exceed the quota.
-pub fn store(server: &Rc<Server>, owner: &BareJid, entry: NewEntry) -> Result<(), MailboxFull> {
+fn store(server: &Rc<Server>, owner: &BareJid, entry: NewEntry) -> Result<(), MailboxFull> {
     debug_assert!(entry.offline);
     let w = server.ext::<Writer>();
     let cached = w.pending.borrow().get(owner).copied();
@@ -110,8 +148,7 @@ pub fn store(server: &Rc<Server>, owner: &BareJid, entry: NewEntry) -> Result<()
         return Err(MailboxFull(owner.clone()));
     }
     w.pending.borrow_mut().insert(owner.clone(), count + 1);
-    w.queue.borrow_mut().push(entry);
-    schedule(server);
+    server.queue_mailbox(entry);
     Ok(())
 }
 
@@ -119,10 +156,10 @@ pub fn store(server: &Rc<Server>, owner: &BareJid, entry: NewEntry) -> Result<()
 /// never acknowledged it) back into the offline view, so it is delivered at the next login and
 /// stays in the archive once. Returns false when that is not possible (no such row, or the
 /// offline cursor has passed it); the caller then stores the message as a new row.
-pub fn put_back(server: &Rc<Server>, owner: &BareJid, account: i64, stanza_id: &str) -> bool {
+fn put_back(server: &Rc<Server>, owner: &BareJid, account: i64, stanza_id: &str) -> bool {
     // Rare (a stream-management timeout): the queued rows are committed first so the row is
     // found, then the row is changed at once.
-    if let Err(e) = commit(server) {
+    if let Err(e) = server.store.commit_pending() {
         tracing::error!("mailbox: commit before requeue failed: {e}");
         return false;
     }
@@ -147,12 +184,8 @@ pub fn put_back(server: &Rc<Server>, owner: &BareJid, account: i64, stanza_id: &
 
 /// Committed plus queued undelivered rows of `account`.
 fn count_pending(server: &Server, w: &Writer, account: i64) -> u64 {
-    let queued = w
-        .queue
-        .borrow()
-        .iter()
-        .filter(|e| e.account == account && e.offline)
-        .count() as u64;
+    let _ = w;
+    let queued = server.store.queued_offline(account);
     let stored = mailbox::count_pending(server.store.conn(), account).unwrap_or_else(|e| {
         tracing::error!("mailbox: cannot count pending messages: {e}");
         0
@@ -164,7 +197,7 @@ fn count_pending(server: &Server, w: &Writer, account: i64) -> u64 {
 /// with a non-negative priority. Call it for every such presence: it does nothing when nothing
 /// is pending, and the work runs at the end of the loop turn (after the rows queued meanwhile
 /// are committed), so it is safe to call with the session table borrowed.
-pub fn deliver_offline(server: &Rc<Server>, full: &FullJid) {
+fn deliver_offline(server: &Rc<Server>, full: &FullJid) {
     let w = server.ext::<Writer>();
     let bare = full.to_bare();
     if w.pending.borrow().get(&bare) == Some(&0) {
@@ -179,21 +212,6 @@ pub fn deliver_offline(server: &Rc<Server>, full: &FullJid) {
     schedule(server);
 }
 
-/// Commits the queued rows now: before output is written (see the module documentation), and
-/// for a reader that must see them (a mailbox query). Cheap when nothing is queued.
-pub fn commit(server: &Server) -> Result<(), StoreError> {
-    let w = server.ext::<Writer>();
-    let entries = std::mem::take(&mut *w.queue.borrow_mut());
-    if entries.is_empty() {
-        return Ok(());
-    }
-    let result = server.store.transaction(|tx| write(tx, &entries));
-    if result.is_err() {
-        requeue(&w, entries);
-    }
-    result
-}
-
 /// Attaches the commit job unless it is attached already.
 fn schedule(server: &Rc<Server>) {
     let w = server.ext::<Writer>();
@@ -201,7 +219,7 @@ fn schedule(server: &Rc<Server>) {
         return;
     }
     let weak = Rc::downgrade(server);
-    source::idle_once_at(Priority::from(COMMIT_PRIORITY), move || {
+    server.soon(move || {
         if let Some(server) = weak.upgrade() {
             run(&server);
         }
@@ -222,15 +240,14 @@ struct Push {
 fn run(server: &Rc<Server>) {
     let w = server.ext::<Writer>();
     w.scheduled.set(false);
-    let entries = std::mem::take(&mut *w.queue.borrow_mut());
     let deliveries = std::mem::take(&mut *w.deliveries.borrow_mut());
-    if entries.is_empty() && deliveries.is_empty() {
+    if deliveries.is_empty() {
         return;
     }
     let mut pushes = Vec::new();
     let mut idle = Vec::new();
-    let result = server.store.transaction(|tx| -> Result<(), StoreError> {
-        write(tx, &entries)?;
+    // This turn's queued rows are written in the same transaction, so the steps see them.
+    let result = server.store.commit_pending_with(|tx| -> Result<(), StoreError> {
         for full in &deliveries {
             match next_step(server, tx, full)? {
                 Some(p) => pushes.push(p),
@@ -240,11 +257,7 @@ fn run(server: &Rc<Server>) {
         Ok(())
     });
     if let Err(e) = result {
-        tracing::error!(
-            rows = entries.len(),
-            "mailbox: commit failed, retrying in {RETRY:?}: {e}"
-        );
-        requeue(&w, entries);
+        tracing::error!("mailbox: commit failed, retrying in {RETRY:?}: {e}");
         w.deliveries.borrow_mut().extend(deliveries);
         let weak = Rc::downgrade(server);
         server.after(RETRY, move || {
@@ -268,22 +281,6 @@ fn run(server: &Rc<Server>) {
             w.delivering.borrow_mut().remove(&p.owner);
         }
     }
-}
-
-/// Puts rows whose commit failed back in front of the queue.
-fn requeue(w: &Writer, mut entries: Vec<NewEntry>) {
-    let mut q = w.queue.borrow_mut();
-    entries.append(&mut q);
-    *q = entries;
-}
-
-fn write(tx: &rusqlite::Connection, entries: &[NewEntry]) -> Result<(), StoreError> {
-    // A row that can never be written (its account was deleted meanwhile; a stanza id
-    // collision) must not hold back the others: append_all drops just that row.
-    mailbox::append_all(tx, entries, |e, err| {
-        tracing::warn!(account = e.account, "mailbox: row dropped: {err}");
-    })?;
-    Ok(())
 }
 
 /// The next chunk of `full`'s account's pending messages, with the cursor moved past it.

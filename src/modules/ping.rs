@@ -8,12 +8,12 @@
 //!   `connection-timeout` when nothing at all comes back in time.
 
 use crate::core::stanza::Condition;
-use crate::stream::Stream;
+use crate::core::Module;
 use crate::xml::ns;
 
-use super::disco::{Addressee, addressee};
+use crate::core::account::{Addressee, addressee};
 
-pub fn install(s: &mut Stream) {
+pub fn install(s: &mut Module) {
     s.iqs()
         .rule(ns::PING, "ping")
         .get(|iq| match addressee(&iq) {

@@ -38,12 +38,14 @@ use std::rc::Rc;
 
 use jid::{BareJid, FullJid, Jid};
 
-use crate::core::stanza::Condition;
-use crate::core::stanza::stanza_error;
-use crate::modules::{blocking, roster, vcard};
-use crate::server::Server;
+use crate::core::blocklist::is_blocked;
+use crate::core::photo::add_photo_update;
+use crate::core::stanza::{Condition, stanza_error};
+use crate::core::{
+    Connection, Flow, Module, Name, PhotoChanged, Point, ResourceAvailable, ResourceUnavailable,
+    RosterItemRemoved, Routed, Server, SessionEnded, SubscriptionApproved, To, roster,
+};
 use crate::store::roster::RosterRow;
-use crate::stream::{Connection, Stream};
 use crate::xml::{Element, ns};
 
 /// Most entities one session's directed presence is tracked for (see the module docs).
@@ -87,19 +89,56 @@ impl SubscriptionType {
     }
 }
 
-pub fn install(s: &mut Stream) {
-    s.feature(Element::new("sub", ns::PRE_APPROVAL));
+pub fn install(m: &mut Module) {
+    m.feature(Element::new("sub", ns::PRE_APPROVAL));
+    m.hook(Point::Deliver(Name::Presence, To::Bare), 0, to_bare);
+    m.hook(Point::Deliver(Name::Presence, To::Host), 0, to_bare);
+    m.hook(Point::Deliver(Name::Presence, To::Full), 0, to_full);
+    m.on(0, |server, e: &mut SessionEnded| session_gone(server, &e.jid, e.was_available));
+    m.on(0, |server, e: &mut RosterItemRemoved| {
+        roster_item_removed(server, &e.user, &e.contact, &e.before, e.by.as_ref());
+    });
+    m.on(0, |server, e: &mut PhotoChanged| photo_changed(server, &e.user));
+}
+
+/// `Deliver(Presence, Bare|Host)`: without `to`, the session's own presence; else presence to
+/// a local bare JID.
+fn to_bare(server: &Rc<Server>, ev: &mut Routed<'_>) -> Flow {
+    let (Some(conn), Some(from)) = (ev.connection(), ev.from_client()) else {
+        return Flow::Continue;
+    };
+    let el = std::mem::replace(&mut ev.stanza, Element::stanza("presence"));
+    match ev.to.as_ref() {
+        None => own_presence(server, conn, from, el),
+        Some(to) => directed_to_bare(server, from, &to.to_bare(), el),
+    }
+    Flow::Handled
+}
+
+/// `Deliver(Presence, Full)`.
+fn to_full(server: &Rc<Server>, ev: &mut Routed<'_>) -> Flow {
+    let Some(from) = ev.from_client() else {
+        return Flow::Continue;
+    };
+    let el = std::mem::replace(&mut ev.stanza, Element::stanza("presence"));
+    let Some(to) = ev.to_full() else {
+        return Flow::Continue;
+    };
+    directed_to_full(server, from, to, el);
+    Flow::Handled
 }
 
 // ---- entry points from the router -------------------------------------------------------------
 
 /// Presence without `to`: the session's own availability (§4.2, §4.4, §4.5).
-pub fn own_presence(server: &Rc<Server>, conn: &Rc<Connection>, from: &FullJid, el: Element) {
-    // XEP-0163 (pep.rs): caps-based PEP interest and last items; runs before priority changes.
-    crate::modules::pep::on_available_presence(server, from, &el);
+fn own_presence(server: &Rc<Server>, conn: &Rc<Connection>, from: &FullJid, el: Element) {
     match el.get_attr("type") {
-        None => available(server, conn, from, el),
+        None => {
+            let el = announce_available(server, from, el);
+            available(server, conn, from, el)
+        }
         Some("unavailable") => {
+            server.hooks.fire(server, &mut ResourceUnavailable { jid: from.clone() });
             let was_available = {
                 let mut sessions = server.sessions.borrow_mut();
                 let Some(s) = sessions.get_mut(from) else {
@@ -117,9 +156,35 @@ pub fn own_presence(server: &Rc<Server>, conn: &Rc<Connection>, from: &FullJid, 
     }
 }
 
+/// Fires [`ResourceAvailable`] for a valid available presence of a bound session, before this
+/// module records it (hooks see whether it is the session's first: caps-based PEP interest and
+/// last items, offline delivery). Gives the stanza back.
+fn announce_available(server: &Rc<Server>, from: &FullJid, el: Element) -> Element {
+    let priority = match el.child_text("priority", ns::CLIENT) {
+        None => 0,
+        Some(p) => match p.parse::<i8>() {
+            Ok(p) => p,
+            // Refused by `available`.
+            Err(_) => return el,
+        },
+    };
+    let initial = match server.sessions.borrow().get(from) {
+        Some(s) => s.priority.is_none(),
+        None => return el,
+    };
+    let mut event = ResourceAvailable {
+        jid: from.clone(),
+        presence: el,
+        initial,
+        priority,
+    };
+    server.hooks.fire(server, &mut event);
+    event.presence
+}
+
 /// Presence to a local bare JID: subscription stanzas go through the state machine, probes
 /// are answered, anything else is directed presence to the account's available resources.
-pub fn directed_to_bare(server: &Rc<Server>, from: &FullJid, to: &BareJid, el: Element) {
+fn directed_to_bare(server: &Rc<Server>, from: &FullJid, to: &BareJid, el: Element) {
     let kind = el.get_attr("type").map(str::to_owned);
     match kind.as_deref() {
         None | Some("unavailable") => {
@@ -149,7 +214,7 @@ pub fn directed_to_bare(server: &Rc<Server>, from: &FullJid, to: &BareJid, el: E
 /// Presence to a full JID at a hosted domain. Available and unavailable presence is directed
 /// presence (§4.6): delivered if that session exists, and remembered so that the session's
 /// end sends `unavailable` there too (§4.6.3). Other types are delivered as they are.
-pub fn directed_to_full(server: &Rc<Server>, from: &FullJid, to: &FullJid, el: Element) {
+fn directed_to_full(server: &Rc<Server>, from: &FullJid, to: &FullJid, el: Element) {
     let kind = el.get_attr("type");
     if matches!(kind, None | Some("unavailable")) && to != from {
         let available = kind.is_none();
@@ -170,7 +235,7 @@ pub fn directed_to_full(server: &Rc<Server>, from: &FullJid, to: &FullJid, el: E
 /// window over): its unavailable presence goes to everyone who saw it available (§4.5.2) and
 /// to every entity it sent directed presence to, available or not (§4.6.3). The session is
 /// already unbound.
-pub fn session_gone(server: &Rc<Server>, jid: &FullJid, was_available: bool) {
+fn session_gone(server: &Rc<Server>, jid: &FullJid, was_available: bool) {
     let directed = server
         .ext::<PresenceState>()
         .directed
@@ -223,12 +288,8 @@ fn available(server: &Rc<Server>, conn: &Rc<Connection>, from: &FullJid, el: Ele
         s.priority.replace(priority).is_some()
     };
     let mut el = el;
-    vcard::add_photo_update(server, &from.to_bare(), &mut el);
+    add_photo_update(server, &from.to_bare(), &mut el);
     broadcast(server, from, &el);
-    // XEP-0160 (offline.rs): pending offline messages; a no-op when none wait or after the first.
-    if priority >= 0 {
-        crate::modules::offline::deliver_offline(server, from);
-    }
     if !was_available {
         initial(server, conn, from);
     }
@@ -580,7 +641,7 @@ fn auto_approve(server: &Rc<Server>, approver: &BareJid, requester: &BareJid) {
 
 /// §2.5.2: after `user` removed `contact` from the roster, the subscriptions it had are
 /// cancelled (unsubscribed for `from` or a pending request, unsubscribe for `to` or `ask`).
-pub fn roster_item_removed(
+fn roster_item_removed(
     server: &Rc<Server>,
     user: &BareJid,
     contact: &BareJid,
@@ -642,7 +703,13 @@ fn send_presence_of(server: &Rc<Server>, from: &BareJid, to: &BareJid) {
         send_each(&targets, &p);
     }
     // PEP: the contact's interested resources get `from`'s last items too.
-    crate::modules::pep::subscription_approved(server, from, to);
+    server.hooks.fire(
+        server,
+        &mut SubscriptionApproved {
+            owner: from.clone(),
+            contact: to.clone(),
+        },
+    );
 }
 
 /// Unavailable presence from each of `from`'s available resources to `to` (a subscription
@@ -702,7 +769,7 @@ pub fn blocklist_changed(server: &Rc<Server>, user: &BareJid, items: &[Jid], now
 /// presence of each of `user`'s available resources goes out again, with the new hash, to
 /// everyone a presence broadcast reaches. Resources whose presence carries the client's own
 /// `vcard-temp:x:update` element are skipped: the server does not change theirs.
-pub fn photo_changed(server: &Rc<Server>, user: &BareJid) {
+fn photo_changed(server: &Rc<Server>, user: &BareJid) {
     let current: Vec<(FullJid, Element)> = server
         .sessions
         .borrow()
@@ -713,7 +780,7 @@ pub fn photo_changed(server: &Rc<Server>, user: &BareJid) {
         .filter(|(_, p)| p.get_child("x", ns::VCARD_UPDATE).is_none())
         .collect();
     for (jid, mut el) in current {
-        vcard::add_photo_update(server, user, &mut el);
+        add_photo_update(server, user, &mut el);
         broadcast(server, &jid, &el);
     }
 }
@@ -740,7 +807,7 @@ fn presences_of(
         .into_iter()
         .filter(|(jid, _)| of == viewer || !blocked(server, jid, viewer))
         .map(|(_, mut p)| {
-            vcard::add_photo_update(server, of, &mut p);
+            add_photo_update(server, of, &mut p);
             p
         })
         .collect()
@@ -748,25 +815,18 @@ fn presences_of(
 
 /// XEP-0191 §3.3: no presence from `from` reaches `to` when either blocked the other.
 fn blocked(server: &Server, from: &FullJid, to: &BareJid) -> bool {
-    blocking::is_blocked(server, &from.to_bare(), &Jid::from(to.clone()))
-        || blocking::is_blocked(server, to, &Jid::from(from.clone()))
+    is_blocked(server, &from.to_bare(), &Jid::from(to.clone()))
+        || is_blocked(server, to, &Jid::from(from.clone()))
 }
 
 fn is_blocked_either_way(server: &Server, a: &BareJid, b: &BareJid) -> bool {
-    blocking::is_blocked(server, a, &Jid::from(b.clone()))
-        || blocking::is_blocked(server, b, &Jid::from(a.clone()))
+    is_blocked(server, a, &Jid::from(b.clone()))
+        || is_blocked(server, b, &Jid::from(a.clone()))
 }
 
 /// The available resources of `bare` (sent initial presence and not unavailable since).
-pub fn available_sessions(server: &Server, bare: &BareJid) -> Vec<(FullJid, Rc<Connection>)> {
-    server
-        .sessions
-        .borrow()
-        .of(bare)
-        .iter()
-        .filter(|s| s.priority.is_some())
-        .filter_map(|s| Some((s.jid.clone(), s.connection()?)))
-        .collect()
+fn available_sessions(server: &Server, bare: &BareJid) -> Vec<(FullJid, Rc<Connection>)> {
+    server.sessions.borrow().available(bare)
 }
 
 /// True when `bare` has at least one available resource.

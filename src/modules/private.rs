@@ -14,14 +14,14 @@
 //!   the XEP naming no condition for it.
 
 use crate::core::stanza::Condition;
-use crate::iq::Incoming;
+use crate::core::Incoming;
 use crate::store::xeps::PrivateXmlError;
-use crate::stream::Stream;
+use crate::core::Module;
 use crate::xml::{Element, ns, parse};
 
-use super::disco::{Addressee, addressee};
+use crate::core::account::{Addressee, addressee};
 
-pub fn install(s: &mut Stream) {
+pub fn install(s: &mut Module) {
     s.iqs().rule(ns::PRIVATE, "query").get(get).set(set);
 }
 

@@ -9,7 +9,7 @@
 //!   account): the account and everything stored for it are deleted, the request answered,
 //!   then every stream of the account is closed with a `not-authorized` stream error and its
 //!   hibernating (XEP-0198) sessions are ended, never to be resumed; what modules cache for it
-//!   is dropped and [`Server::fire_account_deleted`] tells the services (legacy accounts of the
+//!   is dropped: `AccountDeleted` is fired, on which modules and services drop what they hold (legacy accounts of the
 //!   IM transport, torrent jobs). A new account with the same name inherits nothing.
 //! * §3.3 password change (always available to a logged-in user): new SCRAM keys are derived
 //!   for every supported hash with `auth.scram_iterations`; an empty password is refused
@@ -30,15 +30,15 @@ use jid::BareJid;
 use crate::auth::kdf;
 use crate::auth::scram::{Hash, ScramKeys};
 use crate::core::stanza::{Condition, ErrorType, StreamError};
-use crate::iq::Incoming;
-use crate::server::Server;
+use crate::core::Incoming;
+use crate::core::{AccountDeleted, LoggedIn, Server, Tick};
 use crate::store::StoreError;
-use crate::stream::Stream;
+use crate::core::Module;
 use crate::xml::{Element, ns};
 
-use super::disco::{Addressee, addressee};
+use crate::core::account::{Addressee, addressee};
 
-pub fn install(s: &mut Stream) {
+pub fn install(s: &mut Module) {
     let stage = s.before_auth();
     stage.feature_when(Element::new("register", ns::REGISTER_FEATURE), |info| {
         info.registration && info.plaintext_ok
@@ -52,6 +52,13 @@ pub fn install(s: &mut Stream) {
         .rule(ns::REGISTER, "query")
         .get(get_registered)
         .set(change_or_remove);
+    s.on(0, |server, e: &mut LoggedIn| note_login(server, &e.account));
+    s.on(0, |server, _: &mut Tick| notice_outside_changes(server));
+    // First of all: the account's streams close before services tear down what they hold.
+    s.on(1000, |server, e: &mut AccountDeleted| {
+        server.ext::<Outside>().keys.borrow_mut().remove(&e.account);
+        end_sessions(server, &e.account, None, "the account was deleted");
+    });
 }
 
 /// Derives new SCRAM verifiers for every supported hash on the key derivation pool, with the
@@ -274,7 +281,7 @@ fn remove_account(iq: Incoming, me: &BareJid) {
 
 /// Everything held for a deleted account goes: its streams are closed, its hibernating
 /// sessions ended (so nothing can resume them), module caches dropped, and the services told
-/// through [`Server::fire_account_deleted`]. The rows went with the account (`ON DELETE
+/// through the `AccountDeleted` event. The rows went with the account (`ON DELETE
 /// CASCADE`: keys, FAST tokens, roster, mailbox, archive, vCard, private XML, PEP, legacy
 /// accounts, torrent jobs).
 ///
@@ -282,16 +289,13 @@ fn remove_account(iq: Incoming, me: &BareJid) {
 /// removes the account's legacy accounts (`transport::install`); the torrent service stops the
 /// account's jobs in the engine (`torrent::service::install`).
 pub(crate) fn account_deleted(server: &Rc<Server>, account: &BareJid, account_id: Option<i64>) {
-    server.ext::<Outside>().keys.borrow_mut().remove(account);
-    end_sessions(server, account, None, "the account was deleted");
-    super::blocking::forget(server, account);
-    super::vcard::forget(server, account);
-    super::roster::forget(server, account);
-    super::offline::forget(server, account);
-    if let Some(id) = account_id {
-        super::mam::forget(server, id);
-    }
-    server.fire_account_deleted(account);
+    server.hooks.fire(
+        server,
+        &mut AccountDeleted {
+            account: account.clone(),
+            id: account_id,
+        },
+    );
 }
 
 /// Ends every session of `account` except the one on connection `except`: live streams are
@@ -343,7 +347,7 @@ fn fingerprint(server: &Server, account: &BareJid) -> Result<Option<(i64, Vec<u8
 
 /// Remembers what `account` authenticated against (called on every successful login), so
 /// that a change made from the command line while it is online is noticed.
-pub(crate) fn note_login(server: &Server, account: &BareJid) {
+fn note_login(server: &Server, account: &BareJid) {
     match fingerprint(server, account) {
         Ok(Some(f)) => {
             server
@@ -363,7 +367,7 @@ pub(crate) fn note_login(server: &Server, account: &BareJid) {
 /// again: its id changed) is torn down as by an in-band removal; one whose verifier changed has
 /// its sessions closed as after an in-band password change (its FAST tokens went with the
 /// change, see `Store::set_keys`).
-pub(crate) fn notice_outside_changes(server: &Rc<Server>) {
+fn notice_outside_changes(server: &Rc<Server>) {
     let version = match server.store.data_version() {
         Ok(v) => v,
         Err(e) => {

@@ -5,12 +5,12 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::core::stanza::Condition;
-use crate::stream::Stream;
+use crate::core::Module;
 use crate::xml::{Element, ns};
 
-use super::disco::{Addressee, addressee};
+use crate::core::account::{Addressee, addressee};
 
-pub fn install(s: &mut Stream) {
+pub fn install(s: &mut Module) {
     s.iqs()
         .rule(ns::TIME, "time")
         .get(|iq| match addressee(&iq) {

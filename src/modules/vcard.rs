@@ -17,31 +17,17 @@
 //!   the server); one the client put in is left alone. A set that changes the hash has the
 //!   account's available resources broadcast their presence again, with the new hash.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
-use std::rc::Rc;
-
 use base64::Engine;
-use jid::BareJid;
 use sha1::{Digest, Sha1};
 
+use crate::core::account::{Addressee, addressee};
+use crate::core::photo::{photo_hash, set_hash};
 use crate::core::stanza::Condition;
-use crate::iq::Incoming;
-use crate::server::Server;
-use crate::stream::Stream;
+use crate::core::{Incoming, Module, PhotoChanged};
 use crate::xml::{Element, ns, parse};
 
-use super::disco::{Addressee, addressee};
-use super::presence;
-
-pub fn install(s: &mut Stream) {
-    s.iqs().rule(ns::VCARD, "vCard").get(get).set(set);
-}
-
-/// Photo hashes by account, as [`photo_hash`] returns them; filled on first use.
-#[derive(Default)]
-struct PhotoCache {
-    hashes: RefCell<HashMap<BareJid, Option<String>>>,
+pub fn install(m: &mut Module) {
+    m.iqs().rule(ns::VCARD, "vCard").get(get).set(set);
 }
 
 fn get(iq: Incoming) {
@@ -115,15 +101,11 @@ fn set(iq: Incoming) {
     match stored {
         Ok(true) => {
             let after = Some(hash.unwrap_or_default());
-            server
-                .ext::<PhotoCache>()
-                .hashes
-                .borrow_mut()
-                .insert(account.clone(), after.clone());
+            set_hash(&server, &account, after.clone());
             iq.result(None);
             // XEP-0153: contacts learn of the new avatar from presence.
             if before != after {
-                presence::photo_changed(&server, &account);
+                server.hooks.fire(&server, &mut PhotoChanged { user: account });
             }
         }
         Ok(false) => iq.fail(Condition::ItemNotFound, "no such account"),
@@ -132,63 +114,6 @@ fn set(iq: Incoming) {
             iq.fail(Condition::InternalServerError, "");
         }
     }
-}
-
-/// The XEP-0153 hash to put in the account's presence (`<x xmlns='vcard-temp:x:update'>`):
-/// `Some(hex SHA-1)` when its vCard has a photo, `Some("")` when it has a vCard without one
-/// (an empty `<photo/>`: "no avatar"), `None` when it has no vCard (or is unknown), in which
-/// case the server should add nothing. Cached: cheap enough for every presence broadcast.
-pub fn photo_hash(server: &Server, account: &BareJid) -> Option<String> {
-    let cache = server.ext::<PhotoCache>();
-    if let Some(h) = cache.hashes.borrow().get(account) {
-        return h.clone();
-    }
-    let loaded = server.store.account_id_of(account).and_then(|id| match id {
-        Some(id) => server
-            .store
-            .vcard_photo_hash(id)
-            .map(|h| Some(h.map(Option::unwrap_or_default))),
-        None => Ok(None),
-    });
-    match loaded {
-        // Only existing accounts are cached, so unknown JIDs cannot grow the cache.
-        Ok(Some(h)) => {
-            cache.hashes.borrow_mut().insert(account.clone(), h.clone());
-            h
-        }
-        Ok(None) => None,
-        Err(e) => {
-            tracing::error!(%account, "store error reading vCard photo hash: {e}");
-            None
-        }
-    }
-}
-
-/// XEP-0153, on the client's behalf: adds `<x xmlns='vcard-temp:x:update'>` with the
-/// account's [`photo_hash`] (`<photo>hex</photo>`, or an empty `<photo/>` for a vCard without
-/// a photo) to `el`, available presence of `account`. Nothing is added when the account has no
-/// vCard, and nothing is changed when `el` already has such an element (the client's own).
-pub fn add_photo_update(server: &Server, account: &BareJid, el: &mut Element) {
-    if el.get_child("x", ns::VCARD_UPDATE).is_some() {
-        return;
-    }
-    let Some(hash) = photo_hash(server, account) else {
-        return;
-    };
-    let mut photo = Element::new("photo", ns::VCARD_UPDATE);
-    if !hash.is_empty() {
-        photo = photo.text(hash);
-    }
-    el.push(Element::new("x", ns::VCARD_UPDATE).child(photo));
-}
-
-/// Drops what is cached for `account` (it was deleted).
-pub(crate) fn forget(server: &Rc<Server>, account: &BareJid) {
-    server
-        .ext::<PhotoCache>()
-        .hashes
-        .borrow_mut()
-        .remove(account);
 }
 
 /// The hex SHA-1 of the decoded PHOTO/BINVAL of a vCard, `None` without one; `Err` when the

@@ -3,12 +3,12 @@
 //! Accounts' bare JIDs get `service-unavailable`: their clients answer at full JIDs.
 
 use crate::core::stanza::Condition;
-use crate::stream::Stream;
+use crate::core::Module;
 use crate::xml::{Element, ns};
 
-use super::disco::{Addressee, addressee};
+use crate::core::account::{Addressee, addressee};
 
-pub fn install(s: &mut Stream) {
+pub fn install(s: &mut Module) {
     s.iqs()
         .rule(ns::VERSION, "query")
         .get(|iq| match addressee(&iq) {

@@ -1,22 +1,27 @@
-//! Routing of stanzas from authenticated sessions (RFC 6120 §10, RFC 6121 §8.5 in part):
-//! the server stamps `from`, IQs for the server or an account go to the IQ rules, full JIDs to
-//! their session, service domains to their service; other domains get
-//! `remote-server-not-found` at once (no federation yet).
+//! Routing of stanzas (RFC 6120 §10, RFC 6121 §8.5), in the manner of Prosody's
+//! `core_post_stanza`: the router stamps `from`, classifies `to` (this host, a local account's
+//! bare or full JID, a service domain, a remote domain), fires `Pre(name, class)` for what a
+//! local user sends and then `Deliver(name, class)`, and answers what no hook handled with the
+//! RFC's default error. It names no module: blocking, carbons, the archive, message delivery,
+//! offline storage, presence and the IQ rules are hooks (see `crate::core::hooks`).
+//!
+//! The few delivery hooks that are the server's own plumbing — IQ requests to the IQ rules,
+//! IQs to a session, stanzas to a service — are in [`deliver`].
 
-pub mod sessions;
+pub mod deliver;
 
 use std::rc::Rc;
 
 use jid::{BareJid, FullJid, Jid};
 
-pub use sessions::{Session, Sessions};
-
-use crate::core::stanza::Condition;
-use crate::core::stanza::{parse_to, request_parts, stanza_error};
-use crate::iq::{Incoming, ReplyTo};
+use crate::core::events::{Delivery, Origin, Routed};
+use crate::core::hooks::{Flow, Name, Point, To};
+use crate::core::stanza::{Condition, parse_to};
 use crate::server::Server;
 use crate::stream::Connection;
 use crate::xml::Element;
+
+pub use crate::core::sessions::{Session, Sessions};
 
 /// A service reachable at its own domain (transport, torrent…), handed every stanza
 /// addressed to that domain or a JID under it — the shape of an XEP-0114 component.
@@ -47,214 +52,159 @@ impl ServiceHost for Rc<Server> {
     }
 
     fn to_available(&self, owner: &BareJid, stanza: &Element) {
-        for (_, c) in crate::modules::presence::available_sessions(self, owner) {
+        let conns: Vec<Rc<Connection>> = self.sessions.borrow().available_connections(owner);
+        for c in conns {
             c.send(stanza);
         }
     }
 
     fn to_account(&self, owner: &BareJid, message: Element) {
-        crate::modules::message::deliver_to_bare(self, None, owner, message);
+        deliver_to_account(self, owner, message);
     }
 
     fn sent_elsewhere(&self, from: &FullJid, to: &BareJid, message: &Element) {
-        crate::modules::carbons::sent(self, from, message);
-        crate::modules::mam::archive_outgoing(self, from, &Jid::from(to.clone()), message);
+        // The Pre hooks of a message the user sent (sent carbons, the sender's archive),
+        // without delivering it: the foreign network has it already.
+        let mut ev = Routed {
+            stanza: message.clone(),
+            origin: Origin::OnBehalf { jid: from },
+            to: Some(Jid::from(to.clone())),
+            name: Name::Message,
+            class: To::Service,
+            reachable: true,
+            delivery: Delivery::default(),
+        };
+        ev.stanza.set_attr("from", from.as_str());
+        self.hooks.run(self, Point::Pre(Name::Message, To::Service), &mut ev);
     }
 }
 
-/// Answers `stanza` with an error on the connection it came from.
-fn bounce(conn: &Connection, stanza: &Element, cond: Condition, text: &str) {
-    if let Some(reply) = stanza_error(stanza, cond, text) {
-        conn.send(&reply);
-    }
+/// Delivers a message from the server or a service (or handed back by stream management) to
+/// the local account `owner`, the normal way: by priority, archived, carbons, offline storage.
+pub fn deliver_to_account(server: &Rc<Server>, owner: &BareJid, message: Element) {
+    let mut ev = Routed::local(message, Jid::from(owner.clone()), Name::Message, To::Bare);
+    deliver(server, &mut ev);
 }
 
 /// Entry point for every stanza a bound client sends.
 pub fn route_from_client(server: &Rc<Server>, conn: &Rc<Connection>, mut el: Element) {
     let Some(from) = conn.jid() else { return };
+    let Some(name) = Name::of(&el.name) else {
+        return;
+    };
     // No spoofing: whatever the client wrote, the stanza is from its bound JID.
     el.set_attr("from", from.as_str());
-    let to = match parse_to(&el) {
+    let mut to = match parse_to(&el) {
         Ok(to) => to,
-        Err(()) => return bounce(conn, &el, Condition::JidMalformed, "malformed 'to' address"),
+        Err(()) => {
+            let ev = client_event(conn, &from, el, None, name, To::Host);
+            return ev.bounce(Condition::JidMalformed, "malformed 'to' address");
+        }
     };
-    // XEP-0191: stanzas to a JID the sender blocked, or from a JID the local recipient blocked,
-    // stop here (answered as the XEP says by modules::blocking).
-    if crate::modules::blocking::intercept(server, conn, &from, to.as_ref(), &el) {
+    if name == Name::Iq && !valid_iq(conn, &el) {
         return;
     }
-    match el.name.as_str() {
-        "iq" => route_iq(server, conn, &from, to, el),
-        "message" => route_message(server, conn, &from, to, el),
-        _ => route_presence(server, conn, &from, to, el),
+    if name == Name::Message && to.is_none() {
+        // A message without 'to' is for the sender's own account (RFC 6120 §10.3.1).
+        let bare = from.to_bare();
+        el.set_attr("to", bare.as_str());
+        to = Some(Jid::from(bare));
     }
+    let class = classify(server, to.as_ref());
+    let mut ev = client_event(conn, &from, el, to, name, class);
+    ev.reachable = class != To::Remote || server.hooks.handles(Point::Deliver(name, To::Remote));
+    if server.hooks.run(server, Point::Pre(name, class), &mut ev) == Flow::Handled {
+        return;
+    }
+    deliver(server, &mut ev);
 }
 
-/// True when `to` names this server or an account on it rather than a session.
-fn handled_by_server(server: &Server, to: &Option<Jid>) -> bool {
-    match to {
-        None => true,
-        Some(j) => j.resource().is_none() && server.config.is_hosted(j.domain().as_str()),
-    }
-}
-
-fn route_iq(
-    server: &Rc<Server>,
-    conn: &Rc<Connection>,
-    from: &FullJid,
+fn client_event<'a>(
+    conn: &'a Rc<Connection>,
+    from: &'a FullJid,
+    stanza: Element,
     to: Option<Jid>,
-    el: Element,
-) {
-    let kind = el.get_attr("type").unwrap_or("");
-    let Some(id) = el.get_attr("id").map(str::to_owned) else {
-        if matches!(kind, "get" | "set") {
-            bounce(conn, &el, Condition::BadRequest, "an IQ needs an id");
-        }
-        return;
-    };
-    match kind {
-        "get" | "set" => {}
-        "result" | "error" => {
-            if handled_by_server(server, &to) {
-                server.iq_response(from, &id, el);
-            } else {
-                deliver_elsewhere(server, conn, from, to, el);
-            }
-            return;
-        }
-        _ => {
-            return bounce(
-                conn,
-                &el,
-                Condition::BadRequest,
-                "IQ type must be get, set, result or error",
-            );
-        }
-    }
-    if !handled_by_server(server, &to) {
-        return deliver_elsewhere(server, conn, from, to, el);
-    }
-    let Some((iq_type, payload)) = request_parts(&el) else {
-        return bounce(
-            conn,
-            &el,
-            Condition::BadRequest,
-            "a get or set IQ has exactly one child",
-        );
-    };
-    let Some(handler) =
-        server
-            .stream
-            .session_stage()
-            .rules()
-            .find(&payload.ns, &payload.name, iq_type)
-    else {
-        return bounce(conn, &el, Condition::ServiceUnavailable, "");
-    };
-    let lang = el.get_attr("xml:lang").map(str::to_owned);
-    let payload = payload.clone();
-    handler(Incoming::new(
-        server.clone(),
-        ReplyTo::Stream(Rc::downgrade(conn)),
-        id,
-        iq_type,
-        Some(from.clone()),
+    name: Name,
+    class: To,
+) -> Routed<'a> {
+    Routed {
+        stanza,
+        origin: Origin::Client { conn, jid: from },
         to,
-        lang,
-        payload,
-    ));
+        name,
+        class,
+        reachable: true,
+        delivery: Delivery::default(),
+    }
 }
 
-fn route_message(
-    server: &Rc<Server>,
-    conn: &Rc<Connection>,
-    from: &FullJid,
-    to: Option<Jid>,
-    mut el: Element,
-) {
-    let to = match to {
-        Some(to) => to,
-        None => {
-            // A message without 'to' is for the sender's own account (RFC 6120 §10.3.1).
-            let bare = from.to_bare();
-            el.set_attr("to", bare.to_string());
-            Jid::from(bare)
+/// RFC 6120 §8.2.3: an IQ has an id and one of the four types. Answers the sender otherwise.
+fn valid_iq(conn: &Connection, el: &Element) -> bool {
+    let kind = el.get_attr("type").unwrap_or("");
+    let bad = |text: &str| {
+        if let Some(reply) = crate::core::stanza::stanza_error(el, Condition::BadRequest, text) {
+            conn.send(&reply);
         }
     };
-    // The sender's other devices see what it sent, and its archive keeps it (XEP-0280, -0313)
-    // — unless it goes nowhere: a message bounced with remote-server-not-found was not sent.
-    let domain = to.domain().as_str();
-    let hosted = server.config.is_hosted(domain);
-    if hosted || server.service(domain).is_some() {
-        crate::modules::carbons::sent(server, from, &el);
-        crate::modules::mam::archive_outgoing(server, from, &to, &el);
+    if el.get_attr("id").is_none() {
+        if matches!(kind, "get" | "set") {
+            bad("an IQ needs an id");
+        }
+        return false;
     }
-    if !hosted {
-        return deliver_elsewhere(server, conn, from, Some(to), el);
+    if !matches!(kind, "get" | "set" | "result" | "error") {
+        bad("IQ type must be get, set, result or error");
+        return false;
     }
-    // `into_bare` reuses the JID's string (`to_bare` would format a new one).
-    let bare = match to.try_into_full() {
-        Ok(full) => match crate::modules::message::deliver_to_full(server, &full, el) {
-            Ok(()) => return,
-            Err(back) => {
-                el = back;
-                full.into_bare()
-            }
-        },
-        Err(bare) => bare,
-    };
-    server.deliver_message_to_bare(conn, &bare, el);
+    true
 }
 
-fn route_presence(
-    server: &Rc<Server>,
-    conn: &Rc<Connection>,
-    from: &FullJid,
-    to: Option<Jid>,
-    el: Element,
-) {
-    match to {
-        None => server.own_presence(conn, from, el),
-        Some(to) if server.config.is_hosted(to.domain().as_str()) => match to.try_as_full() {
-            Ok(full) => crate::modules::presence::directed_to_full(server, from, full, el),
-            Err(_) => server.directed_presence_to_bare(from, &to.to_bare(), el),
-        },
-        Some(to) => deliver_elsewhere(server, conn, from, Some(to), el),
-    }
-}
-
-/// Full JIDs of local sessions, services, and domains we do not serve.
-fn deliver_elsewhere(
-    server: &Rc<Server>,
-    conn: &Rc<Connection>,
-    from: &FullJid,
-    to: Option<Jid>,
-    el: Element,
-) {
-    let Some(to) = to else { return };
+/// The class of a recipient address (`None`: the sender's own account).
+pub fn classify(server: &Server, to: Option<&Jid>) -> To {
+    let Some(to) = to else { return To::Bare };
     let domain = to.domain().as_str();
     if server.config.is_hosted(domain) {
-        if let Ok(full) = to.try_as_full()
-            && server.deliver_to_full(full, &el)
-        {
-            return;
+        match (to.node().is_some(), to.resource().is_some()) {
+            (_, true) => To::Full,
+            (true, false) => To::Bare,
+            (false, false) => To::Host,
         }
-        // RFC 6121 §8.5.3.2.1/§8.5.4: an IQ for a resource that is not online.
-        if el.name == "iq" {
-            bounce(conn, &el, Condition::ServiceUnavailable, "");
-        }
+    } else if server.service(domain).is_some() {
+        To::Service
+    } else {
+        To::Remote
+    }
+}
+
+/// Fires the delivery hooks of `ev`'s class and answers it if none handled it.
+pub fn deliver(server: &Rc<Server>, ev: &mut Routed<'_>) {
+    if server
+        .hooks
+        .run(server, Point::Deliver(ev.name, ev.class), ev)
+        == Flow::Handled
+    {
         return;
     }
-    if let Some(service) = server.service(domain) {
-        service.handle(server, el, from);
-        return;
-    }
-    if el.get_attr("type") != Some("error") {
-        bounce(
-            conn,
-            &el,
+    unhandled(ev);
+}
+
+/// The RFC's answer to a stanza nobody took.
+fn unhandled(ev: &Routed<'_>) {
+    match (ev.class, ev.name) {
+        (To::Remote, _) => ev.bounce(
             Condition::RemoteServerNotFound,
             "this server does not federate",
-        );
+        ),
+        // RFC 6121 §8.5.3.2.1/§8.5.4: an IQ for a resource that is not online; RFC 6120
+        // §8.4 for IQs nobody serves. Responses nobody waits for are dropped.
+        (_, Name::Iq) => {
+            if matches!(ev.kind(), Some("get" | "set")) || ev.class == To::Full {
+                ev.bounce(Condition::ServiceUnavailable, "");
+            }
+        }
+        (To::Full, Name::Message) => {}
+        (_, Name::Message) => ev.bounce(Condition::ServiceUnavailable, ""),
+        // Presence nobody takes is dropped (RFC 6121 §8.5.2.1.3).
+        _ => {}
     }
 }

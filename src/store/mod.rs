@@ -148,6 +148,8 @@ pub struct Store {
     conn: Connection,
     /// Account ids by username and domain (see [`Store::account_id`]).
     account_ids: accounts::IdCache,
+    /// Mailbox rows waiting for this loop turn's commit (see [`Store::queue_mailbox`]).
+    mailbox_queue: std::cell::RefCell<Vec<mailbox::NewEntry>>,
 }
 
 impl Store {
@@ -170,6 +172,7 @@ impl Store {
         let store = Store {
             conn: Connection::open_with_flags(path, flags)?,
             account_ids: Default::default(),
+            mailbox_queue: Default::default(),
         };
         store.init(true)?;
 
@@ -188,6 +191,7 @@ impl Store {
         let store = Store {
             conn: Connection::open_in_memory()?,
             account_ids: Default::default(),
+            mailbox_queue: Default::default(),
         };
         store.init(false)?;
         Ok(store)
@@ -236,6 +240,63 @@ impl Store {
         let value = f(&tx)?; // on Err, dropping `tx` rolls back
         tx.commit()?;
         Ok(value)
+    }
+
+    // ---- the mailbox's write-behind queue ------------------------------------------------
+
+    /// Queues a mailbox row for the next [`Store::commit_pending`]. Rows are written in
+    /// batches, one transaction per loop turn: a burst of messages costs one commit (one fsync)
+    /// rather than one per message. The server commits before it writes output, so nothing
+    /// is acknowledged that is not on disk.
+    pub fn queue_mailbox(&self, entry: mailbox::NewEntry) {
+        self.mailbox_queue.borrow_mut().push(entry);
+    }
+
+    /// Whether rows wait for a commit.
+    pub fn mailbox_queued(&self) -> bool {
+        !self.mailbox_queue.borrow().is_empty()
+    }
+
+    /// Queued (not yet committed) offline rows of `account`.
+    pub fn queued_offline(&self, account: i64) -> u64 {
+        self.mailbox_queue
+            .borrow()
+            .iter()
+            .filter(|e| e.account == account && e.offline)
+            .count() as u64
+    }
+
+    /// Commits the queued rows now. Cheap when nothing is queued. On failure the rows stay
+    /// queued, in order, for the next try.
+    pub fn commit_pending(&self) -> Result<(), StoreError> {
+        self.commit_pending_with(|_| Ok(())).map(|((), _)| ())
+    }
+
+    /// Commits the queued rows and whatever `f` writes in one transaction; returns `f`'s value
+    /// and how many rows were written. On failure the rows stay queued.
+    pub fn commit_pending_with<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<(T, usize), StoreError> {
+        let entries = std::mem::take(&mut *self.mailbox_queue.borrow_mut());
+        let result = self.transaction(|tx| {
+            // A row that can never be written (its account was deleted meanwhile; a stanza id
+            // collision) must not hold back the others: append_all drops just that row.
+            mailbox::append_all(tx, &entries, |e, err| {
+                tracing::warn!(account = e.account, "mailbox: row dropped: {err}");
+            })?;
+            f(tx)
+        });
+        match result {
+            Ok(v) => Ok((v, entries.len())),
+            Err(e) => {
+                let mut q = self.mailbox_queue.borrow_mut();
+                let mut entries = entries;
+                entries.append(&mut q);
+                *q = entries;
+                Err(e)
+            }
+        }
     }
 }
 

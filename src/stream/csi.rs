@@ -20,16 +20,16 @@
 use super::Connection;
 use crate::xml::{Element, ns};
 
-pub const NS: &str = "urn:xmpp:csi:0";
+pub const NS: &str = ns::CSI;
 /// Held stanzas before the queue is flushed anyway (memory bound, like Prosody's 256).
 const MAX_HELD: usize = 256;
 
-const CARBONS: &str = "urn:xmpp:carbons:2";
-const FORWARD: &str = "urn:xmpp:forward:0";
-const MAM: &str = "urn:xmpp:mam:2";
-const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
+const CARBONS: &str = ns::CARBONS;
+const FORWARD: &str = ns::FORWARD;
+const MAM: &str = ns::MAM;
+const MUC_USER: &str = ns::MUC_USER;
 /// XEP-0249 direct MUC invitations.
-const CONFERENCE: &str = "jabber:x:conference";
+const CONFERENCE: &str = ns::CONFERENCE;
 /// Namespaces whose payload means the message has content for the user: end-to-end encrypted
 /// messages (OMEMO legacy and 2, OpenPGP for XMPP, legacy OpenPGP, XEP-0380 hints) and calls
 /// (XEP-0353 Jingle Message Initiation).

@@ -206,7 +206,7 @@ impl Connection {
                 if bound {
                     self.sm_count_in();
                     if let Some(server) = self.server() {
-                        server.route_from_client(self, el);
+                        crate::router::route_from_client(&server, self, el);
                     }
                 } else if el.name == "iq" && authenticated {
                     self.on_unbound_iq(el);

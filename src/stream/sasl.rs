@@ -229,7 +229,7 @@ impl Connection {
         }
         self.state.borrow_mut().sasl = None;
         if let Some(server) = self.server() {
-            crate::modules::register::note_login(&server, &account);
+            server.hooks.fire(&server, &mut crate::core::LoggedIn { account: account.clone() });
         }
         self.set_authenticated(account);
         self.send(&success);

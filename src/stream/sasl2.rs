@@ -25,12 +25,12 @@ use crate::server::Server;
 use crate::store::fast as tokens;
 use crate::xml::{Element, ns};
 
-pub const NS: &str = "urn:xmpp:sasl:2";
+pub const NS: &str = ns::SASL2;
 pub const BIND2: &str = "urn:xmpp:bind:0";
 /// Inline features of Bind 2 besides stream management.
-const CARBONS: &str = crate::modules::carbons::NS;
+const CARBONS: &str = ns::CARBONS;
 const CSI: &str = super::csi::NS;
-pub const FAST: &str = "urn:xmpp:fast:0";
+pub const FAST: &str = ns::FAST;
 const HT: &str = "HT-SHA-256-NONE";
 const TOKEN_LIFETIME_SECS: i64 = 14 * 24 * 3600;
 
@@ -278,7 +278,7 @@ impl Connection {
     ) {
         tracing::info!(conn = self.id, %account, "authenticated (SASL2)");
         self.state.borrow_mut().sasl2 = None;
-        crate::modules::register::note_login(server, &account);
+        server.hooks.fire(server, &mut crate::core::LoggedIn { account: account.clone() });
         self.set_authenticated(account.clone());
         let mut success = Element::new("success", NS);
         if let Some(data) = additional {

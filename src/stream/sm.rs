@@ -23,7 +23,7 @@ use super::connection::Phase;
 use crate::core::stanza::StreamError;
 use crate::xml::{Element, ns};
 
-pub const NS: &str = "urn:xmpp:sm:3";
+pub const NS: &str = ns::SM;
 /// Longest resumption window a client may ask for, in seconds.
 const MAX_RESUME_SECS: u32 = 300;
 /// Unacknowledged stanzas kept per session before the session gives up on resumption.
@@ -368,7 +368,7 @@ impl Connection {
             tracing::info!(%jid, n = unacked.len(), "unacknowledged messages go back to the mailbox");
             let bare = jid.to_bare();
             for el in unacked {
-                crate::modules::message::deliver_to_bare(&server, None, &bare, el);
+                crate::router::deliver_to_account(&server, &bare, el);
             }
         }
     }

@@ -1282,7 +1282,7 @@ impl TorrentService {
         if let Some(p) = payload {
             el.push(p);
         }
-        crate::modules::message::deliver_to_bare(&server, None, to, el);
+        crate::router::deliver_to_account(&server, to, el);
     }
 
     // ---- operations of the three front doors ----------------------------------------------

@@ -5,7 +5,7 @@
 
 use jid::BareJid;
 
-use crate::modules::roster;
+use crate::core::roster;
 use crate::server::Server;
 use crate::store::roster::Subscription;
 

@@ -49,3 +49,33 @@ pub const PUBSUB_PUBLISH_OPTIONS: &str = "http://jabber.org/protocol/pubsub#publ
 pub const CAPS: &str = "http://jabber.org/protocol/caps";
 /// XEP-0004 Data Forms.
 pub const DATA_FORMS: &str = "jabber:x:data";
+/// XEP-0280 Message Carbons.
+pub const CARBONS: &str = "urn:xmpp:carbons:2";
+/// XEP-0297 Stanza Forwarding.
+pub const FORWARD: &str = "urn:xmpp:forward:0";
+/// XEP-0313 Message Archive Management.
+pub const MAM: &str = "urn:xmpp:mam:2";
+/// XEP-0059 Result Set Management.
+pub const RSM: &str = "http://jabber.org/protocol/rsm";
+/// XEP-0045 Multi-User Chat.
+pub const MUC: &str = "http://jabber.org/protocol/muc";
+pub const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
+/// XEP-0249 Direct MUC Invitations.
+pub const CONFERENCE: &str = "jabber:x:conference";
+/// XEP-0050 Ad-Hoc Commands.
+pub const COMMANDS: &str = "http://jabber.org/protocol/commands";
+/// XEP-0071 XHTML-IM.
+pub const XHTML_IM: &str = "http://jabber.org/protocol/xhtml-im";
+pub const XHTML: &str = "http://www.w3.org/1999/xhtml";
+/// XEP-0100 Gateway Interaction.
+pub const GATEWAY: &str = "jabber:iq:gateway";
+/// XEP-0402 PEP Native Bookmarks.
+pub const BOOKMARKS: &str = "urn:xmpp:bookmarks:1";
+/// XEP-0198 Stream Management.
+pub const SM: &str = "urn:xmpp:sm:3";
+/// XEP-0352 Client State Indication.
+pub const CSI: &str = "urn:xmpp:csi:0";
+/// XEP-0388 Extensible SASL Profile.
+pub const SASL2: &str = "urn:xmpp:sasl:2";
+/// XEP-0484 Fast Authentication Streamlining Tokens.
+pub const FAST: &str = "urn:xmpp:fast:0";

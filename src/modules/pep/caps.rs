@@ -18,7 +18,7 @@ use base64::Engine;
 use jid::{BareJid, FullJid};
 use sha1::Digest;
 
-use crate::server::Server;
+use crate::core::Server;
 use crate::xml::{Element, ns};
 
 /// Node names a resource wants notifications for (its `+notify` features, suffix removed).

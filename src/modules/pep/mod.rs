@@ -44,12 +44,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use jid::{BareJid, FullJid};
 
 use crate::core::stanza::{Condition, ErrorType, error_element};
-use crate::iq::Incoming;
-use crate::modules::roster;
-use crate::server::Server;
+use crate::core::{
+    AccountDiscoInfo, AccountDiscoItems, AccountDiscoNode, Incoming, Module, ResourceAvailable,
+    ResourceUnavailable, Server, SessionEnded, SubscriptionApproved, roster,
+};
 use crate::store::StoreError;
 use crate::store::pep::{NodeConfig, PepItem, PepNode};
-use crate::stream::Stream;
 use crate::xml::{Element, ns};
 
 use notify::Denied;
@@ -88,26 +88,42 @@ const FEATURES: &[&str] = &[
     "http://jabber.org/protocol/pubsub#retrieve-subscriptions",
 ];
 
-pub fn install(s: &mut Stream) {
-    s.iqs()
+pub fn install(m: &mut Module) {
+    m.iqs()
         .rule(ns::PUBSUB, "pubsub")
         .get(pubsub_get)
         .set(pubsub_set);
-    s.iqs()
+    m.iqs()
         .rule(ns::PUBSUB_OWNER, "pubsub")
         .get(owner_get)
         .set(owner_set);
+    m.on(0, |server, e: &mut ResourceAvailable| {
+        on_available_presence(server, &e.jid, &e.presence, e.initial, e.priority)
+    });
+    m.on(0, |server, e: &mut ResourceUnavailable| caps::forget(server, &e.jid));
+    m.on(0, |server, e: &mut SessionEnded| caps::forget(server, &e.jid));
+    m.on(0, |server, e: &mut SubscriptionApproved| {
+        subscription_approved(server, &e.owner, &e.contact)
+    });
+    // XEP-0163 §8.1: an account's bare JID is a PEP service.
+    m.on(0, |_, e: &mut AccountDiscoInfo| {
+        e.identities.push(account_identity());
+        e.features.extend_from_slice(FEATURES);
+    });
+    m.on(0, |server, e: &mut AccountDiscoItems| {
+        e.items.extend(disco_items(server, &e.owner, &e.requester));
+    });
+    m.on(0, |server, e: &mut AccountDiscoNode| {
+        if e.answer.is_none() {
+            e.answer = disco_node_info(server, &e.owner, &e.requester, &e.node).map(Ok);
+        }
+    });
 }
 
 // ---- for other modules ------------------------------------------------------------------------
 
-/// The features an account's bare JID advertises for PEP (disco#info, XEP-0163 §8.1).
-pub fn account_features() -> &'static [&'static str] {
-    FEATURES
-}
-
 /// The identity an account's bare JID advertises for PEP: `pubsub/pep` (XEP-0163 §8.1).
-pub fn account_identity() -> Element {
+fn account_identity() -> Element {
     Element::new("identity", ns::DISCO_INFO)
         .attr("category", "pubsub")
         .attr("type", "pep")
@@ -115,7 +131,7 @@ pub fn account_identity() -> Element {
 
 /// disco#items of `owner`'s bare JID without a node (XEP-0060 §5.2): the nodes `requester`
 /// may access.
-pub fn disco_items(server: &Server, owner: &BareJid, requester: &BareJid) -> Vec<Element> {
+fn disco_items(server: &Server, owner: &BareJid, requester: &BareJid) -> Vec<Element> {
     nodes_of(server, owner)
         .into_iter()
         .filter(|n| notify::access(server, owner, requester, n).is_ok())
@@ -129,7 +145,7 @@ pub fn disco_items(server: &Server, owner: &BareJid, requester: &BareJid) -> Vec
 
 /// disco#info of one of `owner`'s nodes (XEP-0060 §5.3), if it exists and `requester` may
 /// access it.
-pub fn disco_node_info(
+fn disco_node_info(
     server: &Server,
     owner: &BareJid,
     requester: &BareJid,
@@ -162,43 +178,27 @@ fn nodes_of(server: &Server, owner: &BareJid) -> Vec<PepNode> {
     })
 }
 
-/// Presence hook (modules::presence::own_presence, before it handles the stanza): an
-/// available presence records the resource's caps and may deliver last items; unavailable
-/// forgets them. Invalid presence is left to the presence module to refuse.
-pub fn on_available_presence(server: &Rc<Server>, from: &FullJid, el: &Element) {
-    match el.get_attr("type") {
-        None => {}
-        Some("unavailable") => return caps::forget(server, from),
-        Some(_) => return,
-    }
-    let priority = match el.child_text("priority", ns::CLIENT) {
-        None => 0,
-        Some(p) => match p.parse::<i8>() {
-            Ok(p) => p,
-            Err(_) => return,
-        },
-    };
-    // The presence module has not seen this stanza yet: no priority means newly available.
-    let initial = match server.sessions.borrow().get(from) {
-        Some(s) => s.priority.is_none(),
-        None => return,
-    };
+/// `ResourceAvailable` (fired before the presence module records the presence): records the
+/// resource's caps and may deliver last items. (`ResourceUnavailable` forgets them.)
+fn on_available_presence(
+    server: &Rc<Server>,
+    from: &FullJid,
+    el: &Element,
+    initial: bool,
+    priority: i8,
+) {
     caps::available(server, from, el, initial, priority >= 0);
 }
 
 /// Presence-subscription hook (modules::presence, once `contact` may see `owner`'s presence):
 /// `contact`'s available resources get the last items of `owner`'s nodes they want
 /// (XEP-0060 §6.1.7 "on subscription", which PEP's auto-subscription stands for).
-pub fn subscription_approved(server: &Rc<Server>, owner: &BareJid, contact: &BareJid) {
+fn subscription_approved(server: &Rc<Server>, owner: &BareJid, contact: &BareJid) {
     for (jid, interest) in caps::interested_resources(server, contact) {
         notify::send_last_items_of(server, &jid, owner, &interest);
     }
 }
 
-/// Session-end hook (Server::session_ended).
-pub fn session_gone(server: &Server, jid: &FullJid) {
-    caps::forget(server, jid);
-}
 
 // ---- requests ---------------------------------------------------------------------------------
 

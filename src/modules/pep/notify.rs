@@ -7,8 +7,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use jid::{BareJid, FullJid, Jid};
 
 use super::caps::{self, Interest};
-use crate::modules::{blocking, roster};
-use crate::server::Server;
+use crate::core::{Server, blocklist as blocking, roster};
 use crate::store::pep::{AccessModel, PepItem, PepNode, SendLast};
 use crate::xml::{Element, ns, parse};
 

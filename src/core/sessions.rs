@@ -116,6 +116,30 @@ impl Sessions {
             .unwrap_or(&[])
     }
 
+    /// The streams of `bare`'s available resources (sent initial presence, not unavailable
+    /// since).
+    pub fn available_connections(&self, bare: &BareJid) -> Vec<Rc<Connection>> {
+        self.of(bare)
+            .iter()
+            .filter(|s| s.priority.is_some())
+            .filter_map(Session::connection)
+            .collect()
+    }
+
+    /// The available resources of `bare`, with their streams.
+    pub fn available(&self, bare: &BareJid) -> Vec<(FullJid, Rc<Connection>)> {
+        self.of(bare)
+            .iter()
+            .filter(|s| s.priority.is_some())
+            .filter_map(|s| Some((s.jid.clone(), s.connection()?)))
+            .collect()
+    }
+
+    /// True when `bare` has at least one available resource.
+    pub fn is_available(&self, bare: &BareJid) -> bool {
+        self.of(bare).iter().any(|s| s.priority.is_some())
+    }
+
     pub fn all(&self) -> impl Iterator<Item = &Session> {
         self.by_bare.values().flatten()
     }
