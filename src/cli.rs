@@ -107,10 +107,10 @@ pub fn main() -> Result<()> {
     }
 }
 
-/// `wockd status`: the running server's `online.txt` (see `modules/status.rs`) and the
+/// `wockd status`: the running server's `online.txt` (see `status.rs`) and the
 /// mailbox sizes from the database (readable while the server runs: WAL).
 fn status(config: &Config) -> Result<()> {
-    use crate::modules::status;
+    use crate::status;
     let dir = config.data_dir();
     match status::read(&dir)
         .with_context(|| format!("reading {}", dir.join(status::FILE).display()))?
@@ -253,7 +253,7 @@ pub fn run(config: Config, embedded: bool) -> Result<()> {
     let server = Server::new(config, store, crate::modules::install_all)?;
     let bound = server.start()?;
     crate::modules::install_services(&server);
-    crate::modules::status::start(&server);
+    crate::status::start(&server);
     print_welcome(&server, &bound, &accounts);
 
     let main_loop = glib::MainLoop::new(None, false);
@@ -275,7 +275,7 @@ pub fn run(config: Config, embedded: bool) -> Result<()> {
         tracing::error!("mailbox: messages lost at shutdown: {e}");
     }
     crate::modules::stop_services(&server);
-    crate::modules::status::stop(&server);
+    crate::status::stop(&server);
     Ok(())
 }
 

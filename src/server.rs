@@ -93,7 +93,7 @@ impl Server {
         crate::core::install(&hooks);
         crate::router::deliver::install(&hooks);
         install(&mut Module::new(&mut stream, &hooks, &config));
-        Ok(Rc::new(Server {
+        let server = Rc::new(Server {
             config,
             store,
             stream,
@@ -112,7 +112,14 @@ impl Server {
             store_failing: Cell::new(false),
             ips: RefCell::new(IpTable::default()),
             commit_scheduled: Cell::new(false),
-        }))
+        });
+        let weak = Rc::downgrade(&server);
+        server.store.on_first_queued(Box::new(move || {
+            if let Some(server) = weak.upgrade() {
+                server.schedule_commit();
+            }
+        }));
+        Ok(server)
     }
 
     /// Binds every configured listener and starts housekeeping. Returns the bound addresses
@@ -404,10 +411,10 @@ impl Server {
         self.store_failing.get()
     }
 
-    /// Queues a mailbox row (`Store::queue_mailbox`) and makes sure it is committed at the end
-    /// of this loop turn, before any output of the turn is written (see [`Server::flush_all`]).
-    pub fn queue_mailbox(self: &Rc<Self>, entry: crate::store::mailbox::NewEntry) {
-        self.store.queue_mailbox(entry);
+    /// Attaches the mailbox commit job for the end of this loop turn (the store calls this
+    /// when a row is queued: `Store::on_first_queued`); output of the turn waits for it anyway
+    /// (see [`Server::flush_all`]).
+    fn schedule_commit(self: &Rc<Self>) {
         if self.commit_scheduled.replace(true) {
             return;
         }
@@ -424,6 +431,12 @@ impl Server {
     /// [`COMMIT_PRIORITY`]: before the next socket read).
     pub fn soon(&self, f: impl FnOnce() + 'static) {
         source::idle_once_at(glib::Priority::from(COMMIT_PRIORITY), f);
+    }
+
+    /// Runs `f` when the loop has nothing more urgent to do (priority `LOW`: after sockets and
+    /// timers), for work split into steps such as the archive cleanup.
+    pub fn background(&self, f: impl FnOnce() + 'static) {
+        source::idle_once_at(glib::Priority::LOW, f);
     }
 
     fn housekeeping(self: &Rc<Self>) {
@@ -500,6 +513,8 @@ impl Server {
             )));
         }
         tracing::info!(%jid, conn = conn.id, "session bound");
+        self.hooks
+            .fire(self, &mut crate::core::ResourceBound { jid });
     }
 
     /// A stream closed or died: its session (if any) ends.
@@ -515,13 +530,8 @@ impl Server {
         if self.sessions.borrow_mut().unbind(&jid, conn.id) {
             tracing::info!(%jid, "session ended");
             self.abandon_iqs(&jid);
-            self.hooks.fire(
-                self,
-                &mut SessionEnded {
-                    jid,
-                    was_available,
-                },
-            );
+            self.hooks
+                .fire(self, &mut SessionEnded { jid, was_available });
         }
     }
 

@@ -224,7 +224,10 @@ fn disco_info_of_the_server_lists_exactly_the_registered_features() {
     let srv = TestServer::start_with(|_| {}, extras);
     srv.add_user("alice", "pw");
     let mut want = wockd::stream::Stream::default();
-    let (hooks, config) = (wockd::core::Hooks::default(), wockd::config::Config::default());
+    let (hooks, config) = (
+        wockd::core::Hooks::default(),
+        wockd::config::Config::default(),
+    );
     wockd::modules::install_all(&mut wockd::core::Module::new(&mut want, &hooks, &config));
     extras(&mut want);
     let stage = want.session_stage();

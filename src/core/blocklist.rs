@@ -24,7 +24,11 @@ pub fn install(hooks: &super::Hooks) {
 
 /// Replaces `owner`'s cached list with `list` (just read from the store).
 pub fn set_list(server: &Server, owner: &BareJid, list: HashSet<String>) {
-    server.ext::<Lists>().lists.borrow_mut().insert(owner.clone(), list);
+    server
+        .ext::<Lists>()
+        .lists
+        .borrow_mut()
+        .insert(owner.clone(), list);
 }
 
 /// Whether the local account `owner` blocked `other`.
@@ -89,7 +93,6 @@ pub fn update_cache(server: &Server, me: &BareJid, f: impl FnOnce(&mut HashSet<S
         f(list);
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -4,12 +4,13 @@
 //! | event | fired by | hooked by |
 //! |---|---|---|
 //! | [`Routed`] at `Pre(name, to)` / `Deliver(name, to)` | the router | blocking, carbons, mam, message, offline, presence, iq rules, services |
-//! | [`ResourceBound`] | the stream, once a resource is bound | — |
+//! | [`ResourceBound`] | the server, once a resource is bound | — |
+//! | [`Bind2Request`] | SASL2, with the inline requests of XEP-0386 | carbons |
 //! | [`ResourceAvailable`] | presence, for available presence of a session | offline (backlog), pep (caps) |
 //! | [`ResourceUnavailable`] | presence, for unavailable presence of a session | pep (caps) |
 //! | [`SessionEnded`] | the server, when a bound session ends | pep, last, presence |
 //! | [`LoggedIn`] | SASL, SASL2, iq:auth | register (outside changes) |
-//! | [`AccountCreated`] | register, CLI | — |
+//! | [`AccountCreated`] | register (in-band) | — |
 //! | [`AccountDeleted`] | register (in-band or noticed from the CLI) | register, blocking, vCard, roster, offline, mam, transport, torrent |
 //! | [`PasswordChanged`] | register | — |
 //! | [`SubscriptionApproved`] | presence | pep (last items) |
@@ -17,6 +18,7 @@
 //! | [`PhotoChanged`] | vCard | presence (broadcast with the new hash) |
 //! | [`AccountDiscoInfo`] / [`AccountDiscoItems`] / [`AccountDiscoNode`] | disco | pep, mam, … |
 //! | [`ServiceDiscoInfo`] | disco, for the server's own domain | — |
+//! | [`PepPublish`] | the transport (bookmarks) | pep |
 //! | [`Tick`] | the server, every second | register, mam |
 
 use std::rc::Rc;
@@ -136,7 +138,9 @@ impl<'a> Routed<'a> {
     /// Answers the sender with an error (when a client sent it and the stanza may be
     /// answered: never an error, RFC 6120 §8.3.1).
     pub fn bounce(&self, cond: Condition, text: &str) {
-        if let (Some(conn), Some(reply)) = (self.connection(), stanza_error(&self.stanza, cond, text)) {
+        if let (Some(conn), Some(reply)) =
+            (self.connection(), stanza_error(&self.stanza, cond, text))
+        {
             conn.send(&reply);
         }
     }
@@ -152,6 +156,13 @@ impl<'a> Routed<'a> {
 /// A resource was bound (RFC 6120 §7) on a stream.
 pub struct ResourceBound {
     pub jid: FullJid,
+}
+
+/// XEP-0386 Bind 2: the `<bind/>` request of a SASL2 authentication, for the inline features
+/// modules serve (carbons). Fired once the resource is bound.
+pub struct Bind2Request {
+    pub jid: FullJid,
+    pub request: Element,
 }
 
 /// A session sent available presence (§4.2, and every later update). Fired before the
@@ -250,6 +261,19 @@ pub struct AccountDiscoNode {
 /// namespaces and the stream features.
 pub struct ServiceDiscoInfo {
     pub features: Vec<&'static str>,
+}
+
+/// A service keeping a user's data in step (the transport's XEP-0402 bookmarks) asks for item
+/// `item_id` of `owner`'s PEP node `node` to be published on the owner's behalf unless it
+/// exists, with XEP-0060 publish-options `options` for a node that has to be created. The PEP
+/// module sets `published` (`Ok(false)`: it existed, or the publish was refused).
+pub struct PepPublish {
+    pub owner: BareJid,
+    pub node: String,
+    pub item_id: String,
+    pub payload: Element,
+    pub options: Option<Element>,
+    pub published: Option<Result<bool, crate::store::StoreError>>,
 }
 
 /// Once a second, from the server's housekeeping.

@@ -176,7 +176,9 @@ fn insert<H>(list: &mut Vec<Entry<H>>, entry: Entry<H>) {
     // Higher priority first; among equals, first registered first.
     let at = list
         .iter()
-        .position(|e| (e.priority, std::cmp::Reverse(e.seq)) < (entry.priority, std::cmp::Reverse(entry.seq)))
+        .position(|e| {
+            (e.priority, std::cmp::Reverse(e.seq)) < (entry.priority, std::cmp::Reverse(entry.seq))
+        })
         .unwrap_or(list.len());
     list.insert(at, entry);
 }
@@ -235,9 +237,13 @@ impl Hooks {
 
     /// Whether anything is hooked at the concrete `point`.
     pub fn handles(&self, point: Point) -> bool {
-        point
-            .slot()
-            .is_some_and(|s| self.table.borrow().stanzas.get(s).is_some_and(|l| !l.is_empty()))
+        point.slot().is_some_and(|s| {
+            self.table
+                .borrow()
+                .stanzas
+                .get(s)
+                .is_some_and(|l| !l.is_empty())
+        })
     }
 
     /// Runs the hooks of the concrete `point` on `event` until one handles it.
@@ -275,12 +281,21 @@ mod tests {
 
     #[test]
     fn any_expands_and_concrete_points_have_one_slot() {
-        assert_eq!(Point::Pre(Name::Any, To::Any).slots().count(), NAMES * CLASSES);
-        assert_eq!(Point::Deliver(Name::Message, To::Any).slots().count(), CLASSES);
-        let all: std::collections::BTreeSet<usize> = [Point::Pre(Name::Any, To::Any), Point::Deliver(Name::Any, To::Any)]
-            .into_iter()
-            .flat_map(Point::slots)
-            .collect();
+        assert_eq!(
+            Point::Pre(Name::Any, To::Any).slots().count(),
+            NAMES * CLASSES
+        );
+        assert_eq!(
+            Point::Deliver(Name::Message, To::Any).slots().count(),
+            CLASSES
+        );
+        let all: std::collections::BTreeSet<usize> = [
+            Point::Pre(Name::Any, To::Any),
+            Point::Deliver(Name::Any, To::Any),
+        ]
+        .into_iter()
+        .flat_map(Point::slots)
+        .collect();
         assert_eq!(all.len(), SLOTS);
         assert_eq!(all.last(), Some(&(SLOTS - 1)));
         assert_eq!(Point::Pre(Name::Any, To::Bare).slot(), None);
@@ -292,7 +307,14 @@ mod tests {
     fn priority_order_then_registration_order() {
         let mut list = Vec::new();
         for (priority, seq) in [(0, 0), (10, 1), (-5, 2), (10, 3), (0, 4)] {
-            insert(&mut list, Entry { priority, seq, handler: () });
+            insert(
+                &mut list,
+                Entry {
+                    priority,
+                    seq,
+                    handler: (),
+                },
+            );
         }
         let order: Vec<u32> = list.iter().map(|e| e.seq).collect();
         assert_eq!(order, [1, 3, 0, 4, 2]);

@@ -1,5 +1,5 @@
 //! The mailbox as modules see it: XEP-0359 stanza ids and the rows messages become. Rows are
-//! queued with `Server::queue_mailbox` and committed once per loop turn (see `store`).
+//! queued with `Store::queue_mailbox` and committed once per loop turn (see `store`).
 
 use base64::Engine;
 use jid::{BareJid, Jid};
@@ -83,7 +83,6 @@ pub fn new_stanza_id() -> String {
     rand::thread_rng().fill(&mut bytes[7..]);
     SORTED_BASE64.encode(bytes)
 }
-
 
 fn hint(el: &Element, name: &str) -> bool {
     el.get_child(name, ns::HINTS).is_some()

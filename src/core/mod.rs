@@ -10,9 +10,9 @@ pub mod blocklist;
 pub mod events;
 pub mod hooks;
 pub mod mailbox;
-pub mod roster;
 pub mod module;
 pub mod photo;
+pub mod roster;
 pub mod sessions;
 pub mod stanza;
 pub mod time;
@@ -26,7 +26,7 @@ pub fn install(hooks: &Hooks) {
 
 pub use crate::iq::{Incoming, IqType};
 pub use crate::server::Server;
-pub use crate::stream::{Connection, Stream};
+pub use crate::stream::{Connection, Stage, Stream};
 pub use events::*;
 pub use hooks::{Flow, Hooks, Name, Point, To};
 pub use module::Module;

@@ -11,7 +11,9 @@ use super::{AccountDeleted, Server};
 use crate::xml::{Element, ns};
 
 pub fn install(hooks: &super::Hooks) {
-    hooks.on(0, |server, e: &mut AccountDeleted| forget(server, &e.account));
+    hooks.on(0, |server, e: &mut AccountDeleted| {
+        forget(server, &e.account)
+    });
 }
 
 /// Photo hashes by account, as [`photo_hash`] returns them; filled on first use.

@@ -15,9 +15,15 @@ use super::{AccountDeleted, Server};
 use crate::store::roster::{RosterRow, Subscription};
 use crate::xml::{Element, ns, parse};
 
+/// Per-session mark (`Session::ext`): the resource requested the roster (RFC 6121 §2.1.6: it
+/// gets roster pushes).
+pub struct RosterRequested;
+
 /// Rosters are dropped from the cache with their account.
 pub fn install(hooks: &super::Hooks) {
-    hooks.on(0, |server, e: &mut AccountDeleted| forget(server, &e.account));
+    hooks.on(0, |server, e: &mut AccountDeleted| {
+        forget(server, &e.account)
+    });
 }
 
 /// One account's roster in memory: every stored row, keyed by the contact's bare JID.
@@ -295,7 +301,7 @@ fn push(server: &Server, user: &BareJid, row: &RosterRow, version: i64) {
         .borrow()
         .of(user)
         .iter()
-        .filter(|s| s.roster_requested)
+        .filter(|s| s.ext.get::<RosterRequested>().is_some())
         .filter_map(|s| Some((s.jid.clone(), s.connection()?)))
         .collect();
     let cache = server.ext::<RosterCache>();
@@ -310,7 +316,6 @@ fn push(server: &Server, user: &BareJid, row: &RosterRow, version: i64) {
         conn.send(&iq);
     }
 }
-
 
 /// Whether `requester` may see `owner`'s presence: `owner` itself, or a contact with a
 /// subscription to it (RFC 6121 §3). Disco and last activity answer only such requesters.

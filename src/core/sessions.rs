@@ -16,10 +16,34 @@ pub struct Session {
     /// The last available presence the resource broadcast (sent again to new subscribers),
     /// as the client sent it: the XEP-0153 photo hash is added when it is sent out.
     pub presence: Option<crate::xml::Element>,
-    /// The resource requested the roster (RFC 6121 §2.1.6: it gets roster pushes).
-    pub roster_requested: bool,
-    /// XEP-0280: the resource enabled message carbons.
-    pub carbons: bool,
+    /// What modules keep per session (carbons on, roster requested…), one value per type.
+    pub ext: SessionExt,
+}
+
+/// A typed per-session extension map: each module keeps its per-session state under its own
+/// type instead of a field here. A short list, not a hash map: a session holds a handful of
+/// values, and reading one (on the path of every routed message) is a scan of a few type ids.
+#[derive(Default)]
+pub struct SessionExt(Vec<(std::any::TypeId, Box<dyn std::any::Any>)>);
+
+impl SessionExt {
+    /// The value of type `T`, if one was set.
+    pub fn get<T: 'static>(&self) -> Option<&T> {
+        let id = std::any::TypeId::of::<T>();
+        self.0
+            .iter()
+            .find(|(t, _)| *t == id)
+            .and_then(|(_, v)| v.downcast_ref())
+    }
+
+    /// Sets the value of type `T`.
+    pub fn set<T: 'static>(&mut self, value: T) {
+        let id = std::any::TypeId::of::<T>();
+        match self.0.iter_mut().find(|(t, _)| *t == id) {
+            Some((_, v)) => *v = Box::new(value),
+            None => self.0.push((id, Box::new(value))),
+        }
+    }
 }
 
 impl Session {
@@ -59,8 +83,7 @@ impl Sessions {
             conn: Rc::downgrade(conn),
             priority: None,
             presence: None,
-            roster_requested: false,
-            carbons: false,
+            ext: SessionExt::default(),
         });
         old
     }

@@ -220,10 +220,10 @@ pub fn request_parts(el: &Element) -> Option<(IqType, &Element)> {
 }
 
 /// The `to` of a stanza, parsed; `Err` when present but malformed.
-pub fn parse_to(el: &Element) -> Result<Option<Jid>, ()> {
+pub fn parse_to(el: &Element) -> Result<Option<Jid>, jid::Error> {
     match el.get_attr("to") {
         None => Ok(None),
-        Some(s) => Jid::new(s).map(Some).map_err(|_| ()),
+        Some(s) => Jid::new(s).map(Some),
     }
 }
 
@@ -234,3 +234,66 @@ pub fn stanza_error(el: &Element, cond: Condition, text: &str) -> Option<Element
 pub fn modify_error(el: &Element, cond: Condition) -> Option<Element> {
     error_reply(el, ErrorType::Modify, cond, None)
 }
+
+/// A stanza error as a value (RFC 6120 §8.3): what a handler returns with `?` and the IQ
+/// machinery turns into the error answer. An application-specific condition (XEP-0060's
+/// `<precondition-not-met/>`, say) travels with it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StanzaError {
+    pub kind: ErrorType,
+    pub cond: Condition,
+    pub text: std::borrow::Cow<'static, str>,
+    /// An application-specific condition element, added after the defined one (boxed: errors
+    /// travel in `Result`s and should stay small).
+    pub app: Option<Box<Element>>,
+}
+
+impl StanzaError {
+    /// `cond` with its usual type.
+    pub fn new(cond: Condition, text: impl Into<std::borrow::Cow<'static, str>>) -> StanzaError {
+        StanzaError {
+            kind: cond.default_type(),
+            cond,
+            text: text.into(),
+            app: None,
+        }
+    }
+
+    /// The same with another error type.
+    pub fn typed(mut self, kind: ErrorType) -> StanzaError {
+        self.kind = kind;
+        self
+    }
+
+    /// The same with an application-specific condition.
+    pub fn with_app(mut self, app: Element) -> StanzaError {
+        self.app = Some(Box::new(app));
+        self
+    }
+
+    /// The `<error/>` element.
+    pub fn element(&self) -> Element {
+        let mut err = error_element(self.kind, self.cond, Some(&self.text));
+        if let Some(app) = &self.app {
+            err.push(Element::clone(app));
+        }
+        err
+    }
+}
+
+impl From<Condition> for StanzaError {
+    fn from(cond: Condition) -> StanzaError {
+        StanzaError::new(cond, "")
+    }
+}
+
+impl From<crate::store::StoreError> for StanzaError {
+    /// Logged here, answered `internal-server-error` (the details stay in the log).
+    fn from(e: crate::store::StoreError) -> StanzaError {
+        tracing::error!("store error: {e}");
+        StanzaError::new(Condition::InternalServerError, "")
+    }
+}
+
+/// What an IQ handler returns: the result's payload (or none), or the error to answer with.
+pub type IqResult = Result<Option<Element>, StanzaError>;

@@ -5,7 +5,7 @@ use std::rc::{Rc, Weak};
 use jid::{FullJid, Jid};
 
 use super::IqType;
-use crate::core::stanza::{Condition, ErrorType, error_element};
+use crate::core::stanza::{Condition, ErrorType, IqResult, StanzaError, error_element};
 use crate::server::Server;
 use crate::stream::Connection;
 use crate::xml::Element;
@@ -93,6 +93,20 @@ impl Incoming {
             .reply_head("error")
             .child(error_element(kind, cond, Some(text)));
         self.send(iq);
+    }
+
+    /// Answers with a [`StanzaError`] (which may carry an application-specific condition).
+    pub fn fail_with(mut self, error: StanzaError) {
+        let iq = self.reply_head("error").child(error.element());
+        self.send(iq);
+    }
+
+    /// Answers with what a handler returned: the result, or the error.
+    pub fn answer(self, result: IqResult) {
+        match result {
+            Ok(payload) => self.result(payload),
+            Err(e) => self.fail_with(e),
+        }
     }
 
     /// Like [`Incoming::error`] with the condition's usual type.

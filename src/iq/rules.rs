@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use super::Incoming;
+use crate::core::stanza::IqResult;
 
 /// The two request types a rule can answer (results and errors are responses, never routed to
 /// rules).
@@ -85,5 +86,21 @@ impl RuleBuilder<'_> {
     pub fn set(self, h: impl Fn(Incoming) + 'static) -> Self {
         self.entry.set = Some(Rc::new(h));
         self
+    }
+
+    /// A `get` handler that answers at once by returning an [`IqResult`] (so `?` works).
+    pub fn get_result(self, h: impl Fn(&Incoming) -> IqResult + 'static) -> Self {
+        self.get(move |iq| {
+            let r = h(&iq);
+            iq.answer(r);
+        })
+    }
+
+    /// A `set` handler that answers at once by returning an [`IqResult`].
+    pub fn set_result(self, h: impl Fn(&Incoming) -> IqResult + 'static) -> Self {
+        self.set(move |iq| {
+            let r = h(&iq);
+            iq.answer(r);
+        })
     }
 }

@@ -38,7 +38,9 @@ pub fn install(m: &mut Module) {
     m.iqs().rule(ns::BLOCKING, "unblock").set(unblock);
     // Before anything else sees what a client sends.
     m.hook(Point::Pre(Name::Any, To::Any), 1000, enforce);
-    m.on(0, |server, e: &mut AccountDeleted| forget(server, &e.account));
+    m.on(0, |server, e: &mut AccountDeleted| {
+        forget(server, &e.account)
+    });
 }
 
 /// `Pre(Any, Any)`: [`intercept`] on every stanza a client sends.
@@ -283,5 +285,9 @@ fn push(server: &Server, me: &BareJid, payload: Element) {
 
 /// Drops what is remembered for `account` (it was deleted).
 fn forget(server: &Server, account: &BareJid) {
-    server.ext::<Blocking>().requested.borrow_mut().remove(account);
+    server
+        .ext::<Blocking>()
+        .requested
+        .borrow_mut()
+        .remove(account);
 }

@@ -11,15 +11,21 @@ use std::rc::Rc;
 use jid::{BareJid, FullJid};
 
 use crate::core::sessions::{Session, Sessions};
-use crate::core::{Flow, Incoming, Module, Name, Point, Routed, Server, To};
+use crate::core::stanza::{Condition, IqResult, StanzaError};
+use crate::core::{Bind2Request, Flow, Incoming, Module, Name, Point, Routed, Server, To};
 use crate::xml::{Element, ns};
 
 pub const NS: &str = ns::CARBONS;
 const FORWARD: &str = ns::FORWARD;
 
 pub fn install(m: &mut Module) {
-    m.iqs().rule(NS, "enable").set(|iq| set_enabled(iq, true));
-    m.iqs().rule(NS, "disable").set(|iq| set_enabled(iq, false));
+    m.iqs()
+        .rule(NS, "enable")
+        .set_result(|iq| set_enabled(iq, true));
+    m.iqs()
+        .rule(NS, "disable")
+        .set_result(|iq| set_enabled(iq, false));
+    m.on(0, inline_enable);
     m.hook(Point::Pre(Name::Message, To::Any), -50, copy_sent);
     // After the message module chose the sessions, before it sends.
     m.hook(Point::Deliver(Name::Message, To::Bare), 90, skip_copied);
@@ -52,7 +58,7 @@ fn skip_copied(server: &Rc<Server>, ev: &mut Routed<'_>) -> Flow {
     ev.delivery.sessions.retain(|c| {
         !copied
             .iter()
-            .any(|s| s.carbons && std::ptr::eq(s.conn.as_ptr(), Rc::as_ptr(c)))
+            .any(|s| enabled(s) && std::ptr::eq(s.conn.as_ptr(), Rc::as_ptr(c)))
     });
     Flow::Continue
 }
@@ -80,22 +86,37 @@ fn copy_received(server: &Rc<Server>, ev: &mut Routed<'_>) -> Flow {
     Flow::Continue
 }
 
-fn set_enabled(iq: Incoming, on: bool) {
-    let Some(from) = iq.from.clone() else { return };
+/// §4: a resource enables or disables carbons for itself.
+fn set_enabled(iq: &Incoming, on: bool) -> IqResult {
+    let from = iq.from.as_ref().ok_or(Condition::NotAuthorized)?;
     if iq
         .to
         .as_ref()
         .is_some_and(|t| t.to_bare() != from.to_bare() && t.node().is_some())
     {
-        return iq.fail(
-            crate::core::stanza::Condition::Forbidden,
-            "carbons are set on your own account",
-        );
+        let text = "carbons are set on your own account";
+        return Err(StanzaError::new(Condition::Forbidden, text));
     }
-    if let Some(s) = iq.server().sessions.borrow_mut().get_mut(&from) {
-        s.carbons = on;
+    if let Some(s) = iq.server().sessions.borrow_mut().get_mut(from) {
+        s.ext.set(Carbons(on));
     }
-    iq.result(None);
+    Ok(None)
+}
+
+/// Per-session state (`Session::ext`): the resource enabled carbons.
+struct Carbons(bool);
+
+fn enabled(s: &Session) -> bool {
+    s.ext.get::<Carbons>().is_some_and(|c| c.0)
+}
+
+/// XEP-0386 §4: carbons enabled in the same round trip as the bind.
+fn inline_enable(server: &Rc<Server>, e: &mut Bind2Request) {
+    if e.request.get_child("enable", NS).is_some()
+        && let Some(s) = server.sessions.borrow_mut().get_mut(&e.jid)
+    {
+        s.ext.set(Carbons(true));
+    }
 }
 
 /// Whether `el` gets carbon copies.
@@ -138,7 +159,7 @@ fn copy(
     // Collected first: sending must not happen with the session table borrowed.
     let targets: Vec<_> = sessions(&server.sessions.borrow())
         .iter()
-        .filter(|s| s.carbons && s.priority.is_some() && !skip(s))
+        .filter(|s| enabled(s) && s.priority.is_some() && !skip(s))
         .filter_map(|s| s.connection().map(|c| (s.jid.clone(), c)))
         .collect();
     for (jid, conn) in targets {

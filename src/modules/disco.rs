@@ -22,7 +22,9 @@ use jid::BareJid;
 use crate::core::account::{Addressee, addressee};
 use crate::core::roster::may_see_presence;
 use crate::core::stanza::Condition;
-use crate::core::{AccountDiscoInfo, AccountDiscoItems, AccountDiscoNode, Incoming, Module};
+use crate::core::{
+    AccountDiscoInfo, AccountDiscoItems, AccountDiscoNode, Incoming, Module, ServiceDiscoInfo,
+};
 use crate::xml::{Element, ns};
 
 /// Features the server answers on behalf of an account at its bare JID besides those the
@@ -67,7 +69,13 @@ fn info(iq: Incoming) {
                     .attr("type", "im")
                     .attr("name", "wockd"),
             );
-            for f in server_features(iq.server().stream.session_stage()) {
+            let mut extra = ServiceDiscoInfo {
+                features: Vec::new(),
+            };
+            iq.server().hooks.fire(iq.server(), &mut extra);
+            let mut features = server_features(iq.server().stream.session_stage());
+            features.extend(extra.features);
+            for f in features {
                 q.push(Element::new("feature", ns::DISCO_INFO).attr("var", f));
             }
             iq.result(Some(q));
@@ -131,7 +139,7 @@ fn items(iq: Incoming) {
 }
 
 /// The server's features, sorted and without duplicates.
-pub fn server_features(stage: &crate::stream::Stage) -> BTreeSet<&str> {
+pub fn server_features(stage: &crate::core::Stage) -> BTreeSet<&str> {
     stage
         .rules()
         .namespaces()
@@ -182,6 +190,5 @@ fn may_discover(iq: &Incoming, account: &BareJid) -> bool {
     let Some(requester) = iq.account() else {
         return false;
     };
-    iq.server().account_exists(account)
-        && may_see_presence(iq.server(), account, &requester)
+    iq.server().account_exists(account) && may_see_presence(iq.server(), account, &requester)
 }

@@ -10,8 +10,8 @@ use std::rc::Rc;
 
 use jid::BareJid;
 
-use crate::core::stanza::{Condition, ErrorType};
 use crate::core::Incoming;
+use crate::core::stanza::{Condition, ErrorType};
 use crate::core::{Connection, Module};
 use crate::xml::{Element, ns};
 
@@ -91,7 +91,12 @@ fn set_iq_auth(iq: Incoming) {
                 }
             }
             if let Some(server) = conn.server() {
-                server.hooks.fire(&server, &mut crate::core::LoggedIn { account: account.clone() });
+                server.hooks.fire(
+                    &server,
+                    &mut crate::core::LoggedIn {
+                        account: account.clone(),
+                    },
+                );
             }
             conn.set_authenticated(account);
             match conn.bind_resource(Some(&resource)) {

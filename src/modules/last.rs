@@ -14,18 +14,20 @@ use std::rc::Rc;
 
 use jid::FullJid;
 
-use crate::core::stanza::Condition;
 use crate::core::Incoming;
-use crate::core::{Server, SessionEnded};
-use crate::store::xeps::unix_now;
 use crate::core::Module;
 use crate::core::roster::may_see_presence;
+use crate::core::stanza::Condition;
+use crate::core::{Server, SessionEnded};
+use crate::store::xeps::unix_now;
 use crate::xml::{Element, ns};
 
 use crate::core::account::{Addressee, addressee};
 
 pub fn install(s: &mut Module) {
-    s.on(0, |server, e: &mut SessionEnded| session_ended(server, &e.jid));
+    s.on(10, |server, e: &mut SessionEnded| {
+        session_ended(server, &e.jid)
+    });
     s.iqs().rule(ns::LAST, "query").get(get);
 }
 

@@ -25,8 +25,8 @@ use std::rc::Rc;
 use crate::core::mailbox::{archived_live, new_stanza_id, stamp};
 use crate::core::stanza::Condition;
 use crate::core::{
-    AccountDeleted, AccountDiscoInfo, Flow, Incoming, Module, Name, Point, Routed, Server,
-    Tick, To, account,
+    AccountDeleted, AccountDiscoInfo, Flow, Incoming, Module, Name, Point, Routed, Server, Tick,
+    To, account,
 };
 use crate::store::mailbox::{self, Entry, Query};
 use crate::xml::{Element, ns, parse};
@@ -369,7 +369,7 @@ fn prefs(iq: Incoming) {
         Err((c, t)) => return iq.fail(c, t),
     };
     let server = iq.server().clone();
-    if iq.kind == crate::iq::IqType::Set {
+    if iq.kind == crate::core::IqType::Set {
         let default = iq.payload.get_attr("default").unwrap_or("always");
         if Mode::parse(default).is_none() {
             return iq.fail(
@@ -456,12 +456,12 @@ fn archive_outgoing(server: &Rc<Server>, from: &jid::FullJid, to: &Jid, el: &Ele
     );
     let mut xml = Vec::with_capacity(256);
     copy.write_to(&mut xml, "");
-    server.queue_mailbox(mailbox::NewEntry {
-            account,
-            stanza_id,
-            ts: crate::core::time::now_micros(),
-            with,
-            direction: mailbox::Direction::Out,
+    server.store.queue_mailbox(mailbox::NewEntry {
+        account,
+        stanza_id,
+        ts: crate::core::time::now_micros(),
+        with,
+        direction: mailbox::Direction::Out,
         offline: false,
         xml,
     });
@@ -471,12 +471,7 @@ fn archive_outgoing(server: &Rc<Server>, from: &jid::FullJid, to: &Jid, el: &Ele
 /// its resources from `from` (the message's `from` attribute), by the account's preferences.
 /// For the message module: messages stored because no resource was available are kept
 /// whatever this says (offline delivery goes through the mailbox).
-fn archives_incoming(
-    server: &Server,
-    account: i64,
-    owner: &BareJid,
-    from: Option<&str>,
-) -> bool {
+fn archives_incoming(server: &Server, account: i64, owner: &BareJid, from: Option<&str>) -> bool {
     // Without a usable sender the message comes from the server itself.
     let from = from
         .and_then(|f| Jid::new(f).ok())
@@ -697,7 +692,7 @@ fn cleanup_step(server: &std::rc::Rc<Server>) {
         todo.pop();
     }
     let weak = std::rc::Rc::downgrade(server);
-    crate::net::source::idle_once_at(glib::Priority::LOW, move || {
+    server.background(move || {
         if let Some(server) = weak.upgrade() {
             cleanup_step(&server);
         }

@@ -82,9 +82,13 @@ pub fn install(m: &mut Module) {
 /// A message for a full JID goes to that session; when it has none, it is handled as if sent
 /// to the bare JID (see the module documentation).
 fn choose_full(server: &Rc<Server>, ev: &mut Routed<'_>) -> Flow {
-    let conn = ev
-        .to_full()
-        .and_then(|to| server.sessions.borrow().get(to).and_then(|s| s.connection()));
+    let conn = ev.to_full().and_then(|to| {
+        server
+            .sessions
+            .borrow()
+            .get(to)
+            .and_then(|s| s.connection())
+    });
     match conn {
         Some(conn) => {
             ev.delivery.sessions.push(conn);
@@ -190,9 +194,13 @@ fn send(server: &Rc<Server>, ev: &mut Routed<'_>) -> Flow {
     if !ev.delivery.any_available {
         return Flow::Continue;
     }
-    send_all(&ev.delivery.sessions, &ev.stanza, ev.delivery.entry.as_ref());
+    send_all(
+        &ev.delivery.sessions,
+        &ev.stanza,
+        ev.delivery.entry.as_ref(),
+    );
     if let Some(entry) = ev.delivery.entry.take() {
-        server.queue_mailbox(entry);
+        server.store.queue_mailbox(entry);
     }
     Flow::Continue
 }

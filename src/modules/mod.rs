@@ -18,7 +18,6 @@ pub mod private;
 pub mod register;
 pub mod roster;
 pub mod session;
-pub mod status;
 pub mod time;
 pub mod vcard;
 pub mod version;

@@ -15,7 +15,7 @@
 //! * **Batching.** Rows are queued in memory and written by one job per loop turn in a single
 //!   transaction (WAL, `synchronous=FULL`: a commit survives `kill -9` and power loss; a burst of
 //!   messages costs one commit, not one per message): the queue is the store's
-//!   (`Store::queue_mailbox`), the job the server's (`Server::queue_mailbox`), an idle source of
+//!   (`Store::queue_mailbox`), the job the server's (`Server::schedule_commit`), an idle source of
 //!   priority `server::COMMIT_PRIORITY`, just above `DEFAULT` where the sockets and the output flushes are:
 //!   glib dispatches only the most urgent ready priority per iteration and an idle source is
 //!   always ready, so it runs before the next socket read.
@@ -66,7 +66,9 @@ pub fn install(s: &mut Module) {
             deliver_offline(server, &e.jid);
         }
     });
-    s.on(0, |server, e: &mut AccountDeleted| forget(server, &e.account));
+    s.on(0, |server, e: &mut AccountDeleted| {
+        forget(server, &e.account)
+    });
 }
 
 /// `Deliver(Message, Bare)`: a chat or normal message for an account with no available
@@ -148,7 +150,7 @@ fn store(server: &Rc<Server>, owner: &BareJid, entry: NewEntry) -> Result<(), Ma
         return Err(MailboxFull(owner.clone()));
     }
     w.pending.borrow_mut().insert(owner.clone(), count + 1);
-    server.queue_mailbox(entry);
+    server.store.queue_mailbox(entry);
     Ok(())
 }
 
@@ -247,15 +249,17 @@ fn run(server: &Rc<Server>) {
     let mut pushes = Vec::new();
     let mut idle = Vec::new();
     // This turn's queued rows are written in the same transaction, so the steps see them.
-    let result = server.store.commit_pending_with(|tx| -> Result<(), StoreError> {
-        for full in &deliveries {
-            match next_step(server, tx, full)? {
-                Some(p) => pushes.push(p),
-                None => idle.push(full.to_bare()),
+    let result = server
+        .store
+        .commit_pending_with(|tx| -> Result<(), StoreError> {
+            for full in &deliveries {
+                match next_step(server, tx, full)? {
+                    Some(p) => pushes.push(p),
+                    None => idle.push(full.to_bare()),
+                }
             }
-        }
-        Ok(())
-    });
+            Ok(())
+        });
     if let Err(e) = result {
         tracing::error!("mailbox: commit failed, retrying in {RETRY:?}: {e}");
         w.deliveries.borrow_mut().extend(deliveries);
@@ -345,7 +349,7 @@ fn next_step(
 /// non-negative priority, else the most available other resource of the account.
 fn target(server: &Server, full: &FullJid) -> Option<(FullJid, Rc<Connection>)> {
     let sessions = server.sessions.borrow();
-    let usable = |s: &&crate::router::Session| s.priority.is_some_and(|p| p >= 0);
+    let usable = |s: &&crate::core::sessions::Session| s.priority.is_some_and(|p| p >= 0);
     let session = sessions.get(full).filter(usable).or_else(|| {
         sessions
             .of(&full.to_bare())

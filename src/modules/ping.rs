@@ -7,17 +7,18 @@
 //!   bound client that has been silent for `limits.keepalive_secs` and drops it with
 //!   `connection-timeout` when nothing at all comes back in time.
 
-use crate::core::stanza::Condition;
-use crate::core::Module;
+use crate::core::account::{Addressee, addressee};
+use crate::core::stanza::{Condition, IqResult};
+use crate::core::{Incoming, Module};
 use crate::xml::ns;
 
-use crate::core::account::{Addressee, addressee};
+pub fn install(m: &mut Module) {
+    m.iqs().rule(ns::PING, "ping").get_result(pong);
+}
 
-pub fn install(s: &mut Module) {
-    s.iqs()
-        .rule(ns::PING, "ping")
-        .get(|iq| match addressee(&iq) {
-            Addressee::Other(_) => iq.fail(Condition::ServiceUnavailable, ""),
-            _ => iq.result(None),
-        });
+fn pong(iq: &Incoming) -> IqResult {
+    match addressee(iq) {
+        Addressee::Other(_) => Err(Condition::ServiceUnavailable.into()),
+        _ => Ok(None),
+    }
 }

@@ -94,11 +94,15 @@ pub fn install(m: &mut Module) {
     m.hook(Point::Deliver(Name::Presence, To::Bare), 0, to_bare);
     m.hook(Point::Deliver(Name::Presence, To::Host), 0, to_bare);
     m.hook(Point::Deliver(Name::Presence, To::Full), 0, to_full);
-    m.on(0, |server, e: &mut SessionEnded| session_gone(server, &e.jid, e.was_available));
+    m.on(0, |server, e: &mut SessionEnded| {
+        session_gone(server, &e.jid, e.was_available)
+    });
     m.on(0, |server, e: &mut RosterItemRemoved| {
         roster_item_removed(server, &e.user, &e.contact, &e.before, e.by.as_ref());
     });
-    m.on(0, |server, e: &mut PhotoChanged| photo_changed(server, &e.user));
+    m.on(0, |server, e: &mut PhotoChanged| {
+        photo_changed(server, &e.user)
+    });
 }
 
 /// `Deliver(Presence, Bare|Host)`: without `to`, the session's own presence; else presence to
@@ -138,7 +142,9 @@ fn own_presence(server: &Rc<Server>, conn: &Rc<Connection>, from: &FullJid, el: 
             available(server, conn, from, el)
         }
         Some("unavailable") => {
-            server.hooks.fire(server, &mut ResourceUnavailable { jid: from.clone() });
+            server
+                .hooks
+                .fire(server, &mut ResourceUnavailable { jid: from.clone() });
             let was_available = {
                 let mut sessions = server.sessions.borrow_mut();
                 let Some(s) = sessions.get_mut(from) else {
@@ -820,8 +826,7 @@ fn blocked(server: &Server, from: &FullJid, to: &BareJid) -> bool {
 }
 
 fn is_blocked_either_way(server: &Server, a: &BareJid, b: &BareJid) -> bool {
-    is_blocked(server, a, &Jid::from(b.clone()))
-        || is_blocked(server, b, &Jid::from(a.clone()))
+    is_blocked(server, a, &Jid::from(b.clone())) || is_blocked(server, b, &Jid::from(a.clone()))
 }
 
 /// The available resources of `bare` (sent initial presence and not unavailable since).

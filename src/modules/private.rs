@@ -13,10 +13,10 @@
 //!   nothing and gets `resource-constraint` (type `wait`: it fits once the client stores less),
 //!   the XEP naming no condition for it.
 
-use crate::core::stanza::Condition;
 use crate::core::Incoming;
-use crate::store::xeps::PrivateXmlError;
 use crate::core::Module;
+use crate::core::stanza::Condition;
+use crate::store::xeps::PrivateXmlError;
 use crate::xml::{Element, ns, parse};
 
 use crate::core::account::{Addressee, addressee};

@@ -29,11 +29,11 @@ use jid::BareJid;
 
 use crate::auth::kdf;
 use crate::auth::scram::{Hash, ScramKeys};
-use crate::core::stanza::{Condition, ErrorType, StreamError};
 use crate::core::Incoming;
-use crate::core::{AccountDeleted, LoggedIn, Server, Tick};
-use crate::store::StoreError;
 use crate::core::Module;
+use crate::core::stanza::{Condition, ErrorType, StreamError};
+use crate::core::{AccountCreated, AccountDeleted, LoggedIn, PasswordChanged, Server, Tick};
+use crate::store::StoreError;
 use crate::xml::{Element, ns};
 
 use crate::core::account::{Addressee, addressee};
@@ -166,7 +166,11 @@ fn create_account(iq: Incoming) {
         match iq.server().store.create_account(&node, &domain, &keys) {
             Ok(()) => {
                 tracing::info!(account = %format!("{node}@{domain}"), "account registered in-band");
+                let server = iq.server().clone();
                 iq.result(None);
+                if let Ok(account) = BareJid::new(&format!("{node}@{domain}")) {
+                    server.hooks.fire(&server, &mut AccountCreated { account });
+                }
             }
             Err(StoreError::AccountExists) => iq.fail(Condition::Conflict, "the username is taken"),
             Err(e) => {
@@ -247,6 +251,12 @@ fn change_or_remove(iq: Incoming) {
                     &me,
                     Some(this_stream),
                     "the account's password was changed",
+                );
+                server.hooks.fire(
+                    &server,
+                    &mut PasswordChanged {
+                        account: me.clone(),
+                    },
                 );
             }
             Err(e) => {

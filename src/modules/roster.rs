@@ -17,7 +17,7 @@ use std::rc::Rc;
 
 use jid::{BareJid, Jid};
 
-use crate::core::roster::{item, item_element, load, update};
+use crate::core::roster::{RosterRequested, item, item_element, load, update};
 use crate::core::stanza::Condition;
 use crate::core::{Incoming, Module, RosterItemRemoved, Server};
 use crate::store::roster::RosterRow;
@@ -61,7 +61,7 @@ fn get(iq: Incoming) {
     if let Some(from) = &iq.from
         && let Some(s) = server.sessions.borrow_mut().get_mut(from)
     {
-        s.roster_requested = true;
+        s.ext.set(RosterRequested);
     }
     let reply = {
         let r = roster.borrow();

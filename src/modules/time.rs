@@ -4,8 +4,8 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::core::stanza::Condition;
 use crate::core::Module;
+use crate::core::stanza::Condition;
 use crate::xml::{Element, ns};
 
 use crate::core::account::{Addressee, addressee};

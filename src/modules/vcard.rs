@@ -105,7 +105,9 @@ fn set(iq: Incoming) {
             iq.result(None);
             // XEP-0153: contacts learn of the new avatar from presence.
             if before != after {
-                server.hooks.fire(&server, &mut PhotoChanged { user: account });
+                server
+                    .hooks
+                    .fire(&server, &mut PhotoChanged { user: account });
             }
         }
         Ok(false) => iq.fail(Condition::ItemNotFound, "no such account"),

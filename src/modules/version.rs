@@ -2,8 +2,8 @@
 //! operating system, answered when the request is for the server (no `to` or a hosted domain).
 //! Accounts' bare JIDs get `service-unavailable`: their clients answer at full JIDs.
 
-use crate::core::stanza::Condition;
 use crate::core::Module;
+use crate::core::stanza::Condition;
 use crate::xml::{Element, ns};
 
 use crate::core::account::{Addressee, addressee};

@@ -26,14 +26,11 @@ fn iq_for_server(server: &Rc<Server>, ev: &mut Routed<'_>) -> Flow {
     let Some(id) = ev.stanza.get_attr("id") else {
         return Flow::Handled;
     };
-    match ev.kind() {
-        Some("result" | "error") => {
-            let id = id.to_owned();
-            let el = std::mem::replace(&mut ev.stanza, crate::xml::Element::stanza("iq"));
-            server.iq_response(from, &id, el);
-            return Flow::Handled;
-        }
-        _ => {}
+    if let Some("result" | "error") = ev.kind() {
+        let id = id.to_owned();
+        let el = std::mem::replace(&mut ev.stanza, crate::xml::Element::stanza("iq"));
+        server.iq_response(from, &id, el);
+        return Flow::Handled;
     }
     let Some((iq_type, payload)) = request_parts(&ev.stanza) else {
         ev.bounce(
@@ -42,11 +39,12 @@ fn iq_for_server(server: &Rc<Server>, ev: &mut Routed<'_>) -> Flow {
         );
         return Flow::Handled;
     };
-    let Some(handler) = server
-        .stream
-        .session_stage()
-        .rules()
-        .find(&payload.ns, &payload.name, iq_type)
+    let Some(handler) =
+        server
+            .stream
+            .session_stage()
+            .rules()
+            .find(&payload.ns, &payload.name, iq_type)
     else {
         ev.bounce(Condition::ServiceUnavailable, "");
         return Flow::Handled;

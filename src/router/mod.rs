@@ -65,6 +65,7 @@ impl ServiceHost for Rc<Server> {
     fn sent_elsewhere(&self, from: &FullJid, to: &BareJid, message: &Element) {
         // The Pre hooks of a message the user sent (sent carbons, the sender's archive),
         // without delivering it: the foreign network has it already.
+        // The message as the service wrote it; `from` is the user in the origin.
         let mut ev = Routed {
             stanza: message.clone(),
             origin: Origin::OnBehalf { jid: from },
@@ -74,8 +75,8 @@ impl ServiceHost for Rc<Server> {
             reachable: true,
             delivery: Delivery::default(),
         };
-        ev.stanza.set_attr("from", from.as_str());
-        self.hooks.run(self, Point::Pre(Name::Message, To::Service), &mut ev);
+        self.hooks
+            .run(self, Point::Pre(Name::Message, To::Service), &mut ev);
     }
 }
 
@@ -96,7 +97,7 @@ pub fn route_from_client(server: &Rc<Server>, conn: &Rc<Connection>, mut el: Ele
     el.set_attr("from", from.as_str());
     let mut to = match parse_to(&el) {
         Ok(to) => to,
-        Err(()) => {
+        Err(_) => {
             let ev = client_event(conn, &from, el, None, name, To::Host);
             return ev.bounce(Condition::JidMalformed, "malformed 'to' address");
         }
@@ -197,11 +198,10 @@ fn unhandled(ev: &Routed<'_>) {
         ),
         // RFC 6121 §8.5.3.2.1/§8.5.4: an IQ for a resource that is not online; RFC 6120
         // §8.4 for IQs nobody serves. Responses nobody waits for are dropped.
-        (_, Name::Iq) => {
-            if matches!(ev.kind(), Some("get" | "set")) || ev.class == To::Full {
-                ev.bounce(Condition::ServiceUnavailable, "");
-            }
+        (_, Name::Iq) if matches!(ev.kind(), Some("get" | "set")) || ev.class == To::Full => {
+            ev.bounce(Condition::ServiceUnavailable, "");
         }
+        (_, Name::Iq) => {}
         (To::Full, Name::Message) => {}
         (_, Name::Message) => ev.bounce(Condition::ServiceUnavailable, ""),
         // Presence nobody takes is dropped (RFC 6121 §8.5.2.1.3).

@@ -150,6 +150,18 @@ pub struct Store {
     account_ids: accounts::IdCache,
     /// Mailbox rows waiting for this loop turn's commit (see [`Store::queue_mailbox`]).
     mailbox_queue: std::cell::RefCell<Vec<mailbox::NewEntry>>,
+    /// Called when the first row is queued (the server schedules the commit).
+    on_queue: Scheduler,
+}
+
+/// See [`Store::on_first_queued`].
+#[derive(Default)]
+struct Scheduler(std::cell::RefCell<Option<Box<dyn Fn()>>>);
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Scheduler")
+    }
 }
 
 impl Store {
@@ -173,6 +185,7 @@ impl Store {
             conn: Connection::open_with_flags(path, flags)?,
             account_ids: Default::default(),
             mailbox_queue: Default::default(),
+            on_queue: Default::default(),
         };
         store.init(true)?;
 
@@ -192,6 +205,7 @@ impl Store {
             conn: Connection::open_in_memory()?,
             account_ids: Default::default(),
             mailbox_queue: Default::default(),
+            on_queue: Default::default(),
         };
         store.init(false)?;
         Ok(store)
@@ -249,7 +263,20 @@ impl Store {
     /// rather than one per message. The server commits before it writes output, so nothing
     /// is acknowledged that is not on disk.
     pub fn queue_mailbox(&self, entry: mailbox::NewEntry) {
-        self.mailbox_queue.borrow_mut().push(entry);
+        let first = {
+            let mut q = self.mailbox_queue.borrow_mut();
+            q.push(entry);
+            q.len() == 1
+        };
+        if first && let Some(schedule) = &*self.on_queue.0.borrow() {
+            schedule();
+        }
+    }
+
+    /// Sets what runs when a row is queued into an empty queue: the server attaches its
+    /// commit job there, at the end of the loop turn.
+    pub fn on_first_queued(&self, schedule: Box<dyn Fn()>) {
+        *self.on_queue.0.borrow_mut() = Some(schedule);
     }
 
     /// Whether rows wait for a commit.

@@ -229,7 +229,12 @@ impl Connection {
         }
         self.state.borrow_mut().sasl = None;
         if let Some(server) = self.server() {
-            server.hooks.fire(&server, &mut crate::core::LoggedIn { account: account.clone() });
+            server.hooks.fire(
+                &server,
+                &mut crate::core::LoggedIn {
+                    account: account.clone(),
+                },
+            );
         }
         self.set_authenticated(account);
         self.send(&success);

@@ -278,7 +278,12 @@ impl Connection {
     ) {
         tracing::info!(conn = self.id, %account, "authenticated (SASL2)");
         self.state.borrow_mut().sasl2 = None;
-        server.hooks.fire(server, &mut crate::core::LoggedIn { account: account.clone() });
+        server.hooks.fire(
+            server,
+            &mut crate::core::LoggedIn {
+                account: account.clone(),
+            },
+        );
         self.set_authenticated(account.clone());
         let mut success = Element::new("success", NS);
         if let Some(data) = additional {
@@ -336,11 +341,13 @@ impl Connection {
                         bound.push(self.enable_sm_inline());
                     }
                     // XEP-0386 §4: carbons and client state set in the same round trip.
-                    if bind.get_child("enable", CARBONS).is_some()
-                        && let Some(s) = server.sessions.borrow_mut().get_mut(&full)
-                    {
-                        s.carbons = true;
-                    }
+                    server.hooks.fire(
+                        server,
+                        &mut crate::core::Bind2Request {
+                            jid: full.clone(),
+                            request: bind.clone(),
+                        },
+                    );
                     if let Some(state) = bind
                         .elements()
                         .find(|c| c.ns == CSI && matches!(c.name.as_str(), "active" | "inactive"))

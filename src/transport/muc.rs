@@ -146,14 +146,16 @@ fn bookmark(server: &Rc<Server>, owner: &BareJid, room_jid: &BareJid, room: &str
         ("pubsub#send_last_published_item", "never"),
         ("pubsub#access_model", "whitelist"),
     ]);
-    if let Err(e) = crate::modules::pep::publish_if_missing(
-        server,
-        owner,
-        NS,
-        &room_jid.to_string(),
-        conference,
-        Some(options),
-    ) {
+    let mut publish = crate::core::PepPublish {
+        owner: owner.clone(),
+        node: NS.to_owned(),
+        item_id: room_jid.to_string(),
+        payload: conference,
+        options: Some(options),
+        published: None,
+    };
+    server.hooks.fire(server, &mut publish);
+    if let Some(Err(e)) = publish.published {
         tracing::warn!("cannot bookmark {room_jid}: {e}");
     }
 }

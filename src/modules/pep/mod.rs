@@ -43,10 +43,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use jid::{BareJid, FullJid};
 
-use crate::core::stanza::{Condition, ErrorType, error_element};
+use crate::core::stanza::{Condition, ErrorType, StanzaError};
 use crate::core::{
-    AccountDiscoInfo, AccountDiscoItems, AccountDiscoNode, Incoming, Module, ResourceAvailable,
-    ResourceUnavailable, Server, SessionEnded, SubscriptionApproved, roster,
+    AccountDiscoInfo, AccountDiscoItems, AccountDiscoNode, Incoming, Module, PepPublish,
+    ResourceAvailable, ResourceUnavailable, Server, SessionEnded, SubscriptionApproved, roster,
 };
 use crate::store::StoreError;
 use crate::store::pep::{NodeConfig, PepItem, PepNode};
@@ -100,8 +100,12 @@ pub fn install(m: &mut Module) {
     m.on(0, |server, e: &mut ResourceAvailable| {
         on_available_presence(server, &e.jid, &e.presence, e.initial, e.priority)
     });
-    m.on(0, |server, e: &mut ResourceUnavailable| caps::forget(server, &e.jid));
-    m.on(0, |server, e: &mut SessionEnded| caps::forget(server, &e.jid));
+    m.on(0, |server, e: &mut ResourceUnavailable| {
+        caps::forget(server, &e.jid)
+    });
+    m.on(20, |server, e: &mut SessionEnded| {
+        caps::forget(server, &e.jid)
+    });
     m.on(0, |server, e: &mut SubscriptionApproved| {
         subscription_approved(server, &e.owner, &e.contact)
     });
@@ -112,6 +116,19 @@ pub fn install(m: &mut Module) {
     });
     m.on(0, |server, e: &mut AccountDiscoItems| {
         e.items.extend(disco_items(server, &e.owner, &e.requester));
+    });
+    m.on(0, |server, e: &mut PepPublish| {
+        if e.published.is_none() {
+            let payload = std::mem::replace(&mut e.payload, Element::new("item", ns::PUBSUB));
+            e.published = Some(publish_if_missing(
+                server,
+                &e.owner,
+                &e.node,
+                &e.item_id,
+                payload,
+                e.options.take(),
+            ));
+        }
     });
     m.on(0, |server, e: &mut AccountDiscoNode| {
         if e.answer.is_none() {
@@ -199,62 +216,43 @@ fn subscription_approved(server: &Rc<Server>, owner: &BareJid, contact: &BareJid
     }
 }
 
-
 // ---- requests ---------------------------------------------------------------------------------
 
-/// A failed request: the stanza error and, where XEP-0060 names one, the pubsub condition.
-struct Fail {
-    kind: ErrorType,
-    cond: Condition,
-    /// `<{name} xmlns='…pubsub#errors'/>` and its `feature` attribute.
-    app: Option<(&'static str, Option<&'static str>)>,
-    text: &'static str,
-}
+/// A failed request: the stanza error and, where XEP-0060 names one, the pubsub condition
+/// (`<{name} xmlns='…pubsub#errors'/>`), which clients rely on (Conversations and Dino
+/// reconfigure a node on `precondition-not-met`).
+type Fail = StanzaError;
 
-impl Fail {
-    fn new(cond: Condition, text: &'static str) -> Fail {
-        Fail {
-            kind: cond.default_type(),
-            cond,
-            app: None,
-            text,
-        }
+/// Builds [`Fail`]s.
+struct Fails;
+
+impl Fails {
+    fn plain(cond: Condition, text: &'static str) -> Fail {
+        StanzaError::new(cond, text)
     }
 
     fn app(cond: Condition, app: &'static str, text: &'static str) -> Fail {
-        Fail {
-            app: Some((app, None)),
-            ..Fail::new(cond, text)
-        }
+        StanzaError::new(cond, text).with_app(Element::new(app, ns::PUBSUB_ERRORS))
     }
 
     fn unsupported(feature: &'static str) -> Fail {
-        Fail {
-            kind: ErrorType::Cancel,
-            app: Some(("unsupported", Some(feature))),
-            ..Fail::new(Condition::FeatureNotImplemented, "")
-        }
+        StanzaError::new(Condition::FeatureNotImplemented, "")
+            .typed(ErrorType::Cancel)
+            .with_app(Element::new("unsupported", ns::PUBSUB_ERRORS).attr("feature", feature))
     }
 
     fn denied(d: Denied) -> Fail {
         match d {
-            Denied::PresenceSubscriptionRequired => Fail::app(
+            Denied::PresenceSubscriptionRequired => Fails::app(
                 Condition::NotAuthorized,
                 "presence-subscription-required",
                 "",
             ),
             Denied::NotInRosterGroup => {
-                Fail::app(Condition::NotAuthorized, "not-in-roster-group", "")
+                Fails::app(Condition::NotAuthorized, "not-in-roster-group", "")
             }
-            Denied::ClosedNode => Fail::app(Condition::NotAllowed, "closed-node", ""),
+            Denied::ClosedNode => Fails::app(Condition::NotAllowed, "closed-node", ""),
         }
-    }
-}
-
-impl From<StoreError> for Fail {
-    fn from(e: StoreError) -> Fail {
-        tracing::error!("PEP store error: {e}");
-        Fail::new(Condition::InternalServerError, "storage failed")
     }
 }
 
@@ -292,13 +290,13 @@ impl Ctx {
         let from = iq
             .from
             .clone()
-            .ok_or(Fail::new(Condition::NotAuthorized, ""))?;
+            .ok_or(Fails::plain(Condition::NotAuthorized, ""))?;
         let owner = match &iq.to {
             None => from.to_bare(),
             Some(to) => {
                 let bare = to.to_bare();
                 if bare.node().is_none() {
-                    return Err(Fail::new(
+                    return Err(Fails::plain(
                         Condition::ServiceUnavailable,
                         "the server is not a pubsub service; PEP nodes live at account JIDs",
                     ));
@@ -311,7 +309,7 @@ impl Ctx {
             .server()
             .store
             .account_id_of(&owner)?
-            .ok_or(Fail::new(Condition::ServiceUnavailable, ""))?;
+            .ok_or(Fails::plain(Condition::ServiceUnavailable, ""))?;
         Ok(Ctx {
             server: iq.server().clone(),
             from,
@@ -329,7 +327,7 @@ impl Ctx {
         if self.requester() == self.owner {
             Ok(())
         } else {
-            Err(Fail::new(
+            Err(Fails::plain(
                 Condition::Forbidden,
                 "only the account owner may do this",
             ))
@@ -349,19 +347,17 @@ impl Ctx {
         self.server
             .store
             .pep_node(self.account, name)?
-            .ok_or(Fail::new(Condition::ItemNotFound, "no such node"))
+            .ok_or(Fails::plain(Condition::ItemNotFound, "no such node"))
     }
 
     fn create(&self, name: &str, config: NodeConfig) -> Result<PepNode, Fail> {
         if self.server.store.pep_node_count(self.account)? >= self.quotas().pep_max_nodes {
-            return Err(Fail {
-                kind: ErrorType::Cancel,
-                ..Fail::app(
-                    Condition::ResourceConstraint,
-                    "max-nodes-exceeded",
-                    "too many nodes",
-                )
-            });
+            return Err(Fails::app(
+                Condition::ResourceConstraint,
+                "max-nodes-exceeded",
+                "too many nodes",
+            )
+            .typed(ErrorType::Cancel));
         }
         let id = self
             .server
@@ -380,7 +376,7 @@ impl Ctx {
 /// publish-options `options` would: node created with them if missing, notifications to the
 /// owner's resources and contacts. Does nothing and returns false if the item exists already
 /// (the user's own version wins).
-pub fn publish_if_missing(
+fn publish_if_missing(
     server: &Rc<Server>,
     owner: &BareJid,
     node: &str,
@@ -441,9 +437,12 @@ fn pubsub_get(iq: Incoming) {
         } else if p.get_child("affiliations", ns::PUBSUB).is_some() {
             affiliations(ctx)
         } else if p.get_child("options", ns::PUBSUB).is_some() {
-            Err(Fail::unsupported("subscription-options"))
+            Err(Fails::unsupported("subscription-options"))
         } else {
-            Err(Fail::new(Condition::BadRequest, "unknown pubsub request"))
+            Err(Fails::plain(
+                Condition::BadRequest,
+                "unknown pubsub request",
+            ))
         }
     });
 }
@@ -465,11 +464,14 @@ fn pubsub_set(iq: Incoming) {
         } else if p.get_child("subscribe", ns::PUBSUB).is_some()
             || p.get_child("unsubscribe", ns::PUBSUB).is_some()
         {
-            Err(Fail::unsupported("subscribe"))
+            Err(Fails::unsupported("subscribe"))
         } else if p.get_child("options", ns::PUBSUB).is_some() {
-            Err(Fail::unsupported("subscription-options"))
+            Err(Fails::unsupported("subscription-options"))
         } else {
-            Err(Fail::new(Condition::BadRequest, "unknown pubsub request"))
+            Err(Fails::plain(
+                Condition::BadRequest,
+                "unknown pubsub request",
+            ))
         }
     });
 }
@@ -506,11 +508,11 @@ fn owner_set(iq: Incoming) {
 
 fn owner_unsupported(p: &Element) -> Result<Done, Fail> {
     if p.get_child("subscriptions", ns::PUBSUB_OWNER).is_some() {
-        Err(Fail::unsupported("manage-subscriptions"))
+        Err(Fails::unsupported("manage-subscriptions"))
     } else if p.get_child("affiliations", ns::PUBSUB_OWNER).is_some() {
-        Err(Fail::unsupported("modify-affiliations"))
+        Err(Fails::unsupported("modify-affiliations"))
     } else {
-        Err(Fail::new(
+        Err(Fails::plain(
             Condition::BadRequest,
             "unknown pubsub#owner request",
         ))
@@ -530,43 +532,8 @@ fn handle(iq: Incoming, f: impl FnOnce(&Ctx, &Element) -> Result<Done, Fail>) {
                 notify::broadcast(&ctx.server, &ctx.owner, &node, &payload);
             }
         }
-        Err(fail) => answer_error(iq, fail),
+        Err(fail) => iq.fail_with(fail),
     }
-}
-
-/// Answers with `fail`, including its pubsub-specific condition.
-fn answer_error(iq: Incoming, fail: Fail) {
-    let Some((app, feature)) = fail.app else {
-        return iq.error(fail.kind, fail.cond, fail.text);
-    };
-    let mut error = error_element(fail.kind, fail.cond, Some(fail.text));
-    let mut condition = Element::new(app, ns::PUBSUB_ERRORS);
-    if let Some(f) = feature {
-        condition.set_attr("feature", f);
-    }
-    error.push(condition);
-    // FIXME: `Incoming` can only answer with a defined condition, and XEP-0060 clients rely on
-    // the pubsub one (Conversations and Dino reconfigure a node on `precondition-not-met`).
-    // Until it gets a method for an error with extra children, the answer is built here and
-    // the request forgotten so that its drop guard does not answer a second time.
-    let mut reply = Element::stanza("iq")
-        .attr("type", "error")
-        .attr("id", iq.id.as_str());
-    if let Some(to) = &iq.to {
-        reply.set_attr("from", to.to_string());
-        if let Some(from) = &iq.from {
-            reply.set_attr("to", from.to_string());
-        }
-    }
-    reply.push(error);
-    match (iq.connection(), &iq.from) {
-        (Some(conn), _) => conn.send(&reply),
-        (None, Some(from)) => {
-            iq.server().deliver_to_full(from, &reply);
-        }
-        (None, None) => {}
-    }
-    std::mem::forget(iq);
 }
 
 // ---- the use cases ----------------------------------------------------------------------------
@@ -574,12 +541,12 @@ fn answer_error(iq: Incoming, fail: Fail) {
 /// The NodeID of a request element (`nodeid-required` without one).
 fn node_name(el: &Element) -> Result<&str, Fail> {
     match el.get_attr("node") {
-        None | Some("") => Err(Fail::app(
+        None | Some("") => Err(Fails::app(
             Condition::BadRequest,
             "nodeid-required",
             "a node is required",
         )),
-        Some(n) if n.len() > MAX_ID_BYTES => Err(Fail::new(
+        Some(n) if n.len() > MAX_ID_BYTES => Err(Fails::plain(
             Condition::NotAcceptable,
             "the NodeID is too long",
         )),
@@ -598,14 +565,14 @@ fn publish(ctx: &Ctx, publish: &Element, options: Option<&Element>) -> Result<Do
     let item = match items.as_slice() {
         [item] => *item,
         [] => {
-            return Err(Fail::app(
+            return Err(Fails::app(
                 Condition::BadRequest,
                 "item-required",
                 "publish one item",
             ));
         }
         _ => {
-            return Err(Fail::app(
+            return Err(Fails::app(
                 Condition::BadRequest,
                 "invalid-payload",
                 "publish one item at a time",
@@ -616,14 +583,14 @@ fn publish(ctx: &Ctx, publish: &Element, options: Option<&Element>) -> Result<Do
     let payload = match payloads.as_slice() {
         [p] => (*p).clone(),
         [] => {
-            return Err(Fail::app(
+            return Err(Fails::app(
                 Condition::BadRequest,
                 "payload-required",
                 "the item needs a payload",
             ));
         }
         _ => {
-            return Err(Fail::app(
+            return Err(Fails::app(
                 Condition::BadRequest,
                 "invalid-payload",
                 "an item has one payload element",
@@ -632,7 +599,7 @@ fn publish(ctx: &Ctx, publish: &Element, options: Option<&Element>) -> Result<Do
     };
     let item_id = match item.get_attr("id") {
         Some(id) if id.len() > MAX_ID_BYTES => {
-            return Err(Fail::new(
+            return Err(Fails::plain(
                 Condition::NotAcceptable,
                 "the ItemID is too long",
             ));
@@ -645,27 +612,25 @@ fn publish(ctx: &Ctx, publish: &Element, options: Option<&Element>) -> Result<Do
     payload.write_to(&mut serialised, "");
     if serialised.len() > ctx.quotas().pep_max_item_bytes {
         // XEP-0060 §7.1.3.5.
-        return Err(Fail::app(
+        return Err(Fails::app(
             Condition::NotAcceptable,
             "payload-too-big",
             "the item is larger than this service stores",
         ));
     }
-    let bad_options = |_| Fail::new(Condition::BadRequest, "invalid publish-options");
+    let bad_options = |_| Fails::plain(Condition::BadRequest, "invalid publish-options");
     let node = match ctx.server.store.pep_node(ctx.account, name)? {
         Some(node) => {
             if let Some(x) = options
                 && !config::preconditions_met(&node.config, x, ctx.max_items())
                     .map_err(bad_options)?
             {
-                return Err(Fail {
-                    kind: ErrorType::Cancel,
-                    ..Fail::app(
-                        Condition::Conflict,
-                        "precondition-not-met",
-                        "the node exists with another configuration",
-                    )
-                });
+                return Err(Fails::app(
+                    Condition::Conflict,
+                    "precondition-not-met",
+                    "the node exists with another configuration",
+                )
+                .typed(ErrorType::Cancel));
             }
             node
         }
@@ -705,7 +670,7 @@ fn retract(ctx: &Ctx, retract: &Element) -> Result<Done, Fail> {
         .and_then(|i| i.get_attr("id"))
         .filter(|id| !id.is_empty())
     else {
-        return Err(Fail::app(
+        return Err(Fails::app(
             Condition::BadRequest,
             "item-required",
             "retract one item by its id",
@@ -715,11 +680,11 @@ fn retract(ctx: &Ctx, retract: &Element) -> Result<Done, Fail> {
     let notify = match retract.get_attr("notify") {
         Some("true" | "1") => true,
         Some("false" | "0") => false,
-        Some(_) => return Err(Fail::new(Condition::BadRequest, "notify is a boolean")),
+        Some(_) => return Err(Fails::plain(Condition::BadRequest, "notify is a boolean")),
         None => node.config.notify_retract,
     };
     if !ctx.server.store.pep_retract(node.id, item_id)? {
-        return Err(Fail::new(Condition::ItemNotFound, "no such item"));
+        return Err(Fails::plain(Condition::ItemNotFound, "no such item"));
     }
     let mut done = Done::default();
     if notify {
@@ -735,12 +700,12 @@ fn retract(ctx: &Ctx, retract: &Element) -> Result<Done, Fail> {
 fn retrieve(ctx: &Ctx, items: &Element) -> Result<Done, Fail> {
     let name = node_name(items)?;
     let node = ctx.node(name)?;
-    notify::access(&ctx.server, &ctx.owner, &ctx.requester(), &node).map_err(Fail::denied)?;
+    notify::access(&ctx.server, &ctx.owner, &ctx.requester(), &node).map_err(Fails::denied)?;
     let max = match items.get_attr("max_items") {
         None => None,
         Some(m) => Some(
             m.parse::<u32>()
-                .map_err(|_| Fail::new(Condition::BadRequest, "max_items must be a number"))?,
+                .map_err(|_| Fails::plain(Condition::BadRequest, "max_items must be a number"))?,
         ),
     };
     let ids: Vec<&str> = items
@@ -776,7 +741,7 @@ fn create(ctx: &Ctx, create: &Element, form: Option<&Element>) -> Result<Done, F
     ctx.require_owner()?;
     let name = match create.get_attr("node") {
         None | Some("") => {
-            return Err(Fail::app(
+            return Err(Fails::app(
                 Condition::NotAcceptable,
                 "nodeid-required",
                 "instant nodes are not supported",
@@ -785,11 +750,11 @@ fn create(ctx: &Ctx, create: &Element, form: Option<&Element>) -> Result<Done, F
         Some(_) => node_name(create)?,
     };
     if ctx.server.store.pep_node(ctx.account, name)?.is_some() {
-        return Err(Fail::new(Condition::Conflict, "the node exists"));
+        return Err(Fails::plain(Condition::Conflict, "the node exists"));
     }
     let config = match form {
         Some(x) => config::apply(&NodeConfig::default(), x, ctx.max_items())
-            .map_err(|_| Fail::new(Condition::NotAcceptable, "invalid node configuration"))?,
+            .map_err(|_| Fails::plain(Condition::NotAcceptable, "invalid node configuration"))?,
         None => NodeConfig::default(),
     };
     ctx.create(name, config)?;
@@ -817,7 +782,7 @@ fn configure_set(ctx: &Ctx, configure: &Element) -> Result<Done, Fail> {
     let name = node_name(configure)?;
     let node = ctx.node(name)?;
     let Some(x) = configure.get_child("x", ns::DATA_FORMS) else {
-        return Err(Fail::new(
+        return Err(Fails::plain(
             Condition::BadRequest,
             "a configuration form is required",
         ));
@@ -826,7 +791,7 @@ fn configure_set(ctx: &Ctx, configure: &Element) -> Result<Done, Fail> {
         return Ok(Done::default());
     }
     let config = config::apply(&node.config, x, ctx.max_items())
-        .map_err(|_| Fail::new(Condition::NotAcceptable, "invalid node configuration"))?;
+        .map_err(|_| Fails::plain(Condition::NotAcceptable, "invalid node configuration"))?;
     ctx.server
         .store
         .pep_configure(node.id, &config, ctx.max_items())?;
