@@ -892,6 +892,77 @@ fn finished_notice_waits_for_an_offline_owner_across_a_restart() {
     drop(procs);
 }
 
+/// The answer `s` (a stanza as the server writes it, in the stream's default namespace) parsed.
+fn parsed(s: &str) -> minidom::Element {
+    let s = s.replacen("<iq ", "<iq xmlns='jabber:client' ", 1);
+    s.parse().unwrap_or_else(|e| panic!("{e}: {s}"))
+}
+
+/// The defined condition of an error answer, if `iq` is one.
+fn error_condition(iq: &minidom::Element) -> Option<String> {
+    const STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
+    if iq.attr("type") != Some("error") {
+        return None;
+    }
+    let error = iq.get_child("error", "jabber:client")?;
+    error
+        .children()
+        .find(|c| c.ns() == STANZAS && c.name() != "text")
+        .map(|c| c.name().to_owned())
+}
+
+/// `[torrent] enabled = false`: the server's disco#info does not list the torrent namespace,
+/// and a torrent IQ on the user's stream gets `service-unavailable` (the stream's answer to
+/// what no rule takes). Needs no outside tools.
+#[test]
+fn a_disabled_service_is_neither_advertised_nor_answered() {
+    let srv = TestServer::start_with(|c| c.torrent.enabled = false, |_| {});
+    srv.add_user("alice", "pw");
+    let mut alice = Client::login(srv.trusted, "alice");
+
+    let info = parsed(&alice.iq(
+        "type='get' to='localhost'",
+        "<query xmlns='http://jabber.org/protocol/disco#info'/>",
+    ));
+    assert_eq!(info.attr("type"), Some("result"), "{info:?}");
+    let query = info
+        .get_child("query", "http://jabber.org/protocol/disco#info")
+        .unwrap_or_else(|| panic!("no disco#info query in {info:?}"));
+    let features: Vec<&str> = query
+        .children()
+        .filter(|c| c.name() == "feature")
+        .filter_map(|c| c.attr("var"))
+        .collect();
+    assert!(
+        features.contains(&"http://jabber.org/protocol/disco#info"),
+        "{features:?}"
+    );
+    assert!(!features.contains(&NS), "{features:?}");
+
+    // Every request of the namespace, as the seed's example sends them (no `to`).
+    for (kind, payload) in [
+        (
+            "set",
+            format!("<add xmlns='{NS}'>http://127.0.0.1:1/a.torrent</add>"),
+        ),
+        ("get", format!("<list xmlns='{NS}'/>")),
+        ("get", format!("<status xmlns='{NS}' id='1'/>")),
+        ("set", format!("<pause xmlns='{NS}' id='1'/>")),
+        ("set", format!("<remove xmlns='{NS}' id='1'/>")),
+        ("get", format!("<settings xmlns='{NS}'/>")),
+    ] {
+        let r = parsed(&alice.iq(&format!("type='{kind}'"), &payload));
+        assert_eq!(
+            error_condition(&r).as_deref(),
+            Some("service-unavailable"),
+            "{payload}: {r:?}"
+        );
+    }
+    // The stream is still in order.
+    let r = parsed(&alice.get("<ping xmlns='urn:xmpp:ping'/>"));
+    assert_eq!(r.attr("type"), Some("result"), "{r:?}");
+}
+
 /// Per-user quotas: the number of jobs and the bytes of a user's torrents, each refused with
 /// `resource-constraint` and a message saying which limit; other users are not affected.
 #[test]

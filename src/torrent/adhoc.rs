@@ -12,12 +12,11 @@ use std::rc::Rc;
 use jid::BareJid;
 
 use super::TorrentService;
+use super::command::{self, Command, Door, JobOp, Outcome, truthy};
 use super::jobs::{Failure, Job, human_bytes};
-use super::service::{AddOptions, truthy};
-use super::store::{Notify, Settings};
+use super::store::Notify;
 use crate::core::stanza::Condition;
 use crate::iq::Incoming;
-use crate::net::source;
 use crate::xml::{Element, ns};
 
 pub const NS_COMMANDS: &str = "http://jabber.org/protocol/commands";
@@ -92,45 +91,100 @@ pub fn disco_items(domain: &str, node: Option<&str>) -> Element {
     q
 }
 
-/// `<command xmlns='http://jabber.org/protocol/commands'/>` set.
-pub fn handle(svc: &Rc<TorrentService>, iq: Incoming) {
-    let Some(owner) = iq.account() else {
-        return iq.fail(Condition::NotAuthorized, "");
-    };
-    let p = &iq.payload;
+/// What an ad-hoc request asks for, besides its node and session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Step {
+    /// `action='cancel'`.
+    Cancel,
+    /// Execution without a submitted form: answered with the command's form.
+    Form,
+    /// A submitted form, or `list` (which has no form): the command to apply.
+    Run(Command),
+}
+
+/// An ad-hoc request as read from its `<command/>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Request {
+    /// One of [`COMMANDS`].
+    pub node: String,
+    /// As the client sent it; a new one is made when it sent none.
+    pub session: Option<String>,
+    pub step: Step,
+}
+
+/// Reads a `<command xmlns='http://jabber.org/protocol/commands'/>` (its namespace is not
+/// checked). Errors are the IQ errors to answer with.
+pub(super) fn parse(p: &Element) -> Result<Request, Failure> {
     let Some(node) = p
         .get_attr("node")
         .filter(|n| COMMANDS.iter().any(|(c, _)| c == n))
         .map(str::to_owned)
     else {
-        return iq.fail(Condition::ItemNotFound, "no such command");
+        return Err(Failure::new(Condition::ItemNotFound, "no such command"));
     };
-    let session = p
-        .get_attr("sessionid")
-        .map(str::to_owned)
-        .unwrap_or_else(|| new_session(&node));
+    let session = p.get_attr("sessionid").map(str::to_owned);
     let action = p.get_attr("action").unwrap_or("execute");
-    let reply = Reply {
-        node: node.clone(),
-        session,
-    };
-    if action == "cancel" {
-        return iq.result(Some(reply.head("canceled")));
-    }
-    if !matches!(action, "execute" | "complete" | "next") {
-        return iq.fail(
-            Condition::BadRequest,
+    let step = if action == "cancel" {
+        Step::Cancel
+    } else if !matches!(action, "execute" | "complete" | "next") {
+        return Err(Failure::bad_request(
             "this command has one stage: execute, complete or cancel",
-        );
+        ));
+    } else if node == "list" {
+        Step::Run(Command::List)
+    } else {
+        match p
+            .get_child("x", NS_DATA)
+            .filter(|x| x.get_attr("type") == Some("submit"))
+        {
+            None => Step::Form,
+            Some(x) => Step::Run(parse_submission(&node, x)?),
+        }
+    };
+    Ok(Request {
+        node,
+        session,
+        step,
+    })
+}
+
+/// `<command xmlns='http://jabber.org/protocol/commands'/>` set.
+pub fn handle(svc: &Rc<TorrentService>, iq: Incoming) {
+    let Some(owner) = iq.account() else {
+        return iq.fail(Condition::NotAuthorized, "");
+    };
+    let request = match parse(&iq.payload) {
+        Ok(r) => r,
+        Err(f) => return iq.fail(f.cond, &f.text),
+    };
+    let reply = Reply {
+        session: request
+            .session
+            .unwrap_or_else(|| new_session(&request.node)),
+        node: request.node,
+    };
+    match request.step {
+        Step::Cancel => iq.result(Some(reply.head("canceled"))),
+        Step::Form => match start_form(svc, &owner, &reply.node) {
+            Ok(form) => iq.result(Some(reply.executing(form))),
+            Err(note) => iq.result(Some(reply.completed("info", &note))),
+        },
+        Step::Run(cmd) => {
+            let op = match &cmd {
+                Command::Jobs { op, .. } => Some(*op),
+                _ => None,
+            };
+            command::apply(svc, owner, Door::AdHoc, cmd, move |o| {
+                iq.result(Some(answer(&reply, op, o)))
+            });
+        }
     }
-    let submitted = p
-        .get_child("x", NS_DATA)
-        .filter(|x| x.get_attr("type") == Some("submit"))
-        .cloned();
-    let svc = svc.clone();
-    match (node.as_str(), submitted) {
-        ("list", _) => source::spawn_local(async move {
-            let jobs = svc.list(&owner).await;
+}
+
+/// The completed command for an outcome; `op`: of a [`Command::Jobs`].
+fn answer(reply: &Reply, op: Option<JobOp>, o: Outcome) -> Element {
+    match o {
+        Outcome::Listed(jobs) => {
             let mut x = Element::new("x", NS_DATA)
                 .attr("type", "result")
                 .child(Element::new("title", NS_DATA).text("My torrents"));
@@ -180,13 +234,47 @@ pub fn handle(svc: &Rc<TorrentService>, iq: Incoming) {
             } else {
                 lines.join("\n")
             };
-            iq.result(Some(reply.completed("info", &note).child(x)));
-        }),
-        (_, None) => match start_form(&svc, &owner, &node) {
-            Ok(form) => iq.result(Some(reply.executing(form))),
-            Err(note) => iq.result(Some(reply.completed("info", &note))),
-        },
-        (_, Some(x)) => submit(&svc, iq, owner, reply, x),
+            reply.completed("info", &note).child(x)
+        }
+        Outcome::Added(Ok(a)) => {
+            let note = if a.resolving {
+                format!(
+                    "Added job {}: {} — waiting for metadata; you will get a message.",
+                    a.job.number,
+                    a.job.label()
+                )
+            } else {
+                format!("Added job {}: {}.", a.job.number, a.job.label())
+            };
+            reply.completed("info", &note)
+        }
+        Outcome::Jobs(results) if results.is_empty() => reply.completed("info", "Nothing chosen."),
+        Outcome::Jobs(results) => {
+            let mut lines = Vec::new();
+            let mut failed = false;
+            for (n, r) in results {
+                match r {
+                    Ok((j, p)) => lines.push(match op {
+                        Some(JobOp::Pause) => format!("Paused job {n}: {}.", j.label()),
+                        Some(JobOp::Resume) => format!("Resumed job {n}: {}.", j.label()),
+                        Some(JobOp::Remove { files }) => {
+                            let what = if files { " and its files" } else { "" };
+                            format!("Removed job {n}{what}: {}.", j.label())
+                        }
+                        Some(JobOp::Status) | None => j.summary(p.as_ref()),
+                    }),
+                    Err(f) => {
+                        failed = true;
+                        lines.push(format!("Job {n}: {}", f.text));
+                    }
+                }
+            }
+            let kind = if failed { "error" } else { "info" };
+            reply.completed(kind, &lines.join("\n"))
+        }
+        Outcome::Settings(Ok(_)) => reply.completed("info", "Settings saved."),
+        Outcome::Added(Err(f)) | Outcome::Settings(Err(f)) => reply.completed("error", &f.text),
+        Outcome::Help => reply.completed("info", "Choose a command from the list."),
     }
 }
 
@@ -362,31 +450,14 @@ fn values(x: &Element, var: &str) -> Vec<String> {
 /// Most jobs chosen in one submission.
 const MAX_CHOSEN: usize = 50;
 
-/// What a submitted form asks for.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) enum Submission {
-    Add {
-        text: String,
-        paused: bool,
-    },
-    /// `pause`, `resume` or `remove` of the chosen jobs.
-    Jobs {
-        numbers: Vec<i64>,
-        delete_files: bool,
-    },
-    Settings {
-        notify: Option<Notify>,
-        progress: Option<bool>,
-    },
-}
-
 /// Reads the submitted form `x` of command `node` (one of [`COMMANDS`] but `list`).
-pub(super) fn parse_submission(node: &str, x: &Element) -> Result<Submission, Failure> {
+pub(super) fn parse_submission(node: &str, x: &Element) -> Result<Command, Failure> {
     let first = |var: &str| values(x, var).into_iter().next();
     match node {
-        "add" => Ok(Submission::Add {
-            text: values(x, "url").join("\n"),
+        "add" => Ok(Command::Add {
+            source: values(x, "url").join("\n"),
             paused: truthy(first("paused").as_deref()),
+            peers: Vec::new(),
         }),
         "pause" | "resume" | "remove" => {
             let chosen = values(x, "jobs");
@@ -400,12 +471,16 @@ pub(super) fn parse_submission(node: &str, x: &Element) -> Result<Submission, Fa
                 .map(|v| v.trim().parse::<i64>())
                 .collect::<Result<Vec<i64>, _>>()
                 .map_err(|_| Failure::bad_request("jobs are chosen by number"))?;
-            Ok(Submission::Jobs {
-                numbers,
-                delete_files: node == "remove" && truthy(first("delete_files").as_deref()),
-            })
+            let op = match node {
+                "pause" => JobOp::Pause,
+                "resume" => JobOp::Resume,
+                _ => JobOp::Remove {
+                    files: truthy(first("delete_files").as_deref()),
+                },
+            };
+            Ok(Command::Jobs { op, numbers })
         }
-        _ => Ok(Submission::Settings {
+        _ => Ok(Command::SetSettings {
             notify: match first("notify") {
                 None => None,
                 Some(v) => Some(
@@ -415,97 +490,6 @@ pub(super) fn parse_submission(node: &str, x: &Element) -> Result<Submission, Fa
             },
             progress: first("progress").map(|v| truthy(Some(&v))),
         }),
-    }
-}
-
-fn submit(svc: &Rc<TorrentService>, iq: Incoming, owner: BareJid, reply: Reply, x: Element) {
-    let node = reply.node.clone();
-    let submission = match parse_submission(&node, &x) {
-        Ok(s) => s,
-        Err(f) => return iq.fail(f.cond, &f.text),
-    };
-    match submission {
-        Submission::Add { text, paused } => {
-            let opts = AddOptions {
-                paused,
-                peers: Vec::new(),
-            };
-            svc.add(
-                owner,
-                &text,
-                opts,
-                true,
-                Box::new(move |r| match r {
-                    Ok(a) => {
-                        let note = if a.resolving {
-                            format!(
-                                "Added job {}: {} — waiting for metadata; you will get a message.",
-                                a.job.number,
-                                a.job.label()
-                            )
-                        } else {
-                            format!("Added job {}: {}.", a.job.number, a.job.label())
-                        };
-                        iq.result(Some(reply.completed("info", &note)))
-                    }
-                    Err(f) => iq.result(Some(reply.completed("error", &f.text))),
-                }),
-            );
-        }
-        Submission::Jobs {
-            numbers,
-            delete_files: files,
-        } => {
-            if numbers.is_empty() {
-                return iq.result(Some(reply.completed("info", "Nothing chosen.")));
-            }
-            let svc = svc.clone();
-            source::spawn_local(async move {
-                let mut lines = Vec::new();
-                let mut failed = false;
-                for n in numbers {
-                    let r: Result<String, Failure> = match node.as_str() {
-                        "pause" => svc
-                            .pause(&owner, n)
-                            .await
-                            .map(|(j, _)| format!("Paused job {n}: {}.", j.label())),
-                        "resume" => svc
-                            .resume(&owner, n)
-                            .await
-                            .map(|(j, _)| format!("Resumed job {n}: {}.", j.label())),
-                        _ => svc.remove(&owner, n, files).await.map(|j| {
-                            let what = if files { " and its files" } else { "" };
-                            format!("Removed job {n}{what}: {}.", j.label())
-                        }),
-                    };
-                    match r {
-                        Ok(l) => lines.push(l),
-                        Err(f) => {
-                            failed = true;
-                            lines.push(format!("Job {n}: {}", f.text));
-                        }
-                    }
-                }
-                let kind = if failed { "error" } else { "info" };
-                iq.result(Some(reply.completed(kind, &lines.join("\n"))));
-            });
-        }
-        Submission::Settings { notify, progress } => {
-            let mut s: Settings = match svc.settings(&owner) {
-                Ok(s) => s,
-                Err(f) => return iq.result(Some(reply.completed("error", &f.text))),
-            };
-            if let Some(n) = notify {
-                s.notify = n;
-            }
-            if let Some(p) = progress {
-                s.progress = p;
-            }
-            match svc.set_settings(&owner, s) {
-                Ok(()) => iq.result(Some(reply.completed("info", "Settings saved."))),
-                Err(f) => iq.result(Some(reply.completed("error", &f.text))),
-            }
-        }
     }
 }
 
@@ -538,9 +522,10 @@ mod tests {
         };
         assert_eq!(
             parse_submission("add", &s(&[("url", &["a", "b"]), ("paused", &["true"])])).unwrap(),
-            Submission::Add {
-                text: "a\nb".into(),
-                paused: true
+            Command::Add {
+                source: "a\nb".into(),
+                paused: true,
+                peers: Vec::new()
             }
         );
         assert_eq!(
@@ -549,9 +534,9 @@ mod tests {
                 &s(&[("jobs", &[" 1", "2 "]), ("delete_files", &["1"])])
             )
             .unwrap(),
-            Submission::Jobs {
-                numbers: vec![1, 2],
-                delete_files: true
+            Command::Jobs {
+                op: JobOp::Remove { files: true },
+                numbers: vec![1, 2]
             }
         );
         assert!(parse_submission("pause", &s(&[("jobs", &["one"])])).is_err());
@@ -559,12 +544,135 @@ mod tests {
         assert!(parse_submission("pause", &submitted(&[("jobs".into(), many)])).is_err());
         assert_eq!(
             parse_submission("settings", &s(&[("notify", &["none"])])).unwrap(),
-            Submission::Settings {
+            Command::SetSettings {
                 notify: Some(Notify::None),
                 progress: None
             }
         );
         assert!(parse_submission("settings", &s(&[("notify", &["loud"])])).is_err());
+    }
+
+    fn xml(s: &str) -> Element {
+        crate::xml::parse::element(s.as_bytes(), &crate::xml::parse::Scope::new()).unwrap()
+    }
+
+    /// `<command/>`s as Gajim, Conversations and Psi send them.
+    #[test]
+    fn requests_as_clients_send_them() {
+        let p = |s: &str| parse(&xml(s));
+        let run = |node: &str, session: Option<&str>, cmd| Request {
+            node: node.into(),
+            session: session.map(str::to_owned),
+            step: Step::Run(cmd),
+        };
+        // Executing `list` from the menu runs it; so does `complete` with a stray form.
+        assert_eq!(
+            p(
+                "<command xmlns='http://jabber.org/protocol/commands' node='list' action='execute'/>"
+            ),
+            Ok(run("list", None, Command::List))
+        );
+        assert_eq!(
+            p(
+                "<command xmlns='http://jabber.org/protocol/commands' node='list' \
+               sessionid='s1' action='complete'><x xmlns='jabber:x:data' type='submit'/></command>"
+            ),
+            Ok(run("list", Some("s1"), Command::List))
+        );
+        // Other commands first answer with their form (no action means execute).
+        assert_eq!(
+            p("<command xmlns='http://jabber.org/protocol/commands' node='pause'/>"),
+            Ok(Request {
+                node: "pause".into(),
+                session: None,
+                step: Step::Form
+            })
+        );
+        // A form that is not submitted (`type='form'`) is not a submission.
+        assert_eq!(
+            p(
+                "<command xmlns='http://jabber.org/protocol/commands' node='remove' sessionid='r'>\
+               <x xmlns='jabber:x:data' type='form'/></command>"
+            )
+            .map(|r| r.step),
+            Ok(Step::Form)
+        );
+        // The submission completes it.
+        assert_eq!(
+            p(
+                "<command xmlns='http://jabber.org/protocol/commands' node='remove' \
+               sessionid='remove-1' action='complete'><x xmlns='jabber:x:data' type='submit'>\
+               <field var='jobs' type='list-multi'><value>2</value><value>5</value></field>\
+               <field var='delete_files' type='boolean'><value>1</value></field></x></command>"
+            ),
+            Ok(run(
+                "remove",
+                Some("remove-1"),
+                Command::Jobs {
+                    op: JobOp::Remove { files: true },
+                    numbers: vec![2, 5]
+                }
+            ))
+        );
+        assert_eq!(
+            p(
+                "<command xmlns='http://jabber.org/protocol/commands' node='add' sessionid='a'>\
+               <x xmlns='jabber:x:data' type='submit'><field var='url'>\
+               <value>magnet:?xt=urn:btih:00</value></field>\
+               <field var='paused'><value>false</value></field></x></command>"
+            )
+            .map(|r| r.step),
+            Ok(Step::Run(Command::Add {
+                source: "magnet:?xt=urn:btih:00".into(),
+                paused: false,
+                peers: Vec::new()
+            }))
+        );
+        assert_eq!(
+            p(
+                "<command xmlns='http://jabber.org/protocol/commands' node='settings' \
+               action='next'><x xmlns='jabber:x:data' type='submit'>\
+               <field var='notify'><value>done</value></field>\
+               <field var='progress'><value>true</value></field></x></command>"
+            )
+            .map(|r| r.step),
+            Ok(Step::Run(Command::SetSettings {
+                notify: Some(Notify::Done),
+                progress: Some(true)
+            }))
+        );
+        assert_eq!(
+            p(
+                "<command xmlns='http://jabber.org/protocol/commands' node='add' \
+               sessionid='add-9' action='cancel'/>"
+            ),
+            Ok(Request {
+                node: "add".into(),
+                session: Some("add-9".into()),
+                step: Step::Cancel
+            })
+        );
+        // Refusals are the IQ errors to answer with.
+        let err = |s: &str| p(s).unwrap_err();
+        let e = err("<command xmlns='http://jabber.org/protocol/commands' node='reboot'/>");
+        assert_eq!(
+            (e.cond, e.text.as_str()),
+            (Condition::ItemNotFound, "no such command")
+        );
+        let e = err("<command xmlns='http://jabber.org/protocol/commands'/>");
+        assert_eq!(e.cond, Condition::ItemNotFound);
+        let e =
+            err("<command xmlns='http://jabber.org/protocol/commands' node='add' action='prev'/>");
+        assert_eq!(e.cond, Condition::BadRequest);
+        let e = err(
+            "<command xmlns='http://jabber.org/protocol/commands' node='pause'>\
+                     <x xmlns='jabber:x:data' type='submit'><field var='jobs'>\
+                     <value>three</value></field></x></command>",
+        );
+        assert_eq!(
+            (e.cond, e.text.as_str()),
+            (Condition::BadRequest, "jobs are chosen by number")
+        );
     }
 
     /// Any element tree of the data-forms vocabulary, and strangers.
@@ -603,6 +711,18 @@ mod tests {
     }
 
     proptest! {
+        /// Any tree as a `<command/>`: a request or an error, never a panic.
+        #[test]
+        fn any_command(node in "(list|add|pause|resume|remove|settings|[a-z]{0,3})",
+                       action in proptest::option::of("(execute|complete|next|cancel|prev|[a-z]{0,3})"),
+                       x in any_element()) {
+            let mut c = Element::new("command", NS_COMMANDS).attr("node", node).child(x);
+            if let Some(a) = action {
+                c.set_attr("action", a);
+            }
+            let _ = parse(&c);
+        }
+
         /// Any tree as a submitted form: a submission or an error, never a panic.
         #[test]
         fn any_form(node in node(), x in any_element()) {
@@ -625,7 +745,7 @@ mod tests {
             let (fields, want) = match node {
                 "add" => (
                     vec![("url".into(), vec![text.clone()]), ("paused".into(), vec![b(flag)])],
-                    Submission::Add { text, paused: flag },
+                    Command::Add { source: text, paused: flag, peers: Vec::new() },
                 ),
                 "settings" => {
                     let mut f = Vec::new();
@@ -635,14 +755,21 @@ mod tests {
                     if let Some(p) = progress {
                         f.push(("progress".into(), vec![b(p)]));
                     }
-                    (f, Submission::Settings { notify, progress })
+                    (f, Command::SetSettings { notify, progress })
                 }
                 _ => (
                     vec![
                         ("jobs".into(), numbers.iter().map(i64::to_string).collect()),
                         ("delete_files".into(), vec![b(flag)]),
                     ],
-                    Submission::Jobs { numbers, delete_files: flag && node == "remove" },
+                    Command::Jobs {
+                        op: match node {
+                            "pause" => JobOp::Pause,
+                            "resume" => JobOp::Resume,
+                            _ => JobOp::Remove { files: flag },
+                        },
+                        numbers,
+                    },
                 ),
             };
             prop_assert_eq!(parse_submission(node, &submitted(&fields)).unwrap(), want);

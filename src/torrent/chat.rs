@@ -9,10 +9,8 @@ use std::rc::Rc;
 use jid::{BareJid, FullJid};
 
 use super::TorrentService;
-use super::jobs::Failure;
-use super::service::AddOptions;
+use super::command::{self, Command, Door, JobOp, Outcome};
 use super::store::Notify;
-use crate::net::source;
 use crate::xml::{Element, ns};
 
 /// Most links added from one message.
@@ -32,44 +30,23 @@ Ad-hoc commands (in your client's menu) do the same.";
 /// Most job numbers in one command.
 const MAX_NUMBERS: usize = 50;
 
-/// What a chat message asks for.
+/// Why a message is not a command; answered with a hint.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) enum Command {
-    /// Add each link; `paused` if the message starts with the word "paused".
-    Add {
-        links: Vec<String>,
-        paused: bool,
-    },
+pub(super) enum Reject {
     TooManyLinks,
-    Help,
-    List,
-    Jobs {
-        op: JobOp,
-        numbers: Vec<i64>,
-    },
     /// A job command without (valid) numbers; the word as typed, lower case.
     NeedNumbers(String),
     TooManyNumbers,
-    /// `notify …`: `None` when the word after it is not a setting.
-    Notify(Option<Notify>),
-    /// `progress on|off`.
-    Progress(Option<bool>),
+    /// `notify` without `all`, `done` or `none`.
+    NotifyHow,
+    /// `progress` without `on` or `off`.
+    ProgressHow,
     Unknown,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum JobOp {
-    Status,
-    Pause,
-    Resume,
-    /// Forget, keep the files.
-    Remove,
-    /// Forget and delete the files.
-    Delete,
-}
-
-/// Reads a message body (see the module comment).
-pub(super) fn parse(body: &str) -> Command {
+/// Reads a message body (see the module comment): each link is an add of its own (and is
+/// answered on its own); anything else is one command.
+pub(super) fn parse(body: &str) -> Result<Vec<Command>, Reject> {
     let links: Vec<&str> = body
         .split_whitespace()
         .map(|w| w.trim_matches(|c| matches!(c, '<' | '>' | '"' | '\'' | '(' | ')' | ',')))
@@ -81,53 +58,65 @@ pub(super) fn parse(body: &str) -> Command {
         .collect();
     if !links.is_empty() {
         if links.len() > MAX_LINKS {
-            return Command::TooManyLinks;
+            return Err(Reject::TooManyLinks);
         }
         let paused = body
             .split_whitespace()
             .next()
             .is_some_and(|w| w.eq_ignore_ascii_case("paused"));
-        return Command::Add {
-            links: links.into_iter().map(str::to_owned).collect(),
-            paused,
-        };
+        return Ok(links
+            .into_iter()
+            .map(|l| Command::Add {
+                source: l.to_owned(),
+                paused,
+                peers: Vec::new(),
+            })
+            .collect());
     }
     let mut words = body.split_whitespace();
     let cmd = words.next().unwrap_or("").to_ascii_lowercase();
     let args: Vec<&str> = words.take(MAX_NUMBERS + 1).collect();
     let op = match cmd.as_str() {
-        "help" | "?" | "hi" | "hello" => return Command::Help,
-        "list" | "ls" | "status" if args.is_empty() => return Command::List,
+        "help" | "?" | "hi" | "hello" => return Ok(vec![Command::Help]),
+        "list" | "ls" | "status" if args.is_empty() => return Ok(vec![Command::List]),
         "status" => JobOp::Status,
         "pause" => JobOp::Pause,
         "resume" => JobOp::Resume,
-        "remove" | "rm" => JobOp::Remove,
-        "delete" => JobOp::Delete,
+        "remove" | "rm" => JobOp::Remove { files: false },
+        "delete" => JobOp::Remove { files: true },
         "notify" | "notifications" => {
-            return Command::Notify(
-                args.first()
-                    .and_then(|a| Notify::parse(&a.to_ascii_lowercase())),
-            );
+            let notify = args
+                .first()
+                .and_then(|a| Notify::parse(&a.to_ascii_lowercase()))
+                .ok_or(Reject::NotifyHow)?;
+            return Ok(vec![Command::SetSettings {
+                notify: Some(notify),
+                progress: None,
+            }]);
         }
         "progress" => {
-            return Command::Progress(match args.first().map(|a| a.to_ascii_lowercase()) {
-                Some(a) if a == "on" => Some(true),
-                Some(a) if a == "off" => Some(false),
-                _ => None,
-            });
+            let on = match args.first().map(|a| a.to_ascii_lowercase()) {
+                Some(a) if a == "on" => true,
+                Some(a) if a == "off" => false,
+                _ => return Err(Reject::ProgressHow),
+            };
+            return Ok(vec![Command::SetSettings {
+                notify: None,
+                progress: Some(on),
+            }]);
         }
-        _ => return Command::Unknown,
+        _ => return Err(Reject::Unknown),
     };
     if args.len() > MAX_NUMBERS {
-        return Command::TooManyNumbers;
+        return Err(Reject::TooManyNumbers);
     }
     let numbers: Result<Vec<i64>, _> = args
         .iter()
         .map(|a| a.trim_start_matches('#').parse::<i64>())
         .collect();
     match numbers {
-        Ok(numbers) if !numbers.is_empty() => Command::Jobs { op, numbers },
-        _ => Command::NeedNumbers(cmd),
+        Ok(numbers) if !numbers.is_empty() => Ok(vec![Command::Jobs { op, numbers }]),
+        _ => Err(Reject::NeedNumbers(cmd)),
     }
 }
 
@@ -143,127 +132,95 @@ pub fn handle(svc: &Rc<TorrentService>, msg: Element, from: &FullJid) {
         return;
     };
     let owner = from.to_bare();
-    match parse(&body) {
-        Command::TooManyLinks => say(
-            svc,
-            &owner,
-            &format!("That is more than {MAX_LINKS} links; send fewer at a time."),
-        ),
-        Command::Add { links, paused } => {
-            for link in links {
-                let (svc2, to, text) = (svc.clone(), owner.clone(), link.clone());
-                let opts = AddOptions {
-                    paused,
-                    peers: Vec::new(),
+    let commands = match parse(&body) {
+        Ok(c) => c,
+        Err(r) => return say(svc, &owner, &hint(&r)),
+    };
+    for cmd in commands {
+        let (svc2, to) = (svc.clone(), owner.clone());
+        command::apply(svc, owner.clone(), Door::Chat, cmd.clone(), move |o| {
+            say(&svc2, &to, &reply(&cmd, o))
+        });
+    }
+}
+
+/// The answer to a message that is not a command.
+fn hint(r: &Reject) -> String {
+    match r {
+        Reject::TooManyLinks => {
+            format!("That is more than {MAX_LINKS} links; send fewer at a time.")
+        }
+        Reject::NeedNumbers(cmd) => format!("Say which jobs by number, e.g. `{cmd} 3`."),
+        Reject::TooManyNumbers => format!("At most {MAX_NUMBERS} jobs at a time."),
+        Reject::NotifyHow => "Say `notify all`, `notify done` or `notify none`.".to_owned(),
+        Reject::ProgressHow => "Say `progress on` or `progress off`.".to_owned(),
+        Reject::Unknown => "I did not understand that. Send `help` for what I can do.".to_owned(),
+    }
+}
+
+/// The answer to `cmd`, which came to `o`.
+fn reply(cmd: &Command, o: Outcome) -> String {
+    match o {
+        Outcome::Added(r) => match r {
+            Ok(a) if a.resolving => format!(
+                "Added job {}: {} — waiting for the metadata from peers; I will tell you when it arrives.",
+                a.job.number,
+                a.job.label()
+            ),
+            Ok(a) => format!(
+                "Added job {}: {} — {}.",
+                a.job.number,
+                a.job.label(),
+                a.job.state.as_str()
+            ),
+            Err(f) => {
+                let source = match cmd {
+                    Command::Add { source, .. } => source.as_str(),
+                    _ => "",
                 };
-                svc.add(
-                    owner.clone(),
-                    &text,
-                    opts,
-                    false,
-                    Box::new(move |r| {
-                        let text = match r {
-                            Ok(a) if a.resolving => format!(
-                                "Added job {}: {} — waiting for the metadata from peers; I will tell you when it arrives.",
-                                a.job.number,
-                                a.job.label()
-                            ),
-                            Ok(a) => format!("Added job {}: {} — {}.", a.job.number, a.job.label(), a.job.state.as_str()),
-                            Err(f) => format!("Could not add {}: {}", shorten(&link), f.text),
-                        };
-                        say(&svc2, &to, &text);
-                    }),
-                );
+                format!("Could not add {}: {}", shorten(source), f.text)
             }
+        },
+        Outcome::Listed(jobs) if jobs.is_empty() => {
+            "You have no torrents. Send me a magnet link or a .torrent URL.".to_owned()
         }
-        Command::Help => say(svc, &owner, HELP),
-        Command::List => {
-            let svc = svc.clone();
-            source::spawn_local(async move {
-                let jobs = svc.list(&owner).await;
-                let text = if jobs.is_empty() {
-                    "You have no torrents. Send me a magnet link or a .torrent URL.".to_owned()
-                } else {
-                    jobs.iter()
-                        .map(|(j, p)| j.summary(p.as_ref()))
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                };
-                say(&svc, &owner, &text);
-            });
-        }
-        Command::NeedNumbers(cmd) => say(
-            svc,
-            &owner,
-            &format!("Say which jobs by number, e.g. `{cmd} 3`."),
-        ),
-        Command::TooManyNumbers => say(
-            svc,
-            &owner,
-            &format!("At most {MAX_NUMBERS} jobs at a time."),
-        ),
-        Command::Jobs { op, numbers } => {
-            let svc = svc.clone();
-            source::spawn_local(async move {
-                let mut lines = Vec::new();
-                for n in numbers {
-                    let r: Result<String, Failure> = match op {
-                        JobOp::Status => svc
-                            .status(&owner, n)
-                            .await
-                            .map(|(j, p)| j.summary(p.as_ref())),
-                        JobOp::Pause => svc
-                            .pause(&owner, n)
-                            .await
-                            .map(|(j, _)| format!("Paused job {n}: {}.", j.label())),
-                        JobOp::Resume => svc
-                            .resume(&owner, n)
-                            .await
-                            .map(|(j, _)| format!("Resumed job {n}: {}.", j.label())),
-                        JobOp::Delete => svc
-                            .remove(&owner, n, true)
-                            .await
-                            .map(|j| format!("Removed job {n} and its files: {}.", j.label())),
-                        JobOp::Remove => svc
-                            .remove(&owner, n, false)
-                            .await
-                            .map(|j| format!("Removed job {n}: {} (files kept).", j.label())),
-                    };
-                    lines.push(r.unwrap_or_else(|f| format!("Job {n}: {}", f.text)));
-                }
-                say(&svc, &owner, &lines.join("\n"));
-            });
-        }
-        Command::Notify(None) => say(
-            svc,
-            &owner,
-            "Say `notify all`, `notify done` or `notify none`.",
-        ),
-        Command::Notify(Some(n)) => {
-            let text = match svc
-                .settings(&owner)
-                .and_then(|s| svc.set_settings(&owner, super::store::Settings { notify: n, ..s }))
-            {
-                Ok(()) => format!("Notifications: {}.", n.as_str()),
-                Err(f) => f.text,
+        Outcome::Listed(jobs) => jobs
+            .iter()
+            .map(|(j, p)| j.summary(p.as_ref()))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Outcome::Jobs(results) => {
+            let op = match cmd {
+                Command::Jobs { op, .. } => *op,
+                _ => JobOp::Status,
             };
-            say(svc, &owner, &text);
+            results
+                .into_iter()
+                .map(|(n, r)| match r {
+                    Ok((j, p)) => match op {
+                        JobOp::Status => j.summary(p.as_ref()),
+                        JobOp::Pause => format!("Paused job {n}: {}.", j.label()),
+                        JobOp::Resume => format!("Resumed job {n}: {}.", j.label()),
+                        JobOp::Remove { files: true } => {
+                            format!("Removed job {n} and its files: {}.", j.label())
+                        }
+                        JobOp::Remove { files: false } => {
+                            format!("Removed job {n}: {} (files kept).", j.label())
+                        }
+                    },
+                    Err(f) => format!("Job {n}: {}", f.text),
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
         }
-        Command::Progress(None) => say(svc, &owner, "Say `progress on` or `progress off`."),
-        Command::Progress(Some(on)) => {
-            let text = match svc.settings(&owner).and_then(|s| {
-                svc.set_settings(&owner, super::store::Settings { progress: on, ..s })
-            }) {
-                Ok(()) => format!("Progress messages {}.", if on { "on" } else { "off" }),
-                Err(f) => f.text,
-            };
-            say(svc, &owner, &text);
-        }
-        Command::Unknown => say(
-            svc,
-            &owner,
-            "I did not understand that. Send `help` for what I can do.",
-        ),
+        Outcome::Settings(Err(f)) => f.text,
+        Outcome::Settings(Ok(s)) => match cmd {
+            Command::SetSettings {
+                progress: Some(on), ..
+            } => format!("Progress messages {}.", if *on { "on" } else { "off" }),
+            _ => format!("Notifications: {}.", s.notify.as_str()),
+        },
+        Outcome::Help => HELP.to_owned(),
     }
 }
 
@@ -285,36 +242,129 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn one(c: Command) -> Result<Vec<Command>, Reject> {
+        Ok(vec![c])
+    }
+
+    fn add(source: &str, paused: bool) -> Command {
+        Command::Add {
+            source: source.into(),
+            paused,
+            peers: Vec::new(),
+        }
+    }
+
     #[test]
     fn words_and_links() {
-        assert_eq!(parse("help"), Command::Help);
-        assert_eq!(parse("  LIST "), Command::List);
-        assert_eq!(parse("status"), Command::List);
+        assert_eq!(parse("help"), one(Command::Help));
+        assert_eq!(parse("  LIST "), one(Command::List));
+        assert_eq!(parse("status"), one(Command::List));
         assert_eq!(
             parse("pause 3 #4"),
-            Command::Jobs {
+            one(Command::Jobs {
                 op: JobOp::Pause,
                 numbers: vec![3, 4]
-            }
+            })
         );
-        assert_eq!(parse("rm x"), Command::NeedNumbers("rm".into()));
-        assert_eq!(parse("notify DONE"), Command::Notify(Some(Notify::Done)));
-        assert_eq!(parse("progress maybe"), Command::Progress(None));
+        assert_eq!(parse("rm x"), Err(Reject::NeedNumbers("rm".into())));
+        assert_eq!(
+            parse("notify DONE"),
+            one(Command::SetSettings {
+                notify: Some(Notify::Done),
+                progress: None
+            })
+        );
+        assert_eq!(parse("progress maybe"), Err(Reject::ProgressHow));
         assert_eq!(
             parse("paused <magnet:?xt=urn:btih:ab>, http://x/y"),
-            Command::Add {
-                links: vec!["magnet:?xt=urn:btih:ab".into(), "http://x/y".into()],
-                paused: true
-            }
+            Ok(vec![
+                add("magnet:?xt=urn:btih:ab", true),
+                add("http://x/y", true)
+            ])
         );
-        assert_eq!(parse(&"http://x ".repeat(11)), Command::TooManyLinks);
+        assert_eq!(parse(&"http://x ".repeat(11)), Err(Reject::TooManyLinks));
         assert_eq!(
             parse(&format!("pause{}", " 1".repeat(51))),
-            Command::TooManyNumbers
+            Err(Reject::TooManyNumbers)
         );
         // A multi-byte word where a scheme would be: no slicing inside a character.
-        assert_eq!(parse("magnéééé:x"), Command::Unknown);
-        assert_eq!(parse("é"), Command::Unknown);
+        assert_eq!(parse("magnéééé:x"), Err(Reject::Unknown));
+        assert_eq!(parse("é"), Err(Reject::Unknown));
+    }
+
+    /// What people type, as the help text teaches it.
+    #[test]
+    fn the_help_texts_commands() {
+        let jobs = |op, numbers: &[i64]| {
+            one(Command::Jobs {
+                op,
+                numbers: numbers.to_vec(),
+            })
+        };
+        assert_eq!(parse("ls"), one(Command::List));
+        assert_eq!(parse("Hello"), one(Command::Help));
+        assert_eq!(parse("?"), one(Command::Help));
+        assert_eq!(parse("status 2"), jobs(JobOp::Status, &[2]));
+        assert_eq!(parse("resume 1 2"), jobs(JobOp::Resume, &[1, 2]));
+        assert_eq!(
+            parse("remove 5"),
+            jobs(JobOp::Remove { files: false }, &[5])
+        );
+        assert_eq!(
+            parse("delete #5 6"),
+            jobs(JobOp::Remove { files: true }, &[5, 6])
+        );
+        assert_eq!(parse("delete"), Err(Reject::NeedNumbers("delete".into())));
+        assert_eq!(
+            parse("notifications off"),
+            one(Command::SetSettings {
+                notify: Some(Notify::None),
+                progress: None
+            })
+        );
+        assert_eq!(parse("notify"), Err(Reject::NotifyHow));
+        assert_eq!(parse("notify loud"), Err(Reject::NotifyHow));
+        assert_eq!(
+            parse("progress ON"),
+            one(Command::SetSettings {
+                notify: None,
+                progress: Some(true)
+            })
+        );
+        assert_eq!(
+            parse("progress off"),
+            one(Command::SetSettings {
+                notify: None,
+                progress: Some(false)
+            })
+        );
+        assert_eq!(
+            parse("https://example.org/debian.iso.torrent"),
+            Ok(vec![add("https://example.org/debian.iso.torrent", false)])
+        );
+        assert_eq!(
+            parse("please get \"HTTP://x/a.torrent\" (magnet:?xt=urn:btih:cd)"),
+            Ok(vec![
+                add("HTTP://x/a.torrent", false),
+                add("magnet:?xt=urn:btih:cd", false)
+            ])
+        );
+        assert_eq!(parse("what is this"), Err(Reject::Unknown));
+        assert_eq!(parse("   "), Err(Reject::Unknown));
+    }
+
+    /// Every refusal has its hint, and a hint names what to type.
+    #[test]
+    fn hints() {
+        assert_eq!(
+            hint(&Reject::NeedNumbers("rm".into())),
+            "Say which jobs by number, e.g. `rm 3`."
+        );
+        assert_eq!(hint(&Reject::TooManyNumbers), "At most 50 jobs at a time.");
+        assert!(hint(&Reject::TooManyLinks).contains("more than 10 links"));
+        assert!(hint(&Reject::NotifyHow).contains("`notify done`"));
+        assert!(hint(&Reject::ProgressHow).contains("`progress on`"));
+        assert!(hint(&Reject::Unknown).contains("`help`"));
     }
 
     fn op() -> impl Strategy<Value = (JobOp, &'static str)> {
@@ -322,9 +372,9 @@ mod tests {
             Just((JobOp::Status, "status")),
             Just((JobOp::Pause, "pause")),
             Just((JobOp::Resume, "Resume")),
-            Just((JobOp::Remove, "rm")),
-            Just((JobOp::Remove, "REMOVE")),
-            Just((JobOp::Delete, "delete")),
+            Just((JobOp::Remove { files: false }, "rm")),
+            Just((JobOp::Remove { files: false }, "REMOVE")),
+            Just((JobOp::Remove { files: true }, "delete")),
         ]
     }
 
@@ -358,7 +408,7 @@ mod tests {
                 .join(" ");
             prop_assert_eq!(
                 parse(&format!("{word} {text}")),
-                Command::Jobs { op, numbers }
+                Ok(vec![Command::Jobs { op, numbers }])
             );
         }
 
@@ -373,7 +423,11 @@ mod tests {
                 if paused { "paused " } else { "" },
                 links.join(" and ")
             );
-            prop_assert_eq!(parse(&body), Command::Add { links, paused });
+            let adds = links
+                .iter()
+                .map(|l| Command::Add { source: l.clone(), paused, peers: Vec::new() })
+                .collect();
+            prop_assert_eq!(parse(&body), Ok(adds));
         }
     }
 }

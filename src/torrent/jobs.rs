@@ -14,7 +14,7 @@ use crate::core::stanza::Condition;
 use crate::xml::{Element, ns};
 
 /// Why an operation failed: an XMPP condition and a sentence for the user.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{text}")]
 pub struct Failure {
     pub cond: Condition,

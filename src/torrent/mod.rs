@@ -1,10 +1,12 @@
 //! Remote BitTorrent downloads over XMPP: the seed's second service ("add a download from any
 //! client, learn when it is done even if you were offline").
 //!
-//! One job model, three front doors, all answered by the same code:
+//! One job model, three front doors, each parsing its input into the same [`command`] and
+//! having it carried out by the same `command::apply`:
 //! - the seed's namespace `http://wockd.org/ns/torrent` (`add`, `list`, `status`, `pause`,
 //!   `resume`, `remove`, `settings`; README.md documents the protocol), both on the user's own
-//!   stream with no `to` — the seed's protocol example — and at the service's domain;
+//!   stream with no `to` — the seed's protocol example — and at the service's domain
+//!   ([`protocol`]);
 //! - XEP-0050 ad-hoc commands with XEP-0004 forms at the service's domain ([`adhoc`]);
 //! - chat: a message to the service's domain with a magnet or URL adds it, words such as
 //!   `list` or `pause 3` control jobs ([`chat`]).
@@ -17,9 +19,11 @@
 
 pub mod adhoc;
 pub mod chat;
+mod command;
 mod fetch;
 mod guard;
 pub mod jobs;
+mod protocol;
 pub mod service;
 mod store;
 mod worker;
@@ -30,6 +34,35 @@ pub use service::{TorrentService, Torrents, forget_account, install, shutdown, s
 #[cfg(test)]
 mod tests {
     use crate::config::Config;
+    use crate::core::{Hooks, Module};
+    use crate::stream::Stream;
+    use crate::xml::ns;
+
+    #[test]
+    fn a_disabled_service_puts_nothing_on_the_stream() {
+        let namespaces = |config: &Config| {
+            let mut s = Stream::default();
+            super::stream_torrent(&mut Module::new(&mut s, &Hooks::default(), config));
+            let stage = s.session_stage();
+            let mut all: Vec<String> = stage
+                .rules()
+                .namespaces()
+                .chain(stage.disco_features())
+                .map(str::to_owned)
+                .collect();
+            all.extend(
+                s.before_auth_stage()
+                    .rules()
+                    .namespaces()
+                    .map(str::to_owned),
+            );
+            all
+        };
+        assert_eq!(namespaces(&Config::default()), vec![ns::TORRENT]);
+        let mut off = Config::default();
+        off.torrent.enabled = false;
+        assert!(namespaces(&off).is_empty());
+    }
 
     #[test]
     fn embedded_default_keeps_to_itself_but_a_file_gets_dht() {

@@ -25,6 +25,7 @@ use std::time::Duration;
 use jid::{BareJid, FullJid, Jid};
 use tokio::sync::oneshot;
 
+use super::command::MAX_PEERS;
 use super::guard::{self, Ignored};
 use super::jobs::{
     AddInput, Failure, Job, Jobs, NOTE_ADDED, NOTE_FAILED, NOTE_FINISHED, NOTE_IGNORED,
@@ -32,14 +33,14 @@ use super::jobs::{
 };
 use super::store::{self, Notify, Settings};
 use super::worker::{AddRequest, Cmd, Event, Reply, Worker};
-use super::{adhoc, chat, fetch, worker};
+use super::{adhoc, chat, fetch, protocol, worker};
+use crate::core::Module;
 use crate::core::stanza::Condition;
 use crate::core::stanza::{request_parts, stanza_error};
 use crate::iq::{Incoming, IqType, ReplyTo};
 use crate::net::source;
 use crate::router::Service;
 use crate::server::Server;
-use crate::stream::Stream;
 use crate::xml::{Element, ns};
 
 const DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
@@ -168,19 +169,24 @@ pub fn shutdown(server: &Server) {
 
 /// The seed's `stream_torrent(s)`: the torrent namespace on the user's own stream, so
 /// `<iq type='set'><add xmlns='http://wockd.org/ns/torrent'>URL</add></iq>` with no `to` works.
-/// Answers `service-unavailable` while the service is not installed.
-pub fn stream_torrent(s: &mut Stream) {
-    let rules = s.iqs();
-    rules.rule(ns::TORRENT, "add").set(handle_ns_iq);
-    rules.rule(ns::TORRENT, "list").get(handle_ns_iq);
-    rules.rule(ns::TORRENT, "status").get(handle_ns_iq);
-    rules.rule(ns::TORRENT, "pause").set(handle_ns_iq);
-    rules.rule(ns::TORRENT, "resume").set(handle_ns_iq);
-    rules.rule(ns::TORRENT, "remove").set(handle_ns_iq);
+/// With `[torrent] enabled = false` it installs nothing: no IQ rule, so no disco feature, and
+/// such an IQ gets the stream's `service-unavailable`. (Enabled, it answers
+/// `service-unavailable` too while the service is not installed.)
+pub fn stream_torrent(m: &mut Module) {
+    if !m.config.torrent.enabled {
+        return;
+    }
+    let rules = m.iqs();
+    rules.rule(ns::TORRENT, "add").set(protocol::handle);
+    rules.rule(ns::TORRENT, "list").get(protocol::handle);
+    rules.rule(ns::TORRENT, "status").get(protocol::handle);
+    rules.rule(ns::TORRENT, "pause").set(protocol::handle);
+    rules.rule(ns::TORRENT, "resume").set(protocol::handle);
+    rules.rule(ns::TORRENT, "remove").set(protocol::handle);
     rules
         .rule(ns::TORRENT, "settings")
-        .get(handle_ns_iq)
-        .set(handle_ns_iq);
+        .get(protocol::handle)
+        .set(protocol::handle);
 }
 
 /// Options of an `add`.
@@ -253,212 +259,6 @@ fn reply_error(server: &Server, to: &FullJid, stanza: &Element, cond: Condition,
     }
 }
 
-/// The seed namespace, from the user's stream or at the service's domain.
-fn handle_ns_iq(iq: Incoming) {
-    let Some(svc) = service(iq.server()) else {
-        return iq.fail(
-            Condition::ServiceUnavailable,
-            "the torrent service is not enabled on this server",
-        );
-    };
-    let Some(owner) = iq.account() else {
-        return iq.fail(Condition::NotAuthorized, "");
-    };
-    // On the user's stream: to nobody, the server, or the user's own account — not to others.
-    if let Some(to) = &iq.to
-        && to.domain().as_str() != svc.domain
-        && (to.node().is_some() && to.to_bare() != owner)
-    {
-        return iq.fail(Condition::ServiceUnavailable, "");
-    }
-    let request = match parse_request(&iq.payload, iq.kind) {
-        Ok(r) => r,
-        Err(f) => return fail(iq, f),
-    };
-    match request {
-        Request::Add {
-            text,
-            paused,
-            peers,
-        } => {
-            let opts = AddOptions { paused, peers };
-            svc.add(
-                owner,
-                &text,
-                opts,
-                true,
-                Box::new(move |r| match r {
-                    Ok(a) => iq.result(Some(a.job.to_element(None))),
-                    Err(f) => fail(iq, f),
-                }),
-            );
-        }
-        Request::List => {
-            let svc = svc.clone();
-            source::spawn_local(async move {
-                let mut list = Element::new("list", ns::TORRENT);
-                for (j, p) in svc.list(&owner).await {
-                    list.push(j.to_element(p.as_ref()));
-                }
-                iq.result(Some(list));
-            });
-        }
-        Request::GetSettings => match svc.settings(&owner) {
-            Ok(s) => iq.result(Some(settings_element(&s))),
-            Err(f) => fail(iq, f),
-        },
-        Request::SetSettings { notify, progress } => {
-            let mut s = match svc.settings(&owner) {
-                Ok(s) => s,
-                Err(f) => return fail(iq, f),
-            };
-            if let Some(n) = notify {
-                s.notify = n;
-            }
-            if let Some(p) = progress {
-                s.progress = p;
-            }
-            match svc.set_settings(&owner, s) {
-                Ok(()) => iq.result(Some(settings_element(&s))),
-                Err(f) => fail(iq, f),
-            }
-        }
-        op @ (Request::Status { .. }
-        | Request::Pause { .. }
-        | Request::Resume { .. }
-        | Request::Remove { .. }) => {
-            let svc = svc.clone();
-            source::spawn_local(async move {
-                let r = match op {
-                    Request::Status { job } => svc.status(&owner, job).await.map(Some),
-                    Request::Pause { job } => svc.pause(&owner, job).await.map(Some),
-                    Request::Resume { job } => svc.resume(&owner, job).await.map(Some),
-                    Request::Remove { job, files } => {
-                        svc.remove(&owner, job, files).await.map(|_| None)
-                    }
-                    _ => Ok(None),
-                };
-                match r {
-                    Ok(Some((j, p))) => iq.result(Some(j.to_element(p.as_ref()))),
-                    Ok(None) => iq.result(None),
-                    Err(f) => fail(iq, f),
-                }
-            });
-        }
-    }
-}
-
-/// Most peers one `add` may name.
-pub(super) const MAX_PEERS: usize = 50;
-
-/// A request in the torrent namespace, as read from its payload.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) enum Request {
-    Add {
-        text: String,
-        paused: bool,
-        peers: Vec<SocketAddr>,
-    },
-    List,
-    GetSettings,
-    SetSettings {
-        notify: Option<Notify>,
-        progress: Option<bool>,
-    },
-    Status {
-        job: i64,
-    },
-    Pause {
-        job: i64,
-    },
-    Resume {
-        job: i64,
-    },
-    Remove {
-        job: i64,
-        files: bool,
-    },
-}
-
-/// Reads the payload of an IQ in the torrent namespace (`p.ns` is not checked).
-pub(super) fn parse_request(p: &Element, kind: IqType) -> Result<Request, Failure> {
-    let number = || match p.get_attr("id").map(|s| s.trim().parse::<i64>()) {
-        Some(Ok(n)) => Ok(n),
-        _ => Err(Failure::bad_request("give the job's number as id='N'")),
-    };
-    let wrong_kind = || Failure::bad_request("status is a get; pause, resume and remove are sets");
-    match (p.name.as_str(), kind) {
-        ("add", IqType::Set) => Ok(Request::Add {
-            text: p.text_content(),
-            paused: truthy(p.get_attr("paused")),
-            peers: parse_peers(p.get_attr("peers").unwrap_or(""))?,
-        }),
-        ("list", IqType::Get) => Ok(Request::List),
-        ("settings", IqType::Get) => Ok(Request::GetSettings),
-        ("settings", IqType::Set) => Ok(Request::SetSettings {
-            notify: match p.get_attr("notify") {
-                None => None,
-                Some(n) => Some(
-                    Notify::parse(n)
-                        .ok_or_else(|| Failure::bad_request("notify must be all, done or none"))?,
-                ),
-            },
-            progress: p.get_attr("progress").map(|v| truthy(Some(v))),
-        }),
-        ("status", IqType::Get) => Ok(Request::Status { job: number()? }),
-        ("pause", IqType::Set) => Ok(Request::Pause { job: number()? }),
-        ("resume", IqType::Set) => Ok(Request::Resume { job: number()? }),
-        ("remove", IqType::Set) => Ok(Request::Remove {
-            job: number()?,
-            files: truthy(p.get_attr("files")),
-        }),
-        ("status" | "pause" | "resume" | "remove", _) => {
-            number()?;
-            Err(wrong_kind())
-        }
-        _ => Err(Failure::bad_request(
-            "unknown request in the torrent namespace",
-        )),
-    }
-}
-
-/// `ip:port` peers separated by commas or spaces (at most [`MAX_PEERS`]).
-pub(super) fn parse_peers(s: &str) -> Result<Vec<SocketAddr>, Failure> {
-    let peers: Vec<&str> = s
-        .split(|c: char| c == ',' || c.is_whitespace())
-        .filter(|p| !p.is_empty())
-        .take(MAX_PEERS + 1)
-        .collect();
-    if peers.len() > MAX_PEERS {
-        return Err(Failure::bad_request(format!(
-            "at most {MAX_PEERS} peers can be given"
-        )));
-    }
-    peers
-        .into_iter()
-        .map(|p| {
-            p.parse().map_err(|_| {
-                let shown: String = p.chars().take(60).collect();
-                Failure::bad_request(format!("peer `{shown}` is not ip:port"))
-            })
-        })
-        .collect()
-}
-
-fn fail(iq: Incoming, f: Failure) {
-    iq.error(f.cond.default_type(), f.cond, &f.text);
-}
-
-pub(super) fn truthy(v: Option<&str>) -> bool {
-    matches!(v.map(str::trim), Some("1" | "true" | "yes" | "on"))
-}
-
-fn settings_element(s: &Settings) -> Element {
-    Element::new("settings", ns::TORRENT)
-        .attr("notify", s.notify.as_str())
-        .attr("progress", if s.progress { "true" } else { "false" })
-}
-
 impl TorrentService {
     pub fn config(&self) -> &crate::config::Torrent {
         &self.cfg
@@ -505,7 +305,7 @@ impl TorrentService {
             payload.clone(),
         );
         match (iq.payload.ns.as_str(), iq.payload.name.as_str(), kind) {
-            (ns::TORRENT, _, _) => handle_ns_iq(iq),
+            (ns::TORRENT, _, _) => protocol::handle(iq),
             (adhoc::NS_COMMANDS, "command", IqType::Set) => adhoc::handle(self, iq),
             (DISCO_INFO, "query", IqType::Get) => {
                 let node = iq.payload.get_attr("node").map(str::to_owned);
@@ -758,7 +558,7 @@ impl TorrentService {
     /// torrent, when a magnet has waited [`ADD_ANSWER_WAIT`] for its metadata (the job goes
     /// on), or with the reason it failed (the job is then gone). `announce`: also send the
     /// "added" notification (the chat door answers with a message itself).
-    pub fn add(
+    pub(super) fn add(
         self: &Rc<Self>,
         owner: BareJid,
         text: &str,
@@ -1285,10 +1085,10 @@ impl TorrentService {
         crate::router::deliver_to_account(&server, to, el);
     }
 
-    // ---- operations of the three front doors ----------------------------------------------
+    // ---- operations: the front doors reach them through `command::apply` ------------------
 
     /// The owner's jobs with live numbers.
-    pub async fn list(self: &Rc<Self>, owner: &BareJid) -> Vec<(Job, Option<Progress>)> {
+    pub(super) async fn list(self: &Rc<Self>, owner: &BareJid) -> Vec<(Job, Option<Progress>)> {
         let jobs: Vec<Job> = self.jobs.borrow().of(owner).into_iter().cloned().collect();
         let stats = self.stats(&jobs).await;
         jobs.into_iter().zip(stats).collect()
@@ -1324,7 +1124,7 @@ impl TorrentService {
             .ok_or_else(|| Failure::no_job(number))
     }
 
-    pub async fn status(
+    pub(super) async fn status(
         self: &Rc<Self>,
         owner: &BareJid,
         number: i64,
@@ -1334,7 +1134,7 @@ impl TorrentService {
         Ok((job, p))
     }
 
-    pub async fn pause(
+    pub(super) async fn pause(
         self: &Rc<Self>,
         owner: &BareJid,
         number: i64,
@@ -1342,7 +1142,7 @@ impl TorrentService {
         self.pause_resume(owner, number, true).await
     }
 
-    pub async fn resume(
+    pub(super) async fn resume(
         self: &Rc<Self>,
         owner: &BareJid,
         number: i64,
@@ -1395,7 +1195,7 @@ impl TorrentService {
     }
 
     /// Removes a job (and its files, if asked). A fetch or a magnet still waiting is cancelled.
-    pub async fn remove(
+    pub(super) async fn remove(
         self: &Rc<Self>,
         owner: &BareJid,
         number: i64,
@@ -1425,12 +1225,12 @@ impl TorrentService {
         Ok(job)
     }
 
-    pub fn settings(&self, owner: &BareJid) -> Result<Settings, Failure> {
+    pub(super) fn settings(&self, owner: &BareJid) -> Result<Settings, Failure> {
         let account = self.account(owner)?;
         store::settings(&self.store_server().store, account).map_err(store_failure)
     }
 
-    pub fn set_settings(&self, owner: &BareJid, s: Settings) -> Result<(), Failure> {
+    pub(super) fn set_settings(&self, owner: &BareJid, s: Settings) -> Result<(), Failure> {
         let account = self.account(owner)?;
         if s.progress && self.cfg.progress_interval_secs == 0 {
             return Err(Failure::new(
@@ -1442,7 +1242,7 @@ impl TorrentService {
     }
 
     /// The owner's jobs (no live numbers), for forms and chat.
-    pub fn jobs_of(&self, owner: &BareJid) -> Vec<Job> {
+    pub(super) fn jobs_of(&self, owner: &BareJid) -> Vec<Job> {
         self.jobs.borrow().of(owner).into_iter().cloned().collect()
     }
 
@@ -1514,150 +1314,4 @@ fn size_note(total: Option<u64>) -> String {
 fn store_failure(e: crate::store::StoreError) -> Failure {
     tracing::error!("torrent store: {e}");
     Failure::new(Condition::InternalServerError, "storage error")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    /// The payload a client sends for `r`.
-    fn payload(r: &Request) -> (Element, IqType) {
-        let el = |name: &str| Element::new(name, ns::TORRENT);
-        let b = |v: bool| if v { "true" } else { "false" };
-        match r {
-            Request::Add {
-                text,
-                paused,
-                peers,
-            } => {
-                let list: Vec<String> = peers.iter().map(SocketAddr::to_string).collect();
-                (
-                    el("add")
-                        .attr("paused", b(*paused))
-                        .attr("peers", list.join(","))
-                        .text(text.clone()),
-                    IqType::Set,
-                )
-            }
-            Request::List => (el("list"), IqType::Get),
-            Request::GetSettings => (el("settings"), IqType::Get),
-            Request::SetSettings { notify, progress } => {
-                let mut e = el("settings");
-                if let Some(n) = notify {
-                    e.set_attr("notify", n.as_str());
-                }
-                if let Some(p) = progress {
-                    e.set_attr("progress", b(*p));
-                }
-                (e, IqType::Set)
-            }
-            Request::Status { job } => (el("status").attr("id", job.to_string()), IqType::Get),
-            Request::Pause { job } => (el("pause").attr("id", job.to_string()), IqType::Set),
-            Request::Resume { job } => (el("resume").attr("id", job.to_string()), IqType::Set),
-            Request::Remove { job, files } => (
-                el("remove")
-                    .attr("id", job.to_string())
-                    .attr("files", b(*files)),
-                IqType::Set,
-            ),
-        }
-    }
-
-    #[test]
-    fn requests() {
-        let p = |xml: Element, k| parse_request(&xml, k);
-        let e = |n: &str| Element::new(n, ns::TORRENT);
-        assert_eq!(
-            p(e("status"), IqType::Get).unwrap_err().text,
-            "give the job's number as id='N'"
-        );
-        assert!(
-            p(e("status").attr("id", "1"), IqType::Set)
-                .unwrap_err()
-                .text
-                .contains("status is a get")
-        );
-        assert!(p(e("add"), IqType::Get).is_err());
-        assert!(p(e("settings").attr("notify", "loud"), IqType::Set).is_err());
-        assert!(p(e("add").attr("peers", "1.2.3.4"), IqType::Set).is_err());
-        let many = vec!["1.2.3.4:5"; MAX_PEERS + 1].join(" ");
-        assert!(p(e("add").attr("peers", many), IqType::Set).is_err());
-        assert_eq!(
-            p(e("pause").attr("id", " 7 "), IqType::Set).unwrap(),
-            Request::Pause { job: 7 }
-        );
-    }
-
-    /// Peers as users write them (no IPv6 flow label or scope).
-    pub(crate) fn any_peer() -> impl Strategy<Value = SocketAddr> {
-        (any::<std::net::IpAddr>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::new(ip, port))
-    }
-
-    fn any_request() -> impl Strategy<Value = Request> {
-        let notify = prop_oneof![Just(Notify::All), Just(Notify::Done), Just(Notify::None)];
-        prop_oneof![
-            (
-                "[^\\s]([^<]{0,30}[^\\s])?",
-                any::<bool>(),
-                proptest::collection::vec(any_peer(), 0..MAX_PEERS)
-            )
-                .prop_map(|(text, paused, peers)| Request::Add {
-                    text,
-                    paused,
-                    peers
-                }),
-            Just(Request::List),
-            Just(Request::GetSettings),
-            (
-                proptest::option::of(notify),
-                proptest::option::of(any::<bool>())
-            )
-                .prop_map(|(notify, progress)| Request::SetSettings { notify, progress }),
-            any::<i64>().prop_map(|job| Request::Status { job }),
-            any::<i64>().prop_map(|job| Request::Pause { job }),
-            any::<i64>().prop_map(|job| Request::Resume { job }),
-            (any::<i64>(), any::<bool>()).prop_map(|(job, files)| Request::Remove { job, files }),
-        ]
-    }
-
-    proptest! {
-        /// Every request reads back from the payload a client would send for it.
-        #[test]
-        fn requests_round_trip(r in any_request()) {
-            let (el, kind) = payload(&r);
-            prop_assert_eq!(parse_request(&el, kind).unwrap(), r);
-        }
-
-        /// Any name, attributes and text: a request or an error, never a panic.
-        #[test]
-        fn any_payload(
-            name in "(add|list|settings|status|pause|resume|remove|[a-z]{0,5})",
-            attrs in proptest::collection::vec(
-                ("(id|peers|paused|files|notify|progress|[a-z]{1,3})", any::<String>()),
-                0..6,
-            ),
-            text in any::<String>(),
-            set in any::<bool>(),
-        ) {
-            let mut el = Element::new(name, ns::TORRENT).text(text);
-            for (k, v) in attrs {
-                el.set_attr(&k, v);
-            }
-            let _ = parse_request(&el, if set { IqType::Set } else { IqType::Get });
-        }
-
-        /// Peer lists: any text is read or refused without panicking; lists of addresses
-        /// read back.
-        #[test]
-        fn peers_round_trip(
-            peers in proptest::collection::vec(any_peer(), 0..MAX_PEERS),
-            sep in "(,|, | |\\n)",
-            junk in any::<String>(),
-        ) {
-            let text = peers.iter().map(SocketAddr::to_string).collect::<Vec<_>>().join(&sep);
-            prop_assert_eq!(parse_peers(&text).unwrap(), peers);
-            let _ = parse_peers(&junk);
-        }
-    }
 }
