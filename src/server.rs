@@ -474,7 +474,7 @@ impl Server {
         {
             tracing::info!(%jid, "resource conflict: replacing the older session");
             // Detach the old session first so its close does not unbind the new one.
-            old.state.borrow_mut().jid = None;
+            old.take_jid();
             old.close(Some((
                 StreamError::Conflict,
                 Some("replaced by a new connection".into()),
@@ -485,7 +485,7 @@ impl Server {
 
     /// A stream closed or died: its session (if any) ends.
     pub(crate) fn session_ended(self: &Rc<Self>, conn: &Connection) {
-        let Some(jid) = conn.state.borrow_mut().jid.take() else {
+        let Some(jid) = conn.take_jid() else {
             return;
         };
         let was_available = self

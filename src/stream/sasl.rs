@@ -1,6 +1,11 @@
 //! SASL negotiation (RFC 6120 §6): SCRAM-SHA-256, SCRAM-SHA-1 and PLAIN against the stored
 //! SCRAM keys. PLAIN is offered only where plaintext passwords may travel (TLS, or a listener
 //! configured as trusted loopback).
+//!
+//! State owned here ([`SaslState`], the connection's `sasl` cell): the SCRAM exchange in
+//! progress, whether PLAIN awaits its credentials, and the count of failed authentication
+//! attempts on this stream — shared with SASL2 and XEP-0078, which count through
+//! [`Connection::count_auth_failure`].
 
 use std::rc::Rc;
 
@@ -24,8 +29,33 @@ pub(crate) fn mechanisms(info: &StreamInfo) -> Vec<&'static str> {
     m
 }
 
-/// A SCRAM exchange in progress.
+/// Per-connection SASL state.
+#[derive(Default)]
 pub(crate) struct SaslState {
+    /// A SCRAM exchange in progress (boxed: idle connections stay small).
+    scram: Option<Box<Scram>>,
+    /// SASL PLAIN was started without an initial response.
+    plain_pending: bool,
+    /// Failed authentication attempts on this stream (SASL, SASL2 and XEP-0078 alike).
+    failures: u32,
+}
+
+impl SaslState {
+    /// Forgets the exchange in progress, if any.
+    fn reset(&mut self) {
+        self.scram = None;
+        self.plain_pending = false;
+    }
+
+    /// Counts one more failed attempt; returns how many there were.
+    fn count_failure(&mut self) -> u32 {
+        self.failures = self.failures.saturating_add(1);
+        self.failures
+    }
+}
+
+/// A SCRAM exchange in progress.
+struct Scram {
     scram: ScramServer,
     hash: Hash,
     username: Option<String>,
@@ -84,7 +114,7 @@ impl Connection {
             "auth" => self.on_sasl_auth(&server, &info, &el),
             "response" => self.on_sasl_response(&server, &el),
             "abort" => {
-                self.state.borrow_mut().sasl = None;
+                self.sasl.borrow_mut().scram = None;
                 self.sasl_failed(&server, "aborted", None);
             }
             _ => self.close(Some((StreamError::UnsupportedStanzaType, None))),
@@ -106,7 +136,7 @@ impl Connection {
                 Some(data) => self.sasl_plain(server, &data),
                 None => {
                     // Empty challenge; the client answers with its credentials.
-                    self.state.borrow_mut().plain_pending = true;
+                    self.sasl.borrow_mut().plain_pending = true;
                     self.send(&Element::new("challenge", ns::SASL));
                 }
             }
@@ -116,7 +146,7 @@ impl Connection {
             self.sasl_failed(server, "invalid-mechanism", None);
             return;
         };
-        self.state.borrow_mut().sasl = Some(Box::new(SaslState {
+        self.sasl.borrow_mut().scram = Some(Box::new(Scram {
             scram: ScramServer::new(hash)
                 .with_unknown_user_iterations(server.config.auth.scram_iterations),
             hash,
@@ -135,11 +165,11 @@ impl Connection {
             return;
         };
         let data = data.unwrap_or_default();
-        if std::mem::take(&mut self.state.borrow_mut().plain_pending) {
+        if std::mem::take(&mut self.sasl.borrow_mut().plain_pending) {
             self.sasl_plain(server, &data);
             return;
         }
-        if self.state.borrow().sasl.is_none() {
+        if self.sasl.borrow().scram.is_none() {
             self.sasl_failed(server, "malformed-request", Some("no exchange in progress"));
             return;
         }
@@ -148,7 +178,7 @@ impl Connection {
 
     fn scram_step(self: &Rc<Self>, server: &Rc<Server>, data: &[u8]) {
         let domain = self.domain();
-        let Some(mut sasl) = self.state.borrow_mut().sasl.take() else {
+        let Some(mut sasl) = self.sasl.borrow_mut().scram.take() else {
             return;
         };
         if !sasl.awaiting_final {
@@ -178,7 +208,7 @@ impl Connection {
             sasl.username = Some(node);
             sasl.awaiting_final = true;
             self.send(&challenge(&reply));
-            self.state.borrow_mut().sasl = Some(sasl);
+            self.sasl.borrow_mut().scram = Some(sasl);
         } else {
             match sasl.scram.client_final(data) {
                 Ok(server_final) => {
@@ -227,7 +257,7 @@ impl Connection {
                 .children
                 .push(crate::xml::Node::Text(B64.encode(data)));
         }
-        self.state.borrow_mut().sasl = None;
+        self.sasl.borrow_mut().scram = None;
         if let Some(server) = self.server() {
             crate::modules::register::note_login(&server, &account);
         }
@@ -237,11 +267,7 @@ impl Connection {
     }
 
     fn sasl_failed(self: &Rc<Self>, server: &Rc<Server>, condition: &str, text: Option<&str>) {
-        {
-            let mut st = self.state.borrow_mut();
-            st.sasl = None;
-            st.plain_pending = false;
-        }
+        self.sasl.borrow_mut().reset();
         tracing::info!(conn = self.id, peer = %self.peer, "SASL failure: {condition}");
         self.send(&failure(condition, text));
         if condition != "aborted" {
@@ -254,11 +280,7 @@ impl Connection {
     /// reached. Call after sending the failure itself.
     pub(crate) fn count_auth_failure(self: &Rc<Self>, server: &Server) {
         server.note_auth_failure(self.peer.ip());
-        let failures = {
-            let mut st = self.state.borrow_mut();
-            st.sasl_failures = st.sasl_failures.saturating_add(1);
-            st.sasl_failures
-        };
+        let failures = self.sasl.borrow_mut().count_failure();
         if failures >= server.config.auth.max_failures {
             self.close(Some((
                 StreamError::PolicyViolation,

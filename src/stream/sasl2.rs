@@ -8,6 +8,11 @@
 //! token nor the proof (see src/store/fast.rs). A password change revokes them all. Tokens live
 //! 14 days, are bound to the client's user-agent id, and rotate through two slots ("new" and
 //! "current") as XEP-0484 §7 describes.
+//!
+//! State owned here ([`Sasl2State`], the connection's `sasl2` cell): the SCRAM exchange in
+//! progress with the `<authenticate/>` request it answers. Failures count against the
+//! stream's one budget in sasl.rs ([`Connection::count_auth_failure`]); binding, resumption
+//! and client state go through the methods of negotiate.rs, sm.rs and csi.rs.
 
 use std::rc::Rc;
 
@@ -34,8 +39,15 @@ pub const FAST: &str = "urn:xmpp:fast:0";
 const HT: &str = "HT-SHA-256-NONE";
 const TOKEN_LIFETIME_SECS: i64 = 14 * 24 * 3600;
 
-/// An exchange in progress, with what the client asked to happen on success.
+/// Per-connection SASL2 state.
+#[derive(Default)]
 pub(crate) struct Sasl2State {
+    /// An exchange in progress (boxed: idle connections stay small).
+    exchange: Option<Box<Exchange>>,
+}
+
+/// An exchange in progress, with what the client asked to happen on success.
+struct Exchange {
     scram: Option<(ScramServer, Hash)>,
     username: Option<String>,
     request: Element,
@@ -102,7 +114,7 @@ impl Connection {
                 self.sasl2_scram_step(&server, &data);
             }
             "abort" => {
-                self.state.borrow_mut().sasl2 = None;
+                self.sasl2.borrow_mut().exchange = None;
                 self.send(&failure("aborted", None));
             }
             _ => self.close(Some((StreamError::UnsupportedStanzaType, None))),
@@ -154,7 +166,7 @@ impl Connection {
         let Some(hash) = Hash::from_mechanism(&mech) else {
             return self.sasl2_failed(server, "invalid-mechanism");
         };
-        self.state.borrow_mut().sasl2 = Some(Box::new(Sasl2State {
+        self.sasl2.borrow_mut().exchange = Some(Box::new(Exchange {
             scram: Some((
                 ScramServer::new(hash)
                     .with_unknown_user_iterations(server.config.auth.scram_iterations),
@@ -171,7 +183,7 @@ impl Connection {
 
     fn sasl2_scram_step(self: &Rc<Self>, server: &Rc<Server>, data: &[u8]) {
         let domain = self.domain();
-        let Some(mut st) = self.state.borrow_mut().sasl2.take() else {
+        let Some(mut st) = self.sasl2.borrow_mut().exchange.take() else {
             return self.sasl2_failed(server, "malformed-request");
         };
         let Some((scram, hash)) = st.scram.as_mut() else {
@@ -198,7 +210,7 @@ impl Connection {
             };
             st.username = Some(node);
             self.send(&Element::new("challenge", NS).text(B64.encode(reply)));
-            self.state.borrow_mut().sasl2 = Some(st);
+            self.sasl2.borrow_mut().exchange = Some(st);
         } else {
             match scram.client_final(data) {
                 Ok(server_final) => {
@@ -261,7 +273,7 @@ impl Connection {
     }
 
     fn sasl2_failed(self: &Rc<Self>, server: &Rc<Server>, condition: &str) {
-        self.state.borrow_mut().sasl2 = None;
+        self.sasl2.borrow_mut().exchange = None;
         self.send(&failure(condition, None));
         if condition != "aborted" {
             self.count_auth_failure(server);
@@ -277,7 +289,7 @@ impl Connection {
         additional: Option<&[u8]>,
     ) {
         tracing::info!(conn = self.id, %account, "authenticated (SASL2)");
-        self.state.borrow_mut().sasl2 = None;
+        self.sasl2.borrow_mut().exchange = None;
         crate::modules::register::note_login(server, &account);
         self.set_authenticated(account.clone());
         let mut success = Element::new("success", NS);
