@@ -62,6 +62,63 @@ struct Scram {
     awaiting_final: bool,
 }
 
+/// What one client message of a SCRAM exchange came to.
+pub(super) enum Step {
+    /// Send this challenge; the exchange goes on.
+    Challenge(Vec<u8>),
+    /// Authenticated as this account; the server's final message goes with the success.
+    Success(BareJid, Vec<u8>),
+}
+
+impl Scram {
+    fn new(server: &Server, hash: Hash) -> Scram {
+        Scram {
+            scram: ScramServer::new(hash)
+                .with_unknown_user_iterations(server.config.auth.scram_iterations),
+            hash,
+            username: None,
+            awaiting_final: false,
+        }
+    }
+
+    /// Takes the client-first message (looking up the account's keys in `domain`) or the
+    /// client-final one. `Err` is the SASL failure condition.
+    fn step(&mut self, server: &Server, domain: &str, data: &[u8]) -> Result<Step, &'static str> {
+        if !self.awaiting_final {
+            let first = self.scram.client_first(data).map_err(|e| e.condition())?;
+            let Some(account) = account_for(&first.username, domain) else {
+                return Err("not-authorized");
+            };
+            if let Some(authzid) = &first.authzid
+                && BareJid::new(authzid).ok().as_ref() != Some(&account)
+            {
+                return Err("invalid-authzid");
+            }
+            let node = account.node().map(|n| n.to_string()).unwrap_or_default();
+            let keys = server
+                .store
+                .account_keys(&node, domain, self.hash)
+                .ok()
+                .flatten();
+            let reply = match keys {
+                Some(k) => self.scram.server_first(k),
+                // Same shape of answer for unknown users: existence is not revealed here.
+                None => self.scram.server_first_unknown_user(&node),
+            };
+            self.username = Some(node);
+            self.awaiting_final = true;
+            Ok(Step::Challenge(reply))
+        } else {
+            let server_final = self.scram.client_final(data).map_err(|e| e.condition())?;
+            let username = self.username.take().unwrap_or_default();
+            let Some(account) = account_for(&username, domain) else {
+                return Err("not-authorized");
+            };
+            Ok(Step::Success(account, server_final))
+        }
+    }
+}
+
 fn failure(condition: &str, text: Option<&str>) -> Element {
     let mut f = Element::new("failure", ns::SASL).child(Element::new(condition, ns::SASL));
     if let Some(t) = text {
@@ -146,13 +203,7 @@ impl Connection {
             self.sasl_failed(server, "invalid-mechanism", None);
             return;
         };
-        self.sasl.borrow_mut().scram = Some(Box::new(Scram {
-            scram: ScramServer::new(hash)
-                .with_unknown_user_iterations(server.config.auth.scram_iterations),
-            hash,
-            username: None,
-            awaiting_final: false,
-        }));
+        self.sasl.borrow_mut().scram = Some(Box::new(Scram::new(server, hash)));
         match initial {
             Some(data) => self.scram_step(server, &data),
             None => self.send(&Element::new("challenge", ns::SASL)),
@@ -181,45 +232,15 @@ impl Connection {
         let Some(mut sasl) = self.sasl.borrow_mut().scram.take() else {
             return;
         };
-        if !sasl.awaiting_final {
-            let first = match sasl.scram.client_first(data) {
-                Ok(f) => f,
-                Err(e) => return self.sasl_failed(server, e.condition(), None),
-            };
-            let Some(account) = account_for(&first.username, &domain) else {
-                return self.sasl_failed(server, "not-authorized", None);
-            };
-            if let Some(authzid) = &first.authzid
-                && BareJid::new(authzid).ok().as_ref() != Some(&account)
-            {
-                return self.sasl_failed(server, "invalid-authzid", None);
+        match sasl.step(server, &domain, data) {
+            Ok(Step::Challenge(reply)) => {
+                self.send(&challenge(&reply));
+                self.sasl.borrow_mut().scram = Some(sasl);
             }
-            let node = account.node().map(|n| n.to_string()).unwrap_or_default();
-            let keys = server
-                .store
-                .account_keys(&node, &domain, sasl.hash)
-                .ok()
-                .flatten();
-            let reply = match keys {
-                Some(k) => sasl.scram.server_first(k),
-                // Same shape of answer for unknown users: existence is not revealed here.
-                None => sasl.scram.server_first_unknown_user(&node),
-            };
-            sasl.username = Some(node);
-            sasl.awaiting_final = true;
-            self.send(&challenge(&reply));
-            self.sasl.borrow_mut().scram = Some(sasl);
-        } else {
-            match sasl.scram.client_final(data) {
-                Ok(server_final) => {
-                    let username = sasl.username.unwrap_or_default();
-                    let Some(account) = account_for(&username, &domain) else {
-                        return self.sasl_failed(server, "not-authorized", None);
-                    };
-                    self.sasl_succeeded(account, Some(&server_final));
-                }
-                Err(e) => self.sasl_failed(server, e.condition(), None),
+            Ok(Step::Success(account, server_final)) => {
+                self.sasl_succeeded(account, Some(&server_final));
             }
+            Err(condition) => self.sasl_failed(server, condition, None),
         }
     }
 
