@@ -273,6 +273,31 @@ mod tests {
     }
 
     #[test]
+    fn holding() {
+        let mut csi = CsiState::default();
+        assert_eq!(csi.hold(&parse("<message><body>hi</body></message>")), None);
+        assert_eq!(csi.hold(&Element::new("r", "urn:xmpp:sm:3")), None);
+        let p1 = Element::stanza("presence").attr("from", "bob@x/a");
+        let p2 = Element::stanza("presence")
+            .attr("from", "bob@x/a")
+            .attr("id", "2");
+        let p3 = Element::stanza("presence").attr("from", "carol@x/a");
+        assert_eq!(csi.hold(&p1), Some(false));
+        assert_eq!(csi.hold(&p3), Some(false));
+        assert_eq!(csi.hold(&p2), Some(false));
+        // The newer presence from bob replaces the older; order of the rest is kept.
+        assert_eq!(csi.take_held(), vec![p3, p2]);
+        assert!(csi.take_held().is_empty());
+        for n in 1..MAX_HELD {
+            let p = Element::stanza("presence").attr("from", format!("u{n}@x/a"));
+            assert_eq!(csi.hold(&p), Some(false));
+        }
+        let last = Element::stanza("presence").attr("from", "last@x/a");
+        assert_eq!(csi.hold(&last), Some(true), "full: flushed anyway");
+        assert_eq!(csi.take_held().len(), MAX_HELD);
+    }
+
+    #[test]
     fn coalescing() {
         let event = |from: &str, node: &str, entry: &str| {
             parse(&format!(

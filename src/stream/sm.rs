@@ -442,3 +442,71 @@ impl Registry {
         self.by_id.borrow().is_empty()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(n: u32) -> Element {
+        Element::stanza("message").attr("id", n.to_string())
+    }
+
+    #[test]
+    fn acks_drop_what_the_client_saw() {
+        let mut sm = SmState::default();
+        // Not enabled: nothing is kept, nothing is asked for, any ack is ignored.
+        assert!(sm.track(&msg(0), 10, usize::MAX));
+        assert!(!sm.request());
+        assert_eq!(sm.acknowledge(9), Ok(()));
+        assert_eq!(sm.h_in(), None);
+
+        sm.enable(None, 60);
+        for n in 1..=3 {
+            assert!(sm.track(&msg(n), 10, usize::MAX));
+        }
+        assert!(sm.request());
+        assert!(!sm.request(), "one <r/> out at a time");
+        assert_eq!(sm.acknowledge(2), Ok(()));
+        assert!(sm.request(), "an ack lets the next <r/> go");
+        assert_eq!(sm.acknowledge(5), Err(3), "more than was sent");
+        let unacked = sm.drain_unacked_messages();
+        assert_eq!(unacked, vec![msg(3)]);
+        assert_eq!(sm.resumable_for(), None, "no resumption asked for");
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_bytes() {
+        let mut sm = SmState::default();
+        sm.enable(None, 60);
+        assert!(sm.track(&msg(1), 60, 100));
+        assert!(!sm.track(&msg(2), 60, 100));
+        assert_eq!(sm.acknowledge(2), Ok(()));
+        assert!(
+            sm.track(&msg(3), 90, 100),
+            "acknowledged bytes no longer count"
+        );
+    }
+
+    #[test]
+    fn resumption_replays_the_unseen_and_counts_them_again() {
+        let mut sm = SmState::default();
+        sm.enable(Some("abc".into()), 120);
+        sm.count_in();
+        sm.count_in();
+        for n in 1..=4 {
+            sm.track(&msg(n), 10, usize::MAX);
+        }
+        assert_eq!(sm.resume(7), Err(4));
+        let replay = sm.resume(1).unwrap();
+        assert_eq!(replay, vec![msg(2), msg(3), msg(4)]);
+        assert_eq!(sm.h_in(), Some(2));
+        assert_eq!(sm.id(), Some("abc"));
+        assert_eq!(sm.resumable_for(), Some(120));
+        // Sent again on the new stream, they are counted again: h stays continuous.
+        for el in &replay {
+            sm.track(el, 10, usize::MAX);
+        }
+        assert_eq!(sm.acknowledge(4), Ok(()));
+        assert!(sm.drain_unacked_messages().is_empty());
+    }
+}
