@@ -9,9 +9,9 @@
 //! 14 days, are bound to the client's user-agent id, and rotate through two slots ("new" and
 //! "current") as XEP-0484 §7 describes.
 //!
-//! State owned here ([`Sasl2State`], the connection's `sasl2` cell): the SCRAM exchange in
+//! State owned here (`Sasl2State`, the connection's `sasl2` cell): the SCRAM exchange in
 //! progress with the `<authenticate/>` request it answers. Failures count against the
-//! stream's one budget in sasl.rs ([`Connection::count_auth_failure`]); binding, resumption
+//! stream's one budget in sasl.rs (`Connection::count_auth_failure`); binding, resumption
 //! and client state go through the methods of negotiate.rs, sm.rs and csi.rs.
 
 use std::rc::Rc;

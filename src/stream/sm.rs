@@ -12,11 +12,11 @@
 //!   timeout, the session ends and its unacknowledged messages go back to the mailbox, so the
 //!   next login or another device gets them exactly once.
 //!
-//! State owned here ([`SmState`], the connection's `sm` cell): the resumption id and window,
+//! State owned here (`SmState`, the connection's `sm` cell): the resumption id and window,
 //! the counters both ways, and the queue of unacknowledged stanzas with its size in bytes.
-//! The output path goes through [`Connection::sm_enabled`], [`Connection::sm_track`] and
-//! [`Connection::sm_request`], the input path through [`Connection::sm_count_in`]; the logic
-//! itself is on [`SmState`]. The resumable sessions by id are server-wide ([`Registry`]).
+//! The output path goes through `Connection::sm_enabled`, `Connection::sm_track` and
+//! `Connection::sm_request`, the input path through `Connection::sm_count_in`; the logic
+//! itself is on `SmState`. The resumable sessions by id are server-wide (`Registry`).
 
 use std::collections::{HashMap, VecDeque};
 use std::rc::{Rc, Weak};
