@@ -506,7 +506,7 @@ impl Server {
         {
             tracing::info!(%jid, "resource conflict: replacing the older session");
             // Detach the old session first so its close does not unbind the new one.
-            old.state.borrow_mut().jid = None;
+            old.take_jid();
             old.close(Some((
                 StreamError::Conflict,
                 Some("replaced by a new connection".into()),
@@ -519,7 +519,7 @@ impl Server {
 
     /// A stream closed or died: its session (if any) ends.
     pub(crate) fn session_ended(self: &Rc<Self>, conn: &Connection) {
-        let Some(jid) = conn.state.borrow_mut().jid.take() else {
+        let Some(jid) = conn.take_jid() else {
             return;
         };
         let was_available = self

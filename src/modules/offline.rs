@@ -383,9 +383,5 @@ fn continue_later(server: &Rc<Server>, full: FullJid, delay: Duration) {
 /// TLS records still wait for the socket: rustls refuses output beyond its 64 KiB buffer, so
 /// the next chunk waits. (Plain streams exist only on trusted loopback and buffer freely.)
 fn tls_backlog(conn: &Connection) -> bool {
-    conn.state
-        .borrow()
-        .tls
-        .as_ref()
-        .is_some_and(|t| t.wants_write())
+    conn.tls_wants_write()
 }

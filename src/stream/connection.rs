@@ -1,9 +1,16 @@
 //! One client connection: a non-blocking socket watched by a glib source, optional TLS
 //! (rustls), incremental framing, and buffered output flushed once per loop turn.
 //!
-//! Borrowing rule: the connection's `RefCell` is never held while calling out (to the router,
-//! handlers or other connections), so a stanza to oneself or a handler that replies at once
-//! cannot re-enter a live borrow.
+//! State owned here (`State`, private to this file): the socket and its glib sources, TLS,
+//! the input buffer and framer, the output buffers (`out`, `tls_out`) and the output budget
+//! (`overflowed`), the pause reasons and the read token bucket, the stream's phase and
+//! namespace scope, and the timers (last read, keepalive, closing grace). The other layers
+//! reach it only through methods (`stream_opened`, `restart_framing`, `start_tls`,
+//! `set_hibernating`, `send*`, `flush`, `close*`, `pause`/`unpause`).
+//!
+//! Borrowing rule: no cell of the connection is borrowed while calling out (to the router,
+//! handlers, other connections or another layer), so a stanza to oneself or a handler that
+//! replies at once cannot re-enter a live borrow.
 
 use std::cell::{Cell, RefCell};
 use std::io::{self, Read, Write};
@@ -14,7 +21,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use glib::{ControlFlow, IOCondition, Source};
-use jid::{BareJid, FullJid};
 
 use crate::core::stanza::StreamError;
 use crate::net::limits::TokenBucket;
@@ -24,7 +30,11 @@ use crate::xml::parse::{self, Scope};
 use crate::xml::{Element, Framer, FramerError, ParseError, Token};
 
 use super::StreamInfo;
+use super::csi::CsiState;
+use super::negotiate::Negotiation;
 use super::sasl::SaslState;
+use super::sasl2::Sasl2State;
+use super::sm::SmState;
 
 /// Read at most this much per wake-up before yielding to other sources (fairness).
 const READ_BUDGET: usize = 256 * 1024;
@@ -37,7 +47,7 @@ thread_local! {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Phase {
+enum Phase {
     /// Waiting for a stream header (first, or after a restart).
     AwaitHeader,
     /// Header received; negotiating (or, once bound, exchanging stanzas).
@@ -49,11 +59,13 @@ pub(crate) enum Phase {
     Closed,
 }
 
-pub(crate) struct State {
-    pub(crate) sock: TcpStream,
-    pub(crate) tls: Option<Box<rustls::ServerConnection>>,
+/// Transport-level state: the socket, TLS, buffers, budgets and the stream's phase. Only this
+/// file touches it; the layers above reach it through methods.
+struct State {
+    sock: TcpStream,
+    tls: Option<Box<rustls::ServerConnection>>,
     inbuf: Vec<u8>,
-    pub(crate) framer: Framer,
+    framer: Framer,
     /// Raw bytes for the socket (everything before TLS starts; with TLS only `<proceed/>`).
     out: Vec<u8>,
     /// Plaintext waiting to enter rustls, whose own buffer takes only so much at a time: what
@@ -68,44 +80,34 @@ pub(crate) struct State {
     /// The read rate limit (`[limits] read_rate*`).
     bucket: TokenBucket,
     write_source: Option<Source>,
-    pub(crate) phase: Phase,
+    phase: Phase,
     /// Namespace declarations of the current stream header.
-    pub(crate) scope: Scope,
-    pub(crate) header_sent: bool,
-    /// The client announced version 1.0 (else it is a pre-RFC 3920 client: no SASL features).
-    pub(crate) version1: bool,
-    pub(crate) domain: String,
-    pub(crate) sasl: Option<Box<SaslState>>,
-    pub(crate) sasl_failures: u32,
-    /// A SASL2 (XEP-0388) exchange in progress.
-    pub(crate) sasl2: Option<Box<super::sasl2::Sasl2State>>,
-    /// XEP-0198 state, once the client enabled stream management.
-    pub(crate) sm: Option<Box<super::sm::SmState>>,
-    /// XEP-0352: whether the client is inactive, and what is held back meanwhile.
-    pub(crate) csi: super::csi::CsiState,
-    /// SASL PLAIN was started without an initial response.
-    pub(crate) plain_pending: bool,
-    /// Stream headers received so far (restarts after STARTTLS and SASL count).
-    pub(crate) headers: u8,
-    /// Set by SASL; the stream then restarts and binds a resource.
-    pub(crate) authenticated: Option<BareJid>,
-    /// Set by resource binding or legacy auth.
-    pub(crate) jid: Option<FullJid>,
-    pub(crate) last_read: Instant,
-    pub(crate) opened: Instant,
-    pub(crate) closing_since: Option<Instant>,
-    pub(crate) keepalive_sent: bool,
+    scope: Scope,
+    last_read: Instant,
+    opened: Instant,
+    closing_since: Option<Instant>,
+    keepalive_sent: bool,
 }
 
 /// A client connection. Owned by the server's registry; sources hold weak references.
+///
+/// Each layer keeps its state in its own cell, touched only by the file that defines it:
+/// transport here, negotiation and the session's identity in negotiate.rs, SASL in sasl.rs and
+/// sasl2.rs, stream management in sm.rs, client state indication in csi.rs. Nothing holds one
+/// cell's borrow while calling into another layer.
 pub struct Connection {
     pub id: u64,
     pub peer: SocketAddr,
     pub(crate) trusted: bool,
     server: Weak<Server>,
-    pub(crate) state: RefCell<State>,
+    state: RefCell<State>,
     read_source: RefCell<Option<Source>>,
     flush_queued: Cell<bool>,
+    pub(super) negotiation: RefCell<Negotiation>,
+    pub(super) sasl: RefCell<SaslState>,
+    pub(super) sasl2: RefCell<Sasl2State>,
+    pub(super) sm: RefCell<SmState>,
+    pub(super) csi: RefCell<CsiState>,
 }
 
 impl Connection {
@@ -147,18 +149,6 @@ impl Connection {
                 write_source: None,
                 phase: Phase::AwaitHeader,
                 scope: Scope::new(),
-                header_sent: false,
-                version1: false,
-                domain: server.config.default_domain().to_owned(),
-                sasl: None,
-                sasl_failures: 0,
-                sasl2: None,
-                sm: None,
-                csi: Default::default(),
-                plain_pending: false,
-                headers: 0,
-                authenticated: None,
-                jid: None,
                 last_read: now,
                 opened: now,
                 closing_since: None,
@@ -166,6 +156,11 @@ impl Connection {
             }),
             read_source: RefCell::new(None),
             flush_queued: Cell::new(false),
+            negotiation: RefCell::new(Negotiation::new(server.config.default_domain())),
+            sasl: RefCell::default(),
+            sasl2: RefCell::default(),
+            sm: RefCell::default(),
+            csi: RefCell::default(),
         });
         conn.watch_input();
         Ok(conn)
@@ -223,14 +218,8 @@ impl Connection {
         self.server.upgrade()
     }
 
-    /// The bound full JID, once the session exists.
-    pub fn jid(&self) -> Option<FullJid> {
-        self.state.borrow().jid.clone()
-    }
-
     pub fn info(&self) -> StreamInfo {
-        let st = self.state.borrow();
-        let secure = st.tls.is_some();
+        let secure = self.is_secure();
         StreamInfo {
             secure,
             plaintext_ok: secure || self.trusted,
@@ -311,13 +300,13 @@ impl Connection {
     fn charge(self: &Rc<Self>, n: usize) {
         let Some(server) = self.server() else { return };
         let l = &server.config.limits;
+        let (rate, burst) = if self.is_authenticated() {
+            (l.read_rate, l.read_burst)
+        } else {
+            (l.read_rate_pre_auth, l.read_burst_pre_auth)
+        };
         let wait = {
             let mut st = self.state.borrow_mut();
-            let (rate, burst) = if st.authenticated.is_some() {
-                (l.read_rate, l.read_burst)
-            } else {
-                (l.read_rate_pre_auth, l.read_burst_pre_auth)
-            };
             let now = st.last_read;
             st.bucket.take(n, rate, burst, now)
         };
@@ -491,6 +480,47 @@ impl Connection {
         rest
     }
 
+    /// A stream header arrived: its namespace declarations apply to what follows.
+    pub(super) fn stream_opened(&self, scope: &Scope) {
+        let mut st = self.state.borrow_mut();
+        st.scope = scope.clone();
+        st.phase = Phase::Open;
+    }
+
+    /// Framing starts over after what was consumed (a stream restart after SASL success).
+    pub(super) fn restart_framing(&self) {
+        let mut st = self.state.borrow_mut();
+        let at = st.framer.consumed();
+        st.framer.restart(at);
+        st.phase = Phase::AwaitHeader;
+    }
+
+    /// STARTTLS: everything from now on goes through `tls`; a new header is expected.
+    pub(super) fn start_tls(&self, tls: Box<rustls::ServerConnection>) {
+        let mut st = self.state.borrow_mut();
+        st.tls = Some(tls);
+        st.phase = Phase::AwaitHeader;
+    }
+
+    /// TLS is active on this stream.
+    pub(super) fn is_secure(&self) -> bool {
+        self.state.borrow().tls.is_some()
+    }
+
+    /// TLS records still wait for the socket (rustls's own buffer is not empty).
+    pub(crate) fn tls_wants_write(&self) -> bool {
+        self.state
+            .borrow()
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.wants_write())
+    }
+
+    /// The socket died and the session waits for `<resume/>` (XEP-0198).
+    pub(super) fn set_hibernating(&self) {
+        self.state.borrow_mut().phase = Phase::Hibernating;
+    }
+
     // ---- output ---------------------------------------------------------------------------
 
     /// Queues a top-level element for the client. Written at the end of this loop turn.
@@ -513,14 +543,14 @@ impl Connection {
 
     /// [`send`](Self::send) with `write` putting `el`'s serialisation into a buffer.
     fn send_with(&self, el: &Element, write: impl FnOnce(&mut Vec<u8>)) {
-        if self.state.borrow().csi.inactive && self.csi_hold(el) {
+        if self.csi_inactive() && self.csi_hold(el) {
             return;
         }
         let log_xml = self.server.upgrade().is_some_and(|s| s.config.log.xml);
-        let (track, len) = {
+        let track = self.sm_enabled() && super::sm::is_stanza(el);
+        let len = {
             let mut st = self.state.borrow_mut();
             let st = &mut *st;
-            let track = st.sm.is_some() && super::sm::is_stanza(el);
             let live = matches!(st.phase, Phase::AwaitHeader | Phase::Open | Phase::Closing)
                 && !st.overflowed;
             if live {
@@ -535,13 +565,13 @@ impl Connection {
                 if log_xml {
                     crate::stream::negotiate::log_out(self.id, &buf[before..]);
                 }
-                (track, buf.len() - before)
+                buf.len() - before
             } else if track && st.phase != Phase::Closed {
                 // Hibernating (or overflowed): not written, but kept for resumption or the
                 // mailbox, and counted against the unacknowledged budget by its size.
                 let mut buf = Vec::new();
                 write(&mut buf);
-                (track, buf.len())
+                buf.len()
             } else {
                 return;
             }
@@ -762,9 +792,7 @@ impl Connection {
                 return;
             }
         }
-        if !self.state.borrow().header_sent {
-            self.send_header(None);
-        }
+        self.send_header_once();
         // An overflowed stream gets its error and closing tag (if it ever reads again).
         self.state.borrow_mut().overflowed = false;
         if let Some((cond, text)) = &error {
@@ -828,13 +856,13 @@ impl Connection {
             return;
         };
         let limits = &server.config.limits;
-        let (phase, opened, last_read, bound, closing_since, keepalive_sent) = {
+        let bound = self.is_bound();
+        let (phase, opened, last_read, closing_since, keepalive_sent) = {
             let st = self.state.borrow();
             (
                 st.phase,
                 st.opened,
                 st.last_read,
-                st.jid.is_some(),
                 st.closing_since,
                 st.keepalive_sent,
             )

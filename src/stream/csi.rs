@@ -16,6 +16,11 @@
 //! (avatar metadata, nickname, OMEMO device lists, tune, mood, activity, location); on other
 //! nodes (bookmarks, where each item is one bookmark) one per publisher, node and item, so a
 //! retraction replaces the publication of the same item but no other item's news is lost.
+//!
+//! State owned here ([`CsiState`], the connection's `csi` cell): whether the client is
+//! inactive, and the stanzas held back meanwhile. The output path asks [`Connection::csi_inactive`]
+//! and [`Connection::csi_hold`]; resumption takes the held stanzas with
+//! [`Connection::csi_take_held`].
 
 use super::Connection;
 use crate::xml::{Element, ns};
@@ -128,16 +133,32 @@ fn coalescing_key(el: &Element) -> Option<Key<'_>> {
     }
 }
 
+/// Per-connection client state indication.
 #[derive(Default)]
 pub(crate) struct CsiState {
-    pub(crate) inactive: bool,
+    inactive: bool,
     held: Vec<Element>,
 }
 
 impl CsiState {
+    /// Holds `el` back if it is unimportant, coalescing it with what it supersedes. `None`
+    /// when it must go out now (after what is held); `Some(full)` when held, `full` once the
+    /// queue reached its bound and must be flushed anyway.
+    fn hold(&mut self, el: &Element) -> Option<bool> {
+        if el.ns != ns::CLIENT || important(el) {
+            return None;
+        }
+        if let Some(key) = coalescing_key(el) {
+            self.held
+                .retain(|h| coalescing_key(h).as_ref() != Some(&key));
+        }
+        self.held.push(el.clone());
+        Some(self.held.len() >= MAX_HELD)
+    }
+
     /// The stanzas held back, for a resumed stream to send (they were never sent, so stream
     /// management does not have them).
-    pub(crate) fn take_held(&mut self) -> Vec<Element> {
+    fn take_held(&mut self) -> Vec<Element> {
         std::mem::take(&mut self.held)
     }
 }
@@ -145,48 +166,55 @@ impl CsiState {
 impl Connection {
     pub(crate) fn on_csi(&self, el: &Element) {
         match el.name.as_str() {
-            "inactive" => self.state.borrow_mut().csi.inactive = true,
+            "inactive" => self.csi.borrow_mut().inactive = true,
             "active" => {
-                self.state.borrow_mut().csi.inactive = false;
+                self.csi.borrow_mut().inactive = false;
                 self.release_held();
             }
             _ => {}
         }
     }
 
+    /// The client said it is inactive: [`send`](Self::send) offers stanzas to
+    /// [`csi_hold`](Self::csi_hold).
+    pub(super) fn csi_inactive(&self) -> bool {
+        self.csi.borrow().inactive
+    }
+
     /// Called by `send` for stanzas while the client is inactive. Returns true if `el` was
     /// held back.
-    pub(crate) fn csi_hold(&self, el: &Element) -> bool {
-        if el.ns != ns::CLIENT || important(el) {
-            self.release_held();
-            return false;
-        }
-        let overflow = {
-            let mut st = self.state.borrow_mut();
-            let held = &mut st.csi.held;
-            if let Some(key) = coalescing_key(el) {
-                held.retain(|h| coalescing_key(h).as_ref() != Some(&key));
+    pub(super) fn csi_hold(&self, el: &Element) -> bool {
+        let held = self.csi.borrow_mut().hold(el);
+        match held {
+            None => {
+                self.release_held();
+                false
             }
-            held.push(el.clone());
-            held.len() >= MAX_HELD
-        };
-        if overflow {
-            self.release_held();
+            Some(full) => {
+                if full {
+                    self.release_held();
+                }
+                true
+            }
         }
-        true
+    }
+
+    /// The stanzas held back (see [`CsiState::take_held`]).
+    pub(super) fn csi_take_held(&self) -> Vec<Element> {
+        self.csi.borrow_mut().take_held()
     }
 
     fn release_held(&self) {
-        let held = std::mem::take(&mut self.state.borrow_mut().csi.held);
+        let held = self.csi.borrow_mut().take_held();
         if held.is_empty() {
             return;
         }
         // Sent with the hold bypassed (the state is flipped for the duration).
-        let was = std::mem::replace(&mut self.state.borrow_mut().csi.inactive, false);
+        let was = std::mem::replace(&mut self.csi.borrow_mut().inactive, false);
         for el in &held {
             self.send(el);
         }
-        self.state.borrow_mut().csi.inactive = was;
+        self.csi.borrow_mut().inactive = was;
     }
 }
 
@@ -242,6 +270,31 @@ mod tests {
         ] {
             assert!(!important(&parse(no)), "{no}");
         }
+    }
+
+    #[test]
+    fn holding() {
+        let mut csi = CsiState::default();
+        assert_eq!(csi.hold(&parse("<message><body>hi</body></message>")), None);
+        assert_eq!(csi.hold(&Element::new("r", "urn:xmpp:sm:3")), None);
+        let p1 = Element::stanza("presence").attr("from", "bob@x/a");
+        let p2 = Element::stanza("presence")
+            .attr("from", "bob@x/a")
+            .attr("id", "2");
+        let p3 = Element::stanza("presence").attr("from", "carol@x/a");
+        assert_eq!(csi.hold(&p1), Some(false));
+        assert_eq!(csi.hold(&p3), Some(false));
+        assert_eq!(csi.hold(&p2), Some(false));
+        // The newer presence from bob replaces the older; order of the rest is kept.
+        assert_eq!(csi.take_held(), vec![p3, p2]);
+        assert!(csi.take_held().is_empty());
+        for n in 1..MAX_HELD {
+            let p = Element::stanza("presence").attr("from", format!("u{n}@x/a"));
+            assert_eq!(csi.hold(&p), Some(false));
+        }
+        let last = Element::stanza("presence").attr("from", "last@x/a");
+        assert_eq!(csi.hold(&last), Some(true), "full: flushed anyway");
+        assert_eq!(csi.take_held().len(), MAX_HELD);
     }
 
     #[test]

@@ -1,6 +1,11 @@
 //! Client-to-server streams (RFC 6120): what every stream offers ([`Stream`], built once at
 //! start-up by `install` functions, as in the seed's `initialize_stream`), and the per-socket
 //! negotiation and dispatch ([`Connection`]).
+//!
+//! Each file is one layer of a connection and owns that layer's per-connection state in its
+//! own cell on [`Connection`]: connection.rs the transport, negotiate.rs the stream header and
+//! the session's identity, sasl.rs and sasl2.rs authentication, sm.rs stream management,
+//! csi.rs client state indication. A layer reaches another only through its methods.
 
 mod connection;
 pub(crate) use connection::Pause;

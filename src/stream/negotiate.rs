@@ -1,13 +1,18 @@
 //! Stream negotiation (RFC 6120 §4–§7): header checks, features, STARTTLS, SASL hand-off,
 //! resource binding, and the gate that keeps stanzas out until the stream is authenticated.
+//!
+//! State owned here ([`Negotiation`], the connection's `negotiation` cell): whether our header
+//! went out, the client's version, how many headers arrived, the domain served, and the
+//! session's identity — the authenticated account and the bound full JID. The other layers
+//! read and change the identity only through the methods below (`jid`, `is_bound`,
+//! `is_authenticated`, `set_authenticated`, `bind_resource`, `take_jid`, `set_jid`).
 
 use std::rc::Rc;
 
-use jid::FullJid;
+use jid::{BareJid, FullJid};
 use rand::Rng;
 
 use super::Connection;
-use super::connection::Phase;
 use crate::core::stanza::{Condition, StreamError, error_reply, request_parts};
 use crate::iq::{Incoming, ReplyTo};
 use crate::xml::parse::StreamHeader;
@@ -44,16 +49,53 @@ fn carries_secret(s: &str) -> bool {
         || s.contains("var='password'")
 }
 
+/// What negotiation established on one connection.
+pub(crate) struct Negotiation {
+    /// Our header for the current stream went out.
+    header_sent: bool,
+    /// The client announced version 1.0 (else it is a pre-RFC 3920 client: no SASL features).
+    version1: bool,
+    /// Stream headers received so far (restarts after STARTTLS and SASL count).
+    headers: u8,
+    /// The hosted domain this stream serves.
+    domain: String,
+    /// Set by SASL (or legacy auth); the stream then restarts and binds a resource.
+    authenticated: Option<BareJid>,
+    /// Set by resource binding or legacy auth, or taken over by resumption.
+    jid: Option<FullJid>,
+}
+
+impl Negotiation {
+    pub(super) fn new(domain: &str) -> Negotiation {
+        Negotiation {
+            header_sent: false,
+            version1: false,
+            headers: 0,
+            domain: domain.to_owned(),
+            authenticated: None,
+            jid: None,
+        }
+    }
+}
+
 fn parse_version(v: &str) -> Option<(u32, u32)> {
     let (maj, min) = v.split_once('.')?;
     Some((maj.parse().ok()?, min.parse().ok()?))
 }
 
 impl Connection {
-    pub(crate) fn send_header(&self, client_from: Option<&str>) {
+    /// Sends our stream header unless it went out already (a stream error needs one first,
+    /// RFC 6120 §4.9.1.1).
+    pub(super) fn send_header_once(&self) {
+        if !self.negotiation.borrow().header_sent {
+            self.send_header(None);
+        }
+    }
+
+    fn send_header(&self, client_from: Option<&str>) {
         let (domain, version1) = {
-            let st = self.state.borrow();
-            (st.domain.clone(), st.version1)
+            let n = self.negotiation.borrow();
+            (n.domain.clone(), n.version1)
         };
         let id: String = rand::thread_rng()
             .sample_iter(&rand::distributions::Alphanumeric)
@@ -71,7 +113,7 @@ impl Connection {
             h.push_str(" version='1.0'");
         }
         h.push_str(" xml:lang='en'>");
-        self.state.borrow_mut().header_sent = true;
+        self.negotiation.borrow_mut().header_sent = true;
         self.send_raw(h.as_bytes());
     }
 
@@ -84,7 +126,7 @@ impl Connection {
             Some(Some((1, _))) => true,
             Some(Some((0, _))) => false,
             Some(Some(_)) => {
-                self.state.borrow_mut().version1 = true;
+                self.negotiation.borrow_mut().version1 = true;
                 self.close(Some((
                     StreamError::UnsupportedVersion,
                     Some("this server speaks XMPP 1.0".into()),
@@ -99,13 +141,12 @@ impl Connection {
                 return;
             }
         };
+        self.stream_opened(&h.scope);
         let restart = {
-            let mut st = self.state.borrow_mut();
-            st.version1 = version1;
-            st.scope = h.scope.clone();
-            st.phase = Phase::Open;
-            st.headers = st.headers.saturating_add(1);
-            st.headers > 1
+            let mut n = self.negotiation.borrow_mut();
+            n.version1 = version1;
+            n.headers = n.headers.saturating_add(1);
+            n.headers > 1
         };
         let requested =
             h.to.clone()
@@ -118,10 +159,10 @@ impl Connection {
         if let Some(d) = &hosted
             && !restart
         {
-            self.state.borrow_mut().domain = d.clone();
+            self.negotiation.borrow_mut().domain = d.clone();
         }
         // The header goes out before any error (RFC 6120 §4.9.1.1); on restart a fresh one.
-        self.state.borrow_mut().header_sent = false;
+        self.negotiation.borrow_mut().header_sent = false;
         self.send_header(h.from.as_deref());
 
         if h.name != "stream" || h.ns != ns::STREAMS {
@@ -138,7 +179,7 @@ impl Connection {
             )));
             return;
         }
-        let current_domain = self.state.borrow().domain.clone();
+        let current_domain = self.domain();
         match hosted {
             Some(d) if d == current_domain => {}
             _ => {
@@ -155,10 +196,7 @@ impl Connection {
     fn send_features(&self, version1: bool) {
         let Some(server) = self.server() else { return };
         let info = self.info();
-        let (authenticated, bound) = {
-            let st = self.state.borrow();
-            (st.authenticated.is_some(), st.jid.is_some())
-        };
+        let (authenticated, bound) = self.identity();
         let mut features = Element::new("features", ns::STREAMS);
         if !authenticated && !bound {
             if version1 {
@@ -197,10 +235,7 @@ impl Connection {
     }
 
     pub(crate) fn on_element(self: &Rc<Self>, el: Element) {
-        let (authenticated, bound) = {
-            let st = self.state.borrow();
-            (st.authenticated.is_some(), st.jid.is_some())
-        };
+        let (authenticated, bound) = self.identity();
         match (el.ns.as_str(), el.name.as_str()) {
             (ns::CLIENT, "iq" | "message" | "presence") => {
                 if bound {
@@ -240,12 +275,10 @@ impl Connection {
 
     fn on_starttls(self: &Rc<Self>) {
         let Some(server) = self.server() else { return };
-        let (secure, authenticated) = {
-            let st = self.state.borrow();
-            (
-                st.tls.is_some(),
-                st.authenticated.is_some() || st.jid.is_some(),
-            )
+        let secure = self.is_secure();
+        let authenticated = {
+            let (authenticated, bound) = self.identity();
+            authenticated || bound
         };
         if secure || authenticated {
             self.send(&Element::new("failure", ns::TLS));
@@ -275,19 +308,14 @@ impl Connection {
                 return;
             }
         }
-        let mut st = self.state.borrow_mut();
-        st.tls = Some(tls);
-        st.phase = Phase::AwaitHeader;
-        st.header_sent = false;
+        self.start_tls(tls);
+        self.negotiation.borrow_mut().header_sent = false;
     }
 
     /// A stream restart (after SASL success): a new header is expected next.
     pub(crate) fn restart_stream(&self) {
-        let mut st = self.state.borrow_mut();
-        let at = st.framer.consumed();
-        st.framer.restart(at);
-        st.phase = Phase::AwaitHeader;
-        st.header_sent = false;
+        self.restart_framing();
+        self.negotiation.borrow_mut().header_sent = false;
     }
 
     /// IQ before authentication: only rules of the before-auth stage (legacy iq-auth) apply.
@@ -371,7 +399,7 @@ impl Connection {
         let Some(server) = self.server() else {
             return Err((Condition::InternalServerError, "server is shutting down"));
         };
-        let Some(bare) = self.state.borrow().authenticated.clone() else {
+        let Some(bare) = self.authenticated() else {
             return Err((Condition::NotAuthorized, "not authenticated"));
         };
         let resource = match resource {
@@ -384,20 +412,58 @@ impl Connection {
         let full = FullJid::new(&format!("{bare}/{resource}"))
             .map_err(|_| (Condition::BadRequest, "invalid resource"))?;
         server.bind_session(self, full.clone());
-        self.state.borrow_mut().jid = Some(full.clone());
+        self.set_jid(full.clone());
         Ok(full)
     }
 
     /// Marks the stream authenticated as `bare` (SASL success or legacy auth).
-    pub fn set_authenticated(&self, bare: jid::BareJid) {
-        self.state.borrow_mut().authenticated = Some(bare);
+    pub fn set_authenticated(&self, bare: BareJid) {
+        self.negotiation.borrow_mut().authenticated = Some(bare);
         if let Some(server) = self.server() {
             server.note_authenticated(self.id, self.peer.ip());
         }
     }
 
+    /// The domain this stream serves.
     pub fn domain(&self) -> String {
-        self.state.borrow().domain.clone()
+        self.negotiation.borrow().domain.clone()
+    }
+
+    /// The bound full JID, once the session exists.
+    pub fn jid(&self) -> Option<FullJid> {
+        self.negotiation.borrow().jid.clone()
+    }
+
+    /// A resource is bound: the stream carries stanzas.
+    pub(crate) fn is_bound(&self) -> bool {
+        self.negotiation.borrow().jid.is_some()
+    }
+
+    /// The stream is authenticated (bound or not).
+    pub(crate) fn is_authenticated(&self) -> bool {
+        self.negotiation.borrow().authenticated.is_some()
+    }
+
+    /// `(authenticated, bound)` in one look.
+    fn identity(&self) -> (bool, bool) {
+        let n = self.negotiation.borrow();
+        (n.authenticated.is_some(), n.jid.is_some())
+    }
+
+    /// The authenticated account.
+    pub(super) fn authenticated(&self) -> Option<BareJid> {
+        self.negotiation.borrow().authenticated.clone()
+    }
+
+    /// Detaches the bound JID: the session ends, moves to another connection (resumption), or
+    /// is replaced by a newer one with the same resource.
+    pub(crate) fn take_jid(&self) -> Option<FullJid> {
+        self.negotiation.borrow_mut().jid.take()
+    }
+
+    /// Binds this connection to `jid` (resource binding, or a session taken over by resumption).
+    pub(super) fn set_jid(&self, jid: FullJid) {
+        self.negotiation.borrow_mut().jid = Some(jid);
     }
 }
 

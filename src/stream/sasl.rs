@@ -1,6 +1,11 @@
 //! SASL negotiation (RFC 6120 §6): SCRAM-SHA-256, SCRAM-SHA-1 and PLAIN against the stored
 //! SCRAM keys. PLAIN is offered only where plaintext passwords may travel (TLS, or a listener
 //! configured as trusted loopback).
+//!
+//! State owned here ([`SaslState`], the connection's `sasl` cell): the SCRAM exchange in
+//! progress, whether PLAIN awaits its credentials, and the count of failed authentication
+//! attempts on this stream — shared with SASL2 and XEP-0078, which count through
+//! [`Connection::count_auth_failure`].
 
 use std::rc::Rc;
 
@@ -24,12 +29,94 @@ pub(crate) fn mechanisms(info: &StreamInfo) -> Vec<&'static str> {
     m
 }
 
-/// A SCRAM exchange in progress.
+/// Per-connection SASL state.
+#[derive(Default)]
 pub(crate) struct SaslState {
+    /// A SCRAM exchange in progress (boxed: idle connections stay small).
+    scram: Option<Box<Scram>>,
+    /// SASL PLAIN was started without an initial response.
+    plain_pending: bool,
+    /// Failed authentication attempts on this stream (SASL, SASL2 and XEP-0078 alike).
+    failures: u32,
+}
+
+impl SaslState {
+    /// Forgets the exchange in progress, if any.
+    fn reset(&mut self) {
+        self.scram = None;
+        self.plain_pending = false;
+    }
+
+    /// Counts one more failed attempt; returns how many there were.
+    fn count_failure(&mut self) -> u32 {
+        self.failures = self.failures.saturating_add(1);
+        self.failures
+    }
+}
+
+/// A SCRAM exchange in progress.
+struct Scram {
     scram: ScramServer,
     hash: Hash,
     username: Option<String>,
     awaiting_final: bool,
+}
+
+/// What one client message of a SCRAM exchange came to.
+pub(super) enum Step {
+    /// Send this challenge; the exchange goes on.
+    Challenge(Vec<u8>),
+    /// Authenticated as this account; the server's final message goes with the success.
+    Success(BareJid, Vec<u8>),
+}
+
+impl Scram {
+    fn new(server: &Server, hash: Hash) -> Scram {
+        Scram {
+            scram: ScramServer::new(hash)
+                .with_unknown_user_iterations(server.config.auth.scram_iterations),
+            hash,
+            username: None,
+            awaiting_final: false,
+        }
+    }
+
+    /// Takes the client-first message (looking up the account's keys in `domain`) or the
+    /// client-final one. `Err` is the SASL failure condition.
+    fn step(&mut self, server: &Server, domain: &str, data: &[u8]) -> Result<Step, &'static str> {
+        if !self.awaiting_final {
+            let first = self.scram.client_first(data).map_err(|e| e.condition())?;
+            let Some(account) = account_for(&first.username, domain) else {
+                return Err("not-authorized");
+            };
+            if let Some(authzid) = &first.authzid
+                && BareJid::new(authzid).ok().as_ref() != Some(&account)
+            {
+                return Err("invalid-authzid");
+            }
+            let node = account.node().map(|n| n.to_string()).unwrap_or_default();
+            let keys = server
+                .store
+                .account_keys(&node, domain, self.hash)
+                .ok()
+                .flatten();
+            let reply = match keys {
+                Some(k) => self.scram.server_first(k),
+                // Same shape of answer for unknown users: existence is not revealed here.
+                None => self.scram.server_first_unknown_user(&node),
+            };
+            self.username = Some(node);
+            self.awaiting_final = true;
+            Ok(Step::Challenge(reply))
+        } else {
+            let server_final = self.scram.client_final(data).map_err(|e| e.condition())?;
+            let username = self.username.take().unwrap_or_default();
+            let Some(account) = account_for(&username, domain) else {
+                return Err("not-authorized");
+            };
+            Ok(Step::Success(account, server_final))
+        }
+    }
 }
 
 fn failure(condition: &str, text: Option<&str>) -> Element {
@@ -84,7 +171,7 @@ impl Connection {
             "auth" => self.on_sasl_auth(&server, &info, &el),
             "response" => self.on_sasl_response(&server, &el),
             "abort" => {
-                self.state.borrow_mut().sasl = None;
+                self.sasl.borrow_mut().scram = None;
                 self.sasl_failed(&server, "aborted", None);
             }
             _ => self.close(Some((StreamError::UnsupportedStanzaType, None))),
@@ -106,7 +193,7 @@ impl Connection {
                 Some(data) => self.sasl_plain(server, &data),
                 None => {
                     // Empty challenge; the client answers with its credentials.
-                    self.state.borrow_mut().plain_pending = true;
+                    self.sasl.borrow_mut().plain_pending = true;
                     self.send(&Element::new("challenge", ns::SASL));
                 }
             }
@@ -116,13 +203,7 @@ impl Connection {
             self.sasl_failed(server, "invalid-mechanism", None);
             return;
         };
-        self.state.borrow_mut().sasl = Some(Box::new(SaslState {
-            scram: ScramServer::new(hash)
-                .with_unknown_user_iterations(server.config.auth.scram_iterations),
-            hash,
-            username: None,
-            awaiting_final: false,
-        }));
+        self.sasl.borrow_mut().scram = Some(Box::new(Scram::new(server, hash)));
         match initial {
             Some(data) => self.scram_step(server, &data),
             None => self.send(&Element::new("challenge", ns::SASL)),
@@ -135,11 +216,11 @@ impl Connection {
             return;
         };
         let data = data.unwrap_or_default();
-        if std::mem::take(&mut self.state.borrow_mut().plain_pending) {
+        if std::mem::take(&mut self.sasl.borrow_mut().plain_pending) {
             self.sasl_plain(server, &data);
             return;
         }
-        if self.state.borrow().sasl.is_none() {
+        if self.sasl.borrow().scram.is_none() {
             self.sasl_failed(server, "malformed-request", Some("no exchange in progress"));
             return;
         }
@@ -148,48 +229,18 @@ impl Connection {
 
     fn scram_step(self: &Rc<Self>, server: &Rc<Server>, data: &[u8]) {
         let domain = self.domain();
-        let Some(mut sasl) = self.state.borrow_mut().sasl.take() else {
+        let Some(mut sasl) = self.sasl.borrow_mut().scram.take() else {
             return;
         };
-        if !sasl.awaiting_final {
-            let first = match sasl.scram.client_first(data) {
-                Ok(f) => f,
-                Err(e) => return self.sasl_failed(server, e.condition(), None),
-            };
-            let Some(account) = account_for(&first.username, &domain) else {
-                return self.sasl_failed(server, "not-authorized", None);
-            };
-            if let Some(authzid) = &first.authzid
-                && BareJid::new(authzid).ok().as_ref() != Some(&account)
-            {
-                return self.sasl_failed(server, "invalid-authzid", None);
+        match sasl.step(server, &domain, data) {
+            Ok(Step::Challenge(reply)) => {
+                self.send(&challenge(&reply));
+                self.sasl.borrow_mut().scram = Some(sasl);
             }
-            let node = account.node().map(|n| n.to_string()).unwrap_or_default();
-            let keys = server
-                .store
-                .account_keys(&node, &domain, sasl.hash)
-                .ok()
-                .flatten();
-            let reply = match keys {
-                Some(k) => sasl.scram.server_first(k),
-                // Same shape of answer for unknown users: existence is not revealed here.
-                None => sasl.scram.server_first_unknown_user(&node),
-            };
-            sasl.username = Some(node);
-            sasl.awaiting_final = true;
-            self.send(&challenge(&reply));
-            self.state.borrow_mut().sasl = Some(sasl);
-        } else {
-            match sasl.scram.client_final(data) {
-                Ok(server_final) => {
-                    let username = sasl.username.unwrap_or_default();
-                    let Some(account) = account_for(&username, &domain) else {
-                        return self.sasl_failed(server, "not-authorized", None);
-                    };
-                    self.sasl_succeeded(account, Some(&server_final));
-                }
-                Err(e) => self.sasl_failed(server, e.condition(), None),
+            Ok(Step::Success(account, server_final)) => {
+                self.sasl_succeeded(account, Some(&server_final));
             }
+            Err(condition) => self.sasl_failed(server, condition, None),
         }
     }
 
@@ -227,7 +278,7 @@ impl Connection {
                 .children
                 .push(crate::xml::Node::Text(B64.encode(data)));
         }
-        self.state.borrow_mut().sasl = None;
+        self.sasl.borrow_mut().scram = None;
         if let Some(server) = self.server() {
             server.hooks.fire(
                 &server,
@@ -242,11 +293,7 @@ impl Connection {
     }
 
     fn sasl_failed(self: &Rc<Self>, server: &Rc<Server>, condition: &str, text: Option<&str>) {
-        {
-            let mut st = self.state.borrow_mut();
-            st.sasl = None;
-            st.plain_pending = false;
-        }
+        self.sasl.borrow_mut().reset();
         tracing::info!(conn = self.id, peer = %self.peer, "SASL failure: {condition}");
         self.send(&failure(condition, text));
         if condition != "aborted" {
@@ -259,11 +306,7 @@ impl Connection {
     /// reached. Call after sending the failure itself.
     pub(crate) fn count_auth_failure(self: &Rc<Self>, server: &Server) {
         server.note_auth_failure(self.peer.ip());
-        let failures = {
-            let mut st = self.state.borrow_mut();
-            st.sasl_failures = st.sasl_failures.saturating_add(1);
-            st.sasl_failures
-        };
+        let failures = self.sasl.borrow_mut().count_failure();
         if failures >= server.config.auth.max_failures {
             self.close(Some((
                 StreamError::PolicyViolation,

@@ -8,6 +8,11 @@
 //! token nor the proof (see src/store/fast.rs). A password change revokes them all. Tokens live
 //! 14 days, are bound to the client's user-agent id, and rotate through two slots ("new" and
 //! "current") as XEP-0484 §7 describes.
+//!
+//! State owned here (`Sasl2State`, the connection's `sasl2` cell): the SCRAM exchange in
+//! progress with the `<authenticate/>` request it answers. Failures count against the
+//! stream's one budget in sasl.rs (`Connection::count_auth_failure`); binding, resumption
+//! and client state go through the methods of negotiate.rs, sm.rs and csi.rs.
 
 use std::rc::Rc;
 
@@ -19,6 +24,7 @@ use rand::Rng;
 use sha2::Sha256;
 
 use super::Connection;
+use super::sasl::Step;
 use crate::auth::scram::{Hash, ScramServer};
 use crate::core::stanza::StreamError;
 use crate::server::Server;
@@ -34,11 +40,62 @@ pub const FAST: &str = ns::FAST;
 const HT: &str = "HT-SHA-256-NONE";
 const TOKEN_LIFETIME_SECS: i64 = 14 * 24 * 3600;
 
-/// An exchange in progress, with what the client asked to happen on success.
+/// Per-connection SASL2 state.
+#[derive(Default)]
 pub(crate) struct Sasl2State {
-    scram: Option<(ScramServer, Hash)>,
+    /// An exchange in progress (boxed: idle connections stay small).
+    exchange: Option<Box<Exchange>>,
+}
+
+/// An exchange in progress, with what the client asked to happen on success.
+struct Exchange {
+    scram: ScramServer,
+    hash: Hash,
     username: Option<String>,
     request: Element,
+}
+
+impl Exchange {
+    fn new(server: &Server, hash: Hash, request: Element) -> Exchange {
+        Exchange {
+            scram: ScramServer::new(hash)
+                .with_unknown_user_iterations(server.config.auth.scram_iterations),
+            hash,
+            username: None,
+            request,
+        }
+    }
+
+    /// Takes the client-first message (looking up the account's keys in `domain`) or the
+    /// client-final one. `Err` is the SASL failure condition.
+    fn step(&mut self, server: &Server, domain: &str, data: &[u8]) -> Result<Step, &'static str> {
+        if self.username.is_none() {
+            let first = self.scram.client_first(data).map_err(|e| e.condition())?;
+            let account = BareJid::new(&format!("{}@{domain}", first.username)).ok();
+            let node = account
+                .as_ref()
+                .and_then(|a| a.node().map(|n| n.to_string()))
+                .unwrap_or_default();
+            let keys = server
+                .store
+                .account_keys(&node, domain, self.hash)
+                .ok()
+                .flatten();
+            let reply = match keys {
+                Some(k) => self.scram.server_first(k),
+                None => self.scram.server_first_unknown_user(&node),
+            };
+            self.username = Some(node);
+            Ok(Step::Challenge(reply))
+        } else {
+            let server_final = self.scram.client_final(data).map_err(|e| e.condition())?;
+            let node = self.username.as_deref().unwrap_or_default();
+            let Some(account) = BareJid::new(&format!("{node}@{domain}")).ok() else {
+                return Err("not-authorized");
+            };
+            Ok(Step::Success(account, server_final))
+        }
+    }
 }
 
 fn hmac(key: &[u8], msg: &[u8]) -> Vec<u8> {
@@ -102,7 +159,7 @@ impl Connection {
                 self.sasl2_scram_step(&server, &data);
             }
             "abort" => {
-                self.state.borrow_mut().sasl2 = None;
+                self.sasl2.borrow_mut().exchange = None;
                 self.send(&failure("aborted", None));
             }
             _ => self.close(Some((StreamError::UnsupportedStanzaType, None))),
@@ -154,15 +211,7 @@ impl Connection {
         let Some(hash) = Hash::from_mechanism(&mech) else {
             return self.sasl2_failed(server, "invalid-mechanism");
         };
-        self.state.borrow_mut().sasl2 = Some(Box::new(Sasl2State {
-            scram: Some((
-                ScramServer::new(hash)
-                    .with_unknown_user_iterations(server.config.auth.scram_iterations),
-                hash,
-            )),
-            username: None,
-            request: el,
-        }));
+        self.sasl2.borrow_mut().exchange = Some(Box::new(Exchange::new(server, hash, el)));
         match initial {
             Some(data) => self.sasl2_scram_step(server, &data),
             None => self.send(&Element::new("challenge", NS)),
@@ -171,46 +220,18 @@ impl Connection {
 
     fn sasl2_scram_step(self: &Rc<Self>, server: &Rc<Server>, data: &[u8]) {
         let domain = self.domain();
-        let Some(mut st) = self.state.borrow_mut().sasl2.take() else {
+        let Some(mut st) = self.sasl2.borrow_mut().exchange.take() else {
             return self.sasl2_failed(server, "malformed-request");
         };
-        let Some((scram, hash)) = st.scram.as_mut() else {
-            return;
-        };
-        if st.username.is_none() {
-            let first = match scram.client_first(data) {
-                Ok(f) => f,
-                Err(e) => return self.sasl2_failed(server, e.condition()),
-            };
-            let account = BareJid::new(&format!("{}@{domain}", first.username)).ok();
-            let node = account
-                .as_ref()
-                .and_then(|a| a.node().map(|n| n.to_string()))
-                .unwrap_or_default();
-            let keys = server
-                .store
-                .account_keys(&node, &domain, *hash)
-                .ok()
-                .flatten();
-            let reply = match keys {
-                Some(k) => scram.server_first(k),
-                None => scram.server_first_unknown_user(&node),
-            };
-            st.username = Some(node);
-            self.send(&Element::new("challenge", NS).text(B64.encode(reply)));
-            self.state.borrow_mut().sasl2 = Some(st);
-        } else {
-            match scram.client_final(data) {
-                Ok(server_final) => {
-                    let node = st.username.clone().unwrap_or_default();
-                    let Some(account) = BareJid::new(&format!("{node}@{domain}")).ok() else {
-                        return self.sasl2_failed(server, "not-authorized");
-                    };
-                    let request = st.request.clone();
-                    self.sasl2_succeeded(server, account, &request, Some(&server_final));
-                }
-                Err(e) => self.sasl2_failed(server, e.condition()),
+        match st.step(server, &domain, data) {
+            Ok(Step::Challenge(reply)) => {
+                self.send(&Element::new("challenge", NS).text(B64.encode(reply)));
+                self.sasl2.borrow_mut().exchange = Some(st);
             }
+            Ok(Step::Success(account, server_final)) => {
+                self.sasl2_succeeded(server, account, &st.request, Some(&server_final));
+            }
+            Err(condition) => self.sasl2_failed(server, condition),
         }
     }
 
@@ -261,7 +282,7 @@ impl Connection {
     }
 
     fn sasl2_failed(self: &Rc<Self>, server: &Rc<Server>, condition: &str) {
-        self.state.borrow_mut().sasl2 = None;
+        self.sasl2.borrow_mut().exchange = None;
         self.send(&failure(condition, None));
         if condition != "aborted" {
             self.count_auth_failure(server);
@@ -277,7 +298,7 @@ impl Connection {
         additional: Option<&[u8]>,
     ) {
         tracing::info!(conn = self.id, %account, "authenticated (SASL2)");
-        self.state.borrow_mut().sasl2 = None;
+        self.sasl2.borrow_mut().exchange = None;
         server.hooks.fire(
             server,
             &mut crate::core::LoggedIn {

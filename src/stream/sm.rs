@@ -11,6 +11,12 @@
 //!   the client had not acknowledged; nothing is sent twice. If nobody resumes within the
 //!   timeout, the session ends and its unacknowledged messages go back to the mailbox, so the
 //!   next login or another device gets them exactly once.
+//!
+//! State owned here (`SmState`, the connection's `sm` cell): the resumption id and window,
+//! the counters both ways, and the queue of unacknowledged stanzas with its size in bytes.
+//! The output path goes through `Connection::sm_enabled`, `Connection::sm_track` and
+//! `Connection::sm_request`, the input path through `Connection::sm_count_in`; the logic
+//! itself is on `SmState`. The resumable sessions by id are server-wide (`Registry`).
 
 use std::collections::{HashMap, VecDeque};
 use std::rc::{Rc, Weak};
@@ -19,7 +25,6 @@ use std::time::Duration;
 use rand::Rng;
 
 use super::Connection;
-use super::connection::Phase;
 use crate::core::stanza::StreamError;
 use crate::xml::{Element, ns};
 
@@ -29,30 +34,149 @@ const MAX_RESUME_SECS: u32 = 300;
 /// Unacknowledged stanzas kept per session before the session gives up on resumption.
 const MAX_QUEUE: usize = 5000;
 
-/// Per-connection stream-management state.
-pub(crate) struct SmState {
+/// Per-connection stream management: nothing until the client enables it (boxed so idle
+/// connections stay small).
+#[derive(Default)]
+pub(crate) struct SmState(Option<Box<Enabled>>);
+
+/// The counters and the unacknowledged queue of an enabled session.
+struct Enabled {
     /// Resumption id; `None` when the client did not ask for resumption.
-    pub(crate) id: Option<String>,
-    pub(crate) max_secs: u32,
+    id: Option<String>,
+    max_secs: u32,
     /// Stanzas received from the client.
-    pub(crate) h_in: u32,
+    h_in: u32,
     /// Stanzas sent to the client (acknowledged or not).
-    pub(crate) h_out: u32,
+    h_out: u32,
     /// The last `h` the client acknowledged; `queue` holds stanzas `acked+1 ..= h_out`.
-    pub(crate) acked: u32,
+    acked: u32,
     /// Each with its serialised size.
-    pub(crate) queue: VecDeque<(Element, usize)>,
+    queue: VecDeque<(Element, usize)>,
     /// Sum of the sizes in `queue`.
-    pub(crate) queue_bytes: usize,
-    pub(crate) r_outstanding: bool,
+    queue_bytes: usize,
+    r_outstanding: bool,
 }
 
-impl SmState {
+impl Enabled {
     /// Drops the `n` oldest (now acknowledged) stanzas; `n` is at most the queue's length.
     fn drop_acked(&mut self, n: usize) {
         for (_, len) in self.queue.drain(..n) {
             self.queue_bytes -= len;
         }
+    }
+
+    /// The client acknowledged `h` stanzas in all. `Err(sent)` when that is more than were sent.
+    fn acknowledge(&mut self, h: u32) -> Result<(), u32> {
+        let n = h.wrapping_sub(self.acked) as usize;
+        if n > self.queue.len() {
+            return Err(self.h_out);
+        }
+        self.drop_acked(n);
+        self.acked = h;
+        self.r_outstanding = false;
+        Ok(())
+    }
+}
+
+impl SmState {
+    fn is_enabled(&self) -> bool {
+        self.0.is_some()
+    }
+
+    fn enable(&mut self, id: Option<String>, max_secs: u32) {
+        self.0 = Some(Box::new(Enabled {
+            id,
+            max_secs,
+            h_in: 0,
+            h_out: 0,
+            acked: 0,
+            queue: VecDeque::new(),
+            queue_bytes: 0,
+            r_outstanding: false,
+        }));
+    }
+
+    /// Stanzas received from the client, when enabled.
+    fn h_in(&self) -> Option<u32> {
+        self.0.as_ref().map(|sm| sm.h_in)
+    }
+
+    /// The resumption id, when the client asked for resumption.
+    fn id(&self) -> Option<&str> {
+        self.0.as_ref().and_then(|sm| sm.id.as_deref())
+    }
+
+    /// How long a lost connection waits for `<resume/>`, when the client asked for resumption.
+    fn resumable_for(&self) -> Option<u32> {
+        self.0
+            .as_ref()
+            .and_then(|sm| sm.id.is_some().then_some(sm.max_secs))
+    }
+
+    /// Drops acknowledged stanzas (nothing when not enabled). `Err(sent)` when `h`
+    /// acknowledges more than was sent.
+    fn acknowledge(&mut self, h: u32) -> Result<(), u32> {
+        match self.0.as_mut() {
+            Some(sm) => sm.acknowledge(h),
+            None => Ok(()),
+        }
+    }
+
+    /// Keeps a sent stanza until it is acknowledged. False when the queue is over its bounds
+    /// (`MAX_QUEUE` stanzas, `budget` bytes).
+    fn track(&mut self, el: &Element, len: usize, budget: usize) -> bool {
+        let Some(sm) = self.0.as_mut() else {
+            return true;
+        };
+        sm.h_out = sm.h_out.wrapping_add(1);
+        sm.queue.push_back((el.clone(), len));
+        sm.queue_bytes += len;
+        sm.queue.len() <= MAX_QUEUE && sm.queue_bytes <= budget
+    }
+
+    fn count_in(&mut self) {
+        if let Some(sm) = self.0.as_mut() {
+            sm.h_in = sm.h_in.wrapping_add(1);
+        }
+    }
+
+    /// Whether to ask for an ack: something is unacknowledged and no `<r/>` is out.
+    fn request(&mut self) -> bool {
+        match self.0.as_mut() {
+            Some(sm) if !sm.queue.is_empty() && !sm.r_outstanding => {
+                sm.r_outstanding = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Empties the queue; returns the messages in it (what must go back to the mailbox).
+    fn drain_unacked_messages(&mut self) -> Vec<Element> {
+        let Some(sm) = self.0.as_mut() else {
+            return Vec::new();
+        };
+        sm.queue_bytes = 0;
+        sm.queue
+            .drain(..)
+            .map(|(el, _)| el)
+            .filter(|e| e.name == "message")
+            .collect()
+    }
+
+    /// Resumption on a new stream after the client saw `h` stanzas: drops what it saw and
+    /// returns what it did not, to be sent (and counted) again. `Err(sent)` when `h` is more
+    /// than was sent.
+    fn resume(&mut self, h: u32) -> Result<Vec<Element>, u32> {
+        let Some(sm) = self.0.as_mut() else {
+            return Ok(Vec::new());
+        };
+        sm.acknowledge(h)?;
+        sm.queue_bytes = 0;
+        let replay = sm.queue.drain(..).map(|(el, _)| el).collect();
+        // Replayed stanzas are counted again as they go out.
+        sm.h_out = sm.acked;
+        Ok(replay)
     }
 }
 
@@ -77,11 +201,11 @@ fn failed(condition: &str, h: Option<u32>) -> Element {
 impl Connection {
     /// Handles an element of the SM namespace.
     pub(crate) fn on_sm(self: &Rc<Self>, el: Element) {
-        let bound = self.state.borrow().jid.is_some();
-        let authenticated = self.state.borrow().authenticated.is_some();
+        let bound = self.is_bound();
+        let authenticated = self.is_authenticated();
         match el.name.as_str() {
             "enable" => {
-                if !bound || self.state.borrow().sm.is_some() {
+                if !bound || self.sm_enabled() {
                     return self.send(&failed("unexpected-request", None));
                 }
                 let enabled = self.enable(&el);
@@ -89,7 +213,7 @@ impl Connection {
                 self.send(&enabled);
             }
             "r" => {
-                let h = self.state.borrow().sm.as_ref().map(|s| s.h_in);
+                let h = self.sm.borrow().h_in();
                 match h {
                     Some(h) => self.send(&Element::new("a", NS).attr("h", h.to_string())),
                     None => self.close(Some((
@@ -105,7 +229,8 @@ impl Connection {
                         Some("<a/> needs a numeric h".into()),
                     )));
                 };
-                if let Err(sent) = self.acknowledge(h) {
+                let acked = self.sm.borrow_mut().acknowledge(h);
+                if let Err(sent) = acked {
                     let mut err = StreamError::UndefinedCondition
                         .element(Some("acknowledged more stanzas than were sent"));
                     err.push(
@@ -121,6 +246,11 @@ impl Connection {
             "resume" => self.send(&failed("unexpected-request", None)),
             _ => self.close(Some((StreamError::UnsupportedStanzaType, None))),
         }
+    }
+
+    /// Stream management is enabled: sent stanzas are tracked, received ones counted.
+    pub(super) fn sm_enabled(&self) -> bool {
+        self.sm.borrow().is_enabled()
     }
 
     /// Enables stream management as `<enable/>` asks; returns the `<enabled/>` answer.
@@ -148,38 +278,13 @@ impl Connection {
                     .insert(id.clone(), Rc::downgrade(self));
             }
         }
-        self.state.borrow_mut().sm = Some(Box::new(SmState {
-            id,
-            max_secs,
-            h_in: 0,
-            h_out: 0,
-            acked: 0,
-            queue: VecDeque::new(),
-            queue_bytes: 0,
-            r_outstanding: false,
-        }));
+        self.sm.borrow_mut().enable(id, max_secs);
         enabled
     }
 
     /// Bind 2's inline `<enable/>` (always resumable).
     pub(crate) fn enable_sm_inline(self: &Rc<Self>) -> Element {
         self.enable(&Element::new("enable", NS).attr("resume", "true"))
-    }
-
-    /// Drops acknowledged stanzas. `Err(sent)` when `h` acknowledges more than was sent.
-    fn acknowledge(&self, h: u32) -> Result<(), u32> {
-        let mut st = self.state.borrow_mut();
-        let Some(sm) = st.sm.as_mut() else {
-            return Ok(());
-        };
-        let n = h.wrapping_sub(sm.acked) as usize;
-        if n > sm.queue.len() {
-            return Err(sm.h_out);
-        }
-        sm.drop_acked(n);
-        sm.acked = h;
-        sm.r_outstanding = false;
-        Ok(())
     }
 
     /// `<resume previd h/>`: takes over a hibernating (or still attached) session of the same
@@ -213,60 +318,43 @@ impl Connection {
             .borrow()
             .get(previd)
             .and_then(Weak::upgrade);
-        let account = self.state.borrow().authenticated.clone();
-        let Some(old) = old.filter(|o| {
-            let st = o.state.borrow();
-            st.jid.as_ref().map(|j| j.to_bare()) == account && st.sm.is_some()
-        }) else {
+        let account = self.authenticated();
+        let Some(old) = old.filter(|o| o.jid().map(|j| j.to_bare()) == account && o.sm_enabled())
+        else {
             return Err(failed("item-not-found", None));
         };
         let Some(h) = h else {
             return Err(failed("bad-request", None));
         };
         // Take the old session's state; the old connection (dead or not) goes away quietly.
-        let (jid, mut sm, held) = {
-            let mut st = old.state.borrow_mut();
-            (st.jid.take(), st.sm.take(), st.csi.take_held())
-        };
-        let (Some(jid), Some(mut sm_state)) = (jid, sm.take()) else {
+        let jid = old.take_jid();
+        let mut sm = std::mem::take(&mut *old.sm.borrow_mut());
+        let held = old.csi_take_held();
+        let Some(jid) = jid.filter(|_| sm.is_enabled()) else {
             return Err(failed("item-not-found", None));
         };
-        let n = h.wrapping_sub(sm_state.acked) as usize;
-        if n > sm_state.queue.len() {
-            return Err(failed("unexpected-request", Some(sm_state.h_out)));
-        }
-        sm_state.drop_acked(n);
-        sm_state.acked = h;
-        sm_state.r_outstanding = false;
+        let mut replay = match sm.resume(h) {
+            Ok(replay) => replay,
+            Err(sent) => return Err(failed("unexpected-request", Some(sent))),
+        };
         old.close_quietly();
         server.forget_connection(old.id);
 
         // Unacknowledged stanzas, then what client state indication held back on the old
         // connection (the new stream starts active, XEP-0352 §5).
-        sm_state.queue_bytes = 0;
-        let replay: Vec<Element> = sm_state
-            .queue
-            .drain(..)
-            .map(|(el, _)| el)
-            .chain(held)
-            .collect();
-        // Replayed stanzas are counted again as they go out.
-        sm_state.h_out = sm_state.acked;
+        replay.extend(held);
         let resumed = Element::new("resumed", NS)
             .attr("previd", previd)
-            .attr("h", sm_state.h_in.to_string());
-        if let Some(id) = &sm_state.id {
+            .attr("h", sm.h_in().unwrap_or(0).to_string());
+        if let Some(id) = sm.id() {
             server
                 .ext::<Registry>()
                 .by_id
                 .borrow_mut()
-                .insert(id.clone(), Rc::downgrade(self));
+                .insert(id.to_owned(), Rc::downgrade(self));
         }
-        {
-            let mut st = self.state.borrow_mut();
-            st.jid = Some(jid.clone());
-            st.sm = Some(sm_state);
-        }
+        self.set_jid(jid.clone());
+        *self.sm.borrow_mut() = sm;
         server.sessions.borrow_mut().rebind(&jid, self);
         tracing::info!(%jid, replayed = replay.len(), "session resumed");
         Ok((resumed, replay))
@@ -275,12 +363,10 @@ impl Connection {
     /// Called when the connection dies abruptly. Returns true if the session hibernates
     /// (resumption enabled) instead of ending.
     pub(crate) fn try_hibernate(self: &Rc<Self>) -> bool {
-        let max = {
-            let st = self.state.borrow();
-            match (&st.sm, &st.jid) {
-                (Some(sm), Some(_)) if sm.id.is_some() => sm.max_secs,
-                _ => return false,
-            }
+        let resumable_for = self.sm.borrow().resumable_for();
+        let max = match resumable_for {
+            Some(max) if self.is_bound() => max,
+            _ => return false,
         };
         let Some(server) = self.server() else {
             return false;
@@ -289,11 +375,11 @@ impl Connection {
             conn = self.id,
             "connection lost; session kept for resumption for {max} s"
         );
-        self.state.borrow_mut().phase = Phase::Hibernating;
+        self.set_hibernating();
         let weak = Rc::downgrade(self);
         server.after(Duration::from_secs(u64::from(max)), move || {
             if let Some(c) = weak.upgrade()
-                && c.state.borrow().phase == Phase::Hibernating
+                && c.is_hibernating()
             {
                 tracing::info!(conn = c.id, "resumption window over");
                 c.end_session_with_requeue();
@@ -310,56 +396,29 @@ impl Connection {
         let budget = self
             .server()
             .map_or(usize::MAX, |s| s.config.limits.max_unacked_bytes);
-        let mut st = self.state.borrow_mut();
-        let Some(sm) = st.sm.as_mut() else {
-            return true;
-        };
-        sm.h_out = sm.h_out.wrapping_add(1);
-        sm.queue.push_back((el.clone(), len));
-        sm.queue_bytes += len;
-        sm.queue.len() <= MAX_QUEUE && sm.queue_bytes <= budget
+        self.sm.borrow_mut().track(el, len, budget)
     }
 
     /// Counts a stanza received from the client.
     pub(crate) fn sm_count_in(&self) {
-        if let Some(sm) = self.state.borrow_mut().sm.as_mut() {
-            sm.h_in = sm.h_in.wrapping_add(1);
-        }
+        self.sm.borrow_mut().count_in();
     }
 
     /// An `<r/>` to append to this flush, if anything is unacknowledged and none is out.
     pub(crate) fn sm_request(&self) -> bool {
-        let mut st = self.state.borrow_mut();
-        match st.sm.as_mut() {
-            Some(sm) if !sm.queue.is_empty() && !sm.r_outstanding => {
-                sm.r_outstanding = true;
-                true
-            }
-            _ => false,
-        }
+        self.sm.borrow_mut().request()
     }
 
     /// Ends the session for good, handing unacknowledged messages back to the mailbox.
     pub(crate) fn end_session_with_requeue(self: &Rc<Self>) {
         let Some(server) = self.server() else { return };
         let (jid, unacked) = {
-            let mut st = self.state.borrow_mut();
-            let unacked: Vec<Element> = st
-                .sm
-                .as_mut()
-                .map(|sm| {
-                    sm.queue_bytes = 0;
-                    sm.queue
-                        .drain(..)
-                        .map(|(el, _)| el)
-                        .filter(|e| e.name == "message")
-                        .collect()
-                })
-                .unwrap_or_default();
-            if let Some(id) = st.sm.as_ref().and_then(|s| s.id.clone()) {
-                server.ext::<Registry>().by_id.borrow_mut().remove(&id);
+            let mut sm = self.sm.borrow_mut();
+            let unacked = sm.drain_unacked_messages();
+            if let Some(id) = sm.id() {
+                server.ext::<Registry>().by_id.borrow_mut().remove(id);
             }
-            (st.jid.clone(), unacked)
+            (self.jid(), unacked)
         };
         server.session_ended(self);
         if let Some(jid) = jid
@@ -381,5 +440,73 @@ impl Registry {
 
     pub fn is_empty(&self) -> bool {
         self.by_id.borrow().is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(n: u32) -> Element {
+        Element::stanza("message").attr("id", n.to_string())
+    }
+
+    #[test]
+    fn acks_drop_what_the_client_saw() {
+        let mut sm = SmState::default();
+        // Not enabled: nothing is kept, nothing is asked for, any ack is ignored.
+        assert!(sm.track(&msg(0), 10, usize::MAX));
+        assert!(!sm.request());
+        assert_eq!(sm.acknowledge(9), Ok(()));
+        assert_eq!(sm.h_in(), None);
+
+        sm.enable(None, 60);
+        for n in 1..=3 {
+            assert!(sm.track(&msg(n), 10, usize::MAX));
+        }
+        assert!(sm.request());
+        assert!(!sm.request(), "one <r/> out at a time");
+        assert_eq!(sm.acknowledge(2), Ok(()));
+        assert!(sm.request(), "an ack lets the next <r/> go");
+        assert_eq!(sm.acknowledge(5), Err(3), "more than was sent");
+        let unacked = sm.drain_unacked_messages();
+        assert_eq!(unacked, vec![msg(3)]);
+        assert_eq!(sm.resumable_for(), None, "no resumption asked for");
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_bytes() {
+        let mut sm = SmState::default();
+        sm.enable(None, 60);
+        assert!(sm.track(&msg(1), 60, 100));
+        assert!(!sm.track(&msg(2), 60, 100));
+        assert_eq!(sm.acknowledge(2), Ok(()));
+        assert!(
+            sm.track(&msg(3), 90, 100),
+            "acknowledged bytes no longer count"
+        );
+    }
+
+    #[test]
+    fn resumption_replays_the_unseen_and_counts_them_again() {
+        let mut sm = SmState::default();
+        sm.enable(Some("abc".into()), 120);
+        sm.count_in();
+        sm.count_in();
+        for n in 1..=4 {
+            sm.track(&msg(n), 10, usize::MAX);
+        }
+        assert_eq!(sm.resume(7), Err(4));
+        let replay = sm.resume(1).unwrap();
+        assert_eq!(replay, vec![msg(2), msg(3), msg(4)]);
+        assert_eq!(sm.h_in(), Some(2));
+        assert_eq!(sm.id(), Some("abc"));
+        assert_eq!(sm.resumable_for(), Some(120));
+        // Sent again on the new stream, they are counted again: h stays continuous.
+        for el in &replay {
+            sm.track(el, 10, usize::MAX);
+        }
+        assert_eq!(sm.acknowledge(4), Ok(()));
+        assert!(sm.drain_unacked_messages().is_empty());
     }
 }
