@@ -19,10 +19,10 @@ use crate::core::stanza::Condition;
 use crate::iq::Incoming;
 use crate::xml::{Element, ns};
 
-pub const NS_COMMANDS: &str = "http://jabber.org/protocol/commands";
-pub const NS_DATA: &str = "jabber:x:data";
-const NS_DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
-const NS_DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
+pub const NS_COMMANDS: &str = crate::xml::ns::COMMANDS;
+pub const NS_DATA: &str = crate::xml::ns::DATA_FORMS;
+const NS_DISCO_INFO: &str = crate::xml::ns::DISCO_INFO;
+const NS_DISCO_ITEMS: &str = crate::xml::ns::DISCO_ITEMS;
 
 /// (node, name) of every command.
 pub const COMMANDS: &[(&str, &str)] = &[

@@ -43,8 +43,8 @@ use crate::router::Service;
 use crate::server::Server;
 use crate::xml::{Element, ns};
 
-const DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
-const DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
+const DISCO_INFO: &str = crate::xml::ns::DISCO_INFO;
+const DISCO_ITEMS: &str = crate::xml::ns::DISCO_ITEMS;
 
 /// How long an `add` of a magnet waits for the metadata before it is answered anyway, with the
 /// job in state `resolving` (clients give up on IQs after 30–60 s). The job goes on; its owner
@@ -75,7 +75,11 @@ pub fn install(server: &Rc<Server>) {
         return;
     }
     // A deleted account's jobs stop in the engine and their rows and files go with it.
-    server.on_account_deleted(Box::new(forget_account));
+    server
+        .hooks
+        .on(0, |server, e: &mut crate::core::AccountDeleted| {
+            forget_account(server, &e.account)
+        });
     let t = &cfg.torrent;
     let kib = |k: u32| std::num::NonZeroU32::new(k.saturating_mul(1024));
     let settings = worker::Settings {
