@@ -19,7 +19,6 @@ use crate::core::Module;
 use crate::core::roster::may_see_presence;
 use crate::core::stanza::Condition;
 use crate::core::{Server, SessionEnded};
-use crate::store::xeps::unix_now;
 use crate::xml::{Element, ns};
 
 use crate::core::account::{Addressee, addressee};
@@ -77,7 +76,7 @@ fn get(iq: Incoming) {
         });
     match logout {
         Ok(Some((at, status))) => {
-            let secs = unix_now().saturating_sub(at).max(0);
+            let secs = crate::core::time::now_secs().saturating_sub(at).max(0);
             let mut q = Element::new("query", ns::LAST).attr("seconds", secs.to_string());
             if let Some(s) = status.filter(|s| !s.is_empty()) {
                 q = q.text(s);
@@ -107,7 +106,7 @@ fn session_ended(server: &Rc<Server>, jid: &FullJid) {
         return;
     }
     let stored = server.store.account_id_of(&bare).and_then(|id| match id {
-        Some(id) => server.store.set_last_logout(id, unix_now(), None),
+        Some(id) => server.store.set_last_logout(id, crate::core::time::now_secs(), None),
         // Deleted meanwhile (XEP-0077 cancellation): nothing to remember.
         None => Ok(()),
     });

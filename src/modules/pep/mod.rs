@@ -39,7 +39,6 @@ mod config;
 mod notify;
 
 use std::rc::Rc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use jid::{BareJid, FullJid};
 
@@ -362,7 +361,7 @@ impl Ctx {
         let id = self
             .server
             .store
-            .pep_create_node(self.account, name, &config, unix_secs())?;
+            .pep_create_node(self.account, name, &config, crate::core::time::now_secs())?;
         Ok(PepNode {
             id,
             name: name.to_owned(),
@@ -647,7 +646,7 @@ fn publish(ctx: &Ctx, publish: &Element, options: Option<&Element>) -> Result<Do
         item_id,
         publisher: ctx.from.to_string(),
         payload: String::from_utf8_lossy(&serialised).into_owned(),
-        published: unix_micros(),
+        published: crate::core::time::now_micros(),
     };
     ctx.server
         .store
@@ -860,12 +859,4 @@ fn new_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
-fn unix_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-}
 
-fn unix_secs() -> i64 {
-    unix_micros() / 1_000_000
-}

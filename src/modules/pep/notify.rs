@@ -2,7 +2,6 @@
 //! (XEP-0163 §4), and the messages that carry them.
 
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
 
 use jid::{BareJid, FullJid, Jid};
 
@@ -108,11 +107,10 @@ fn message(owner: &BareJid, to: &FullJid, payload: Element, published: Option<i6
         .attr("id", super::new_id())
         .child(Element::new("event", ns::PUBSUB_EVENT).child(payload));
     if let Some(micros) = published {
-        let at = UNIX_EPOCH + Duration::from_micros(u64::try_from(micros).unwrap_or(0));
         m.push(
             Element::new("delay", ns::DELAY)
                 .attr("from", owner.to_string())
-                .attr("stamp", humantime::format_rfc3339_millis(at).to_string()),
+                .attr("stamp", crate::core::time::datetime(micros.max(0))),
         );
     }
     m
