@@ -82,7 +82,11 @@ fn archive_received(server: &Rc<Server>, ev: &mut Routed<'_>) -> Flow {
     let Some(to) = ev.to.as_ref() else {
         return Flow::Continue;
     };
-    let owner = to.to_bare();
+    // Borrowed for a bare JID (the usual case): no allocation on the path of every message.
+    let owner = match to.try_as_full() {
+        Err(bare) => std::borrow::Cow::Borrowed(bare),
+        Ok(full) => std::borrow::Cow::Owned(full.to_bare()),
+    };
     let account = match ev.delivery.account {
         Some(id) => id,
         None => match account::id(server, &owner) {
