@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{HEADER, Raw, TestServer};
+use common::{Raw, TestServer};
 
 const SM: &str = "urn:xmpp:sm:3";
 
@@ -54,17 +54,7 @@ fn send_msgs(from: &mut Raw, to: &str, range: std::ops::Range<u32>) {
 
 /// Authenticates a fresh stream without binding (for <resume/>).
 fn authenticated(srv: &TestServer, user: &str) -> Raw {
-    use base64::Engine;
-    let mut c = Raw::connect(srv.trusted);
-    c.send(HEADER);
-    c.until("</stream:features>");
-    let creds = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0pw"));
-    c.send(&format!(
-        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{creds}</auth>"
-    ));
-    c.until("<success");
-    c.send(HEADER);
-    let f = c.until("</stream:features>");
+    let (c, f) = Raw::authenticated(srv.trusted, user, "pw");
     assert!(f.contains(SM), "SM not offered: {f}");
     c
 }
