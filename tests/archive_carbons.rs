@@ -8,16 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Raw, TestServer};
-
-fn attr(text: &str, name: &str) -> String {
-    let start = text
-        .find(&format!("{name}=\""))
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
-        + name.len()
-        + 2;
-    text[start..].split('"').next().unwrap().to_owned()
-}
+use common::{Raw, TestServer, attr};
 
 fn between<'a>(text: &'a str, open: &str, close: &str) -> &'a str {
     let s = text

@@ -8,22 +8,13 @@ mod common;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use common::{DOMAIN, HEADER, Raw, TestServer};
+use common::{DOMAIN, HEADER, Raw, TestServer, attr};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 const SM: &str = "urn:xmpp:sm:3";
 const UA: &str =
     "<user-agent id='0b8f2e3c-2f51-4b4c-9d36-5d7a0c3c1e11'><software>test</software></user-agent>";
-
-fn attr(text: &str, name: &str) -> String {
-    let start = text
-        .find(&format!("{name}=\""))
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
-        + name.len()
-        + 2;
-    text[start..].split('"').next().unwrap().to_owned()
-}
 
 fn hmac(key: &[u8], msg: &[u8]) -> Vec<u8> {
     let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap();
@@ -278,11 +269,7 @@ fn fast_tokens_are_stored_hashed_and_die_with_a_password_change() {
 
 /// Logs in, enables resumable stream management, and returns the client and resumption id.
 fn login_sm(srv: &TestServer, user: &str, password: &str, res: &str) -> (Raw, String) {
-    let mut c = Raw::login_plain(srv.trusted, user, password, res);
-    c.send(&format!("<enable xmlns='{SM}' resume='true' max='300'/>"));
-    let enabled = c.until("/>");
-    assert!(enabled.contains("resume=\"true\""), "{enabled}");
-    (c, attr(&enabled, "id"))
+    Raw::login_sm(srv.trusted, user, password, res, 300)
 }
 
 fn register(srv: &TestServer, user: &str, password: &str) {

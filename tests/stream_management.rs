@@ -4,29 +4,14 @@
 
 mod common;
 
-use common::{Raw, TestServer};
+use common::{Raw, TestServer, attr};
 
 const SM: &str = "urn:xmpp:sm:3";
 
-fn attr(text: &str, name: &str) -> String {
-    let start = text
-        .find(&format!("{name}=\""))
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
-        + name.len()
-        + 2;
-    text[start..].split('"').next().unwrap().to_owned()
-}
-
-/// Logs in, enables SM with resumption; returns the client and the resumption id.
+/// Logs in, enables SM with resumption, becomes available; returns the client and the
+/// resumption id.
 fn login_sm(srv: &TestServer, user: &str, res: &str, max: u32) -> (Raw, String) {
-    let mut c = Raw::login_plain(srv.trusted, user, "pw", res);
-    c.send(&format!("<enable xmlns='{SM}' resume='true' max='{max}'/>"));
-    let enabled = c.until("/>");
-    assert!(
-        enabled.contains("<enabled") && enabled.contains("resume=\"true\""),
-        "{enabled}"
-    );
-    let id = attr(&enabled, "id");
+    let (mut c, id) = Raw::login_sm(srv.trusted, user, "pw", res, max);
     c.send("<presence/>");
     (c, id)
 }

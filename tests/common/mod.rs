@@ -303,6 +303,38 @@ impl Raw {
         c.until("</iq>");
         c
     }
+
+    /// Logs in like [`Raw::login_plain`] and enables XEP-0198 stream management with
+    /// resumption (`max` seconds); returns the connection and the resumption id.
+    pub fn login_sm(
+        addr: SocketAddr,
+        user: &str,
+        password: &str,
+        resource: &str,
+        max: u32,
+    ) -> (Raw, String) {
+        let mut c = Raw::login_plain(addr, user, password, resource);
+        c.send(&format!(
+            "<enable xmlns='urn:xmpp:sm:3' resume='true' max='{max}'/>"
+        ));
+        let enabled = c.until("/>");
+        assert!(
+            enabled.contains("<enabled") && enabled.contains("resume=\"true\""),
+            "{enabled}"
+        );
+        let id = attr(&enabled, "id");
+        (c, id)
+    }
+}
+
+/// The value of the first attribute `name` in `text` (panics if there is none).
+pub fn attr(text: &str, name: &str) -> String {
+    let start = text
+        .find(&format!("{name}=\""))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+        + name.len()
+        + 2;
+    text[start..].split('"').next().unwrap().to_owned()
 }
 
 /// The SASL PLAIN `<auth>` element for `user` and `password`.
