@@ -173,30 +173,6 @@ fn register_irc(x: &mut Xmpp, nick: &str, port: u16, ssl: bool) {
 
 // ---- the IRC side -----------------------------------------------------------------------------
 
-/// Reads `irc`'s lines for `d`; panics if one contains `needle`.
-fn irc_quiet(irc: &mut Irc, needle: &str, d: Duration) {
-    let deadline = Instant::now() + d;
-    let mut line = String::new();
-    while Instant::now() < deadline {
-        line.clear();
-        match irc.r.read_line(&mut line) {
-            Ok(0) => panic!("IRC {}: connection closed", irc.nick),
-            Ok(_) => {
-                if let Some(rest) = line.strip_prefix("PING ") {
-                    let pong = format!("PONG {}", rest.trim_end());
-                    irc.send(&pong);
-                }
-                assert!(
-                    !line.contains(needle),
-                    "IRC {}: unexpected {needle:?}: {line:?}",
-                    irc.nick
-                );
-            }
-            Err(_) => {}
-        }
-    }
-}
-
 /// The nicks ISON finds online among `nicks`.
 fn ison(irc: &mut Irc, nicks: &str) -> Vec<String> {
     irc.send(&format!("ISON {nicks}"));
@@ -459,7 +435,7 @@ fn transport_control() {
         r.contains("type=\"error\"") || r.contains("No accounts"),
         "eve acted on alice's account: {r}"
     );
-    irc_quiet(&mut bob, ":alicebot!", Duration::from_secs(1));
+    bob.assert_quiet(":alicebot!", Duration::from_secs(1));
     assert_eq!(x.accounts(), "alicebot@127.0.0.1: online");
 
     // disable: the nick quits IRC and stays away; the state says disabled.
@@ -477,7 +453,7 @@ fn transport_control() {
     // settings of a disabled account are saved, and it stays disabled.
     let (_, n) = x.account_command("settings", BOT, &[("opt:realname", "Edited While Off")]);
     assert!(n.contains("settings saved"), "{n}");
-    irc_quiet(&mut bob, ":alicebot!", Duration::from_secs(2));
+    bob.assert_quiet(":alicebot!", Duration::from_secs(2));
     assert!(
         ison(&mut bob, "alicebot").is_empty(),
         "disabled, yet on IRC"
@@ -499,7 +475,7 @@ fn transport_control() {
     assert!(whois.ends_with(":Edited While Off"), "{whois}");
     // enable again while online: nothing changes (no reconnect, still online).
     x.account_command("enable", BOT, &[]);
-    irc_quiet(&mut bob, ":alicebot!", Duration::from_secs(1));
+    bob.assert_quiet(":alicebot!", Duration::from_secs(1));
     assert_eq!(x.accounts(), "alicebot@127.0.0.1: online");
 
     // relogin: a new IRC connection (quit, then join again).
@@ -564,7 +540,7 @@ fn transport_control() {
     });
     assert!(ison(&mut bob, "alicebot").is_empty(), "still on IRC");
     assert!(x.accounts().contains("No accounts"));
-    irc_quiet(&mut bob, ":alicebot!", Duration::from_secs(2));
+    bob.assert_quiet(":alicebot!", Duration::from_secs(2));
     let after_remove = x.command("disable", None, &[]);
     assert!(
         after_remove.contains("status=\"completed\"") && after_remove.contains("No accounts"),
@@ -825,7 +801,7 @@ fn transport_control() {
     });
     x.pump();
     assert!(
-        x.try_take(&|s: &str| service_message(s) && s.contains("jabber:x:data"))
+        x.try_take(|s: &str| service_message(s) && s.contains("jabber:x:data"))
             .is_none(),
         "alice was asked again about a certificate she accepted"
     );
@@ -855,7 +831,7 @@ fn transport_control() {
     assert!(eve.accounts().starts_with("evessl@127.0.0.1: connecting"));
     x.pump();
     assert!(
-        x.try_take(&|s: &str| service_message(s) && s.contains("jabber:x:data"))
+        x.try_take(|s: &str| service_message(s) && s.contains("jabber:x:data"))
             .is_none(),
         "alice got eve's certificate question"
     );
