@@ -13,7 +13,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use base64::Engine;
-use common::{Client, DOMAIN, TestServer, plain_ok};
+use common::{Client, DOMAIN, TestServer, assert_error, is_result, plain_ok};
 
 impl Client {
     /// Logged in and available (initial presence sent and reflected).
@@ -25,22 +25,6 @@ impl Client {
     }
 }
 
-fn is_result(s: &str) -> bool {
-    s.contains("type=\"result\"")
-}
-
-/// Asserts an error answer with `condition` (and the error `type`).
-fn assert_error(s: &str, kind: &str, condition: &str) {
-    assert!(
-        s.contains("type=\"error\"")
-            && s.contains(&format!("<error type=\"{kind}\""))
-            && s.contains(&format!(
-                "<{condition} xmlns=\"urn:ietf:params:xml:ns:xmpp-stanzas\""
-            )),
-        "expected {kind}/{condition}: {s}"
-    );
-}
-
 /// Every value of attribute `name` in `s`.
 fn attr_values(s: &str, name: &str) -> Vec<String> {
     let key = format!(" {name}=\"");
@@ -50,14 +34,6 @@ fn attr_values(s: &str, name: &str) -> Vec<String> {
             rest.find('"').map(|end| rest[..end].to_owned())
         })
         .collect()
-}
-
-fn server(users: &[&str]) -> TestServer {
-    let srv = TestServer::start();
-    for u in users {
-        srv.add_user(u, "pw");
-    }
-    srv
 }
 
 fn bare(user: &str) -> String {
@@ -137,7 +113,7 @@ fn disco_info_of_the_server_lists_exactly_the_registered_features() {
 
 #[test]
 fn disco_of_accounts_is_for_the_owner_and_subscribers() {
-    let srv = server(&["alice", "bob"]);
+    let srv = TestServer::with_users(&["alice", "bob"]);
     let mut a = Client::online(&srv, "alice", "a");
     let mut b = Client::online(&srv, "bob", "b");
     let query = "<query xmlns='http://jabber.org/protocol/disco#info'/>";
@@ -189,7 +165,7 @@ fn disco_of_accounts_is_for_the_owner_and_subscribers() {
 
 #[test]
 fn ping_version_time_and_uptime_of_the_server() {
-    let srv = server(&["alice", "bob"]);
+    let srv = TestServer::with_users(&["alice", "bob"]);
     let mut a = Client::login(&srv, "alice", "a");
 
     let pong = a.iq("get", Some(DOMAIN), "<ping xmlns='urn:xmpp:ping'/>");
@@ -232,7 +208,7 @@ fn ping_version_time_and_uptime_of_the_server() {
 
 #[test]
 fn last_activity_of_accounts() {
-    let srv = server(&["alice", "bob", "carol"]);
+    let srv = TestServer::with_users(&["alice", "bob", "carol"]);
     let mut a = Client::login(&srv, "alice", "a");
     let query = "<query xmlns='jabber:iq:last'/>";
 
@@ -257,7 +233,7 @@ fn last_activity_of_accounts() {
 
 #[test]
 fn last_activity_after_logout() {
-    let srv = server(&["bob"]);
+    let srv = TestServer::with_users(&["bob"]);
     let mut b = Client::online(&srv, "bob", "b");
     b.send("</stream:stream>");
     b.rest_until_closed();
@@ -305,7 +281,7 @@ fn server_pings_silent_clients_and_drops_dead_ones() {
 
 #[test]
 fn vcards_are_stored_and_served() {
-    let srv = server(&["alice", "bob", "carol"]);
+    let srv = TestServer::with_users(&["alice", "bob", "carol"]);
     let mut a = Client::login(&srv, "alice", "a");
     let mut b = Client::login(&srv, "bob", "b");
 
@@ -386,7 +362,7 @@ fn sha1_hex(bytes: &[u8]) -> String {
 
 #[test]
 fn vcard_photo_hash_is_added_to_presence() {
-    let srv = server(&["alice", "bob"]);
+    let srv = TestServer::with_users(&["alice", "bob"]);
     let mut a = Client::online(&srv, "alice", "a");
     let mut b = Client::online(&srv, "bob", "b");
     let from_alice = format!("from=\"{}\"", a.jid);
@@ -485,7 +461,7 @@ fn vcard_photo_hash_is_added_to_presence() {
 
 #[test]
 fn private_xml_storage() {
-    let srv = server(&["alice", "bob"]);
+    let srv = TestServer::with_users(&["alice", "bob"]);
     let mut a = Client::login(&srv, "alice", "a");
 
     let set = a.iq(
@@ -542,7 +518,7 @@ fn private_xml_storage() {
 
 #[test]
 fn blocking_stops_stanzas_both_ways() {
-    let srv = server(&["alice", "bob"]);
+    let srv = TestServer::with_users(&["alice", "bob"]);
     let mut a = Client::online(&srv, "alice", "a");
     let mut a2 = Client::online(&srv, "alice", "a2");
     let mut b = Client::online(&srv, "bob", "b");
@@ -623,7 +599,7 @@ fn blocking_stops_stanzas_both_ways() {
 
 #[test]
 fn registration_is_off_by_default() {
-    let srv = server(&[]);
+    let srv = TestServer::with_users(&[]);
     let (mut c, features) = Client::unauthenticated(&srv, "(unauthenticated)");
     assert!(
         !features.contains("http://jabber.org/features/iq-register"),
@@ -685,7 +661,7 @@ fn registration_when_enabled() {
 
 #[test]
 fn password_change() {
-    let srv = server(&["alice"]);
+    let srv = TestServer::with_users(&["alice"]);
     let mut a = Client::login(&srv, "alice", "a");
     let empty = a.iq(
         "set",
@@ -715,7 +691,7 @@ fn password_change() {
 
 #[test]
 fn account_removal_closes_every_stream() {
-    let srv = server(&["alice", "bob"]);
+    let srv = TestServer::with_users(&["alice", "bob"]);
     let mut a = Client::login(&srv, "alice", "a");
     let mut a2 = Client::login(&srv, "alice", "a2");
     let mut b = Client::login(&srv, "bob", "b");

@@ -29,14 +29,6 @@ fn legacy_auth(user: &str, password: &str, id: &str) -> String {
     )
 }
 
-/// A ping round trip on `c` (everything the server sent `c` before the pong has been read).
-fn ping(c: &mut Raw, id: &str) -> String {
-    c.send(&format!(
-        "<iq type='get' id='{id}'><ping xmlns='urn:xmpp:ping'/></iq>"
-    ));
-    c.until(&format!("id=\"{id}\""))
-}
-
 #[test]
 fn iq_auth_brute_force_is_cut_off_after_the_failure_limit() {
     let srv = TestServer::start_with(|c| c.auth.max_failures = 3, |_| {});
@@ -157,7 +149,7 @@ fn a_login_storm_is_served_by_workers_while_routing_goes_on() {
             "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{creds}</auth>"
         ));
     }
-    let pong = ping(&mut watcher, "during-storm");
+    let pong = watcher.ping("during-storm");
     assert!(pong.contains("type=\"result\""), "{pong}");
     for (i, c) in storm.iter_mut().enumerate() {
         let answer = c.until("/>");
@@ -259,7 +251,7 @@ fn fast_tokens_are_stored_hashed_and_die_with_a_password_change() {
         "{rest}"
     );
     // The session that changed it stays.
-    assert!(ping(&mut changer, "still").contains("type=\"result\""));
+    assert!(changer.ping("still").contains("type=\"result\""));
     let after = fast_login(&srv, "alice", &token);
     assert!(
         after.contains("<failure") && after.contains("not-authorized"),
@@ -318,7 +310,7 @@ fn a_deleted_account_leaves_nothing_to_a_new_one_of_the_same_name() {
     // server's socket before the ping is written, so it is handled no later than the ping and
     // the phone session is hibernating when the removal arrives.
     let mut desk = Raw::login_plain(srv.trusted, "alice", "old", "desk");
-    ping(&mut desk, "barrier");
+    desk.ping("barrier");
     desk.send("<iq type='set' id='rm'><query xmlns='jabber:iq:register'><remove/></query></iq>");
     assert!(desk.until("id=\"rm\"").contains("type=\"result\""));
     desk.until_closed();
@@ -359,7 +351,7 @@ fn a_deleted_account_leaves_nothing_to_a_new_one_of_the_same_name() {
     ] {
         fresh.send(&format!("<iq type='get' id='{id}'>{payload}</iq>"));
         let head = fresh.until(&format!("id=\"{id}\""));
-        let answer = format!("{head}{}", ping(&mut fresh, &format!("after-{id}")));
+        let answer = format!("{head}{}", fresh.ping(&format!("after-{id}")));
         assert!(
             !answer.contains(leftover),
             "{id}: the new account sees the old one's data: {answer}"
@@ -372,7 +364,7 @@ fn a_deleted_account_leaves_nothing_to_a_new_one_of_the_same_name() {
             "<iq type='get' id='bv' to='alice@{DOMAIN}'><vCard xmlns='vcard-temp'/></iq>"
         ));
         let head = bob.until("id=\"bv\"");
-        format!("{head}{}", ping(&mut bob, "bb"))
+        format!("{head}{}", bob.ping("bb"))
     };
     assert!(!vcard.contains("Old Alice"), "{vcard}");
 }
@@ -431,7 +423,7 @@ fn command_line_password_change_and_deletion_reach_the_running_server() {
     let (phone, sm_id) = login_sm(&srv, "alice", "new", "phone");
     drop(phone);
     let mut desk = Raw::login_plain(srv.trusted, "alice", "new", "desk");
-    ping(&mut desk, "barrier");
+    desk.ping("barrier");
     store.delete_account("alice", DOMAIN).unwrap();
     let rest = desk.until_closed();
     assert!(rest.contains("account was deleted"), "{rest}");

@@ -11,7 +11,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Client, DOMAIN, TestServer};
+use common::{Client, DOMAIN, TestServer, assert_error, is_result};
 use wockd::config::Config;
 use wockd::xml::Element;
 
@@ -65,22 +65,6 @@ fn between(s: &str, open: &str, close: &str) -> Option<String> {
     let a = s.find(open)? + open.len();
     let b = a + s[a..].find(close)?;
     Some(s[a..b].to_owned())
-}
-
-fn is_result(s: &str) -> bool {
-    s.contains("type=\"result\"")
-}
-
-/// Asserts an error answer with `condition` (and the error `type`).
-fn assert_error(s: &str, kind: &str, condition: &str) {
-    assert!(
-        s.contains("type=\"error\"")
-            && s.contains(&format!("<error type=\"{kind}\""))
-            && s.contains(&format!(
-                "<{condition} xmlns=\"urn:ietf:params:xml:ns:xmpp-stanzas\""
-            )),
-        "expected {kind}/{condition}: {s}"
-    );
 }
 
 fn server_with(users: &[&str], tweak: impl FnOnce(&mut Config) + Send + 'static) -> TestServer {

@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{Client, TestServer};
+use common::{Client, TestServer, is_result};
 use wockd::config::Config;
 
 const NS: &str = "http://wockd.org/ns/torrent";
@@ -118,10 +118,6 @@ impl Client {
             s.starts_with("<message") && s.contains(text)
         })
     }
-}
-
-fn is_result(s: &str) -> bool {
-    s.contains("type=\"result\"")
 }
 
 fn is_error(s: &str, cond: &str) -> bool {

@@ -11,7 +11,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{DOMAIN, Responder, TestServer};
+use common::{DOMAIN, Responder, TestServer, is_result};
 use sha1::Digest;
 
 const AVATAR_DATA: &str = "urn:xmpp:avatar:data";
@@ -187,10 +187,6 @@ fn is_event(s: &str) -> bool {
     s.starts_with("<message") && s.contains("http://jabber.org/protocol/pubsub#event")
 }
 
-fn is_result(s: &str) -> bool {
-    s.contains("type=\"result\"")
-}
-
 /// The value of attribute `name` on the first `<tag …>` in `s`.
 fn attr(s: &str, tag: &str, name: &str) -> Option<String> {
     let open = s.find(&format!("<{tag} "))?;
@@ -200,14 +196,6 @@ fn attr(s: &str, tag: &str, name: &str) -> Option<String> {
     let at = head.find(&key)? + key.len();
     let len = head[at..].find('"')?;
     Some(head[at..at + len].to_owned())
-}
-
-fn server(users: &[&str]) -> TestServer {
-    let srv = TestServer::start();
-    for u in users {
-        srv.add_user(u, "pw");
-    }
-    srv
 }
 
 fn jid(user: &str) -> String {
@@ -259,7 +247,7 @@ fn items_query(node: &str, inner: &str) -> String {
 
 #[test]
 fn avatar_metadata_reaches_subscribed_contacts_with_notify() {
-    let srv = server(&["alice", "bob", "carol"]);
+    let srv = TestServer::with_users(&["alice", "bob", "carol"]);
     let mut alice = Client::online(&srv, "alice", "desk", &[AVATAR_METADATA], false);
     let mut bob = Client::online(&srv, "bob", "phone", &[AVATAR_METADATA], false);
     let mut carol = Client::online(&srv, "carol", "pc", &[AVATAR_METADATA], false);
@@ -395,7 +383,7 @@ fn avatar_metadata_reaches_subscribed_contacts_with_notify() {
 
 #[test]
 fn notifications_stop_when_unavailable_and_follow_caps_changes() {
-    let srv = server(&["alice", "bob"]);
+    let srv = TestServer::with_users(&["alice", "bob"]);
     let mut alice = Client::online(&srv, "alice", "desk", &[], false);
     let mut bob = Client::online(&srv, "bob", "phone", &[], false);
     subscribe(&mut bob, &mut alice, "bob", "alice");
@@ -461,7 +449,7 @@ fn notifications_stop_when_unavailable_and_follow_caps_changes() {
 
 #[test]
 fn caps_that_do_not_match_their_hash_count_for_one_resource_only() {
-    let srv = server(&["alice"]);
+    let srv = TestServer::with_users(&["alice"]);
     let mut liar = Client::login(&srv, "alice", "liar");
     liar.auto.caps = Some(Caps::new("shared client", &[NICK]));
     liar.auto.lie = true;
@@ -560,7 +548,7 @@ fn bookmark_options() -> String {
 
 #[test]
 fn bookmarks_publish_options_retrieve_retract() {
-    let srv = server(&["juliet", "romeo"]);
+    let srv = TestServer::with_users(&["juliet", "romeo"]);
     let mut desk = Client::online(&srv, "juliet", "desk", &[BOOKMARKS], false);
     let mut phone = Client::online(&srv, "juliet", "phone", &[BOOKMARKS], false);
     let mut romeo = Client::online(&srv, "romeo", "orchard", &[BOOKMARKS], false);
@@ -681,7 +669,7 @@ fn bookmarks_publish_options_retrieve_retract() {
 
 #[test]
 fn publish_options_preconditions_and_node_configuration() {
-    let srv = server(&["juliet"]);
+    let srv = TestServer::with_users(&["juliet"]);
     let mut c = Client::online(&srv, "juliet", "desk", &[], false);
     let play = "<conference xmlns='urn:xmpp:bookmarks:1' name='Play'/>";
     // A node made with the defaults (presence access, one item).
@@ -881,7 +869,7 @@ fn publish_options_preconditions_and_node_configuration() {
 
 #[test]
 fn deleting_a_node_notifies() {
-    let srv = server(&["juliet"]);
+    let srv = TestServer::with_users(&["juliet"]);
     let mut desk = Client::online(&srv, "juliet", "desk", &["urn:example:status"], false);
     let r = desk.iq_id(
         "p",
@@ -910,7 +898,7 @@ fn deleting_a_node_notifies() {
 
 #[test]
 fn omemo_devices_and_bundles_are_open_to_strangers() {
-    let srv = server(&["alice", "mallory"]);
+    let srv = TestServer::with_users(&["alice", "mallory"]);
     let mut alice = Client::online(&srv, "alice", "conversations", &[OMEMO_DEVICES], false);
     let mut stranger = Client::online(&srv, "mallory", "dino", &[OMEMO_DEVICES], false);
     let open = field("pubsub#access_model", "open");
@@ -1022,7 +1010,7 @@ fn omemo_devices_and_bundles_are_open_to_strangers() {
 
 #[test]
 fn addressing_and_bad_requests() {
-    let srv = server(&["alice"]);
+    let srv = TestServer::with_users(&["alice"]);
     let mut c = Client::online(&srv, "alice", "desk", &[], false);
     let nick = "<nick xmlns='http://jabber.org/protocol/nick'>A</nick>";
     // To the own bare JID: the reply comes from it.
@@ -1114,7 +1102,7 @@ fn addressing_and_bad_requests() {
 /// the nodes the requester may see, and describes them.
 #[test]
 fn account_disco_shows_pep_and_the_archive() {
-    let srv = server(&["juliet", "romeo"]);
+    let srv = TestServer::with_users(&["juliet", "romeo"]);
     let mut desk = Client::online(&srv, "juliet", "desk", &[BOOKMARKS], false);
     let mut romeo = Client::online(&srv, "romeo", "orchard", &[], false);
     subscribe(&mut romeo, &mut desk, "romeo", "juliet");
@@ -1189,7 +1177,7 @@ fn account_disco_shows_pep_and_the_archive() {
 /// subscription"), not only at the subscriber's next login.
 #[test]
 fn a_new_subscriber_gets_the_last_items_at_once() {
-    let srv = server(&["alice", "bob"]);
+    let srv = TestServer::with_users(&["alice", "bob"]);
     let mut alice = Client::online(&srv, "alice", "desk", &[NICK], false);
     let mut bob = Client::online(&srv, "bob", "phone", &[NICK], false);
     let nick = "<nick xmlns='http://jabber.org/protocol/nick'>Alice the First</nick>";

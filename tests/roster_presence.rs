@@ -64,14 +64,6 @@ fn assert_item(stanza: &str, subscription: &str, ask: Option<&str>) {
     assert_eq!(attr(stanza, "item", "ask").as_deref(), ask, "{stanza}");
 }
 
-fn server(users: &[&str]) -> TestServer {
-    let srv = TestServer::start();
-    for u in users {
-        srv.add_user(u, "pw");
-    }
-    srv
-}
-
 fn jid(user: &str) -> String {
     format!("{user}@{DOMAIN}")
 }
@@ -98,7 +90,7 @@ fn make_both(a: &mut Client, b: &mut Client, a_user: &str, b_user: &str) {
 
 #[test]
 fn roster_get_set_remove_with_pushes_to_every_interested_resource() {
-    let srv = server(&["alice", "bob"]);
+    let srv = TestServer::with_users(&["alice", "bob"]);
     let mut a1 = Client::login(&srv, "alice", "one");
     let mut a2 = Client::login(&srv, "alice", "two");
     // A resource that never asked for the roster gets no pushes.
@@ -224,7 +216,7 @@ fn roster_get_set_remove_with_pushes_to_every_interested_resource() {
 
 #[test]
 fn subscribe_then_subscribed_then_mutual() {
-    let srv = server(&["alice", "bob"]);
+    let srv = TestServer::with_users(&["alice", "bob"]);
     let mut a = Client::online(&srv, "alice", "a");
     let mut b = Client::online(&srv, "bob", "b");
 
@@ -283,7 +275,7 @@ fn subscribe_then_subscribed_then_mutual() {
 
 #[test]
 fn features_and_pre_approval() {
-    let srv = server(&["bob", "carol"]);
+    let srv = TestServer::with_users(&["bob", "carol"]);
     // Check the stream features by hand (login_plain discards them).
     {
         let (_, f) = Raw::authenticated(srv.trusted, "bob", "pw");
@@ -379,7 +371,7 @@ fn request_to_offline_contact_is_stored_and_delivered_at_login() {
 
 #[test]
 fn unsubscribe_unsubscribed_deny_and_remove() {
-    let srv = server(&["alice", "bob", "carol"]);
+    let srv = TestServer::with_users(&["alice", "bob", "carol"]);
     let mut a = Client::online(&srv, "alice", "a");
     let mut b = Client::online(&srv, "bob", "b");
     let mut c = Client::online(&srv, "carol", "c");
@@ -443,7 +435,7 @@ fn unsubscribe_unsubscribed_deny_and_remove() {
 
 #[test]
 fn presence_broadcast_on_login_and_unavailable_when_the_connection_drops() {
-    let srv = server(&["alice", "bob", "carol"]);
+    let srv = TestServer::with_users(&["alice", "bob", "carol"]);
     let mut a = Client::online(&srv, "alice", "a");
     let mut b = Client::online(&srv, "bob", "b");
     make_both(&mut a, &mut b, "alice", "bob");
@@ -495,7 +487,7 @@ fn presence_broadcast_on_login_and_unavailable_when_the_connection_drops() {
 
 #[test]
 fn roster_versioning() {
-    let srv = server(&["alice"]);
+    let srv = TestServer::with_users(&["alice"]);
     let mut a = Client::login(&srv, "alice", "a");
     a.send("<iq type='get' id='v1'><query xmlns='jabber:iq:roster' ver=''/></iq>");
     let r = a.expect(&["id=\"v1\""]);
@@ -530,7 +522,7 @@ fn roster_versioning() {
 
 #[test]
 fn no_presence_across_a_block() {
-    let srv = server(&["alice", "bob"]);
+    let srv = TestServer::with_users(&["alice", "bob"]);
     let mut a = Client::online(&srv, "alice", "a");
     let mut b = Client::online(&srv, "bob", "b");
     make_both(&mut a, &mut b, "alice", "bob");

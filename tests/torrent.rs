@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{Client, TestServer};
+use common::{Client, TestServer, is_result};
 use rand::RngCore;
 use wockd::config::Config;
 
@@ -321,10 +321,6 @@ fn attr(s: &str, el: &str, name: &str) -> String {
         .unwrap_or_else(|| panic!("no {name} in {tag}"))
         + key.len();
     tag[a..].split('"').next().unwrap().to_owned()
-}
-
-fn is_result(s: &str) -> bool {
-    s.contains("type=\"result\"")
 }
 
 fn is_error(s: &str, cond: &str) -> bool {

@@ -122,6 +122,15 @@ impl TestServer {
         }
     }
 
+    /// Starts a server with accounts `users`, each with password `pw`.
+    pub fn with_users(users: &[&str]) -> TestServer {
+        let srv = TestServer::start();
+        for u in users {
+            srv.add_user(u, "pw");
+        }
+        srv
+    }
+
     /// Creates an account through the same store API the CLI uses.
     pub fn add_user(&self, name: &str, password: &str) {
         let store = wockd::store::Store::open(&self.dir.join("wockd.sqlite")).unwrap();
@@ -249,6 +258,17 @@ impl Raw {
         }
     }
 
+    /// A ping round trip (id `id`): returns everything read up to the end of the answer's
+    /// start tag, so the server has handled all this connection sent before.
+    pub fn ping(&mut self, id: &str) -> String {
+        self.send(&format!(
+            "<iq type='get' id='{id}'><ping xmlns='urn:xmpp:ping'/></iq>"
+        ));
+        let mut seen = self.until(&format!("id=\"{id}\""));
+        seen.push_str(&self.until(">"));
+        seen
+    }
+
     /// Reads until the server closes the connection; returns everything unread.
     pub fn until_closed(&mut self) -> String {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -335,6 +355,23 @@ pub fn attr(text: &str, name: &str) -> String {
         + name.len()
         + 2;
     text[start..].split('"').next().unwrap().to_owned()
+}
+
+/// Whether an answer is a result.
+pub fn is_result(s: &str) -> bool {
+    s.contains("type=\"result\"")
+}
+
+/// Asserts an error answer with `condition` (and the error `type`).
+pub fn assert_error(s: &str, kind: &str, condition: &str) {
+    assert!(
+        s.contains("type=\"error\"")
+            && s.contains(&format!("<error type=\"{kind}\""))
+            && s.contains(&format!(
+                "<{condition} xmlns=\"urn:ietf:params:xml:ns:xmpp-stanzas\""
+            )),
+        "expected {kind}/{condition}: {s}"
+    );
 }
 
 /// The SASL PLAIN `<auth>` element for `user` and `password`.
