@@ -8,16 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Raw, TestServer};
-
-fn attr(text: &str, name: &str) -> String {
-    let start = text
-        .find(&format!("{name}=\""))
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
-        + name.len()
-        + 2;
-    text[start..].split('"').next().unwrap().to_owned()
-}
+use common::{Raw, TestServer, attr};
 
 fn between<'a>(text: &'a str, open: &str, close: &str) -> &'a str {
     let s = text
@@ -243,14 +234,6 @@ fn rsm(inner: &str) -> String {
     format!("<set xmlns='http://jabber.org/protocol/rsm'>{inner}</set>")
 }
 
-/// A ping round trip: the server has handled everything `c` sent before.
-fn sync(c: &mut Raw, id: &str) {
-    c.send(&format!(
-        "<iq type='get' id='{id}'><ping xmlns='urn:xmpp:ping'/></iq>"
-    ));
-    c.until(&format!("id=\"{id}\""));
-}
-
 #[test]
 fn archive_filters_by_time_and_by_id_and_pages_backwards() {
     let srv = TestServer::start();
@@ -268,7 +251,7 @@ fn archive_filters_by_time_and_by_id_and_pages_backwards() {
                 "<message type='chat' to='alice@localhost'><body>{batch}{i}</body></message>"
             ));
         }
-        sync(&mut bob, &format!("s{batch}"));
+        bob.ping(&format!("s{batch}"));
     }
     let mut a = Raw::login_plain(srv.trusted, "alice", "pw", "a");
     let all = mam(&mut a, "all", "", "");
@@ -401,7 +384,7 @@ fn message_delivered_live_to_one_device_is_in_the_archive_once() {
     srv.add_user("bob", "pw");
     let mut phone = Raw::login_plain(srv.trusted, "alice", "pw", "phone");
     phone.send("<presence/>");
-    sync(&mut phone, "p1");
+    phone.ping("p1");
     // The desk is connected but not available: bare-JID messages go to the phone only.
     let mut desk = Raw::login_plain(srv.trusted, "alice", "pw", "desk");
     let mut bob = Raw::login_plain(srv.trusted, "bob", "pw", "b");
@@ -414,7 +397,7 @@ fn message_delivered_live_to_one_device_is_in_the_archive_once() {
         "{live}"
     );
     let sid = tag_attr(&live, "stanza-id", "id").unwrap();
-    sync(&mut desk, "d1");
+    desk.ping("d1");
     assert!(!desk.buf.contains("live hello"), "{}", desk.buf);
 
     // Every device finds it in the archive, once, with the id it was delivered with.
@@ -426,7 +409,7 @@ fn message_delivered_live_to_one_device_is_in_the_archive_once() {
     // It was delivered, so it is not an offline message: the desk becoming available does
     // not get it again.
     desk.send("<presence/>");
-    sync(&mut desk, "d2");
+    desk.ping("d2");
     let after = std::mem::take(&mut desk.buf);
     assert!(!after.contains("live hello"), "{after}");
 }
@@ -515,7 +498,7 @@ fn archive_preferences_round_trip_and_decide_what_outgoing_messages_are_kept() {
     // preferences say (offline delivery goes through the mailbox), bob's included.
     let mut bob = Raw::login_plain(srv.trusted, "bob", "pw", "b");
     bob.send("<message type='chat' to='alice@localhost'><body>while away</body></message>");
-    sync(&mut bob, "b1");
+    bob.ping("b1");
     a.send("<presence/>");
     assert!(a.until("</message>").contains("<body>while away</body>"));
     let page = mam(&mut a, "in", &field("with", "bob@localhost"), "");
@@ -543,7 +526,7 @@ fn never_and_roster_preferences_stop_archiving_of_live_incoming_messages() {
         assert_result(&mut a, &format!("r-{who}"));
     }
     a.send("<presence/>");
-    sync(&mut a, "s1");
+    a.ping("s1");
 
     // Live to the bare JID (deliver_to_bare) and to the full JID (deliver_to_full).
     let mut senders = Vec::new();

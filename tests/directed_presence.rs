@@ -10,30 +10,11 @@
 
 mod common;
 
-use std::io::Read;
 use std::time::{Duration, Instant};
 
-use common::{DOMAIN, Raw, TestServer};
-
-/// A raw client that splits what it reads into top-level stanzas and keeps the ones not yet
-/// asked for.
-struct Client {
-    raw: Raw,
-    queue: Vec<String>,
-    pings: u32,
-    jid: String,
-}
+use common::{Client, TestServer};
 
 impl Client {
-    fn login(srv: &TestServer, user: &str, resource: &str) -> Client {
-        Client {
-            raw: Raw::login_plain(srv.trusted, user, "pw", resource),
-            queue: Vec::new(),
-            pings: 0,
-            jid: format!("{user}@{DOMAIN}/{resource}"),
-        }
-    }
-
     /// Logged in and available (initial presence sent and reflected).
     fn online(srv: &TestServer, user: &str, resource: &str) -> Client {
         let mut c = Client::login(srv, user, resource);
@@ -41,100 +22,6 @@ impl Client {
         let from = format!("from=\"{}\"", c.jid);
         c.wait(|s| s.starts_with("<presence") && s.contains(&from));
         c
-    }
-
-    fn send(&mut self, s: &str) {
-        self.raw.send(s);
-    }
-
-    fn read_more(&mut self, deadline: Instant) {
-        loop {
-            let mut found = false;
-            while let Some((start, end)) = split_stanza(&self.raw.buf) {
-                let stanza = self.raw.buf[start..end].to_owned();
-                self.raw.buf.drain(..end);
-                self.queue.push(stanza);
-                found = true;
-            }
-            if found {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: timed out; queued {:#?}, unparsed {:?}",
-                self.jid,
-                self.queue,
-                self.raw.buf
-            );
-            let mut chunk = [0u8; 65536];
-            match self.raw.sock.read(&mut chunk) {
-                Ok(0) => panic!("{}: connection closed; queued {:#?}", self.jid, self.queue),
-                Ok(n) => self.raw.buf.push_str(&String::from_utf8_lossy(&chunk[..n])),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(e) => panic!("read error: {e}"),
-            }
-        }
-    }
-
-    /// Removes and returns the first stanza (queued or still to come) matching `pred`.
-    fn wait(&mut self, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(i) = self.queue.iter().position(|s| pred(s)) {
-                return self.queue.remove(i);
-            }
-            self.read_more(deadline);
-        }
-    }
-
-    fn expect(&mut self, parts: &[&str]) -> String {
-        self.wait(|s| parts.iter().all(|p| s.contains(p)))
-    }
-
-    /// A ping round trip: afterwards everything the server sent before its answer is queued.
-    fn barrier(&mut self) {
-        self.pings += 1;
-        let id = format!("barrier-{}", self.pings);
-        self.send(&format!(
-            "<iq type='get' id='{id}'><ping xmlns='urn:xmpp:ping'/></iq>"
-        ));
-        self.expect(&[&format!("id=\"{id}\"")]);
-    }
-
-    fn assert_none(&mut self, what: &str, pred: impl Fn(&str) -> bool) {
-        self.barrier();
-        assert!(
-            !self.queue.iter().any(|s| pred(s)),
-            "{}: unexpected {what}: {:#?}",
-            self.jid,
-            self.queue
-        );
-    }
-}
-
-/// The byte range of the first complete top-level element in `buf` (leading whitespace
-/// skipped). The server escapes `<` and `>` in text and attribute values.
-fn split_stanza(buf: &str) -> Option<(usize, usize)> {
-    let start = buf.find(|c: char| !c.is_ascii_whitespace())?;
-    let mut depth = 0i32;
-    let mut i = start;
-    loop {
-        let lt = i + buf[i..].find('<')?;
-        let gt = lt + buf[lt..].find('>')?;
-        let tag = &buf[lt..=gt];
-        if tag.starts_with("</") {
-            depth -= 1;
-        } else if !tag.ends_with("/>") && !tag.starts_with("<?") {
-            depth += 1;
-        }
-        i = gt + 1;
-        if depth == 0 {
-            return Some((start, i));
-        }
     }
 }
 

@@ -11,168 +11,18 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::Read;
-use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{DOMAIN, HEADER, Raw, TestServer};
-
-/// A raw client that splits what it reads into top-level stanzas and keeps the ones not yet
-/// asked for.
-struct Client {
-    raw: Raw,
-    queue: Vec<String>,
-    n: u32,
-    jid: String,
-}
+use common::{Client, DOMAIN, TestServer, assert_error, is_result, plain_ok};
 
 impl Client {
-    fn login(srv: &TestServer, user: &str, password: &str, resource: &str) -> Client {
-        Client {
-            raw: Raw::login_plain(srv.trusted, user, password, resource),
-            queue: Vec::new(),
-            n: 0,
-            jid: format!("{user}@{DOMAIN}/{resource}"),
-        }
-    }
-
     /// Logged in and available (initial presence sent and reflected).
     fn online(srv: &TestServer, user: &str, resource: &str) -> Client {
-        let mut c = Client::login(srv, user, "pw", resource);
+        let mut c = Client::login(srv, user, resource);
         c.send("<presence/>");
-        c.barrier();
-        c.queue.clear();
+        c.clear();
         c
     }
-
-    fn send(&mut self, s: &str) {
-        self.raw.send(s);
-    }
-
-    fn read_more(&mut self, deadline: Instant) {
-        loop {
-            let mut found = false;
-            while let Some((start, end)) = split_stanza(&self.raw.buf) {
-                let stanza = self.raw.buf[start..end].to_owned();
-                self.raw.buf.drain(..end);
-                self.queue.push(stanza);
-                found = true;
-            }
-            if found {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: timed out; queued {:#?}, unparsed {:?}",
-                self.jid,
-                self.queue,
-                self.raw.buf
-            );
-            let mut chunk = [0u8; 65536];
-            match self.raw.sock.read(&mut chunk) {
-                Ok(0) => panic!(
-                    "{}: connection closed; queued {:#?}, unparsed {:?}",
-                    self.jid, self.queue, self.raw.buf
-                ),
-                Ok(n) => self.raw.buf.push_str(&String::from_utf8_lossy(&chunk[..n])),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(e) => panic!("read error: {e}"),
-            }
-        }
-    }
-
-    /// Removes and returns the first stanza (queued or still to come) matching `pred`.
-    fn wait(&mut self, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(i) = self.queue.iter().position(|s| pred(s)) {
-                return self.queue.remove(i);
-            }
-            self.read_more(deadline);
-        }
-    }
-
-    /// Waits for a stanza containing every one of `parts`.
-    fn expect(&mut self, parts: &[&str]) -> String {
-        self.wait(|s| parts.iter().all(|p| s.contains(p)))
-    }
-
-    /// Sends an IQ (`body` is its payload) and returns the answer.
-    fn iq(&mut self, kind: &str, to: Option<&str>, body: &str) -> String {
-        self.n += 1;
-        let id = format!("q{}", self.n);
-        let to = to.map(|t| format!(" to='{t}'")).unwrap_or_default();
-        self.send(&format!("<iq type='{kind}' id='{id}'{to}>{body}</iq>"));
-        let id = format!("id=\"{id}\"");
-        self.wait(|s| s.starts_with("<iq") && s.contains(&id))
-    }
-
-    /// A ping round trip: afterwards everything the server sent before its answer is queued.
-    fn barrier(&mut self) {
-        let pong = self.iq("get", None, "<ping xmlns='urn:xmpp:ping'/>");
-        assert!(pong.contains("type=\"result\""), "{pong}");
-    }
-
-    /// Everything still to come until the server closes the connection, queued stanzas first.
-    fn rest_until_closed(&mut self) -> String {
-        let mut all = self.queue.concat();
-        self.queue.clear();
-        all.push_str(&self.raw.until_closed());
-        all
-    }
-
-    /// Asserts that no stanza matching `pred` has arrived, after a barrier.
-    fn assert_none(&mut self, what: &str, pred: impl Fn(&str) -> bool) {
-        self.barrier();
-        assert!(
-            !self.queue.iter().any(|s| pred(s)),
-            "{}: unexpected {what}: {:#?}",
-            self.jid,
-            self.queue
-        );
-    }
-}
-
-/// The byte range of the first complete top-level element in `buf` (leading whitespace
-/// skipped). The server escapes `<` and `>` in text and attributes, so counting tags is enough.
-fn split_stanza(buf: &str) -> Option<(usize, usize)> {
-    let start = buf.find(|c: char| !c.is_ascii_whitespace())?;
-    let mut depth = 0i32;
-    let mut i = start;
-    loop {
-        let lt = i + buf[i..].find('<')?;
-        let gt = lt + buf[lt..].find('>')?;
-        let tag = &buf[lt..=gt];
-        if tag.starts_with("</") {
-            depth -= 1;
-        } else if !tag.ends_with("/>") && !tag.starts_with("<?") {
-            depth += 1;
-        }
-        i = gt + 1;
-        if depth <= 0 {
-            return Some((start, i));
-        }
-    }
-}
-
-fn is_result(s: &str) -> bool {
-    s.contains("type=\"result\"")
-}
-
-/// Asserts an error answer with `condition` (and the error `type`).
-fn assert_error(s: &str, kind: &str, condition: &str) {
-    assert!(
-        s.contains("type=\"error\"")
-            && s.contains(&format!("<error type=\"{kind}\""))
-            && s.contains(&format!(
-                "<{condition} xmlns=\"urn:ietf:params:xml:ns:xmpp-stanzas\""
-            )),
-        "expected {kind}/{condition}: {s}"
-    );
 }
 
 /// Every value of attribute `name` in `s`.
@@ -186,29 +36,8 @@ fn attr_values(s: &str, name: &str) -> Vec<String> {
         .collect()
 }
 
-fn server(users: &[&str]) -> TestServer {
-    let srv = TestServer::start();
-    for u in users {
-        srv.add_user(u, "pw");
-    }
-    srv
-}
-
 fn bare(user: &str) -> String {
     format!("{user}@{DOMAIN}")
-}
-
-/// Tries SASL PLAIN; returns whether the server said `<success/>`.
-fn plain_login_works(srv: &TestServer, user: &str, password: &str) -> bool {
-    let mut c = Raw::connect(srv.trusted);
-    c.send(HEADER);
-    c.until("</stream:features>");
-    let creds = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
-    c.send(&format!(
-        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{creds}</auth>"
-    ));
-    let answer = c.until("xmlns=\"urn:ietf:params:xml:ns:xmpp-sasl\"");
-    answer.contains("<success")
 }
 
 // ---- XEP-0030 -------------------------------------------------------------------------------
@@ -238,7 +67,7 @@ fn disco_info_of_the_server_lists_exactly_the_registered_features() {
         .map(str::to_owned)
         .collect();
 
-    let mut a = Client::login(&srv, "alice", "pw", "a");
+    let mut a = Client::login(&srv, "alice", "a");
     let info = a.iq(
         "get",
         Some(DOMAIN),
@@ -288,7 +117,7 @@ fn disco_info_of_the_server_lists_exactly_the_registered_features() {
 
 #[test]
 fn disco_of_accounts_is_for_the_owner_and_subscribers() {
-    let srv = server(&["alice", "bob"]);
+    let srv = TestServer::with_users(&["alice", "bob"]);
     let mut a = Client::online(&srv, "alice", "a");
     let mut b = Client::online(&srv, "bob", "b");
     let query = "<query xmlns='http://jabber.org/protocol/disco#info'/>";
@@ -340,8 +169,8 @@ fn disco_of_accounts_is_for_the_owner_and_subscribers() {
 
 #[test]
 fn ping_version_time_and_uptime_of_the_server() {
-    let srv = server(&["alice", "bob"]);
-    let mut a = Client::login(&srv, "alice", "pw", "a");
+    let srv = TestServer::with_users(&["alice", "bob"]);
+    let mut a = Client::login(&srv, "alice", "a");
 
     let pong = a.iq("get", Some(DOMAIN), "<ping xmlns='urn:xmpp:ping'/>");
     assert!(is_result(&pong), "{pong}");
@@ -383,12 +212,12 @@ fn ping_version_time_and_uptime_of_the_server() {
 
 #[test]
 fn last_activity_of_accounts() {
-    let srv = server(&["alice", "bob", "carol"]);
-    let mut a = Client::login(&srv, "alice", "pw", "a");
+    let srv = TestServer::with_users(&["alice", "bob", "carol"]);
+    let mut a = Client::login(&srv, "alice", "a");
     let query = "<query xmlns='jabber:iq:last'/>";
 
     // Carol has never been online: nothing recorded, and only she may ask anyway.
-    let mut c = Client::login(&srv, "carol", "pw", "c");
+    let mut c = Client::login(&srv, "carol", "c");
     let never = c.iq("get", Some(&bare("carol")), query);
     assert_error(&never, "cancel", "item-not-found");
     let forbidden = a.iq("get", Some(&bare("carol")), query);
@@ -408,11 +237,11 @@ fn last_activity_of_accounts() {
 
 #[test]
 fn last_activity_after_logout() {
-    let srv = server(&["bob"]);
+    let srv = TestServer::with_users(&["bob"]);
     let mut b = Client::online(&srv, "bob", "b");
     b.send("</stream:stream>");
     b.rest_until_closed();
-    let mut b = Client::login(&srv, "bob", "pw", "again");
+    let mut b = Client::login(&srv, "bob", "again");
     let last = b.iq("get", Some(&bare("bob")), "<query xmlns='jabber:iq:last'/>");
     assert!(is_result(&last), "{last}");
     let secs: u64 = attr_values(&last, "seconds")[0].parse().unwrap();
@@ -430,8 +259,8 @@ fn server_pings_silent_clients_and_drops_dead_ones() {
     );
     srv.add_user("alive", "pw");
     srv.add_user("dead", "pw");
-    let mut alive = Client::login(&srv, "alive", "pw", "a");
-    let mut dead = Client::login(&srv, "dead", "pw", "d");
+    let mut alive = Client::login(&srv, "alive", "a");
+    let mut dead = Client::login(&srv, "dead", "d");
 
     // The live client answers each ping and keeps being pinged, i.e. stays connected.
     for _ in 0..2 {
@@ -456,9 +285,9 @@ fn server_pings_silent_clients_and_drops_dead_ones() {
 
 #[test]
 fn vcards_are_stored_and_served() {
-    let srv = server(&["alice", "bob", "carol"]);
-    let mut a = Client::login(&srv, "alice", "pw", "a");
-    let mut b = Client::login(&srv, "bob", "pw", "b");
+    let srv = TestServer::with_users(&["alice", "bob", "carol"]);
+    let mut a = Client::login(&srv, "alice", "a");
+    let mut b = Client::login(&srv, "bob", "b");
 
     let mine = a.iq("get", None, "<vCard xmlns='vcard-temp'/>");
     assert_error(&mine, "cancel", "item-not-found");
@@ -537,7 +366,7 @@ fn sha1_hex(bytes: &[u8]) -> String {
 
 #[test]
 fn vcard_photo_hash_is_added_to_presence() {
-    let srv = server(&["alice", "bob"]);
+    let srv = TestServer::with_users(&["alice", "bob"]);
     let mut a = Client::online(&srv, "alice", "a");
     let mut b = Client::online(&srv, "bob", "b");
     let from_alice = format!("from=\"{}\"", a.jid);
@@ -572,7 +401,7 @@ fn vcard_photo_hash_is_added_to_presence() {
     a.send("<presence><show>away</show></presence>");
     let away = b.expect(&["<presence", &from_alice, "<show>away</show>"]);
     assert_eq!(photo_in(&away).as_deref(), Some(hash.as_str()), "{away}");
-    let mut b2 = Client::login(&srv, "bob", "pw", "b2");
+    let mut b2 = Client::login(&srv, "bob", "b2");
     b2.send("<presence/>");
     let told = b2.expect(&["<presence", &from_alice]);
     assert!(told.contains("<show>away</show>"), "{told}");
@@ -636,8 +465,8 @@ fn vcard_photo_hash_is_added_to_presence() {
 
 #[test]
 fn private_xml_storage() {
-    let srv = server(&["alice", "bob"]);
-    let mut a = Client::login(&srv, "alice", "pw", "a");
+    let srv = TestServer::with_users(&["alice", "bob"]);
+    let mut a = Client::login(&srv, "alice", "a");
 
     let set = a.iq(
         "set",
@@ -674,7 +503,7 @@ fn private_xml_storage() {
     assert_error(&nothing, "modify", "not-acceptable");
 
     // Bob cannot read or write Alice's storage.
-    let mut b = Client::login(&srv, "bob", "pw", "b");
+    let mut b = Client::login(&srv, "bob", "b");
     let peek = b.iq(
         "get",
         Some(&bare("alice")),
@@ -693,7 +522,7 @@ fn private_xml_storage() {
 
 #[test]
 fn blocking_stops_stanzas_both_ways() {
-    let srv = server(&["alice", "bob"]);
+    let srv = TestServer::with_users(&["alice", "bob"]);
     let mut a = Client::online(&srv, "alice", "a");
     let mut a2 = Client::online(&srv, "alice", "a2");
     let mut b = Client::online(&srv, "bob", "b");
@@ -772,24 +601,10 @@ fn blocking_stops_stanzas_both_ways() {
 
 // ---- XEP-0077 -------------------------------------------------------------------------------------
 
-/// Opens a stream (not logged in) on the trusted listener; returns it and its features.
-fn fresh_stream(srv: &TestServer) -> (Client, String) {
-    let mut raw = Raw::connect(srv.trusted);
-    raw.send(HEADER);
-    let features = raw.until("</stream:features>");
-    let c = Client {
-        raw,
-        queue: Vec::new(),
-        n: 0,
-        jid: "(unauthenticated)".into(),
-    };
-    (c, features)
-}
-
 #[test]
 fn registration_is_off_by_default() {
-    let srv = server(&[]);
-    let (mut c, features) = fresh_stream(&srv);
+    let srv = TestServer::with_users(&[]);
+    let (mut c, features) = Client::unauthenticated(&srv, "(unauthenticated)");
     assert!(
         !features.contains("http://jabber.org/features/iq-register"),
         "{features}"
@@ -802,14 +617,14 @@ fn registration_is_off_by_default() {
         "<query xmlns='jabber:iq:register'><username>eve</username><password>pw</password></query>",
     );
     assert_error(&set, "cancel", "service-unavailable");
-    assert!(!plain_login_works(&srv, "eve", "pw"));
+    assert!(!plain_ok(srv.trusted, "eve", "pw"));
 }
 
 #[test]
 fn registration_when_enabled() {
     let srv = TestServer::start_with(|c| c.auth.registration = true, |_| {});
     srv.add_user("taken", "pw");
-    let (mut c, features) = fresh_stream(&srv);
+    let (mut c, features) = Client::unauthenticated(&srv, "(unauthenticated)");
     assert!(
         features.contains("<register xmlns=\"http://jabber.org/features/iq-register\"/>"),
         "{features}"
@@ -840,7 +655,7 @@ fn registration_when_enabled() {
     assert!(is_result(&ok), "{ok}");
 
     // The new account logs in.
-    let mut eve = Client::login(&srv, "eve", "s3cret", "e");
+    let mut eve = Client::login_at(srv.trusted, "eve", "s3cret", "e");
     let reg = eve.iq("get", None, "<query xmlns='jabber:iq:register'/>");
     assert!(
         reg.contains("<registered/>") && reg.contains("<username>eve</username>"),
@@ -850,8 +665,8 @@ fn registration_when_enabled() {
 
 #[test]
 fn password_change() {
-    let srv = server(&["alice"]);
-    let mut a = Client::login(&srv, "alice", "pw", "a");
+    let srv = TestServer::with_users(&["alice"]);
+    let mut a = Client::login(&srv, "alice", "a");
     let empty = a.iq(
         "set",
         None,
@@ -870,9 +685,9 @@ fn password_change() {
         "<query xmlns='jabber:iq:register'><username>alice</username><password>n3w pass</password></query>",
     );
     assert!(is_result(&changed), "{changed}");
-    assert!(plain_login_works(&srv, "alice", "n3w pass"));
-    assert!(!plain_login_works(&srv, "alice", "pw"));
-    let mut again = Client::login(&srv, "alice", "n3w pass", "again");
+    assert!(plain_ok(srv.trusted, "alice", "n3w pass"));
+    assert!(!plain_ok(srv.trusted, "alice", "pw"));
+    let mut again = Client::login_at(srv.trusted, "alice", "n3w pass", "again");
     again.barrier();
     // The session that changed it stays.
     a.barrier();
@@ -880,10 +695,10 @@ fn password_change() {
 
 #[test]
 fn account_removal_closes_every_stream() {
-    let srv = server(&["alice", "bob"]);
-    let mut a = Client::login(&srv, "alice", "pw", "a");
-    let mut a2 = Client::login(&srv, "alice", "pw", "a2");
-    let mut b = Client::login(&srv, "bob", "pw", "b");
+    let srv = TestServer::with_users(&["alice", "bob"]);
+    let mut a = Client::login(&srv, "alice", "a");
+    let mut a2 = Client::login(&srv, "alice", "a2");
+    let mut b = Client::login(&srv, "bob", "b");
     let set = a.iq(
         "set",
         None,
@@ -917,7 +732,7 @@ fn account_removal_closes_every_stream() {
             "{rest}"
         );
     }
-    assert!(!plain_login_works(&srv, "alice", "pw"));
+    assert!(!plain_ok(srv.trusted, "alice", "pw"));
     let gone = b.iq("get", Some(&bare("alice")), "<vCard xmlns='vcard-temp'/>");
     assert_error(&gone, "cancel", "service-unavailable");
 }

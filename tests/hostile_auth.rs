@@ -8,22 +8,13 @@ mod common;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use common::{DOMAIN, HEADER, Raw, TestServer};
+use common::{DOMAIN, HEADER, Raw, TestServer, attr};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 const SM: &str = "urn:xmpp:sm:3";
 const UA: &str =
     "<user-agent id='0b8f2e3c-2f51-4b4c-9d36-5d7a0c3c1e11'><software>test</software></user-agent>";
-
-fn attr(text: &str, name: &str) -> String {
-    let start = text
-        .find(&format!("{name}=\""))
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
-        + name.len()
-        + 2;
-    text[start..].split('"').next().unwrap().to_owned()
-}
 
 fn hmac(key: &[u8], msg: &[u8]) -> Vec<u8> {
     let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap();
@@ -36,14 +27,6 @@ fn legacy_auth(user: &str, password: &str, id: &str) -> String {
         "<iq type='set' id='{id}'><query xmlns='jabber:iq:auth'><username>{user}</username>\
          <password>{password}</password><resource>r</resource></query></iq>"
     )
-}
-
-/// A ping round trip on `c` (everything the server sent `c` before the pong has been read).
-fn ping(c: &mut Raw, id: &str) -> String {
-    c.send(&format!(
-        "<iq type='get' id='{id}'><ping xmlns='urn:xmpp:ping'/></iq>"
-    ));
-    c.until(&format!("id=\"{id}\""))
 }
 
 #[test]
@@ -166,7 +149,7 @@ fn a_login_storm_is_served_by_workers_while_routing_goes_on() {
             "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{creds}</auth>"
         ));
     }
-    let pong = ping(&mut watcher, "during-storm");
+    let pong = watcher.ping("during-storm");
     assert!(pong.contains("type=\"result\""), "{pong}");
     for (i, c) in storm.iter_mut().enumerate() {
         let answer = c.until("/>");
@@ -268,7 +251,7 @@ fn fast_tokens_are_stored_hashed_and_die_with_a_password_change() {
         "{rest}"
     );
     // The session that changed it stays.
-    assert!(ping(&mut changer, "still").contains("type=\"result\""));
+    assert!(changer.ping("still").contains("type=\"result\""));
     let after = fast_login(&srv, "alice", &token);
     assert!(
         after.contains("<failure") && after.contains("not-authorized"),
@@ -278,11 +261,7 @@ fn fast_tokens_are_stored_hashed_and_die_with_a_password_change() {
 
 /// Logs in, enables resumable stream management, and returns the client and resumption id.
 fn login_sm(srv: &TestServer, user: &str, password: &str, res: &str) -> (Raw, String) {
-    let mut c = Raw::login_plain(srv.trusted, user, password, res);
-    c.send(&format!("<enable xmlns='{SM}' resume='true' max='300'/>"));
-    let enabled = c.until("/>");
-    assert!(enabled.contains("resume=\"true\""), "{enabled}");
-    (c, attr(&enabled, "id"))
+    Raw::login_sm(srv.trusted, user, password, res, 300)
 }
 
 fn register(srv: &TestServer, user: &str, password: &str) {
@@ -331,7 +310,7 @@ fn a_deleted_account_leaves_nothing_to_a_new_one_of_the_same_name() {
     // server's socket before the ping is written, so it is handled no later than the ping and
     // the phone session is hibernating when the removal arrives.
     let mut desk = Raw::login_plain(srv.trusted, "alice", "old", "desk");
-    ping(&mut desk, "barrier");
+    desk.ping("barrier");
     desk.send("<iq type='set' id='rm'><query xmlns='jabber:iq:register'><remove/></query></iq>");
     assert!(desk.until("id=\"rm\"").contains("type=\"result\""));
     desk.until_closed();
@@ -372,7 +351,7 @@ fn a_deleted_account_leaves_nothing_to_a_new_one_of_the_same_name() {
     ] {
         fresh.send(&format!("<iq type='get' id='{id}'>{payload}</iq>"));
         let head = fresh.until(&format!("id=\"{id}\""));
-        let answer = format!("{head}{}", ping(&mut fresh, &format!("after-{id}")));
+        let answer = format!("{head}{}", fresh.ping(&format!("after-{id}")));
         assert!(
             !answer.contains(leftover),
             "{id}: the new account sees the old one's data: {answer}"
@@ -385,7 +364,7 @@ fn a_deleted_account_leaves_nothing_to_a_new_one_of_the_same_name() {
             "<iq type='get' id='bv' to='alice@{DOMAIN}'><vCard xmlns='vcard-temp'/></iq>"
         ));
         let head = bob.until("id=\"bv\"");
-        format!("{head}{}", ping(&mut bob, "bb"))
+        format!("{head}{}", bob.ping("bb"))
     };
     assert!(!vcard.contains("Old Alice"), "{vcard}");
 }
@@ -444,7 +423,7 @@ fn command_line_password_change_and_deletion_reach_the_running_server() {
     let (phone, sm_id) = login_sm(&srv, "alice", "new", "phone");
     drop(phone);
     let mut desk = Raw::login_plain(srv.trusted, "alice", "new", "desk");
-    ping(&mut desk, "barrier");
+    desk.ping("barrier");
     store.delete_account("alice", DOMAIN).unwrap();
     let rest = desk.until_closed();
     assert!(rest.contains("account was deleted"), "{rest}");

@@ -142,17 +142,7 @@ fn read_to_close(c: &mut Raw) -> bool {
 
 /// A stream authenticated as alice with SASL PLAIN, restarted, not yet bound.
 fn authenticated(srv: &TestServer) -> Raw {
-    let mut c = Raw::connect(srv.trusted);
-    c.send(HEADER);
-    c.until("</stream:features>");
-    c.send(&format!(
-        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{}</auth>",
-        B64.encode("\0alice\0pw")
-    ));
-    c.until("<success");
-    c.send(HEADER);
-    c.until("</stream:features>");
-    c
+    Raw::authenticated(srv.trusted, "alice", "pw").0
 }
 
 fn alive(watcher: &mut Raw, n: u32) {

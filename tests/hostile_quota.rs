@@ -9,123 +9,27 @@
 
 mod common;
 
-use std::io::Read;
 use std::time::{Duration, Instant};
 
-use common::{DOMAIN, Raw, TestServer};
+use common::{Client, DOMAIN, TestServer, assert_error, is_result};
 use wockd::config::Config;
 use wockd::xml::Element;
 
-/// A raw client that splits what it reads into top-level stanzas and keeps the ones not yet
-/// asked for.
-struct Client {
-    raw: Raw,
-    queue: Vec<String>,
-    n: u32,
-    jid: String,
-}
-
 impl Client {
-    fn login(srv: &TestServer, user: &str, resource: &str) -> Client {
-        Client {
-            raw: Raw::login_plain(srv.trusted, user, "pw", resource),
-            queue: Vec::new(),
-            n: 0,
-            jid: format!("{user}@{DOMAIN}/{resource}"),
-        }
-    }
-
     /// Logged in and available (initial presence sent and reflected).
     fn online(srv: &TestServer, user: &str, resource: &str) -> Client {
         let mut c = Client::login(srv, user, resource);
         c.send("<presence/>");
-        c.barrier();
-        c.queue.clear();
+        c.clear();
         c
-    }
-
-    fn send(&mut self, s: &str) {
-        self.raw.send(s);
-    }
-
-    fn read_more(&mut self, deadline: Instant) {
-        loop {
-            let mut found = false;
-            while let Some((start, end)) = split_stanza(&self.raw.buf) {
-                let stanza = self.raw.buf[start..end].to_owned();
-                self.raw.buf.drain(..end);
-                self.queue.push(stanza);
-                found = true;
-            }
-            if found {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: timed out; queued {:#?}, unparsed {:?}",
-                self.jid,
-                self.queue,
-                self.raw.buf
-            );
-            let mut chunk = [0u8; 65536];
-            match self.raw.sock.read(&mut chunk) {
-                Ok(0) => panic!("{}: connection closed; queued {:#?}", self.jid, self.queue),
-                Ok(n) => self.raw.buf.push_str(&String::from_utf8_lossy(&chunk[..n])),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(e) => panic!("read error: {e}"),
-            }
-        }
-    }
-
-    /// Removes and returns the first stanza (queued or still to come) matching `pred`.
-    fn wait(&mut self, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(i) = self.queue.iter().position(|s| pred(s)) {
-                return self.queue.remove(i);
-            }
-            self.read_more(deadline);
-        }
-    }
-
-    fn expect(&mut self, parts: &[&str]) -> String {
-        self.wait(|s| parts.iter().all(|p| s.contains(p)))
-    }
-
-    /// Sends an IQ (`body` is its payload) and returns the answer.
-    fn iq(&mut self, kind: &str, body: &str) -> String {
-        self.n += 1;
-        let id = format!("q{}", self.n);
-        self.send(&format!("<iq type='{kind}' id='{id}'>{body}</iq>"));
-        let id = format!("id=\"{id}\"");
-        self.wait(|s| s.starts_with("<iq") && s.contains(&id))
-    }
-
-    fn barrier(&mut self) {
-        let pong = self.iq("get", "<ping xmlns='urn:xmpp:ping'/>");
-        assert!(pong.contains("type=\"result\""), "{pong}");
-    }
-
-    fn assert_none(&mut self, what: &str, pred: impl Fn(&str) -> bool) {
-        self.barrier();
-        assert!(
-            !self.queue.iter().any(|s| pred(s)),
-            "{}: unexpected {what}: {:#?}",
-            self.jid,
-            self.queue
-        );
     }
 
     /// The bodies of every message in this account's archive, oldest first.
     fn archive(&mut self) -> Vec<String> {
-        self.n += 1;
-        let qid = format!("mam{}", self.n);
+        let qid = self.next_id("mam");
         let fin = self.iq(
             "set",
+            None,
             &format!("<query xmlns='urn:xmpp:mam:2' queryid='{qid}'><set xmlns='http://jabber.org/protocol/rsm'><max>100</max></set></query>"),
         );
         assert!(fin.contains("type=\"result\""), "{fin}");
@@ -157,48 +61,10 @@ impl Client {
     }
 }
 
-/// The byte range of the first complete top-level element in `buf` (leading whitespace
-/// skipped). The server escapes `<` and `>` in text and attribute values.
-fn split_stanza(buf: &str) -> Option<(usize, usize)> {
-    let start = buf.find(|c: char| !c.is_ascii_whitespace())?;
-    let mut depth = 0i32;
-    let mut i = start;
-    loop {
-        let lt = i + buf[i..].find('<')?;
-        let gt = lt + buf[lt..].find('>')?;
-        let tag = &buf[lt..=gt];
-        if tag.starts_with("</") {
-            depth -= 1;
-        } else if !tag.ends_with("/>") && !tag.starts_with("<?") {
-            depth += 1;
-        }
-        i = gt + 1;
-        if depth <= 0 {
-            return Some((start, i));
-        }
-    }
-}
-
 fn between(s: &str, open: &str, close: &str) -> Option<String> {
     let a = s.find(open)? + open.len();
     let b = a + s[a..].find(close)?;
     Some(s[a..b].to_owned())
-}
-
-fn is_result(s: &str) -> bool {
-    s.contains("type=\"result\"")
-}
-
-/// Asserts an error answer with `condition` (and the error `type`).
-fn assert_error(s: &str, kind: &str, condition: &str) {
-    assert!(
-        s.contains("type=\"error\"")
-            && s.contains(&format!("<error type=\"{kind}\""))
-            && s.contains(&format!(
-                "<{condition} xmlns=\"urn:ietf:params:xml:ns:xmpp-stanzas\""
-            )),
-        "expected {kind}/{condition}: {s}"
-    );
 }
 
 fn server_with(users: &[&str], tweak: impl FnOnce(&mut Config) + Send + 'static) -> TestServer {
@@ -227,31 +93,31 @@ fn private_xml_is_limited_in_items_and_bytes() {
     });
     let mut a = Client::login(&srv, "alice", "a");
     for name in ["one", "two", "three"] {
-        let r = a.iq("set", &private_set(name, "x"));
+        let r = a.iq("set", None, &private_set(name, "x"));
         assert!(is_result(&r), "{r}");
     }
     // A fourth item is refused, and nothing of that request is stored.
-    let r = a.iq(
-        "set",
+    let r = a.iq("set",
+        None,
         "<query xmlns='jabber:iq:private'><one xmlns='urn:test:q'>changed</one><four xmlns='urn:test:q'/></query>",
     );
     assert_error(&r, "wait", "resource-constraint");
-    let one = a.iq("get", &private_get("one"));
+    let one = a.iq("get", None, &private_get("one"));
     assert!(one.contains(">x</one>"), "{one}");
-    let four = a.iq("get", &private_get("four"));
+    let four = a.iq("get", None, &private_get("four"));
     assert!(four.contains("<four xmlns=\"urn:test:q\"/>"), "{four}");
     // Replacing an item is fine; too many bytes are not, in one item or in all.
-    let r = a.iq("set", &private_set("two", &"y".repeat(1000)));
+    let r = a.iq("set", None, &private_set("two", &"y".repeat(1000)));
     assert!(is_result(&r), "{r}");
-    let r = a.iq("set", &private_set("three", &"z".repeat(1100)));
+    let r = a.iq("set", None, &private_set("three", &"z".repeat(1100)));
     assert_error(&r, "wait", "resource-constraint");
-    let r = a.iq("set", &private_set("one", &"z".repeat(3000)));
+    let r = a.iq("set", None, &private_set("one", &"z".repeat(3000)));
     assert_error(&r, "wait", "resource-constraint");
-    let three = a.iq("get", &private_get("three"));
+    let three = a.iq("get", None, &private_get("three"));
     assert!(three.contains(">x</three>"), "{three}");
     // Bob's quota is his own.
     let mut b = Client::login(&srv, "bob", "b");
-    let r = b.iq("set", &private_set("one", &"y".repeat(1500)));
+    let r = b.iq("set", None, &private_set("one", &"y".repeat(1500)));
     assert!(is_result(&r), "{r}");
 }
 
@@ -270,11 +136,11 @@ fn vcards_are_limited_in_size() {
     let srv = server_with(&["alice"], |c| c.quotas.vcard_max_bytes = 16 * 1024);
     let mut a = Client::login(&srv, "alice", "a");
     // 10 KB of photo (13.4 KB of base64) fits; 13 KB (17.4 KB) does not.
-    let r = a.iq("set", &vcard(10_000));
+    let r = a.iq("set", None, &vcard(10_000));
     assert!(is_result(&r), "{r}");
-    let r = a.iq("set", &vcard(13_000));
+    let r = a.iq("set", None, &vcard(13_000));
     assert_error(&r, "modify", "not-acceptable");
-    let got = a.iq("get", "<vCard xmlns='vcard-temp'/>");
+    let got = a.iq("get", None, "<vCard xmlns='vcard-temp'/>");
     assert!(
         is_result(&got) && got.len() > 13_000 && got.len() < 16_000,
         "the first vCard is still there: {} bytes",
@@ -310,17 +176,22 @@ fn pep_nodes_items_and_item_size_are_limited() {
     let mut a = Client::login(&srv, "alice", "a");
     let small = "<n xmlns='urn:test:n'>x</n>";
     // A node keeping 'max' items keeps the service's 3, the oldest dropped on publish.
-    let r = a.iq(
-        "set",
+    let r = a.iq("set",
+        None,
         "<pubsub xmlns='http://jabber.org/protocol/pubsub'><create node='urn:test:one'/><configure><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/pubsub#node_config</value></field><field var='pubsub#max_items'><value>max</value></field></x></configure></pubsub>",
     );
     assert!(is_result(&r), "{r}");
     for i in 1..=5 {
-        let r = a.iq("set", &publish("urn:test:one", &format!("i{i}"), small));
+        let r = a.iq(
+            "set",
+            None,
+            &publish("urn:test:one", &format!("i{i}"), small),
+        );
         assert!(is_result(&r), "{r}");
     }
     let items = a.iq(
         "get",
+        None,
         "<pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='urn:test:one'/></pubsub>",
     );
     let ids: Vec<&str> = ["i1", "i2", "i3", "i4", "i5"]
@@ -329,22 +200,23 @@ fn pep_nodes_items_and_item_size_are_limited() {
         .collect();
     assert_eq!(ids, ["i3", "i4", "i5"], "{items}");
     // More than the service keeps cannot be configured.
-    let r = a.iq(
-        "set",
+    let r = a.iq("set",
+        None,
         "<pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><configure node='urn:test:one'><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>http://jabber.org/protocol/pubsub#node_config</value></field><field var='pubsub#max_items'><value>4</value></field></x></configure></pubsub>",
     );
     assert_error(&r, "modify", "not-acceptable");
     // XEP-0060 §7.1.3.5: a payload over the limit.
     let big = format!("<n xmlns='urn:test:n'>{}</n>", "b".repeat(1100));
-    let r = a.iq("set", &publish("urn:test:one", "big", &big));
+    let r = a.iq("set", None, &publish("urn:test:one", "big", &big));
     assert_pubsub_error(&r, "modify", "not-acceptable", "payload-too-big");
     // A second node is fine, a third is one too many (auto-create included).
-    let r = a.iq("set", &publish("urn:test:two", "1", small));
+    let r = a.iq("set", None, &publish("urn:test:two", "1", small));
     assert!(is_result(&r), "{r}");
-    let r = a.iq("set", &publish("urn:test:three", "1", small));
+    let r = a.iq("set", None, &publish("urn:test:three", "1", small));
     assert_pubsub_error(&r, "cancel", "resource-constraint", "max-nodes-exceeded");
     let r = a.iq(
         "set",
+        None,
         "<pubsub xmlns='http://jabber.org/protocol/pubsub'><create node='urn:test:four'/></pubsub>",
     );
     assert_pubsub_error(&r, "cancel", "resource-constraint", "max-nodes-exceeded");
@@ -454,7 +326,11 @@ fn install_probe(s: &mut wockd::stream::Stream) {
 }
 
 fn ask(c: &mut Client, label: &str) -> String {
-    let r = c.iq("set", &format!("<ask xmlns='{TEST_NS}' label='{label}'/>"));
+    let r = c.iq(
+        "set",
+        None,
+        &format!("<ask xmlns='{TEST_NS}' label='{label}'/>"),
+    );
     assert!(is_result(&r), "{r}");
     // The server's ping; its id is what an answer must carry.
     let ping = c.expect(&["<ping xmlns=\"urn:xmpp:ping\""]);
@@ -462,7 +338,7 @@ fn ask(c: &mut Client, label: &str) -> String {
 }
 
 fn pending(c: &mut Client) -> String {
-    let r = c.iq("get", &format!("<pending xmlns='{TEST_NS}'/>"));
+    let r = c.iq("get", None, &format!("<pending xmlns='{TEST_NS}'/>"));
     between(&r, " n=\"", "\"").unwrap_or_else(|| panic!("{r}"))
 }
 

@@ -10,8 +10,6 @@
 
 mod common;
 
-use std::collections::VecDeque;
-use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -19,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{Raw, TestServer};
+use common::{Client, TestServer, is_result};
 use wockd::config::Config;
 
 const NS: &str = "http://wockd.org/ns/torrent";
@@ -106,107 +104,20 @@ impl Listener {
 
 // ---- a client that sorts stanzas --------------------------------------------------------------
 
-struct Client {
-    raw: Raw,
-    queue: VecDeque<String>,
-    next: u32,
-}
-
 impl Client {
-    fn login(addr: SocketAddr, user: &str) -> Client {
-        let mut c = Client {
-            raw: Raw::login_plain(addr, user, "pw", "test"),
-            queue: VecDeque::new(),
-            next: 0,
-        };
-        c.raw.send("<presence/>");
+    /// Logs in (resource `test`) and becomes available; IQ answers may take up to 60 s.
+    fn online(addr: SocketAddr, user: &str) -> Client {
+        let mut c = Client::login_at(addr, user, "pw", "test");
+        c.timeout = Duration::from_secs(60);
+        c.send("<presence/>");
         c
     }
 
-    fn pump(&mut self) {
-        let mut chunk = [0u8; 65536];
-        match self.raw.sock.read(&mut chunk) {
-            Ok(0) => panic!("server closed the stream; unread: {:?}", self.raw.buf),
-            Ok(n) => self.raw.buf.push_str(&String::from_utf8_lossy(&chunk[..n])),
-            Err(_) => {} // read timeout (100 ms)
-        }
-        self.queue.extend(split_stanzas(&mut self.raw.buf));
-    }
-
-    fn wait(&mut self, what: &str, secs: u64, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            if let Some(i) = self.queue.iter().position(|s| pred(s)) {
-                return self.queue.remove(i).unwrap();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; have {:#?}",
-                self.queue
-            );
-            self.pump();
-        }
-    }
-
-    fn send_iq(&mut self, kind: &str, payload: &str) -> String {
-        self.next += 1;
-        let id = format!("q{}", self.next);
-        self.raw
-            .send(&format!("<iq id='{id}' type='{kind}'>{payload}</iq>"));
-        id
-    }
-
-    fn answer(&mut self, id: &str, secs: u64) -> String {
-        let needle = format!("id=\"{id}\"");
-        self.wait(&format!("the answer to {id}"), secs, |s| {
-            s.starts_with("<iq") && s.contains(&needle)
-        })
-    }
-
-    fn iq(&mut self, kind: &str, payload: &str) -> String {
-        let id = self.send_iq(kind, payload);
-        self.answer(&id, 60)
-    }
-
     fn notice(&mut self, text: &str, secs: u64) -> String {
-        self.wait(&format!("a message with {text:?}"), secs, |s| {
+        self.wait_for(&format!("a message with {text:?}"), secs, |s| {
             s.starts_with("<message") && s.contains(text)
         })
     }
-}
-
-/// Complete top-level stanzas off the front of `buf` (the server escapes `<` and `>` in text).
-fn split_stanzas(buf: &mut String) -> Vec<String> {
-    let mut out = Vec::new();
-    let (mut depth, mut i, mut start, mut consumed) = (0i32, 0, 0, 0);
-    while let Some(lt) = buf[i..].find('<').map(|p| p + i) {
-        let Some(gt) = buf[lt..].find('>').map(|p| p + lt) else {
-            break;
-        };
-        let tag = &buf[lt..=gt];
-        if depth == 0 {
-            start = lt;
-        }
-        if tag.starts_with("</") {
-            depth -= 1;
-        } else if !tag.ends_with("/>") && !tag.starts_with("<?") {
-            depth += 1;
-        }
-        i = gt + 1;
-        if depth <= 0 {
-            if depth == 0 {
-                out.push(buf[start..i].to_owned());
-            }
-            depth = 0;
-            consumed = i;
-        }
-    }
-    buf.drain(..consumed);
-    out
-}
-
-fn is_result(s: &str) -> bool {
-    s.contains("type=\"result\"")
 }
 
 fn is_error(s: &str, cond: &str) -> bool {
@@ -235,10 +146,11 @@ fn server(allow_private: bool) -> TestServer {
 #[test]
 fn peers_on_private_addresses_are_refused() {
     let srv = server(false);
-    let mut alice = Client::login(srv.trusted, "alice");
+    let mut alice = Client::online(srv.trusted, "alice");
     let peer = Listener::new();
     let r = alice.iq(
         "set",
+        None,
         &format!(
             "<add xmlns='{NS}'>magnet:?xt=urn:btih:{HASH}&amp;x.pe={}</add>",
             peer.addr()
@@ -252,6 +164,7 @@ fn peers_on_private_addresses_are_refused() {
     for peers in [peer.addr(), format!("[::ffff:127.0.0.1]:{}", peer.port)] {
         let r = alice.iq(
             "set",
+            None,
             &format!("<add xmlns='{NS}' peers='{peers}'>{}</add>", b64(&t)),
         );
         assert!(
@@ -259,7 +172,7 @@ fn peers_on_private_addresses_are_refused() {
             "{r}"
         );
     }
-    let r = alice.iq("get", &format!("<list xmlns='{NS}'/>"));
+    let r = alice.iq("get", None, &format!("<list xmlns='{NS}'/>"));
     assert!(
         is_result(&r) && !r.contains("<job"),
         "refused adds leave no job: {r}"
@@ -271,9 +184,9 @@ fn peers_on_private_addresses_are_refused() {
 
     // The same adds with private addresses allowed: the listener is contacted.
     let srv = server(true);
-    let mut alice = Client::login(srv.trusted, "alice");
+    let mut alice = Client::online(srv.trusted, "alice");
     alice.send_iq(
-        "set",
+        "type='set'",
         &format!(
             "<add xmlns='{NS}'>magnet:?xt=urn:btih:{HASH}&amp;x.pe={}</add>",
             peer.addr()
@@ -285,6 +198,7 @@ fn peers_on_private_addresses_are_refused() {
     );
     let r = alice.iq(
         "set",
+        None,
         &format!(
             "<add xmlns='{NS}' peers='{}'>{}</add>",
             peer.addr(),
@@ -305,11 +219,11 @@ fn peers_on_private_addresses_are_refused() {
 #[test]
 fn trackers_on_private_addresses_are_dropped() {
     let srv = server(false);
-    let mut alice = Client::login(srv.trusted, "alice");
+    let mut alice = Client::online(srv.trusted, "alice");
     let tracker = Listener::new();
     let enc: String = url_encode(&tracker.url());
     let magnet = format!("magnet:?xt=urn:btih:{HASH}&amp;dn=m.bin&amp;tr={enc}");
-    let r = alice.iq("set", &format!("<add xmlns='{NS}'>{magnet}</add>"));
+    let r = alice.iq("set", None, &format!("<add xmlns='{NS}'>{magnet}</add>"));
     assert!(
         is_error(&r, "remote-server-not-found")
             && r.contains(&format!(
@@ -325,7 +239,7 @@ fn trackers_on_private_addresses_are_dropped() {
 
     // The .torrent: accepted and running, without its tracker.
     let t = torrent("t.bin", 50_000, Some(&tracker.url()));
-    let r = alice.iq("set", &format!("<add xmlns='{NS}'>{}</add>", b64(&t)));
+    let r = alice.iq("set", None, &format!("<add xmlns='{NS}'>{}</add>", b64(&t)));
     assert!(is_result(&r) && r.contains("state=\"downloading\""), "{r}");
     let m = alice.notice("ignored tracker", 30);
     assert!(
@@ -335,7 +249,7 @@ fn trackers_on_private_addresses_are_dropped() {
         )),
         "{m}"
     );
-    let r = alice.iq("get", &format!("<status xmlns='{NS}' id='1'/>"));
+    let r = alice.iq("get", None, &format!("<status xmlns='{NS}' id='1'/>"));
     assert!(
         r.contains("state=\"downloading\"") && r.contains("peers=\"0\""),
         "the job runs (the engine reports on it): {r}"
@@ -349,14 +263,14 @@ fn trackers_on_private_addresses_are_dropped() {
     srv.stop();
 
     let srv = server(true);
-    let mut alice = Client::login(srv.trusted, "alice");
-    let r = alice.iq("set", &format!("<add xmlns='{NS}'>{}</add>", b64(&t)));
+    let mut alice = Client::online(srv.trusted, "alice");
+    let r = alice.iq("set", None, &format!("<add xmlns='{NS}'>{}</add>", b64(&t)));
     assert!(is_result(&r), "{r}");
     assert!(
         tracker.connected_within(Duration::from_secs(20)),
         "with fetch_private_addresses the .torrent's tracker is contacted"
     );
-    alice.send_iq("set", &format!("<add xmlns='{NS}'>{magnet}</add>"));
+    alice.send_iq("type='set'", &format!("<add xmlns='{NS}'>{magnet}</add>"));
     assert!(
         tracker.connected_within(Duration::from_secs(20)),
         "with fetch_private_addresses the magnet's tracker is contacted"
@@ -380,13 +294,14 @@ fn url_encode(s: &str) -> String {
 #[test]
 fn a_deleted_account_leaves_no_torrents() {
     let srv = server(false);
-    let mut alice = Client::login(srv.trusted, "alice");
+    let mut alice = Client::online(srv.trusted, "alice");
     let t = torrent("mine.bin", 50_000, None);
-    let r = alice.iq("set", &format!("<add xmlns='{NS}'>{}</add>", b64(&t)));
+    let r = alice.iq("set", None, &format!("<add xmlns='{NS}'>{}</add>", b64(&t)));
     assert!(is_result(&r) && r.contains("state=\"downloading\""), "{r}");
     let paused = torrent("paused.bin", 20_000, None);
     let r = alice.iq(
         "set",
+        None,
         &format!("<add xmlns='{NS}' paused='true'>{}</add>", b64(&paused)),
     );
     assert!(is_result(&r), "{r}");
@@ -394,11 +309,15 @@ fn a_deleted_account_leaves_no_torrents() {
     assert!(folder.exists());
 
     // Before: the torrent is taken.
-    let mut bob = Client::login(srv.trusted, "bob");
-    let r = bob.iq("set", &format!("<add xmlns='{NS}'>{}</add>", b64(&t)));
+    let mut bob = Client::online(srv.trusted, "bob");
+    let r = bob.iq("set", None, &format!("<add xmlns='{NS}'>{}</add>", b64(&t)));
     assert!(is_error(&r, "conflict"), "{r}");
 
-    let r = alice.iq("set", "<query xmlns='jabber:iq:register'><remove/></query>");
+    let r = alice.iq(
+        "set",
+        None,
+        "<query xmlns='jabber:iq:register'><remove/></query>",
+    );
     assert!(is_result(&r), "{r}");
     drop(alice);
     // The folder goes once the engine has removed the torrents.
@@ -411,17 +330,18 @@ fn a_deleted_account_leaves_no_torrents() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let r = bob.iq("set", &format!("<add xmlns='{NS}'>{}</add>", b64(&t)));
+    let r = bob.iq("set", None, &format!("<add xmlns='{NS}'>{}</add>", b64(&t)));
     assert!(is_result(&r), "the engine still had alice's torrent: {r}");
 
     srv.add_user("alice", "pw");
-    let mut alice = Client::login(srv.trusted, "alice");
-    let r = alice.iq("get", &format!("<list xmlns='{NS}'/>"));
+    let mut alice = Client::online(srv.trusted, "alice");
+    let r = alice.iq("get", None, &format!("<list xmlns='{NS}'/>"));
     assert!(is_result(&r) && !r.contains("<job"), "{r}");
-    let r = alice.iq("get", &format!("<status xmlns='{NS}' id='2'/>"));
+    let r = alice.iq("get", None, &format!("<status xmlns='{NS}' id='2'/>"));
     assert!(is_error(&r, "item-not-found"), "{r}");
     let r = alice.iq(
         "set",
+        None,
         &format!("<add xmlns='{NS}' paused='true'>{}</add>", b64(&paused)),
     );
     assert!(
@@ -521,11 +441,11 @@ fn what_wockd_run_creates_is_private() {
         assert!(Instant::now() < deadline, "wockd run does not listen");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let mut alice = Client::login(addr, "alice");
+    let mut alice = Client::online(addr, "alice");
     let t = torrent("private.bin", 50_000, None);
-    let r = alice.iq("set", &format!("<add xmlns='{NS}'>{}</add>", b64(&t)));
+    let r = alice.iq("set", None, &format!("<add xmlns='{NS}'>{}</add>", b64(&t)));
     assert!(is_result(&r), "{r}");
-    let r = alice.iq("get", &format!("<status xmlns='{NS}' id='1'/>"));
+    let r = alice.iq("get", None, &format!("<status xmlns='{NS}' id='1'/>"));
     assert!(r.contains("state=\"downloading\""), "{r}");
     drop(alice);
     // A clean stop, so the engine and libpurple write their state.

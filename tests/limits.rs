@@ -29,10 +29,7 @@ fn raise_fd_limit() {
 }
 
 fn ping(c: &mut Raw, id: &str) {
-    c.send(&format!(
-        "<iq type='get' id='{id}'><ping xmlns='urn:xmpp:ping'/></iq>"
-    ));
-    let r = c.until(&format!("id=\"{id}\""));
+    let r = c.ping(id);
     assert!(!r.contains("type=\"error\""), "{r}");
 }
 

@@ -12,20 +12,12 @@ mod common;
 
 use common::{Raw, TestServer};
 
-/// Sends a ping to the server and reads up to its answer; returns everything read.
-fn ping(c: &mut Raw, id: &str) -> String {
-    c.send(&format!(
-        "<iq type='get' id='{id}'><ping xmlns='urn:xmpp:ping'/></iq>"
-    ));
-    c.until(&format!("id=\"{id}\"/>"))
-}
-
 /// Logs in and, with `priority`, becomes available (and waits until the server took it in).
 fn login(srv: &TestServer, user: &str, resource: &str, priority: Option<i8>) -> Raw {
     let mut c = Raw::login_plain(srv.trusted, user, "pw", resource);
     if let Some(p) = priority {
         c.send(&format!("<presence><priority>{p}</priority></presence>"));
-        ping(&mut c, "ready");
+        c.ping("ready");
     }
     c
 }
@@ -120,7 +112,7 @@ fn bare_jid_goes_to_the_highest_priority_and_full_jid_to_its_resource() {
     assert!(!seen.contains(">room<"), "{seen}");
 
     // Nothing of the above bounced back to bob other than the groupchat.
-    let rest = ping(&mut bob, "end");
+    let rest = bob.ping("end");
     assert!(!rest.contains("<message"), "{rest}");
 }
 
@@ -170,12 +162,12 @@ fn errors_for_missing_accounts_and_domains_but_never_for_errors() {
     }
     // A message to oneself with no `to` is for one's own account.
     bob.send("<message type='error' id='e2'><body>err</body></message>");
-    let seen = ping(&mut bob, "p1");
+    let seen = bob.ping("p1");
     assert!(!seen.contains("<message"), "an error was answered: {seen}");
 
     // Nothing of that waits for alice: only the chat sent after it.
     bob.send(&chat("alice@localhost", "m1", "marker"));
-    ping(&mut bob, "p2");
+    bob.ping("p2");
     let mut alice = login(&srv, "alice", "a", None);
     alice.send("<presence/>");
     let got = until_message(&mut alice, "marker</body>");

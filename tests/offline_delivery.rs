@@ -13,13 +13,6 @@ use std::time::{Duration, Instant};
 
 use common::{DOMAIN, Raw, TestServer};
 
-fn ping(c: &mut Raw, id: &str) -> String {
-    c.send(&format!(
-        "<iq type='get' id='{id}'><ping xmlns='urn:xmpp:ping'/></iq>"
-    ));
-    c.until(&format!("id=\"{id}\"/>"))
-}
-
 fn chat(id: &str, body: &str) -> String {
     format!("<message type='chat' to='alice@localhost' id='{id}'><body>{body}</body></message>")
 }
@@ -75,12 +68,12 @@ fn stored_then_delivered_once_in_order_with_delay_and_stanza_id() {
     bob.send(
         "<message type='chat' to='alice@localhost/old' id='o6'><body>offline-6.</body></message>",
     );
-    let seen = ping(&mut bob, "stored");
+    let seen = bob.ping("stored");
     assert!(
         !seen.contains("<message"),
         "the sender got an error: {seen}"
     );
-    let seen = ping(&mut lurker, "lurker");
+    let seen = lurker.ping("lurker");
     assert!(
         !seen.contains("<message"),
         "a resource without presence got messages: {seen}"
@@ -108,14 +101,14 @@ fn stored_then_delivered_once_in_order_with_delay_and_stanza_id() {
     assert!(!got.contains("composing"), "a chat state was stored: {got}");
     // Another resource that becomes available now gets nothing: each message goes out once.
     lurker.send("<presence/>");
-    let seen = ping(&mut lurker, "after");
+    let seen = lurker.ping("after");
     assert!(!seen.contains("offline-"), "delivered twice: {seen}");
     logout(alice);
     logout(lurker);
 
     // The next login gets only what arrived since.
     bob.send(&chat("m1", "marker."));
-    ping(&mut bob, "stored2");
+    bob.ping("stored2");
     let mut alice = Raw::login_plain(srv.trusted, "alice", "pw", "b");
     alice.send("<presence/>");
     let got = until_message(&mut alice, "marker.</body>");
@@ -143,7 +136,7 @@ fn kept_across_a_restart() {
     for i in 1..=3 {
         bob.send(&chat(&format!("r{i}"), &format!("before-restart-{i}.")));
     }
-    ping(&mut bob, "stored");
+    bob.ping("stored");
     logout(bob);
     srv.stop();
 
@@ -171,7 +164,7 @@ fn quota_refuses_with_resource_constraint() {
         burst.push_str(&chat(&format!("q{i}"), &format!("q{i}.")));
     }
     bob.send(&burst);
-    let seen = ping(&mut bob, "full");
+    let seen = bob.ping("full");
     let errors = messages(&seen);
     assert_eq!(errors.len(), 2, "{seen}");
     for (m, id) in errors.iter().zip([QUOTA, QUOTA + 1]) {
@@ -196,7 +189,7 @@ fn quota_refuses_with_resource_constraint() {
 
     // Delivered messages no longer count.
     bob.send(&chat("again", "again."));
-    let seen = ping(&mut bob, "room");
+    let seen = bob.ping("room");
     assert!(!seen.contains("<message"), "{seen}");
 }
 
@@ -321,7 +314,7 @@ fn acknowledged_messages_survive_kill_9_and_status_shows_it() {
     for i in 0..N {
         bob.send(&chat(&format!("a{i}"), &format!("acked-{i}.")));
     }
-    ping(&mut bob, "p1");
+    bob.ping("p1");
 
     let s = status_until(&config, |s| s.contains("bob@localhost/x"));
     assert!(s.contains("server running"), "{s}");

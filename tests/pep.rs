@@ -8,11 +8,10 @@
 
 mod common;
 
-use std::io::Read;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{DOMAIN, Raw, TestServer};
+use common::{DOMAIN, Responder, TestServer, is_result};
 use sha1::Digest;
 
 const AVATAR_DATA: &str = "urn:xmpp:avatar:data";
@@ -65,31 +64,52 @@ impl Caps {
     }
 }
 
-/// A raw client that splits what it reads into top-level stanzas, answers the server's caps
-/// queries itself, and keeps the other stanzas until asked for.
-struct Client {
-    raw: Raw,
-    queue: Vec<String>,
-    pings: u32,
-    jid: String,
+/// The test clients' side of XEP-0115: answers the server's disco#info queries for the
+/// advertised caps node (§6.2) and counts them.
+#[derive(Default)]
+struct CapsAnswers {
     caps: Option<Caps>,
     /// How many caps queries it answered.
-    caps_answered: u32,
+    answered: u32,
     /// Answer caps queries with features that do not match the advertised hash.
     lie: bool,
 }
 
+impl Responder for CapsAnswers {
+    fn respond(&mut self, stanza: &str) -> Option<String> {
+        if !(stanza.starts_with("<iq")
+            && stanza.contains("type=\"get\"")
+            && stanza.contains("disco#info"))
+        {
+            return None;
+        }
+        let caps = self.caps.as_ref()?;
+        let id = attr(stanza, "iq", "id").expect("query id");
+        let from = attr(stanza, "iq", "from").expect("query from");
+        let node = attr(stanza, "query", "node").expect("query node");
+        assert_eq!(node, format!("{CAPS_NODE}#{}", caps.ver), "{stanza}");
+        let mut features = String::new();
+        for f in &caps.features {
+            features.push_str(&format!("<feature var='{f}'/>"));
+        }
+        if self.lie {
+            features.push_str("<feature var='urn:example:unadvertised'/>");
+        }
+        self.answered += 1;
+        Some(format!(
+            "<iq type='result' id='{id}' to='{from}'><query xmlns='http://jabber.org/protocol/disco#info' node='{node}'>\
+             <identity category='client' type='pc' name='{}'/>{features}</query></iq>",
+            caps.name
+        ))
+    }
+}
+
+/// The shared test client, answering caps queries itself.
+type Client = common::Client<CapsAnswers>;
+
 impl Client {
     fn login(srv: &TestServer, user: &str, resource: &str) -> Client {
-        Client {
-            raw: Raw::login_plain(srv.trusted, user, "pw", resource),
-            queue: Vec::new(),
-            pings: 0,
-            jid: format!("{user}@{DOMAIN}/{resource}"),
-            caps: None,
-            caps_answered: 0,
-            lie: false,
-        }
+        common::Client::<()>::login(srv, user, resource).answering(CapsAnswers::default())
     }
 
     /// Logs in and sends initial presence with caps wanting `notify`; returns once the
@@ -103,7 +123,7 @@ impl Client {
     ) -> Client {
         let mut c = Client::login(srv, user, resource);
         c.roster_get();
-        c.caps = Some(Caps::new(&format!("client {user} {resource}"), notify));
+        c.auto.caps = Some(Caps::new(&format!("client {user} {resource}"), notify));
         c.available(cached);
         c
     }
@@ -112,7 +132,7 @@ impl Client {
     fn online_as(srv: &TestServer, user: &str, resource: &str, caps: Caps, cached: bool) -> Client {
         let mut c = Client::login(srv, user, resource);
         c.roster_get();
-        c.caps = Some(caps);
+        c.auto.caps = Some(caps);
         c.available(cached);
         c
     }
@@ -125,117 +145,28 @@ impl Client {
     /// Initial presence (with caps, if any); waits for its echo and, unless the `ver` is
     /// `cached`, for the caps query, then makes sure the server has processed the answer.
     fn available(&mut self, cached: bool) {
-        let caps = self.caps.as_ref().map(Caps::element).unwrap_or_default();
+        let caps = self
+            .auto
+            .caps
+            .as_ref()
+            .map(Caps::element)
+            .unwrap_or_default();
         self.send(&format!("<presence>{caps}</presence>"));
         let from = format!("from=\"{}\"", self.jid);
         self.wait(|s| s.starts_with("<presence") && s.contains(&from) && !s.contains("type="));
-        if self.caps.is_some() && !cached {
+        if self.auto.caps.is_some() && !cached {
             let deadline = Instant::now() + Duration::from_secs(10);
-            while self.caps_answered == 0 {
+            while self.auto.answered == 0 {
                 self.read_more(deadline);
             }
         }
         self.barrier();
         assert_eq!(
-            self.caps_answered,
-            u32::from(self.caps.is_some() && !cached),
+            self.auto.answered,
+            u32::from(self.auto.caps.is_some() && !cached),
             "{}",
             self.jid
         );
-    }
-
-    fn send(&mut self, s: &str) {
-        self.raw.send(s);
-    }
-
-    /// Reads from the socket until at least one more complete stanza is queued (or a caps
-    /// query answered).
-    fn read_more(&mut self, deadline: Instant) {
-        loop {
-            let mut found = false;
-            while let Some((start, end)) = split_stanza(&self.raw.buf) {
-                let stanza = self.raw.buf[start..end].to_owned();
-                self.raw.buf.drain(..end);
-                if !self.answer_caps_query(&stanza) {
-                    self.queue.push(stanza);
-                }
-                found = true;
-            }
-            if found {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: timed out; queued {:#?}, unparsed {:?}",
-                self.jid,
-                self.queue,
-                self.raw.buf
-            );
-            let mut chunk = [0u8; 65536];
-            match self.raw.sock.read(&mut chunk) {
-                Ok(0) => panic!("{}: connection closed; queued {:#?}", self.jid, self.queue),
-                Ok(n) => self.raw.buf.push_str(&String::from_utf8_lossy(&chunk[..n])),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(e) => panic!("read error: {e}"),
-            }
-        }
-    }
-
-    /// Answers the server's disco#info query for this client's caps node (XEP-0115 §6.2).
-    fn answer_caps_query(&mut self, stanza: &str) -> bool {
-        if !(stanza.starts_with("<iq")
-            && stanza.contains("type=\"get\"")
-            && stanza.contains("disco#info"))
-        {
-            return false;
-        }
-        let Some(caps) = &self.caps else { return false };
-        let id = attr(stanza, "iq", "id").expect("query id");
-        let from = attr(stanza, "iq", "from").expect("query from");
-        let node = attr(stanza, "query", "node").expect("query node");
-        assert_eq!(node, format!("{CAPS_NODE}#{}", caps.ver), "{stanza}");
-        let mut features = String::new();
-        for f in &caps.features {
-            features.push_str(&format!("<feature var='{f}'/>"));
-        }
-        if self.lie {
-            features.push_str("<feature var='urn:example:unadvertised'/>");
-        }
-        let answer = format!(
-            "<iq type='result' id='{id}' to='{from}'><query xmlns='http://jabber.org/protocol/disco#info' node='{node}'>\
-             <identity category='client' type='pc' name='{}'/>{features}</query></iq>",
-            caps.name
-        );
-        self.send(&answer);
-        self.caps_answered += 1;
-        true
-    }
-
-    /// Removes and returns the first stanza (queued or still to come) matching `pred`.
-    fn wait(&mut self, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(i) = self.queue.iter().position(|s| pred(s)) {
-                return self.queue.remove(i);
-            }
-            self.read_more(deadline);
-        }
-    }
-
-    /// Waits for a stanza containing every one of `parts`.
-    fn expect(&mut self, parts: &[&str]) -> String {
-        self.wait(|s| parts.iter().all(|p| s.contains(p)))
-    }
-
-    /// Sends an IQ and returns its answer.
-    fn iq(&mut self, id: &str, iq: &str) -> String {
-        self.send(iq);
-        let id = format!("id=\"{id}\"");
-        self.wait(|s| s.starts_with("<iq") && s.contains(&id))
     }
 
     /// A PEP event about `node` from `owner`.
@@ -245,62 +176,15 @@ impl Client {
         self.wait(|s| is_event(s) && s.contains(&from) && s.contains(&node))
     }
 
-    /// A ping round trip: afterwards everything the server sent before its answer is queued.
-    fn barrier(&mut self) {
-        self.pings += 1;
-        let id = format!("barrier-{}", self.pings);
-        self.send(&format!(
-            "<iq type='get' id='{id}'><ping xmlns='urn:xmpp:ping'/></iq>"
-        ));
-        self.expect(&[&format!("id=\"{id}\"")]);
-    }
-
     /// Asserts that no PEP event about `node` has arrived, after a barrier.
     fn assert_no_event(&mut self, node: &str) {
-        self.barrier();
         let node = format!("node=\"{node}\"");
-        assert!(
-            !self.queue.iter().any(|s| is_event(s) && s.contains(&node)),
-            "{}: unexpected event: {:#?}",
-            self.jid,
-            self.queue
-        );
-    }
-
-    fn presence_to(&mut self, to: &str, kind: &str) {
-        self.send(&format!("<presence to='{to}' type='{kind}'/>"));
+        self.assert_none("event", |s| is_event(s) && s.contains(&node));
     }
 }
 
 fn is_event(s: &str) -> bool {
     s.starts_with("<message") && s.contains("http://jabber.org/protocol/pubsub#event")
-}
-
-fn is_result(s: &str) -> bool {
-    s.contains("type=\"result\"")
-}
-
-/// The byte range of the first complete top-level element in `buf` (leading whitespace
-/// skipped). The server escapes `<` and `>` in text and attribute values, so counting tags
-/// is enough.
-fn split_stanza(buf: &str) -> Option<(usize, usize)> {
-    let start = buf.find(|c: char| !c.is_ascii_whitespace())?;
-    let mut depth = 0i32;
-    let mut i = start;
-    loop {
-        let lt = i + buf[i..].find('<')?;
-        let gt = lt + buf[lt..].find('>')?;
-        let tag = &buf[lt..=gt];
-        if tag.starts_with("</") {
-            depth -= 1;
-        } else if !tag.ends_with("/>") && !tag.starts_with("<?") {
-            depth += 1;
-        }
-        i = gt + 1;
-        if depth == 0 {
-            return Some((start, i));
-        }
-    }
 }
 
 /// The value of attribute `name` on the first `<tag …>` in `s`.
@@ -312,14 +196,6 @@ fn attr(s: &str, tag: &str, name: &str) -> Option<String> {
     let at = head.find(&key)? + key.len();
     let len = head[at..].find('"')?;
     Some(head[at..at + len].to_owned())
-}
-
-fn server(users: &[&str]) -> TestServer {
-    let srv = TestServer::start();
-    for u in users {
-        srv.add_user(u, "pw");
-    }
-    srv
 }
 
 fn jid(user: &str) -> String {
@@ -371,7 +247,7 @@ fn items_query(node: &str, inner: &str) -> String {
 
 #[test]
 fn avatar_metadata_reaches_subscribed_contacts_with_notify() {
-    let srv = server(&["alice", "bob", "carol"]);
+    let srv = TestServer::with_users(&["alice", "bob", "carol"]);
     let mut alice = Client::online(&srv, "alice", "desk", &[AVATAR_METADATA], false);
     let mut bob = Client::online(&srv, "bob", "phone", &[AVATAR_METADATA], false);
     let mut carol = Client::online(&srv, "carol", "pc", &[AVATAR_METADATA], false);
@@ -381,7 +257,7 @@ fn avatar_metadata_reaches_subscribed_contacts_with_notify() {
     // XEP-0084 §4.1: data first, then metadata.
     let data = "<data xmlns='urn:xmpp:avatar:data'>iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==</data>";
     let hash = "111f4b3c50d7b0df729d299bc6f8e9ef9066971f";
-    let r = alice.iq(
+    let r = alice.iq_id(
         "d1",
         &format!(
             "<iq type='set' id='d1'>{}</iq>",
@@ -393,7 +269,7 @@ fn avatar_metadata_reaches_subscribed_contacts_with_notify() {
     let metadata = format!(
         "<metadata xmlns='urn:xmpp:avatar:metadata'><info bytes='68' id='{hash}' height='1' type='image/png' width='1'/></metadata>"
     );
-    let r = alice.iq(
+    let r = alice.iq_id(
         "m1",
         &format!(
             "<iq type='set' id='m1'>{}</iq>",
@@ -423,7 +299,7 @@ fn avatar_metadata_reaches_subscribed_contacts_with_notify() {
     carol.assert_no_event(AVATAR_METADATA);
 
     // Bob fetches the data by id (presence access model: he is subscribed).
-    let r = bob.iq(
+    let r = bob.iq_id(
         "get-data",
         &format!(
             "<iq type='get' id='get-data' to='{}'>{}</iq>",
@@ -436,7 +312,7 @@ fn avatar_metadata_reaches_subscribed_contacts_with_notify() {
     assert!(r.contains("iVBORw0KGgo"), "{r}");
 
     // Carol is refused (XEP-0060 §6.5.9.8).
-    let r = carol.iq(
+    let r = carol.iq_id(
         "get-data",
         &format!(
             "<iq type='get' id='get-data' to='{}'>{}</iq>",
@@ -468,7 +344,7 @@ fn avatar_metadata_reaches_subscribed_contacts_with_notify() {
     bob2.assert_no_event(AVATAR_DATA);
 
     // Avatar disabled (§4.6): empty metadata, also to bob's new resource.
-    let r = alice.iq(
+    let r = alice.iq_id(
         "m2",
         &format!(
             "<iq type='set' id='m2'>{}</iq>",
@@ -491,7 +367,7 @@ fn avatar_metadata_reaches_subscribed_contacts_with_notify() {
         );
     }
     // max_items defaults to 1: only the newest metadata is kept.
-    let r = bob.iq(
+    let r = bob.iq_id(
         "meta",
         &format!(
             "<iq type='get' id='meta' to='{}'>{}</iq>",
@@ -507,12 +383,12 @@ fn avatar_metadata_reaches_subscribed_contacts_with_notify() {
 
 #[test]
 fn notifications_stop_when_unavailable_and_follow_caps_changes() {
-    let srv = server(&["alice", "bob"]);
+    let srv = TestServer::with_users(&["alice", "bob"]);
     let mut alice = Client::online(&srv, "alice", "desk", &[], false);
     let mut bob = Client::online(&srv, "bob", "phone", &[], false);
     subscribe(&mut bob, &mut alice, "bob", "alice");
     let nick = "<nick xmlns='http://jabber.org/protocol/nick'>Alice</nick>";
-    let r = alice.iq(
+    let r = alice.iq_id(
         "n1",
         &format!(
             "<iq type='set' id='n1'>{}</iq>",
@@ -523,16 +399,16 @@ fn notifications_stop_when_unavailable_and_follow_caps_changes() {
     bob.assert_no_event(NICK);
 
     // Bob's client starts wanting nicks: new caps in a presence update bring the last item.
-    bob.caps = Some(Caps::new("bob with nick", &[NICK]));
-    bob.caps_answered = 0;
-    let caps = bob.caps.as_ref().unwrap().element();
+    bob.auto.caps = Some(Caps::new("bob with nick", &[NICK]));
+    bob.auto.answered = 0;
+    let caps = bob.auto.caps.as_ref().unwrap().element();
     bob.send(&format!("<presence>{caps}</presence>"));
     let ev = bob.event(&jid("alice"), NICK);
     assert!(
         ev.contains(">Alice</nick>") && ev.contains("urn:xmpp:delay"),
         "{ev}"
     );
-    assert_eq!(bob.caps_answered, 1);
+    assert_eq!(bob.auto.answered, 1);
 
     // A later presence with the same caps sends nothing again.
     bob.send(&format!("<presence><show>away</show>{caps}</presence>"));
@@ -542,7 +418,7 @@ fn notifications_stop_when_unavailable_and_follow_caps_changes() {
     bob.send("<presence type='unavailable'/>");
     bob.barrier();
     let nick2 = "<nick xmlns='http://jabber.org/protocol/nick'>Alice L.</nick>";
-    let r = alice.iq(
+    let r = alice.iq_id(
         "n2",
         &format!(
             "<iq type='set' id='n2'>{}</iq>",
@@ -560,7 +436,7 @@ fn notifications_stop_when_unavailable_and_follow_caps_changes() {
         "<presence><priority>-1</priority>{caps}</presence>"
     ));
     bob.barrier();
-    let r = alice.iq(
+    let r = alice.iq_id(
         "n3",
         &format!(
             "<iq type='set' id='n3'>{}</iq>",
@@ -573,10 +449,10 @@ fn notifications_stop_when_unavailable_and_follow_caps_changes() {
 
 #[test]
 fn caps_that_do_not_match_their_hash_count_for_one_resource_only() {
-    let srv = server(&["alice"]);
+    let srv = TestServer::with_users(&["alice"]);
     let mut liar = Client::login(&srv, "alice", "liar");
-    liar.caps = Some(Caps::new("shared client", &[NICK]));
-    liar.lie = true;
+    liar.auto.caps = Some(Caps::new("shared client", &[NICK]));
+    liar.auto.lie = true;
     liar.available(false);
     // The same ver again: not cached, so it is asked too.
     let mut honest = Client::online_as(
@@ -586,7 +462,7 @@ fn caps_that_do_not_match_their_hash_count_for_one_resource_only() {
         Caps::new("shared client", &[NICK]),
         false,
     );
-    let r = honest.iq(
+    let r = honest.iq_id(
         "n1",
         &format!(
             "<iq type='set' id='n1'>{}</iq>",
@@ -626,7 +502,7 @@ fn nickname_last_item_on_login_and_after_restart() {
         let mut bob = Client::online(&srv, "bob", "phone", &[NICK], false);
         subscribe(&mut bob, &mut alice, "bob", "alice");
         let nick = "<nick xmlns='http://jabber.org/protocol/nick'>Ali &amp; Ce</nick>";
-        let r = alice.iq(
+        let r = alice.iq_id(
             "n",
             &format!("<iq type='set' id='n'>{}</iq>", publish("", NICK, nick, "")),
         );
@@ -651,7 +527,7 @@ fn nickname_last_item_on_login_and_after_restart() {
     let mut alice = Client::online(&srv, "alice", "laptop", &[NICK], false);
     alice.event(&jid("alice"), NICK);
     // And by retrieval, without a `to` (the own account).
-    let r = alice.iq(
+    let r = alice.iq_id(
         "get",
         &format!("<iq type='get' id='get'>{}</iq>", items_query(NICK, "")),
     );
@@ -672,14 +548,14 @@ fn bookmark_options() -> String {
 
 #[test]
 fn bookmarks_publish_options_retrieve_retract() {
-    let srv = server(&["juliet", "romeo"]);
+    let srv = TestServer::with_users(&["juliet", "romeo"]);
     let mut desk = Client::online(&srv, "juliet", "desk", &[BOOKMARKS], false);
     let mut phone = Client::online(&srv, "juliet", "phone", &[BOOKMARKS], false);
     let mut romeo = Client::online(&srv, "romeo", "orchard", &[BOOKMARKS], false);
     subscribe(&mut romeo, &mut desk, "romeo", "juliet");
 
     let play = "<conference xmlns='urn:xmpp:bookmarks:1' name='The Play&apos;s the Thing' autojoin='true'><nick>JC</nick></conference>";
-    let r = desk.iq(
+    let r = desk.iq_id(
         "b1",
         &format!(
             "<iq type='set' id='b1'>{}</iq>",
@@ -693,7 +569,7 @@ fn bookmarks_publish_options_retrieve_retract() {
     );
     assert!(is_result(&r), "{r}");
     let orchard = "<conference xmlns='urn:xmpp:bookmarks:1' name='Orchard'/>";
-    let r = desk.iq(
+    let r = desk.iq_id(
         "b2",
         &format!(
             "<iq type='set' id='b2'>{}</iq>",
@@ -716,7 +592,7 @@ fn bookmarks_publish_options_retrieve_retract() {
     romeo.assert_no_event(BOOKMARKS);
 
     // Retrieval: both items (max_items=max keeps them), in publication order.
-    let r = phone.iq(
+    let r = phone.iq_id(
         "all",
         &format!(
             "<iq type='get' id='all'>{}</iq>",
@@ -730,11 +606,11 @@ fn bookmarks_publish_options_retrieve_retract() {
         r.contains("<nick>JC</nick>") && r.contains("autojoin=\"true\""),
         "{r}"
     );
-    let r = phone.iq("last", &format!("<iq type='get' id='last'>{}</iq>", "<pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='urn:xmpp:bookmarks:1' max_items='1'/></pubsub>"));
+    let r = phone.iq_id("last", &format!("<iq type='get' id='last'>{}</iq>", "<pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='urn:xmpp:bookmarks:1' max_items='1'/></pubsub>"));
     assert!(r.contains("orchard@") && !r.contains("theplay@"), "{r}");
 
     // Romeo may not read them (XEP-0060 §6.5.9.10).
-    let r = romeo.iq(
+    let r = romeo.iq_id(
         "peek",
         &format!(
             "<iq type='get' id='peek' to='{}'>{}</iq>",
@@ -751,7 +627,7 @@ fn bookmarks_publish_options_retrieve_retract() {
         "{r}"
     );
     // Nor publish there.
-    let r = romeo.iq(
+    let r = romeo.iq_id(
         "evil",
         &format!(
             "<iq type='set' id='evil' to='{}'>{}</iq>",
@@ -762,7 +638,7 @@ fn bookmarks_publish_options_retrieve_retract() {
     assert!(r.contains("<forbidden "), "{r}");
 
     // Retract with notify (XEP-0402 §3.3).
-    let r = phone.iq(
+    let r = phone.iq_id(
         "rm",
         "<iq type='set' id='rm'><pubsub xmlns='http://jabber.org/protocol/pubsub'><retract node='urn:xmpp:bookmarks:1' notify='true'><item id='orchard@conference.shakespeare.lit'/></retract></pubsub></iq>",
     );
@@ -775,9 +651,9 @@ fn bookmarks_publish_options_retrieve_retract() {
         );
     }
     romeo.assert_no_event(BOOKMARKS);
-    let r = phone.iq("again", "<iq type='set' id='again'><pubsub xmlns='http://jabber.org/protocol/pubsub'><retract node='urn:xmpp:bookmarks:1'><item id='orchard@conference.shakespeare.lit'/></retract></pubsub></iq>");
+    let r = phone.iq_id("again", "<iq type='set' id='again'><pubsub xmlns='http://jabber.org/protocol/pubsub'><retract node='urn:xmpp:bookmarks:1'><item id='orchard@conference.shakespeare.lit'/></retract></pubsub></iq>");
     assert!(r.contains("<item-not-found "), "{r}");
-    let r = phone.iq(
+    let r = phone.iq_id(
         "one",
         &format!(
             "<iq type='get' id='one'>{}</iq>",
@@ -793,11 +669,11 @@ fn bookmarks_publish_options_retrieve_retract() {
 
 #[test]
 fn publish_options_preconditions_and_node_configuration() {
-    let srv = server(&["juliet"]);
+    let srv = TestServer::with_users(&["juliet"]);
     let mut c = Client::online(&srv, "juliet", "desk", &[], false);
     let play = "<conference xmlns='urn:xmpp:bookmarks:1' name='Play'/>";
     // A node made with the defaults (presence access, one item).
-    let r = c.iq(
+    let r = c.iq_id(
         "p0",
         &format!(
             "<iq type='set' id='p0'>{}</iq>",
@@ -806,7 +682,7 @@ fn publish_options_preconditions_and_node_configuration() {
     );
     assert!(is_result(&r), "{r}");
     // Publishing with other options: conflict + precondition-not-met (XEP-0060 §7.1.5).
-    let r = c.iq(
+    let r = c.iq_id(
         "p1",
         &format!(
             "<iq type='set' id='p1'>{}</iq>",
@@ -823,7 +699,7 @@ fn publish_options_preconditions_and_node_configuration() {
         "{r}"
     );
     // Nothing was published.
-    let r = c.iq(
+    let r = c.iq_id(
         "l1",
         &format!("<iq type='get' id='l1'>{}</iq>", items_query(BOOKMARKS, "")),
     );
@@ -833,7 +709,7 @@ fn publish_options_preconditions_and_node_configuration() {
     );
 
     // What a client then does: fetch the form, submit the options, publish again.
-    let r = c.iq(
+    let r = c.iq_id(
         "cfg",
         "<iq type='get' id='cfg'><pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><configure node='urn:xmpp:bookmarks:1'/></pubsub></iq>",
     );
@@ -850,9 +726,9 @@ fn publish_options_preconditions_and_node_configuration() {
          {}</x></configure></pubsub></iq>",
         bookmark_options()
     );
-    let r = c.iq("set", &submit);
+    let r = c.iq_id("set", &submit);
     assert!(is_result(&r), "{r}");
-    let r = c.iq(
+    let r = c.iq_id(
         "p2",
         &format!(
             "<iq type='set' id='p2'>{}</iq>",
@@ -860,7 +736,7 @@ fn publish_options_preconditions_and_node_configuration() {
         ),
     );
     assert!(is_result(&r), "{r}");
-    let r = c.iq(
+    let r = c.iq_id(
         "l2",
         &format!("<iq type='get' id='l2'>{}</iq>", items_query(BOOKMARKS, "")),
     );
@@ -868,7 +744,7 @@ fn publish_options_preconditions_and_node_configuration() {
         r.contains("<item id=\"a\">") && r.contains("<item id=\"b\">"),
         "{r}"
     );
-    let r = c.iq(
+    let r = c.iq_id(
         "cfg2",
         "<iq type='get' id='cfg2'><pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><configure node='urn:xmpp:bookmarks:1'/></pubsub></iq>",
     );
@@ -878,13 +754,13 @@ fn publish_options_preconditions_and_node_configuration() {
     );
 
     // Invalid configuration: not-acceptable; invalid publish-options: bad-request.
-    let r = c.iq(
+    let r = c.iq_id(
         "bad",
         "<iq type='set' id='bad'><pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><configure node='urn:xmpp:bookmarks:1'>\
          <x xmlns='jabber:x:data' type='submit'><field var='pubsub#max_items'><value>lots</value></field></x></configure></pubsub></iq>",
     );
     assert!(r.contains("<not-acceptable "), "{r}");
-    let r = c.iq(
+    let r = c.iq_id(
         "bad2",
         &format!(
             "<iq type='set' id='bad2'>{}</iq>",
@@ -898,7 +774,7 @@ fn publish_options_preconditions_and_node_configuration() {
     );
     assert!(r.contains("<bad-request "), "{r}");
     // A new node takes its publish-options as configuration; lowering max_items trims it.
-    let r = c.iq(
+    let r = c.iq_id(
         "new",
         &format!(
             "<iq type='set' id='new'>{}</iq>",
@@ -913,7 +789,7 @@ fn publish_options_preconditions_and_node_configuration() {
     assert!(is_result(&r), "{r}");
     for i in 2..=4 {
         let id = format!("n{i}");
-        let r = c.iq(
+        let r = c.iq_id(
             &id,
             &format!(
                 "<iq type='set' id='{id}'>{}</iq>",
@@ -922,7 +798,7 @@ fn publish_options_preconditions_and_node_configuration() {
         );
         assert!(is_result(&r), "{r}");
     }
-    let r = c.iq(
+    let r = c.iq_id(
         "l3",
         &format!(
             "<iq type='get' id='l3'>{}</iq>",
@@ -937,17 +813,17 @@ fn publish_options_preconditions_and_node_configuration() {
     );
 
     // Default configuration, creation, deletion, purge.
-    let r = c.iq("def", "<iq type='get' id='def'><pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><default/></pubsub></iq>");
+    let r = c.iq_id("def", "<iq type='get' id='def'><pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><default/></pubsub></iq>");
     assert!(r.contains("<default>") || r.contains("<default "), "{r}");
     assert!(r.contains("<value>on_sub_and_presence</value>"), "{r}");
-    let r = c.iq(
+    let r = c.iq_id(
         "mk",
         "<iq type='set' id='mk'><pubsub xmlns='http://jabber.org/protocol/pubsub'><create node='urn:example:made'/><configure><x xmlns='jabber:x:data' type='submit'><field var='pubsub#access_model'><value>open</value></field></x></configure></pubsub></iq>",
     );
     assert!(is_result(&r), "{r}");
-    let r = c.iq("mk2", "<iq type='set' id='mk2'><pubsub xmlns='http://jabber.org/protocol/pubsub'><create node='urn:example:made'/></pubsub></iq>");
+    let r = c.iq_id("mk2", "<iq type='set' id='mk2'><pubsub xmlns='http://jabber.org/protocol/pubsub'><create node='urn:example:made'/></pubsub></iq>");
     assert!(r.contains("<conflict "), "{r}");
-    let r = c.iq(
+    let r = c.iq_id(
         "empty",
         &format!(
             "<iq type='get' id='empty'>{}</iq>",
@@ -955,12 +831,12 @@ fn publish_options_preconditions_and_node_configuration() {
         ),
     );
     assert!(r.contains("<items node=\"urn:example:made\"/>"), "{r}");
-    let r = c.iq(
+    let r = c.iq_id(
         "purge",
         "<iq type='set' id='purge'><pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><purge node='urn:example:new'/></pubsub></iq>",
     );
     assert!(is_result(&r), "{r}");
-    let r = c.iq(
+    let r = c.iq_id(
         "l4",
         &format!(
             "<iq type='get' id='l4'>{}</iq>",
@@ -968,12 +844,12 @@ fn publish_options_preconditions_and_node_configuration() {
         ),
     );
     assert!(r.contains("<items node=\"urn:example:new\"/>"), "{r}");
-    let r = c.iq(
+    let r = c.iq_id(
         "del",
         "<iq type='set' id='del'><pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><delete node='urn:example:new'/></pubsub></iq>",
     );
     assert!(is_result(&r), "{r}");
-    let r = c.iq(
+    let r = c.iq_id(
         "l5",
         &format!(
             "<iq type='get' id='l5'>{}</iq>",
@@ -981,7 +857,7 @@ fn publish_options_preconditions_and_node_configuration() {
         ),
     );
     assert!(r.contains("<item-not-found "), "{r}");
-    let r = c.iq(
+    let r = c.iq_id(
         "aff",
         "<iq type='get' id='aff'><pubsub xmlns='http://jabber.org/protocol/pubsub'><affiliations/></pubsub></iq>",
     );
@@ -993,9 +869,9 @@ fn publish_options_preconditions_and_node_configuration() {
 
 #[test]
 fn deleting_a_node_notifies() {
-    let srv = server(&["juliet"]);
+    let srv = TestServer::with_users(&["juliet"]);
     let mut desk = Client::online(&srv, "juliet", "desk", &["urn:example:status"], false);
-    let r = desk.iq(
+    let r = desk.iq_id(
         "p",
         &format!(
             "<iq type='set' id='p'>{}</iq>",
@@ -1009,7 +885,7 @@ fn deleting_a_node_notifies() {
     );
     assert!(is_result(&r), "{r}");
     desk.event(&jid("juliet"), "urn:example:status");
-    let r = desk.iq(
+    let r = desk.iq_id(
         "del",
         "<iq type='set' id='del'><pubsub xmlns='http://jabber.org/protocol/pubsub#owner'><delete node='urn:example:status'/></pubsub></iq>",
     );
@@ -1022,12 +898,12 @@ fn deleting_a_node_notifies() {
 
 #[test]
 fn omemo_devices_and_bundles_are_open_to_strangers() {
-    let srv = server(&["alice", "mallory"]);
+    let srv = TestServer::with_users(&["alice", "mallory"]);
     let mut alice = Client::online(&srv, "alice", "conversations", &[OMEMO_DEVICES], false);
     let mut stranger = Client::online(&srv, "mallory", "dino", &[OMEMO_DEVICES], false);
     let open = field("pubsub#access_model", "open");
     let devices = "<devices xmlns='urn:xmpp:omemo:2'><device id='12345'/><device id='4223' label='Gajim on Ubuntu Linux'/></devices>";
-    let r = alice.iq(
+    let r = alice.iq_id(
         "dl",
         &format!(
             "<iq type='set' id='dl'>{}</iq>",
@@ -1038,7 +914,7 @@ fn omemo_devices_and_bundles_are_open_to_strangers() {
     let bundle = "<bundle xmlns='urn:xmpp:omemo:2'><spk id='0'>BASE64ENCODED</spk><spks>BASE64ENCODED</spks><ik>BASE64ENCODED</ik>\
                   <prekeys><pk id='0'>BASE64ENCODED</pk><pk id='1'>BASE64ENCODED</pk></prekeys></bundle>";
     let options = [open.clone(), field("pubsub#max_items", "max")].concat();
-    let r = alice.iq(
+    let r = alice.iq_id(
         "bn",
         &format!(
             "<iq type='set' id='bn'>{}</iq>",
@@ -1049,7 +925,7 @@ fn omemo_devices_and_bundles_are_open_to_strangers() {
     alice.event(&jid("alice"), OMEMO_DEVICES);
     // A stranger (no presence subscription) gets no event, but may fetch both.
     stranger.assert_no_event(OMEMO_DEVICES);
-    let r = stranger.iq(
+    let r = stranger.iq_id(
         "get-dl",
         &format!(
             "<iq type='get' id='get-dl' to='{}'>{}</iq>",
@@ -1064,7 +940,7 @@ fn omemo_devices_and_bundles_are_open_to_strangers() {
         ),
         "{r}"
     );
-    let r = stranger.iq(
+    let r = stranger.iq_id(
         "get-bn",
         &format!(
             "<iq type='get' id='get-bn' to='{}'>{}</iq>",
@@ -1079,7 +955,7 @@ fn omemo_devices_and_bundles_are_open_to_strangers() {
     );
     assert!(r.contains("<pk id=\"1\">BASE64ENCODED</pk>"), "{r}");
     // An unknown item: an empty list (XEP-0060 §6.5.9.11); an unknown node: item-not-found.
-    let r = stranger.iq(
+    let r = stranger.iq_id(
         "get-none",
         &format!(
             "<iq type='get' id='get-none' to='{}'>{}</iq>",
@@ -1091,7 +967,7 @@ fn omemo_devices_and_bundles_are_open_to_strangers() {
         r.contains(&format!("<items node=\"{OMEMO_BUNDLES}\"/>")),
         "{r}"
     );
-    let r = stranger.iq(
+    let r = stranger.iq_id(
         "get-missing",
         &format!(
             "<iq type='get' id='get-missing' to='{}'>{}</iq>",
@@ -1103,7 +979,7 @@ fn omemo_devices_and_bundles_are_open_to_strangers() {
 
     // Legacy OMEMO (eu.siacs.conversations.axolotl) the same way.
     let legacy = "<list xmlns='eu.siacs.conversations.axolotl'><device id='12345'/></list>";
-    let r = alice.iq(
+    let r = alice.iq_id(
         "old",
         &format!(
             "<iq type='set' id='old'>{}</iq>",
@@ -1116,7 +992,7 @@ fn omemo_devices_and_bundles_are_open_to_strangers() {
         ),
     );
     assert!(is_result(&r), "{r}");
-    let r = stranger.iq(
+    let r = stranger.iq_id(
         "get-old",
         &format!(
             "<iq type='get' id='get-old' to='{}'>{}</iq>",
@@ -1134,11 +1010,11 @@ fn omemo_devices_and_bundles_are_open_to_strangers() {
 
 #[test]
 fn addressing_and_bad_requests() {
-    let srv = server(&["alice"]);
+    let srv = TestServer::with_users(&["alice"]);
     let mut c = Client::online(&srv, "alice", "desk", &[], false);
     let nick = "<nick xmlns='http://jabber.org/protocol/nick'>A</nick>";
     // To the own bare JID: the reply comes from it.
-    let r = c.iq(
+    let r = c.iq_id(
         "own",
         &format!(
             "<iq type='set' id='own' to='{}'>{}</iq>",
@@ -1151,7 +1027,7 @@ fn addressing_and_bad_requests() {
         "{r}"
     );
     // The server domain is no pubsub service; accounts that do not exist answer nothing.
-    let r = c.iq(
+    let r = c.iq_id(
         "dom",
         &format!(
             "<iq type='get' id='dom' to='{DOMAIN}'>{}</iq>",
@@ -1159,7 +1035,7 @@ fn addressing_and_bad_requests() {
         ),
     );
     assert!(r.contains("<service-unavailable "), "{r}");
-    let r = c.iq(
+    let r = c.iq_id(
         "nobody",
         &format!(
             "<iq type='get' id='nobody' to='nobody@{DOMAIN}'>{}</iq>",
@@ -1210,13 +1086,13 @@ fn addressing_and_bad_requests() {
         ),
     ];
     for (id, payload, expected) in cases {
-        let r = c.iq(id, &format!("<iq type='set' id='{id}'>{payload}</iq>"));
+        let r = c.iq_id(id, &format!("<iq type='set' id='{id}'>{payload}</iq>"));
         assert!(
             r.contains("type=\"error\"") && r.contains(expected),
             "{id}: {r}"
         );
     }
-    let r = c.iq("mi", &format!("<iq type='get' id='mi'><pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='{NICK}' max_items='x'/></pubsub></iq>"));
+    let r = c.iq_id("mi", &format!("<iq type='get' id='mi'><pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='{NICK}' max_items='x'/></pubsub></iq>"));
     assert!(r.contains("<bad-request "), "{r}");
     // The connection is still fine after all that.
     c.barrier();
@@ -1226,11 +1102,11 @@ fn addressing_and_bad_requests() {
 /// the nodes the requester may see, and describes them.
 #[test]
 fn account_disco_shows_pep_and_the_archive() {
-    let srv = server(&["juliet", "romeo"]);
+    let srv = TestServer::with_users(&["juliet", "romeo"]);
     let mut desk = Client::online(&srv, "juliet", "desk", &[BOOKMARKS], false);
     let mut romeo = Client::online(&srv, "romeo", "orchard", &[], false);
     subscribe(&mut romeo, &mut desk, "romeo", "juliet");
-    let r = desk.iq(
+    let r = desk.iq_id(
         "b1",
         &format!(
             "<iq type='set' id='b1'>{}</iq>",
@@ -1244,7 +1120,7 @@ fn account_disco_shows_pep_and_the_archive() {
     );
     assert!(is_result(&r), "{r}");
     let nick = "<nick xmlns='http://jabber.org/protocol/nick'>Jule</nick>";
-    let r = desk.iq(
+    let r = desk.iq_id(
         "n1",
         &format!(
             "<iq type='set' id='n1'>{}</iq>",
@@ -1253,7 +1129,7 @@ fn account_disco_shows_pep_and_the_archive() {
     );
     assert!(is_result(&r), "{r}");
 
-    let info = desk.iq(
+    let info = desk.iq_id(
         "i1",
         "<iq type='get' id='i1' to='juliet@localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>",
     );
@@ -1268,7 +1144,7 @@ fn account_disco_shows_pep_and_the_archive() {
 
     // The owner sees both nodes; romeo (a subscriber) sees the presence-access nick node but
     // not the whitelisted bookmarks.
-    let own = desk.iq(
+    let own = desk.iq_id(
         "i2",
         "<iq type='get' id='i2' to='juliet@localhost'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>",
     );
@@ -1277,7 +1153,7 @@ fn account_disco_shows_pep_and_the_archive() {
             && own.contains("node=\"http://jabber.org/protocol/nick\""),
         "{own}"
     );
-    let theirs = romeo.iq(
+    let theirs = romeo.iq_id(
         "i3",
         "<iq type='get' id='i3' to='juliet@localhost'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>",
     );
@@ -1285,12 +1161,12 @@ fn account_disco_shows_pep_and_the_archive() {
         theirs.contains("node=\"http://jabber.org/protocol/nick\"") && !theirs.contains(BOOKMARKS),
         "{theirs}"
     );
-    let node = desk.iq(
+    let node = desk.iq_id(
         "i4",
         &format!("<iq type='get' id='i4' to='juliet@localhost'><query xmlns='http://jabber.org/protocol/disco#info' node='{BOOKMARKS}'/></iq>"),
     );
     assert!(is_result(&node) && node.contains("type=\"leaf\""), "{node}");
-    let hidden = romeo.iq(
+    let hidden = romeo.iq_id(
         "i5",
         &format!("<iq type='get' id='i5' to='juliet@localhost'><query xmlns='http://jabber.org/protocol/disco#info' node='{BOOKMARKS}'/></iq>"),
     );
@@ -1301,11 +1177,11 @@ fn account_disco_shows_pep_and_the_archive() {
 /// subscription"), not only at the subscriber's next login.
 #[test]
 fn a_new_subscriber_gets_the_last_items_at_once() {
-    let srv = server(&["alice", "bob"]);
+    let srv = TestServer::with_users(&["alice", "bob"]);
     let mut alice = Client::online(&srv, "alice", "desk", &[NICK], false);
     let mut bob = Client::online(&srv, "bob", "phone", &[NICK], false);
     let nick = "<nick xmlns='http://jabber.org/protocol/nick'>Alice the First</nick>";
-    let r = alice.iq(
+    let r = alice.iq_id(
         "n",
         &format!("<iq type='set' id='n'>{}</iq>", publish("", NICK, nick, "")),
     );

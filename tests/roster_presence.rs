@@ -7,31 +7,9 @@
 
 mod common;
 
-use std::io::Read;
-use std::time::{Duration, Instant};
-
-use common::{DOMAIN, HEADER, Raw, TestServer};
-
-/// A raw client that splits what it reads into top-level stanzas and keeps the ones not yet
-/// asked for.
-struct Client {
-    raw: Raw,
-    queue: Vec<String>,
-    pings: u32,
-    jid: String,
-}
+use common::{Client, DOMAIN, Raw, TestServer};
 
 impl Client {
-    fn login(srv: &TestServer, user: &str, resource: &str) -> Client {
-        let raw = Raw::login_plain(srv.trusted, user, "pw", resource);
-        Client {
-            raw,
-            queue: Vec::new(),
-            pings: 0,
-            jid: format!("{user}@{DOMAIN}/{resource}"),
-        }
-    }
-
     /// Logs in, requests the roster (becoming an interested resource) and sends initial
     /// presence; returns once its own presence came back.
     fn online(srv: &TestServer, user: &str, resource: &str) -> Client {
@@ -54,112 +32,10 @@ impl Client {
         self.wait(|s| is_presence(s) && s.contains(&from) && !s.contains("type="));
     }
 
-    fn send(&mut self, s: &str) {
-        self.raw.send(s);
-    }
-
-    /// Reads from the socket until at least one more complete stanza is queued.
-    fn read_more(&mut self, deadline: Instant) {
-        loop {
-            let mut found = false;
-            while let Some((start, end)) = split_stanza(&self.raw.buf) {
-                let stanza = self.raw.buf[start..end].to_owned();
-                self.raw.buf.drain(..end);
-                self.queue.push(stanza);
-                found = true;
-            }
-            if found {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: timed out; queued {:#?}, unparsed {:?}",
-                self.jid,
-                self.queue,
-                self.raw.buf
-            );
-            let mut chunk = [0u8; 65536];
-            match self.raw.sock.read(&mut chunk) {
-                Ok(0) => panic!("{}: connection closed; queued {:#?}", self.jid, self.queue),
-                Ok(n) => self.raw.buf.push_str(&String::from_utf8_lossy(&chunk[..n])),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(e) => panic!("read error: {e}"),
-            }
-        }
-    }
-
-    /// Removes and returns the first stanza (queued or still to come) matching `pred`.
-    fn wait(&mut self, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(i) = self.queue.iter().position(|s| pred(s)) {
-                return self.queue.remove(i);
-            }
-            self.read_more(deadline);
-        }
-    }
-
-    /// Waits for a stanza containing every one of `parts`.
-    fn expect(&mut self, parts: &[&str]) -> String {
-        self.wait(|s| parts.iter().all(|p| s.contains(p)))
-    }
-
     /// Waits for the roster push about `contact`.
     fn push(&mut self, contact: &str) -> String {
         let jid = format!("jid=\"{contact}\"");
         self.wait(|s| s.starts_with("<iq") && s.contains("type=\"set\"") && s.contains(&jid))
-    }
-
-    /// A ping round trip: afterwards everything the server sent before its answer is queued.
-    fn barrier(&mut self) {
-        self.pings += 1;
-        let id = format!("barrier-{}", self.pings);
-        self.send(&format!(
-            "<iq type='get' id='{id}'><ping xmlns='urn:xmpp:ping'/></iq>"
-        ));
-        self.expect(&[&format!("id=\"{id}\"")]);
-    }
-
-    /// Asserts that no stanza matching `pred` has arrived, after a barrier.
-    fn assert_none(&mut self, what: &str, pred: impl Fn(&str) -> bool) {
-        self.barrier();
-        assert!(
-            !self.queue.iter().any(|s| pred(s)),
-            "{}: unexpected {what}: {:#?}",
-            self.jid,
-            self.queue
-        );
-    }
-
-    fn presence_to(&mut self, to: &str, kind: &str) {
-        self.send(&format!("<presence to='{to}' type='{kind}'/>"));
-    }
-}
-
-/// The byte range of the first complete top-level element in `buf` (leading whitespace, e.g.
-/// keepalives, skipped). The server escapes `<` and `>` in text and attribute values, so
-/// counting tags is enough.
-fn split_stanza(buf: &str) -> Option<(usize, usize)> {
-    let start = buf.find(|c: char| !c.is_ascii_whitespace())?;
-    let mut depth = 0i32;
-    let mut i = start;
-    loop {
-        let lt = i + buf[i..].find('<')?;
-        let gt = lt + buf[lt..].find('>')?;
-        let tag = &buf[lt..=gt];
-        if tag.starts_with("</") {
-            depth -= 1;
-        } else if !tag.ends_with("/>") && !tag.starts_with("<?") {
-            depth += 1;
-        }
-        i = gt + 1;
-        if depth == 0 {
-            return Some((start, i));
-        }
     }
 }
 
@@ -188,14 +64,6 @@ fn assert_item(stanza: &str, subscription: &str, ask: Option<&str>) {
     assert_eq!(attr(stanza, "item", "ask").as_deref(), ask, "{stanza}");
 }
 
-fn server(users: &[&str]) -> TestServer {
-    let srv = TestServer::start();
-    for u in users {
-        srv.add_user(u, "pw");
-    }
-    srv
-}
-
 fn jid(user: &str) -> String {
     format!("{user}@{DOMAIN}")
 }
@@ -222,7 +90,7 @@ fn make_both(a: &mut Client, b: &mut Client, a_user: &str, b_user: &str) {
 
 #[test]
 fn roster_get_set_remove_with_pushes_to_every_interested_resource() {
-    let srv = server(&["alice", "bob"]);
+    let srv = TestServer::with_users(&["alice", "bob"]);
     let mut a1 = Client::login(&srv, "alice", "one");
     let mut a2 = Client::login(&srv, "alice", "two");
     // A resource that never asked for the roster gets no pushes.
@@ -348,7 +216,7 @@ fn roster_get_set_remove_with_pushes_to_every_interested_resource() {
 
 #[test]
 fn subscribe_then_subscribed_then_mutual() {
-    let srv = server(&["alice", "bob"]);
+    let srv = TestServer::with_users(&["alice", "bob"]);
     let mut a = Client::online(&srv, "alice", "a");
     let mut b = Client::online(&srv, "bob", "b");
 
@@ -407,20 +275,10 @@ fn subscribe_then_subscribed_then_mutual() {
 
 #[test]
 fn features_and_pre_approval() {
-    let srv = server(&["bob", "carol"]);
+    let srv = TestServer::with_users(&["bob", "carol"]);
     // Check the stream features by hand (login_plain discards them).
     {
-        use base64::Engine;
-        let mut c = Raw::connect(srv.trusted);
-        c.send(HEADER);
-        c.until("</stream:features>");
-        let creds = base64::engine::general_purpose::STANDARD.encode("\0bob\0pw");
-        c.send(&format!(
-            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{creds}</auth>"
-        ));
-        c.until("<success");
-        c.send(HEADER);
-        let f = c.until("</stream:features>");
+        let (_, f) = Raw::authenticated(srv.trusted, "bob", "pw");
         assert!(
             f.contains("<ver xmlns=\"urn:xmpp:features:rosterver\"/>"),
             "{f}"
@@ -513,7 +371,7 @@ fn request_to_offline_contact_is_stored_and_delivered_at_login() {
 
 #[test]
 fn unsubscribe_unsubscribed_deny_and_remove() {
-    let srv = server(&["alice", "bob", "carol"]);
+    let srv = TestServer::with_users(&["alice", "bob", "carol"]);
     let mut a = Client::online(&srv, "alice", "a");
     let mut b = Client::online(&srv, "bob", "b");
     let mut c = Client::online(&srv, "carol", "c");
@@ -577,7 +435,7 @@ fn unsubscribe_unsubscribed_deny_and_remove() {
 
 #[test]
 fn presence_broadcast_on_login_and_unavailable_when_the_connection_drops() {
-    let srv = server(&["alice", "bob", "carol"]);
+    let srv = TestServer::with_users(&["alice", "bob", "carol"]);
     let mut a = Client::online(&srv, "alice", "a");
     let mut b = Client::online(&srv, "bob", "b");
     make_both(&mut a, &mut b, "alice", "bob");
@@ -629,7 +487,7 @@ fn presence_broadcast_on_login_and_unavailable_when_the_connection_drops() {
 
 #[test]
 fn roster_versioning() {
-    let srv = server(&["alice"]);
+    let srv = TestServer::with_users(&["alice"]);
     let mut a = Client::login(&srv, "alice", "a");
     a.send("<iq type='get' id='v1'><query xmlns='jabber:iq:roster' ver=''/></iq>");
     let r = a.expect(&["id=\"v1\""]);
@@ -664,7 +522,7 @@ fn roster_versioning() {
 
 #[test]
 fn no_presence_across_a_block() {
-    let srv = server(&["alice", "bob"]);
+    let srv = TestServer::with_users(&["alice", "bob"]);
     let mut a = Client::online(&srv, "alice", "a");
     let mut b = Client::online(&srv, "bob", "b");
     make_both(&mut a, &mut b, "alice", "bob");

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use common::{DOMAIN, HEADER, Raw, TestServer};
+use common::{DOMAIN, Raw, TestServer, plain_ok};
 
 #[test]
 fn dropped_responder_and_childless_requests_get_errors() {
@@ -93,26 +93,6 @@ fn text(o: &Output) -> String {
     )
 }
 
-/// SASL PLAIN on a fresh stream: true on <success/>, false on <failure/>.
-fn plain_ok(srv: &TestServer, user: &str, password: &str) -> bool {
-    use base64::Engine;
-    let mut c = Raw::connect(srv.trusted);
-    c.send(HEADER);
-    c.until("</stream:features>");
-    let creds = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
-    c.send(&format!(
-        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{creds}</auth>"
-    ));
-    let answer = c.until("/");
-    let rest = c.until(">");
-    let answer = answer + &rest;
-    assert!(
-        answer.contains("<success") || answer.contains("<failure"),
-        "{answer}"
-    );
-    answer.contains("<success")
-}
-
 #[test]
 fn account_commands_work_beside_a_running_server() {
     let srv = TestServer::start();
@@ -132,7 +112,7 @@ fn account_commands_work_beside_a_running_server() {
         Some("first pw\n"),
     );
     assert!(o.status.success(), "{}", text(&o));
-    assert!(plain_ok(&srv, "carol", "first pw"));
+    assert!(plain_ok(srv.trusted, "carol", "first pw"));
     let o = wockd(&config, &["users"], None);
     assert!(
         text(&o).lines().any(|l| l == "carol@localhost"),
@@ -170,12 +150,12 @@ fn account_commands_work_beside_a_running_server() {
         Some("second pw\n"),
     );
     assert!(o.status.success(), "{}", text(&o));
-    assert!(plain_ok(&srv, "carol", "second pw"));
-    assert!(!plain_ok(&srv, "carol", "first pw"));
+    assert!(plain_ok(srv.trusted, "carol", "second pw"));
+    assert!(!plain_ok(srv.trusted, "carol", "first pw"));
 
     let o = wockd(&config, &["deluser", "carol@localhost"], None);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(!plain_ok(&srv, "carol", "second pw"));
+    assert!(!plain_ok(srv.trusted, "carol", "second pw"));
     let o = wockd(&config, &["users"], None);
     assert!(!text(&o).contains("carol@localhost"), "{}", text(&o));
 }

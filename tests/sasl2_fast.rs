@@ -6,18 +6,9 @@ mod common;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use common::{HEADER, Raw, TestServer};
+use common::{HEADER, Raw, TestServer, attr};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-
-fn attr(text: &str, name: &str) -> String {
-    let start = text
-        .find(&format!("{name}=\""))
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
-        + name.len()
-        + 2;
-    text[start..].split('"').next().unwrap().to_owned()
-}
 
 fn ht_proof(user: &str, token: &str) -> String {
     let mut m = <Hmac<Sha256> as Mac>::new_from_slice(token.as_bytes()).unwrap();

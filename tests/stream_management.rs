@@ -4,29 +4,14 @@
 
 mod common;
 
-use common::{HEADER, Raw, TestServer};
+use common::{Raw, TestServer, attr};
 
 const SM: &str = "urn:xmpp:sm:3";
 
-fn attr(text: &str, name: &str) -> String {
-    let start = text
-        .find(&format!("{name}=\""))
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
-        + name.len()
-        + 2;
-    text[start..].split('"').next().unwrap().to_owned()
-}
-
-/// Logs in, enables SM with resumption; returns the client and the resumption id.
+/// Logs in, enables SM with resumption, becomes available; returns the client and the
+/// resumption id.
 fn login_sm(srv: &TestServer, user: &str, res: &str, max: u32) -> (Raw, String) {
-    let mut c = Raw::login_plain(srv.trusted, user, "pw", res);
-    c.send(&format!("<enable xmlns='{SM}' resume='true' max='{max}'/>"));
-    let enabled = c.until("/>");
-    assert!(
-        enabled.contains("<enabled") && enabled.contains("resume=\"true\""),
-        "{enabled}"
-    );
-    let id = attr(&enabled, "id");
+    let (mut c, id) = Raw::login_sm(srv.trusted, user, "pw", res, max);
     c.send("<presence/>");
     (c, id)
 }
@@ -54,17 +39,7 @@ fn send_msgs(from: &mut Raw, to: &str, range: std::ops::Range<u32>) {
 
 /// Authenticates a fresh stream without binding (for <resume/>).
 fn authenticated(srv: &TestServer, user: &str) -> Raw {
-    use base64::Engine;
-    let mut c = Raw::connect(srv.trusted);
-    c.send(HEADER);
-    c.until("</stream:features>");
-    let creds = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0pw"));
-    c.send(&format!(
-        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{creds}</auth>"
-    ));
-    c.until("<success");
-    c.send(HEADER);
-    let f = c.until("</stream:features>");
+    let (c, f) = Raw::authenticated(srv.trusted, user, "pw");
     assert!(f.contains(SM), "SM not offered: {f}");
     c
 }

@@ -12,7 +12,6 @@
 
 mod common;
 
-use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -22,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{Raw, TestServer};
+use common::{Client, TestServer, is_result};
 use rand::RngCore;
 use wockd::config::Config;
 
@@ -263,73 +262,31 @@ fn serve(
 
 // ---- an XMPP client that sorts stanzas ----------------------------------------------------
 
-struct Client {
-    raw: Raw,
-    queue: VecDeque<String>,
-    next: u32,
-}
-
 impl Client {
-    /// Logs in and becomes available (so messages are delivered to it).
-    fn login(addr: SocketAddr, user: &str) -> Client {
-        let mut c = Client {
-            raw: Raw::login_plain(addr, user, "pw", "test"),
-            queue: VecDeque::new(),
-            next: 0,
-        };
-        c.raw.send("<presence/>");
+    /// Logs in (resource `test`) and becomes available (so messages are delivered to it).
+    fn online(addr: SocketAddr, user: &str) -> Client {
+        let mut c = Client::login_at(addr, user, "pw", "test");
+        c.send("<presence/>");
         c
     }
 
-    fn pump(&mut self) {
-        let mut chunk = [0u8; 65536];
-        match self.raw.sock.read(&mut chunk) {
-            Ok(0) => panic!("server closed the stream; unread: {:?}", self.raw.buf),
-            Ok(n) => self.raw.buf.push_str(&String::from_utf8_lossy(&chunk[..n])),
-            Err(_) => {} // read timeout (100 ms)
-        }
-        self.queue.extend(split_stanzas(&mut self.raw.buf));
-    }
-
-    /// The first stanza (queued or arriving within `secs`) for which `pred` holds.
-    fn wait(&mut self, what: &str, secs: u64, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            if let Some(i) = self.queue.iter().position(|s| pred(s)) {
-                return self.queue.remove(i).unwrap();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; have {:#?}",
-                self.queue
-            );
-            self.pump();
-        }
-    }
-
-    /// Sends an IQ (`attrs` such as `type='get' to='…'`) and returns its answer.
-    fn iq(&mut self, attrs: &str, payload: &str) -> String {
-        self.next += 1;
-        let id = format!("q{}", self.next);
-        self.raw
-            .send(&format!("<iq id='{id}' {attrs}>{payload}</iq>"));
-        let needle = format!("id=\"{id}\"");
-        self.wait(&format!("the answer to {payload}"), 60, |s| {
-            s.starts_with("<iq") && s.contains(&needle)
-        })
+    /// Sends an IQ (`attrs` such as `type='get' to='…'`) and returns its answer (within 60 s).
+    fn request(&mut self, attrs: &str, payload: &str) -> String {
+        let id = self.send_iq(attrs, payload);
+        self.answer(&id, 60)
     }
 
     fn set(&mut self, payload: &str) -> String {
-        self.iq("type='set'", payload)
+        self.request("type='set'", payload)
     }
 
     fn get(&mut self, payload: &str) -> String {
-        self.iq("type='get'", payload)
+        self.request("type='get'", payload)
     }
 
     /// A message from the service whose body contains `text`.
     fn notice(&mut self, text: &str, secs: u64) -> String {
-        self.wait(&format!("a message with {text:?}"), secs, |s| {
+        self.wait_for(&format!("a message with {text:?}"), secs, |s| {
             s.starts_with("<message")
                 && s.contains(&format!("from=\"{SERVICE}\""))
                 && s.contains(text)
@@ -337,53 +294,17 @@ impl Client {
     }
 
     fn say(&mut self, body: &str) {
-        self.raw.send(&format!(
+        self.send(&format!(
             "<message to='{SERVICE}' type='chat'><body>{body}</body></message>"
         ));
     }
 
-    /// Collects what arrives for `secs`.
+    /// Everything that arrives within `secs` (the worker's notices come on their own time).
     fn drain(&mut self, secs: u64) -> Vec<String> {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        while Instant::now() < deadline {
-            self.pump();
-        }
-        self.queue.drain(..).collect()
+        let mut all = std::mem::take(&mut self.queue);
+        all.extend(self.collect_for(Duration::from_secs(secs), |_| true));
+        all
     }
-}
-
-/// Takes the complete top-level stanzas off the front of `buf` (the server escapes `<` and `>`
-/// in text and attributes, so tags can be found by their brackets).
-fn split_stanzas(buf: &mut String) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut depth = 0i32;
-    let mut i = 0;
-    let mut start = None;
-    let mut consumed = 0;
-    while let Some(lt) = buf[i..].find('<').map(|p| p + i) {
-        let Some(gt) = buf[lt..].find('>').map(|p| p + lt) else {
-            break;
-        };
-        let tag = &buf[lt..=gt];
-        if depth == 0 {
-            start = Some(lt);
-        }
-        if tag.starts_with("</") {
-            depth -= 1;
-        } else if !tag.ends_with("/>") && !tag.starts_with("<?") {
-            depth += 1;
-        }
-        i = gt + 1;
-        if depth <= 0 {
-            if depth == 0 {
-                out.push(buf[start.unwrap()..i].to_owned());
-            }
-            depth = 0;
-            consumed = i;
-        }
-    }
-    buf.drain(..consumed);
-    out
 }
 
 /// The value of attribute `name` of the first `<el` in `s`.
@@ -400,10 +321,6 @@ fn attr(s: &str, el: &str, name: &str) -> String {
         .unwrap_or_else(|| panic!("no {name} in {tag}"))
         + key.len();
     tag[a..].split('"').next().unwrap().to_owned()
-}
-
-fn is_result(s: &str) -> bool {
-    s.contains("type=\"result\"")
 }
 
 fn is_error(s: &str, cond: &str) -> bool {
@@ -477,8 +394,8 @@ fn add_by_url_magnet_and_base64_control_and_isolation() {
     let srv = TestServer::start_in(data.path(), tweak, |_| {});
     srv.add_user("alice", "pw");
     srv.add_user("bob", "pw");
-    let mut alice = Client::login(srv.trusted, "alice");
-    let mut bob = Client::login(srv.trusted, "bob");
+    let mut alice = Client::online(srv.trusted, "alice");
+    let mut bob = Client::online(srv.trusted, "bob");
     let downloads = srv.dir.join("downloads");
     let alice_dir = downloads.join("alice@localhost");
 
@@ -487,7 +404,7 @@ fn add_by_url_magnet_and_base64_control_and_isolation() {
         "<iq id=\"3\" type=\"set\"><add xmlns=\"http://wockd.org/ns/torrent\">\n    {}\n  </add></iq>",
         tracker.url("/a.torrent")
     ));
-    let r = alice.wait("the seed's add answer", 60, |s| {
+    let r = alice.wait_for("the seed's add answer", 60, |s| {
         s.starts_with("<iq") && s.contains("id=\"3\"")
     });
     assert!(r.starts_with("<iq type=\"result\" id=\"3\""), "{r}");
@@ -505,7 +422,7 @@ fn add_by_url_magnet_and_base64_control_and_isolation() {
 
     // (c) A base64 .torrent (multi-file), at the service's own address this time.
     let b64 = base64::engine::general_purpose::STANDARD.encode(std::fs::read(&c).unwrap());
-    let r = alice.iq(
+    let r = alice.request(
         &format!("type='set' to='{SERVICE}'"),
         &format!("<add xmlns='{NS}'>{b64}</add>"),
     );
@@ -557,7 +474,7 @@ fn add_by_url_magnet_and_base64_control_and_isolation() {
         ("set", "resume"),
         ("set", "remove"),
     ] {
-        let r = bob.iq(
+        let r = bob.request(
             &format!("type='{kind}'"),
             &format!("<{op} xmlns='{NS}' id='1'/>"),
         );
@@ -689,7 +606,7 @@ fn add_by_url_magnet_and_base64_control_and_isolation() {
     let n = attr(&format!("<job {pending}"), "job", "id");
     let r = alice.set(&format!("<remove xmlns='{NS}' id='{n}'/>"));
     assert!(is_result(&r), "{r}");
-    let r = alice.wait("the cancelled add", 10, |s| s.contains("id=\"pending\""));
+    let r = alice.wait_for("the cancelled add", 10, |s| s.contains("id=\"pending\""));
     assert!(
         is_error(&r, "item-not-found") && r.contains("removed"),
         "{r}"
@@ -722,7 +639,7 @@ fn add_by_url_magnet_and_base64_control_and_isolation() {
     alice.notice("you have no job 99", 10);
 
     // Ad-hoc commands at the service.
-    let r = alice.iq(
+    let r = alice.request(
         &format!("type='get' to='{SERVICE}'"),
         "<query xmlns='http://jabber.org/protocol/disco#info'/>",
     );
@@ -730,7 +647,7 @@ fn add_by_url_magnet_and_base64_control_and_isolation() {
         r.contains("http://jabber.org/protocol/commands") && r.contains(NS),
         "{r}"
     );
-    let r = alice.iq(
+    let r = alice.request(
         &format!("type='get' to='{SERVICE}'"),
         "<query xmlns='http://jabber.org/protocol/disco#items' node='http://jabber.org/protocol/commands'/>",
     );
@@ -743,18 +660,18 @@ fn add_by_url_magnet_and_base64_control_and_isolation() {
             "<command xmlns='http://jabber.org/protocol/commands' node='{node}' action='execute'{rest}"
         )
     };
-    let r = alice.iq(&format!("type='set' to='{SERVICE}'"), &cmd("list", "/>"));
+    let r = alice.request(&format!("type='set' to='{SERVICE}'"), &cmd("list", "/>"));
     assert!(
         r.contains("status=\"completed\"") && r.contains("blob_b.bin"),
         "{r}"
     );
-    let r = alice.iq(&format!("type='set' to='{SERVICE}'"), &cmd("add", "/>"));
+    let r = alice.request(&format!("type='set' to='{SERVICE}'"), &cmd("add", "/>"));
     assert!(
         r.contains("status=\"executing\"") && r.contains("var=\"url\""),
         "{r}"
     );
     let session = attr(&r, "command", "sessionid");
-    let r = alice.iq(
+    let r = alice.request(
         &format!("type='set' to='{SERVICE}'"),
         &cmd(
             "add",
@@ -768,7 +685,7 @@ fn add_by_url_magnet_and_base64_control_and_isolation() {
         r.contains("status=\"completed\"") && r.contains("type=\"error\"") && r.contains("404"),
         "{r}"
     );
-    let r = alice.iq(
+    let r = alice.request(
         &format!("type='set' to='{SERVICE}'"),
         &cmd("settings", "><x xmlns='jabber:x:data' type='submit'><field var='notify'><value>done</value></field></x></command>"),
     );
@@ -781,7 +698,7 @@ fn add_by_url_magnet_and_base64_control_and_isolation() {
     drop(bob);
     srv.stop(); // joins the server thread and with it the engine's
     let srv = TestServer::start_in(data.path(), tweak, |_| {});
-    let mut alice = Client::login(srv.trusted, "alice");
+    let mut alice = Client::online(srv.trusted, "alice");
     let r = alice.get(&format!("<status xmlns='{NS}' id='2'/>"));
     assert!(r.contains("state=\"finished\""), "{r}");
     // Within a few seconds the engine has it back, complete (fast resume, no network needed).
@@ -838,7 +755,7 @@ fn finished_notice_waits_for_an_offline_owner_across_a_restart() {
     };
     let srv = TestServer::start_in(data.path(), tweak, |_| {});
     srv.add_user("carol", "pw");
-    let mut carol = Client::login(srv.trusted, "carol");
+    let mut carol = Client::online(srv.trusted, "carol");
     carol.say("progress on");
     carol.notice("Progress messages on", 10);
     let r = carol.set(&format!(
@@ -874,7 +791,7 @@ fn finished_notice_waits_for_an_offline_owner_across_a_restart() {
     srv.wait_mailbox("carol", 1, 30);
 
     // Carol comes back: the notice waited in her mailbox, once.
-    let mut carol = Client::login(srv.trusted, "carol");
+    let mut carol = Client::online(srv.trusted, "carol");
     let m = carol.notice("Job 1 finished", 15);
     assert!(
         m.contains("type=\"chat\"") && m.contains("to=\"carol@localhost\""),
@@ -992,8 +909,8 @@ fn quotas_refuse_with_a_clear_error() {
     );
     srv.add_user("alice", "pw");
     srv.add_user("bob", "pw");
-    let mut alice = Client::login(srv.trusted, "alice");
-    let mut bob = Client::login(srv.trusted, "bob");
+    let mut alice = Client::online(srv.trusted, "alice");
+    let mut bob = Client::online(srv.trusted, "bob");
 
     // 1 MiB of 2: fine. 3 MiB more: over the byte quota.
     let r = alice.set(&format!(
@@ -1111,7 +1028,7 @@ fn measure_64mib_through_wockd_against_aria2c_alone() {
     let data = tempfile::tempdir().unwrap();
     let srv = TestServer::start_in(data.path(), tweak, |_| {});
     srv.add_user("alice", "pw");
-    let mut alice = Client::login(srv.trusted, "alice");
+    let mut alice = Client::online(srv.trusted, "alice");
     std::thread::sleep(Duration::from_millis(500));
     let rss0 = rss_kib();
     let t0 = Instant::now();

@@ -20,14 +20,13 @@
 mod common;
 mod transport_support;
 
-use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::time::{Duration, Instant};
 
-use common::{Raw, TestServer};
+use common::{Client, TestServer};
 use transport_support::*;
 
 const SVC: &str = "irc.localhost";
@@ -35,118 +34,16 @@ const COMMANDS: &str = "http://jabber.org/protocol/commands";
 
 // ---- the XMPP side: whole stanzas, waited for by predicate ---------------------------------
 
-/// The raw client with its input split into top-level stanzas; waits take the first stanza
-/// that matches and leave the others queued.
-struct Xmpp {
-    c: Raw,
-    queue: VecDeque<String>,
-    next_id: u32,
-}
+/// The shared stanza-level client; IQ answers may take up to 15 s.
+type Xmpp = Client;
 
-/// Splits complete top-level stanzas off the front of `buf`.
-fn split_stanzas(buf: &mut String, out: &mut VecDeque<String>) {
-    loop {
-        let start = match buf.find('<') {
-            Some(i) => i,
-            None => {
-                buf.clear();
-                return;
-            }
-        };
-        buf.drain(..start);
-        let Some(gt) = buf.find('>') else { return };
-        let name_end = buf[1..]
-            .find(|c: char| c.is_whitespace() || c == '>' || c == '/')
-            .map(|i| i + 1)
-            .unwrap_or(gt);
-        let name = buf[1..name_end].to_owned();
-        let end = if buf[..gt].ends_with('/') {
-            gt + 1
-        } else {
-            let close = format!("</{name}>");
-            match buf.find(&close) {
-                Some(i) => i + close.len(),
-                None => return,
-            }
-        };
-        out.push_back(buf[..end].to_owned());
-        buf.drain(..end);
-    }
+fn xmpp(srv: &TestServer, user: &str, resource: &str) -> Xmpp {
+    let mut c = Client::login(srv, user, resource);
+    c.timeout = Duration::from_secs(15);
+    c
 }
 
 impl Xmpp {
-    fn send(&mut self, s: &str) {
-        self.c.send(s);
-    }
-
-    /// One read (up to the socket's 100 ms timeout); new stanzas are queued.
-    fn pump(&mut self) {
-        let mut chunk = [0u8; 65536];
-        match self.c.sock.read(&mut chunk) {
-            Ok(0) => panic!("the server closed the XMPP stream"),
-            Ok(n) => self.c.buf.push_str(&String::from_utf8_lossy(&chunk[..n])),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => panic!("XMPP read error: {e}"),
-        }
-        split_stanzas(&mut self.c.buf, &mut self.queue);
-    }
-
-    /// Forgets every stanza received so far (what follows belongs to the next step).
-    fn clear(&mut self) {
-        self.pump();
-        self.queue.clear();
-    }
-
-    fn try_take(&mut self, pred: &dyn Fn(&str) -> bool) -> Option<String> {
-        let i = self.queue.iter().position(|s| pred(s))?;
-        self.queue.remove(i)
-    }
-
-    /// Waits (up to `secs`) for a stanza matching `pred` and takes it.
-    fn take(&mut self, what: &str, secs: u64, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            if let Some(s) = self.try_take(&pred) {
-                return s;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}; queued: {:#?}",
-                self.queue
-            );
-            self.pump();
-        }
-    }
-
-    /// Everything matching `pred` that arrives within `d` (a bounded "nothing more" check).
-    fn collect_for(&mut self, d: Duration, pred: impl Fn(&str) -> bool) -> Vec<String> {
-        let deadline = Instant::now() + d;
-        let mut out = Vec::new();
-        loop {
-            while let Some(s) = self.try_take(&pred) {
-                out.push(s);
-            }
-            if Instant::now() >= deadline {
-                return out;
-            }
-            self.pump();
-        }
-    }
-
-    fn iq(&mut self, body: String) -> String {
-        self.next_id += 1;
-        let id = format!("q{}", self.next_id);
-        self.send(&body.replacen("<iq ", &format!("<iq id='{id}' "), 1));
-        let needle = format!("id=\"{id}\"");
-        self.take(&format!("the answer to {id}"), 15, |s| {
-            s.starts_with("<iq") && s.contains(&needle)
-        })
-    }
-
     /// Runs an ad-hoc command step: `execute` without a form, `complete` with one.
     fn command(&mut self, node: &str, session: Option<&str>, form: &[(&str, &str)]) -> String {
         let session = session
@@ -157,7 +54,7 @@ impl Xmpp {
         } else {
             ("complete", submit(form))
         };
-        let r = self.iq(format!(
+        let r = self.iq_stanza(&format!(
             "<iq type='set' to='{SVC}'><command xmlns='{COMMANDS}' node='{node}' action='{action}'{session}>{payload}</command></iq>"
         ));
         assert!(r.contains("type=\"result\""), "command {node} failed: {r}");
@@ -258,45 +155,23 @@ fn service_message(s: &str) -> bool {
 }
 
 fn register_irc(x: &mut Xmpp, nick: &str, port: u16, ssl: bool) {
-    let r = x.iq(register_form(
-        SVC,
-        "",
-        &[
-            ("username", nick),
-            ("split:0", "127.0.0.1"),
-            ("opt:port", &port.to_string()),
-            ("opt:ssl", if ssl { "1" } else { "0" }),
-        ],
-    )
-    .replacen(" id=''", "", 1));
+    let r = x.iq_stanza(
+        &register_form(
+            SVC,
+            "",
+            &[
+                ("username", nick),
+                ("split:0", "127.0.0.1"),
+                ("opt:port", &port.to_string()),
+                ("opt:ssl", if ssl { "1" } else { "0" }),
+            ],
+        )
+        .replacen(" id=''", "", 1),
+    );
     assert!(r.contains("type=\"result\""), "registration failed: {r}");
 }
 
 // ---- the IRC side -----------------------------------------------------------------------------
-
-/// Reads `irc`'s lines for `d`; panics if one contains `needle`.
-fn irc_quiet(irc: &mut Irc, needle: &str, d: Duration) {
-    let deadline = Instant::now() + d;
-    let mut line = String::new();
-    while Instant::now() < deadline {
-        line.clear();
-        match irc.r.read_line(&mut line) {
-            Ok(0) => panic!("IRC {}: connection closed", irc.nick),
-            Ok(_) => {
-                if let Some(rest) = line.strip_prefix("PING ") {
-                    let pong = format!("PONG {}", rest.trim_end());
-                    irc.send(&pong);
-                }
-                assert!(
-                    !line.contains(needle),
-                    "IRC {}: unexpected {needle:?}: {line:?}",
-                    irc.nick
-                );
-            }
-            Err(_) => {}
-        }
-    }
-}
 
 /// The nicks ISON finds online among `nicks`.
 fn ison(irc: &mut Irc, nicks: &str) -> Vec<String> {
@@ -481,13 +356,8 @@ fn transport_control() {
         |_| {},
     );
     srv.add_user("alice", "pw");
-    let c = Raw::login_plain(srv.trusted, "alice", "pw", "laptop");
-    let mut x = Xmpp {
-        c,
-        queue: VecDeque::new(),
-        next_id: 0,
-    };
-    let roster = x.iq("<iq type='get'><query xmlns='jabber:iq:roster'/></iq>".into());
+    let mut x = xmpp(&srv, "alice", "laptop");
+    let roster = x.iq_stanza("<iq type='get'><query xmlns='jabber:iq:roster'/></iq>");
     assert!(roster.contains("type=\"result\""), "{roster}");
     x.send("<presence/>");
 
@@ -495,7 +365,7 @@ fn transport_control() {
     x.send(&format!(
         "<message to='{SVC}' type='chat'><body>hello?</body></message>"
     ));
-    let nothing = x.take("the reply to a stray message", 10, service_message);
+    let nothing = x.wait_for("the reply to a stray message", 10, service_message);
     assert!(
         body(&nothing).contains("Nothing is waiting for an answer"),
         "{nothing}"
@@ -515,18 +385,18 @@ fn transport_control() {
     assert!(ison(&mut bob, "alicebot").is_empty());
 
     register_irc(&mut x, "alicebot", port, false);
-    let up = x.take("the service presence: online", 20, |s| {
+    let up = x.wait_for("the service presence: online", 20, |s| {
         service_presence(s) && s.contains("alicebot@127.0.0.1: online")
     });
     assert!(!up.contains("type="), "online yet not available: {up}");
     x.send("<presence to='#wockd@irc.localhost/alicebot'><x xmlns='http://jabber.org/protocol/muc'/></presence>");
-    x.take("the room's self-presence", 15, |s| {
+    x.wait_for("the room's self-presence", 15, |s| {
         s.starts_with("<presence") && s.contains("code=\"110\"")
     });
     expect_join(&mut bob, "alicebot", "#wockd");
 
     // The command list: disco#items on the commands node.
-    let items = x.iq(format!(
+    let items = x.iq_stanza(&format!(
         "<iq type='get' to='{SVC}'><query xmlns='http://jabber.org/protocol/disco#items' node='{COMMANDS}'/></iq>"
     ));
     assert!(items.contains("type=\"result\""), "{items}");
@@ -539,7 +409,7 @@ fn transport_control() {
         );
     }
     // An unknown command is an error, not an empty success.
-    let bad = x.iq(format!(
+    let bad = x.iq_stanza(&format!(
         "<iq type='set' to='{SVC}'><command xmlns='{COMMANDS}' node='no-such' action='execute'/></iq>"
     ));
     assert!(
@@ -555,13 +425,9 @@ fn transport_control() {
     // Another user sees none of alice's accounts and cannot act on them by id.
     let alice_id = option_value(&x.command("disable", None, &[]), BOT).unwrap();
     srv.add_user("eve", "pw");
-    let mut eve = Xmpp {
-        c: Raw::login_plain(srv.trusted, "eve", "pw", "x"),
-        queue: VecDeque::new(),
-        next_id: 100,
-    };
+    let mut eve = xmpp(&srv, "eve", "x");
     assert!(eve.accounts().contains("No accounts"));
-    let r = eve.iq(format!(
+    let r = eve.iq_stanza(&format!(
         "<iq type='set' to='{SVC}'><command xmlns='{COMMANDS}' node='disable' action='complete' sessionid='s1'>{}</command></iq>",
         submit(&[("account", &alice_id)])
     ));
@@ -569,7 +435,7 @@ fn transport_control() {
         r.contains("type=\"error\"") || r.contains("No accounts"),
         "eve acted on alice's account: {r}"
     );
-    irc_quiet(&mut bob, ":alicebot!", Duration::from_secs(1));
+    bob.assert_quiet(":alicebot!", Duration::from_secs(1));
     assert_eq!(x.accounts(), "alicebot@127.0.0.1: online");
 
     // disable: the nick quits IRC and stays away; the state says disabled.
@@ -578,7 +444,7 @@ fn transport_control() {
     assert!(n.contains("disabled"), "{n}");
     let q = expect_quit(&mut bob, "alicebot");
     eprintln!("disable → {q}");
-    x.take("the service presence: disabled", 10, |s| {
+    x.wait_for("the service presence: disabled", 10, |s| {
         service_presence(s) && s.contains("alicebot@127.0.0.1: disabled")
     });
     assert!(ison(&mut bob, "alicebot").is_empty(), "still on IRC");
@@ -587,7 +453,7 @@ fn transport_control() {
     // settings of a disabled account are saved, and it stays disabled.
     let (_, n) = x.account_command("settings", BOT, &[("opt:realname", "Edited While Off")]);
     assert!(n.contains("settings saved"), "{n}");
-    irc_quiet(&mut bob, ":alicebot!", Duration::from_secs(2));
+    bob.assert_quiet(":alicebot!", Duration::from_secs(2));
     assert!(
         ison(&mut bob, "alicebot").is_empty(),
         "disabled, yet on IRC"
@@ -599,7 +465,7 @@ fn transport_control() {
     let (_, n) = x.account_command("enable", BOT, &[]);
     assert!(n.contains("enabled"), "{n}");
     expect_join(&mut bob, "alicebot", "#wockd");
-    x.take("the service presence: online again", 15, |s| {
+    x.wait_for("the service presence: online again", 15, |s| {
         service_presence(s) && s.contains("alicebot@127.0.0.1: online")
     });
     assert_eq!(ison(&mut bob, "alicebot"), ["alicebot"]);
@@ -609,7 +475,7 @@ fn transport_control() {
     assert!(whois.ends_with(":Edited While Off"), "{whois}");
     // enable again while online: nothing changes (no reconnect, still online).
     x.account_command("enable", BOT, &[]);
-    irc_quiet(&mut bob, ":alicebot!", Duration::from_secs(1));
+    bob.assert_quiet(":alicebot!", Duration::from_secs(1));
     assert_eq!(x.accounts(), "alicebot@127.0.0.1: online");
 
     // relogin: a new IRC connection (quit, then join again).
@@ -618,7 +484,7 @@ fn transport_control() {
     assert!(n.contains("logging in again"), "{n}");
     expect_quit(&mut bob, "alicebot");
     expect_join(&mut bob, "alicebot", "#wockd");
-    x.take("the service presence: online after relogin", 15, |s| {
+    x.wait_for("the service presence: online after relogin", 15, |s| {
         service_presence(s) && s.contains("alicebot@127.0.0.1: online")
     });
 
@@ -669,12 +535,12 @@ fn transport_control() {
     let (_, n) = x.account_command("remove", BOT, &[]);
     assert!(n.contains("removed"), "{n}");
     expect_quit(&mut bob, "alicebot");
-    x.take("the service going unavailable after remove", 10, |s| {
+    x.wait_for("the service going unavailable after remove", 10, |s| {
         service_presence(s) && s.contains("type=\"unavailable\"")
     });
     assert!(ison(&mut bob, "alicebot").is_empty(), "still on IRC");
     assert!(x.accounts().contains("No accounts"));
-    irc_quiet(&mut bob, ":alicebot!", Duration::from_secs(2));
+    bob.assert_quiet(":alicebot!", Duration::from_secs(2));
     let after_remove = x.command("disable", None, &[]);
     assert!(
         after_remove.contains("status=\"completed\"") && after_remove.contains("No accounts"),
@@ -798,7 +664,7 @@ fn transport_control() {
     accepts
         .recv_timeout(Duration::from_secs(10))
         .expect("enable did not connect");
-    let again = x.take("the reason, told again after enable", 10, |s| {
+    let again = x.wait_for("the reason, told again after enable", 10, |s| {
         service_message(s) && s.contains("disconnected:")
     });
     let again = body(&again);
@@ -820,7 +686,7 @@ fn transport_control() {
     x.clear();
     register_irc(&mut x, "alicessl", tls_port, true);
     expect_handshake(&tls);
-    let prompt = x.take("the certificate question", 15, |s| {
+    let prompt = x.wait_for("the certificate question", 15, |s| {
         service_message(s) && s.contains("jabber:x:data")
     });
     eprintln!("prompt: {prompt}");
@@ -850,7 +716,7 @@ fn transport_control() {
         TlsEv::Closed => {}
         e => panic!("after Reject the TLS port saw {e:?}"),
     }
-    let told = x.take("the message after Reject", 10, |s| {
+    let told = x.wait_for("the message after Reject", 10, |s| {
         service_message(s) && s.contains("alicessl@127.0.0.1")
     });
     let told = body(&told);
@@ -868,7 +734,7 @@ fn transport_control() {
     x.clear();
     x.account_command("relogin", "alicessl@127.0.0.1", &[]);
     expect_handshake(&tls);
-    let again = x.take("the certificate question again", 15, |s| {
+    let again = x.wait_for("the certificate question again", 15, |s| {
         service_message(s) && s.contains("jabber:x:data")
     });
     assert!(body(&again).contains("127.0.0.1"), "{again}");
@@ -879,12 +745,12 @@ fn transport_control() {
     x.send(&format!(
         "<message to='{SVC}' type='chat'><body>maybe</body></message>"
     ));
-    let retry = x.take("the 'not a choice' reply", 10, service_message);
+    let retry = x.wait_for("the 'not a choice' reply", 10, service_message);
     assert!(body(&retry).contains("not one of the choices"), "{retry}");
     x.send(&format!(
         "<message to='{SVC}' type='chat'><body>3</body></message>"
     ));
-    let shown = x.take("the question after View Certificate", 10, |s| {
+    let shown = x.wait_for("the question after View Certificate", 10, |s| {
         service_message(s) && s.contains("jabber:x:data")
     });
     assert!(
@@ -906,7 +772,7 @@ fn transport_control() {
         ),
         e => panic!("after Accept the TLS port saw {e:?}"),
     }
-    x.take("the service presence: TLS account online", 15, |s| {
+    x.wait_for("the service presence: TLS account online", 15, |s| {
         service_presence(s) && s.contains("alicessl@127.0.0.1: online")
     });
     assert_eq!(x.accounts(), "alicessl@127.0.0.1: online");
@@ -930,12 +796,12 @@ fn transport_control() {
                 .any(|c| l.starts_with(c));
         }
     }
-    x.take("the service presence: TLS account online again", 15, |s| {
+    x.wait_for("the service presence: TLS account online again", 15, |s| {
         service_presence(s) && s.contains("alicessl@127.0.0.1: online")
     });
     x.pump();
     assert!(
-        x.try_take(&|s: &str| service_message(s) && s.contains("jabber:x:data"))
+        x.try_take(|s: &str| service_message(s) && s.contains("jabber:x:data"))
             .is_none(),
         "alice was asked again about a certificate she accepted"
     );
@@ -945,7 +811,7 @@ fn transport_control() {
     eve.clear();
     x.clear();
     register_irc(&mut eve, "evessl", tls_port, true);
-    let q = eve.take("eve's own certificate question", 15, |s| {
+    let q = eve.wait_for("eve's own certificate question", 15, |s| {
         service_message(s) && s.contains("jabber:x:data")
     });
     assert!(body(&q).contains("127.0.0.1"), "{q}");
@@ -965,7 +831,7 @@ fn transport_control() {
     assert!(eve.accounts().starts_with("evessl@127.0.0.1: connecting"));
     x.pump();
     assert!(
-        x.try_take(&|s: &str| service_message(s) && s.contains("jabber:x:data"))
+        x.try_take(|s: &str| service_message(s) && s.contains("jabber:x:data"))
             .is_none(),
         "alice got eve's certificate question"
     );
@@ -975,7 +841,7 @@ fn transport_control() {
         "<message to='{SVC}' type='chat'>{}</message>",
         submit(&[("request", &request), ("action", &reject)])
     ));
-    eve.take("eve told her account failed", 10, |s| {
+    eve.wait_for("eve told her account failed", 10, |s| {
         service_message(s) && s.contains("evessl@127.0.0.1") && s.contains("Not retrying")
     });
     assert_eq!(x.accounts(), "alicessl@127.0.0.1: online");

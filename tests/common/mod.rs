@@ -1,5 +1,6 @@
 //! Test harness: a real wockd on ephemeral loopback ports, on its own thread with its own glib
-//! main context, plus a small raw-socket XMPP client for byte-level tests.
+//! main context; a raw-socket XMPP connection for byte-level tests ([`Raw`]) and the stanza-level
+//! client built on it ([`Client`], in `client.rs`).
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -15,7 +16,11 @@ use std::time::{Duration, Instant};
 use wockd::config::{Config, Listener};
 use wockd::stream::Stream;
 
+pub mod client;
 pub mod xmpp;
+
+#[allow(unused_imports)]
+pub use client::{Client, Responder, split_stanzas};
 
 pub const DOMAIN: &str = "localhost";
 
@@ -115,6 +120,15 @@ impl TestServer {
             stop: Some(stop_tx),
             thread: Some(thread),
         }
+    }
+
+    /// Starts a server with accounts `users`, each with password `pw`.
+    pub fn with_users(users: &[&str]) -> TestServer {
+        let srv = TestServer::start();
+        for u in users {
+            srv.add_user(u, "pw");
+        }
+        srv
     }
 
     /// Creates an account through the same store API the CLI uses.
@@ -244,6 +258,17 @@ impl Raw {
         }
     }
 
+    /// A ping round trip (id `id`): returns everything read up to the end of the answer's
+    /// start tag, so the server has handled all this connection sent before.
+    pub fn ping(&mut self, id: &str) -> String {
+        self.send(&format!(
+            "<iq type='get' id='{id}'><ping xmlns='urn:xmpp:ping'/></iq>"
+        ));
+        let mut seen = self.until(&format!("id=\"{id}\""));
+        seen.push_str(&self.until(">"));
+        seen
+    }
+
     /// Reads until the server closes the connection; returns everything unread.
     pub fn until_closed(&mut self) -> String {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -270,26 +295,104 @@ impl Raw {
         }
     }
 
-    /// Opens a stream on a trusted listener and logs in with SASL PLAIN; returns after bind.
-    pub fn login_plain(addr: SocketAddr, user: &str, password: &str, resource: &str) -> Raw {
-        use base64::Engine;
+    /// Connects and opens a stream; returns the connection and the stream features.
+    pub fn open(addr: SocketAddr) -> (Raw, String) {
         let mut c = Raw::connect(addr);
         c.send(HEADER);
-        c.until("</stream:features>");
-        let creds =
-            base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
-        c.send(&format!(
-            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{creds}</auth>"
-        ));
+        let features = c.until("</stream:features>");
+        (c, features)
+    }
+
+    /// Opens a stream on a trusted listener, authenticates with SASL PLAIN and restarts the
+    /// stream; returns the connection (not yet bound) and the new stream features.
+    pub fn authenticated(addr: SocketAddr, user: &str, password: &str) -> (Raw, String) {
+        let (mut c, _) = Raw::open(addr);
+        c.send(&plain_auth(user, password));
         c.until("<success");
         c.send(HEADER);
-        c.until("</stream:features>");
+        let features = c.until("</stream:features>");
+        (c, features)
+    }
+
+    /// Opens a stream on a trusted listener and logs in with SASL PLAIN; returns after bind.
+    pub fn login_plain(addr: SocketAddr, user: &str, password: &str, resource: &str) -> Raw {
+        let (mut c, _) = Raw::authenticated(addr, user, password);
         c.send(&format!(
             "<iq type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{resource}</resource></bind></iq>"
         ));
         c.until("</iq>");
         c
     }
+
+    /// Logs in like [`Raw::login_plain`] and enables XEP-0198 stream management with
+    /// resumption (`max` seconds); returns the connection and the resumption id.
+    pub fn login_sm(
+        addr: SocketAddr,
+        user: &str,
+        password: &str,
+        resource: &str,
+        max: u32,
+    ) -> (Raw, String) {
+        let mut c = Raw::login_plain(addr, user, password, resource);
+        c.send(&format!(
+            "<enable xmlns='urn:xmpp:sm:3' resume='true' max='{max}'/>"
+        ));
+        let enabled = c.until("/>");
+        assert!(
+            enabled.contains("<enabled") && enabled.contains("resume=\"true\""),
+            "{enabled}"
+        );
+        let id = attr(&enabled, "id");
+        (c, id)
+    }
+}
+
+/// The value of the first attribute `name` in `text` (panics if there is none).
+pub fn attr(text: &str, name: &str) -> String {
+    let start = text
+        .find(&format!("{name}=\""))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+        + name.len()
+        + 2;
+    text[start..].split('"').next().unwrap().to_owned()
+}
+
+/// Whether an answer is a result.
+pub fn is_result(s: &str) -> bool {
+    s.contains("type=\"result\"")
+}
+
+/// Asserts an error answer with `condition` (and the error `type`).
+pub fn assert_error(s: &str, kind: &str, condition: &str) {
+    assert!(
+        s.contains("type=\"error\"")
+            && s.contains(&format!("<error type=\"{kind}\""))
+            && s.contains(&format!(
+                "<{condition} xmlns=\"urn:ietf:params:xml:ns:xmpp-stanzas\""
+            )),
+        "expected {kind}/{condition}: {s}"
+    );
+}
+
+/// The SASL PLAIN `<auth>` element for `user` and `password`.
+pub fn plain_auth(user: &str, password: &str) -> String {
+    use base64::Engine;
+    let creds = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+    format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{creds}</auth>")
+}
+
+/// SASL PLAIN on a fresh stream at `addr` (a trusted listener): true on `<success/>`, false on
+/// `<failure/>` (anything else fails the test).
+pub fn plain_ok(addr: SocketAddr, user: &str, password: &str) -> bool {
+    let (mut c, _) = Raw::open(addr);
+    c.send(&plain_auth(user, password));
+    let answer = c.until("xmlns=\"urn:ietf:params:xml:ns:xmpp-sasl\"");
+    let answer = answer + &c.until(">");
+    assert!(
+        answer.contains("<success") || answer.contains("<failure"),
+        "{answer}"
+    );
+    answer.contains("<success")
 }
 
 /// A direct-TLS (XEP-0368) client stream.

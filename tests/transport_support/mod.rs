@@ -171,11 +171,13 @@ pub fn ngircd(bin: &Path) -> (Guard, u16) {
     (g, port)
 }
 
-/// A raw-socket IRC client.
+/// A raw-socket IRC client (the one IRC peer of the tests).
 pub struct Irc {
     pub w: TcpStream,
     pub r: BufReader<TcpStream>,
     pub nick: String,
+    /// A line read in part when the read timed out.
+    partial: String,
 }
 
 impl Irc {
@@ -187,6 +189,7 @@ impl Irc {
             r: BufReader::new(s.try_clone().unwrap()),
             w: s,
             nick: nick.into(),
+            partial: String::new(),
         };
         c.send(&format!("NICK {nick}"));
         c.send(&format!("USER {nick} 0 * :{nick} the tester"));
@@ -198,6 +201,36 @@ impl Irc {
         self.w.write_all(format!("{line}\r\n").as_bytes()).unwrap();
     }
 
+    /// The next whole line (without its line end), answering PINGs on the way; None once
+    /// `deadline` has passed without one.
+    pub fn next_line(&mut self, deadline: Instant) -> Option<String> {
+        while Instant::now() < deadline {
+            match self.r.read_line(&mut self.partial) {
+                Ok(0) => panic!(
+                    "IRC {}: connection closed; unfinished line {:?}",
+                    self.nick, self.partial
+                ),
+                Ok(_) if self.partial.ends_with('\n') => {
+                    let line = std::mem::take(&mut self.partial);
+                    let line = line.trim_end().to_owned();
+                    if let Some(rest) = line.strip_prefix("PING ") {
+                        let pong = format!("PONG {rest}");
+                        self.send(&pong);
+                    }
+                    return Some(line);
+                }
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => panic!("IRC {}: read error: {e}", self.nick),
+            }
+        }
+        None
+    }
+
     /// Reads lines (answering PINGs) until one contains `needle`; returns it.
     pub fn expect(&mut self, needle: &str) -> String {
         self.expect_within(needle, Duration::from_secs(15))
@@ -205,35 +238,24 @@ impl Irc {
 
     pub fn expect_within(&mut self, needle: &str, t: Duration) -> String {
         let deadline = Instant::now() + t;
-        let mut line = String::new();
         loop {
+            match self.next_line(deadline) {
+                Some(line) if line.contains(needle) => return line,
+                Some(_) => {}
+                None => panic!("IRC {}: timed out waiting for {needle:?}", self.nick),
+            }
+        }
+    }
+
+    /// Reads lines for `d`; panics if one contains `needle`.
+    pub fn assert_quiet(&mut self, needle: &str, d: Duration) {
+        let deadline = Instant::now() + d;
+        while let Some(line) = self.next_line(deadline) {
             assert!(
-                Instant::now() < deadline,
-                "IRC {}: timed out waiting for {needle:?}",
+                !line.contains(needle),
+                "IRC {}: unexpected {needle:?}: {line:?}",
                 self.nick
             );
-            line.clear();
-            match self.r.read_line(&mut line) {
-                Ok(0) => panic!(
-                    "IRC {}: connection closed waiting for {needle:?}",
-                    self.nick
-                ),
-                Ok(_) => {
-                    if let Some(rest) = line.strip_prefix("PING ") {
-                        let pong = format!("PONG {}", rest.trim_end());
-                        self.send(&pong);
-                    }
-                    if line.contains(needle) {
-                        return line.trim_end().to_owned();
-                    }
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(e) => panic!("IRC read error: {e}"),
-            }
         }
     }
 }

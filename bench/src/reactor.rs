@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::sasl::{self, Mech, Scram};
-use super::xml::{self, El, Frame, Framer};
+use crate::sasl::{self, Mech, Scram};
+use crate::xml::{self, El, Frame, Framer};
 
 const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
 const NS_BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
