@@ -1,16 +1,18 @@
-//! Small helpers for crossing the libpurple FFI boundary safely.
+//! Small helpers for crossing the libpurple FFI boundary, used by the wrappers in this folder
+//! only (the raw-pointer helpers are not visible outside `purple/`).
 //!
-//! Ownership rules used throughout `src/transport/`:
+//! Ownership rules used throughout `src/transport/purple/`:
 //! * A `*const c_char` libpurple hands to a callback is borrowed for the duration of that call
 //!   only; [`string`] copies it into an owned `String` at once.
 //! * Strings we pass in are `CString`s that live until the call returns; libpurple copies
 //!   what it keeps (`g_strdup`), which every setter used here documents.
 //! * Strings libpurple returns as `gchar *` "to be freed" go through [`take_gstring`], which
 //!   copies and `g_free`s.
-//! * libpurple objects (`PurpleAccount`, `PurpleConversation`, …) are never owned by Rust: we
-//!   keep raw pointers only while libpurple says they are alive (accounts until
-//!   `purple_accounts_delete`, conversations until `destroy_conversation`) and re-validate
-//!   anything deferred to a later loop turn.
+//! * libpurple objects (`PurpleAccount`, `PurpleConversation`, …) are never owned by Rust: the
+//!   handle types (`Account`, `Connection`, `Conversation`, `Buddy`, …) hold raw pointers only
+//!   while libpurple says they are alive (accounts until `purple_accounts_delete`,
+//!   conversations until `destroy_conversation`) and anything deferred to a later loop turn
+//!   is looked up again.
 
 use std::ffi::{CStr, CString, c_char, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -39,8 +41,9 @@ pub fn guard<R>(name: &'static str, default: R, body: impl FnOnce() -> R) -> R {
     }
 }
 
-/// Copies a borrowed C string; `None` for NULL.
-pub fn opt_string(s: *const c_char) -> Option<String> {
+/// Copies a borrowed C string; `None` for NULL. `s` must be NULL or a NUL-terminated string
+/// valid for the duration of the call (what libpurple passes and returns).
+pub(super) fn opt_string(s: *const c_char) -> Option<String> {
     if s.is_null() {
         return None;
     }
@@ -49,12 +52,12 @@ pub fn opt_string(s: *const c_char) -> Option<String> {
 }
 
 /// Copies a borrowed C string; empty for NULL.
-pub fn string(s: *const c_char) -> String {
+pub(super) fn string(s: *const c_char) -> String {
     opt_string(s).unwrap_or_default()
 }
 
 /// Copies and frees a `gchar *` libpurple gave us ownership of.
-pub fn take_gstring(s: *mut c_char) -> Option<String> {
+pub(super) fn take_gstring(s: *mut c_char) -> Option<String> {
     let out = opt_string(s);
     if !s.is_null() {
         // SAFETY: the caller obtained `s` from a libpurple/GLib function documented as
@@ -65,12 +68,12 @@ pub fn take_gstring(s: *mut c_char) -> Option<String> {
 }
 
 /// A C string for an argument; interior NULs (never valid in XMPP text anyway) are dropped.
-pub fn cstring(s: &str) -> CString {
+pub(super) fn cstring(s: &str) -> CString {
     CString::new(s.replace('\0', "")).unwrap_or_default()
 }
 
 /// The `data` pointers of a `GList`, in order. The list is borrowed, not freed.
-pub fn glist(mut l: *mut p::GList) -> Vec<*mut c_void> {
+pub(super) fn glist(mut l: *mut p::GList) -> Vec<*mut c_void> {
     let mut out = Vec::new();
     while !l.is_null() {
         // SAFETY: a GList node is valid while the list is; we only read it.
@@ -83,7 +86,7 @@ pub fn glist(mut l: *mut p::GList) -> Vec<*mut c_void> {
 }
 
 /// The `data` pointers of a `GSList`, in order. Borrowed, not freed.
-pub fn gslist(mut l: *mut p::GSList) -> Vec<*mut c_void> {
+pub(super) fn gslist(mut l: *mut p::GSList) -> Vec<*mut c_void> {
     let mut out = Vec::new();
     while !l.is_null() {
         // SAFETY: as for `glist`.
@@ -96,7 +99,7 @@ pub fn gslist(mut l: *mut p::GSList) -> Vec<*mut c_void> {
 }
 
 /// `PURPLE_PLUGIN_PROTOCOL_INFO(plugin)`: the prpl's vtable, or NULL.
-pub fn prpl_info(plugin: *mut p::PurplePlugin) -> *mut p::PurplePluginProtocolInfo {
+pub(super) fn prpl_info(plugin: *mut p::PurplePlugin) -> *mut p::PurplePluginProtocolInfo {
     if plugin.is_null() {
         return std::ptr::null_mut();
     }
@@ -111,41 +114,62 @@ pub fn prpl_info(plugin: *mut p::PurplePlugin) -> *mut p::PurplePluginProtocolIn
     }
 }
 
-/// Converts libpurple's message markup to plain text: tags stripped, entities decoded,
-/// `<br>` to newlines.
-pub fn html_to_text(html: &str) -> String {
-    let c = cstring(html);
-    // SAFETY: purple_markup_strip_html returns a newly allocated string.
-    take_gstring(unsafe { p::purple_markup_strip_html(c.as_ptr()) }).unwrap_or_default()
-}
-
-/// libpurple's HTML as XHTML (`purple_markup_html_to_xhtml`, what prpl-jabber sends as
-/// XHTML-IM): closes tags, quotes attributes, maps `<font>` to styles.
-pub fn html_to_xhtml(html: &str) -> String {
-    let c = cstring(html);
-    let mut xhtml: *mut c_char = std::ptr::null_mut();
-    // SAFETY: libpurple allocates the result (g_free); a NULL plain pointer is allowed.
-    unsafe { p::purple_markup_html_to_xhtml(c.as_ptr(), &mut xhtml, std::ptr::null_mut()) };
-    take_gstring(xhtml).unwrap_or_default()
-}
-
-/// Escapes plain text as libpurple message markup (`&`, `<`, `>`, quotes; newlines as `<br>`).
-pub fn text_to_html(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 8);
-    for ch in text.chars() {
-        match ch {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            '\n' => out.push_str("<br>"),
-            '\r' => {}
-            c => out.push(c),
-        }
+/// Connects `handler` to a libpurple signal of `instance`; `handler` must have the C
+/// signature the signal documents.
+///
+/// # Safety
+/// `handler` must be an `extern "C"` function whose signature matches the signal's.
+pub(super) unsafe fn connect_signal(instance: *mut c_void, signal: &str, handler: *const ()) {
+    thread_local! {
+        // libpurple needs a non-NULL handle identifying the connector.
+        static HANDLE: u8 = const { 0 };
     }
-    out
+    let name = cstring(signal);
+    HANDLE.with(|h| {
+        // SAFETY: the caller guarantees the signature; the handle outlives the connection
+        // (it lives as long as the thread, and so does libpurple).
+        unsafe {
+            p::purple_signal_connect(
+                instance,
+                name.as_ptr(),
+                h as *const u8 as *mut c_void,
+                std::mem::transmute::<*const (), p::PurpleCallback>(handler),
+                std::ptr::null_mut(),
+            );
+        }
+    });
 }
+
+/// A safe handle on a libpurple object owned by libpurple: a non-NULL pointer, compared by
+/// address. Ownership: libpurple owns the object; a handle is made only from a pointer
+/// libpurple handed us (a ui-op or signal argument, a lookup result) and used only on the
+/// main thread while libpurple keeps the object (see each type's note).
+macro_rules! handle {
+    ($(#[$doc:meta])* $name:ident, $raw:ty) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+        pub struct $name(std::ptr::NonNull<$raw>);
+
+        impl $name {
+            #[allow(dead_code)]
+            pub(in crate::transport::purple) fn from_ptr(p: *mut $raw) -> Option<Self> {
+                std::ptr::NonNull::new(p).map(Self)
+            }
+
+            #[allow(dead_code)]
+            pub(in crate::transport::purple) fn as_ptr(self) -> *mut $raw {
+                self.0.as_ptr()
+            }
+
+            /// The object's address, as a key for tables (never dereferenced from it).
+            #[allow(dead_code)]
+            pub fn addr(self) -> usize {
+                self.0.as_ptr() as usize
+            }
+        }
+    };
+}
+pub(super) use handle;
 
 #[cfg(test)]
 mod tests {
@@ -164,14 +188,28 @@ mod tests {
         assert!(p.is_null());
     }
 
-    /// Every `extern "C" fn` defined in src/transport runs its body inside [`guard`] (the
-    /// first statement of the body), so no panic can unwind into libpurple or GLib.
+    /// The `.rs` files under `dir`, recursively.
+    fn sources(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                out.extend(sources(&path));
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+        out
+    }
+
+    /// Every `extern "C" fn` defined in src/transport (the wrappers in `purple/` included)
+    /// runs its body inside [`guard`] (the first statement of the body), so no panic can
+    /// unwind into libpurple or GLib.
     #[test]
     fn every_callback_is_guarded() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/transport");
         let mut checked = 0;
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
+        for path in sources(&dir) {
             let src = std::fs::read_to_string(&path).unwrap();
             for (at, _) in src.match_indices("extern \"C\" fn ") {
                 let rest = &src[at..];
@@ -196,11 +234,28 @@ mod tests {
         assert!(checked >= 45, "only {checked} callbacks found");
     }
 
+    /// Every `unsafe` of the transport is in this folder: the feature files (everything
+    /// directly in src/transport) call the safe wrappers and contain no `unsafe` at all.
     #[test]
-    fn escapes_plain_text_as_markup() {
-        assert_eq!(
-            text_to_html("a<b & 'c'\nd"),
-            "a&lt;b &amp; &apos;c&apos;<br>d"
-        );
+    fn feature_files_have_no_unsafe() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/transport");
+        let mut files = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() || path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let src = std::fs::read_to_string(&path).unwrap();
+            for (n, line) in src.lines().enumerate() {
+                assert!(
+                    !line.contains("unsafe"),
+                    "{}:{}: `unsafe` in a feature file (it belongs in src/transport/purple/): {line}",
+                    path.display(),
+                    n + 1
+                );
+            }
+            files += 1;
+        }
+        assert!(files >= 15, "only {files} feature files found");
     }
 }
