@@ -294,7 +294,9 @@ pub fn remove(server: &Rc<Server>, id: i64) {
     if let Err(e) = server.store.delete_legacy_account(id) {
         tracing::error!("cannot delete legacy account {id}: {e}");
     }
-    super::roomlist::forget(id);
+    t.events
+        .account_removed
+        .publish(server, &super::events::AccountRemoved { id });
 }
 
 /// The prpl id of a legacy account (empty if unknown).

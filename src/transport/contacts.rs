@@ -119,6 +119,11 @@ fn presence_of(b: Buddy, contact: &BareJid, owner: &BareJid) -> Element {
     el
 }
 
+/// Subscribes to the lifecycle events: a link that comes up syncs the roster.
+pub fn subscribe(events: &super::events::Events) {
+    events.link_up.subscribe(|server, e| sync(server, e.id));
+}
+
 /// After a connect: every buddy the account has goes into the roster, with its presence.
 pub fn sync(server: &Rc<Server>, id: i64) {
     let t = Transport::get(server);

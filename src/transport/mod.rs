@@ -27,7 +27,7 @@
 //! routing), `contacts`, `avatars` (buddy icons as vCard/XEP-0153), `messages`, `muc`
 //! (rooms, XEP-0402 bookmarks), `roomlist` (public rooms in disco#items), `requests`,
 //! `reconnect` (backoff, stall watchdog), `adhoc`, `roster_bridge` (the roster module's
-//! interface).
+//! interface), `events` (link up/down and account removal, between the feature files).
 
 mod accounts;
 mod adhoc;
@@ -36,6 +36,7 @@ mod certs;
 mod contacts;
 mod core;
 pub mod escape;
+mod events;
 mod forms;
 mod messages;
 mod muc;
@@ -121,6 +122,8 @@ pub struct Transport {
     pub services: RefCell<Vec<ServiceInfo>>,
     pub legacy: RefCell<HashMap<i64, Legacy>>,
     pub requests: RefCell<requests::Pending>,
+    /// Lifecycle events between the feature files.
+    pub events: events::Events,
 }
 
 impl Transport {
@@ -215,6 +218,7 @@ pub fn install(server: &Rc<Server>) {
         list.push(default(format!("xmpp.{d}"), "prpl-jabber"));
     }
     let t = Transport::get(server);
+    events::subscribe_all(&t.events);
     for crate::config::TransportService {
         domain,
         prpl,

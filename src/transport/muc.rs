@@ -29,6 +29,17 @@ use crate::router::ServiceHost;
 use crate::server::Server;
 use crate::xml::{Element, ns};
 
+/// Subscribes to the lifecycle events: a link that comes up re-joins the rooms; one that
+/// goes down retracts their occupants.
+pub fn subscribe(events: &super::events::Events) {
+    events
+        .link_up
+        .subscribe(|server, e| rejoin_all(server, e.id));
+    events
+        .link_down
+        .subscribe(|server, e| account_gone(server, e.id));
+}
+
 fn is_irc_channel(name: &str) -> bool {
     name.starts_with(['#', '&', '+', '!'])
 }

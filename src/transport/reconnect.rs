@@ -23,7 +23,7 @@ use rand::Rng;
 
 use super::purple::Connection;
 use super::purple::connection;
-use super::{LinkState, Transport, accounts, contacts, core, muc, service};
+use super::{LinkState, Transport, accounts, core, service};
 use crate::server::Server;
 
 const BASE: Duration = Duration::from_secs(2);
@@ -138,8 +138,11 @@ fn connected(gc: Connection) {
     crate::net::source::idle_once(move || {
         super::purple::ffi::guard("after connect", (), || {
             if let Some(s) = weak.upgrade() {
-                contacts::sync(&s, id);
-                muc::rejoin_all(&s, id);
+                // Contacts into the roster, rooms re-joined.
+                Transport::get(&s)
+                    .events
+                    .link_up
+                    .publish(&s, &super::events::LinkUp { id });
             }
         })
     });
@@ -162,7 +165,10 @@ fn disconnected(gc: Connection) {
         }
         (l.owner.clone(), l.service.clone())
     };
-    muc::account_gone(&server, id);
+    // Room occupants vanish for the user until the rooms are re-joined.
+    t.events
+        .link_down
+        .publish(&server, &super::events::LinkDown { id });
     service::announce(&server, &owner_service.0, &owner_service.1);
 }
 

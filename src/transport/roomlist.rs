@@ -82,6 +82,11 @@ pub fn install_ui_ops() {
     });
 }
 
+/// Subscribes to the lifecycle events: a removed account's cached list is forgotten.
+pub fn subscribe(events: &super::events::Events) {
+    events.account_removed.subscribe(|_, e| forget(e.id));
+}
+
 /// Answers disco#items on the service JID `info.domain` for `from` (request `el`, payload `q`).
 pub fn items(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, el: Element, q: &Element) {
     let max = q
