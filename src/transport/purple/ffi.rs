@@ -235,7 +235,8 @@ mod tests {
     }
 
     /// Every `unsafe` of the transport is in this folder: the feature files (everything
-    /// directly in src/transport) call the safe wrappers and contain no `unsafe` at all.
+    /// directly in src/transport) call the safe wrappers and contain no `unsafe` at all, nor
+    /// the raw bindings or raw pointers.
     #[test]
     fn feature_files_have_no_unsafe() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/transport");
@@ -247,12 +248,14 @@ mod tests {
             }
             let src = std::fs::read_to_string(&path).unwrap();
             for (n, line) in src.lines().enumerate() {
-                assert!(
-                    !line.contains("unsafe"),
-                    "{}:{}: `unsafe` in a feature file (it belongs in src/transport/purple/): {line}",
-                    path.display(),
-                    n + 1
-                );
+                for banned in ["unsafe", "purple_sys", "*mut ", "*const "] {
+                    assert!(
+                        !line.contains(banned),
+                        "{}:{}: `{banned}` in a feature file (it belongs in src/transport/purple/): {line}",
+                        path.display(),
+                        n + 1
+                    );
+                }
             }
             files += 1;
         }
