@@ -12,9 +12,9 @@
 use std::rc::Rc;
 
 use jid::BareJid;
-use purple_sys as p;
 
-use super::ffi::{cstring, glist, opt_string, prpl_info, string};
+use super::purple::prpl::{OptionKind, Password, Prpl};
+use super::purple::{Account, Connection, StatusKind};
 use super::{Legacy, LinkState, ServiceInfo, Transport, core, policy, reconnect, text};
 use crate::server::Server;
 use crate::store::transport::LegacyAccount;
@@ -42,9 +42,6 @@ pub enum FieldKind {
 
 /// The form fields for a prpl: username, each user split, password, each protocol option.
 pub fn form_fields(prpl: &str) -> Vec<Field> {
-    let id = cstring(prpl);
-    // SAFETY: plugin and its protocol info are static for the process; lists are borrowed.
-    let info = prpl_info(unsafe { p::purple_find_prpl(id.as_ptr()) });
     let mut out = vec![Field {
         var: "username".into(),
         label: "Username".into(),
@@ -52,83 +49,56 @@ pub fn form_fields(prpl: &str) -> Vec<Field> {
         default: String::new(),
         required: true,
     }];
-    if info.is_null() {
+    let Some(form) = Prpl::find(prpl).and_then(|p| p.account_form()) else {
         return out;
+    };
+    for (i, split) in form.user_splits.into_iter().enumerate() {
+        out.push(Field {
+            var: format!("split:{i}"),
+            label: text::line(&split.text),
+            kind: FieldKind::Text,
+            default: split.default,
+            required: true,
+        });
     }
-    // SAFETY: reading the prpl's static option descriptions with libpurple's accessors.
-    unsafe {
-        for (i, split) in glist((*info).user_splits).into_iter().enumerate() {
-            let s = split as *mut p::PurpleAccountUserSplit;
-            out.push(Field {
-                var: format!("split:{i}"),
-                label: text::line(&string(p::purple_account_user_split_get_text(s))),
-                kind: FieldKind::Text,
-                default: string(p::purple_account_user_split_get_default_value(s)),
-                required: true,
-            });
-        }
-        let no_password = (*info).options & p::OPT_PROTO_NO_PASSWORD != 0;
-        let optional = (*info).options & p::OPT_PROTO_PASSWORD_OPTIONAL != 0;
-        if !no_password {
-            out.push(Field {
-                var: "password".into(),
-                label: "Password".into(),
-                kind: FieldKind::Password,
-                default: String::new(),
-                required: !optional,
-            });
-        }
-        for opt in glist((*info).protocol_options) {
-            let o = opt as *mut p::PurpleAccountOption;
-            let setting = text::line(&string(p::purple_account_option_get_setting(o)));
-            let label = text::line(&string(p::purple_account_option_get_text(o)));
-            let (kind, default) = match p::purple_account_option_get_type(o) {
-                p::PURPLE_PREF_BOOLEAN => (
-                    FieldKind::Bool,
-                    if p::purple_account_option_get_default_bool(o) != 0 {
-                        "1"
-                    } else {
-                        "0"
-                    }
-                    .to_owned(),
-                ),
-                p::PURPLE_PREF_INT => (
-                    FieldKind::Int,
-                    p::purple_account_option_get_default_int(o).to_string(),
-                ),
-                p::PURPLE_PREF_STRING_LIST => {
-                    let items = glist(p::purple_account_option_get_list(o))
+    if form.password != Password::None {
+        out.push(Field {
+            var: "password".into(),
+            label: "Password".into(),
+            kind: FieldKind::Password,
+            default: String::new(),
+            required: form.password == Password::Required,
+        });
+    }
+    for o in form.options {
+        let (kind, default) = match o.kind {
+            OptionKind::Bool(b) => (FieldKind::Bool, if b { "1" } else { "0" }.to_owned()),
+            OptionKind::Int(n) => (FieldKind::Int, n.to_string()),
+            OptionKind::List(items, default) => (
+                FieldKind::List(
+                    items
                         .into_iter()
-                        .map(|kv| {
-                            let kv = kv as *mut p::PurpleKeyValuePair;
-                            (
-                                text::line(&string((*kv).key)),
-                                text::line(&string((*kv).value as *const _)),
-                            )
-                        })
-                        .collect();
-                    (
-                        FieldKind::List(items),
-                        string(p::purple_account_option_get_default_list_value(o)),
-                    )
-                }
-                _ => {
-                    let kind = if p::purple_account_option_get_masked(o) != 0 {
-                        FieldKind::Password
-                    } else {
-                        FieldKind::Text
-                    };
-                    (kind, string(p::purple_account_option_get_default_string(o)))
-                }
-            };
-            out.push(Field {
-                var: format!("opt:{setting}"),
-                label,
-                kind,
+                        .map(|(k, v)| (text::line(&k), text::line(&v)))
+                        .collect(),
+                ),
                 default,
-                required: false,
-            });
-        }
+            ),
+            OptionKind::Text { masked, default } => (
+                if masked {
+                    FieldKind::Password
+                } else {
+                    FieldKind::Text
+                },
+                default,
+            ),
+        };
+        out.push(Field {
+            var: format!("opt:{}", text::line(&o.setting)),
+            label: text::line(&o.text),
+            kind,
+            default,
+            required: false,
+        });
     }
     out
 }
@@ -136,28 +106,16 @@ pub fn form_fields(prpl: &str) -> Vec<Field> {
 /// Builds libpurple's username from the form's username and user-split values
 /// (`nick` + `@` + `server` for IRC).
 pub fn compose_username(prpl: &str, username: &str, splits: &[String]) -> String {
-    let id = cstring(prpl);
-    // SAFETY: as in form_fields.
-    let info = prpl_info(unsafe { p::purple_find_prpl(id.as_ptr()) });
     let mut out = username.to_owned();
-    if info.is_null() {
+    let Some(form) = Prpl::find(prpl).and_then(|p| p.account_form()) else {
         return out;
-    }
-    // SAFETY: as in form_fields.
-    unsafe {
-        for (i, split) in glist((*info).user_splits).into_iter().enumerate() {
-            let s = split as *mut p::PurpleAccountUserSplit;
-            let sep = p::purple_account_user_split_get_separator(s) as u8 as char;
-            let v = splits.get(i).cloned().unwrap_or_default();
-            let v = if v.is_empty() {
-                string(p::purple_account_user_split_get_default_value(s))
-            } else {
-                v
-            };
-            if !v.is_empty() {
-                out.push(sep);
-                out.push_str(&v);
-            }
+    };
+    for (i, split) in form.user_splits.into_iter().enumerate() {
+        let v = splits.get(i).cloned().unwrap_or_default();
+        let v = if v.is_empty() { split.default } else { v };
+        if !v.is_empty() {
+            out.push(split.separator);
+            out.push_str(&v);
         }
     }
     out
@@ -175,31 +133,23 @@ pub fn hosts(info: &ServiceInfo, username: &str, settings: &[(String, String)]) 
 }
 
 /// Applies one protocol-option setting with the type the prpl declares for it.
-fn apply_setting(acc: *mut p::PurpleAccount, prpl: &str, key: &str, value: &str) {
+fn apply_setting(acc: Account, prpl: &str, key: &str, value: &str) {
     let kind = form_fields(prpl)
         .into_iter()
         .find(|f| f.var.strip_prefix("opt:") == Some(key))
         .map(|f| f.kind);
-    let k = cstring(key);
     tracing::debug!(setting = key, kind = ?kind, "applying account setting");
-    // SAFETY: acc is a live account; libpurple copies key and value.
-    unsafe {
-        match kind {
-            Some(FieldKind::Bool) => {
-                let b = matches!(value, "1" | "true" | "yes" | "on");
-                p::purple_account_set_bool(acc, k.as_ptr(), b as p::gboolean)
-            }
-            Some(FieldKind::Int) => match value.trim().parse::<i32>() {
-                Ok(n) => p::purple_account_set_int(acc, k.as_ptr(), n),
-                Err(_) => tracing::warn!(setting = key, "not an integer; ignored"),
-            },
-            // Unknown keys are passed through as strings (Spectrum does the same for its
-            // `[purple]` section): some prpls read settings they do not list.
-            _ => {
-                let v = cstring(value);
-                p::purple_account_set_string(acc, k.as_ptr(), v.as_ptr())
-            }
+    match kind {
+        Some(FieldKind::Bool) => {
+            acc.set_bool(key, matches!(value, "1" | "true" | "yes" | "on"));
         }
+        Some(FieldKind::Int) => match value.trim().parse::<i32>() {
+            Ok(n) => acc.set_int(key, n),
+            Err(_) => tracing::warn!(setting = key, "not an integer; ignored"),
+        },
+        // Unknown keys are passed through as strings (Spectrum does the same for its
+        // `[purple]` section): some prpls read settings they do not list.
+        _ => acc.set_string(key, value),
     }
 }
 
@@ -236,27 +186,15 @@ pub fn attach(server: &Rc<Server>, rec: &LegacyAccount) -> Option<i64> {
     let acc = match existing {
         Some(acc) => acc,
         None => {
-            let user = cstring(&rec.username);
-            let prpl = cstring(&rec.protocol);
             // Reuse the account libpurple loaded from accounts.xml unless another legacy
             // account (another wockd user with the same legacy username) holds it.
-            // SAFETY: main thread; purple_accounts_find returns a borrowed live account.
-            let found = unsafe { p::purple_accounts_find(user.as_ptr(), prpl.as_ptr()) };
-            let taken = !found.is_null() && t.id_of(found).is_some();
-            if !found.is_null() && !taken {
-                found
-            } else {
-                // SAFETY: a new account, handed to libpurple's list which owns it from now on.
-                unsafe {
-                    let a = p::purple_account_new(user.as_ptr(), prpl.as_ptr());
-                    p::purple_accounts_add(a);
-                    a
-                }
+            match Account::find(&rec.username, &rec.protocol) {
+                Some(found) if t.id_of(found).is_none() => found,
+                _ => Account::create(&rec.username, &rec.protocol)?,
             }
         }
     };
-    // SAFETY: acc is live; the settings are copied by libpurple.
-    unsafe { p::purple_account_set_remember_password(acc, 0) };
+    acc.set_remember_password(false);
     for (k, v) in &info.defaults {
         apply_setting(acc, &rec.protocol, k, v);
     }
@@ -310,33 +248,20 @@ pub fn login(server: &Rc<Server>, id: i64) {
     let password = rec.and_then(|r| r.password);
     // An account already online (or on its way) keeps its state; only a real connect is
     // "connecting" — set before libpurple starts it, as enabling may connect at once.
-    // SAFETY: main thread, live account.
-    if unsafe { p::purple_account_is_disconnected(acc) } != 0
+    if acc.is_disconnected()
         && let Some(l) = t.legacy.borrow_mut().get_mut(&id)
     {
         l.state = LinkState::Connecting;
     }
-    let ui = cstring(core::UI_ID);
-    // SAFETY: main thread, live account. The password is copied by libpurple and, with
-    // remember_password off, kept in memory only.
-    unsafe {
-        if let Some(pw) = password {
-            let c = cstring(&pw);
-            p::purple_account_set_password(acc, c.as_ptr());
-        }
-        p::purple_account_set_enabled(acc, ui.as_ptr(), 1);
-        let st = p::purple_account_get_status_type_with_primitive(acc, p::PURPLE_STATUS_AVAILABLE);
-        if !st.is_null() {
-            p::purple_account_set_status_list(
-                acc,
-                p::purple_status_type_get_id(st),
-                1,
-                std::ptr::null_mut(),
-            );
-        }
-        if p::purple_account_is_disconnected(acc) != 0 {
-            p::purple_account_connect(acc);
-        }
+    // The password is copied by libpurple and, with remember_password off, kept in memory
+    // only.
+    if let Some(pw) = password {
+        acc.set_password(&pw);
+    }
+    acc.set_enabled(core::UI_ID, true);
+    acc.set_status(StatusKind::Available, None);
+    if acc.is_disconnected() {
+        acc.connect();
     }
 }
 
@@ -350,13 +275,9 @@ pub fn logout(server: &Rc<Server>, id: i64, state: LinkState) {
         l.backoff.cancel();
         l.account
     };
-    let ui = cstring(core::UI_ID);
-    // SAFETY: main thread, live account.
-    unsafe {
-        p::purple_account_set_enabled(acc, ui.as_ptr(), 0);
-        if p::purple_account_is_disconnected(acc) == 0 {
-            p::purple_account_disconnect(acc);
-        }
+    acc.set_enabled(core::UI_ID, false);
+    if !acc.is_disconnected() {
+        acc.disconnect();
     }
 }
 
@@ -366,14 +287,16 @@ pub fn remove(server: &Rc<Server>, id: i64) {
     let t = Transport::get(server);
     let gone = t.legacy.borrow_mut().remove(&id);
     if let Some(l) = gone {
-        // SAFETY: main thread; after this call the pointer is dead and no longer stored.
-        unsafe { p::purple_accounts_delete(l.account) };
+        // The handle is dead after this and no longer stored anywhere.
+        l.account.delete();
     }
     policy::set_account(id, Vec::new(), false);
     if let Err(e) = server.store.delete_legacy_account(id) {
         tracing::error!("cannot delete legacy account {id}: {e}");
     }
-    super::roomlist::forget(id);
+    t.events
+        .account_removed
+        .publish(server, &super::events::AccountRemoved { id });
 }
 
 /// The prpl id of a legacy account (empty if unknown).
@@ -397,25 +320,16 @@ pub fn label(server: &Server, id: i64) -> String {
 }
 
 /// The connection of an online account.
-pub fn connection(server: &Server, id: i64) -> Option<*mut p::PurpleConnection> {
+pub fn connection(server: &Server, id: i64) -> Option<Connection> {
     let acc = Transport::get(server)
         .legacy
         .borrow()
         .get(&id)
         .map(|l| l.account)?;
-    // SAFETY: main thread, live account.
-    let gc = unsafe { p::purple_account_get_connection(acc) };
-    if gc.is_null() {
-        return None;
-    }
-    // SAFETY: gc is live while the account is connected.
-    let state = unsafe { p::purple_connection_get_state(gc) };
-    (state == p::PURPLE_CONNECTED).then_some(gc)
+    acc.connection().filter(|gc| gc.is_connected())
 }
 
 /// The account's own name on the network (IRC: the nick), if known.
 pub fn display_name(server: &Server, id: i64) -> Option<String> {
-    let gc = connection(server, id)?;
-    // SAFETY: live connection.
-    opt_string(unsafe { p::purple_connection_get_display_name(gc) })
+    connection(server, id)?.display_name()
 }

@@ -8,10 +8,9 @@ use std::rc::Rc;
 
 use base64::Engine as _;
 use jid::{FullJid, Jid};
-use purple_sys as p;
 use sha1::{Digest, Sha1};
 
-use super::ffi::{cstring, string};
+use super::purple::Account;
 use super::{ServiceInfo, Transport, service};
 use crate::core::stanza::Condition;
 use crate::server::Server;
@@ -21,39 +20,21 @@ pub const VCARD: &str = "vcard-temp";
 pub const VCARD_UPDATE: &str = "vcard-temp:x:update";
 
 /// The icon's bytes and its MIME type, copied out of libpurple.
-fn icon(acc: *mut p::PurpleAccount, name: &str) -> Option<(Vec<u8>, &'static str)> {
-    if acc.is_null() {
-        return None;
-    }
-    let n = cstring(name);
-    // SAFETY: main thread; `purple_buddy_icons_find` returns a new reference we release; the
-    // data is owned by the icon and copied before the release.
-    unsafe {
-        let icon = p::purple_buddy_icons_find(acc, n.as_ptr());
-        if icon.is_null() {
-            return None;
-        }
-        let mut len = 0usize;
-        let data = p::purple_buddy_icon_get_data(icon, &mut len);
-        let out = (!data.is_null() && len > 0).then(|| {
-            let bytes = std::slice::from_raw_parts(data as *const u8, len).to_vec();
-            let mime = match string(p::purple_buddy_icon_get_extension(icon)).as_str() {
-                "png" => "image/png",
-                "jpg" | "jpeg" => "image/jpeg",
-                "gif" => "image/gif",
-                "webp" => "image/webp",
-                "bmp" => "image/bmp",
-                _ => "application/octet-stream",
-            };
-            (bytes, mime)
-        });
-        p::purple_buddy_icon_unref(icon);
-        out
-    }
+fn icon(acc: Account, name: &str) -> Option<(Vec<u8>, &'static str)> {
+    let (bytes, ext) = acc.buddy_icon(name)?;
+    let mime = match ext.as_str() {
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "bmp" => "image/bmp",
+        _ => "application/octet-stream",
+    };
+    Some((bytes, mime))
 }
 
 /// The XEP-0153 element for a contact's presence, if libpurple has a picture of them.
-pub fn update_element(acc: *mut p::PurpleAccount, name: &str) -> Option<Element> {
+pub fn update_element(acc: Account, name: &str) -> Option<Element> {
     let (bytes, _) = icon(acc, name)?;
     let hash: String = Sha1::digest(&bytes)
         .iter()
@@ -79,16 +60,9 @@ pub fn vcard(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, to: &Jid, 
         return;
     };
     let mut card = Element::new("vCard", VCARD);
-    let n = cstring(&name);
-    // SAFETY: main thread; borrowed buddy (or NULL) and its alias, copied at once.
-    let alias = unsafe {
-        let b = p::purple_find_buddy(acc, n.as_ptr());
-        if b.is_null() {
-            None
-        } else {
-            Some(super::text::line(&string(p::purple_buddy_get_alias(b))))
-        }
-    };
+    let alias = acc
+        .find_buddy(&name)
+        .map(|b| super::text::line(&b.alias().unwrap_or_default()));
     card.push(
         Element::new("FN", VCARD).text(alias.filter(|a| !a.is_empty()).unwrap_or(name.clone())),
     );

@@ -15,15 +15,15 @@
 //! * Errors libpurple writes into a conversation (`PURPLE_MESSAGE_ERROR`) become message
 //!   errors from the contact.
 
-use std::ffi::{c_char, c_void};
 use std::rc::Rc;
 
 use jid::FullJid;
-use purple_sys as p;
 use rand::Rng;
 
-use super::ffi::{cstring, html_to_text, opt_string, string, text_to_html};
 use super::forms;
+use super::purple::conversation::{self, Kind, MessageFlags};
+use super::purple::markup::{html_to_text, text_to_html};
+use super::purple::{Account, Conversation, Typing};
 use super::{ServiceInfo, Transport, accounts, core, muc, text};
 use crate::core::stanza::Condition;
 use crate::router::ServiceHost;
@@ -37,24 +37,22 @@ pub fn new_id() -> String {
 }
 
 pub fn install_ui_ops() {
-    // SAFETY: leaked ui-ops set once on the main thread; signal handlers have the documented
-    // signatures (conversation-signals: void (*)(PurpleAccount *, const char *name)).
-    unsafe {
-        p::purple_conversations_set_ui_ops(Box::leak(Box::new(p::PurpleConversationUiOps {
-            write_im: Some(write_im),
-            write_chat: Some(muc::write_chat),
-            write_conv: Some(write_conv),
-            chat_add_users: Some(muc::chat_add_users),
-            chat_rename_user: Some(muc::chat_rename_user),
-            chat_remove_users: Some(muc::chat_remove_users),
-            destroy_conversation: Some(muc::destroy_conversation),
-            ..Default::default()
-        })));
-        let h = p::purple_conversations_get_handle();
-        core::connect_signal(h, "buddy-typing", typing as *const ());
-        core::connect_signal(h, "buddy-typed", typed as *const ());
-        core::connect_signal(h, "buddy-typing-stopped", typing_stopped as *const ());
-    }
+    conversation::set_ui_ops(
+        conversation::UiOps {
+            write_im,
+            write_chat: muc::write_chat,
+            write_conv,
+            chat_add_users: muc::chat_add_users,
+            chat_rename_user: muc::chat_rename_user,
+            chat_remove_users: muc::chat_remove_users,
+            destroy_conversation: muc::destroy_conversation,
+        },
+        conversation::Signals {
+            typing: chat_state,
+            chat_joined: muc::chat_joined,
+            topic_changed: muc::topic_changed,
+        },
+    );
 }
 
 /// The peer name libpurple uses, as the contact's legacy name: XMPP resources stripped.
@@ -65,54 +63,22 @@ pub fn peer_name(protocol: &str, name: &str) -> String {
     name.to_owned()
 }
 
-unsafe extern "C" fn write_im(
-    conv: *mut p::PurpleConversation,
-    _who: *const c_char,
-    message: *const c_char,
-    flags: p::PurpleMessageFlags,
-    mtime: p::time_t,
-) {
-    super::ffi::guard("write_im", (), || {
-        // SAFETY: conv is live during the ui-op.
-        let (acc, name) = unsafe {
-            (
-                p::purple_conversation_get_account(conv),
-                string(p::purple_conversation_get_name(conv)),
-            )
-        };
-        incoming(acc, &name, &string(message), flags, mtime);
-    })
+fn write_im(conv: Conversation, _who: &str, message: &str, flags: MessageFlags, mtime: i64) {
+    let Some(acc) = conv.account() else { return };
+    incoming(acc, &conv.name().unwrap_or_default(), message, flags, mtime);
 }
 
-unsafe extern "C" fn write_conv(
-    conv: *mut p::PurpleConversation,
-    name: *const c_char,
-    _alias: *const c_char,
-    message: *const c_char,
-    flags: p::PurpleMessageFlags,
-    mtime: p::time_t,
-) {
-    super::ffi::guard("write_conv", (), || {
-        // SAFETY: as above. Only IM conversations get here: write_chat is implemented.
-        unsafe {
-            if p::purple_conversation_get_type(conv) != p::PURPLE_CONV_TYPE_IM {
-                return;
-            }
-            let acc = p::purple_conversation_get_account(conv);
-            let peer =
-                opt_string(p::purple_conversation_get_name(conv)).unwrap_or_else(|| string(name));
-            incoming(acc, &peer, &string(message), flags, mtime);
-        }
-    })
+/// The fallback writer. Only IM conversations get here: write_chat is implemented.
+fn write_conv(conv: Conversation, name: &str, message: &str, flags: MessageFlags, mtime: i64) {
+    if conv.kind() != Kind::Im {
+        return;
+    }
+    let Some(acc) = conv.account() else { return };
+    let peer = conv.name().unwrap_or_else(|| name.to_owned());
+    incoming(acc, &peer, message, flags, mtime);
 }
 
-fn incoming(
-    acc: *mut p::PurpleAccount,
-    peer: &str,
-    html: &str,
-    flags: p::PurpleMessageFlags,
-    mtime: i64,
-) {
+fn incoming(acc: Account, peer: &str, html: &str, flags: MessageFlags, mtime: i64) {
     let Some(server) = core::server() else { return };
     let t = Transport::get(&server);
     let Some(id) = t.id_of(acc) else { return };
@@ -128,14 +94,14 @@ fn incoming(
     };
     // Bells, IRC codes prpl-irc left, U+FFFF…: gone before anything is sent or archived.
     let html = &text::display(html);
-    if flags & p::PURPLE_MESSAGE_SEND != 0 {
-        if flags & p::PURPLE_MESSAGE_REMOTE_SEND != 0 {
+    if flags.send() {
+        if flags.remote_send() {
             sent_elsewhere(&server, &owner, &service, &contact, html);
         }
         return;
     }
     let text = html_to_text(html);
-    if flags & p::PURPLE_MESSAGE_ERROR != 0 {
+    if flags.error() {
         let mut m = Element::stanza("message")
             .attr("from", contact.to_string())
             .attr("to", owner.to_string())
@@ -149,8 +115,8 @@ fn incoming(
         server.to_available(&owner, &m);
         return;
     }
-    if flags & p::PURPLE_MESSAGE_RECV == 0 || text.is_empty() {
-        tracing::debug!(%contact, flags, "system line in a conversation: {text}");
+    if !flags.recv() || text.is_empty() {
+        tracing::debug!(%contact, flags = flags.0, "system line in a conversation: {text}");
         return;
     }
     let mut m = Element::stanza("message")
@@ -168,7 +134,7 @@ fn incoming(
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
     // Messages the network held for us (offline messages, history) keep their time.
-    if flags & p::PURPLE_MESSAGE_DELAYED != 0 || (mtime > 0 && now - mtime > 30) {
+    if flags.delayed() || (mtime > 0 && now - mtime > 30) {
         m.push(
             Element::new("delay", forms::DELAY)
                 .attr("from", service.as_str())
@@ -185,7 +151,7 @@ pub fn xhtml_im(html: &str) -> Option<Element> {
     if !html.contains('<') {
         return None; // text with character references only
     }
-    let xhtml = super::ffi::html_to_xhtml(html);
+    let xhtml = super::purple::markup::html_to_xhtml(html);
     let wrapped = format!("<body xmlns='{}'>{xhtml}</body>", forms::XHTML);
     let body = crate::xml::parse::element(wrapped.as_bytes(), &Default::default()).ok()?;
     body.elements().next()?;
@@ -270,49 +236,46 @@ pub fn to_legacy(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, node: 
         );
     };
     let body = el.child_text("body", ns::CLIENT).filter(|b| !b.is_empty());
-    let c_name = cstring(&name);
     let state = ["composing", "paused", "active", "inactive", "gone"]
         .into_iter()
         .find(|s| el.get_child(s, forms::CHATSTATES).is_some());
     if let Some(state) = state {
         let typing = match state {
-            "composing" => p::PURPLE_TYPING,
-            "paused" => p::PURPLE_TYPED,
-            _ => p::PURPLE_NOT_TYPING,
+            "composing" => Typing::Composing,
+            "paused" => Typing::Paused,
+            _ => Typing::Stopped,
         };
         // A body implies the user stopped typing; the prpl handles that itself.
         if body.is_none() {
-            // SAFETY: main thread, live connection.
-            unsafe { p::serv_send_typing(gc, c_name.as_ptr(), typing) };
+            gc.send_typing(&name, typing);
         }
     }
     let Some(body) = body else { return };
-    // SAFETY: main thread. The conversation is owned by libpurple (destroyed by it or by
-    // muc::destroy_conversation's counterpart for IMs: never by us while in use).
-    unsafe {
-        let acc = p::purple_connection_get_account(gc);
-        let mut conv =
-            p::purple_find_conversation_with_account(p::PURPLE_CONV_TYPE_IM, c_name.as_ptr(), acc);
-        if conv.is_null() {
-            conv = p::purple_conversation_new(p::PURPLE_CONV_TYPE_IM, acc, c_name.as_ptr());
-        }
-        if conv.is_null() {
-            return super::service::bounce(
-                server,
-                from,
-                &el,
-                Condition::InternalServerError,
-                "cannot open a conversation",
-            );
-        }
-        // A lone CR would end the line for some prpls (IRC); the XHTML carries it unescaped.
-        let markup = xhtml_body(&el).map_or_else(|| text_to_html(&body), |x| x.replace('\r', ""));
-        let html = cstring(&markup);
-        p::purple_conv_im_send(p::purple_conversation_get_im_data(conv), html.as_ptr());
-    }
+    // The conversation is owned by libpurple (destroyed by it, never by us while in use).
+    let conv = gc.account().and_then(|acc| {
+        Conversation::find(acc, Kind::Im, &name).or_else(|| Conversation::new_im(acc, &name))
+    });
+    let Some(conv) = conv else {
+        return super::service::bounce(
+            server,
+            from,
+            &el,
+            Condition::InternalServerError,
+            "cannot open a conversation",
+        );
+    };
+    // A lone CR would end the line for some prpls (IRC); the XHTML carries it unescaped.
+    let markup = xhtml_body(&el).map_or_else(|| text_to_html(&body), |x| x.replace('\r', ""));
+    conv.im_send(&markup);
 }
 
-fn chat_state(acc: *mut p::PurpleAccount, name: *const c_char, state: &str) {
+/// A typing notification from a contact (not stored: `no-store`).
+fn chat_state(acc: Account, name: &str, typing: Typing) {
+    let state = match typing {
+        Typing::Composing => "composing",
+        Typing::Paused => "paused",
+        Typing::Stopped => "active",
+    };
     let Some(server) = core::server() else { return };
     let t = Transport::get(&server);
     let Some(id) = t.id_of(acc) else { return };
@@ -325,7 +288,7 @@ fn chat_state(acc: *mut p::PurpleAccount, name: *const c_char, state: &str) {
         .get(&id)
         .map(|l| l.protocol.clone())
         .unwrap_or_default();
-    let Some(contact) = t.contact_jid(id, &peer_name(&protocol, &string(name))) else {
+    let Some(contact) = t.contact_jid(id, &peer_name(&protocol, name)) else {
         return;
     };
     let m = Element::stanza("message")
@@ -335,28 +298,6 @@ fn chat_state(acc: *mut p::PurpleAccount, name: *const c_char, state: &str) {
         .child(Element::new(state, forms::CHATSTATES))
         .child(Element::new("no-store", "urn:xmpp:hints"));
     server.to_available(&owner, &m);
-}
-
-unsafe extern "C" fn typing(acc: *mut p::PurpleAccount, name: *const c_char, _data: *mut c_void) {
-    super::ffi::guard("typing", (), || {
-        chat_state(acc, name, "composing");
-    })
-}
-
-unsafe extern "C" fn typed(acc: *mut p::PurpleAccount, name: *const c_char, _data: *mut c_void) {
-    super::ffi::guard("typed", (), || {
-        chat_state(acc, name, "paused");
-    })
-}
-
-unsafe extern "C" fn typing_stopped(
-    acc: *mut p::PurpleAccount,
-    name: *const c_char,
-    _data: *mut c_void,
-) {
-    super::ffi::guard("typing_stopped", (), || {
-        chat_state(acc, name, "active");
-    })
 }
 
 #[cfg(test)]

@@ -20,13 +20,14 @@
 //! function here that touches libpurple runs there (stanza handlers and libpurple's own
 //! callbacks both do), and [`core::on_main_thread`] guards the entry points.
 //!
-//! Files: `core` (init, event loop, debug, DNS, prpl-irc's send queue), `certs` (TLS trust
-//! per user), `ffi` (FFI helpers, ownership rules), `escape` (XEP-0106), `accounts` (legacy
+//! Files: `purple/` (the safe wrappers over libpurple: all of the transport's FFI code, with
+//! the ownership rules), `core` (init, the way back to the server), `certs` (TLS trust per
+//! user), `escape` (XEP-0106), `accounts` (legacy
 //! accounts: store ↔ libpurple), `service` (the service JID: disco, gateway, registration,
 //! routing), `contacts`, `avatars` (buddy icons as vCard/XEP-0153), `messages`, `muc`
 //! (rooms, XEP-0402 bookmarks), `roomlist` (public rooms in disco#items), `requests`,
 //! `reconnect` (backoff, stall watchdog), `adhoc`, `roster_bridge` (the roster module's
-//! interface).
+//! interface), `events` (link up/down and account removal, between the feature files).
 
 mod accounts;
 mod adhoc;
@@ -35,11 +36,12 @@ mod certs;
 mod contacts;
 mod core;
 pub mod escape;
-mod ffi;
+mod events;
 mod forms;
 mod messages;
 mod muc;
 mod policy;
+mod purple;
 mod reconnect;
 mod requests;
 mod roomlist;
@@ -104,7 +106,7 @@ pub struct Legacy {
     pub protocol: String,
     pub username: String,
     /// Alive from `accounts::attach` until `accounts::detach`.
-    pub account: *mut purple_sys::PurpleAccount,
+    pub account: purple::Account,
     pub state: LinkState,
     /// 0 for the user's first account on the service; n for the (n+1)-th (`%n+1` in JIDs).
     pub index: usize,
@@ -120,6 +122,8 @@ pub struct Transport {
     pub services: RefCell<Vec<ServiceInfo>>,
     pub legacy: RefCell<HashMap<i64, Legacy>>,
     pub requests: RefCell<requests::Pending>,
+    /// Lifecycle events between the feature files.
+    pub events: events::Events,
 }
 
 impl Transport {
@@ -136,7 +140,7 @@ impl Transport {
     }
 
     /// The legacy account id for a libpurple account pointer.
-    pub fn id_of(&self, acc: *mut purple_sys::PurpleAccount) -> Option<i64> {
+    pub fn id_of(&self, acc: purple::Account) -> Option<i64> {
         self.legacy
             .borrow()
             .values()
@@ -214,6 +218,7 @@ pub fn install(server: &Rc<Server>) {
         list.push(default(format!("xmpp.{d}"), "prpl-jabber"));
     }
     let t = Transport::get(server);
+    events::subscribe_all(&t.events);
     for crate::config::TransportService {
         domain,
         prpl,

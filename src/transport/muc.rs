@@ -15,28 +15,29 @@
 //! * Private messages to `room@service/nick` go to the nick as a 1:1 conversation.
 
 use std::collections::VecDeque;
-use std::ffi::{c_char, c_void};
 use std::rc::Rc;
 
 use jid::{BareJid, FullJid};
-use purple_sys as p;
 
-use super::ffi::{cstring, glist, html_to_text, prpl_info, string, text_to_html};
 use super::forms;
+use super::purple::Conversation;
+use super::purple::conversation::{ChatUser, Kind, MessageFlags};
+use super::purple::markup::{html_to_text, text_to_html};
 use super::{Room, ServiceInfo, Transport, accounts, core, messages, text};
 use crate::core::stanza::Condition;
 use crate::router::ServiceHost;
 use crate::server::Server;
 use crate::xml::{Element, ns};
 
-pub fn install_signals() {
-    // SAFETY: signatures per conversation-signals: chat-joined (PurpleConversation *),
-    // chat-topic-changed (PurpleConversation *, const char *who, const char *topic).
-    unsafe {
-        let h = p::purple_conversations_get_handle();
-        core::connect_signal(h, "chat-joined", chat_joined as *const ());
-        core::connect_signal(h, "chat-topic-changed", topic_changed as *const ());
-    }
+/// Subscribes to the lifecycle events: a link that comes up re-joins the rooms; one that
+/// goes down retracts their occupants.
+pub fn subscribe(events: &super::events::Events) {
+    events
+        .link_up
+        .subscribe(|server, e| rejoin_all(server, e.id));
+    events
+        .link_down
+        .subscribe(|server, e| account_gone(server, e.id));
 }
 
 fn is_irc_channel(name: &str) -> bool {
@@ -240,77 +241,36 @@ pub fn presence_from_user(
 
 /// Asks the prpl to join `room`.
 fn join_legacy(server: &Server, id: i64, room: &str, nick: &str) {
-    let Some(gc) = accounts::connection(server, id) else {
-        return;
-    };
-    // SAFETY: main thread, live connection. The components table is created by the prpl and
-    // destroyed here after serv_join_chat (which copies what it keeps).
-    unsafe {
-        let info = prpl_info(p::purple_connection_get_prpl(gc));
-        if info.is_null() {
-            return;
-        }
-        let Some(defaults) = (*info).chat_info_defaults else {
-            return;
-        };
-        let name = cstring(room);
-        let comps = defaults(gc, name.as_ptr());
-        if comps.is_null() {
-            return;
-        }
-        let has_handle = glist(((*info).chat_info.map(|f| f(gc))).unwrap_or(std::ptr::null_mut()))
-            .into_iter()
-            .any(|e| string((*(e as *mut p::proto_chat_entry)).identifier) == "handle");
-        if has_handle && !nick.is_empty() {
-            let k = glib::ffi::g_strdup(c"handle".as_ptr());
-            let v = glib::ffi::g_strdup(cstring(nick).as_ptr());
-            glib::ffi::g_hash_table_replace(comps as *mut glib::ffi::GHashTable, k as _, v as _);
-        }
-        p::serv_join_chat(gc, comps);
-        glib::ffi::g_hash_table_destroy(comps as *mut glib::ffi::GHashTable);
+    if let Some(gc) = accounts::connection(server, id) {
+        gc.join_chat(room, nick);
     }
 }
 
-fn find_chat(server: &Server, id: i64, room: &str) -> Option<*mut p::PurpleConversation> {
+fn find_chat(server: &Server, id: i64, room: &str) -> Option<Conversation> {
     let acc = Transport::get(server)
         .legacy
         .borrow()
         .get(&id)
         .map(|l| l.account)?;
-    let name = cstring(room);
-    // SAFETY: main thread; a borrowed live conversation or NULL.
-    let conv = unsafe {
-        p::purple_find_conversation_with_account(p::PURPLE_CONV_TYPE_CHAT, name.as_ptr(), acc)
-    };
-    (!conv.is_null()).then_some(conv)
+    Conversation::find(acc, Kind::Chat, room)
 }
 
 fn leave_legacy(server: &Server, id: i64, room: &str) {
     if let Some(conv) = find_chat(server, id, room) {
-        // SAFETY: destroying the conversation makes the prpl leave the room (serv_chat_leave).
-        unsafe { p::purple_conversation_destroy(conv) };
+        // Destroying the conversation makes the prpl leave the room (serv_chat_leave).
+        conv.destroy();
     }
 }
 
 fn own_nick(server: &Server, id: i64, room: &str) -> Option<String> {
-    let conv = find_chat(server, id, room)?;
-    // SAFETY: live chat conversation.
-    let n = unsafe {
-        string(p::purple_conv_chat_get_nick(
-            p::purple_conversation_get_chat_data(conv),
-        ))
-    };
+    let n = find_chat(server, id, room)?.chat_nick();
     (!n.is_empty())
         .then_some(n)
         .or_else(|| accounts::display_name(server, id))
 }
 
-fn role_of(flags: p::PurpleConvChatBuddyFlags) -> &'static str {
-    if flags & (p::PURPLE_CBFLAGS_OP | p::PURPLE_CBFLAGS_FOUNDER | p::PURPLE_CBFLAGS_HALFOP) != 0 {
-        "moderator"
-    } else {
-        "participant"
-    }
+fn role_of(user: &ChatUser) -> &'static str {
+    if user.op { "moderator" } else { "participant" }
 }
 
 /// Everything a session that joins an already-joined room must see.
@@ -323,23 +283,11 @@ fn replay_state(server: &Rc<Server>, id: i64, room: &str, to: &FullJid) {
         return;
     };
     let own = own_nick(server, id, room).unwrap_or_default();
-    // SAFETY: live chat conversation; the user list is borrowed.
-    let users: Vec<(String, p::PurpleConvChatBuddyFlags)> = unsafe {
-        glist(p::purple_conv_chat_get_users(
-            p::purple_conversation_get_chat_data(conv),
-        ))
-        .into_iter()
-        .map(|cb| {
-            let cb = cb as *mut p::PurpleConvChatBuddy;
-            (string((*cb).name), (*cb).flags)
-        })
-        .collect()
-    };
-    for (nick, flags) in &users {
-        if *nick != own {
+    for user in conv.chat_users() {
+        if user.name != own {
             server.to_session(
                 to,
-                &occupant_presence(&room_jid, nick, to, role_of(*flags), &[]),
+                &occupant_presence(&room_jid, &user.name, to, role_of(&user), &[]),
             );
         }
     }
@@ -376,270 +324,214 @@ fn replay_state(server: &Rc<Server>, id: i64, room: &str, to: &FullJid) {
 }
 
 /// `(server, legacy id, room name)` for a chat conversation.
-fn conv_room(conv: *mut p::PurpleConversation) -> Option<(Rc<Server>, i64, String)> {
+fn conv_room(conv: Conversation) -> Option<(Rc<Server>, i64, String)> {
     let server = core::server()?;
-    // SAFETY: conv is live during the callback.
-    let (acc, name) = unsafe {
-        (
-            p::purple_conversation_get_account(conv),
-            string(p::purple_conversation_get_name(conv)),
-        )
-    };
+    let acc = conv.account()?;
+    let name = conv.name().unwrap_or_default();
     let id = Transport::get(&server).id_of(acc)?;
     Some((server, id, name))
 }
 
-unsafe extern "C" fn chat_joined(conv: *mut p::PurpleConversation, _data: *mut c_void) {
-    super::ffi::guard("chat_joined", (), || {
-        let Some((server, id, room)) = conv_room(conv) else {
-            return;
-        };
-        let t = Transport::get(&server);
-        let users = {
-            let mut legacy = t.legacy.borrow_mut();
-            let Some(l) = legacy.get_mut(&id) else { return };
-            // A room joined from elsewhere (another client, a server-side autojoin) is kept
-            // without sessions; joining it later replays the state.
-            let r = l.rooms.entry(room.clone()).or_default();
-            r.joined = true;
-            r.joined_by.clone()
-        };
-        for to in users {
-            replay_state(&server, id, &room, &to);
-        }
-    })
+pub fn chat_joined(conv: Conversation) {
+    let Some((server, id, room)) = conv_room(conv) else {
+        return;
+    };
+    let t = Transport::get(&server);
+    let users = {
+        let mut legacy = t.legacy.borrow_mut();
+        let Some(l) = legacy.get_mut(&id) else { return };
+        // A room joined from elsewhere (another client, a server-side autojoin) is kept
+        // without sessions; joining it later replays the state.
+        let r = l.rooms.entry(room.clone()).or_default();
+        r.joined = true;
+        r.joined_by.clone()
+    };
+    for to in users {
+        replay_state(&server, id, &room, &to);
+    }
 }
 
-unsafe extern "C" fn topic_changed(
-    conv: *mut p::PurpleConversation,
-    who: *const c_char,
-    topic: *const c_char,
-    _d: *mut c_void,
-) {
-    super::ffi::guard("topic_changed", (), || {
-        let Some((server, id, room)) = conv_room(conv) else {
-            return;
-        };
-        let t = Transport::get(&server);
-        let topic = text::line(&string(topic));
+pub fn topic_changed(conv: Conversation, who: &str, topic: &str) {
+    let Some((server, id, room)) = conv_room(conv) else {
+        return;
+    };
+    let t = Transport::get(&server);
+    let topic = text::line(topic);
+    if let Some(r) = t
+        .legacy
+        .borrow_mut()
+        .get_mut(&id)
+        .and_then(|l| l.rooms.get_mut(&room))
+    {
+        r.subject = Some(topic.clone());
+    }
+    let Some(room_jid) = t.contact_jid(id, &room) else {
+        return;
+    };
+    let from = if who.is_empty() {
+        room_jid.to_string()
+    } else {
+        occupant_jid(&room_jid, who)
+    };
+    send_to_joined(&server, id, &room, |to| {
+        Element::stanza("message")
+            .attr("from", from.as_str())
+            .attr("to", to.to_string())
+            .attr("type", "groupchat")
+            .attr("id", messages::new_id())
+            .child(Element::new("subject", ns::CLIENT).text(topic.as_str()))
+    });
+}
+
+pub fn chat_add_users(conv: Conversation, users: Vec<ChatUser>) {
+    let Some((server, id, room)) = conv_room(conv) else {
+        return;
+    };
+    let t = Transport::get(&server);
+    let Some(room_jid) = t.contact_jid(id, &room) else {
+        return;
+    };
+    let own = own_nick(&server, id, &room).unwrap_or_default();
+    for user in users {
+        let nick = user.name.clone();
+        if nick == own {
+            continue;
+        }
         if let Some(r) = t
             .legacy
             .borrow_mut()
             .get_mut(&id)
             .and_then(|l| l.rooms.get_mut(&room))
         {
-            r.subject = Some(topic.clone());
+            r.occupants.insert(nick.clone());
         }
-        let Some(room_jid) = t.contact_jid(id, &room) else {
-            return;
-        };
-        let who = string(who);
-        let from = if who.is_empty() {
-            room_jid.to_string()
-        } else {
-            occupant_jid(&room_jid, &who)
-        };
         send_to_joined(&server, id, &room, |to| {
-            Element::stanza("message")
-                .attr("from", from.as_str())
-                .attr("to", to.to_string())
-                .attr("type", "groupchat")
-                .attr("id", messages::new_id())
-                .child(Element::new("subject", ns::CLIENT).text(topic.as_str()))
+            occupant_presence(&room_jid, &nick, to, role_of(&user), &[])
         });
-    })
+    }
 }
 
-pub unsafe extern "C" fn chat_add_users(
-    conv: *mut p::PurpleConversation,
-    cbuddies: *mut p::GList,
-    _new: p::gboolean,
-) {
-    super::ffi::guard("chat_add_users", (), || {
-        let Some((server, id, room)) = conv_room(conv) else {
-            return;
-        };
-        let t = Transport::get(&server);
-        let Some(room_jid) = t.contact_jid(id, &room) else {
-            return;
-        };
-        let own = own_nick(&server, id, &room).unwrap_or_default();
-        // SAFETY: the list and its PurpleConvChatBuddy entries are borrowed for the call.
-        let users: Vec<(String, p::PurpleConvChatBuddyFlags)> = unsafe {
-            glist(cbuddies)
-                .into_iter()
-                .map(|cb| {
-                    let cb = cb as *mut p::PurpleConvChatBuddy;
-                    (string((*cb).name), (*cb).flags)
-                })
-                .collect()
-        };
-        for (nick, flags) in users {
-            if nick == own {
-                continue;
-            }
-            if let Some(r) = t
-                .legacy
-                .borrow_mut()
-                .get_mut(&id)
-                .and_then(|l| l.rooms.get_mut(&room))
-            {
-                r.occupants.insert(nick.clone());
-            }
-            send_to_joined(&server, id, &room, |to| {
-                occupant_presence(&room_jid, &nick, to, role_of(flags), &[])
-            });
-        }
-    })
-}
-
-pub unsafe extern "C" fn chat_remove_users(conv: *mut p::PurpleConversation, users: *mut p::GList) {
-    super::ffi::guard("chat_remove_users", (), || {
-        let Some((server, id, room)) = conv_room(conv) else {
-            return;
-        };
-        let t = Transport::get(&server);
-        let Some(room_jid) = t.contact_jid(id, &room) else {
-            return;
-        };
-        // SAFETY: a borrowed list of borrowed names.
-        let nicks: Vec<String> = glist(users)
-            .into_iter()
-            .map(|n| string(n as *const c_char))
-            .collect();
-        for nick in nicks {
-            if let Some(r) = t
-                .legacy
-                .borrow_mut()
-                .get_mut(&id)
-                .and_then(|l| l.rooms.get_mut(&room))
-            {
-                r.occupants.remove(&nick);
-            }
-            send_to_joined(&server, id, &room, |to| {
-                occupant_presence(&room_jid, &nick, to, "none", &[])
-            });
-        }
-    })
-}
-
-pub unsafe extern "C" fn chat_rename_user(
-    conv: *mut p::PurpleConversation,
-    old: *const c_char,
-    new: *const c_char,
-    _alias: *const c_char,
-) {
-    super::ffi::guard("chat_rename_user", (), || {
-        let Some((server, id, room)) = conv_room(conv) else {
-            return;
-        };
-        let t = Transport::get(&server);
-        let Some(room_jid) = t.contact_jid(id, &room) else {
-            return;
-        };
-        let (old, new) = (string(old), string(new));
-        let own = own_nick(&server, id, &room).unwrap_or_default();
-        let is_self = own == new;
+pub fn chat_remove_users(conv: Conversation, nicks: Vec<String>) {
+    let Some((server, id, room)) = conv_room(conv) else {
+        return;
+    };
+    let t = Transport::get(&server);
+    let Some(room_jid) = t.contact_jid(id, &room) else {
+        return;
+    };
+    for nick in nicks {
         if let Some(r) = t
             .legacy
             .borrow_mut()
             .get_mut(&id)
             .and_then(|l| l.rooms.get_mut(&room))
         {
-            r.occupants.remove(&old);
-            if !is_self {
-                r.occupants.insert(new.clone());
-            }
+            r.occupants.remove(&nick);
         }
-        let extra: &[&str] = if is_self { &["110"] } else { &[] };
         send_to_joined(&server, id, &room, |to| {
-            let mut codes = vec!["303"];
-            codes.extend_from_slice(extra);
-            let mut p = occupant_presence(&room_jid, &old, to, "none", &codes);
-            // §7.6: the unavailable presence carries the new nick; the role stays.
-            if let Some(item) = p
-                .get_child_mut("x", forms::MUC_USER)
-                .and_then(|x| x.get_child_mut("item", forms::MUC_USER))
-            {
-                item.set_attr("nick", occupant_nick(&room_jid, &new));
-                item.set_attr("role", "participant");
-            }
-            p
+            occupant_presence(&room_jid, &nick, to, "none", &[])
         });
-        send_to_joined(&server, id, &room, |to| {
-            occupant_presence(&room_jid, &new, to, "participant", extra)
-        });
-    })
+    }
 }
 
-pub unsafe extern "C" fn write_chat(
-    conv: *mut p::PurpleConversation,
-    who: *const c_char,
-    message: *const c_char,
-    flags: p::PurpleMessageFlags,
-    _mtime: p::time_t,
-) {
-    super::ffi::guard("write_chat", (), || {
-        let Some((server, id, room)) = conv_room(conv) else {
-            return;
-        };
-        let t = Transport::get(&server);
-        let Some(room_jid) = t.contact_jid(id, &room) else {
-            return;
-        };
-        let who = string(who);
-        // Bells, IRC codes prpl-irc left, U+FFFF…: gone before anything is sent.
-        let html = text::display(&string(message));
-        let text = html_to_text(&html);
-        if flags & p::PURPLE_MESSAGE_SYSTEM != 0 || who.is_empty() || text.is_empty() {
-            // Topic lines, joins and parts as text: the presences and subject carry them.
-            tracing::debug!(%room, "system line: {text}");
-            return;
+pub fn chat_rename_user(conv: Conversation, old: &str, new: &str) {
+    let Some((server, id, room)) = conv_room(conv) else {
+        return;
+    };
+    let t = Transport::get(&server);
+    let Some(room_jid) = t.contact_jid(id, &room) else {
+        return;
+    };
+    let (old, new) = (old.to_owned(), new.to_owned());
+    let own = own_nick(&server, id, &room).unwrap_or_default();
+    let is_self = own == new;
+    if let Some(r) = t
+        .legacy
+        .borrow_mut()
+        .get_mut(&id)
+        .and_then(|l| l.rooms.get_mut(&room))
+    {
+        r.occupants.remove(&old);
+        if !is_self {
+            r.occupants.insert(new.clone());
         }
-        let mut msg_id = None;
-        if flags & p::PURPLE_MESSAGE_SEND != 0 {
-            msg_id = t
-                .legacy
-                .borrow_mut()
-                .get_mut(&id)
-                .and_then(|l| l.rooms.get_mut(&room))
-                .and_then(|r| r.pending_ids.pop_front());
+    }
+    let extra: &[&str] = if is_self { &["110"] } else { &[] };
+    send_to_joined(&server, id, &room, |to| {
+        let mut codes = vec!["303"];
+        codes.extend_from_slice(extra);
+        let mut p = occupant_presence(&room_jid, &old, to, "none", &codes);
+        // §7.6: the unavailable presence carries the new nick; the role stays.
+        if let Some(item) = p
+            .get_child_mut("x", forms::MUC_USER)
+            .and_then(|x| x.get_child_mut("item", forms::MUC_USER))
+        {
+            item.set_attr("nick", occupant_nick(&room_jid, &new));
+            item.set_attr("role", "participant");
         }
-        let msg_id = msg_id.unwrap_or_else(messages::new_id);
-        let xhtml = messages::xhtml_im(&html);
-        send_to_joined(&server, id, &room, |to| {
-            let mut m = Element::stanza("message")
-                .attr("from", occupant_jid(&room_jid, &who))
-                .attr("to", to.to_string())
-                .attr("type", "groupchat")
-                .attr("id", msg_id.as_str())
-                .child(Element::new("body", ns::CLIENT).text(text.as_str()));
-            if let Some(x) = &xhtml {
-                m.push(x.clone());
-            }
-            m
-        });
-    })
+        p
+    });
+    send_to_joined(&server, id, &room, |to| {
+        occupant_presence(&room_jid, &new, to, "participant", extra)
+    });
 }
 
-pub unsafe extern "C" fn destroy_conversation(conv: *mut p::PurpleConversation) {
-    super::ffi::guard("destroy_conversation", (), || {
-        // SAFETY: conv is live until this returns.
-        if unsafe { p::purple_conversation_get_type(conv) } != p::PURPLE_CONV_TYPE_CHAT {
-            return;
-        }
-        let Some((server, id, room)) = conv_room(conv) else {
-            return;
-        };
-        if let Some(r) = Transport::get(&server)
+pub fn write_chat(conv: Conversation, who: &str, message: &str, flags: MessageFlags, _mtime: i64) {
+    let Some((server, id, room)) = conv_room(conv) else {
+        return;
+    };
+    let t = Transport::get(&server);
+    let Some(room_jid) = t.contact_jid(id, &room) else {
+        return;
+    };
+    // Bells, IRC codes prpl-irc left, U+FFFF…: gone before anything is sent.
+    let html = text::display(message);
+    let text = html_to_text(&html);
+    if flags.system() || who.is_empty() || text.is_empty() {
+        // Topic lines, joins and parts as text: the presences and subject carry them.
+        tracing::debug!(%room, "system line: {text}");
+        return;
+    }
+    let mut msg_id = None;
+    if flags.send() {
+        msg_id = t
             .legacy
             .borrow_mut()
             .get_mut(&id)
             .and_then(|l| l.rooms.get_mut(&room))
-        {
-            r.joined = false;
+            .and_then(|r| r.pending_ids.pop_front());
+    }
+    let msg_id = msg_id.unwrap_or_else(messages::new_id);
+    let xhtml = messages::xhtml_im(&html);
+    send_to_joined(&server, id, &room, |to| {
+        let mut m = Element::stanza("message")
+            .attr("from", occupant_jid(&room_jid, who))
+            .attr("to", to.to_string())
+            .attr("type", "groupchat")
+            .attr("id", msg_id.as_str())
+            .child(Element::new("body", ns::CLIENT).text(text.as_str()));
+        if let Some(x) = &xhtml {
+            m.push(x.clone());
         }
-    })
+        m
+    });
+}
+
+pub fn destroy_conversation(conv: Conversation) {
+    if conv.kind() != Kind::Chat {
+        return;
+    }
+    let Some((server, id, room)) = conv_room(conv) else {
+        return;
+    };
+    if let Some(r) = Transport::get(&server)
+        .legacy
+        .borrow_mut()
+        .get_mut(&id)
+        .and_then(|l| l.rooms.get_mut(&room))
+    {
+        r.joined = false;
+    }
 }
 
 /// A groupchat message from the user.
@@ -690,9 +582,7 @@ pub fn message_from_user(
             r.pending_ids.pop_front();
         }
     }
-    let html = cstring(&text_to_html(&body));
-    // SAFETY: main thread, live chat conversation; libpurple copies the message.
-    unsafe { p::purple_conv_chat_send(p::purple_conversation_get_chat_data(conv), html.as_ptr()) };
+    conv.chat_send(&text_to_html(&body));
 }
 
 /// A private message to `room@service/nick`.

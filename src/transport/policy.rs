@@ -3,7 +3,7 @@
 //! service (`allow_private_addresses`, per service or for all of `[transport]`).
 //!
 //! Enforcement happens in three places, because libpurple resolves names in two ways:
-//! * **Names** go through our DNS ui-op (`core::dns_resolve`), which drops every non-public
+//! * **Names** go through our DNS ui-op (`purple::dns`), which drops every non-public
 //!   address unless the name is one an account of an allowing service names
 //!   ([`may_be_private`]). This is the only point that sees the addresses actually connected
 //!   to, so a name that changes its answer after registration (DNS rebinding) is caught too,
@@ -87,36 +87,7 @@ pub fn literal(host: &str) -> Option<IpAddr> {
     if host.is_empty() || host.contains('\0') || !host.is_ascii() {
         return None;
     }
-    let c = std::ffi::CString::new(host).ok()?;
-    // SAFETY: getaddrinfo with AI_NUMERICHOST never does a lookup; `res` is freed below and
-    // only read while alive; sockaddr lengths are checked before the casts.
-    unsafe {
-        let mut hints: libc::addrinfo = std::mem::zeroed();
-        hints.ai_family = libc::AF_UNSPEC;
-        hints.ai_flags = libc::AI_NUMERICHOST;
-        let mut res: *mut libc::addrinfo = std::ptr::null_mut();
-        if libc::getaddrinfo(c.as_ptr(), std::ptr::null(), &hints, &mut res) != 0 || res.is_null() {
-            return None;
-        }
-        let ai = &*res;
-        let len = ai.ai_addrlen as usize;
-        let ip = if ai.ai_addr.is_null() {
-            None
-        } else if ai.ai_family == libc::AF_INET && len >= std::mem::size_of::<libc::sockaddr_in>() {
-            let sin = &*(ai.ai_addr as *const libc::sockaddr_in);
-            Some(IpAddr::from(
-                u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
-            ))
-        } else if ai.ai_family == libc::AF_INET6 && len >= std::mem::size_of::<libc::sockaddr_in6>()
-        {
-            let sin6 = &*(ai.ai_addr as *const libc::sockaddr_in6);
-            Some(IpAddr::from(sin6.sin6_addr.s6_addr))
-        } else {
-            None
-        };
-        libc::freeaddrinfo(res);
-        ip
-    }
+    super::purple::dns::numeric_host(host)
 }
 
 /// Why an account naming `hosts` may not connect, judging numeric addresses only.
@@ -163,7 +134,7 @@ fn resolve_each(mut names: Vec<String>, done: Box<dyn FnOnce(Result<(), String>)
     };
     let lookup = name.clone();
     gio::Resolver::default().lookup_by_name_async(&lookup, None::<&gio::Cancellable>, move |res| {
-        super::ffi::guard("vet lookup", (), move || {
+        super::purple::ffi::guard("vet lookup", (), move || {
             let bad = res.ok().and_then(|addrs| {
                 addrs.iter().find_map(|a| {
                     let ip: IpAddr = a.to_string().parse().ok()?;

@@ -16,15 +16,14 @@
 //! * Reconnects are scheduled from a timer, never from inside the ui-op (libpurple is still
 //!   tearing the connection down then).
 
-use std::ffi::c_char;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use purple_sys as p;
 use rand::Rng;
 
-use super::ffi::{cstring, string};
-use super::{LinkState, Transport, accounts, contacts, core, muc, service};
+use super::purple::Connection;
+use super::purple::connection;
+use super::{LinkState, Transport, accounts, core, service};
 use crate::server::Server;
 
 const BASE: Duration = Duration::from_secs(2);
@@ -74,7 +73,7 @@ pub fn start_watchdog(server: &Rc<Server>) {
         let Some(server) = weak.upgrade() else {
             return glib::ControlFlow::Break;
         };
-        super::ffi::guard("stall watchdog", (), || check_stalls(&server, stall));
+        super::purple::ffi::guard("stall watchdog", (), || check_stalls(&server, stall));
         glib::ControlFlow::Continue
     });
 }
@@ -94,113 +93,92 @@ fn check_stalls(server: &Rc<Server>, stall: u64) {
         let Some(gc) = accounts::connection(server, id) else {
             continue;
         };
-        // SAFETY: main thread; a connected account's live connection.
-        #[allow(clippy::unnecessary_cast)] // time_t is i64 here, not on every target
-        let last = unsafe { (*gc).last_received } as i64;
+        let last = gc.last_received();
         if last > 0 && now - last > stall as i64 {
             tracing::warn!(account = %accounts::label(server, id), "no data from the legacy server for {stall} s; reconnecting");
-            let text = cstring(&format!(
+            // libpurple tears the connection down from its own idle callback, then our
+            // report_disconnect_reason runs.
+            gc.fail_network(&format!(
                 "No data from the server for {stall} s; the connection is taken for dead."
             ));
-            // SAFETY: as above; libpurple copies the text and tears the connection down
-            // from its own idle callback, then our report_disconnect_reason runs.
-            unsafe {
-                p::purple_connection_error_reason(
-                    gc,
-                    p::PURPLE_CONNECTION_ERROR_NETWORK_ERROR,
-                    text.as_ptr(),
-                )
-            };
         }
     }
 }
 
 pub fn install_ui_ops() {
-    // SAFETY: leaked ui-ops, set once on the main thread during purple_core_init.
-    unsafe {
-        p::purple_connections_set_ui_ops(Box::leak(Box::new(p::PurpleConnectionUiOps {
-            connected: Some(connected),
-            disconnected: Some(disconnected),
-            report_disconnect_reason: Some(report_disconnect_reason),
-            ..Default::default()
-        })));
-    }
+    connection::set_ui_ops(connection::UiOps {
+        connected,
+        disconnected,
+        report_disconnect_reason,
+    });
 }
 
-fn id_of_gc(server: &Server, gc: *mut p::PurpleConnection) -> Option<i64> {
-    // SAFETY: gc is live during the ui-op.
-    let acc = unsafe { p::purple_connection_get_account(gc) };
-    Transport::get(server).id_of(acc)
+fn id_of_gc(server: &Server, gc: Connection) -> Option<i64> {
+    Transport::get(server).id_of(gc.account()?)
 }
 
-unsafe extern "C" fn connected(gc: *mut p::PurpleConnection) {
-    super::ffi::guard("connected", (), || {
-        let Some(server) = core::server() else { return };
-        let Some(id) = id_of_gc(&server, gc) else {
-            return;
-        };
-        let owner_service = {
-            let t = Transport::get(&server);
-            let mut legacy = t.legacy.borrow_mut();
-            let Some(l) = legacy.get_mut(&id) else { return };
-            l.state = LinkState::Online;
-            l.backoff.cancel();
-            l.backoff.connected_at = Some(Instant::now());
-            (l.owner.clone(), l.service.clone())
-        };
-        tracing::info!(account = %accounts::label(&server, id), "legacy account connected");
-        service::announce(&server, &owner_service.0, &owner_service.1);
-        // Joining from inside the ui-op would re-enter the prpl's login path.
-        let weak = Rc::downgrade(&server);
-        crate::net::source::idle_once(move || {
-            super::ffi::guard("after connect", (), || {
-                if let Some(s) = weak.upgrade() {
-                    contacts::sync(&s, id);
-                    muc::rejoin_all(&s, id);
-                }
-            })
-        });
-    })
-}
-
-unsafe extern "C" fn disconnected(gc: *mut p::PurpleConnection) {
-    super::ffi::guard("disconnected", (), || {
-        let Some(server) = core::server() else { return };
-        let Some(id) = id_of_gc(&server, gc) else {
-            return;
-        };
+fn connected(gc: Connection) {
+    let Some(server) = core::server() else { return };
+    let Some(id) = id_of_gc(&server, gc) else {
+        return;
+    };
+    let owner_service = {
         let t = Transport::get(&server);
-        let owner_service = {
-            let mut legacy = t.legacy.borrow_mut();
-            let Some(l) = legacy.get_mut(&id) else { return };
-            if matches!(l.state, LinkState::Online | LinkState::Connecting) {
-                l.state = LinkState::Offline;
+        let mut legacy = t.legacy.borrow_mut();
+        let Some(l) = legacy.get_mut(&id) else { return };
+        l.state = LinkState::Online;
+        l.backoff.cancel();
+        l.backoff.connected_at = Some(Instant::now());
+        (l.owner.clone(), l.service.clone())
+    };
+    tracing::info!(account = %accounts::label(&server, id), "legacy account connected");
+    service::announce(&server, &owner_service.0, &owner_service.1);
+    // Joining from inside the ui-op would re-enter the prpl's login path.
+    let weak = Rc::downgrade(&server);
+    crate::net::source::idle_once(move || {
+        super::purple::ffi::guard("after connect", (), || {
+            if let Some(s) = weak.upgrade() {
+                // Contacts into the roster, rooms re-joined.
+                Transport::get(&s)
+                    .events
+                    .link_up
+                    .publish(&s, &super::events::LinkUp { id });
             }
-            for r in l.rooms.values_mut() {
-                r.joined = false;
-            }
-            (l.owner.clone(), l.service.clone())
-        };
-        muc::account_gone(&server, id);
-        service::announce(&server, &owner_service.0, &owner_service.1);
-    })
+        })
+    });
 }
 
-unsafe extern "C" fn report_disconnect_reason(
-    gc: *mut p::PurpleConnection,
-    reason: p::PurpleConnectionError,
-    text: *const c_char,
-) {
-    super::ffi::guard("report_disconnect_reason", (), || {
-        let Some(server) = core::server() else { return };
-        let Some(id) = id_of_gc(&server, gc) else {
-            return;
-        };
-        let text = super::text::line(&string(text));
-        // SAFETY: a pure function of the enum.
-        let fatal = unsafe { p::purple_connection_error_is_fatal(reason) } != 0;
-        failed(&server, id, &text, fatal);
-    })
+fn disconnected(gc: Connection) {
+    let Some(server) = core::server() else { return };
+    let Some(id) = id_of_gc(&server, gc) else {
+        return;
+    };
+    let t = Transport::get(&server);
+    let owner_service = {
+        let mut legacy = t.legacy.borrow_mut();
+        let Some(l) = legacy.get_mut(&id) else { return };
+        if matches!(l.state, LinkState::Online | LinkState::Connecting) {
+            l.state = LinkState::Offline;
+        }
+        for r in l.rooms.values_mut() {
+            r.joined = false;
+        }
+        (l.owner.clone(), l.service.clone())
+    };
+    // Room occupants vanish for the user until the rooms are re-joined.
+    t.events
+        .link_down
+        .publish(&server, &super::events::LinkDown { id });
+    service::announce(&server, &owner_service.0, &owner_service.1);
+}
+
+fn report_disconnect_reason(gc: Connection, fatal: bool, text: &str) {
+    let Some(server) = core::server() else { return };
+    let Some(id) = id_of_gc(&server, gc) else {
+        return;
+    };
+    let text = super::text::line(text);
+    failed(&server, id, &text, fatal);
 }
 
 /// Records a failure, tells the user once, and schedules a retry unless it is final.
@@ -266,7 +244,7 @@ pub fn failed(server: &Rc<Server>, id: i64, text: &str, fatal: bool) {
 fn schedule(server: &Rc<Server>, id: i64, delay: Duration) {
     let weak = Rc::downgrade(server);
     let timer = server.after(delay, move || {
-        super::ffi::guard("reconnect", (), || {
+        super::purple::ffi::guard("reconnect", (), || {
             let Some(s) = weak.upgrade() else { return };
             let t = Transport::get(&s);
             let (acc, due) = {
@@ -278,8 +256,8 @@ fn schedule(server: &Rc<Server>, id: i64, delay: Duration) {
             if !due {
                 return;
             }
-            // SAFETY: main thread, live account (still in the table).
-            if unsafe { p::purple_account_is_disconnected(acc) } == 0 {
+            // A live account (still in the table).
+            if !acc.is_disconnected() {
                 // libpurple has not finished tearing down yet.
                 schedule(&s, id, Duration::from_secs(1));
                 return;

@@ -14,56 +14,30 @@
 //! request is then closed with `purple_request_close` so libpurple forgets its handle.
 //! `va_list` ops (`request_action`, `request_choice`) come through the C shim in purple-sys.
 
-use std::ffi::{c_char, c_int, c_void};
 use std::rc::Rc;
 
 use jid::{BareJid, FullJid};
-use purple_sys as p;
 
-use super::ffi::{cstring, glist, string};
 use super::forms::{self, FormField};
+use super::purple::Account;
+use super::purple::markup::html_to_text;
+use super::purple::request::{self, AuthAnswer, FieldKind, Prompt, Request as Kind};
 use super::{LinkState, ServiceInfo, Transport, core, messages, roster_bridge, service, text};
 use crate::router::ServiceHost;
 use crate::server::Server;
 use crate::xml::{Element, ns};
 
-enum Kind {
-    Action {
-        labels: Vec<String>,
-        cbs: Vec<p::GCallback>,
-    },
-    Input {
-        ok: p::GCallback,
-        cancel: p::GCallback,
-        masked: bool,
-    },
-    Choice {
-        labels: Vec<String>,
-        values: Vec<c_int>,
-        ok: p::GCallback,
-        cancel: p::GCallback,
-    },
-    Fields {
-        fields: *mut p::PurpleRequestFields,
-        ok: p::GCallback,
-        cancel: p::GCallback,
-    },
-}
-
 struct Request {
     id: usize,
     kind: Kind,
     owners: Vec<(BareJid, String)>,
-    user_data: *mut c_void,
 }
 
 struct Auth {
     handle: usize,
     legacy: i64,
     name: String,
-    authorize: p::PurpleAccountRequestAuthorizationCb,
-    deny: p::PurpleAccountRequestAuthorizationCb,
-    user_data: *mut c_void,
+    answer: AuthAnswer,
 }
 
 /// Open requests (in `Transport`).
@@ -82,22 +56,13 @@ impl Pending {
 }
 
 pub fn install_ui_ops() {
-    // SAFETY: leaked ui-ops set once on the main thread; the shim forwards the va_list ops.
-    unsafe {
-        p::wockd_shim_set_request_callbacks(Some(request_action), Some(request_choice));
-        p::purple_request_set_ui_ops(Box::leak(Box::new(p::PurpleRequestUiOps {
-            request_input: Some(request_input),
-            request_choice: Some(p::wockd_shim_request_choice),
-            request_action: Some(p::wockd_shim_request_action),
-            request_fields: Some(request_fields),
-            close_request: Some(close_request),
-            ..Default::default()
-        })));
-        p::purple_notify_set_ui_ops(Box::leak(Box::new(p::PurpleNotifyUiOps {
-            notify_message: Some(notify_message),
-            ..Default::default()
-        })));
-    }
+    request::set_ui_ops(request::UiOps {
+        open: open_request,
+        close: close_request,
+        notify: notify_message,
+        authorize: request_authorize,
+        close_authorize: close_account_request,
+    });
 }
 
 thread_local! {
@@ -124,14 +89,10 @@ impl Drop for Answering {
 /// certificate prompts have none) goes to the owners of the accounts connecting to a host the
 /// question names — libpurple's certificate cache is process-wide, so they are the ones whose
 /// connection the answer decides — and only if none matches, to every connecting account.
-fn owners_for(
-    server: &Server,
-    acc: *mut p::PurpleAccount,
-    question: &str,
-) -> Vec<(BareJid, String)> {
+fn owners_for(server: &Server, acc: Option<Account>, question: &str) -> Vec<(BareJid, String)> {
     let t = Transport::get(server);
     let legacy = t.legacy.borrow();
-    if acc.is_null() {
+    if acc.is_none() {
         // Raised while one account's certificate is verified (certs.rs), or again from one
         // user's answer ("View certificate" re-opens the question): that user's alone.
         if let Some(l) = super::certs::verifying().and_then(|id| legacy.get(&id)) {
@@ -142,7 +103,7 @@ fn owners_for(
         }
     }
     let connecting = || legacy.values().filter(|l| l.state == LinkState::Connecting);
-    let chosen: Vec<&super::Legacy> = if acc.is_null() {
+    let chosen: Vec<&super::Legacy> = if acc.is_none() {
         let naming: Vec<_> = connecting()
             .filter(|l| hosts_of(l).iter().any(|h| question.contains(h.as_str())))
             .collect();
@@ -155,7 +116,7 @@ fn owners_for(
             naming
         }
     } else {
-        legacy.values().filter(|l| l.account == acc).collect()
+        legacy.values().filter(|l| Some(l.account) == acc).collect()
     };
     let mut out: Vec<(BareJid, String)> = chosen
         .into_iter()
@@ -174,17 +135,8 @@ fn hosts_of(l: &super::Legacy) -> Vec<String> {
         let server = server.split('/').next().unwrap_or(server);
         hosts.push(server.to_owned());
     }
-    let key = cstring("connect_server");
-    let empty = cstring("");
-    // SAFETY: main thread; `l.account` is alive while the link is (see `Legacy::account`);
-    // libpurple returns a borrowed string or the default.
-    let connect = unsafe {
-        string(p::purple_account_get_string(
-            l.account,
-            key.as_ptr(),
-            empty.as_ptr(),
-        ))
-    };
+    // `l.account` is alive while the link is (see `Legacy::account`).
+    let connect = l.account.get_string("connect_server", "");
     if !connect.is_empty() {
         hosts.push(connect);
     }
@@ -192,15 +144,11 @@ fn hosts_of(l: &super::Legacy) -> Vec<String> {
     hosts
 }
 
-fn text_of(
-    title: *const c_char,
-    primary: *const c_char,
-    secondary: *const c_char,
-) -> (String, String) {
-    let title = text::line(&super::ffi::html_to_text(&string(title)));
-    let parts: Vec<String> = [primary, secondary]
+fn text_of(prompt: &Prompt) -> (String, String) {
+    let title = text::line(&html_to_text(&prompt.title));
+    let parts: Vec<String> = [&prompt.primary, &prompt.secondary]
         .into_iter()
-        .map(|s| text::display(&super::ffi::html_to_text(&string(s))))
+        .map(|s| text::display(&html_to_text(s)))
         .filter(|s| !s.is_empty())
         .collect();
     (title, parts.join("\n"))
@@ -217,13 +165,7 @@ struct Question {
 
 /// Registers a request and sends the question; returns the ui handle (NULL if nobody can
 /// answer, which libpurple treats as "no UI").
-fn open(
-    server: &Rc<Server>,
-    acc: *mut p::PurpleAccount,
-    kind: Kind,
-    user_data: *mut c_void,
-    question: Question,
-) -> *mut c_void {
+fn open(server: &Rc<Server>, acc: Option<Account>, kind: Kind, question: Question) -> usize {
     let Question {
         title,
         text,
@@ -242,7 +184,6 @@ fn open(
             id,
             kind,
             owners: owners.clone(),
-            user_data,
         });
         id
     };
@@ -259,7 +200,7 @@ fn open(
             .child(forms::form(None, &title, &text, &all));
         server.to_account(owner, msg);
     }
-    id as *mut c_void
+    id
 }
 
 /// A button or choice label for the user: mnemonic underscores and what XML cannot carry
@@ -268,293 +209,126 @@ fn clean_label(l: &str) -> String {
     text::line(&l.replace('_', ""))
 }
 
-unsafe extern "C" fn request_action(
-    title: *const c_char,
-    primary: *const c_char,
-    secondary: *const c_char,
-    _default: c_int,
-    acc: *mut p::PurpleAccount,
-    _who: *const c_char,
-    _conv: *mut p::PurpleConversation,
-    user_data: *mut c_void,
-    count: usize,
-    labels: *const *const c_char,
-    cbs: *const p::GCallback,
-) -> *mut c_void {
-    super::ffi::guard("request_action", std::ptr::null_mut(), || {
-        let Some(server) = core::server() else {
-            return std::ptr::null_mut();
-        };
-        // SAFETY: the shim passes `count` valid entries for the duration of the call.
-        let (labels, cbs): (Vec<String>, Vec<p::GCallback>) = unsafe {
-            (0..count)
-                .map(|i| (clean_label(&string(*labels.add(i))), *cbs.add(i)))
-                .unzip()
-        };
-        let (title, text) = text_of(title, primary, secondary);
-        let mut f = FormField::new("action", "list-single", Some("Answer")).required(true);
-        f.options = labels
+/// libpurple asks something: the question goes to the user(s) who can answer it.
+fn open_request(acc: Option<Account>, prompt: Prompt, mut kind: Kind) -> Option<usize> {
+    let server = core::server()?;
+    let (title, text) = text_of(&prompt);
+    let reply_with = |labels: &[String]| {
+        labels
             .iter()
             .enumerate()
-            .map(|(i, l)| (l.clone(), i.to_string()))
-            .collect();
-        let hint = format!(
-            "Reply with one of: {}",
-            labels
+            .map(|(i, l)| format!("{} ({l})", i + 1))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (fields, hint) = match &mut kind {
+        Kind::Action { labels, .. } => {
+            *labels = labels.iter().map(|l| clean_label(l)).collect();
+            let mut f = FormField::new("action", "list-single", Some("Answer")).required(true);
+            f.options = labels
                 .iter()
                 .enumerate()
-                .map(|(i, l)| format!("{} ({l})", i + 1))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        open(
-            &server,
-            acc,
-            Kind::Action { labels, cbs },
-            user_data,
-            Question {
-                title,
-                text,
-                fields: vec![f],
-                hint,
-            },
-        )
-    })
-}
-
-unsafe extern "C" fn request_choice(
-    title: *const c_char,
-    primary: *const c_char,
-    secondary: *const c_char,
-    _default: c_int,
-    _ok_text: *const c_char,
-    ok: p::GCallback,
-    _cancel_text: *const c_char,
-    cancel: p::GCallback,
-    acc: *mut p::PurpleAccount,
-    _who: *const c_char,
-    _conv: *mut p::PurpleConversation,
-    user_data: *mut c_void,
-    count: usize,
-    labels: *const *const c_char,
-    values: *const c_int,
-) -> *mut c_void {
-    super::ffi::guard("request_choice", std::ptr::null_mut(), || {
-        let Some(server) = core::server() else {
-            return std::ptr::null_mut();
-        };
-        // SAFETY: as in request_action.
-        let (labels, values): (Vec<String>, Vec<c_int>) = unsafe {
-            (0..count)
-                .map(|i| (clean_label(&string(*labels.add(i))), *values.add(i)))
-                .unzip()
-        };
-        let (title, text) = text_of(title, primary, secondary);
-        let mut f = FormField::new("choice", "list-single", Some("Choice")).required(true);
-        f.options = labels
-            .iter()
-            .zip(&values)
-            .map(|(l, v)| (l.clone(), v.to_string()))
-            .collect();
-        let hint = format!(
-            "Reply with one of: {} — or 'cancel'",
-            labels
+                .map(|(i, l)| (l.clone(), i.to_string()))
+                .collect();
+            (
+                vec![f],
+                format!("Reply with one of: {}", reply_with(labels)),
+            )
+        }
+        Kind::Choice { labels, values, .. } => {
+            *labels = labels.iter().map(|l| clean_label(l)).collect();
+            let mut f = FormField::new("choice", "list-single", Some("Choice")).required(true);
+            f.options = labels
                 .iter()
-                .enumerate()
-                .map(|(i, l)| format!("{} ({l})", i + 1))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        open(
-            &server,
-            acc,
-            Kind::Choice {
-                labels,
-                values,
-                ok,
-                cancel,
-            },
-            user_data,
-            Question {
-                title,
-                text,
-                fields: vec![f],
-                hint,
-            },
-        )
-    })
-}
-
-#[allow(clippy::too_many_arguments)]
-unsafe extern "C" fn request_input(
-    title: *const c_char,
-    primary: *const c_char,
-    secondary: *const c_char,
-    default: *const c_char,
-    _multiline: p::gboolean,
-    masked: p::gboolean,
-    _hint: *mut p::gchar,
-    _ok_text: *const c_char,
-    ok: p::GCallback,
-    _cancel_text: *const c_char,
-    cancel: p::GCallback,
-    acc: *mut p::PurpleAccount,
-    _who: *const c_char,
-    _conv: *mut p::PurpleConversation,
-    user_data: *mut c_void,
-) -> *mut c_void {
-    super::ffi::guard("request_input", std::ptr::null_mut(), || {
-        let Some(server) = core::server() else {
-            return std::ptr::null_mut();
-        };
-        let (title, text) = text_of(title, primary, secondary);
-        let kind = if masked != 0 {
-            "text-private"
-        } else {
-            "text-single"
-        };
-        let f = FormField::new("value", kind, Some("Answer"))
-            .value(text::line(&string(default)))
-            .required(true);
-        open(
-            &server,
-            acc,
-            Kind::Input {
-                ok,
-                cancel,
-                masked: masked != 0,
-            },
-            user_data,
-            Question {
-                title,
-                text,
-                fields: vec![f],
-                hint: "Reply with the answer, or 'cancel'.".into(),
-            },
-        )
-    })
-}
-
-#[allow(clippy::too_many_arguments)]
-unsafe extern "C" fn request_fields(
-    title: *const c_char,
-    primary: *const c_char,
-    secondary: *const c_char,
-    fields: *mut p::PurpleRequestFields,
-    _ok_text: *const c_char,
-    ok: p::GCallback,
-    _cancel_text: *const c_char,
-    cancel: p::GCallback,
-    acc: *mut p::PurpleAccount,
-    _who: *const c_char,
-    _conv: *mut p::PurpleConversation,
-    user_data: *mut c_void,
-) -> *mut c_void {
-    super::ffi::guard("request_fields", std::ptr::null_mut(), || {
-        let Some(server) = core::server() else {
-            return std::ptr::null_mut();
-        };
-        let (title, text) = text_of(title, primary, secondary);
-        let mut out = Vec::new();
-        for f in all_fields(fields) {
-            // SAFETY: fields belong to the request, alive until it is closed.
-            unsafe {
-                let var = text::line(&string(p::purple_request_field_get_id(f)));
-                let label = text::line(&string(p::purple_request_field_get_label(f)));
-                let ff = match p::purple_request_field_get_type(f) {
-                    p::PURPLE_REQUEST_FIELD_STRING => {
-                        let kind = if p::purple_request_field_string_is_masked(f) != 0 {
+                .zip(values.iter())
+                .map(|(l, v)| (l.clone(), v.to_string()))
+                .collect();
+            (
+                vec![f],
+                format!("Reply with one of: {} — or 'cancel'", reply_with(labels)),
+            )
+        }
+        Kind::Input {
+            default, masked, ..
+        } => {
+            let kind = if *masked {
+                "text-private"
+            } else {
+                "text-single"
+            };
+            let f = FormField::new("value", kind, Some("Answer"))
+                .value(text::line(default))
+                .required(true);
+            (vec![f], "Reply with the answer, or 'cancel'.".into())
+        }
+        Kind::Fields { fields, .. } => {
+            let mut out = Vec::new();
+            for f in fields.all() {
+                let var = text::line(&f.id());
+                let label = text::line(&f.label());
+                let ff = match f.kind() {
+                    FieldKind::Text { masked, default } => {
+                        let kind = if masked {
                             "text-private"
                         } else {
                             "text-single"
                         };
-                        FormField::new(&var, kind, Some(&label)).value(text::display(&string(
-                            p::purple_request_field_string_get_default_value(f),
-                        )))
+                        FormField::new(&var, kind, Some(&label)).value(text::display(&default))
                     }
-                    p::PURPLE_REQUEST_FIELD_INTEGER => {
-                        FormField::new(&var, "text-single", Some(&label))
-                            .value(p::purple_request_field_int_get_default_value(f).to_string())
+                    FieldKind::Int(n) => {
+                        FormField::new(&var, "text-single", Some(&label)).value(n.to_string())
                     }
-                    p::PURPLE_REQUEST_FIELD_BOOLEAN => {
-                        FormField::new(&var, "boolean", Some(&label)).value(
-                            if p::purple_request_field_bool_get_default_value(f) != 0 {
-                                "1"
-                            } else {
-                                "0"
-                            },
-                        )
-                    }
-                    p::PURPLE_REQUEST_FIELD_CHOICE => {
+                    FieldKind::Bool(b) => FormField::new(&var, "boolean", Some(&label))
+                        .value(if b { "1" } else { "0" }),
+                    FieldKind::Choice(default, labels) => {
                         let mut ff = FormField::new(&var, "list-single", Some(&label))
-                            .value(p::purple_request_field_choice_get_default_value(f).to_string());
-                        ff.options = glist(p::purple_request_field_choice_get_labels(f))
-                            .into_iter()
+                            .value(default.to_string());
+                        ff.options = labels
+                            .iter()
                             .enumerate()
-                            .map(|(i, l)| (clean_label(&string(l as *const c_char)), i.to_string()))
+                            .map(|(i, l)| (clean_label(l), i.to_string()))
                             .collect();
                         ff
                     }
-                    p::PURPLE_REQUEST_FIELD_LABEL => FormField::new("", "fixed", None).value(label),
-                    _ => continue,
+                    FieldKind::Label => FormField::new("", "fixed", None).value(label),
+                    FieldKind::Other => continue,
                 };
-                out.push(ff.required(p::purple_request_field_is_required(f) != 0));
+                out.push(ff.required(f.required()));
             }
-        }
-        open(
-            &server,
-            acc,
-            Kind::Fields { fields, ok, cancel },
-            user_data,
-            Question {
-                title,
-                text,
-                fields: out,
-                hint: "Answer with the form, reply with the value of the first field, or 'cancel'."
+            (
+                out,
+                "Answer with the form, reply with the value of the first field, or 'cancel'."
                     .into(),
-            },
-        )
-    })
+            )
+        }
+    };
+    Some(open(
+        &server,
+        acc,
+        kind,
+        Question {
+            title,
+            text,
+            fields,
+            hint,
+        },
+    ))
 }
 
-fn all_fields(fields: *mut p::PurpleRequestFields) -> Vec<*mut p::PurpleRequestField> {
-    // SAFETY: borrowed lists of the request's groups and fields.
-    unsafe {
-        glist(p::purple_request_fields_get_groups(fields))
-            .into_iter()
-            .flat_map(|g| {
-                glist(p::purple_request_field_group_get_fields(
-                    g as *mut p::PurpleRequestFieldGroup,
-                ))
-            })
-            .map(|f| f as *mut p::PurpleRequestField)
-            .collect()
-    }
+/// libpurple closed a request: forget it.
+fn close_request(handle: usize) {
+    let Some(server) = core::server() else { return };
+    Transport::get(&server)
+        .requests
+        .borrow_mut()
+        .items
+        .retain(|r| r.id != handle);
 }
 
-unsafe extern "C" fn close_request(_kind: p::PurpleRequestType, handle: *mut c_void) {
-    super::ffi::guard("close_request", (), || {
-        let Some(server) = core::server() else { return };
-        Transport::get(&server)
-            .requests
-            .borrow_mut()
-            .items
-            .retain(|r| r.id != handle as usize);
-    })
-}
-
-unsafe extern "C" fn notify_message(
-    _kind: p::PurpleNotifyMsgType,
-    title: *const c_char,
-    primary: *const c_char,
-    secondary: *const c_char,
-) -> *mut c_void {
-    super::ffi::guard("notify_message", std::ptr::null_mut(), || {
-        // No account context: logged, not sent (it could concern any user's account).
-        let (title, text) = text_of(title, primary, secondary);
-        tracing::info!(target: "purple", "notice: {title}: {text}");
-        std::ptr::null_mut()
-    })
+fn notify_message(prompt: Prompt) {
+    // No account context: logged, not sent (it could concern any user's account).
+    let (title, text) = text_of(&prompt);
+    tracing::info!(target: "purple", "notice: {title}: {text}");
 }
 
 /// A message from the user to the service JID: an answer to the oldest request they were
@@ -629,90 +403,50 @@ pub fn answer_message(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, e
     };
     // Whatever the callback asks next belongs to the same user.
     let _answering = Answering::set(owner.clone(), info.domain.clone());
-    let (rtype, ok) = match &req.kind {
-        Kind::Action { labels, cbs } => match pick(labels, "action") {
+    let ok = match &req.kind {
+        Kind::Action { labels, answer } => match pick(labels, "action") {
             Some(i) => {
-                if let Some(cb) = cbs.get(i).copied().flatten() {
-                    // SAFETY: PurpleRequestActionCb(void *user_data, int action), called once.
-                    unsafe {
-                        let f: unsafe extern "C" fn(*mut c_void, c_int) = std::mem::transmute(cb);
-                        f(req.user_data, i as c_int);
-                    }
-                }
-                (p::PURPLE_REQUEST_ACTION, true)
+                answer.call(i);
+                true
             }
-            None => (p::PURPLE_REQUEST_ACTION, false),
+            None => false,
         },
         Kind::Choice {
             labels,
             values,
-            ok,
-            cancel: cancel_cb,
+            answer,
         } => {
-            let cb = if cancel { *cancel_cb } else { *ok };
             let chosen = if cancel {
                 Some(0)
             } else {
                 pick(labels, "choice").or_else(|| {
                     first("choice")
-                        .and_then(|v| v.parse::<c_int>().ok())
+                        .and_then(|v| v.parse::<i32>().ok())
                         .and_then(|v| values.iter().position(|x| *x == v))
                 })
             };
             match chosen {
                 Some(i) => {
-                    if let Some(cb) = cb {
-                        // SAFETY: PurpleRequestChoiceCb(void *user_data, int value), called once.
-                        unsafe {
-                            let f: unsafe extern "C" fn(*mut c_void, c_int) =
-                                std::mem::transmute(cb);
-                            f(req.user_data, values.get(i).copied().unwrap_or(0));
-                        }
-                    }
-                    (p::PURPLE_REQUEST_CHOICE, true)
+                    answer.choice(cancel, values.get(i).copied().unwrap_or(0));
+                    true
                 }
-                None => (p::PURPLE_REQUEST_CHOICE, false),
+                None => false,
             }
         }
-        Kind::Input {
-            ok,
-            cancel: cancel_cb,
-            masked,
-        } => {
+        Kind::Input { masked, answer, .. } => {
             let value = first("value").unwrap_or_else(|| body.clone());
-            let cb = if cancel { *cancel_cb } else { *ok };
             if *masked {
                 tracing::debug!("masked input answered");
             }
-            let c = cstring(&value);
-            if let Some(cb) = cb {
-                // SAFETY: PurpleRequestInputCb(void *user_data, const char *value), called once.
-                unsafe {
-                    let f: unsafe extern "C" fn(*mut c_void, *const c_char) =
-                        std::mem::transmute(cb);
-                    f(req.user_data, c.as_ptr());
-                }
-            }
-            (p::PURPLE_REQUEST_INPUT, true)
+            answer.input(cancel, &value);
+            true
         }
-        Kind::Fields {
-            fields,
-            ok,
-            cancel: cancel_cb,
-        } => {
+        Kind::Fields { fields, answer } => {
             if !cancel {
-                fill_fields(*fields, form.as_deref(), &body);
+                fill_fields(fields, form.as_deref(), &body);
             }
-            let cb = if cancel { *cancel_cb } else { *ok };
-            if let Some(cb) = cb {
-                // SAFETY: PurpleRequestFieldsCb(void *user_data, PurpleRequestFields *), once.
-                unsafe {
-                    let f: unsafe extern "C" fn(*mut c_void, *mut p::PurpleRequestFields) =
-                        std::mem::transmute(cb);
-                    f(req.user_data, *fields);
-                }
-            }
-            (p::PURPLE_REQUEST_FIELDS, true)
+            answer.fields(cancel, fields);
+            true
         }
     };
     if !ok {
@@ -725,125 +459,77 @@ pub fn answer_message(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, e
         t.requests.borrow_mut().items.insert(0, req);
         return;
     }
-    // SAFETY: tells libpurple the request is finished (it calls close_request, a no-op now).
-    unsafe { p::purple_request_close(rtype, req.id as *mut c_void) };
+    // Tells libpurple the request is finished (it calls close_request, a no-op now).
+    req.kind.close(req.id);
 }
 
-fn fill_fields(
-    fields: *mut p::PurpleRequestFields,
-    form: Option<&[(String, Vec<String>)]>,
-    body: &str,
-) {
+fn fill_fields(fields: &request::Fields, form: Option<&[(String, Vec<String>)]>, body: &str) {
     let mut body_used = false;
-    for f in all_fields(fields) {
-        // SAFETY: live request fields; setters copy strings.
-        unsafe {
-            // The id as the form showed it (see request_fields).
-            let var = text::line(&string(p::purple_request_field_get_id(f)));
-            let value = match form.and_then(|v| forms::value(v, &var)) {
-                Some(v) => v.to_owned(),
-                None if !body_used
-                    && p::purple_request_field_get_type(f) == p::PURPLE_REQUEST_FIELD_STRING =>
-                {
-                    body_used = true;
-                    body.to_owned()
-                }
-                None => continue,
-            };
-            match p::purple_request_field_get_type(f) {
-                p::PURPLE_REQUEST_FIELD_STRING => {
-                    let c = cstring(&value);
-                    p::purple_request_field_string_set_value(f, c.as_ptr());
-                }
-                p::PURPLE_REQUEST_FIELD_INTEGER => {
-                    if let Ok(n) = value.trim().parse() {
-                        p::purple_request_field_int_set_value(f, n);
-                    }
-                }
-                p::PURPLE_REQUEST_FIELD_BOOLEAN => {
-                    p::purple_request_field_bool_set_value(f, forms::truthy(&value) as p::gboolean)
-                }
-                p::PURPLE_REQUEST_FIELD_CHOICE => {
-                    if let Ok(n) = value.trim().parse() {
-                        p::purple_request_field_choice_set_value(f, n);
-                    }
-                }
-                _ => {}
+    for f in fields.all() {
+        // The id as the form showed it (see open_request).
+        let var = text::line(&f.id());
+        let value = match form.and_then(|v| forms::value(v, &var)) {
+            Some(v) => v.to_owned(),
+            None if !body_used && f.is_text() => {
+                body_used = true;
+                body.to_owned()
             }
-        }
+            None => continue,
+        };
+        f.set(&value, forms::truthy(&value));
     }
 }
 
 // ---- legacy authorisation requests ----------------------------------------------------------
 
-#[allow(clippy::too_many_arguments)]
-pub unsafe extern "C" fn request_authorize(
-    acc: *mut p::PurpleAccount,
-    remote_user: *const c_char,
-    _id: *const c_char,
-    _alias: *const c_char,
-    message: *const c_char,
-    _on_list: p::gboolean,
-    authorize: p::PurpleAccountRequestAuthorizationCb,
-    deny: p::PurpleAccountRequestAuthorizationCb,
-    user_data: *mut c_void,
-) -> *mut c_void {
-    super::ffi::guard("request_authorize", std::ptr::null_mut(), || {
-        let Some(server) = core::server() else {
-            return std::ptr::null_mut();
-        };
-        let t = Transport::get(&server);
-        let Some(legacy) = t.id_of(acc) else {
-            return std::ptr::null_mut();
-        };
-        let Some((owner, protocol)) = t
-            .legacy
-            .borrow()
-            .get(&legacy)
-            .map(|l| (l.owner.clone(), l.protocol.clone()))
-        else {
-            return std::ptr::null_mut();
-        };
-        let name = messages::peer_name(&protocol, &string(remote_user));
-        let Some(contact) = t.contact_jid(legacy, &name) else {
-            return std::ptr::null_mut();
-        };
-        let handle = {
-            let mut pending = t.requests.borrow_mut();
-            let handle = pending.next_handle();
-            pending.auths.push(Auth {
-                handle,
-                legacy,
-                name,
-                authorize,
-                deny,
-                user_data,
-            });
-            handle
-        };
-        let mut el = Element::stanza("presence")
-            .attr("from", contact.to_string())
-            .attr("to", owner.to_string())
-            .attr("type", "subscribe");
-        let msg = text::display(&string(message));
-        if !msg.is_empty() {
-            el.push(Element::new("status", ns::CLIENT).text(msg));
-        }
-        roster_bridge::pending_in(&server, &owner, &contact, &el);
-        server.to_available(&owner, &el);
-        handle as *mut c_void
-    })
+/// A legacy contact asks to see the user's presence: a `subscribe` from the contact JID.
+fn request_authorize(
+    acc: Account,
+    remote_user: &str,
+    message: &str,
+    answer: AuthAnswer,
+) -> Option<usize> {
+    let server = core::server()?;
+    let t = Transport::get(&server);
+    let legacy = t.id_of(acc)?;
+    let (owner, protocol) = t
+        .legacy
+        .borrow()
+        .get(&legacy)
+        .map(|l| (l.owner.clone(), l.protocol.clone()))?;
+    let name = messages::peer_name(&protocol, remote_user);
+    let contact = t.contact_jid(legacy, &name)?;
+    let handle = {
+        let mut pending = t.requests.borrow_mut();
+        let handle = pending.next_handle();
+        pending.auths.push(Auth {
+            handle,
+            legacy,
+            name,
+            answer,
+        });
+        handle
+    };
+    let mut el = Element::stanza("presence")
+        .attr("from", contact.to_string())
+        .attr("to", owner.to_string())
+        .attr("type", "subscribe");
+    let msg = text::display(message);
+    if !msg.is_empty() {
+        el.push(Element::new("status", ns::CLIENT).text(msg));
+    }
+    roster_bridge::pending_in(&server, &owner, &contact, &el);
+    server.to_available(&owner, &el);
+    Some(handle)
 }
 
-pub unsafe extern "C" fn close_account_request(handle: *mut c_void) {
-    super::ffi::guard("close_account_request", (), || {
-        let Some(server) = core::server() else { return };
-        Transport::get(&server)
-            .requests
-            .borrow_mut()
-            .auths
-            .retain(|a| a.handle != handle as usize);
-    })
+fn close_account_request(handle: usize) {
+    let Some(server) = core::server() else { return };
+    Transport::get(&server)
+        .requests
+        .borrow_mut()
+        .auths
+        .retain(|a| a.handle != handle);
 }
 
 /// The user's `subscribed` (true) or `unsubscribed` to a contact with a pending legacy
@@ -859,11 +545,8 @@ pub fn answer_authorization(server: &Rc<Server>, legacy: i64, name: &str, accept
         pos.map(|i| pending.auths.remove(i))
     };
     let Some(auth) = auth else { return false };
-    let cb = if accept { auth.authorize } else { auth.deny };
-    if let Some(cb) = cb {
-        // SAFETY: PurpleAccountRequestAuthorizationCb(void *user_data), called exactly once.
-        unsafe { cb(auth.user_data) };
-    }
+    // Called exactly once: the request left the table above.
+    auth.answer.call(accept);
     if accept
         && let Some(contact) = t.contact_jid(legacy, name)
         && let Some(owner) = t.legacy.borrow().get(&legacy).map(|l| l.owner.clone())

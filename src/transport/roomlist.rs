@@ -20,9 +20,8 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use jid::FullJid;
-use purple_sys as p;
 
-use super::ffi::{glist, string};
+use super::purple::roomlist::{self as purple_roomlist, ListedRoom, Roomlist};
 use super::{ServiceInfo, Transport, accounts, core, forms};
 use crate::server::Server;
 use crate::xml::Element;
@@ -63,7 +62,7 @@ struct Waiter {
 
 #[derive(Default)]
 struct State {
-    /// Running fetches: `PurpleRoomlist` pointer → (legacy account id, rooms so far).
+    /// Running fetches: room list address → (legacy account id, rooms so far).
     fetching: HashMap<usize, (i64, Vec<Listed>)>,
     /// Finished lists by legacy account id.
     cache: HashMap<i64, (Instant, Rc<Vec<Listed>>)>,
@@ -76,22 +75,16 @@ thread_local! {
 }
 
 pub fn install_ui_ops() {
-    // SAFETY: called once from core::init on the main thread; the struct is leaked so it
-    // outlives libpurple.
-    unsafe {
-        p::purple_roomlist_set_ui_ops(Box::leak(Box::new(p::PurpleRoomlistUiOps {
-            show_with_account: None,
-            create: None,
-            set_fields: None,
-            add_room: Some(add_room),
-            in_progress: Some(in_progress),
-            destroy: Some(destroyed),
-            _purple_reserved1: None,
-            _purple_reserved2: None,
-            _purple_reserved3: None,
-            _purple_reserved4: None,
-        })));
-    }
+    purple_roomlist::set_ui_ops(purple_roomlist::UiOps {
+        add_room,
+        finished: in_progress_done,
+        destroyed,
+    });
+}
+
+/// Subscribes to the lifecycle events: a removed account's cached list is forgotten.
+pub fn subscribe(events: &super::events::Events) {
+    events.account_removed.subscribe(|_, e| forget(e.id));
 }
 
 /// Answers disco#items on the service JID `info.domain` for `from` (request `el`, payload `q`).
@@ -136,7 +129,7 @@ pub fn items(server: &Rc<Server>, info: &ServiceInfo, from: &FullJid, el: Elemen
     w.token = token;
     let weak = Rc::downgrade(server);
     w.timer = Some(server.after(WAIT, move || {
-        super::ffi::guard("room list wait", (), || {
+        super::purple::ffi::guard("room list wait", (), || {
             let Some(server) = weak.upgrade() else { return };
             let w = STATE.with_borrow_mut(|s| {
                 let i = s.waiting.iter().position(|w| w.token == token)?;
@@ -173,122 +166,55 @@ fn start_fetch(server: &Server, id: i64) -> bool {
     if PROMPTING.contains(&accounts::protocol(server, id).as_str()) {
         return false;
     }
-    // SAFETY: main thread, live connection. The prpl owns the list it returns; we take a
-    // reference so it stays valid until we have read it (dropped in `finish_fetch`).
-    unsafe {
-        let prpl = super::ffi::prpl_info(p::purple_connection_get_prpl(gc));
-        if prpl.is_null() || (*prpl).roomlist_get_list.is_none() {
-            return false;
-        }
-        let list = p::purple_roomlist_get_list(gc);
-        if list.is_null() {
-            return false;
-        }
-        p::purple_roomlist_ref(list);
-        STATE.with_borrow_mut(|s| s.fetching.insert(list as usize, (id, Vec::new())));
-        // The prpl may have answered synchronously (a cached list); then it is done already.
-        if (*list).in_progress == 0 && !(*list).rooms.is_null() {
-            finish_fetch(list);
-            return false;
-        }
+    // The prpl owns the list; `fetch` takes a reference for us, dropped in `finish_fetch`.
+    let Some(list) = purple_roomlist::fetch(gc) else {
+        return false;
+    };
+    STATE.with_borrow_mut(|s| s.fetching.insert(list.addr(), (id, Vec::new())));
+    // The prpl may have answered synchronously (a cached list); then it is done already.
+    if list.is_complete() {
+        finish_fetch(list);
+        return false;
     }
     // The LIST goes out when Gateway::handle flushes prpl-irc's queue after this stanza.
     true
 }
 
-unsafe extern "C" fn add_room(list: *mut p::PurpleRoomlist, room: *mut p::PurpleRoomlistRoom) {
-    super::ffi::guard("add_room", (), || {
-        if !core::on_main_thread() || list.is_null() || room.is_null() {
-            return;
+fn add_room(list: Roomlist, room: ListedRoom) {
+    if !core::on_main_thread() {
+        return;
+    }
+    let ListedRoom { name, users, topic } = room;
+    let topic = topic
+        .map(|t| super::text::line(&super::purple::markup::html_to_text(&t)))
+        .filter(|t| !t.trim().is_empty());
+    let listed = Listed { name, users, topic };
+    STATE.with_borrow_mut(|s| {
+        if let Some((_, rooms)) = s.fetching.get_mut(&list.addr()) {
+            rooms.push(listed);
         }
-        // SAFETY: libpurple passes a live list and room for the duration of the call.
-        let listed = unsafe { read_room(list, room) };
-        if let Some(listed) = listed {
-            STATE.with_borrow_mut(|s| {
-                if let Some((_, rooms)) = s.fetching.get_mut(&(list as usize)) {
-                    rooms.push(listed);
-                }
-            });
-        }
-    })
+    });
 }
 
-/// Reads a room's joinable name and its users/topic fields (by the fields' names, which
-/// prpls share: `users`, `topic`; prpl-jabber's description is `description`).
-///
-/// # Safety
-/// `list` and `room` must be live.
-unsafe fn read_room(
-    list: *mut p::PurpleRoomlist,
-    room: *mut p::PurpleRoomlistRoom,
-) -> Option<Listed> {
-    unsafe {
-        if p::purple_roomlist_room_get_type(room) & p::PURPLE_ROOMLIST_ROOMTYPE_ROOM == 0 {
-            return None;
-        }
-        let mut name = string(p::purple_roomlist_room_get_name(room));
-        // prpl-jabber lists the bare room name; its serialisation is the joinable room@host.
-        let gc = p::purple_account_get_connection((*list).account);
-        if !gc.is_null() {
-            let prpl = super::ffi::prpl_info(p::purple_connection_get_prpl(gc));
-            if !prpl.is_null()
-                && let Some(ser) = (*prpl).roomlist_room_serialize
-                && let Some(s) = super::ffi::take_gstring(ser(room))
-                && !s.is_empty()
-            {
-                name = s;
-            }
-        }
-        if name.is_empty() {
-            return None;
-        }
-        let fields = glist(p::purple_roomlist_get_fields(list));
-        let values = glist(p::purple_roomlist_room_get_fields(room));
-        let (mut users, mut topic) = (None, None);
-        for (f, v) in fields.iter().zip(values.iter()) {
-            let f = *f as *mut p::PurpleRoomlistField;
-            if f.is_null() {
-                continue;
-            }
-            let key = string((*f).name);
-            match ((*f).type_, key.as_str()) {
-                (p::PURPLE_ROOMLIST_FIELD_INT, "users") => users = Some(*v as i64),
-                (p::PURPLE_ROOMLIST_FIELD_STRING, "topic" | "description") if !v.is_null() => {
-                    let text = super::text::line(&super::ffi::html_to_text(&string(
-                        *v as *const std::ffi::c_char,
-                    )));
-                    topic = Some(text).filter(|t| !t.trim().is_empty());
-                }
-                _ => {}
-            }
-        }
-        Some(Listed { name, users, topic })
+fn in_progress_done(list: Roomlist) {
+    if core::on_main_thread() {
+        finish_fetch(list);
     }
 }
 
-unsafe extern "C" fn in_progress(list: *mut p::PurpleRoomlist, flag: p::gboolean) {
-    super::ffi::guard("in_progress", (), || {
-        if flag == 0 && core::on_main_thread() && !list.is_null() {
-            finish_fetch(list);
-        }
-    })
-}
-
-unsafe extern "C" fn destroyed(list: *mut p::PurpleRoomlist) {
-    super::ffi::guard("destroyed", (), || {
-        // A list destroyed before completing (connection lost): keep what arrived.
-        if core::on_main_thread() && !list.is_null() {
-            complete(list as usize);
-        }
-    })
+fn destroyed(list: Roomlist) {
+    // A list destroyed before completing (connection lost): keep what arrived.
+    if core::on_main_thread() {
+        complete(list.addr());
+    }
 }
 
 /// A list is complete: cache it, drop our reference, answer the requests it completes.
-fn finish_fetch(list: *mut p::PurpleRoomlist) {
-    if complete(list as usize) {
-        // SAFETY: the reference taken in `start_fetch`; the prpl still holds its own while it
-        // calls in_progress(FALSE), so this never frees the list under the caller.
-        unsafe { p::purple_roomlist_unref(list) };
+fn finish_fetch(list: Roomlist) {
+    if complete(list.addr()) {
+        // The reference taken in `start_fetch`; the prpl still holds its own while it calls
+        // in_progress(FALSE), so this never frees the list under the caller.
+        list.unref();
     }
 }
 

@@ -14,14 +14,11 @@
 //! * The service JID's presence tells the user the state of their accounts.
 
 use std::collections::BTreeMap;
-use std::ffi::c_char;
 use std::rc::Rc;
 
 use jid::{BareJid, FullJid, Jid};
-use purple_sys as p;
 
 use super::accounts::{self, FieldKind};
-use super::ffi::{cstring, string};
 use super::forms::{self, FormField};
 use super::{
     LinkState, ServiceInfo, Transport, adhoc, contacts, escape, messages, muc, requests,
@@ -40,15 +37,8 @@ pub fn describe(
     name: Option<String>,
     defaults: BTreeMap<String, String>,
 ) -> Option<ServiceInfo> {
-    let id = cstring(prpl);
-    // SAFETY: main thread after purple_core_init; plugins live for the process.
-    let plugin = unsafe { p::purple_find_prpl(id.as_ptr()) };
-    if plugin.is_null() {
-        return None;
-    }
-    // SAFETY: a loaded plugin's info is static.
-    let plugin_name =
-        super::text::line(&unsafe { string((*(*plugin).info).name as *const c_char) });
+    let plugin = super::purple::prpl::Prpl::find(prpl)?;
+    let plugin_name = super::text::line(&plugin.name());
     let kind = match prpl {
         "prpl-irc" => "irc".to_owned(),
         "prpl-jabber" => "xmpp".to_owned(),
@@ -91,7 +81,7 @@ impl Service for Gateway {
         for id in t.accounts_of(&from.to_bare(), &self.domain) {
             let acc = t.legacy.borrow().get(&id).map(|l| l.account);
             if let Some(acc) = acc {
-                super::core::flush_send_queue(acc);
+                super::purple::eventloop::flush_send_queue(acc);
             }
         }
     }
