@@ -15,7 +15,7 @@ use jid::{BareJid, FullJid};
 use socket2::{Domain, Socket, Type};
 
 use crate::config::{Config, Listener};
-use crate::core::events::{AccountDeleted, SessionEnded, Tick};
+use crate::core::events::{SessionEnded, Tick};
 use crate::core::hooks::Hooks;
 use crate::core::module::Module;
 use crate::core::stanza::{Condition, StreamError};
@@ -26,9 +26,6 @@ use crate::store::Store;
 use crate::stream::Pause;
 use crate::stream::{Connection, Stream};
 use crate::xml::Element;
-
-/// What [`Server::on_account_deleted`] registers.
-pub type AccountDeletedHook = Box<dyn Fn(&Rc<Server>, &BareJid)>;
 
 /// glib priority of the mailbox commit job: just more urgent than `DEFAULT`, where the sockets
 /// and the output flushes are. glib dispatches only the most urgent ready priority per
@@ -486,13 +483,6 @@ impl Server {
         self.store
             .account_exists(&node, account.domain().as_str())
             .unwrap_or(false)
-    }
-
-    /// Registers `hook` to run after an account was deleted: a shorthand for hooking
-    /// [`AccountDeleted`] at priority 0, for services installed while the server runs.
-    pub fn on_account_deleted(&self, hook: AccountDeletedHook) {
-        self.hooks
-            .on::<AccountDeleted>(0, move |server, e| hook(server, &e.account));
     }
 
     // ---- sessions and delivery ------------------------------------------------------------

@@ -835,9 +835,9 @@ fn error_condition(iq: &minidom::Element) -> Option<String> {
 fn a_disabled_service_is_neither_advertised_nor_answered() {
     let srv = TestServer::start_with(|c| c.torrent.enabled = false, |_| {});
     srv.add_user("alice", "pw");
-    let mut alice = Client::login(srv.trusted, "alice");
+    let mut alice = Client::online(srv.trusted, "alice");
 
-    let info = parsed(&alice.iq(
+    let info = parsed(&alice.request(
         "type='get' to='localhost'",
         "<query xmlns='http://jabber.org/protocol/disco#info'/>",
     ));
@@ -868,7 +868,7 @@ fn a_disabled_service_is_neither_advertised_nor_answered() {
         ("set", format!("<remove xmlns='{NS}' id='1'/>")),
         ("get", format!("<settings xmlns='{NS}'/>")),
     ] {
-        let r = parsed(&alice.iq(&format!("type='{kind}'"), &payload));
+        let r = parsed(&alice.request(&format!("type='{kind}'"), &payload));
         assert_eq!(
             error_condition(&r).as_deref(),
             Some("service-unavailable"),

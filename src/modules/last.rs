@@ -106,7 +106,9 @@ fn session_ended(server: &Rc<Server>, jid: &FullJid) {
         return;
     }
     let stored = server.store.account_id_of(&bare).and_then(|id| match id {
-        Some(id) => server.store.set_last_logout(id, crate::core::time::now_secs(), None),
+        Some(id) => server
+            .store
+            .set_last_logout(id, crate::core::time::now_secs(), None),
         // Deleted meanwhile (XEP-0077 cancellation): nothing to remember.
         None => Ok(()),
     });

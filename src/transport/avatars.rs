@@ -16,8 +16,8 @@ use crate::core::stanza::Condition;
 use crate::server::Server;
 use crate::xml::Element;
 
-pub const VCARD: &str = "vcard-temp";
-pub const VCARD_UPDATE: &str = "vcard-temp:x:update";
+pub const VCARD: &str = crate::xml::ns::VCARD;
+pub const VCARD_UPDATE: &str = crate::xml::ns::VCARD_UPDATE;
 
 /// The icon's bytes and its MIME type, copied out of libpurple.
 fn icon(acc: Account, name: &str) -> Option<(Vec<u8>, &'static str)> {

@@ -1,21 +1,21 @@
-//! XEP-0004 data forms (the subset the transport needs) and the namespaces the transport
-//! uses, kept here so that other people's shared files stay untouched.
+//! XEP-0004 data forms (the subset the transport needs), and short names for the namespaces
+//! the transport uses (all defined in `xml::ns`).
 
-use crate::xml::Element;
+use crate::xml::{Element, ns};
 
-pub const DATA: &str = "jabber:x:data";
-pub const DISCO_INFO: &str = "http://jabber.org/protocol/disco#info";
-pub const DISCO_ITEMS: &str = "http://jabber.org/protocol/disco#items";
-pub const REGISTER: &str = "jabber:iq:register";
-pub const GATEWAY: &str = "jabber:iq:gateway";
-pub const COMMANDS: &str = "http://jabber.org/protocol/commands";
-pub const MUC: &str = "http://jabber.org/protocol/muc";
-pub const MUC_USER: &str = "http://jabber.org/protocol/muc#user";
-pub const CHATSTATES: &str = "http://jabber.org/protocol/chatstates";
-pub const XHTML_IM: &str = "http://jabber.org/protocol/xhtml-im";
-pub const XHTML: &str = "http://www.w3.org/1999/xhtml";
-pub const DELAY: &str = "urn:xmpp:delay";
-pub const PING: &str = "urn:xmpp:ping";
+pub const DATA: &str = ns::DATA_FORMS;
+pub const DISCO_INFO: &str = ns::DISCO_INFO;
+pub const DISCO_ITEMS: &str = ns::DISCO_ITEMS;
+pub const REGISTER: &str = ns::REGISTER;
+pub const GATEWAY: &str = ns::GATEWAY;
+pub const COMMANDS: &str = ns::COMMANDS;
+pub const MUC: &str = ns::MUC;
+pub const MUC_USER: &str = ns::MUC_USER;
+pub const CHATSTATES: &str = ns::CHATSTATES;
+pub const XHTML_IM: &str = ns::XHTML_IM;
+pub const XHTML: &str = ns::XHTML;
+pub const DELAY: &str = ns::DELAY;
+pub const PING: &str = ns::PING;
 
 /// One field of a form to send.
 #[derive(Clone, Debug, Default)]

@@ -245,16 +245,18 @@ pub fn install(server: &Rc<Server>) {
     reconnect::start_watchdog(server);
     // A deleted local account takes its legacy accounts along: logged out, removed from
     // libpurple and the store.
-    server.on_account_deleted(Box::new(|server, owner| {
-        let ids: Vec<i64> = Transport::get(server)
-            .legacy
-            .borrow()
-            .values()
-            .filter(|l| &l.owner == owner)
-            .map(|l| l.id)
-            .collect();
-        for id in ids {
-            accounts::remove(server, id);
-        }
-    }));
+    server
+        .hooks
+        .on(0, |server, e: &mut crate::core::AccountDeleted| {
+            let ids: Vec<i64> = Transport::get(server)
+                .legacy
+                .borrow()
+                .values()
+                .filter(|l| l.owner == e.account)
+                .map(|l| l.id)
+                .collect();
+            for id in ids {
+                accounts::remove(server, id);
+            }
+        });
 }

@@ -135,7 +135,7 @@ fn occupant_presence(
 /// the user's other devices join it too, and join it again after reconnecting. Leaving from
 /// a client sets autojoin off in that bookmark itself (XEP-0402 §4), which we leave alone.
 fn bookmark(server: &Rc<Server>, owner: &BareJid, room_jid: &BareJid, room: &str, nick: &str) {
-    const NS: &str = "urn:xmpp:bookmarks:1";
+    const NS: &str = crate::xml::ns::BOOKMARKS;
     let conference = Element::new("conference", NS)
         .attr("name", room)
         .attr("autojoin", "true")

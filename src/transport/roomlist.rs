@@ -26,7 +26,7 @@ use super::{ServiceInfo, Transport, accounts, core, forms};
 use crate::server::Server;
 use crate::xml::Element;
 
-const RSM: &str = "http://jabber.org/protocol/rsm";
+const RSM: &str = crate::xml::ns::RSM;
 /// How long a finished list is reused.
 const CACHE_FOR: Duration = Duration::from_secs(300);
 /// How long a disco#items request waits for lists before answering with what it has.

@@ -358,10 +358,12 @@ impl Ctx {
             )
             .typed(ErrorType::Cancel));
         }
-        let id = self
-            .server
-            .store
-            .pep_create_node(self.account, name, &config, crate::core::time::now_secs())?;
+        let id = self.server.store.pep_create_node(
+            self.account,
+            name,
+            &config,
+            crate::core::time::now_secs(),
+        )?;
         Ok(PepNode {
             id,
             name: name.to_owned(),
@@ -858,5 +860,3 @@ fn roster_groups(ctx: &Ctx) -> Vec<String> {
 fn new_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
-
-
