@@ -14,7 +14,7 @@ use common::{Raw, TestServer};
 
 const NS_FILL: &str = "urn:test:disk-full";
 
-fn install_disk_full_rule(s: &mut wockd::stream::Stream) {
+fn install_disk_full_rule(s: &mut wockd::core::Module) {
     s.iqs().rule(NS_FILL, "fill").set(|iq| {
         let server = iq.server().clone();
         server

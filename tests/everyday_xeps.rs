@@ -50,7 +50,7 @@ fn disco_info_of_the_server_lists_exactly_the_registered_features() {
             .get(|iq| iq.result(None));
         s.disco_feature("urn:example:extra");
     }
-    let srv = TestServer::start_with(|_| {}, extras);
+    let srv = TestServer::start_with(|_| {}, |m| extras(m));
     srv.add_user("alice", "pw");
     let mut want = wockd::stream::Stream::default();
     let (hooks, config) = (

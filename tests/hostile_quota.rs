@@ -288,7 +288,7 @@ const TEST_NS: &str = "urn:test:server-iq";
 /// Test rules: `<ask/>` (set) has the server send the requester a ping and report the outcome
 /// in a message once its callback runs; `<pending/>` (get) returns how many IQs the server
 /// waits an answer for.
-fn install_probe(s: &mut wockd::stream::Stream) {
+fn install_probe(s: &mut wockd::core::Module) {
     s.iqs().rule(TEST_NS, "ask").set(|iq| {
         let server = iq.server().clone();
         let Some(to) = iq.from.clone() else { return };

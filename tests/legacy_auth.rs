@@ -105,7 +105,7 @@ fn assert_same(expected: &minidom::Element, actual: &minidom::Element, header: b
 
 /// The deferred path: the handler returns at once; a worker thread answers over async-channel
 /// and a future on the main context sends the reply.
-fn install_deferred_add(s: &mut wockd::stream::Stream) {
+fn install_deferred_add(s: &mut wockd::core::Module) {
     s.iqs()
         .rule("http://wockd.org/ns/torrent", "add")
         .set(|iq: Incoming| {

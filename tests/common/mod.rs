@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use wockd::config::{Config, Listener};
-use wockd::stream::Stream;
+use wockd::core::Module;
 
 pub mod client;
 pub mod xmpp;
@@ -59,10 +59,11 @@ impl TestServer {
         Self::start_with(|_| {}, |_| {})
     }
 
-    /// Starts a server; `tweak` edits the config, `install` adds test rules to the stream.
+    /// Starts a server; `tweak` edits the config, `install` adds test rules and hooks (as a
+    /// module's `install` would).
     pub fn start_with(
         tweak: impl FnOnce(&mut Config) + Send + 'static,
-        install: impl FnOnce(&mut Stream) + Send + 'static,
+        install: impl FnOnce(&mut Module) + Send + 'static,
     ) -> TestServer {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_owned();
@@ -75,7 +76,7 @@ impl TestServer {
     pub fn start_in(
         dir: &Path,
         tweak: impl FnOnce(&mut Config) + Send + 'static,
-        install: impl FnOnce(&mut Stream) + Send + 'static,
+        install: impl FnOnce(&mut Module) + Send + 'static,
     ) -> TestServer {
         let _ = tracing_subscriber_init();
         let mut config = test_config(dir);
