@@ -60,7 +60,7 @@ if port_open "$PORT"; then
   exit 1
 fi
 
-cargo build --release -p wockd --bin wockd -p wockd-bench
+cargo build --release --workspace --bin wockd --bin wockd-bench
 WOCKD="$PWD/target/release/wockd"
 BENCH=("$PWD/target/release/wockd-bench" --port "$PORT" --accounts "$ACCOUNTS")
 if [ -n "${BENCH_THREADS:-}" ]; then BENCH+=(--threads "$BENCH_THREADS"); fi
