@@ -13,16 +13,17 @@
 //!   nothing and gets `resource-constraint` (type `wait`: it fits once the client stores less),
 //!   the XEP naming no condition for it.
 
-use crate::core::Incoming;
-use crate::core::Module;
-use crate::core::stanza::Condition;
+use crate::core::account::{Addressee, addressee};
+use crate::core::stanza::{Condition, IqResult, StanzaError};
+use crate::core::{Incoming, Module};
 use crate::store::xeps::PrivateXmlError;
 use crate::xml::{Element, ns, parse};
 
-use crate::core::account::{Addressee, addressee};
-
-pub fn install(s: &mut Module) {
-    s.iqs().rule(ns::PRIVATE, "query").get(get).set(set);
+pub fn install(m: &mut Module) {
+    m.iqs()
+        .rule(ns::PRIVATE, "query")
+        .get_result(get)
+        .set_result(set);
 }
 
 fn reserved(namespace: &str) -> bool {
@@ -31,73 +32,59 @@ fn reserved(namespace: &str) -> bool {
         || namespace == ns::VCARD
 }
 
-/// The account id of the sender when the request is for its own account; else the request
-/// has been answered.
-fn own_account(iq: Incoming) -> Option<(Incoming, i64)> {
-    if !matches!(addressee(&iq), Addressee::Unaddressed | Addressee::Own) {
-        iq.fail(Condition::Forbidden, "private data belongs to its owner");
-        return None;
-    }
-    let id = iq.account().map(|a| iq.server().store.account_id_of(&a));
-    match id {
-        Some(Ok(Some(id))) => Some((iq, id)),
-        Some(Err(e)) => {
-            tracing::error!("store error looking up account: {e}");
-            iq.fail(Condition::InternalServerError, "");
-            None
-        }
-        _ => {
-            iq.fail(Condition::Forbidden, "");
-            None
-        }
-    }
+fn refuse(cond: Condition, text: &'static str) -> StanzaError {
+    StanzaError::new(cond, text)
 }
 
-fn get(iq: Incoming) {
-    let Some((iq, account)) = own_account(iq) else {
-        return;
-    };
-    let (wanted, more) = {
-        let mut children = iq.payload.elements();
-        (children.next().cloned(), children.next().is_some())
-    };
-    let Some(wanted) = wanted else {
-        return iq.fail(Condition::NotAcceptable, "name the element to fetch");
-    };
-    if more {
-        return iq.fail(Condition::BadRequest, "fetch one namespace at a time");
+/// The account id of the sender when the request is for its own account.
+fn own_account(iq: &Incoming) -> Result<i64, StanzaError> {
+    if !matches!(addressee(iq), Addressee::Unaddressed | Addressee::Own) {
+        return Err(refuse(
+            Condition::Forbidden,
+            "private data belongs to its owner",
+        ));
+    }
+    let account = iq.account().ok_or(Condition::Forbidden)?;
+    iq.server()
+        .store
+        .account_id_of(&account)?
+        .ok_or_else(|| Condition::Forbidden.into())
+}
+
+fn get(iq: &Incoming) -> IqResult {
+    let account = own_account(iq)?;
+    let mut children = iq.payload.elements();
+    let wanted = children
+        .next()
+        .ok_or_else(|| refuse(Condition::NotAcceptable, "name the element to fetch"))?;
+    if children.next().is_some() {
+        return Err(refuse(
+            Condition::BadRequest,
+            "fetch one namespace at a time",
+        ));
     }
     if reserved(&wanted.ns) {
-        return iq.fail(Condition::NotAcceptable, "reserved namespace");
+        return Err(refuse(Condition::NotAcceptable, "reserved namespace"));
     }
     let stored = iq
         .server()
         .store
-        .private_xml(account, &wanted.ns, &wanted.name);
+        .private_xml(account, &wanted.ns, &wanted.name)?;
     let el = match stored {
-        Ok(Some(xml)) => match parse::element(xml.as_bytes(), &parse::Scope::new()) {
-            Ok(el) => el,
-            Err(e) => {
-                tracing::error!("stored private XML does not parse: {e}");
-                return iq.fail(Condition::InternalServerError, "");
-            }
-        },
+        Some(xml) => parse::element(xml.as_bytes(), &parse::Scope::new()).map_err(|e| {
+            tracing::error!("stored private XML does not parse: {e}");
+            StanzaError::from(Condition::InternalServerError)
+        })?,
         // Nothing stored: the request's element comes back empty.
-        Ok(None) => Element::new(wanted.name.as_str(), wanted.ns.as_str()),
-        Err(e) => {
-            tracing::error!("store error reading private XML: {e}");
-            return iq.fail(Condition::InternalServerError, "");
-        }
+        None => Element::new(wanted.name.as_str(), wanted.ns.as_str()),
     };
-    iq.result(Some(Element::new("query", ns::PRIVATE).child(el)));
+    Ok(Some(Element::new("query", ns::PRIVATE).child(el)))
 }
 
-fn set(iq: Incoming) {
-    let Some((iq, account)) = own_account(iq) else {
-        return;
-    };
+fn set(iq: &Incoming) -> IqResult {
+    let account = own_account(iq)?;
     if iq.payload.elements().any(|c| reserved(&c.ns)) {
-        return iq.fail(Condition::NotAcceptable, "reserved namespace");
+        return Err(refuse(Condition::NotAcceptable, "reserved namespace"));
     }
     let items: Vec<_> = iq
         .payload
@@ -113,7 +100,7 @@ fn set(iq: Incoming) {
         })
         .collect();
     if items.is_empty() {
-        return iq.fail(Condition::NotAcceptable, "nothing to store");
+        return Err(refuse(Condition::NotAcceptable, "nothing to store"));
     }
     let quotas = &iq.server().config.quotas;
     let (max_items, max_bytes) = (quotas.private_max_items, quotas.private_max_bytes);
@@ -122,16 +109,13 @@ fn set(iq: Incoming) {
         .store
         .set_private_xml(account, &items, max_items, max_bytes)
     {
-        Ok(()) => iq.result(None),
-        Err(PrivateXmlError::Quota { .. }) => iq.fail(
+        Ok(()) => Ok(None),
+        Err(PrivateXmlError::Quota { .. }) => Err(StanzaError::new(
             Condition::ResourceConstraint,
-            &format!(
+            format!(
                 "private storage is limited to {max_items} items and {max_bytes} bytes per account"
             ),
-        ),
-        Err(PrivateXmlError::Store(e)) => {
-            tracing::error!("store error writing private XML: {e}");
-            iq.fail(Condition::InternalServerError, "");
-        }
+        )),
+        Err(PrivateXmlError::Store(e)) => Err(e.into()),
     }
 }
