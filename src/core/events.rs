@@ -153,6 +153,15 @@ impl<'a> Routed<'a> {
     }
 }
 
+/// The account a recipient address belongs to: borrowed for a bare JID (the usual case: no
+/// allocation on the path of every message), made for a full one.
+pub fn bare_of(to: &Jid) -> std::borrow::Cow<'_, BareJid> {
+    match to.try_as_full() {
+        Err(bare) => std::borrow::Cow::Borrowed(bare),
+        Ok(full) => std::borrow::Cow::Owned(full.to_bare()),
+    }
+}
+
 /// A resource was bound (RFC 6120 §7) on a stream.
 pub struct ResourceBound {
     pub jid: FullJid,

@@ -12,7 +12,7 @@ use jid::{BareJid, FullJid};
 
 use crate::core::sessions::{Session, Sessions};
 use crate::core::stanza::{Condition, IqResult, StanzaError};
-use crate::core::{Bind2Request, Flow, Incoming, Module, Name, Point, Routed, Server, To};
+use crate::core::{Bind2Request, Flow, Incoming, Module, Name, Point, Routed, Server, To, bare_of};
 use crate::xml::{Element, ns};
 
 pub const NS: &str = ns::CARBONS;
@@ -73,10 +73,7 @@ fn copy_received(server: &Rc<Server>, ev: &mut Routed<'_>) -> Flow {
     let Some(to) = ev.to.as_ref() else {
         return Flow::Continue;
     };
-    let owner = match to.try_as_full() {
-        Err(bare) => std::borrow::Cow::Borrowed(bare),
-        Ok(full) => std::borrow::Cow::Owned(full.to_bare()),
-    };
+    let owner = bare_of(to);
     let delivered = &ev.delivery.sessions;
     received(server, &owner, &ev.stanza, |s| {
         delivered

@@ -26,7 +26,7 @@ use crate::core::mailbox::{archived_live, new_stanza_id, stamp};
 use crate::core::stanza::Condition;
 use crate::core::{
     AccountDeleted, AccountDiscoInfo, Flow, Incoming, Module, Name, Point, Routed, Server, Tick,
-    To, account,
+    To, account, bare_of,
 };
 use crate::store::mailbox::{self, Entry, Query};
 use crate::xml::{Element, ns, parse};
@@ -82,11 +82,7 @@ fn archive_received(server: &Rc<Server>, ev: &mut Routed<'_>) -> Flow {
     let Some(to) = ev.to.as_ref() else {
         return Flow::Continue;
     };
-    // Borrowed for a bare JID (the usual case): no allocation on the path of every message.
-    let owner = match to.try_as_full() {
-        Err(bare) => std::borrow::Cow::Borrowed(bare),
-        Ok(full) => std::borrow::Cow::Owned(full.to_bare()),
-    };
+    let owner = bare_of(to);
     let account = match ev.delivery.account {
         Some(id) => id,
         None => match account::id(server, &owner) {
