@@ -271,8 +271,8 @@ pub fn run(config: Config, embedded: bool) -> Result<()> {
     }
     main_loop.run();
     // What the last loop turn queued for the mailbox, had its commit not run yet.
-    if let Err(e) = server.store.commit_pending() {
-        tracing::error!("mailbox: messages lost at shutdown: {e}");
+    if let Err(e) = server.store.stop_writer() {
+        tracing::error!("store: writes lost at shutdown: {e}");
     }
     crate::modules::stop_services(&server);
     crate::status::stop(&server);

@@ -27,9 +27,10 @@ use crate::stream::Pause;
 use crate::stream::{Connection, Stream};
 use crate::xml::Element;
 
-/// glib priority of the mailbox commit job: just more urgent than `DEFAULT`, where the sockets
-/// and the output flushes are. glib dispatches only the most urgent ready priority per
-/// iteration and an idle source is always ready, so it runs before the next socket read.
+/// glib priority of the job that hands the loop turn's writes to the store's writer thread:
+/// just more urgent than `DEFAULT`, where the sockets and the output flushes are. glib
+/// dispatches only the most urgent ready priority per iteration and an idle source is always
+/// ready, so it runs before the next socket read.
 pub const COMMIT_PRIORITY: i32 = glib::ffi::G_PRIORITY_DEFAULT - 1;
 
 /// A callback for the response to an IQ the server sent. It is called exactly once: with the
@@ -67,12 +68,15 @@ pub struct Server {
     /// Per-module state, one value per type (see [`Server::ext`]).
     ext: RefCell<HashMap<std::any::TypeId, Rc<dyn std::any::Any>>>,
     started: Instant,
-    /// The mailbox cannot be committed (disk full, I/O error): input is paused and output held
-    /// until a retry succeeds, so nothing is acknowledged that is not on disk.
+    /// The store's batches fail (disk full, I/O error): input is paused until a retry
+    /// succeeds; acknowledgements stay held meanwhile, so nothing is acknowledged that is not
+    /// on disk.
     store_failing: Cell<bool>,
+    /// Connections with output held for a store commit (`Connection::release_hold`).
+    held: RefCell<Vec<u64>>,
     /// Connections per client address, unauthenticated ones in age order, login failures.
     ips: RefCell<IpTable>,
-    /// The mailbox commit job is attached.
+    /// The submission job is attached.
     commit_scheduled: Cell<bool>,
 }
 
@@ -107,6 +111,7 @@ impl Server {
             ext: RefCell::new(HashMap::new()),
             started: Instant::now(),
             store_failing: Cell::new(false),
+            held: RefCell::new(Vec::new()),
             ips: RefCell::new(IpTable::default()),
             commit_scheduled: Cell::new(false),
         });
@@ -116,6 +121,20 @@ impl Server {
                 server.schedule_commit();
             }
         }));
+        if let Err(e) = server.store.start_writer() {
+            // Still correct, only slower: batches are then written on the loop.
+            tracing::error!("{e}; the store writes on the main loop");
+        }
+        let weak = Rc::downgrade(&server);
+        let ready = server.store.report_ready();
+        source::spawn_local(async move {
+            while ready.recv().await.is_ok() {
+                let Some(server) = weak.upgrade() else { break };
+                while let Some(done) = server.store.take_report() {
+                    server.store_report(done);
+                }
+            }
+        });
         Ok(server)
     }
 
@@ -345,12 +364,8 @@ impl Server {
     }
 
     fn flush_all(self: &Rc<Self>) {
-        // Acknowledged means on disk: this turn's mailbox rows are committed before any reply
-        // of this turn (an IQ result, an XEP-0198 <a/>) is written (see modules::offline).
-        // If they cannot be, nothing is written: the queue waits for the retry.
-        if !self.commit_mailbox() {
-            return;
-        }
+        // Acknowledgements that depend on a commit are held by their connection until it is
+        // done (see `Connection::release_hold`); everything else goes now.
         let ids = std::mem::take(&mut *self.flush_queue.borrow_mut());
         for id in ids {
             if let Some(c) = self.connection(id) {
@@ -359,58 +374,67 @@ impl Server {
         }
     }
 
-    /// Commits the mailbox rows queued this turn. On failure the rows stay queued, every
-    /// connection stops taking input, output is held, and the commit is retried each second
-    /// until it succeeds: a full disk is a logged, recoverable state in which nothing is
-    /// acknowledged and nothing acknowledged is lost. Returns whether output may be written.
-    pub(crate) fn commit_mailbox(self: &Rc<Self>) -> bool {
-        if self.store_failing.get() {
-            return false;
-        }
-        match self.store.commit_pending() {
-            Ok(()) => true,
-            Err(e) => {
-                self.store_failing.set(true);
-                tracing::error!(
-                    "mailbox: commit failed ({e}); input paused and output held until it succeeds"
-                );
-                let conns: Vec<Rc<Connection>> = self.conns.borrow().values().cloned().collect();
-                for c in conns {
-                    c.pause(Pause::Store);
+    /// Connection `id` holds output until a store batch is committed.
+    pub(crate) fn note_held(&self, id: u64) {
+        self.held.borrow_mut().push(id);
+    }
+
+    /// The writer's report on a batch (see `store::writer`). Committed: continuations have
+    /// run, held acknowledgements go out, and the batch that filled meanwhile goes to the
+    /// writer at once (group commit). Failed: the batch is queued again, every connection
+    /// stops taking input, and the commit is retried each second until it succeeds: a full
+    /// disk is a logged, recoverable state in which nothing is acknowledged and nothing
+    /// acknowledged is lost.
+    fn store_report(self: &Rc<Self>, done: crate::store::writer::Done) {
+        use crate::store::writer::Completed;
+        match self.store.complete(done) {
+            Completed::Committed(seq) => {
+                if self.store_failing.replace(false) {
+                    tracing::warn!("store: commit succeeded again; resuming");
+                    let conns: Vec<Rc<Connection>> =
+                        self.conns.borrow().values().cloned().collect();
+                    for c in conns {
+                        c.unpause(Pause::Store);
+                    }
                 }
-                self.retry_commit();
-                false
+                let held = std::mem::take(&mut *self.held.borrow_mut());
+                let still: Vec<u64> = held
+                    .into_iter()
+                    .filter(|id| self.connection(*id).is_some_and(|c| c.release_hold(seq)))
+                    .collect();
+                self.held.borrow_mut().extend(still);
+                self.store.submit();
+            }
+            Completed::Failed(e) => {
+                if !self.store_failing.replace(true) {
+                    tracing::error!(
+                        "store: commit failed ({e}); input paused until it succeeds, retrying"
+                    );
+                    let conns: Vec<Rc<Connection>> =
+                        self.conns.borrow().values().cloned().collect();
+                    for c in conns {
+                        c.pause(Pause::Store);
+                    }
+                } else {
+                    tracing::debug!("store: commit still failing: {e}");
+                }
+                let weak = Rc::downgrade(self);
+                self.after(Duration::from_secs(1), move || {
+                    if let Some(server) = weak.upgrade() {
+                        server.store.submit();
+                    }
+                });
             }
         }
     }
 
-    fn retry_commit(self: &Rc<Self>) {
-        let weak = Rc::downgrade(self);
-        self.after(Duration::from_secs(1), move || {
-            let Some(server) = weak.upgrade() else { return };
-            if let Err(e) = server.store.commit_pending() {
-                tracing::debug!("mailbox: commit still failing: {e}");
-                server.retry_commit();
-                return;
-            }
-            tracing::warn!("mailbox: commit succeeded again; resuming");
-            server.store_failing.set(false);
-            let conns: Vec<Rc<Connection>> = server.conns.borrow().values().cloned().collect();
-            for c in conns {
-                c.unpause(Pause::Store);
-            }
-            server.flush_all();
-        });
-    }
-
-    /// True while mailbox commits fail (see [`commit_mailbox`](Self::commit_mailbox)).
+    /// True while store commits fail (see [`store_report`](Self::store_report)).
     pub fn store_failing(&self) -> bool {
         self.store_failing.get()
     }
 
-    /// Attaches the mailbox commit job for the end of this loop turn (the store calls this
-    /// when a row is queued: `Store::on_first_queued`); output of the turn waits for it anyway
-    /// (see [`Server::flush_all`]).
+    /// Attaches the job that hands this loop turn's writes to the writer (the store calls
+    /// this when a write is queued: `Store::on_first_queued`).
     fn schedule_commit(self: &Rc<Self>) {
         if self.commit_scheduled.replace(true) {
             return;
@@ -419,7 +443,9 @@ impl Server {
         source::idle_once_at(glib::Priority::from(COMMIT_PRIORITY), move || {
             if let Some(server) = weak.upgrade() {
                 server.commit_scheduled.set(false);
-                server.commit_mailbox();
+                if !server.store_failing.get() {
+                    server.store.submit();
+                }
             }
         });
     }

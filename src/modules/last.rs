@@ -105,14 +105,21 @@ fn session_ended(server: &Rc<Server>, jid: &FullJid) {
     if others {
         return;
     }
-    let stored = server.store.account_id_of(&bare).and_then(|id| match id {
-        Some(id) => server
-            .store
-            .set_last_logout(id, crate::core::time::now_secs(), None),
+    match server.store.account_id_of(&bare) {
+        // Written by the store's writer thread: a logout does not wait for the disk.
+        Ok(Some(id)) => {
+            let at = crate::core::time::now_secs();
+            server.store.write(
+                move |tx| Ok(crate::store::xeps::set_last_logout(tx, id, at, None)?),
+                move |done| {
+                    if let Err(e) = done {
+                        tracing::error!(%bare, "store error recording last logout: {e}");
+                    }
+                },
+            );
+        }
         // Deleted meanwhile (XEP-0077 cancellation): nothing to remember.
-        None => Ok(()),
-    });
-    if let Err(e) = stored {
-        tracing::error!(%bare, "store error recording last logout: {e}");
+        Ok(None) => {}
+        Err(e) => tracing::error!(%bare, "store error recording last logout: {e}"),
     }
 }

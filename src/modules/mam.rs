@@ -184,15 +184,23 @@ fn form_fields(payload: &Element) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
+/// Archive reads see every message routed before them: they run once the rows queued so far
+/// are committed (at once when nothing waits).
+fn after_queued_rows(iq: Incoming, read: fn(Incoming)) {
+    let server = iq.server().clone();
+    server.store.after_commit(move || read(iq));
+}
+
 fn query(iq: Incoming) {
+    after_queued_rows(iq, query_now);
+}
+
+fn query_now(iq: Incoming) {
     let (owner, account) = match owner(&iq) {
         Ok(o) => o,
         Err((c, t)) => return iq.fail(c, t),
     };
     let server = iq.server().clone();
-    if let Err(e) = server.store.commit_pending() {
-        tracing::error!("mailbox commit before archive query: {e}");
-    }
     let conn = server.store.conn();
     let resolve = |sid: &str| mailbox::id_of(conn, account, sid).ok().flatten();
 
@@ -323,12 +331,15 @@ fn result_message(
 }
 
 fn metadata(iq: Incoming) {
+    after_queued_rows(iq, metadata_now);
+}
+
+fn metadata_now(iq: Incoming) {
     let (_, account) = match owner(&iq) {
         Ok(o) => o,
         Err((c, t)) => return iq.fail(c, t),
     };
     let server = iq.server().clone();
-    let _ = server.store.commit_pending();
     let conn = server.store.conn();
     let edge = |newest| {
         mailbox::query(
@@ -654,49 +665,51 @@ fn cleanup_step(server: &std::rc::Rc<Server>) {
         *state.todo.borrow_mut() = None;
         return;
     };
-    // Rows queued this turn are committed first, so that the offline cursor is current.
-    if let Err(e) = server.store.commit_pending() {
-        tracing::error!("archive cleanup: mailbox commit failed, pass stopped: {e}");
-        *state.todo.borrow_mut() = None;
-        return;
-    }
     let config = &server.config.mam;
     let cutoff = config.keep().map(|keep| {
         let keep = i64::try_from(keep.as_micros()).unwrap_or(i64::MAX);
         crate::core::time::now_micros().saturating_sub(keep)
     });
     let cap = config.max_messages_per_account;
-    let deleted = server.store.transaction(|tx| -> rusqlite::Result<usize> {
-        let mut n = 0;
-        if let Some(cutoff) = cutoff {
-            n = mailbox::delete_older(tx, account, cutoff, CLEANUP_BATCH)?;
-        }
-        if cap > 0 && n < CLEANUP_BATCH {
-            n += mailbox::delete_beyond(tx, account, cap, CLEANUP_BATCH - n)?;
-        }
-        Ok(n)
-    });
-    let more = match deleted {
-        Ok(n) => {
-            if n > 0 {
-                tracing::debug!(account, n, "archive cleanup: messages deleted");
-            }
-            n == CLEANUP_BATCH
-        }
-        Err(e) => {
-            tracing::error!(account, "archive cleanup failed: {e}");
-            false
-        }
-    };
-    if !more && let Some(todo) = state.todo.borrow_mut().as_mut() {
-        todo.pop();
-    }
+    // On the writer, after every row queued before: the offline cursor it reads is current.
     let weak = std::rc::Rc::downgrade(server);
-    server.background(move || {
-        if let Some(server) = weak.upgrade() {
-            cleanup_step(&server);
-        }
-    });
+    server.store.write(
+        move |tx| {
+            let mut n = 0;
+            if let Some(cutoff) = cutoff {
+                n = mailbox::delete_older(tx, account, cutoff, CLEANUP_BATCH)?;
+            }
+            if cap > 0 && n < CLEANUP_BATCH {
+                n += mailbox::delete_beyond(tx, account, cap, CLEANUP_BATCH - n)?;
+            }
+            Ok(n)
+        },
+        move |deleted| {
+            let Some(server) = weak.upgrade() else { return };
+            let more = match deleted {
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::debug!(account, n, "archive cleanup: messages deleted");
+                    }
+                    n == CLEANUP_BATCH
+                }
+                Err(e) => {
+                    tracing::error!(account, "archive cleanup failed: {e}");
+                    false
+                }
+            };
+            let state = server.ext::<Cleanup>();
+            if !more && let Some(todo) = state.todo.borrow_mut().as_mut() {
+                todo.pop();
+            }
+            let weak = std::rc::Rc::downgrade(&server);
+            server.background(move || {
+                if let Some(server) = weak.upgrade() {
+                    cleanup_step(&server);
+                }
+            });
+        },
+    );
 }
 
 #[cfg(test)]

@@ -12,22 +12,20 @@
 //!   account's offline cursor past them in the same transaction: each is delivered once, to
 //!   whichever resource comes first. Large backlogs go out in chunks of about [`CHUNK_BYTES`],
 //!   the next chunk only once the previous one has left the TLS buffer.
-//! * **Batching.** Rows are queued in memory and written by one job per loop turn in a single
-//!   transaction (WAL, `synchronous=FULL`: a commit survives `kill -9` and power loss; a burst of
-//!   messages costs one commit, not one per message): the queue is the store's
-//!   (`Store::queue_mailbox`), the job the server's (`Server::schedule_commit`), an idle source of
-//!   priority `server::COMMIT_PRIORITY`, just above `DEFAULT` where the sockets and the output flushes are:
-//!   glib dispatches only the most urgent ready priority per iteration and an idle source is
-//!   always ready, so it runs before the next socket read.
+//! * **Batching.** Rows are queued in memory (`Store::queue_mailbox`) and written by the
+//!   store's writer thread, a batch per commit round in one transaction (WAL,
+//!   `synchronous=FULL`: a commit survives `kill -9` and power loss; a burst of messages costs
+//!   one commit, not one per message). See `store/writer.rs`.
 //! * **Acknowledged means on disk.** A client that gets the answer to an IQ it sent after its
-//!   messages must be able to rely on those messages having been committed. Priorities alone
-//!   cannot promise that: a flush attached in an earlier iteration is dispatched in the same
-//!   iteration as the socket read that follows it, after that read, and would write this
-//!   turn's replies before this turn's commit. So whatever writes output first commits
-//!   (`Store::commit_pending`, a no-op when nothing is queued): `Server::flush_all` and
-//!   `Connection::close`.
+//!   messages (or an XEP-0198 `<a/>`) must be able to rely on those messages having been
+//!   committed. The connection remembers the batch its stanzas wrote into and holds such
+//!   answers, and what follows them, until that batch is committed
+//!   (`Connection::release_hold`); deliveries to other clients do not wait.
+//! * **Delivery order.** A delivery step reads once the rows queued before it are committed
+//!   (`Store::after_commit`), sends, then queues the cursor move: a crash in between delivers
+//!   the chunk again rather than losing it.
 //!
-//! Other readers of the mailbox (the message archive) commit first so they see queued rows.
+//! Other readers of the mailbox (the message archive) wait for queued rows the same way.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
@@ -89,12 +87,18 @@ fn keep(server: &Rc<Server>, ev: &mut Routed<'_>) -> Flow {
     // pending again rather than a second copy being stored.
     if matches!(ev.origin, Origin::Local)
         && let Some(id) = own_stanza_id(&ev.stanza, &to)
-        && put_back(server, &to, account, id)
     {
+        put_back(server, to, account, id.to_owned(), ev.stanza.clone());
         return Flow::Handled;
     }
-    let entry = stamp(&to, account, &mut ev.stanza, true);
-    if let Err(full) = store(server, &to, entry)
+    keep_new(server, &to, account, ev);
+    Flow::Handled
+}
+
+/// Stores `ev`'s message as a new offline row of `to`, or refuses it when the mailbox is full.
+fn keep_new(server: &Rc<Server>, to: &BareJid, account: i64, ev: &mut Routed<'_>) {
+    let entry = stamp(to, account, &mut ev.stanza, true);
+    if let Err(full) = store(server, to, entry)
         && let Some(reply) = error_reply(
             &ev.stanza,
             ErrorType::Wait,
@@ -104,7 +108,6 @@ fn keep(server: &Rc<Server>, ev: &mut Routed<'_>) -> Flow {
     {
         ev.reply(&reply);
     }
-    Flow::Handled
 }
 
 /// The sender's message was refused because the recipient's mailbox is full.
@@ -123,6 +126,8 @@ struct Writer {
     pending: RefCell<HashMap<BareJid, u64>>,
     /// Accounts with a delivery under way (possibly spread over several steps).
     delivering: RefCell<HashSet<BareJid>>,
+    /// Offline cursors moved by a delivery step whose move is not committed yet, by account.
+    cursors: RefCell<HashMap<i64, i64>>,
 }
 
 /// Drops the cached mailbox count of `owner` (the account was deleted).
@@ -156,32 +161,40 @@ fn store(server: &Rc<Server>, owner: &BareJid, entry: NewEntry) -> Result<(), Ma
 
 /// Puts `owner`'s archived row with stanza id `stanza_id` (delivered live to a session that
 /// never acknowledged it) back into the offline view, so it is delivered at the next login and
-/// stays in the archive once. Returns false when that is not possible (no such row, or the
-/// offline cursor has passed it); the caller then stores the message as a new row.
-fn put_back(server: &Rc<Server>, owner: &BareJid, account: i64, stanza_id: &str) -> bool {
-    // Rare (a stream-management timeout): the queued rows are committed first so the row is
-    // found, then the row is changed at once.
-    if let Err(e) = server.store.commit_pending() {
-        tracing::error!("mailbox: commit before requeue failed: {e}");
-        return false;
-    }
-    let conn = server.store.conn();
-    let done = mailbox::id_of(conn, account, stanza_id)
-        .and_then(|id| match id {
-            Some(id) => mailbox::requeue(conn, account, id),
-            None => Ok(false),
-        })
-        .unwrap_or_else(|e| {
-            tracing::error!(%owner, "mailbox: cannot requeue a message: {e}");
-            false
-        });
-    if done {
-        let w = server.ext::<Writer>();
-        if let Some(n) = w.pending.borrow_mut().get_mut(owner) {
-            *n += 1;
-        }
-    }
-    done
+/// stays in the archive once. Rare (a stream-management timeout), and done by the writer, which
+/// sees every row queued before. When that is not possible (no such row, or the offline cursor
+/// has passed it) the message is stored as a new row, as any other.
+fn put_back(server: &Rc<Server>, owner: BareJid, account: i64, stanza_id: String, msg: Element) {
+    let weak = Rc::downgrade(server);
+    server.store.write(
+        move |tx| {
+            Ok(match mailbox::id_of(tx, account, &stanza_id)? {
+                Some(id) => mailbox::requeue(tx, account, id)?,
+                None => false,
+            })
+        },
+        move |done| {
+            let Some(server) = weak.upgrade() else { return };
+            match done {
+                Ok(true) => {
+                    let w = server.ext::<Writer>();
+                    if let Some(n) = w.pending.borrow_mut().get_mut(&owner) {
+                        *n += 1;
+                    }
+                }
+                Ok(false) | Err(_) => {
+                    if let Err(e) = done {
+                        tracing::error!(%owner, "mailbox: cannot requeue a message: {e}");
+                    }
+                    let mut msg = msg;
+                    let entry = stamp(&owner, account, &mut msg, true);
+                    if let Err(full) = store(&server, &owner, entry) {
+                        tracing::warn!("{full}: an unacknowledged message is dropped");
+                    }
+                }
+            }
+        },
+    );
 }
 
 /// Committed plus queued undelivered rows of `account`.
@@ -228,17 +241,8 @@ fn schedule(server: &Rc<Server>) {
     });
 }
 
-/// What one delivery step sends to one session.
-struct Push {
-    target: FullJid,
-    conn: Rc<Connection>,
-    owner: BareJid,
-    stanzas: Vec<Element>,
-    remaining: u64,
-}
-
-/// The commit job: writes the queued rows and takes one delivery step for each session that
-/// asked, all in one transaction; sends only once that has committed.
+/// The delivery job: once every row queued before it is committed, takes one delivery step
+/// for each session that asked.
 fn run(server: &Rc<Server>) {
     let w = server.ext::<Writer>();
     w.scheduled.set(false);
@@ -246,79 +250,77 @@ fn run(server: &Rc<Server>) {
     if deliveries.is_empty() {
         return;
     }
-    let mut pushes = Vec::new();
-    let mut idle = Vec::new();
-    // This turn's queued rows are written in the same transaction, so the steps see them.
-    let result = server
-        .store
-        .commit_pending_with(|tx| -> Result<(), StoreError> {
-            for full in &deliveries {
-                match next_step(server, tx, full)? {
-                    Some(p) => pushes.push(p),
-                    None => idle.push(full.to_bare()),
-                }
-            }
-            Ok(())
-        });
-    if let Err(e) = result {
-        tracing::error!("mailbox: commit failed, retrying in {RETRY:?}: {e}");
-        w.deliveries.borrow_mut().extend(deliveries);
-        let weak = Rc::downgrade(server);
-        server.after(RETRY, move || {
-            if let Some(s) = weak.upgrade() {
-                schedule(&s);
-            }
-        });
-        return;
-    }
-    for bare in idle {
-        w.delivering.borrow_mut().remove(&bare);
-    }
-    for p in pushes {
-        for el in &p.stanzas {
-            p.conn.send(el);
+    let weak = Rc::downgrade(server);
+    server.store.after_commit(move || {
+        if let Some(server) = weak.upgrade() {
+            steps(&server, deliveries);
         }
-        w.pending.borrow_mut().insert(p.owner.clone(), p.remaining);
-        if p.remaining > 0 {
-            continue_later(server, p.target, Duration::from_millis(1));
-        } else {
-            w.delivering.borrow_mut().remove(&p.owner);
+    });
+}
+
+fn steps(server: &Rc<Server>, deliveries: Vec<FullJid>) {
+    let w = server.ext::<Writer>();
+    for full in deliveries {
+        match next_step(server, &full) {
+            Ok(Some(remaining)) if remaining > 0 => {
+                continue_later(server, full, Duration::from_millis(1));
+            }
+            Ok(_) => {
+                w.delivering.borrow_mut().remove(&full.to_bare());
+            }
+            Err(e) => {
+                tracing::error!("mailbox: offline delivery failed, retrying in {RETRY:?}: {e}");
+                w.deliveries.borrow_mut().push(full);
+                let weak = Rc::downgrade(server);
+                server.after(RETRY, move || {
+                    if let Some(s) = weak.upgrade() {
+                        schedule(&s);
+                    }
+                });
+            }
         }
     }
 }
 
-/// The next chunk of `full`'s account's pending messages, with the cursor moved past it.
-/// `None` when nothing is pending or no resource can take it.
-fn next_step(
-    server: &Server,
-    tx: &rusqlite::Connection,
-    full: &FullJid,
-) -> Result<Option<Push>, StoreError> {
+/// Sends the next chunk of `full`'s account's pending messages and queues the cursor move
+/// past it. Returns how many wait after it; `None` when nothing is pending or no resource can
+/// take it.
+///
+/// Sent first, committed after: a crash in between delivers the chunk again at the next login
+/// (at least once) rather than losing it. Until the move is committed the delivery reads from
+/// its own cursor ([`Writer::cursors`]), so no step sends a row twice.
+fn next_step(server: &Rc<Server>, full: &FullJid) -> Result<Option<u64>, StoreError> {
     let owner = full.to_bare();
-    let Some((target, conn)) = target(server, full) else {
+    let Some((_, conn)) = target(server, full) else {
         return Ok(None);
     };
     let node = owner.node().map(|n| n.to_string()).unwrap_or_default();
     let Some(account) = server.store.account_id(&node, owner.domain().as_str())? else {
         return Ok(None);
     };
-    let rows = mailbox::pending(tx, account, CHUNK_MESSAGES)?;
+    let w = server.ext::<Writer>();
+    let db = server.store.conn();
+    let ours = w.cursors.borrow().get(&account).copied().unwrap_or(0);
+    let after = mailbox::cursor(db, account, OFFLINE_CURSOR)?.max(ours);
+    let rows = mailbox::pending_after(db, account, after, CHUNK_MESSAGES)?;
     let Some(first) = rows.first() else {
-        server.ext::<Writer>().pending.borrow_mut().insert(owner, 0);
+        let queued = server.store.queued_offline(account);
+        w.pending.borrow_mut().insert(owner, queued);
         return Ok(None);
     };
     let mut bytes = first.xml.len();
-    let take = 1 + rows[1..]
+    let take = 1 + rows
         .iter()
+        .skip(1)
         .take_while(|r| {
             bytes += r.xml.len();
             bytes <= CHUNK_BYTES
         })
         .count();
-    let rows = &rows[..take];
     let domain = owner.domain().to_string();
-    let mut stanzas = Vec::with_capacity(rows.len());
-    for row in rows {
+    let mut last = first.id;
+    for row in rows.iter().take(take) {
+        last = row.id;
         match crate::xml::parse::element(&row.xml, &crate::xml::parse::Scope::new()) {
             Ok(mut el) => {
                 el.push(
@@ -326,7 +328,7 @@ fn next_step(
                         .attr("from", domain.as_str())
                         .attr("stamp", crate::core::time::datetime(row.ts)),
                 );
-                stanzas.push(el);
+                conn.send(&el);
             }
             Err(e) => tracing::error!(
                 id = row.id,
@@ -334,15 +336,27 @@ fn next_step(
             ),
         }
     }
-    mailbox::advance_cursor(tx, account, OFFLINE_CURSOR, rows[rows.len() - 1].id)?;
-    let remaining = mailbox::count_pending(tx, account)?;
-    Ok(Some(Push {
-        target,
-        conn,
-        owner,
-        stanzas,
-        remaining,
-    }))
+    w.cursors.borrow_mut().insert(account, last);
+    let weak = Rc::downgrade(server);
+    server.store.write(
+        move |tx| Ok(mailbox::advance_cursor(tx, account, OFFLINE_CURSOR, last)?),
+        move |done| {
+            if let Err(e) = done {
+                tracing::error!(account, "mailbox: cannot move the offline cursor: {e}");
+            }
+            if let Some(server) = weak.upgrade() {
+                let w = server.ext::<Writer>();
+                let mut cursors = w.cursors.borrow_mut();
+                if cursors.get(&account) == Some(&last) {
+                    cursors.remove(&account);
+                }
+            }
+        },
+    );
+    let remaining =
+        mailbox::count_pending_after(db, account, last)? + server.store.queued_offline(account);
+    w.pending.borrow_mut().insert(owner, remaining);
+    Ok(Some(remaining))
 }
 
 /// Where `full`'s offline messages go: `full` itself if it is still available with a

@@ -126,7 +126,7 @@ pub fn append(conn: &Connection, e: &NewEntry) -> rusqlite::Result<i64> {
     Ok(conn.last_insert_rowid())
 }
 
-const INSERT: &str =
+pub(super) const INSERT: &str =
     "INSERT INTO mailbox (account, stanza_id, ts, with_jid, direction, offline, xml)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
 
@@ -161,17 +161,27 @@ pub fn append_all(
 ) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare_cached(INSERT)?;
     for e in entries {
-        match insert(&mut stmt, e) {
-            Ok(()) => {}
-            Err(err @ rusqlite::Error::SqliteFailure(f, _))
-                if f.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                dropped(e, err);
-            }
-            Err(err) => return Err(err),
-        }
+        insert_or_drop(&mut stmt, e, &mut dropped)?;
     }
     Ok(())
+}
+
+/// One row of [`append_all`] with its prepared [`INSERT`] statement.
+pub(super) fn insert_or_drop(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    e: &NewEntry,
+    mut dropped: impl FnMut(&NewEntry, rusqlite::Error),
+) -> rusqlite::Result<()> {
+    match insert(stmt, e) {
+        Ok(()) => Ok(()),
+        Err(err @ rusqlite::Error::SqliteFailure(f, _))
+            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            dropped(e, err);
+            Ok(())
+        }
+        Err(err) => Err(err),
+    }
 }
 
 /// Puts an archived row that was delivered live back into the offline view (stream
@@ -214,7 +224,18 @@ pub fn advance_cursor(
 
 /// Offline rows of `account` beyond the offline cursor, oldest first, at most `limit`.
 pub fn pending(conn: &Connection, account: i64, limit: usize) -> rusqlite::Result<Vec<Entry>> {
-    let after = cursor(conn, account, OFFLINE_CURSOR)?;
+    pending_after(conn, account, cursor(conn, account, OFFLINE_CURSOR)?, limit)
+}
+
+/// Offline rows of `account` with ids above `after`, oldest first, at most `limit`: the
+/// offline view read from a cursor the caller knows better than the database (a delivery whose
+/// cursor moves are still being committed).
+pub fn pending_after(
+    conn: &Connection,
+    account: i64,
+    after: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<Entry>> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM mailbox
          WHERE account = ?1 AND offline = 1 AND id > ?2 ORDER BY id LIMIT ?3"
@@ -225,7 +246,11 @@ pub fn pending(conn: &Connection, account: i64, limit: usize) -> rusqlite::Resul
 
 /// How many offline rows of `account` wait for delivery (what the quota counts).
 pub fn count_pending(conn: &Connection, account: i64) -> rusqlite::Result<u64> {
-    let after = cursor(conn, account, OFFLINE_CURSOR)?;
+    count_pending_after(conn, account, cursor(conn, account, OFFLINE_CURSOR)?)
+}
+
+/// How many offline rows of `account` have ids above `after` (see [`pending_after`]).
+pub fn count_pending_after(conn: &Connection, account: i64, after: i64) -> rusqlite::Result<u64> {
     conn.prepare_cached(
         "SELECT count(*) FROM mailbox WHERE account = ?1 AND offline = 1 AND id > ?2",
     )?

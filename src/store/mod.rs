@@ -41,20 +41,20 @@
 //! The database runs in WAL mode with `synchronous=FULL`: `COMMIT` returns
 //! once the WAL has been fsynced, so a committed transaction survives the
 //! process being killed (`kill -9`) and also a power loss or kernel crash.
-//! Mailbox rows are committed once per loop turn (group commit), so a burst of
-//! messages costs one fsync, not one per message; nothing is acknowledged to a
-//! client before its commit returns (see `modules/offline.rs`). The database is
-//! never corrupted either way. (`NORMAL` fsyncs only at checkpoints and would
-//! lose the last transactions on a power loss: too weak for "acknowledged means
-//! on disk".)
+//! Mailbox rows and write jobs are committed by a writer thread with a connection of its own
+//! ([`writer`]), in groups: while one batch commits, the next fills, so a burst of messages
+//! costs one fsync per commit round and the main loop never waits for the disk. Nothing is
+//! acknowledged to a client before its batch's commit returns (see `modules/offline.rs`). The
+//! database is never corrupted either way. (`NORMAL` fsyncs only at checkpoints and would lose
+//! the last transactions on a power loss: too weak for "acknowledged means on disk".)
 //!
 //! The page cache is larger than SQLite's default ([`CACHE_KIB`]), which only
 //! saves reads and early spills of dirty pages; it changes nothing of the
 //! above.
 //!
-//! The server is single-threaded and uses its [`Store`] from the glib main
-//! thread only (the type is `Send` but not `Sync`). CLI commands open the
-//! same file while the server runs: WAL lets readers run alongside a writer,
+//! The main loop uses its [`Store`] from the glib main thread only (the type is not `Sync`);
+//! the writer thread has its own connection. CLI commands open the same file while the server
+//! runs: WAL lets readers run alongside a writer,
 //! and a writer waits up to 5 s (`busy_timeout`) for another. Write
 //! transactions start with `BEGIN IMMEDIATE` ([`Store::transaction`]),
 //! because a deferred transaction that later upgrades from reading to writing
@@ -70,6 +70,7 @@ pub mod pep;
 pub mod roster;
 pub mod torrents;
 pub mod transport;
+pub mod writer;
 pub mod xeps;
 
 use std::fs::{DirBuilder, File, OpenOptions, Permissions};
@@ -103,6 +104,9 @@ pub enum StoreError {
     /// The account named does not exist.
     #[error("no such account")]
     NoSuchAccount,
+    /// A write job failed in a way SQLite did not report (it panicked).
+    #[error("{0}")]
+    Job(String),
     /// The database was written by a newer wockd (its schema version is
     /// beyond the migrations this binary knows), so it is left untouched.
     #[error(
@@ -142,29 +146,69 @@ impl StoreError {
 /// only allocated as they are used, so a small database costs no more.
 const CACHE_KIB: u32 = 16 * 1024;
 
-/// The server's database: one SQLite connection.
-#[derive(Debug)]
+/// The server's database: a connection for the main loop (reads, and the writes not yet moved
+/// to the writer) and the writer thread's pipeline for the mailbox and write jobs (see
+/// [`writer`]).
 pub struct Store {
     conn: Connection,
+    /// The database file; `None` in memory (no writer thread then).
+    path: Option<PathBuf>,
     /// Account ids by username and domain (see [`Store::account_id`]).
     account_ids: accounts::IdCache,
-    /// Mailbox rows waiting for this loop turn's commit (see [`Store::queue_mailbox`]).
-    mailbox_queue: std::cell::RefCell<Vec<mailbox::NewEntry>>,
-    /// Called when the first row is queued (the server schedules the commit).
+    /// Queued writes: the filling batch and the batch in flight.
+    pipeline: std::cell::RefCell<writer::Pipeline>,
+    /// The writer thread, once started.
+    sink: writer::Sink,
+    /// The writer's reports, read on the main loop ([`Store::take_report`]) or waited for
+    /// ([`Store::commit_pending`]).
+    done: (
+        std::sync::mpsc::Sender<writer::Done>,
+        std::sync::mpsc::Receiver<writer::Done>,
+    ),
+    /// A token per report, to wake the main loop. Separate from the reports themselves: an
+    /// `async_channel` with two receivers (the loop's task and a blocking wait at shutdown)
+    /// wakes only one of them, which can be the loop's task that will never run again.
+    wake: (async_channel::Sender<()>, async_channel::Receiver<()>),
+    /// Called when the first write is queued into an empty batch (the server schedules the
+    /// submission).
     on_queue: Scheduler,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .field("sink", &self.sink)
+            .finish_non_exhaustive()
+    }
 }
 
 /// See [`Store::on_first_queued`].
 #[derive(Default)]
 struct Scheduler(std::cell::RefCell<Option<Box<dyn Fn()>>>);
 
-impl std::fmt::Debug for Scheduler {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Scheduler")
-    }
+/// Sets the pragmas every connection of the server uses (see the module documentation).
+pub(crate) fn set_pragmas(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA secure_delete = ON;")?;
+    conn.execute_batch(&format!("PRAGMA cache_size = -{CACHE_KIB}"))?;
+    Ok(())
 }
 
 impl Store {
+    fn with_conn(conn: Connection, path: Option<PathBuf>) -> Store {
+        Store {
+            conn,
+            path,
+            account_ids: Default::default(),
+            pipeline: Default::default(),
+            sink: Default::default(),
+            done: std::sync::mpsc::channel(),
+            wake: async_channel::unbounded(),
+            on_queue: Default::default(),
+        }
+    }
+
     /// Opens (creating if needed) the database at `path` and brings its
     /// schema up to date.
     ///
@@ -181,12 +225,10 @@ impl Store {
         create_private_file(path)?;
 
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let store = Store {
-            conn: Connection::open_with_flags(path, flags)?,
-            account_ids: Default::default(),
-            mailbox_queue: Default::default(),
-            on_queue: Default::default(),
-        };
+        let store = Store::with_conn(
+            Connection::open_with_flags(path, flags)?,
+            Some(path.to_owned()),
+        );
         store.init(true)?;
 
         // SQLite gives these the database file's mode; check anyway, e.g. for
@@ -201,12 +243,7 @@ impl Store {
 
     /// A private in-memory database with the full schema, for tests.
     pub fn open_in_memory() -> Result<Store, StoreError> {
-        let store = Store {
-            conn: Connection::open_in_memory()?,
-            account_ids: Default::default(),
-            mailbox_queue: Default::default(),
-            on_queue: Default::default(),
-        };
+        let store = Store::with_conn(Connection::open_in_memory()?, None);
         store.init(false)?;
         Ok(store)
     }
@@ -220,8 +257,7 @@ impl Store {
             tracing::warn!(journal_mode = %mode, "SQLite refused WAL mode; continuing without it");
         }
         // See the module documentation on durability.
-        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA secure_delete = ON;")?;
-        conn.execute_batch(&format!("PRAGMA cache_size = -{CACHE_KIB}"))?;
+        set_pragmas(conn)?;
         // Migrations run with foreign keys off (SQLite's recommended way to
         // change a schema; a table rebuild would otherwise fire ON DELETE
         // CASCADE) and check consistency themselves before committing.
@@ -256,74 +292,174 @@ impl Store {
         Ok(value)
     }
 
-    // ---- the mailbox's write-behind queue ------------------------------------------------
+    // ---- the write pipeline (see `writer`) -------------------------------------------------
 
-    /// Queues a mailbox row for the next [`Store::commit_pending`]. Rows are written in
-    /// batches, one transaction per loop turn: a burst of messages costs one commit (one fsync)
-    /// rather than one per message. The server commits before it writes output, so nothing
-    /// is acknowledged that is not on disk.
+    /// Starts the writer thread (file-backed stores; a no-op in memory or when running).
+    pub fn start_writer(&self) -> Result<(), StoreError> {
+        if let Some(path) = &self.path
+            && !self.sink.running()
+        {
+            self.sink.start(writer::Thread::spawn(
+                path,
+                self.done.0.clone(),
+                self.wake.0.clone(),
+            )?);
+        }
+        Ok(())
+    }
+
+    /// Commits what is queued, waits for the thread to finish and stops it (shutdown).
+    pub fn stop_writer(&self) -> Result<(), StoreError> {
+        let result = self.commit_pending();
+        self.sink.stop();
+        result
+    }
+
+    /// Queues a mailbox row for the next batch. Rows are written in batches, one transaction
+    /// per commit round: a burst of messages costs one fsync, not one per message.
     pub fn queue_mailbox(&self, entry: mailbox::NewEntry) {
-        let first = {
-            let mut q = self.mailbox_queue.borrow_mut();
-            q.push(entry);
-            q.len() == 1
-        };
-        if first && let Some(schedule) = &*self.on_queue.0.borrow() {
+        let first = self
+            .pipeline
+            .borrow_mut()
+            .push(writer::Op::Row(entry), None);
+        if first {
+            self.scheduled();
+        }
+    }
+
+    /// Queues a write job for the next batch: `job` runs on the writer's connection inside the
+    /// batch's transaction (in a savepoint of its own; it may run again if the whole batch has
+    /// to be retried), and `then` runs on the main loop with its result once the batch is
+    /// committed (or with the job's own error).
+    pub fn write<T: Send + 'static>(
+        &self,
+        mut job: impl FnMut(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+        then: impl FnOnce(Result<T, StoreError>) + 'static,
+    ) {
+        let job: writer::Job = Box::new(move |tx| job(tx).map(|v| Box::new(v) as writer::Value));
+        let then: writer::Then = Box::new(move |r: Result<writer::Value, StoreError>| {
+            match r.map(|v| v.downcast::<T>()) {
+                Ok(Ok(v)) => then(Ok(*v)),
+                Err(e) => then(Err(e)),
+                // Cannot happen: the value is the job's own.
+                Ok(Err(_)) => tracing::error!("store: a write job returned a foreign value"),
+            }
+        });
+        let first = self
+            .pipeline
+            .borrow_mut()
+            .push(writer::Op::Job(job), Some(then));
+        if first {
+            self.scheduled();
+        }
+    }
+
+    /// Runs `f` once everything queued so far is committed: at once when nothing waits (the
+    /// caller must then hold no borrow `f` needs).
+    pub fn after_commit(&self, f: impl FnOnce() + 'static) {
+        let now = self.pipeline.borrow_mut().after_commit(Box::new(f));
+        if let Some(f) = now {
+            f();
+        }
+    }
+
+    fn scheduled(&self) {
+        if let Some(schedule) = &*self.on_queue.0.borrow() {
             schedule();
         }
     }
 
-    /// Sets what runs when a row is queued into an empty queue: the server attaches its
-    /// commit job there, at the end of the loop turn.
+    /// Sets what runs when a write is queued into an empty batch: the server attaches its
+    /// submission job there, at the end of the loop turn.
     pub fn on_first_queued(&self, schedule: Box<dyn Fn()>) {
         *self.on_queue.0.borrow_mut() = Some(schedule);
     }
 
-    /// Whether rows wait for a commit.
-    pub fn mailbox_queued(&self) -> bool {
-        !self.mailbox_queue.borrow().is_empty()
+    /// Hands the filling batch to the writer, unless a batch is in flight (it goes when that
+    /// one is committed) or nothing is queued. Returns whether a batch went.
+    pub fn submit(&self) -> bool {
+        let Some(batch) = self.pipeline.borrow_mut().take_batch() else {
+            return false;
+        };
+        tracing::debug!(
+            seq = batch.seq,
+            ops = batch.ops.len(),
+            "store: batch submitted"
+        );
+        if let Err(batch) = self.sink.send(batch) {
+            // No thread: written here, reported the same way.
+            let done = writer::run(&self.conn, batch);
+            let _ = self.done.0.send(done);
+            let _ = self.wake.0.try_send(());
+        }
+        true
+    }
+
+    /// Yields a token when a report is ready: the main loop then takes every report with
+    /// [`Store::take_report`] and passes it to [`Store::complete`].
+    pub fn report_ready(&self) -> async_channel::Receiver<()> {
+        self.wake.1.clone()
+    }
+
+    /// The next report of the writer, if one is there.
+    pub fn take_report(&self) -> Option<writer::Done> {
+        self.done.1.try_recv().ok()
+    }
+
+    /// Takes a report: runs the batch's continuations and `after_commit` callbacks (committed)
+    /// or queues the batch again (failed).
+    pub fn complete(&self, done: writer::Done) -> writer::Completed {
+        tracing::debug!(seq = done.seq, "store: batch reported");
+        let (completed, run) = self.pipeline.borrow_mut().complete(done);
+        for f in run {
+            f();
+        }
+        completed
+    }
+
+    /// Writes everything queued and waits for it (shutdown, the command line, tests). On
+    /// failure what failed stays queued.
+    pub fn commit_pending(&self) -> Result<(), StoreError> {
+        loop {
+            let (idle, flying) = {
+                let p = self.pipeline.borrow();
+                (p.is_idle(), p.in_flight())
+            };
+            if idle {
+                return Ok(());
+            }
+            if !flying {
+                self.submit();
+            }
+            // The store holds a sender, so this cannot fail; the thread reports every batch.
+            let Ok(done) = self.done.1.recv() else {
+                return Err(StoreError::Job("the store writer is gone".into()));
+            };
+            if let writer::Completed::Failed(e) = self.complete(done) {
+                return Err(e);
+            }
+        }
     }
 
     /// Queued (not yet committed) offline rows of `account`.
     pub fn queued_offline(&self, account: i64) -> u64 {
-        self.mailbox_queue
-            .borrow()
-            .iter()
-            .filter(|e| e.account == account && e.offline)
-            .count() as u64
+        self.pipeline.borrow().offline_rows(account)
     }
 
-    /// Commits the queued rows now. Cheap when nothing is queued. On failure the rows stay
-    /// queued, in order, for the next try.
-    pub fn commit_pending(&self) -> Result<(), StoreError> {
-        self.commit_pending_with(|_| Ok(())).map(|((), _)| ())
+    /// How many writes were ever queued: compare before and after handling a stanza to learn
+    /// whether it wrote anything.
+    pub fn queued_writes(&self) -> u64 {
+        self.pipeline.borrow().queued()
     }
 
-    /// Commits the queued rows and whatever `f` writes in one transaction; returns `f`'s value
-    /// and how many rows were written. On failure the rows stay queued.
-    pub fn commit_pending_with<T>(
-        &self,
-        f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
-    ) -> Result<(T, usize), StoreError> {
-        let entries = std::mem::take(&mut *self.mailbox_queue.borrow_mut());
-        let result = self.transaction(|tx| {
-            // A row that can never be written (its account was deleted meanwhile; a stanza id
-            // collision) must not hold back the others: append_all drops just that row.
-            mailbox::append_all(tx, &entries, |e, err| {
-                tracing::warn!(account = e.account, "mailbox: row dropped: {err}");
-            })?;
-            f(tx)
-        });
-        match result {
-            Ok(v) => Ok((v, entries.len())),
-            Err(e) => {
-                let mut q = self.mailbox_queue.borrow_mut();
-                let mut entries = entries;
-                entries.append(&mut q);
-                *q = entries;
-                Err(e)
-            }
-        }
+    /// The number of the batch now filling (see [`writer`]).
+    pub fn filling_seq(&self) -> u64 {
+        self.pipeline.borrow().filling_seq()
+    }
+
+    /// Every batch up to this number is committed.
+    pub fn committed_seq(&self) -> u64 {
+        self.pipeline.borrow().committed_seq()
     }
 }
 

@@ -215,13 +215,7 @@ impl Store {
         at: i64,
         status: Option<&str>,
     ) -> Result<(), StoreError> {
-        self.conn()
-            .prepare_cached(
-                "INSERT INTO last_logout (account, at, status) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (account) DO UPDATE SET at = excluded.at, status = excluded.status",
-            )?
-            .execute(params![account, at, status])?;
-        Ok(())
+        Ok(set_last_logout(self.conn(), account, at, status)?)
     }
 
     /// When the account's last session ended (Unix seconds) and its last status text.
@@ -232,6 +226,22 @@ impl Store {
             .query_row([account], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?)
     }
+}
+
+/// Records when the account's last session ended (Unix seconds) and its last status text; on
+/// any connection (the writer thread's, inside its batch).
+pub fn set_last_logout(
+    conn: &rusqlite::Connection,
+    account: i64,
+    at: i64,
+    status: Option<&str>,
+) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO last_logout (account, at, status) VALUES (?1, ?2, ?3)
+         ON CONFLICT (account) DO UPDATE SET at = excluded.at, status = excluded.status",
+    )?
+    .execute(params![account, at, status])?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -87,6 +87,17 @@ struct State {
     opened: Instant,
     closing_since: Option<Instant>,
     keepalive_sent: bool,
+    /// Output from this offset of the active buffer (`tls_out` with TLS, else `out`) waits
+    /// until store batch `seq` is committed: an acknowledgement of what this client sent
+    /// (see [`Connection::dirty_seq`]) and everything after it, in order.
+    hold: Option<Hold>,
+}
+
+/// See [`State::hold`].
+#[derive(Clone, Copy, Debug)]
+struct Hold {
+    seq: u64,
+    at: usize,
 }
 
 /// A client connection. Owned by the server's registry; sources hold weak references.
@@ -103,6 +114,10 @@ pub struct Connection {
     state: RefCell<State>,
     read_source: RefCell<Option<Source>>,
     flush_queued: Cell<bool>,
+    /// The store batch (`store::writer`) the last write caused by this client's input went
+    /// into; 0 once committed. Acknowledgements to this client (XEP-0198 `<a/>`, IQ results,
+    /// `<resumed/>`, the closing tag) wait for it: "acknowledged means on disk".
+    dirty_seq: Cell<u64>,
     pub(super) negotiation: RefCell<Negotiation>,
     pub(super) sasl: RefCell<SaslState>,
     pub(super) sasl2: RefCell<Sasl2State>,
@@ -153,9 +168,11 @@ impl Connection {
                 opened: now,
                 closing_since: None,
                 keepalive_sent: false,
+                hold: None,
             }),
             read_source: RefCell::new(None),
             flush_queued: Cell::new(false),
+            dirty_seq: Cell::new(0),
             negotiation: RefCell::new(Negotiation::new(server.config.default_domain())),
             sasl: RefCell::default(),
             sasl2: RefCell::default(),
@@ -289,6 +306,7 @@ impl Connection {
         st.out = Vec::new();
         st.tls_out = Vec::new();
         st.tls = None;
+        st.hold = None;
         drop(st);
         if let Some(s) = self.read_source.borrow_mut().take() {
             s.destroy();
@@ -425,11 +443,19 @@ impl Connection {
                 None => break,
                 Some(Ok(Input::Header(h))) => self.on_header(h),
                 Some(Ok(Input::Element(el))) => {
+                    let server = self.server.upgrade();
+                    let writes = server.as_ref().map(|s| s.store.queued_writes());
                     // A bug in one handler ends this stream, not the process (the release
                     // profile unwinds; every libpurple callback catches on its own).
                     let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         self.on_element(el)
                     }));
+                    // It wrote something: acknowledgements wait for that batch's commit.
+                    if let Some(s) = &server
+                        && Some(s.store.queued_writes()) != writes
+                    {
+                        self.dirty_seq.set(s.store.filling_seq());
+                    }
                     if handled.is_err() {
                         tracing::error!(conn = self.id, "a stanza handler panicked; closing");
                         self.close(Some((StreamError::InternalServerError, None)));
@@ -548,12 +574,20 @@ impl Connection {
         }
         let log_xml = self.server.upgrade().is_some_and(|s| s.config.log.xml);
         let track = self.sm_enabled() && super::sm::is_stanza(el);
+        let wait = if self.dirty_seq.get() != 0 && is_acknowledgement(el) {
+            self.must_wait()
+        } else {
+            None
+        };
         let len = {
             let mut st = self.state.borrow_mut();
             let st = &mut *st;
             let live = matches!(st.phase, Phase::AwaitHeader | Phase::Open | Phase::Closing)
                 && !st.overflowed;
             if live {
+                if let Some(seq) = wait {
+                    self.hold_from_here(st, seq);
+                }
                 // Straight into the output queue: no per-stanza buffer.
                 let buf = if st.tls.is_some() {
                     &mut st.tls_out
@@ -624,6 +658,7 @@ impl Connection {
                 st.overflowed = true;
                 st.out = Vec::new();
                 st.tls_out = Vec::new();
+                st.hold = None;
                 true
             } else {
                 false
@@ -677,8 +712,12 @@ impl Connection {
             let mut failed = false;
             // Written from an offset and drained once: no memmove per partial write.
             let mut done = 0;
-            while done < st.out.len() {
-                match st.sock.write(&st.out[done..]) {
+            let plain_limit = match (st.hold, st.tls.is_none()) {
+                (Some(h), true) => h.at.min(st.out.len()),
+                _ => st.out.len(),
+            };
+            while done < plain_limit {
+                match st.sock.write(&st.out[done..plain_limit]) {
                     Ok(n) => done += n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         blocked = true;
@@ -695,6 +734,13 @@ impl Connection {
             if st.out.is_empty() && st.out.capacity() > 4096 {
                 st.out = Vec::new();
             }
+            let tls_limit = match (st.hold, st.tls.is_some()) {
+                (Some(h), true) => h.at.min(st.tls_out.len()),
+                _ => st.tls_out.len(),
+            };
+            if let Some(h) = st.hold.as_mut() {
+                h.at -= if st.tls.is_none() { done } else { 0 };
+            }
             if !blocked
                 && !failed
                 && let Some(tls) = st.tls.as_mut()
@@ -704,8 +750,8 @@ impl Connection {
                 // not take stays in `tls_out` for the next writable event.
                 let mut fed = 0;
                 loop {
-                    if fed < st.tls_out.len() {
-                        match tls.writer().write(&st.tls_out[fed..]) {
+                    if fed < tls_limit {
+                        match tls.writer().write(&st.tls_out[fed..tls_limit]) {
                             Ok(n) => fed += n,
                             Err(_) => {
                                 failed = true;
@@ -737,8 +783,11 @@ impl Connection {
                 if st.tls_out.is_empty() && st.tls_out.capacity() > 4096 {
                     st.tls_out = Vec::new();
                 }
+                if let Some(h) = st.hold.as_mut() {
+                    h.at -= fed;
+                }
             }
-            if st.phase == Phase::Closing && !blocked && !failed {
+            if st.phase == Phase::Closing && !blocked && !failed && st.hold.is_none() {
                 let _ = st.sock.shutdown(Shutdown::Write);
             }
             (blocked, failed)
@@ -753,6 +802,59 @@ impl Connection {
         }
         self.set_write_watch(blocked);
         true
+    }
+
+    /// The batch an acknowledgement to this client must wait for, if it is not committed yet.
+    fn must_wait(&self) -> Option<u64> {
+        let seq = self.dirty_seq.get();
+        if seq == 0 {
+            return None;
+        }
+        let server = self.server.upgrade()?;
+        if server.store.committed_seq() >= seq {
+            self.dirty_seq.set(0);
+            return None;
+        }
+        Some(seq)
+    }
+
+    /// Holds output from the end of the active buffer until batch `seq` is committed.
+    fn hold_from_here(&self, st: &mut State, seq: u64) {
+        match st.hold.as_mut() {
+            Some(h) => h.seq = h.seq.max(seq),
+            None => {
+                let at = if st.tls.is_some() {
+                    st.tls_out.len()
+                } else {
+                    st.out.len()
+                };
+                st.hold = Some(Hold { seq, at });
+                if let Some(server) = self.server.upgrade() {
+                    server.note_held(self.id);
+                }
+            }
+        }
+    }
+
+    /// Batch `committed` is on disk: releases the held output if it waited for no more.
+    /// Returns whether output is still held.
+    pub(crate) fn release_hold(&self, committed: u64) -> bool {
+        {
+            let mut st = self.state.borrow_mut();
+            match st.hold {
+                Some(h) if h.seq <= committed => st.hold = None,
+                Some(_) => return true,
+                None => return false,
+            }
+        }
+        self.queue_flush();
+        false
+    }
+
+    /// A resumed session's acknowledgements wait for what its old connection wrote.
+    pub(crate) fn inherit_dirty(&self, old: &Connection) {
+        self.dirty_seq
+            .set(self.dirty_seq.get().max(old.dirty_seq.get()));
     }
 
     fn set_write_watch(&self, want: bool) {
@@ -804,6 +906,9 @@ impl Connection {
             );
             self.send(&cond.element(text.as_deref()));
         }
+        if let Some(seq) = self.must_wait() {
+            self.hold_from_here(&mut self.state.borrow_mut(), seq);
+        }
         self.send_raw(b"</stream:stream>");
         {
             let mut st = self.state.borrow_mut();
@@ -815,9 +920,7 @@ impl Connection {
         // The session ends now: unavailable presence goes out, nothing more is routed here;
         // what the client never acknowledged goes back to the mailbox.
         self.end_session_with_requeue();
-        if self.server().is_none_or(|server| server.commit_mailbox()) {
-            self.flush();
-        }
+        self.flush();
     }
 
     /// Releases everything: sources, registry entry, router session.
@@ -836,6 +939,7 @@ impl Connection {
             st.out = Vec::new();
             st.tls_out = Vec::new();
             st.tls = None;
+            st.hold = None;
         }
         if let Some(s) = self.read_source.borrow_mut().take() {
             s.destroy();
@@ -935,6 +1039,17 @@ enum Input {
 }
 
 /// Maps a framing failure to the stream error RFC 6120 §4.9.3 names for it.
+/// Output that tells the client the server has what it sent: an IQ answer, an XEP-0198
+/// `<a/>` or `<resumed/>`, a SASL2 success (which may carry `<resumed/>`).
+fn is_acknowledgement(el: &Element) -> bool {
+    match el.name.as_str() {
+        "iq" => matches!(el.get_attr("type"), Some("result" | "error")),
+        "a" | "resumed" => el.ns == super::sm::NS,
+        "success" => el.ns == crate::xml::ns::SASL2,
+        _ => false,
+    }
+}
+
 fn framer_error(e: FramerError) -> (StreamError, Option<String>) {
     let cond = match e {
         FramerError::TooLarge(_) | FramerError::TooDeep(_) => StreamError::PolicyViolation,

@@ -337,6 +337,7 @@ impl Connection {
             Ok(replay) => replay,
             Err(sent) => return Err(failed("unexpected-request", Some(sent))),
         };
+        self.inherit_dirty(&old);
         old.close_quietly();
         server.forget_connection(old.id);
 
