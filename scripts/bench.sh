@@ -38,7 +38,7 @@
 #       $B idle --sessions 1000; $B logins --mech PLAIN; $B logins --mech SCRAM-SHA-1
 #       $B rtt --messages 5000; $B messages --pairs 50 --messages 2000
 #       $B messages --offline --drain --messages 200
-#       $B fanout --users 1000 --contacts 20 --updates 10 --teardown
+#       $B fanout --user-count 1000 --contacts 20 --updates 10 --teardown
 #   (internal_hashed keeps SCRAM-SHA-1 keys only, so Prosody offers no SCRAM-SHA-256.)
 #   fanout subscribes the accounts to each other over XMPP (rerunning it on subscribed
 #   accounts just checks the rosters). Without --teardown the subscriptions stay, and every
@@ -164,7 +164,7 @@ bench "logins SCRAM-SHA-256" logins --count "$LOGINS" --concurrency "$CONCURRENC
 bench "messages, online" messages --pairs "$PAIRS" --messages "$MESSAGES"
 bench "messages, offline + drain" messages --pairs "$PAIRS" --messages "$OFFLINE_MESSAGES" --offline --drain
 # Last: it leaves the accounts subscribed to each other (a fresh server each run).
-bench "presence fan-out" fanout --users "$FANOUT_USERS" --contacts "$FANOUT_CONTACTS" --updates "$FANOUT_UPDATES"
+bench "presence fan-out" fanout --user-count "$FANOUT_USERS" --contacts "$FANOUT_CONTACTS" --updates "$FANOUT_UPDATES"
 
 # Summary from the RESULT lines: "RESULT <bench> key=value ...".
 get() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$2"; }

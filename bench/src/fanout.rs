@@ -696,7 +696,7 @@ pub fn run(ctx: Arc<Ctx>, o: FanoutOpts) -> Result<()> {
         bail!("--contacts must be even and at least 2 (user i's contacts are i±1 … i±contacts/2)");
     }
     if u <= c {
-        bail!("--users ({u}) must be more than --contacts ({c})");
+        bail!("--user-count ({u}) must be more than --contacts ({c})");
     }
     if u > ctx.common.accounts {
         bail!(

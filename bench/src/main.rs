@@ -182,9 +182,9 @@ enum Cmd {
     /// XMPP), every user sends M presence updates; deliveries/s, server CPU per delivery, and
     /// how many deliveries are missing (exit status 1 if any).
     Fanout {
-        /// Users (accounts 0..users-1, all online).
+        /// Users (accounts 0..user-count - 1, all online). (`--users` is the name pattern.)
         #[arg(long, default_value_t = 1000)]
-        users: usize,
+        user_count: usize,
         /// Contacts per user (even): user i's are i±1 … i±contacts/2 (mod users), each with
         /// subscription `both`.
         #[arg(long, default_value_t = 20)]
@@ -311,7 +311,7 @@ fn run(cli: Cli) -> Result<()> {
             },
         ),
         Cmd::Fanout {
-            users,
+            user_count,
             contacts,
             updates,
             window,
@@ -322,7 +322,7 @@ fn run(cli: Cli) -> Result<()> {
         } => fanout::run(
             Ctx::new(c)?,
             FanoutOpts {
-                users,
+                users: user_count,
                 contacts,
                 updates,
                 window: window.max(1),
