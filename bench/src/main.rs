@@ -7,6 +7,11 @@
 //! * `messages`: sender/receiver pairs exchange chat messages (bounded window per pair);
 //!   msg/s, delivery latency, and the server's CPU per message (`--pid`). With `--offline` the
 //!   receivers are offline: the store rate, then with `--drain` the delivery on login.
+//! * `rtt`: the unloaded round trip: one pair, one message in flight; latency p50, p99 and
+//!   max (every sample kept), and the server's CPU per message.
+//! * `fanout`: presence fan-out: U users, each with C contacts in mutual subscriptions (set up
+//!   over XMPP, idempotent), each sends M presence updates; deliveries/s, the server's CPU per
+//!   delivery, and every delivery counted (exit status 1 if any is missing).
 //! * `parse-worst`: wockd's own framer and parser on the worst stanzas the default limits allow
 //!   (in-process: time per stanza).
 //! * `create-users`: makes the benchN accounts with `wockd adduser` (or prints the Prosody /
@@ -18,6 +23,7 @@
 
 mod create_users;
 mod ctx;
+mod fanout;
 mod idle;
 mod logins;
 mod messages;
@@ -36,6 +42,7 @@ use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
 use ctx::Ctx;
+use fanout::FanoutOpts;
 use messages::MsgOpts;
 
 #[derive(Parser)]
@@ -154,6 +161,53 @@ enum Cmd {
         /// Seconds the sending (and the draining) may take.
         #[arg(long, default_value_t = 120)]
         timeout: u64,
+        /// Messages per pair exchanged first and not measured.
+        #[arg(long, default_value_t = 0)]
+        warmup: u64,
+    },
+    /// Unloaded round trip: one sender, one receiver (accounts 0 and 1), one message in
+    /// flight; latency p50/p99/max and server CPU per message.
+    Rtt {
+        /// Messages measured.
+        #[arg(long, default_value_t = 5000)]
+        messages: u64,
+        /// Messages exchanged first and not measured.
+        #[arg(long, default_value_t = 200)]
+        warmup: u64,
+        /// Seconds the warm-up and the measured run may take (each).
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
+    /// Presence fan-out: U users with C contacts each (mutual subscriptions, set up first over
+    /// XMPP), every user sends M presence updates; deliveries/s, server CPU per delivery, and
+    /// how many deliveries are missing (exit status 1 if any).
+    Fanout {
+        /// Users (accounts 0..user-count - 1, all online). (`--users` is the name pattern.)
+        #[arg(long, default_value_t = 1000)]
+        user_count: usize,
+        /// Contacts per user (even): user i's are i±1 … i±contacts/2 (mod users), each with
+        /// subscription `both`.
+        #[arg(long, default_value_t = 20)]
+        contacts: usize,
+        /// Presence updates each user sends.
+        #[arg(long, default_value_t = 10)]
+        updates: u64,
+        /// Updates in flight in total (sent, not yet delivered to every contact).
+        #[arg(long, default_value_t = 1000)]
+        window: u64,
+        /// Logins in progress at once.
+        #[arg(long, default_value_t = 100)]
+        concurrency: usize,
+        /// Seconds the logins, the subscription set-up and the initial presence may take (each).
+        #[arg(long, default_value_t = 120)]
+        setup_timeout: u64,
+        /// Seconds without any delivery after which the missing ones are given up.
+        #[arg(long, default_value_t = 10)]
+        silence: u64,
+        /// Afterwards remove the contacts from every roster again (the accounts are shared
+        /// with the other subcommands, whose logins would otherwise broadcast presence).
+        #[arg(long)]
+        teardown: bool,
     },
     /// Time wockd's framer + parser on worst-case stanzas (in-process, no server).
     ParseWorst {
@@ -219,6 +273,7 @@ fn run(cli: Cli) -> Result<()> {
             offline,
             drain,
             timeout,
+            warmup,
         } => messages::run(
             Ctx::new(c)?,
             MsgOpts {
@@ -231,6 +286,50 @@ fn run(cli: Cli) -> Result<()> {
                 offline,
                 drain,
                 timeout: Duration::from_secs(timeout),
+                warmup,
+                rtt: false,
+            },
+        ),
+        Cmd::Rtt {
+            messages,
+            warmup,
+            timeout,
+        } => messages::run(
+            Ctx::new(c)?,
+            MsgOpts {
+                pairs: 1,
+                messages,
+                window: 1,
+                rate: 0,
+                body_size: 0,
+                full_jid: false,
+                offline: false,
+                drain: false,
+                timeout: Duration::from_secs(timeout),
+                warmup,
+                rtt: true,
+            },
+        ),
+        Cmd::Fanout {
+            user_count,
+            contacts,
+            updates,
+            window,
+            concurrency,
+            setup_timeout,
+            silence,
+            teardown,
+        } => fanout::run(
+            Ctx::new(c)?,
+            FanoutOpts {
+                users: user_count,
+                contacts,
+                updates,
+                window: window.max(1),
+                concurrency: concurrency.max(1),
+                setup_timeout: Duration::from_secs(setup_timeout),
+                silence: Duration::from_secs(silence.max(1)),
+                teardown,
             },
         ),
         Cmd::ParseWorst { rounds } => parse::run(rounds),

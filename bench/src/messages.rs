@@ -11,7 +11,7 @@ use anyhow::{Result, anyhow, bail};
 use crate::ctx::{Ctx, SYNC_PING};
 use crate::reactor::{Account, App, Reactor};
 use crate::report::{Errors, server_cpu_line};
-use crate::stats::{CpuProbe, Hist, ms, now_ns};
+use crate::stats::{self, CpuProbe, Hist, fmt_ns, ms, now_ns};
 use crate::xml;
 
 pub struct MsgOpts {
@@ -24,6 +24,10 @@ pub struct MsgOpts {
     pub offline: bool,
     pub drain: bool,
     pub timeout: Duration,
+    /// Messages per pair sent and received first, not measured (another run id).
+    pub warmup: u64,
+    /// `rtt`: report as the unloaded round trip (`RESULT rtt …`).
+    pub rtt: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -59,7 +63,11 @@ struct MsgApp {
     threads: usize,
     /// Logins still to complete in this phase (and their sync pings).
     pending: usize,
+    /// Messages per pair in this phase (the warm-up's, then --messages).
+    target: u64,
     hist: Hist,
+    /// Every latency, while there are at most MAX_SAMPLES: exact quantiles and max.
+    samples: Vec<u64>,
     errors: Errors,
     stale: u64,
     /// Total sent by this thread and when sending started (for --rate).
@@ -73,6 +81,9 @@ struct MsgApp {
 
 /// How long without progress before a run is given up as stalled.
 const STALL: Duration = Duration::from_secs(10);
+
+/// Latencies kept per thread for exact quantiles (8 MiB); past this only the histogram.
+const MAX_SAMPLES: usize = 1 << 20;
 
 fn is_sender(tag: u64) -> bool {
     tag.is_multiple_of(2)
@@ -91,9 +102,9 @@ impl MsgApp {
     fn done_sending(&self) -> bool {
         self.pairs.iter().all(|p| {
             if self.o.offline {
-                p.acked >= self.o.messages
+                p.acked >= self.target
             } else {
-                p.received + p.bounced >= self.o.messages
+                p.received + p.bounced >= self.target
             }
         })
     }
@@ -109,6 +120,7 @@ impl MsgApp {
 
     fn fill(&mut self, r: &mut Reactor, k: usize) {
         let o = self.o.clone();
+        let target = self.target;
         let budget = if o.rate > 0 {
             let per_thread = o.rate as f64 / self.threads as f64;
             let allowed = (per_thread * self.started.elapsed().as_secs_f64()) as u64 + 1;
@@ -130,8 +142,8 @@ impl MsgApp {
         if o.offline {
             // Batches of half a window, each followed by a ping whose answer acknowledges them.
             let batch = (o.window / 2).max(1);
-            while p.sent < o.messages && in_flight(p) + batch <= o.window.max(batch) && n < budget {
-                let m = batch.min(o.messages - p.sent).min(budget - n);
+            while p.sent < target && in_flight(p) + batch <= o.window.max(batch) && n < budget {
+                let m = batch.min(target - p.sent).min(budget - n);
                 for _ in 0..m {
                     write_message(
                         &mut self.buf,
@@ -152,7 +164,7 @@ impl MsgApp {
                 p.ack_marks.push_back(p.sent);
             }
         } else {
-            while p.sent < o.messages && in_flight(p) < o.window && n < budget {
+            while p.sent < target && in_flight(p) < o.window && n < budget {
                 write_message(
                     &mut self.buf,
                     &p.to,
@@ -229,7 +241,11 @@ impl App for MsgApp {
                 let now = now_ns();
                 self.last_event = now;
                 if self.phase == MsgPhase::Send {
-                    self.hist.record(now.saturating_sub(sent_at));
+                    let ns = now.saturating_sub(sent_at);
+                    self.hist.record(ns);
+                    if self.samples.len() < MAX_SAMPLES {
+                        self.samples.push(ns);
+                    }
                 }
                 self.pairs[k].received += 1;
                 if !self.o.offline {
@@ -278,9 +294,9 @@ impl App for MsgApp {
             self.pending = self.pending.saturating_sub(1);
             let p = &mut self.pairs[k];
             if is_sender(tag) && self.phase == MsgPhase::Send {
-                let lost = self.o.messages - (p.received + p.bounced).min(self.o.messages);
+                let lost = self.target - (p.received + p.bounced).min(self.target);
                 p.bounced += lost;
-                p.acked = self.o.messages;
+                p.acked = self.target;
             }
             self.errors
                 .add(error.unwrap_or_else(|| "connection closed".into()));
@@ -310,6 +326,7 @@ impl App for MsgApp {
 
 struct MsgThreadResult {
     hist: Hist,
+    samples: Vec<u64>,
     errors: Errors,
     sent: u64,
     received: u64,
@@ -359,9 +376,11 @@ pub fn run(ctx: Arc<Ctx>, o: MsgOpts) -> Result<()> {
                 run_id,
                 phase: MsgPhase::Login,
                 pending: 0,
+                target: o.messages,
                 pairs,
                 threads: t,
                 hist: Hist::default(),
+                samples: Vec::new(),
                 errors: Errors::default(),
                 stale: 0,
                 sent_total: 0,
@@ -412,6 +431,28 @@ pub fn run(ctx: Arc<Ctx>, o: MsgOpts) -> Result<()> {
                 }
             }
             barrier.wait(); // logged in
+            if o.warmup > 0 {
+                // Under another run id, so that a straggler is ignored as stale.
+                app.run_id = run_id.wrapping_add(1);
+                app.target = o.warmup;
+                app.phase = MsgPhase::Send;
+                app.started = Instant::now();
+                app.deadline = app.started + o.timeout;
+                app.last_event = now_ns();
+                if missing == 0 {
+                    r.run(&mut app);
+                }
+                for p in &mut app.pairs {
+                    (p.sent, p.received, p.bounced, p.acked) = (0, 0, 0, 0);
+                    p.ack_marks.clear();
+                }
+                app.hist = Hist::default();
+                app.samples.clear();
+                app.sent_total = 0;
+                app.run_id = run_id;
+                app.target = o.messages;
+                barrier.wait(); // warmed up
+            }
             barrier.wait(); // go
             app.phase = MsgPhase::Send;
             app.started = Instant::now();
@@ -453,6 +494,7 @@ pub fn run(ctx: Arc<Ctx>, o: MsgOpts) -> Result<()> {
             r.run(&mut app);
             Ok(MsgThreadResult {
                 hist: app.hist,
+                samples: app.samples,
                 errors: app.errors,
                 sent: app.pairs.iter().map(|p| p.sent).sum(),
                 received: if o.drain {
@@ -475,9 +517,11 @@ pub fn run(ctx: Arc<Ctx>, o: MsgOpts) -> Result<()> {
         "online"
     };
     eprintln!(
-        "messages: {} pairs × {} messages, {mode}, window {}, to {} JIDs, {} threads",
+        "{}: {} pairs × {} messages (after {} warm-up), {mode}, window {}, to {} JIDs, {} threads",
+        if o.rtt { "rtt" } else { "messages" },
         o.pairs,
         o.messages,
+        o.warmup,
         o.window,
         if o.full_jid { "full" } else { "bare" },
         t
@@ -486,6 +530,9 @@ pub fn run(ctx: Arc<Ctx>, o: MsgOpts) -> Result<()> {
     let login_failed = *login_errors.lock().unwrap_or_else(|e| e.into_inner());
     if login_failed > 0 {
         eprintln!("some sessions could not log in; not sending (see errors below)");
+    }
+    if o.warmup > 0 {
+        barrier.wait(); // warmed up
     }
     // Let the presence broadcasts of the logins settle before measuring.
     std::thread::sleep(Duration::from_millis(200));
@@ -504,6 +551,8 @@ pub fn run(ctx: Arc<Ctx>, o: MsgOpts) -> Result<()> {
     }
     let drain_cpu = drain_probe.map(|p| p.stop());
     let mut hist = Hist::default();
+    let mut samples = Vec::new();
+    let mut all_samples = true;
     let mut errors = Errors::default();
     let (mut sent, mut received, mut bounced, mut acked, mut stale, mut drained) =
         (0, 0, 0, 0, 0, 0);
@@ -513,6 +562,8 @@ pub fn run(ctx: Arc<Ctx>, o: MsgOpts) -> Result<()> {
         match h.join().map_err(|_| anyhow!("thread panicked"))? {
             Ok(x) => {
                 hist.merge(&x.hist);
+                all_samples &= x.samples.len() < MAX_SAMPLES;
+                samples.extend(x.samples);
                 errors.merge(x.errors);
                 sent += x.sent;
                 received += x.received;
@@ -579,16 +630,43 @@ pub fn run(ctx: Arc<Ctx>, o: MsgOpts) -> Result<()> {
         }
     } else {
         let rate = received as f64 / secs.max(1e-9);
+        // Exact quantiles from every sample when all were kept, else the histogram's (≤1.6 %).
+        samples.sort_unstable();
+        let q = |p: f64| {
+            if all_samples {
+                stats::exact_quantile(&samples, p)
+            } else {
+                hist.quantile(p)
+            }
+        };
+        let (p50, p90, p99, max) = (q(0.5), q(0.9), q(0.99), hist.max());
+        let what = if o.rtt {
+            "round trip (1 pair, window 1)"
+        } else {
+            "messages"
+        };
         println!(
-            "messages: {received} of {expected} delivered ({sent} sent, {bounced} bounced) in {secs:.3} s = {rate:.0} msg/s"
+            "{what}: {received} of {expected} delivered ({sent} sent, {bounced} bounced) in {secs:.3} s = {rate:.0} msg/s"
         );
-        println!("  latency: {}", hist.summary());
+        println!(
+            "  latency: p50 {}  p90 {}  p99 {}  max {}",
+            fmt_ns(p50),
+            fmt_ns(p90),
+            fmt_ns(p99),
+            fmt_ns(max)
+        );
         println!("{}", server_cpu_line("", cpu, own, received, "msg"));
+        let head = if o.rtt {
+            "RESULT rtt".to_owned()
+        } else {
+            "RESULT messages mode=online".to_owned()
+        };
         result = format!(
-            "RESULT messages mode=online pairs={} sent={sent} received={received} bounced={bounced} secs={secs:.3} rate={rate:.1} p50_ms={:.3} p99_ms={:.3}",
+            "{head} pairs={} sent={sent} received={received} bounced={bounced} secs={secs:.3} rate={rate:.1} p50_ms={:.3} p99_ms={:.3} max_ms={:.3}",
             o.pairs,
-            ms(hist.quantile(0.5)),
-            ms(hist.quantile(0.99)),
+            ms(p50),
+            ms(p99),
+            ms(max),
         );
         if let Some(c) = cpu {
             let _ = write!(
@@ -599,7 +677,7 @@ pub fn run(ctx: Arc<Ctx>, o: MsgOpts) -> Result<()> {
         }
     }
     if stale > 0 {
-        println!("  ({stale} messages from earlier runs were received and ignored)");
+        println!("  ({stale} messages from earlier runs or the warm-up were received and ignored)");
     }
     errors.print();
     println!("{result}");

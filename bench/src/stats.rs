@@ -85,6 +85,11 @@ impl Hist {
         self.max
     }
 
+    /// The largest value recorded (exact).
+    pub fn max(&self) -> u64 {
+        self.max
+    }
+
     /// "p50 1.23 ms  p99 4.56 ms  max 9.87 ms"
     pub fn summary(&self) -> String {
         format!(
@@ -95,6 +100,17 @@ impl Hist {
             fmt_ns(self.max)
         )
     }
+}
+
+/// The value at quantile `q` (0..=1) of sorted samples, by the same rank rule as
+/// [`Hist::quantile`]; 0 when there are none.
+pub fn exact_quantile(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let n = sorted.len();
+    let rank = ((q * n as f64).ceil() as usize).clamp(1, n);
+    sorted.get(rank - 1).copied().unwrap_or(0)
 }
 
 pub fn fmt_ns(ns: u64) -> String {
@@ -225,5 +241,16 @@ mod tests {
         let p50 = h.quantile(0.5) as f64;
         assert!((p50 - 500_000.0).abs() / 500_000.0 < 0.02, "{p50}");
         assert_eq!(h.n, 1000);
+        assert_eq!(h.max(), 1_000_000);
+    }
+
+    #[test]
+    fn exact_quantiles() {
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(exact_quantile(&v, 0.5), 50);
+        assert_eq!(exact_quantile(&v, 0.99), 99);
+        assert_eq!(exact_quantile(&v, 1.0), 100);
+        assert_eq!(exact_quantile(&v, 0.0), 1);
+        assert_eq!(exact_quantile(&[], 0.5), 0);
     }
 }
