@@ -72,6 +72,8 @@ pub struct Server {
     /// succeeds; acknowledgements stay held meanwhile, so nothing is acknowledged that is not
     /// on disk.
     store_failing: Cell<bool>,
+    /// Input is paused because the store's writer is behind (`Store::backlogged`).
+    store_backlog: Cell<bool>,
     /// Connections with output held for a store commit (`Connection::release_hold`).
     held: RefCell<Vec<u64>>,
     /// Connections per client address, unauthenticated ones in age order, login failures.
@@ -112,6 +114,7 @@ impl Server {
             started: Instant::now(),
             store_failing: Cell::new(false),
             held: RefCell::new(Vec::new()),
+            store_backlog: Cell::new(false),
             ips: RefCell::new(IpTable::default()),
             commit_scheduled: Cell::new(false),
         });
@@ -257,6 +260,9 @@ impl Server {
                             if self.store_failing.get() {
                                 conn.pause(Pause::Store);
                             }
+                            if self.store_backlog.get() {
+                                conn.pause(Pause::Backlog);
+                            }
                             self.conns.borrow_mut().insert(id, conn);
                         }
                         Err(e) => {
@@ -391,11 +397,7 @@ impl Server {
             Completed::Committed(seq) => {
                 if self.store_failing.replace(false) {
                     tracing::warn!("store: commit succeeded again; resuming");
-                    let conns: Vec<Rc<Connection>> =
-                        self.conns.borrow().values().cloned().collect();
-                    for c in conns {
-                        c.unpause(Pause::Store);
-                    }
+                    self.pause_all(Pause::Store, false);
                 }
                 let held = std::mem::take(&mut *self.held.borrow_mut());
                 let still: Vec<u64> = held
@@ -404,17 +406,17 @@ impl Server {
                     .collect();
                 self.held.borrow_mut().extend(still);
                 self.store.submit();
+                if self.store_backlog.get() && !self.store.backlogged() {
+                    self.store_backlog.set(false);
+                    self.pause_all(Pause::Backlog, false);
+                }
             }
             Completed::Failed(e) => {
                 if !self.store_failing.replace(true) {
                     tracing::error!(
                         "store: commit failed ({e}); input paused until it succeeds, retrying"
                     );
-                    let conns: Vec<Rc<Connection>> =
-                        self.conns.borrow().values().cloned().collect();
-                    for c in conns {
-                        c.pause(Pause::Store);
-                    }
+                    self.pause_all(Pause::Store, true);
                 } else {
                     tracing::debug!("store: commit still failing: {e}");
                 }
@@ -424,6 +426,18 @@ impl Server {
                         server.store.submit();
                     }
                 });
+            }
+        }
+    }
+
+    /// Pauses (or resumes) input on every connection for `why`.
+    fn pause_all(self: &Rc<Self>, why: Pause, pause: bool) {
+        let conns: Vec<Rc<Connection>> = self.conns.borrow().values().cloned().collect();
+        for c in conns {
+            if pause {
+                c.pause(why);
+            } else {
+                c.unpause(why);
             }
         }
     }
@@ -445,6 +459,10 @@ impl Server {
                 server.commit_scheduled.set(false);
                 if !server.store_failing.get() {
                     server.store.submit();
+                }
+                if server.store.backlogged() && !server.store_backlog.replace(true) {
+                    tracing::debug!("store: writer behind; input paused until its commit");
+                    server.pause_all(Pause::Backlog, true);
                 }
             }
         });

@@ -369,8 +369,9 @@ impl Store {
         }
     }
 
-    /// Sets what runs when a write is queued into an empty batch: the server attaches its
-    /// submission job there, at the end of the loop turn.
+    /// Sets what runs when a write is queued into an empty batch, or fills the batch up to its
+    /// bound ([`Store::backlogged`]): the server attaches its submission job there, at the end
+    /// of the loop turn, which also pauses input when the writer is behind.
     pub fn on_first_queued(&self, schedule: Box<dyn Fn()>) {
         *self.on_queue.0.borrow_mut() = Some(schedule);
     }
@@ -439,6 +440,12 @@ impl Store {
                 return Err(e);
             }
         }
+    }
+
+    /// Whether the writes waiting behind the batch in flight reached their bound
+    /// ([`writer::MAX_QUEUED`]): the server then stops taking input until the commit.
+    pub fn backlogged(&self) -> bool {
+        self.pipeline.borrow().backlogged()
     }
 
     /// Queued (not yet committed) offline rows of `account`.

@@ -156,6 +156,14 @@ impl Thread {
         let handle = std::thread::Builder::new()
             .name("wockd-store".into())
             .spawn(move || {
+                // Behind the main loop for the CPU: a commit can wait a little (the next batch
+                // fills meanwhile), a stanza on its way to a client should not. On Linux the
+                // nice value is per thread.
+                // SAFETY: plain system calls on this thread.
+                unsafe {
+                    let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                    libc::setpriority(libc::PRIO_PROCESS, tid, WRITER_NICE);
+                }
                 for batch in rx {
                     if done.send(run(&conn, batch)).is_err() {
                         break;
@@ -188,6 +196,9 @@ impl Drop for Thread {
     }
 }
 
+/// Nice value of the writer thread (see `Thread::spawn`).
+const WRITER_NICE: libc::c_int = 10;
+
 /// The batch being written.
 struct InFlight {
     seq: u64,
@@ -196,6 +207,12 @@ struct InFlight {
     /// Accounts of its offline rows, one entry per row (the offline quota counts them).
     offline: Vec<i64>,
 }
+
+/// Most writes the filling batch takes while another commits before the server stops taking
+/// input (`Store::backlogged`): a bound on memory, and on the size of one transaction.
+pub const MAX_QUEUED: usize = 20_000;
+/// Most bytes of stanza XML in the filling batch, likewise.
+pub const MAX_QUEUED_BYTES: usize = 16 << 20;
 
 /// The main loop's side: the filling batch, the one in flight, sequence numbers.
 pub(super) struct Pipeline {
@@ -211,6 +228,8 @@ pub(super) struct Pipeline {
     committed: u64,
     /// Writes queued since the start, for "did this stanza write anything".
     queued: u64,
+    /// Bytes of row XML in the filling batch.
+    filling_bytes: usize,
 }
 
 impl Default for Pipeline {
@@ -223,6 +242,7 @@ impl Default for Pipeline {
             seq: 1,
             committed: 0,
             queued: 0,
+            filling_bytes: 0,
         }
     }
 }
@@ -237,15 +257,20 @@ pub enum Completed {
 
 impl Pipeline {
     /// Queues `op`; returns true when the filling batch was empty (the server then schedules
-    /// its submission at the end of the loop turn).
+    /// its submission at the end of the loop turn) or has just become backlogged (the server
+    /// then stops taking input).
     pub(super) fn push(&mut self, op: Op, then: Option<Then>) -> bool {
         let first = self.filling.is_empty();
+        let was_backlogged = self.backlogged();
+        if let Op::Row(e) = &op {
+            self.filling_bytes += e.xml.len();
+        }
         self.filling.push(op);
         if let Some(t) = then {
             self.thens.push(t);
         }
         self.queued += 1;
-        first
+        first || (!was_backlogged && self.backlogged())
     }
 
     pub(super) fn queued(&self) -> u64 {
@@ -258,6 +283,12 @@ impl Pipeline {
 
     pub(super) fn committed_seq(&self) -> u64 {
         self.committed
+    }
+
+    /// The filling batch is full while another commits (see [`MAX_QUEUED`]).
+    pub(super) fn backlogged(&self) -> bool {
+        self.in_flight.is_some()
+            && (self.filling.len() >= MAX_QUEUED || self.filling_bytes >= MAX_QUEUED_BYTES)
     }
 
     pub(super) fn in_flight(&self) -> bool {
@@ -301,6 +332,7 @@ impl Pipeline {
             return None;
         }
         let ops = std::mem::take(&mut self.filling);
+        self.filling_bytes = 0;
         let offline = ops
             .iter()
             .filter_map(|op| match op {
@@ -345,6 +377,14 @@ impl Pipeline {
                 // number stays, and its commit covers both.
                 ops.append(&mut self.filling);
                 self.filling = ops;
+                self.filling_bytes = self
+                    .filling
+                    .iter()
+                    .map(|op| match op {
+                        Op::Row(e) => e.xml.len(),
+                        Op::Job(_) => 0,
+                    })
+                    .sum();
                 let mut thens = flight.thens;
                 thens.append(&mut self.thens);
                 self.thens = thens;

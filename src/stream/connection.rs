@@ -1030,6 +1030,9 @@ pub(crate) enum Pause {
     Store = 2,
     /// A password check runs off the loop; the next stanza waits for its answer.
     Auth = 4,
+    /// The store's writer is behind by more than a batch's worth: input waits for its commit,
+    /// so queued writes stay bounded.
+    Backlog = 8,
 }
 
 enum Input {
@@ -1038,7 +1041,6 @@ enum Input {
     Close,
 }
 
-/// Maps a framing failure to the stream error RFC 6120 §4.9.3 names for it.
 /// Output that tells the client the server has what it sent: an IQ answer, an XEP-0198
 /// `<a/>` or `<resumed/>`, a SASL2 success (which may carry `<resumed/>`).
 fn is_acknowledgement(el: &Element) -> bool {
@@ -1050,6 +1052,7 @@ fn is_acknowledgement(el: &Element) -> bool {
     }
 }
 
+/// Maps a framing failure to the stream error RFC 6120 §4.9.3 names for it.
 fn framer_error(e: FramerError) -> (StreamError, Option<String>) {
     let cond = match e {
         FramerError::TooLarge(_) | FramerError::TooDeep(_) => StreamError::PolicyViolation,
