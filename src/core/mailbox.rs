@@ -1,5 +1,5 @@
 //! The mailbox as modules see it: XEP-0359 stanza ids and the rows messages become. Rows are
-//! queued with `Store::queue_mailbox` and committed once per loop turn (see `store`).
+//! queued with `Store::queue_mailbox` and committed by the store's writer thread in batches (see `store::writer`).
 
 use base64::Engine;
 use jid::{BareJid, Jid};

@@ -14,7 +14,7 @@
 //!
 //! These functions take a `rusqlite::Connection` so they work inside a transaction as well
 //! (a `Transaction` derefs to its connection). The server does not call [`append`] on its hot
-//! path directly: `modules::offline` queues rows and commits them once per loop turn.
+//! path directly: modules queue rows (`Store::queue_mailbox`) for the writer thread (`writer.rs`).
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 

@@ -867,8 +867,8 @@ impl Connection {
                 st.write_source = Some(source::watch_fd(fd, IOCondition::OUT, move |_, _| {
                     if let Some(c) = server.upgrade().and_then(|s| s.connection(id)) {
                         c.state.borrow_mut().write_source = None;
-                        // Through the flush queue, not at once: output (an SM ack, an IQ
-                        // result) must not overtake the mailbox commit of this loop turn.
+                        // Through the flush queue, with the loop turn's other output (held
+                        // acknowledgements stay held: see `release_hold`).
                         c.queue_flush();
                     }
                     ControlFlow::Break
