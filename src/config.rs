@@ -48,6 +48,119 @@ pub struct Config {
     pub quotas: Quotas,
     /// The message archive (XEP-0313): retention and size.
     pub mam: Mam,
+    /// Federation (server-to-server, RFC 6120). A file without `[s2s]` gets [`S2s::default`]
+    /// (on, listening on port 5269 of every address); `wockd run` without a file gets
+    /// [`S2s::embedded`] (off: nothing listens, remote stanzas bounce).
+    #[serde(default)]
+    pub s2s: S2s,
+}
+
+/// `[s2s]`: links to other XMPP servers (src/s2s/).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S2s {
+    /// Federate at all. Off: nothing listens and stanzas to other domains bounce with
+    /// `remote-server-not-found`.
+    pub enabled: bool,
+    /// Listeners for incoming server connections (`direct_tls` for XEP-0368).
+    pub listen: Vec<S2sListener>,
+    /// Accept and use XEP-0220 dialback where a certificate cannot be verified (Prosody's
+    /// `s2s_secure_auth = false`). Off: only peers with a valid certificate federate.
+    pub dialback: bool,
+    /// Refuse peers that cannot do TLS, both ways (Prosody's `s2s_require_encryption`).
+    pub require_tls: bool,
+    /// Domains that must present a valid certificate even while `dialback` is on.
+    pub secure_domains: Vec<String>,
+    /// Domains allowed to authenticate by dialback even while `dialback` is off.
+    pub insecure_domains: Vec<String>,
+    /// Only these remote domains federate (empty: all but `block`).
+    pub allow: Vec<String>,
+    /// These remote domains never federate.
+    pub block: Vec<String>,
+    /// Static routes: remote domain → `host:port` (or `ip:port`), used instead of DNS, for
+    /// split-horizon set-ups and tests. A route's address is trusted even when private.
+    pub routes: std::collections::BTreeMap<String, String>,
+    /// Extra PEM CA certificates trusted for peers, besides the system trust store.
+    pub ca_file: Option<PathBuf>,
+    /// Connect to remote servers whose DNS names resolve to loopback, private or link-local
+    /// addresses (off: such addresses are skipped, so a remote name cannot point the server
+    /// at its own network).
+    pub allow_private_addresses: bool,
+    /// Close a link after this many seconds without a stanza either way.
+    pub idle_timeout_secs: u64,
+    /// Give up setting up a link (DNS, connect, TLS, authentication) after this many seconds.
+    pub connect_timeout_secs: u64,
+    /// Stanzas queued for a remote domain while its link is being set up; beyond that they
+    /// bounce with `resource-constraint`.
+    pub max_queue: usize,
+    /// Incoming connections accepted at once from one remote domain (and unauthenticated
+    /// ones from one address).
+    pub max_links_per_domain: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S2sListener {
+    pub address: SocketAddr,
+    #[serde(default)]
+    pub direct_tls: bool,
+}
+
+impl Default for S2s {
+    fn default() -> Self {
+        S2s {
+            enabled: true,
+            listen: vec![
+                S2sListener {
+                    address: "0.0.0.0:5269".parse().expect("constant address"),
+                    direct_tls: false,
+                },
+                S2sListener {
+                    address: "[::]:5269".parse().expect("constant address"),
+                    direct_tls: false,
+                },
+            ],
+            dialback: true,
+            require_tls: true,
+            secure_domains: Vec::new(),
+            insecure_domains: Vec::new(),
+            allow: Vec::new(),
+            block: Vec::new(),
+            routes: std::collections::BTreeMap::new(),
+            ca_file: None,
+            allow_private_addresses: false,
+            idle_timeout_secs: 600,
+            connect_timeout_secs: 30,
+            max_queue: 1000,
+            max_links_per_domain: 4,
+        }
+    }
+}
+
+impl S2s {
+    /// The embedded default: no federation, nothing exposed.
+    pub fn embedded() -> S2s {
+        S2s {
+            enabled: false,
+            listen: Vec::new(),
+            ..S2s::default()
+        }
+    }
+
+    /// Whether `domain` may federate with us (allow/block lists).
+    pub fn permits(&self, domain: &str) -> bool {
+        let listed = |l: &[String]| l.iter().any(|d| d.eq_ignore_ascii_case(domain));
+        !listed(&self.block) && (self.allow.is_empty() || listed(&self.allow))
+    }
+
+    /// Whether `domain` may authenticate by dialback.
+    pub fn dialback_for(&self, domain: &str) -> bool {
+        let listed = |l: &[String]| l.iter().any(|d| d.eq_ignore_ascii_case(domain));
+        if listed(&self.secure_domains) {
+            return false;
+        }
+        self.dialback || listed(&self.insecure_domains)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -360,6 +473,7 @@ impl Default for Config {
             torrent: Torrent::embedded(),
             quotas: Quotas::default(),
             mam: Mam::default(),
+            s2s: S2s::embedded(),
         }
     }
 }
@@ -522,6 +636,31 @@ impl Config {
         {
             return Err(ConfigError::Invalid(
                 "`mam.cleanup_interval_secs`, `limits.server_iq_timeout_secs` and `limits.max_pending_iqs` must be positive".into(),
+            ));
+        }
+        for (domain, addr) in &self.s2s.routes {
+            if self.is_hosted(domain) {
+                return Err(ConfigError::Invalid(format!(
+                    "`s2s.routes` names `{domain}`, which this server hosts"
+                )));
+            }
+            if addr
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "`s2s.routes` for `{domain}`: `{addr}` is not host:port"
+                )));
+            }
+        }
+        if self.s2s.enabled
+            && (self.s2s.connect_timeout_secs == 0
+                || self.s2s.idle_timeout_secs == 0
+                || self.s2s.max_links_per_domain == 0)
+        {
+            return Err(ConfigError::Invalid(
+                "`s2s.connect_timeout_secs`, `idle_timeout_secs` and `max_links_per_domain` must be positive".into(),
             ));
         }
         if self.auth.scram_iterations < 4096 {

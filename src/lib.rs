@@ -16,6 +16,8 @@
 //! * `modules` — one XEP per file; each imports `core`, `store` and `xml` only.
 //! * `store` — SQLite: versioned migrations, the mailbox and its write-behind queue.
 //! * `auth` — SCRAM, PLAIN, the key-derivation worker pool.
+//! * `s2s` — federation: server-to-server links (dialback, STARTTLS), a delivery hook for
+//!   remote domains, and remote stanzas handed to the router.
 //! * `transport` (libpurple) and `torrent` (librqbit) — services at their own domains.
 //! * `server` — listeners, the connection registry, IQs the server sends; `cli` and `status`
 //!   at the edge.
@@ -40,6 +42,7 @@ pub mod iq;
 pub mod modules;
 pub mod net;
 pub mod router;
+pub mod s2s;
 pub mod server;
 pub mod status;
 pub mod store;

@@ -95,6 +95,9 @@ impl Server {
         let hooks = Hooks::default();
         crate::core::install(&hooks);
         crate::router::deliver::install(&hooks);
+        if config.s2s.enabled {
+            crate::s2s::install(&hooks);
+        }
         install(&mut Module::new(&mut stream, &hooks, &config));
         let server = Rc::new(Server {
             config,
@@ -161,6 +164,7 @@ impl Server {
                 "no listener could be bound",
             ));
         }
+        crate::s2s::start(self)?;
         let weak = Rc::downgrade(self);
         let timer = source::every(Duration::from_secs(1), move || match weak.upgrade() {
             Some(s) => {
@@ -516,6 +520,12 @@ impl Server {
         })
     }
 
+    /// Routes a stanza the server makes by its `to` (see [`crate::router::route_local`]):
+    /// how modules send to remote JIDs (federation's delivery hook takes it from there).
+    pub fn route_local(self: &Rc<Self>, el: Element) {
+        crate::router::route_local(self, el);
+    }
+
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
     }
@@ -729,6 +739,7 @@ impl Server {
         for (_, src) in self.listeners.borrow_mut().drain(..) {
             src.destroy();
         }
+        crate::s2s::stop(self);
         for t in self.timers.borrow_mut().drain(..) {
             t.destroy();
         }

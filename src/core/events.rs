@@ -43,6 +43,12 @@ pub enum Origin<'a> {
     /// A message a local user sent from a foreign network's own client, reported by a service
     /// (the transport): the user's Pre hooks run (sent carbons, archive), nothing is delivered.
     OnBehalf { jid: &'a FullJid },
+    /// Another server (s2s): `jid` is the stanza's `from`, in a domain authenticated on the
+    /// stream it came on; `reply` sends an answer back over federation.
+    Remote {
+        jid: &'a Jid,
+        reply: &'a dyn Fn(Element),
+    },
     /// The server itself or one of its in-process services (a message handed back by stream
     /// management, a service's message to a user): no stream to answer errors on.
     Local,
@@ -100,7 +106,15 @@ impl<'a> Routed<'a> {
     pub fn sender(&self) -> Option<&'a FullJid> {
         match self.origin {
             Origin::Client { jid, .. } | Origin::OnBehalf { jid } => Some(jid),
-            Origin::Local => None,
+            Origin::Local | Origin::Remote { .. } => None,
+        }
+    }
+
+    /// The remote sender, when another server sent it.
+    pub fn from_remote(&self) -> Option<&'a Jid> {
+        match self.origin {
+            Origin::Remote { jid, .. } => Some(jid),
+            _ => None,
         }
     }
 
@@ -138,17 +152,17 @@ impl<'a> Routed<'a> {
     /// Answers the sender with an error (when a client sent it and the stanza may be
     /// answered: never an error, RFC 6120 §8.3.1).
     pub fn bounce(&self, cond: Condition, text: &str) {
-        if let (Some(conn), Some(reply)) =
-            (self.connection(), stanza_error(&self.stanza, cond, text))
-        {
-            conn.send(&reply);
+        if let Some(reply) = stanza_error(&self.stanza, cond, text) {
+            self.reply(&reply);
         }
     }
 
     /// Answers the sender with an error it has made itself.
     pub fn reply(&self, reply: &Element) {
-        if let Some(conn) = self.connection() {
-            conn.send(reply);
+        match self.origin {
+            Origin::Client { conn, .. } => conn.send(reply),
+            Origin::Remote { reply: send, .. } => send(reply.clone()),
+            Origin::OnBehalf { .. } | Origin::Local => {}
         }
     }
 }

@@ -17,6 +17,8 @@ pub enum ReplyTo {
     Stream(Weak<Connection>),
     /// Through the router to the requester's address (services, other users' requests).
     Route,
+    /// Back over federation to a remote requester (a server's bare domain, or a full JID).
+    Remote(jid::Jid),
 }
 
 /// An IQ get/set awaiting its answer. Answer with [`Incoming::result`] or [`Incoming::error`];
@@ -69,13 +71,17 @@ impl Incoming {
     pub fn connection(&self) -> Option<Rc<Connection>> {
         match &self.reply_to {
             ReplyTo::Stream(w) => w.upgrade(),
-            ReplyTo::Route => None,
+            ReplyTo::Route | ReplyTo::Remote(_) => None,
         }
     }
 
-    /// The account the request acts for: the sender's bare JID.
+    /// The account the request acts for: the sender's bare JID, when it is a local one (a
+    /// remote requester acts for no account here).
     pub fn account(&self) -> Option<jid::BareJid> {
-        self.from.as_ref().map(|f| f.to_bare())
+        self.from
+            .as_ref()
+            .filter(|f| self.server.config.is_hosted(f.domain().as_str()))
+            .map(|f| f.to_bare())
     }
 
     /// Answers `type='result'`, with an optional payload.
@@ -142,6 +148,11 @@ impl Incoming {
                 if let Some(from) = &self.from {
                     self.server.deliver_to_full(from, &iq);
                 }
+            }
+            ReplyTo::Remote(to) => {
+                let mut iq = iq;
+                iq.set_attr("to", to.to_string());
+                self.server.route_local(iq);
             }
         }
     }

@@ -38,6 +38,8 @@ pub fn install(m: &mut Module) {
     m.iqs().rule(ns::BLOCKING, "unblock").set(unblock);
     // Before anything else sees what a client sends.
     m.hook(Point::Pre(Name::Any, To::Any), 1000, enforce);
+    m.hook(Point::Deliver(Name::Any, To::Bare), 1000, enforce_remote);
+    m.hook(Point::Deliver(Name::Any, To::Full), 1000, enforce_remote);
     m.on(0, |server, e: &mut AccountDeleted| {
         forget(server, &e.account)
     });
@@ -51,6 +53,24 @@ fn enforce(server: &Rc<Server>, ev: &mut Routed<'_>) -> Flow {
         }
         _ => Flow::Continue,
     }
+}
+
+/// `Deliver(Any, Bare|Full)` for stanzas from another server: a local recipient that blocked
+/// the remote sender (or its domain) gets nothing; messages and IQ requests are answered with
+/// `service-unavailable`, presence is dropped (XEP-0191 §3.3).
+fn enforce_remote(server: &Rc<Server>, ev: &mut Routed<'_>) -> Flow {
+    let (Some(sender), Some(to)) = (ev.from_remote(), ev.to.as_ref()) else {
+        return Flow::Continue;
+    };
+    if !is_blocked(server, &to.to_bare(), sender) {
+        return Flow::Continue;
+    }
+    let kind = ev.kind();
+    let is_response = kind == Some("error") || (ev.stanza.name == "iq" && kind == Some("result"));
+    if !is_response && ev.stanza.name != "presence" {
+        ev.bounce(Condition::ServiceUnavailable, "");
+    }
+    Flow::Handled
 }
 
 #[derive(Default)]

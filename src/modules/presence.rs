@@ -8,7 +8,10 @@
 //!   federation, so both ends are local: an outbound stanza updates the sender's roster (the
 //!   "user's server" role) and is then processed at once as inbound for the contact (the
 //!   "contact's server" role), with the sender's bare JID as `from` (§3.1.2). A subscribe to a
-//!   local JID without an account is answered with unsubscribed (§8.5.1).
+//!   local JID without an account is answered with unsubscribed (§8.5.1). With federation, a
+//!   remote contact's side is its own server's: outbound stanzas go there over s2s (the
+//!   `Pre(Presence, Remote)` hook updates the user's roster first), and what a remote server
+//!   sends is processed as inbound here.
 //! * §4 presence: initial presence broadcast to subscribers and to the user's own available
 //!   resources (including the sender), updates likewise, unavailable presence (sent, or when
 //!   the session ends) to subscribers, own resources and entities that got directed presence
@@ -23,7 +26,9 @@
 //!   `<resource-constraint/>` (type `wait`) and not delivered, so that everyone who saw the
 //!   session available is sure to see it go (a directed unavailable frees a place).
 //! * Subscribers and contacts at a service domain (XEP-0100 gateways) get broadcasts and
-//!   probes through the service, as a remote server would.
+//!   probes through the service, as a remote server would; remote subscribers and contacts
+//!   get them over federation (probes from the user's bare JID, §4.3.1), and remote probes
+//!   are answered when the prober is subscribed (§4.3.2).
 //! * XEP-0191: no presence is broadcast or revealed between an account and a JID it blocked
 //!   (either way); [`blocklist_changed`] sends the unavailable/current presence of §3.3/§3.4.
 //! * XEP-0153 (vcard.rs): available presence leaves the server with the account's vCard photo
@@ -94,6 +99,7 @@ pub fn install(m: &mut Module) {
     m.hook(Point::Deliver(Name::Presence, To::Bare), 0, to_bare);
     m.hook(Point::Deliver(Name::Presence, To::Host), 0, to_bare);
     m.hook(Point::Deliver(Name::Presence, To::Full), 0, to_full);
+    m.hook(Point::Pre(Name::Presence, To::Remote), 0, to_remote);
     m.on(0, |server, e: &mut SessionEnded| {
         session_gone(server, &e.jid, e.was_available)
     });
@@ -108,6 +114,9 @@ pub fn install(m: &mut Module) {
 /// `Deliver(Presence, Bare|Host)`: without `to`, the session's own presence; else presence to
 /// a local bare JID.
 fn to_bare(server: &Rc<Server>, ev: &mut Routed<'_>) -> Flow {
+    if let Some(sender) = ev.from_remote() {
+        return from_remote(server, sender, ev);
+    }
     let (Some(conn), Some(from)) = (ev.connection(), ev.from_client()) else {
         return Flow::Continue;
     };
@@ -121,6 +130,9 @@ fn to_bare(server: &Rc<Server>, ev: &mut Routed<'_>) -> Flow {
 
 /// `Deliver(Presence, Full)`.
 fn to_full(server: &Rc<Server>, ev: &mut Routed<'_>) -> Flow {
+    if let Some(sender) = ev.from_remote() {
+        return from_remote(server, sender, ev);
+    }
     let Some(from) = ev.from_client() else {
         return Flow::Continue;
     };
@@ -130,6 +142,100 @@ fn to_full(server: &Rc<Server>, ev: &mut Routed<'_>) -> Flow {
     };
     directed_to_full(server, from, to, el);
     Flow::Handled
+}
+
+/// `Pre(Presence, Remote)`: a client's presence for a remote JID. Subscription stanzas update
+/// the user's roster (the user's server's part, §3) and go on to the contact's server through
+/// [`inbound`]; directed presence is remembered (§4.6) and left to federation's delivery.
+fn to_remote(server: &Rc<Server>, ev: &mut Routed<'_>) -> Flow {
+    // Without federation the router bounces it, and nothing changes here.
+    if !ev.reachable {
+        return Flow::Continue;
+    }
+    let (Some(from), Some(to)) = (ev.from_client(), ev.to.clone()) else {
+        return Flow::Continue;
+    };
+    let kind = ev.kind().map(str::to_owned);
+    match kind.as_deref() {
+        None | Some("unavailable") => {
+            if !note_directed(server, from, &to, kind.is_none()) {
+                refuse_untracked(server, from, &ev.stanza);
+                return Flow::Handled;
+            }
+            Flow::Continue
+        }
+        Some(t) => match SubscriptionType::parse(t) {
+            Some(st) => {
+                let el = std::mem::replace(&mut ev.stanza, Element::stanza("presence"));
+                outbound(server, &from.to_bare(), &to.to_bare(), st, el);
+                Flow::Handled
+            }
+            None => Flow::Continue,
+        },
+    }
+}
+
+/// Presence from a remote server for a local bare or full JID (or this server's domain).
+fn from_remote(server: &Rc<Server>, sender: &Jid, ev: &mut Routed<'_>) -> Flow {
+    let Some(to) = ev.to.clone() else {
+        return Flow::Handled;
+    };
+    let mut el = std::mem::replace(&mut ev.stanza, Element::stanza("presence"));
+    let local = to.node().is_some() && server.config.is_hosted(to.domain().as_str());
+    if !local {
+        return Flow::Handled;
+    }
+    let kind = el.get_attr("type").map(str::to_owned);
+    match kind.as_deref() {
+        None | Some("unavailable") | Some("error") => match to.try_as_full() {
+            Ok(full) => {
+                server.deliver_to_full(full, &el);
+            }
+            // §8.5.2: presence errors for a bare JID are not delivered.
+            Err(_) if kind.as_deref() == Some("error") => {}
+            Err(bare) => deliver_to_available(server, bare, &el),
+        },
+        Some("probe") => remote_probe(server, &sender.to_bare(), &to.to_bare()),
+        Some(t) => {
+            if let Some(st) = SubscriptionType::parse(t) {
+                // Subscription stanzas are between bare JIDs (§3.1.3).
+                let from = sender.to_bare();
+                el.set_attr("from", from.to_string());
+                el.set_attr("to", to.to_bare().to_string());
+                inbound(server, &to.to_bare(), &from, st, el);
+            }
+        }
+    }
+    Flow::Handled
+}
+
+/// A remote contact's probe of local `user` (§4.3.2): answered with the presence of each of
+/// the user's available resources (unavailable if none) when the contact is subscribed to it
+/// and neither blocked the other; otherwise nothing is revealed.
+fn remote_probe(server: &Rc<Server>, contact: &BareJid, user: &BareJid) {
+    if !roster::subscription(server, user, contact).has_from()
+        || is_blocked_either_way(server, user, contact)
+    {
+        return;
+    }
+    let presences = presences_of(server, user, contact, None);
+    if presences.is_empty() {
+        server.route_local(
+            Element::stanza("presence")
+                .attr("from", user.to_string())
+                .attr("to", contact.to_string())
+                .attr("type", "unavailable"),
+        );
+    }
+    for mut p in presences {
+        p.set_attr("to", contact.to_string());
+        server.route_local(p);
+    }
+}
+
+/// A domain that is neither hosted here nor a service: reached over federation.
+fn is_remote(server: &Server, domain: &str) -> bool {
+    !server.config.is_hosted(domain) && server.service(domain).is_none()
 }
 
 // ---- entry points from the router -------------------------------------------------------------
@@ -328,20 +434,25 @@ fn subscriber_targets(
         let domain = contact.domain().as_str();
         if server.config.is_hosted(domain) {
             targets.extend(available_sessions(server, &contact));
-        } else if server.service(domain).is_some() {
+        } else {
+            // A service's or a remote server's: each passes it on.
             via_services.push(Jid::from(contact));
         }
     }
     via_services
 }
 
-/// Hands a copy of `el`, addressed to each of `to`, to the service of its domain.
+/// Hands a copy of `el`, addressed to each of `to`, to the service of its domain, or to the
+/// remote server over federation.
 fn to_services(server: &Rc<Server>, from: &FullJid, to: &[Jid], el: &Element) {
     for to in to {
+        let mut el = el.clone();
+        el.set_attr("to", to.to_string());
         if let Some(service) = server.service(to.domain().as_str()) {
-            let mut el = el.clone();
-            el.set_attr("to", to.to_string());
             service.handle(server, el, from);
+        } else if is_remote(server, to.domain().as_str()) {
+            el.set_attr("from", from.to_string());
+            server.route_local(el);
         }
     }
 }
@@ -367,6 +478,14 @@ fn initial(server: &Rc<Server>, conn: &Rc<Connection>, from: &FullJid) {
         {
             // A gateway's contacts answer a probe themselves (§4.3.1).
             probes.push(Jid::from(contact));
+        } else if !is_blocked_either_way(server, &user, &contact) {
+            // A remote contact's server answers (§4.3.1: from the user's bare JID).
+            server.route_local(
+                Element::stanza("presence")
+                    .attr("from", user.to_string())
+                    .attr("to", contact.to_string())
+                    .attr("type", "probe"),
+            );
         }
     }
     for mut p in presences {
@@ -563,6 +682,11 @@ fn inbound(
     el: Element,
 ) {
     if !server.config.is_hosted(recipient.domain().as_str()) {
+        // The contact's server is another one: it gets the stanza (from the user's bare JID,
+        // set by the caller) over federation.
+        if is_remote(server, recipient.domain().as_str()) {
+            server.route_local(el);
+        }
         return;
     }
     use SubscriptionType::*;
@@ -658,10 +782,8 @@ fn roster_item_removed(
     // A contact at a service domain (a gateway's legacy contact) hears it through the service,
     // which removes the legacy buddy (XEP-0100 §4.5, as a remote server would be told).
     let domain = contact.domain().as_str();
-    if !server.config.is_hosted(domain) {
-        if let Some(by) = by
-            && server.service(domain).is_some()
-        {
+    if server.service(domain).is_some() {
+        if let Some(by) = by {
             let el = Element::stanza("presence").attr("type", Unsubscribe.as_str());
             to_services(server, by, &[Jid::from(contact.clone())], &el);
         }
@@ -701,6 +823,12 @@ fn subscription_stanza(kind: SubscriptionType, from: &BareJid, to: &BareJid) -> 
 /// resources (after a subscription is approved, §3.1.5).
 fn send_presence_of(server: &Rc<Server>, from: &BareJid, to: &BareJid) {
     if !server.config.is_hosted(to.domain().as_str()) {
+        if is_remote(server, to.domain().as_str()) {
+            for mut p in presences_of(server, from, to, None) {
+                p.set_attr("to", to.to_string());
+                server.route_local(p);
+            }
+        }
         return;
     }
     let presences = presences_of(server, from, to, None);
@@ -721,7 +849,8 @@ fn send_presence_of(server: &Rc<Server>, from: &BareJid, to: &BareJid) {
 /// Unavailable presence from each of `from`'s available resources to `to` (a subscription
 /// to `from` ended, §3.2.2, §3.3.3).
 fn send_unavailable_of(server: &Rc<Server>, from: &BareJid, to: &BareJid) {
-    if !server.config.is_hosted(to.domain().as_str()) {
+    let remote = !server.config.is_hosted(to.domain().as_str());
+    if remote && !is_remote(server, to.domain().as_str()) {
         return;
     }
     let resources: Vec<FullJid> = server
@@ -737,7 +866,11 @@ fn send_unavailable_of(server: &Rc<Server>, from: &BareJid, to: &BareJid) {
         let el = Element::stanza("presence")
             .attr("from", r.to_string())
             .attr("type", "unavailable");
-        send_each(&targets, &el);
+        if remote {
+            server.route_local(el.attr("to", to.to_string()));
+        } else {
+            send_each(&targets, &el);
+        }
     }
 }
 

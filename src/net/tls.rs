@@ -55,26 +55,7 @@ pub fn server_config(config: &Config) -> Result<Arc<ServerConfig>, TlsError> {
         generate_self_signed(&config.domains, &cert_path, &key_path)?;
         tracing::info!(cert = %cert_path.display(), "made a self-signed certificate for {:?}", config.domains);
     }
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
-        .map_err(|e| TlsError::Pem {
-            path: cert_path.clone(),
-            msg: e.to_string(),
-        })?
-        .collect::<Result<_, _>>()
-        .map_err(|e| TlsError::Pem {
-            path: cert_path.clone(),
-            msg: e.to_string(),
-        })?;
-    if certs.is_empty() {
-        return Err(TlsError::Pem {
-            path: cert_path,
-            msg: "no certificate in file".into(),
-        });
-    }
-    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| TlsError::Pem {
-        path: key_path.clone(),
-        msg: e.to_string(),
-    })?;
+    let (certs, key) = load_cert_key(&cert_path, &key_path)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut sc = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -83,6 +64,34 @@ pub fn server_config(config: &Config) -> Result<Arc<ServerConfig>, TlsError> {
     // Clients resume sessions cheaply; keep the cache small (memory per server, not per conn).
     sc.session_storage = rustls::server::ServerSessionMemoryCache::new(256);
     Ok(Arc::new(sc))
+}
+
+/// Reads a PEM certificate chain and its private key.
+pub fn load_cert_key(
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
+        .map_err(|e| TlsError::Pem {
+            path: cert_path.to_owned(),
+            msg: e.to_string(),
+        })?
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Pem {
+            path: cert_path.to_owned(),
+            msg: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem {
+            path: cert_path.to_owned(),
+            msg: "no certificate in file".into(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| TlsError::Pem {
+        path: key_path.to_owned(),
+        msg: e.to_string(),
+    })?;
+    Ok((certs, key))
 }
 
 /// Writes a self-signed certificate (SANs: the hosted domains) and its key (mode 0600).

@@ -20,6 +20,9 @@ pub fn install(hooks: &Hooks) {
 
 /// IQs to this server or to an account on it (RFC 6120 §10.3.3, §10.5.3.1).
 fn iq_for_server(server: &Rc<Server>, ev: &mut Routed<'_>) -> Flow {
+    if let Some(remote) = ev.from_remote() {
+        return remote_iq_for_server(server, ev, remote.clone());
+    }
     let Some(from) = ev.from_client() else {
         return Flow::Continue;
     };
@@ -62,6 +65,51 @@ fn iq_for_server(server: &Rc<Server>, ev: &mut Routed<'_>) -> Flow {
         id,
         iq_type,
         Some(from.clone()),
+        ev.to.take(),
+        lang,
+        payload,
+    ));
+    Flow::Handled
+}
+
+/// An IQ from another server for this server or an account on it: served by the same IQ
+/// rules, answered over federation. The requester is `from` when it is a full JID (a remote
+/// user), nobody's account here either way (see `Incoming::account`).
+fn remote_iq_for_server(server: &Rc<Server>, ev: &mut Routed<'_>, remote: jid::Jid) -> Flow {
+    let Some(id) = ev.stanza.get_attr("id") else {
+        return Flow::Handled;
+    };
+    // Answers to IQs the server sent remotely: none are sent yet, so they are dropped.
+    if let Some("result" | "error") = ev.kind() {
+        return Flow::Handled;
+    }
+    let Some((iq_type, payload)) = request_parts(&ev.stanza) else {
+        ev.bounce(
+            Condition::BadRequest,
+            "a get or set IQ has exactly one child",
+        );
+        return Flow::Handled;
+    };
+    let Some(handler) =
+        server
+            .stream
+            .session_stage()
+            .rules()
+            .find(&payload.ns, &payload.name, iq_type)
+    else {
+        ev.bounce(Condition::ServiceUnavailable, "");
+        return Flow::Handled;
+    };
+    let id = id.to_owned();
+    let lang = ev.stanza.get_attr("xml:lang").map(str::to_owned);
+    let payload = payload.clone();
+    let from = remote.try_as_full().ok().cloned();
+    handler(Incoming::new(
+        server.clone(),
+        ReplyTo::Remote(remote),
+        id,
+        iq_type,
+        from,
         ev.to.take(),
         lang,
         payload,

@@ -120,6 +120,44 @@ pub fn route_from_client(server: &Rc<Server>, conn: &Rc<Connection>, mut el: Ele
     deliver(server, &mut ev);
 }
 
+/// Entry point for every stanza another server sends (s2s): `from` is in a domain the stream
+/// authenticated, `to` in one we serve. Runs the delivery hooks of `to`'s class; answers go
+/// back over federation.
+pub fn route_from_remote(server: &Rc<Server>, el: Element, from: Jid, to: Jid) {
+    let Some(name) = Name::of(&el.name) else {
+        return;
+    };
+    if name == Name::Iq && el.get_attr("id").is_none() {
+        return;
+    }
+    let class = classify(server, Some(&to));
+    let reply = |e: Element| server.route_local(e);
+    let mut ev = Routed {
+        stanza: el,
+        origin: Origin::Remote {
+            jid: &from,
+            reply: &reply,
+        },
+        to: Some(to),
+        name,
+        class,
+        reachable: true,
+        delivery: Delivery::default(),
+    };
+    deliver(server, &mut ev);
+}
+
+/// Routes a stanza the server itself makes (an error for a local sender, an answer to a
+/// remote one, presence for remote contacts) by its `to`: delivery hooks only, no Pre hooks.
+pub fn route_local(server: &Rc<Server>, el: Element) {
+    let (Some(name), Ok(Some(to))) = (Name::of(&el.name), parse_to(&el)) else {
+        return;
+    };
+    let class = classify(server, Some(&to));
+    let mut ev = Routed::local(el, to, name, class);
+    deliver(server, &mut ev);
+}
+
 fn client_event<'a>(
     conn: &'a Rc<Connection>,
     from: &'a FullJid,

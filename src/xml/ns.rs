@@ -1,6 +1,8 @@
 //! Namespace names used across the server, in one place so a typo cannot split a feature.
 
 pub const CLIENT: &str = "jabber:client";
+/// RFC 6120 §4.8.3: the content namespace of server-to-server streams.
+pub const SERVER: &str = "jabber:server";
 pub const STREAMS: &str = "http://etherx.jabber.org/streams";
 pub const STREAM_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
 pub const STANZA_ERRORS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";

@@ -70,6 +70,18 @@ impl Scope {
         s
     }
 
+    /// The same bindings with the default namespace replaced by `uri`: a server stream's
+    /// stanzas (`jabber:server`) are read as `jabber:client` ones, the namespace they have
+    /// inside the server, so nothing downstream tells them apart.
+    pub fn with_default_replaced(&self, uri: &str) -> Scope {
+        let mut s = self.clone();
+        match s.default.last_mut() {
+            Some(d) => *d = uri.to_owned(),
+            None => s.declare("", uri.to_owned()),
+        }
+        s
+    }
+
     /// The URI bound to `prefix` (`""` for the default namespace).
     pub fn get(&self, prefix: &str) -> Option<&str> {
         if prefix.is_empty() {
@@ -123,6 +135,8 @@ pub struct StreamHeader {
     pub from: Option<String>,
     pub version: Option<String>,
     pub lang: Option<String>,
+    /// The stream id (set by the receiving entity; server-to-server dialback needs it).
+    pub id: Option<String>,
     /// Declarations made on the header, inherited by every stanza of the stream.
     pub scope: Scope,
 }
@@ -256,6 +270,7 @@ pub fn stream_header(input: &[u8]) -> Result<StreamHeader, ParseError> {
                         "from" => h.from = Some(v),
                         "version" => h.version = Some(v),
                         "xml:lang" => h.lang = Some(v),
+                        "id" => h.id = Some(v),
                         _ => {}
                     }
                 }
