@@ -4,7 +4,7 @@
 set -euo pipefail
 
 build_pkgs=(libpurple-dev libglib2.0-dev libclang-dev pkg-config)
-test_pkgs=(ngircd prosody mktorrent aria2)
+test_pkgs=(ngircd prosody lua-unbound mktorrent aria2)
 
 want=("${build_pkgs[@]}")
 if [ "${1:-}" = "--test" ]; then
