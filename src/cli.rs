@@ -124,6 +124,13 @@ fn status(config: &Config) -> Result<()> {
                     None => println!("  {jid}  not available"),
                 }
             }
+            println!("federation links: {}", snap.links.len());
+            if !snap.links.is_empty() {
+                println!("  direction  peer  tls  auth  stanzas-in  stanzas-out");
+            }
+            for l in &snap.links {
+                println!("  {l}");
+            }
         }
         Some(snap) => println!(
             "server not running (pid {} is gone; it did not shut down cleanly)",
@@ -267,6 +274,20 @@ pub fn run(config: Config, embedded: bool) -> Result<()> {
             }
             main_loop.quit();
             glib::ControlFlow::Break
+        });
+    }
+    {
+        // SIGHUP: certificates are read again; sessions keep theirs, new handshakes get the
+        // new ones. (The rest of the configuration needs a restart.)
+        let server = Rc::downgrade(&server);
+        glib_unix::unix_signal_add_local(libc::SIGHUP, move || {
+            if let Some(s) = server.upgrade() {
+                match s.certs.reload(&s.config) {
+                    Ok(n) => tracing::info!("SIGHUP: certificates reloaded ({n} per-domain)"),
+                    Err(e) => tracing::error!("SIGHUP: certificates not reloaded: {e}"),
+                }
+            }
+            glib::ControlFlow::Continue
         });
     }
     main_loop.run();

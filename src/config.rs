@@ -185,6 +185,22 @@ pub struct Tls {
     pub cert: Option<PathBuf>,
     /// PEM private key for `cert`.
     pub key: Option<PathBuf>,
+    /// Certificates of particular domains (`[[tls.certificates]] domain = … cert = … key = …`):
+    /// chosen by the name a peer asks for (SNI), and presented by federation links from that
+    /// domain. Reloaded on SIGHUP without dropping sessions.
+    pub certificates: Vec<DomainCertificate>,
+    /// A directory of per-domain certificates: `<domain>.crt` with `<domain>.key`, or
+    /// `<domain>/fullchain.pem` with `<domain>/privkey.pem` (certbot's layout). Re-read on
+    /// SIGHUP.
+    pub certificates_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainCertificate {
+    pub domain: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

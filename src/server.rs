@@ -55,6 +55,8 @@ pub struct Server {
     /// The hook bus (`core::hooks`): what modules registered at install time.
     pub hooks: Hooks,
     pub tls: Arc<rustls::ServerConfig>,
+    /// The certificates behind `tls` (and federation's), reloaded on SIGHUP.
+    pub certs: Arc<tls::Certs>,
     pub sessions: RefCell<Sessions>,
     conns: RefCell<HashMap<u64, Rc<Connection>>>,
     services: RefCell<HashMap<String, Rc<dyn Service>>>,
@@ -90,7 +92,8 @@ impl Server {
         store: Store,
         install: impl FnOnce(&mut Module),
     ) -> Result<Rc<Server>, tls::TlsError> {
-        let tls = tls::server_config(&config)?;
+        let certs = Arc::new(tls::Certs::load(&config)?);
+        let tls = tls::server_config(&certs)?;
         let mut stream = Stream::default();
         let hooks = Hooks::default();
         crate::core::install(&hooks);
@@ -105,6 +108,7 @@ impl Server {
             stream,
             hooks,
             tls,
+            certs,
             sessions: RefCell::new(Sessions::default()),
             conns: RefCell::new(HashMap::new()),
             services: RefCell::new(HashMap::new()),

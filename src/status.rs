@@ -8,7 +8,8 @@
 //! ```
 //!
 //! One line with the server's process id, then one line per bound resource with its presence
-//! priority (`-`: bound but not available), sorted. The file has mode 0600 and is replaced
+//! priority (`-`: bound but not available), sorted, then one line per federation link:
+//! `s2s <in|out> <peer> <tls|plain> <auth> <stanzas in> <stanzas out>`. The file has mode 0600 and is replaced
 //! atomically (written to a temporary file, then renamed), at most once a second and only when
 //! something changed. It is removed when the server shuts down cleanly; after a crash it stays,
 //! and [`is_running`] tells that its pid is no running wockd.
@@ -110,6 +111,20 @@ fn render(server: &Server) -> String {
     lines.sort();
     let mut text = format!("pid {}\n", std::process::id());
     text.extend(lines);
+    for l in crate::s2s::links(server) {
+        text.push_str(&format!(
+            "s2s {} {} {} {} {} {}\n",
+            match l.dir {
+                crate::s2s::Dir::In => "in",
+                crate::s2s::Dir::Out => "out",
+            },
+            l.peer,
+            if l.secure { "tls" } else { "plain" },
+            l.auth.as_str(),
+            l.stanzas_in,
+            l.stanzas_out
+        ));
+    }
     text
 }
 
@@ -134,6 +149,8 @@ pub struct Snapshot {
     pub pid: u32,
     /// Full JID and priority (`None`: not available), sorted.
     pub sessions: Vec<(String, Option<i8>)>,
+    /// Federation links, as written after `s2s `.
+    pub links: Vec<String>,
 }
 
 /// Reads the file in `data_dir`; `None` if there is none.
@@ -150,13 +167,21 @@ pub fn read(data_dir: &Path) -> io::Result<Option<Snapshot>> {
 fn parse(text: &str) -> Option<Snapshot> {
     let mut lines = text.lines();
     let pid = lines.next()?.strip_prefix("pid ")?.parse().ok()?;
-    let sessions = lines
-        .map(|l| {
-            let (jid, prio) = l.rsplit_once(' ')?;
-            Some((jid.to_owned(), prio.parse().ok()))
-        })
-        .collect::<Option<_>>()?;
-    Some(Snapshot { pid, sessions })
+    let mut sessions = Vec::new();
+    let mut links = Vec::new();
+    for l in lines {
+        if let Some(link) = l.strip_prefix("s2s ") {
+            links.push(link.to_owned());
+            continue;
+        }
+        let (jid, prio) = l.rsplit_once(' ')?;
+        sessions.push((jid.to_owned(), prio.parse().ok()));
+    }
+    Some(Snapshot {
+        pid,
+        sessions,
+        links,
+    })
 }
 
 /// Whether `pid` is a live process running the same program as this one (a pid left in a
@@ -183,7 +208,11 @@ mod tests {
 
     #[test]
     fn parses_what_it_writes() {
-        let s = parse("pid 42\nalice@localhost/a b 5\nbob@localhost/x -\n").unwrap();
+        let s = parse(
+            "pid 42\nalice@localhost/a b 5\nbob@localhost/x -\ns2s out example.net tls dialback 0 3\n",
+        )
+        .unwrap();
+        assert_eq!(s.links, ["out example.net tls dialback 0 3"]);
         assert_eq!(s.pid, 42);
         assert_eq!(
             s.sessions,

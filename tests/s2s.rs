@@ -81,6 +81,47 @@ fn login(srv: &TestServer, domain: &str, user: &str, resource: &str) -> Client {
     c
 }
 
+/// The federation links `srv` lists in its status file, once it lists `n` of them.
+fn links(srv: &TestServer, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(snap)) = wockd::status::read(&srv.dir)
+            && snap.links.len() >= n
+        {
+            return snap.links;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the status file does not list {n} links"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Gives each server a certificate from one test CA and trusts that CA.
+fn trusting_ca(
+    dir: &Path,
+    domain: &str,
+    leaf: &(String, String),
+    ca: &str,
+) -> impl FnOnce(&mut wockd::config::Config) + Send + 'static {
+    std::fs::create_dir_all(dir).unwrap();
+    let (cert, key, ca_file) = (
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+        dir.join("ca.pem"),
+    );
+    std::fs::write(&cert, &leaf.0).unwrap();
+    std::fs::write(&key, &leaf.1).unwrap();
+    std::fs::write(&ca_file, ca).unwrap();
+    let _ = domain;
+    move |c: &mut wockd::config::Config| {
+        c.tls.cert = Some(cert);
+        c.tls.key = Some(key);
+        c.s2s.ca_file = Some(ca_file);
+    }
+}
+
 struct Pair {
     a: TestServer,
     b: TestServer,
@@ -119,6 +160,12 @@ fn messages_cross_both_ways_with_addresses_intact() {
     alice.send("<message to='bob@b.test' type='chat' id='m1'><body>hello bob</body></message>");
     let got = bob.expect(&["hello bob"]);
     assert!(got.contains("from=\"alice@a.test/laptop\""), "{got}");
+    // Self-signed certificates: encrypted, authenticated by dialback; `wockd status` lists it.
+    let l = links(&p.a, 1);
+    assert!(
+        l.iter().any(|l| l.starts_with("out b.test tls dialback")),
+        "{l:?}"
+    );
     assert!(got.contains("to=\"bob@b.test\""), "{got}");
     // Namespaces as a client expects them: no jabber:server leaks into a client stream.
     assert!(!got.contains("jabber:server"), "{got}");
@@ -441,5 +488,89 @@ fn with_federation_off_nothing_listens_and_remote_stanzas_bounce() {
     let mut alice = login(&a, A, "alice", "laptop");
     alice.send("<message to='bob@b.test' id='off' type='chat'><body>?</body></message>");
     let err = alice.expect(&["type=\"error\"", "id=\"off\""]);
+    assert!(err.contains("remote-server-not-found"), "{err}");
+}
+
+#[test]
+fn with_a_trusted_ca_both_sides_authenticate_by_certificate() {
+    let (ca, leaves) = common::test_ca(&[A, B]);
+    let certs = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let ta = trusting_ca(&certs.path().join("a"), A, &leaves[0], &ca);
+    let tb = trusting_ca(&certs.path().join("b"), B, &leaves[1], &ca);
+    // Dialback off: only certificates can work.
+    let a = start(
+        None,
+        A,
+        pa,
+        vec![(B, SocketAddr::from(([127, 0, 0, 1], pb)))],
+        move |c| {
+            ta(c);
+            c.s2s.dialback = false;
+        },
+    );
+    let b = start(
+        None,
+        B,
+        pb,
+        vec![(A, SocketAddr::from(([127, 0, 0, 1], pa)))],
+        move |c| {
+            tb(c);
+            c.s2s.dialback = false;
+        },
+    );
+    add_user(&a, A, "alice");
+    add_user(&b, B, "bob");
+    let mut alice = login(&a, A, "alice", "laptop");
+    let mut bob = login(&b, B, "bob", "phone");
+    bob.send("<presence/>");
+    alice.send("<presence/>");
+    bob.barrier();
+    alice.send("<message to='bob@b.test/phone' type='chat'><body>by certificate</body></message>");
+    bob.expect(&["by certificate"]);
+    bob.send("<message to='alice@a.test/laptop' type='chat'><body>and back</body></message>");
+    alice.expect(&["and back"]);
+    let la = links(&a, 2);
+    assert!(
+        la.iter()
+            .any(|l| l.starts_with("out b.test tls certificate")),
+        "{la:?}"
+    );
+    assert!(
+        la.iter()
+            .any(|l| l.starts_with("in b.test tls certificate")),
+        "{la:?}"
+    );
+}
+
+#[test]
+fn without_a_valid_certificate_and_with_dialback_off_the_peer_is_refused() {
+    let (pa, pb) = (free_port(), free_port());
+    let a = start(
+        None,
+        A,
+        pa,
+        vec![(B, SocketAddr::from(([127, 0, 0, 1], pb)))],
+        |c| {
+            c.s2s.dialback = false;
+        },
+    );
+    let b = start(
+        None,
+        B,
+        pb,
+        vec![(A, SocketAddr::from(([127, 0, 0, 1], pa)))],
+        |_| {},
+    );
+    add_user(&a, A, "alice");
+    add_user(&b, B, "bob");
+    let mut alice = login(&a, A, "alice", "laptop");
+    let mut bob = login(&b, B, "bob", "phone");
+    alice.send("<message to='bob@b.test' type='chat' id='r1'><body>?</body></message>");
+    let err = alice.expect(&["type=\"error\"", "id=\"r1\""]);
+    assert!(err.contains("remote-server-not-found"), "{err}");
+    // The other way: a.test refuses b.test's dialback.
+    bob.send("<message to='alice@a.test' type='chat' id='r2'><body>?</body></message>");
+    let err = bob.expect(&["type=\"error\"", "id=\"r2\""]);
     assert!(err.contains("remote-server-not-found"), "{err}");
 }

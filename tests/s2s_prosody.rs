@@ -29,27 +29,10 @@ struct Certs {
 }
 
 fn make_certs() -> Certs {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "wockd federation test CA");
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf = |name: &str| {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        let cert = params.signed_by(&key, &issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    };
-    Certs {
-        ca: ca_cert.pem(),
-        w: leaf(W),
-        p: leaf(P),
-    }
+    let (ca, mut leaves) = common::test_ca(&[W, P]);
+    let p = leaves.pop().unwrap();
+    let w = leaves.pop().unwrap();
+    Certs { ca, w, p }
 }
 
 /// Prosody for `p.test` with s2s on 127.0.0.3:5269 and c2s on a free port; `pat` registered.

@@ -455,6 +455,14 @@ impl Link {
         }
     }
 
+    /// A new stream starts on the same TLS after what was consumed (after SASL success).
+    pub fn restart_stream(&self) {
+        let mut io = self.io.borrow_mut();
+        let at = io.framer.consumed();
+        io.framer.restart(at);
+        io.phase = Phase::AwaitHeader;
+    }
+
     /// STARTTLS on our side of the stream: `<proceed/>` is sent (incoming) or was received
     /// (outgoing); everything after goes through `tls`, and a new stream starts.
     pub fn start_tls(&self, tls: rustls::Connection) {

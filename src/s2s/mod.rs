@@ -28,6 +28,7 @@ use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use glib::{ControlFlow, IOCondition, Source};
@@ -55,6 +56,8 @@ struct State {
     next_id: Cell<u64>,
     secret: RefCell<Option<Rc<dialback::Secret>>>,
     trust: RefCell<Option<Rc<tls::Trust>>>,
+    /// Incoming links' TLS: the server's certificates, and the peer's asked for (optional).
+    server_tls: RefCell<Option<Arc<rustls::ServerConfig>>>,
     /// Why an outgoing link failed, by link id (the condition its queue bounces with).
     failures: RefCell<HashMap<u64, (Condition, String)>>,
 }
@@ -96,6 +99,8 @@ pub fn start(server: &Rc<Server>) -> io::Result<Vec<SocketAddr>> {
     *st.secret.borrow_mut() = Some(Rc::new(secret));
     let trust = tls::Trust::load(&server.config).map_err(io::Error::other)?;
     *st.trust.borrow_mut() = Some(Rc::new(trust));
+    *st.server_tls.borrow_mut() =
+        Some(tls::server_config(&server.certs).map_err(io::Error::other)?);
     let mut bound = Vec::new();
     for l in &config.listen {
         match listen(server, l.address, l.direct_tls) {
@@ -235,7 +240,7 @@ fn accept_all(server: &Rc<Server>, fd: i32, direct_tls: bool) {
             continue;
         }
         let tls = if direct_tls {
-            match link::server_tls(&server.tls) {
+            match link::server_tls(&server_tls(server)) {
                 Ok(t) => Some(t),
                 Err(e) => {
                     tracing::warn!("s2s: TLS: {e}");
@@ -255,6 +260,42 @@ fn accept_all(server: &Rc<Server>, fd: i32, direct_tls: bool) {
             tracing::debug!(link = id, %peer, "s2s: incoming connection");
         }
     }
+}
+
+/// The TLS configuration of incoming links (the client streams' one before `start`).
+fn server_tls(server: &Server) -> Arc<rustls::ServerConfig> {
+    server
+        .ext::<State>()
+        .server_tls
+        .borrow()
+        .clone()
+        .unwrap_or_else(|| server.tls.clone())
+}
+
+/// A TLS client session to `remote`, presenting the certificate of `local`.
+fn client_tls(server: &Server, local: &str, remote: &str) -> Result<rustls::Connection, String> {
+    let trust = server
+        .ext::<State>()
+        .trust
+        .borrow()
+        .clone()
+        .ok_or("no TLS set-up")?;
+    let config = trust.client_for(server.certs.for_domain(local));
+    link::client_tls(&config, remote)
+}
+
+/// Whether `chain` is a valid certificate of `domain` under our trust anchors.
+fn cert_valid(
+    server: &Server,
+    chain: &[rustls_pki_types::CertificateDer<'_>],
+    domain: &str,
+) -> bool {
+    server
+        .ext::<State>()
+        .trust
+        .borrow()
+        .as_ref()
+        .is_some_and(|t| t.valid_for(chain, domain))
 }
 
 fn next_id(server: &Server) -> u64 {
@@ -420,17 +461,12 @@ async fn connect(server: std::rc::Weak<Server>, link: Rc<Link>) {
 }
 
 fn established(server: &Rc<Server>, link: &Rc<Link>, sock: std::net::TcpStream, direct: bool) {
-    let remote = link.nego.borrow().remote.clone();
+    let (local, remote) = {
+        let n = link.nego.borrow();
+        (n.local.clone(), n.remote.clone())
+    };
     let tls = if direct {
-        let Some(trust) = server.ext::<State>().trust.borrow().clone() else {
-            return fail(
-                server,
-                link,
-                Condition::RemoteServerNotFound,
-                "no TLS set-up",
-            );
-        };
-        match link::client_tls(&trust.client, &remote) {
+        match client_tls(server, &local, &remote) {
             Ok(t) => Some(t),
             Err(e) => return fail(server, link, Condition::RemoteServerNotFound, &e),
         }
@@ -604,6 +640,10 @@ fn out_input(server: &Rc<Server>, link: &Rc<Link>, input: Input) {
 fn out_element(server: &Rc<Server>, link: &Rc<Link>, el: Element) {
     match (el.ns.as_str(), el.name.as_str()) {
         (ns::STREAMS, "features") => {
+            if link.nego.borrow().auth == Auth::Certificate {
+                // The stream restarted after SASL EXTERNAL: authenticated.
+                return ready(link, Auth::Certificate);
+            }
             if !link.is_secure() {
                 if el.get_child("starttls", ns::TLS).is_some() {
                     link.send_raw(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
@@ -619,27 +659,41 @@ fn out_element(server: &Rc<Server>, link: &Rc<Link>, el: Element) {
                 }
             } else {
                 let remote = link.nego.borrow().remote.clone();
-                let ok = server
-                    .ext::<State>()
-                    .trust
-                    .borrow()
-                    .as_ref()
-                    .is_some_and(|t| t.valid_for(&link.peer_certificates(), &remote));
+                let ok = cert_valid(server, &link.peer_certificates(), &remote);
                 link.nego.borrow_mut().cert_ok = ok;
+                let external = el.get_child("mechanisms", ns::SASL).is_some_and(|m| {
+                    m.elements()
+                        .any(|c| c.name == "mechanism" && c.text_content().trim() == "EXTERNAL")
+                });
+                // RFC 6120 §13.7.1.2.1 / XEP-0178: our certificate, offered by the peer.
+                if external && (ok || server.config.s2s.dialback_for(&remote)) {
+                    use base64::Engine;
+                    let local = link.nego.borrow().local.clone();
+                    let authzid = base64::engine::general_purpose::STANDARD.encode(&local);
+                    link.send_raw(
+                        format!(
+                            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>{authzid}</auth>"
+                        )
+                        .as_bytes(),
+                    );
+                    return;
+                }
             }
             authenticate_out(server, link);
         }
+        (ns::SASL, "success") => {
+            link.nego.borrow_mut().auth = Auth::Certificate;
+            link.restart_stream();
+            send_header_out(link);
+        }
+        // EXTERNAL refused: dialback, where allowed.
+        (ns::SASL, "failure") => authenticate_out(server, link),
         (ns::TLS, "proceed") => {
-            let remote = link.nego.borrow().remote.clone();
-            let Some(trust) = server.ext::<State>().trust.borrow().clone() else {
-                return fail(
-                    server,
-                    link,
-                    Condition::RemoteServerNotFound,
-                    "no TLS set-up",
-                );
+            let (local, remote) = {
+                let n = link.nego.borrow();
+                (n.local.clone(), n.remote.clone())
             };
-            match link::client_tls(&trust.client, &remote) {
+            match client_tls(server, &local, &remote) {
                 Ok(t) => {
                     link.start_tls(t);
                     send_header_out(link);
@@ -649,20 +703,7 @@ fn out_element(server: &Rc<Server>, link: &Rc<Link>, el: Element) {
         }
         (ns::TLS, "failure") => fail(server, link, Condition::RemoteServerNotFound, "TLS failed"),
         (dialback::NS, "result") => match el.get_attr("type") {
-            Some("valid") => {
-                let queue: Vec<Element> = {
-                    let mut n = link.nego.borrow_mut();
-                    n.ready = true;
-                    n.auth = Auth::Dialback;
-                    n.stanzas_out += n.queue.len() as u64;
-                    n.last_stanza = Instant::now();
-                    n.queue.drain(..).collect()
-                };
-                tracing::info!(link = link.id, remote = %link.nego.borrow().remote, secure = link.is_secure(), "s2s: outgoing link ready (dialback)");
-                for el in &queue {
-                    link.send(el);
-                }
-            }
+            Some("valid") => ready(link, Auth::Dialback),
             _ => fail(
                 server,
                 link,
@@ -701,6 +742,23 @@ fn out_element(server: &Rc<Server>, link: &Rc<Link>, el: Element) {
             tracing::debug!(link = link.id, name = %el.name, "s2s: ignoring an element on an outgoing stream");
         }
     }
+}
+
+/// The outgoing link is authenticated: what waited goes out, and the verification requests.
+fn ready(link: &Rc<Link>, auth: Auth) {
+    let queue: Vec<Element> = {
+        let mut n = link.nego.borrow_mut();
+        n.ready = true;
+        n.auth = auth;
+        n.stanzas_out += n.queue.len() as u64;
+        n.last_stanza = Instant::now();
+        n.queue.drain(..).collect()
+    };
+    tracing::info!(link = link.id, remote = %link.nego.borrow().remote, secure = link.is_secure(), auth = auth.as_str(), "s2s: outgoing link ready");
+    for el in &queue {
+        link.send(el);
+    }
+    send_verifies(link);
 }
 
 /// After TLS (or without, where allowed): dialback for our domain, and the verification
@@ -751,7 +809,7 @@ fn authenticate_out(server: &Rc<Server>, link: &Rc<Link>) {
 fn send_verifies(link: &Link) {
     let (local, remote, todo) = {
         let mut n = link.nego.borrow_mut();
-        if !n.result_sent {
+        if !n.result_sent && !n.ready {
             return;
         }
         let todo: Vec<_> = n.verifies.drain(..).collect();
@@ -832,7 +890,24 @@ fn in_header(server: &Rc<Server>, link: &Rc<Link>, h: crate::xml::StreamHeader) 
     }
     let require = server.config.s2s.require_tls;
     let features = if link.is_secure() {
-        "<stream:features><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>".to_owned()
+        if !remote.is_empty() && link.nego.borrow().verified.contains(&remote) {
+            // After SASL: nothing left to negotiate.
+            "<stream:features/>".to_owned()
+        } else {
+            // XEP-0178: EXTERNAL when the certificate is valid for the domain it names.
+            let chain = link.peer_certificates();
+            let ok = !remote.is_empty() && cert_valid(server, &chain, &remote);
+            tracing::debug!(link = link.id, %remote, certificates = chain.len(), valid = ok, "s2s: peer certificate");
+            link.nego.borrow_mut().cert_ok = ok;
+            let external = if ok {
+                "<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>EXTERNAL</mechanism></mechanisms>"
+            } else {
+                ""
+            };
+            format!(
+                "<stream:features>{external}<dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>"
+            )
+        }
     } else if require {
         "<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>".to_owned()
     } else {
@@ -847,7 +922,7 @@ fn in_element(server: &Rc<Server>, link: &Rc<Link>, el: Element) {
             if link.is_secure() {
                 return link.close(Some((StreamError::PolicyViolation, "TLS is already on")));
             }
-            match link::server_tls(&server.tls) {
+            match link::server_tls(&server_tls(server)) {
                 Ok(tls) => {
                     link.send_cleartext_now(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
                     link.start_tls(tls);
@@ -860,6 +935,7 @@ fn in_element(server: &Rc<Server>, link: &Rc<Link>, el: Element) {
             }
         }
         (dialback::NS, "result") => in_result(server, link, &el),
+        (ns::SASL, "auth") => in_external(server, link, &el),
         (dialback::NS, "verify") => answer_verify(server, link, &el),
         (ns::CLIENT, "message" | "presence" | "iq") => in_stanza(server, link, el),
         (ns::STREAMS, "error") => link.close(None),
@@ -912,20 +988,14 @@ fn in_result(server: &Rc<Server>, link: &Rc<Link>, el: &Element) {
             "this server does not federate with that domain",
         );
     }
-    if !s2s.dialback_for(&remote) {
+    let cert_ok = link.is_secure() && cert_valid(server, &link.peer_certificates(), &remote);
+    if !cert_ok && !s2s.dialback_for(&remote) {
         return reply_error(
             "not-authorized",
             "that domain must authenticate with a valid certificate",
         );
     }
-    let st = server.ext::<State>();
-    let links_of_domain = st
-        .links
-        .borrow()
-        .values()
-        .filter(|l| l.dir == Dir::In && l.nego.borrow().verified.contains(&remote))
-        .count();
-    if links_of_domain >= s2s.max_links_per_domain {
+    if links_of(server, &remote) >= s2s.max_links_per_domain {
         return reply_error(
             "resource-constraint",
             "too many connections from that domain",
@@ -935,6 +1005,12 @@ fn in_result(server: &Rc<Server>, link: &Rc<Link>, el: &Element) {
     if key.is_empty() || key.len() > 256 {
         return reply_error("bad-request", "no dialback key");
     }
+    // The certificate proves the domain already: no need to ask its server (Prosody and
+    // ejabberd take the same shortcut).
+    if cert_ok {
+        link.nego.borrow_mut().auth = Auth::Certificate;
+        return verified(server, link.id, &remote, Some(true));
+    }
     let sid = link.nego.borrow().stream_id.clone();
     let out = out_link(server, &local, &remote);
     out.nego
@@ -942,6 +1018,67 @@ fn in_result(server: &Rc<Server>, link: &Rc<Link>, el: &Element) {
         .verifies
         .push((link.id, remote.clone(), sid, key));
     send_verifies(&out);
+}
+
+/// Incoming links authenticated for `domain`.
+fn links_of(server: &Server, domain: &str) -> usize {
+    server
+        .ext::<State>()
+        .links
+        .borrow()
+        .values()
+        .filter(|l| l.dir == Dir::In && l.nego.borrow().verified.contains(domain))
+        .count()
+}
+
+/// SASL EXTERNAL on an incoming stream (XEP-0178): the peer's certificate is valid for the
+/// domain its header named, and the authorisation identity (if any) is that domain.
+fn in_external(server: &Rc<Server>, link: &Rc<Link>, el: &Element) {
+    let failure = |cond: &str| {
+        link.send_raw(
+            format!("<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><{cond}/></failure>")
+                .as_bytes(),
+        );
+    };
+    if el.get_attr("mechanism") != Some("EXTERNAL") {
+        return failure("invalid-mechanism");
+    }
+    let (remote, cert_ok) = {
+        let n = link.nego.borrow();
+        (n.remote.clone(), n.cert_ok)
+    };
+    let authzid = {
+        use base64::Engine;
+        let text = el.text_content();
+        let text = text.trim();
+        if text.is_empty() || text == "=" {
+            Some(remote.clone())
+        } else {
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+        }
+    };
+    let s2s = &server.config.s2s;
+    if !cert_ok || remote.is_empty() || authzid.as_deref() != Some(remote.as_str()) {
+        return failure("not-authorized");
+    }
+    if is_ours(server, &remote) || !s2s.permits(&remote) {
+        return failure("not-authorized");
+    }
+    if links_of(server, &remote) >= s2s.max_links_per_domain {
+        return failure("temporary-auth-failure");
+    }
+    {
+        let mut n = link.nego.borrow_mut();
+        n.verified.insert(remote.clone());
+        n.auth = Auth::Certificate;
+        n.last_stanza = Instant::now();
+    }
+    tracing::info!(link = link.id, %remote, "s2s: incoming link authenticated (SASL EXTERNAL)");
+    link.send_raw(b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
+    link.restart_stream();
 }
 
 /// The answer to a verification about incoming link `in_id`: `None` when it could not be
@@ -959,7 +1096,9 @@ fn verified(server: &Rc<Server>, in_id: u64, domain: &str, valid: Option<bool>) 
             {
                 let mut n = link.nego.borrow_mut();
                 n.verified.insert(domain.to_owned());
-                n.auth = Auth::Dialback;
+                if n.auth == Auth::None {
+                    n.auth = Auth::Dialback;
+                }
                 n.last_stanza = Instant::now();
             }
             tracing::info!(link = in_id, remote = %domain, secure = link.is_secure(), "s2s: incoming link authenticated (dialback)");

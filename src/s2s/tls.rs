@@ -8,15 +8,21 @@
 
 use std::sync::Arc;
 
+use rustls::client::ResolvesClientCert;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::config::Config;
-use crate::net::tls::{TlsError, cert_paths, load_cert_key};
+use crate::net::tls::{Certs, TlsError};
 
 /// What the outgoing side needs: the client configuration and the trust anchors.
 pub struct Trust {
@@ -66,16 +72,20 @@ impl Trust {
                 .dangerous()
                 .with_custom_certificate_verifier(accept.clone()))
         };
-        // Our own certificate as the client certificate, for peers that check it.
-        let (cert, key) = cert_paths(config);
-        let client = match load_cert_key(&cert, &key) {
-            Ok((certs, key)) => base()?.with_client_auth_cert(certs, key)?,
-            Err(_) => base()?.with_no_client_auth(),
-        };
+        // The client certificate is set per link (`client_for`).
+        let client = base()?.with_no_client_auth();
         Ok(Trust {
             client: Arc::new(client),
             verifier,
         })
+    }
+
+    /// The client configuration presenting `cert` (our domain's certificate, for peers that
+    /// authenticate us by it: SASL EXTERNAL).
+    pub fn client_for(&self, cert: Arc<CertifiedKey>) -> Arc<ClientConfig> {
+        let mut c = (*self.client).clone();
+        c.client_auth_cert_resolver = Arc::new(Fixed(cert));
+        Arc::new(c)
     }
 
     /// Whether `chain` (end entity first) is valid for `domain` under our trust anchors.
@@ -89,6 +99,82 @@ impl Trust {
         verifier
             .verify_server_cert(end, rest, &name, &[], UnixTime::now())
             .is_ok()
+    }
+}
+
+#[derive(Debug)]
+struct Fixed(Arc<CertifiedKey>);
+
+impl ResolvesClientCert for Fixed {
+    fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// The incoming links' server configuration: the server's certificates (by SNI), and the
+/// peer's certificate asked for but not required (checked after the handshake, for SASL
+/// EXTERNAL and the dialback shortcut).
+pub fn server_config(certs: &Arc<Certs>) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let algs = provider.signature_verification_algorithms;
+    let sc = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(Arc::new(AnyClient { algs }))
+        .with_cert_resolver(certs.clone());
+    Ok(Arc::new(sc))
+}
+
+#[derive(Debug)]
+struct AnyClient {
+    algs: WebPkiSupportedAlgorithms,
+}
+
+impl ClientCertVerifier for AnyClient {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
     }
 }
 

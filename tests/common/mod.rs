@@ -94,6 +94,7 @@ impl TestServer {
                 .unwrap();
                 let bound = server.start().unwrap();
                 wockd::modules::install_services(&server);
+                wockd::status::start(&server);
                 addr_tx.send(bound).unwrap();
                 let main_loop = glib::MainLoop::new(Some(&ctx), false);
                 let ml = main_loop.clone();
@@ -447,4 +448,29 @@ pub fn read_until(s: &mut impl Read, buf: &mut String, needle: &str) -> String {
             Err(e) => panic!("{e}"),
         }
     }
+}
+
+/// A test CA (PEM) and, for each of `names`, a certificate it signed for that name and its
+/// key (PEM): for federation tests where both sides trust the CA.
+pub fn test_ca(names: &[&str]) -> (String, Vec<(String, String)>) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "wockd federation test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaves = names
+        .iter()
+        .map(|name| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(vec![(*name).to_owned()]).unwrap();
+            params.distinguished_name.push(DnType::CommonName, *name);
+            let cert = params.signed_by(&key, &issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        })
+        .collect();
+    (ca_cert.pem(), leaves)
 }
