@@ -280,6 +280,18 @@ fn disco_and_ping_of_the_remote_server_and_a_remote_full_jid() {
         ans.contains("bobclient") && ans.contains("from=\"bob@b.test/phone\""),
         "{ans}"
     );
+    // An account's vCard is read across servers.
+    let set = bob.iq(
+        "set",
+        None,
+        "<vCard xmlns='vcard-temp'><FN>Bob Remote</FN></vCard>",
+    );
+    assert!(set.contains("type=\"result\""), "{set}");
+    let vc = alice.iq("get", Some("bob@b.test"), "<vCard xmlns='vcard-temp'/>");
+    assert!(
+        vc.contains("Bob Remote") && vc.contains("from=\"bob@b.test\""),
+        "{vc}"
+    );
     // An IQ to a resource that is not online is answered with an error from b.test.
     let err = alice.iq(
         "get",
