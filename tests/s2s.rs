@@ -196,6 +196,21 @@ fn messages_cross_both_ways_with_addresses_intact() {
         archived.iter().any(|s| s.contains("hello bob")),
         "bob's archive: {archived:#?}"
     );
+    // …and the sender's archive has its copy (a remote recipient is reachable).
+    let id = alice.send_iq("type='set'", "<query xmlns='urn:xmpp:mam:2' queryid='q2'/>");
+    let fin = alice.answer(&id, 20);
+    assert!(fin.contains("type=\"result\""), "{fin}");
+    let archived: Vec<String> = alice
+        .queue
+        .drain(..)
+        .filter(|s| s.contains("queryid=\"q2\""))
+        .collect();
+    assert!(
+        archived
+            .iter()
+            .any(|s| s.contains("hello bob") && s.contains("to=\"bob@b.test\"")),
+        "alice's archive: {archived:#?}"
+    );
     let _ = (p.pa, p.pb);
 }
 

@@ -60,7 +60,16 @@ struct State {
     server_tls: RefCell<Option<Arc<rustls::ServerConfig>>>,
     /// Why an outgoing link failed, by link id (the condition its queue bounces with).
     failures: RefCell<HashMap<u64, (Condition, String)>>,
+    /// Remote domains whose last link failed to come up: until the instant, stanzas for them
+    /// bounce at once instead of each starting another attempt (a dead or hostile domain
+    /// costs one attempt per `RETRY_AFTER`, not one per stanza).
+    retry_after: RefCell<HashMap<(String, String), (Instant, Condition, String)>>,
 }
+
+/// How long a domain whose link failed to come up is not tried again.
+const RETRY_AFTER: Duration = Duration::from_secs(10);
+/// Dialback verifications one incoming stream may have pending at once.
+const MAX_PENDING_VERIFIES: usize = 4;
 
 /// One line of `wockd status`.
 #[derive(Debug, Clone)]
@@ -364,6 +373,15 @@ fn route_out(server: &Rc<Server>, ev: &mut Routed<'_>) -> Flow {
 
 /// Sends `el` over the outgoing link from `local` to `remote`, queued until it is ready.
 fn send(server: &Rc<Server>, local: &str, remote: &str, el: Element) {
+    let st = server.ext::<State>();
+    let key = (local.to_owned(), remote.to_owned());
+    let recent = st.retry_after.borrow().get(&key).cloned();
+    if let Some((until, cond, why)) = recent {
+        if Instant::now() < until {
+            return bounce(server, &el, cond, &why);
+        }
+        st.retry_after.borrow_mut().remove(&key);
+    }
     let link = out_link(server, local, remote);
     let mut n = link.nego.borrow_mut();
     if n.ready {
@@ -541,20 +559,25 @@ pub(crate) fn link_closed(server: &Rc<Server>, id: u64) {
         );
         (failure, queue, verifies)
     };
+    let (cond, why) = failure.unwrap_or((
+        Condition::RemoteServerNotFound,
+        "the connection to that server was lost".to_owned(),
+    ));
     if link.dir == Dir::Out {
-        let key = {
+        let (key, ready) = {
             let n = link.nego.borrow();
-            (n.local.clone(), n.remote.clone())
+            ((n.local.clone(), n.remote.clone()), n.ready)
         };
         let mut out = st.out.borrow_mut();
         if out.get(&key) == Some(&id) {
             out.remove(&key);
         }
+        if !ready {
+            st.retry_after
+                .borrow_mut()
+                .insert(key, (Instant::now() + RETRY_AFTER, cond, why.clone()));
+        }
     }
-    let (cond, why) = failure.unwrap_or((
-        Condition::RemoteServerNotFound,
-        "the connection to that server was lost".to_owned(),
-    ));
     for el in queue {
         bounce(server, &el, cond, &why);
     }
@@ -1011,6 +1034,10 @@ fn in_result(server: &Rc<Server>, link: &Rc<Link>, el: &Element) {
         link.nego.borrow_mut().auth = Auth::Certificate;
         return verified(server, link.id, &remote, Some(true));
     }
+    let pending = st_pending_verifies(server, link.id);
+    if pending >= MAX_PENDING_VERIFIES {
+        return reply_error("resource-constraint", "too many dialback requests at once");
+    }
     let sid = link.nego.borrow().stream_id.clone();
     let out = out_link(server, &local, &remote);
     out.nego
@@ -1018,6 +1045,22 @@ fn in_result(server: &Rc<Server>, link: &Rc<Link>, el: &Element) {
         .verifies
         .push((link.id, remote.clone(), sid, key));
     send_verifies(&out);
+}
+
+/// Verifications pending for incoming link `in_id`, over all outgoing links.
+fn st_pending_verifies(server: &Server, in_id: u64) -> usize {
+    server
+        .ext::<State>()
+        .links
+        .borrow()
+        .values()
+        .filter(|l| l.dir == Dir::Out)
+        .map(|l| {
+            let n = l.nego.borrow();
+            n.verifies.iter().filter(|v| v.0 == in_id).count()
+                + n.verifying.iter().filter(|v| v.0 == in_id).count()
+        })
+        .sum()
 }
 
 /// Incoming links authenticated for `domain`.
