@@ -46,12 +46,15 @@ use crate::xml::{Element, ns};
 pub use link::{Auth, Dir};
 use link::{Input, Link};
 
+/// (our domain, remote domain).
+type Route = (String, String);
+
 /// Per-server federation state (`Server::ext`).
 #[derive(Default)]
 struct State {
     links: RefCell<HashMap<u64, Rc<Link>>>,
     /// The outgoing link of each (our domain, remote domain).
-    out: RefCell<HashMap<(String, String), u64>>,
+    out: RefCell<HashMap<Route, u64>>,
     listeners: RefCell<Vec<(TcpListener, Source)>>,
     next_id: Cell<u64>,
     secret: RefCell<Option<Rc<dialback::Secret>>>,
@@ -63,7 +66,7 @@ struct State {
     /// Remote domains whose last link failed to come up: until the instant, stanzas for them
     /// bounce at once instead of each starting another attempt (a dead or hostile domain
     /// costs one attempt per `RETRY_AFTER`, not one per stanza).
-    retry_after: RefCell<HashMap<(String, String), (Instant, Condition, String)>>,
+    retry_after: RefCell<HashMap<Route, (Instant, Condition, String)>>,
 }
 
 /// How long a domain whose link failed to come up is not tried again.
