@@ -93,9 +93,13 @@ pub struct S2s {
     /// Stanzas queued for a remote domain while its link is being set up; beyond that they
     /// bounce with `resource-constraint`.
     pub max_queue: usize,
-    /// Incoming connections accepted at once from one remote domain (and unauthenticated
-    /// ones from one address).
+    /// Incoming links authenticated at once for one remote domain to one of ours (twice as
+    /// many unauthenticated ones from one address).
     pub max_links_per_domain: usize,
+    /// Bytes a second one incoming or outgoing link may read (a link carries all of a
+    /// server's traffic with us, so more than a client's `[limits] read_rate`), and the burst.
+    pub read_rate: usize,
+    pub read_burst: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -133,6 +137,8 @@ impl Default for S2s {
             connect_timeout_secs: 30,
             max_queue: 1000,
             max_links_per_domain: 4,
+            read_rate: 4 * 1024 * 1024,
+            read_burst: 16 * 1024 * 1024,
         }
     }
 }

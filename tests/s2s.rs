@@ -601,3 +601,150 @@ fn without_a_valid_certificate_and_with_dialback_off_the_peer_is_refused() {
     let err = bob.expect(&["type=\"error\"", "id=\"r2\""]);
     assert!(err.contains("remote-server-not-found"), "{err}");
 }
+
+fn rss_kib() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Figures for the closing note, not a test: `cargo test --release --test s2s -- --ignored
+/// --nocapture measure`. Round trip over one link (a ping of the remote server, 2,000 times),
+/// messages per second over one link, and the memory of idle links (200 remote domains,
+/// certificate authentication so no dialback links are made).
+#[test]
+#[ignore]
+fn measure_wockd_to_wockd() {
+    // Read-rate limits off on both servers for the throughput figure (the defaults would
+    // hold one client to 1 MiB/s and one link to 4 MiB/s).
+    let (pa, pb) = (free_port(), free_port());
+    let unlimited = |c: &mut wockd::config::Config| {
+        c.limits.read_rate = 1 << 40;
+        c.limits.read_burst = 1 << 40;
+        c.s2s.read_rate = 1 << 40;
+        c.s2s.read_burst = 1 << 40;
+    };
+    let a = start(
+        None,
+        A,
+        pa,
+        vec![(B, SocketAddr::from(([127, 0, 0, 1], pb)))],
+        unlimited,
+    );
+    let b = start(
+        None,
+        B,
+        pb,
+        vec![(A, SocketAddr::from(([127, 0, 0, 1], pa)))],
+        unlimited,
+    );
+    add_user(&a, A, "alice");
+    add_user(&b, B, "bob");
+    let p = Pair { a, b, pa, pb };
+    let mut alice = login(&p.a, A, "alice", "laptop");
+    let mut bob = login(&p.b, B, "bob", "phone");
+    bob.send("<presence/>");
+    bob.barrier();
+    alice.iq("get", Some(B), "<ping xmlns='urn:xmpp:ping'/>");
+    let mut rtts = Vec::new();
+    for _ in 0..2000 {
+        let t = Instant::now();
+        let r = alice.iq("get", Some(B), "<ping xmlns='urn:xmpp:ping'/>");
+        rtts.push(t.elapsed());
+        assert!(r.contains("type=\"result\""));
+    }
+    rtts.sort();
+    println!(
+        "rtt a.test client → b.test → client (ping over one link): p50 {:?} p99 {:?} max {:?}",
+        percentile(&rtts, 0.5),
+        percentile(&rtts, 0.99),
+        rtts[rtts.len() - 1]
+    );
+    let n = 20_000;
+    let sender = std::thread::spawn(move || {
+        let mut out = String::new();
+        for i in 0..n {
+            out.push_str(&format!(
+                "<message to='bob@b.test/phone' type='chat'><body>m{i} xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx</body></message>"
+            ));
+            if out.len() > 64 * 1024 {
+                alice.send(&out);
+                out.clear();
+            }
+        }
+        alice.send(&out);
+        alice
+    });
+    let t = Instant::now();
+    bob.timeout = Duration::from_secs(120);
+    bob.expect(&[&format!("<body>m{} ", n - 1)]);
+    let secs = t.elapsed().as_secs_f64();
+    let _alice = sender.join().unwrap();
+    println!(
+        "{n} messages of 100 bytes a.test → b.test over one link: {:.0} msg/s (both servers and both clients in this process)",
+        n as f64 / secs
+    );
+    drop(bob);
+    drop(p);
+
+    // Idle links: a.test talks to 200 domains served by one other server.
+    let certs = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let domains: Vec<String> = (0..200).map(|i| format!("d{i}.test")).collect();
+    let names: Vec<&str> = domains.iter().map(String::as_str).collect();
+    let (ca, leaves) = common::test_ca_sans(&[&[A], &names]);
+    let ta = trusting_ca(&certs.path().join("a"), A, &leaves[0], &ca);
+    let tb = trusting_ca(&certs.path().join("b"), "d.test", &leaves[1], &ca);
+    let routes: Vec<(&'static str, SocketAddr)> = domains
+        .iter()
+        .map(|d| {
+            (
+                &*Box::leak(d.clone().into_boxed_str()),
+                SocketAddr::from(([127, 0, 0, 1], pb)),
+            )
+        })
+        .collect();
+    let a = start(None, A, pa, routes, move |c| {
+        ta(c);
+        c.s2s.dialback = false;
+    });
+    let ds = domains.clone();
+    let b = start(
+        None,
+        B,
+        pb,
+        vec![(A, SocketAddr::from(([127, 0, 0, 1], pa)))],
+        move |c| {
+            tb(c);
+            c.domains = ds;
+            c.s2s.dialback = false;
+            // 200 links from one address arrive at once here.
+            c.s2s.max_links_per_domain = 200;
+        },
+    );
+    add_user(&a, A, "alice");
+    let mut alice = login(&a, A, "alice", "laptop");
+    alice.send("<presence to='u@d0.test'/>");
+    links(&a, 1);
+    let before = rss_kib();
+    for d in &domains[1..] {
+        alice.send(&format!("<presence to='u@{d}'/>"));
+    }
+    links(&a, domains.len());
+    links(&b, domains.len());
+    alice.barrier();
+    let after = rss_kib();
+    println!(
+        "{} idle links (one outgoing on a.test and one incoming on the other server each, TLS, certificate auth): {} KiB more RSS, {:.1} KiB per link",
+        2 * (domains.len() - 1),
+        after.saturating_sub(before),
+        after.saturating_sub(before) as f64 / (2 * (domains.len() - 1)) as f64
+    );
+    drop(b);
+}

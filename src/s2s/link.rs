@@ -156,7 +156,7 @@ impl Link {
                 } else {
                     Phase::AwaitHeader
                 },
-                bucket: TokenBucket::new(limits.read_burst, now),
+                bucket: TokenBucket::new(server.config.s2s.read_burst, now),
                 last_read: now,
                 write_source: None,
                 read_source: None,
@@ -273,12 +273,12 @@ impl Link {
         }
     }
 
-    /// The read rate limit of authenticated client streams applies to peers too.
+    /// The read rate limit of links (`[s2s] read_rate`).
     fn charge(self: &Rc<Self>, n: usize) {
         let Some(server) = self.server.upgrade() else {
             return;
         };
-        let l = &server.config.limits;
+        let l = &server.config.s2s;
         let wait = {
             let mut io = self.io.borrow_mut();
             let now = io.last_read;

@@ -1021,7 +1021,7 @@ fn in_result(server: &Rc<Server>, link: &Rc<Link>, el: &Element) {
             "that domain must authenticate with a valid certificate",
         );
     }
-    if links_of(server, &remote) >= s2s.max_links_per_domain {
+    if links_of(server, &local, &remote) >= s2s.max_links_per_domain {
         return reply_error(
             "resource-constraint",
             "too many connections from that domain",
@@ -1066,14 +1066,18 @@ fn st_pending_verifies(server: &Server, in_id: u64) -> usize {
         .sum()
 }
 
-/// Incoming links authenticated for `domain`.
-fn links_of(server: &Server, domain: &str) -> usize {
+/// Incoming links to our `local` domain authenticated for `remote` (the cap is per pair of
+/// domains: a peer hosting many domains talks to each of ours over links of their own).
+fn links_of(server: &Server, local: &str, remote: &str) -> usize {
     server
         .ext::<State>()
         .links
         .borrow()
         .values()
-        .filter(|l| l.dir == Dir::In && l.nego.borrow().verified.contains(domain))
+        .filter(|l| {
+            let n = l.nego.borrow();
+            l.dir == Dir::In && n.local == local && n.verified.contains(remote)
+        })
         .count()
 }
 
@@ -1113,7 +1117,8 @@ fn in_external(server: &Rc<Server>, link: &Rc<Link>, el: &Element) {
     if is_ours(server, &remote) || !s2s.permits(&remote) {
         return failure("not-authorized");
     }
-    if links_of(server, &remote) >= s2s.max_links_per_domain {
+    let local = link.nego.borrow().local.clone();
+    if links_of(server, &local, &remote) >= s2s.max_links_per_domain {
         return failure("temporary-auth-failure");
     }
     {

@@ -453,6 +453,13 @@ pub fn read_until(s: &mut impl Read, buf: &mut String, needle: &str) -> String {
 /// A test CA (PEM) and, for each of `names`, a certificate it signed for that name and its
 /// key (PEM): for federation tests where both sides trust the CA.
 pub fn test_ca(names: &[&str]) -> (String, Vec<(String, String)>) {
+    let sets: Vec<Vec<&str>> = names.iter().map(|n| vec![*n]).collect();
+    let sets: Vec<&[&str]> = sets.iter().map(Vec::as_slice).collect();
+    test_ca_sans(&sets)
+}
+
+/// Like [`test_ca`], each certificate naming a set of domains.
+pub fn test_ca_sans(leaves: &[&[&str]]) -> (String, Vec<(String, String)>) {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -462,12 +469,13 @@ pub fn test_ca(names: &[&str]) -> (String, Vec<(String, String)>) {
         .push(DnType::CommonName, "wockd federation test CA");
     let ca_cert = ca_params.self_signed(&ca_key).unwrap();
     let issuer = Issuer::new(ca_params, ca_key);
-    let leaves = names
+    let leaves = leaves
         .iter()
-        .map(|name| {
+        .map(|names| {
             let key = KeyPair::generate().unwrap();
-            let mut params = CertificateParams::new(vec![(*name).to_owned()]).unwrap();
-            params.distinguished_name.push(DnType::CommonName, *name);
+            let sans: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+            let mut params = CertificateParams::new(sans).unwrap();
+            params.distinguished_name.push(DnType::CommonName, names[0]);
             let cert = params.signed_by(&key, &issuer).unwrap();
             (cert.pem(), key.serialize_pem())
         })
