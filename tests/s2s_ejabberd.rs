@@ -1,8 +1,11 @@
 //! Federation with a real ejabberd (Debian 12's 23.01) on loopback: wockd serves `w.test` on
 //! 127.0.0.2, ejabberd serves `e.test` on 127.0.0.4, both on port 5269. wockd reaches
-//! ejabberd by a static route; ejabberd finds wockd through an Erlang inetrc file of the
-//! test's own (`{host, {127,0,0,2}, ["w.test"]}`, lookup `file` first), so `/etc/hosts` is left
-//! alone. Certificates come from a test CA made here; each side trusts it.
+//! ejabberd by a static route. ejabberd finds wockd by name: its SRV lookups go to DNS (and
+//! find nothing), and its A/AAAA lookups go through libc (`net:getaddrinfo` in p1_xmpp 1.6.1,
+//! so an Erlang inetrc file does not help); ejabberd therefore runs in a mount namespace of
+//! its own (`unshare -m`) where a hosts file of the test's (`127.0.0.2 w.test`) is bind-mounted
+//! over `/etc/hosts`; the system's `/etc/hosts` is left alone. Certificates come from a test
+//! CA made here; each side trusts it.
 //!
 //! ejabberd runs as its own node (own name, cookie, config, spool and log dirs in a tempdir)
 //! through Debian's `ejabberdctl foreground`, with `ERL_DIST_PORT` set: the node listens for
@@ -33,10 +36,22 @@ struct Certs {
     e: (String, String),
 }
 
+/// Certificates valid from yesterday for 30 days: ejabberd 23.01's pkix arms an Erlang timer
+/// for each certificate's expiry, and rcgen's default (year 4096) overflows it (`badarg` in
+/// `erlang:start_timer`, the pkix server dies and ejabberd has no certificate: "TLS failed:
+/// no_certfile").
 fn make_certs() -> Certs {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let day = Duration::from_secs(86_400);
+    let epoch = rcgen::date_time_ymd(1970, 1, 1);
+    let (not_before, not_after) = (epoch + (now - day), epoch + (now + 30 * day));
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.not_before = not_before;
+    ca_params.not_after = not_after;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params
         .distinguished_name
@@ -46,6 +61,8 @@ fn make_certs() -> Certs {
     let leaf = |name: &str| {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
+        params.not_before = not_before;
+        params.not_after = not_after;
         params.distinguished_name.push(DnType::CommonName, name);
         let cert = params.signed_by(&key, &issuer).unwrap();
         (cert.pem(), key.serialize_pem())
@@ -114,7 +131,7 @@ fn ejabberd(certs: &Certs) -> Ejabberd {
              ca_file: \"{d}/conf/ca.pem\"\n\
              s2s_use_starttls: required\n\
              s2s_dns_timeout: 2\n\
-             s2s_dns_retries: 0\n\
+             s2s_dns_retries: 1\n\
              s2s_max_retry_delay: 2\n\
              auth_method: internal\n\
              listen:\n\
@@ -144,11 +161,16 @@ fn ejabberd(certs: &Certs) -> Ejabberd {
         ),
     )
     .unwrap();
-    // Erlang's resolver for this node: w.test from here, then DNS (A/AAAA lookups); the
-    // ejabberdctl script points ERL_INETRC at `<config dir>/inetrc`.
+    // Debian's inetrc for the node (ejabberdctl points ERL_INETRC at `<config dir>/inetrc`),
+    // and the hosts file its mount namespace sees as /etc/hosts.
     std::fs::write(
         d.join("conf/inetrc"),
-        "{host, {127,0,0,2}, [\"w.test\"]}.\n{lookup, [file, dns]}.\n",
+        "{lookup, [\"file\", \"native\"]}.\n{host, {127,0,0,1}, [\"localhost\"]}.\n{file, resolv, \"/etc/resolv.conf\"}.\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("hosts"),
+        "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n127.0.0.2 w.test\n",
     )
     .unwrap();
     let nonce = format!(
@@ -210,16 +232,24 @@ fn ejabberd(certs: &Certs) -> Ejabberd {
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     use std::os::unix::process::CommandExt;
-    let mut cmd = if root {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "ejabberd", "--"]);
-        c.args(&ctl);
-        c
-    } else {
-        let mut c = Command::new(&ctl[0]);
-        c.args(&ctl[1..]);
-        c
-    };
+    // A private mount namespace (as root; otherwise inside a user namespace too) where the
+    // test's hosts file is /etc/hosts, then ejabberdctl in the foreground.
+    let mut cmd = Command::new("unshare");
+    if !root {
+        cmd.arg("-r");
+    }
+    cmd.args([
+        "-m",
+        "--",
+        "sh",
+        "-c",
+        "mount --bind \"$0\" /etc/hosts && exec \"$@\"",
+    ])
+    .arg(d.join("hosts"));
+    if root {
+        cmd.args(["runuser", "-u", "ejabberd", "--"]);
+    }
+    cmd.args(&ctl);
     let out = std::fs::File::create(d.join("foreground.out")).unwrap();
     let child = cmd
         .arg("foreground")
