@@ -27,3 +27,11 @@ for svc in prosody ngircd ejabberd; do
   if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl stop "$svc" 2>/dev/null || true; fi
   if [ -x "/etc/init.d/$svc" ]; then $SUDO "/etc/init.d/$svc" stop >/dev/null 2>&1 || true; fi
 done
+# ejabberd's Erlang node may leave an epmd behind (Debian's erlang-base also socket-activates
+# one); the ejabberd test needs none (its node uses ERL_DIST_PORT).
+if [[ " ${missing[*]} " == *" ejabberd "* ]]; then
+  if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl stop epmd.socket epmd.service 2>/dev/null || true; fi
+  if command -v epmd >/dev/null 2>&1 && ! epmd -names 2>/dev/null | grep -q '^name '; then
+    $SUDO epmd -kill >/dev/null 2>&1 || true
+  fi
+fi

@@ -385,6 +385,8 @@ fn federates_with_ejabberd() {
             c.s2s.ca_file = Some(base.join("ca.pem"));
             c.s2s.routes.insert(E.into(), format!("{E_IP}:5269"));
             c.s2s.connect_timeout_secs = 20;
+            // Every s2s element in the log (WOCKD_TEST_LOG=wockd::s2s=info shows it).
+            c.log.xml = true;
         },
         |_| {},
     );
