@@ -259,7 +259,7 @@ fn ejabberd(certs: &Certs) -> Ejabberd {
         .stdin(Stdio::null())
         .spawn()
         .expect("cannot start ejabberd");
-    let e = Ejabberd {
+    let mut e = Ejabberd {
         guard: Guard {
             child,
             extra_pidfile: Some(d.join("ejabberd.pid")),
@@ -269,14 +269,20 @@ fn ejabberd(certs: &Certs) -> Ejabberd {
         ctl,
         root,
     };
+    // The tempdir goes with the guard on failure: say what ejabberdctl (or unshare) said.
+    let out =
+        |d: &std::path::Path| std::fs::read_to_string(d.join("foreground.out")).unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(60);
     while std::net::TcpStream::connect((E_IP, c2s)).is_err()
         || std::net::TcpStream::connect((E_IP, 5269)).is_err()
     {
+        if let Ok(Some(st)) = e.guard.child.try_wait() {
+            panic!("ejabberd exited ({st}) before listening:\n{}", out(&d));
+        }
         assert!(
             Instant::now() < deadline,
-            "ejabberd did not start; see {}",
-            d.join("foreground.out").display()
+            "ejabberd did not start:\n{}",
+            out(&d)
         );
         std::thread::sleep(Duration::from_millis(100));
     }
