@@ -119,8 +119,11 @@ fn set(iq: Incoming) {
     );
 }
 
-/// The account and the `(ns, name, xml)` items of a set, once checked.
-fn checked_set(iq: &Incoming) -> Result<(i64, Vec<(String, String, String)>), StanzaError> {
+/// A stored item: namespace, element name, serialised XML.
+type Item = (String, String, String);
+
+/// The account and the items of a set, once checked.
+fn checked_set(iq: &Incoming) -> Result<(i64, Vec<Item>), StanzaError> {
     let account = own_account(iq)?;
     if iq.payload.elements().any(|c| reserved(&c.ns)) {
         return Err(refuse(Condition::NotAcceptable, "reserved namespace"));
