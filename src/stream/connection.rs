@@ -813,6 +813,14 @@ impl Connection {
         true
     }
 
+    /// A write for this client was just queued outside the handling of its input (say, when
+    /// a password check finished on another thread): acknowledgements wait for it.
+    pub(crate) fn note_write(&self) {
+        if let Some(server) = self.server.upgrade() {
+            self.dirty_seq.set(server.store.filling_seq());
+        }
+    }
+
     /// During the handling of this client's input: if it queued a write so far, marks the
     /// batch it went into as the one acknowledgements wait for (an IQ result sent right after
     /// queueing its write waits for that write).

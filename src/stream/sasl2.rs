@@ -448,6 +448,9 @@ impl Connection {
                 }
             },
         );
+        // The success may be sent after the input was handled (a password check runs on
+        // another thread): it waits for this write all the same.
+        self.note_write();
         Some((token, crate::core::time::datetime(expires * 1_000_000)))
     }
 }
