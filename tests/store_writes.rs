@@ -95,6 +95,9 @@ fn a_write_and_its_read_sent_back_to_back_see_the_write() {
          <items node='urn:test:node'/></pubsub></iq>",
     );
     burst.push_str(
+        "<iq type='get' id='d1' to='alice@localhost'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>",
+    );
+    burst.push_str(
         "<iq type='set' id='b1'><block xmlns='urn:xmpp:blocking'><item jid='eve@localhost'/></block></iq>",
     );
     burst.push_str("<iq type='get' id='b2'><blocklist xmlns='urn:xmpp:blocking'/></iq>");
@@ -108,7 +111,7 @@ fn a_write_and_its_read_sent_back_to_back_see_the_write() {
     let got = answers(
         &mut alice,
         &[
-            "v1", "v2", "x1", "x2", "p1", "p2", "p3", "p4", "b1", "b2", "m1", "m2",
+            "v1", "v2", "x1", "x2", "p1", "p2", "p3", "p4", "d1", "b1", "b2", "m1", "m2",
         ],
     );
     for id in ["v1", "x1", "p1", "p3", "b1", "m1"] {
@@ -135,6 +138,9 @@ fn a_write_and_its_read_sent_back_to_back_see_the_write() {
         items.contains("id=\"it2\"") && !items.contains("id=\"it1\""),
         "{items}"
     );
+
+    let d = &got["d1"];
+    assert!(d.contains("node=\"urn:test:node\""), "{d}");
 
     let b = &got["b2"];
     assert!(b.contains("jid=\"eve@localhost\""), "{b}");
