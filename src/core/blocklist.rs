@@ -22,15 +22,6 @@ pub fn install(hooks: &super::Hooks) {
     });
 }
 
-/// Replaces `owner`'s cached list with `list` (just read from the store).
-pub fn set_list(server: &Server, owner: &BareJid, list: HashSet<String>) {
-    server
-        .ext::<Lists>()
-        .lists
-        .borrow_mut()
-        .insert(owner.clone(), list);
-}
-
 /// Whether the local account `owner` blocked `other`.
 pub fn is_blocked(server: &Server, owner: &BareJid, other: &Jid) -> bool {
     let state = server.ext::<Lists>();
@@ -79,19 +70,48 @@ fn matches(list: &HashSet<String>, jid: &Jid) -> bool {
             .is_some_and(|r| jid.node().is_some() && list.contains(&format!("{domain}/{r}")))
 }
 
-pub fn update_cache(server: &Server, me: &BareJid, f: impl FnOnce(&mut HashSet<String>)) {
+/// Changes `me`'s list in memory with `f`, loading it first if it is not cached. Call it when a
+/// change is queued for the store (not when it is committed): routing then applies the change
+/// at once, and the list read back ([`list`]) has it. `None` when `me` is not an account or
+/// the store failed (logged).
+pub fn update_cache(
+    server: &Server,
+    me: &BareJid,
+    f: impl FnOnce(&mut HashSet<String>),
+) -> Option<()> {
     let state = server.ext::<Lists>();
     let cached = state.lists.borrow().contains_key(me);
     if !cached {
-        // Load the stored list (which already has the change) rather than guess.
-        if let Some(list) = load(server, me) {
-            state.lists.borrow_mut().insert(me.clone(), list);
+        let list = load(server, me)?;
+        state.lists.borrow_mut().insert(me.clone(), list);
+    }
+    let mut lists = state.lists.borrow_mut();
+    f(lists.get_mut(me)?);
+    Some(())
+}
+
+/// `owner`'s blocklist as routing applies it (changes queued for the store included), sorted;
+/// `None` when `owner` is not an account or the store failed (logged).
+pub fn list(server: &Server, owner: &BareJid) -> Option<Vec<String>> {
+    let state = server.ext::<Lists>();
+    let cached = state.lists.borrow().get(owner).cloned();
+    let set = match cached {
+        Some(set) => set,
+        None => {
+            let set = load(server, owner)?;
+            state.lists.borrow_mut().insert(owner.clone(), set.clone());
+            set
         }
-        return;
-    }
-    if let Some(list) = state.lists.borrow_mut().get_mut(me) {
-        f(list);
-    }
+    };
+    let mut list: Vec<String> = set.into_iter().collect();
+    list.sort();
+    Some(list)
+}
+
+/// Drops `owner`'s cached list (a queued change failed to be stored): the next use reads the
+/// store again.
+pub fn forget(server: &Server, owner: &BareJid) {
+    server.ext::<Lists>().lists.borrow_mut().remove(owner);
 }
 
 #[cfg(test)]

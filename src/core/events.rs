@@ -289,7 +289,8 @@ pub struct ServiceDiscoInfo {
 /// A service keeping a user's data in step (the transport's XEP-0402 bookmarks) asks for item
 /// `item_id` of `owner`'s PEP node `node` to be published on the owner's behalf unless it
 /// exists, with XEP-0060 publish-options `options` for a node that has to be created. The PEP
-/// module sets `published` (`Ok(false)`: it existed, or the publish was refused).
+/// module sets `published` (`Ok(true)`: queued, in turn with the owner's own PEP requests; it
+/// logs the outcome. `Ok(false)`: no such account).
 pub struct PepPublish {
     pub owner: BareJid,
     pub node: String,

@@ -1,7 +1,10 @@
 //! The rosters (RFC 6121 §2) as the server keeps them: each account's roster is loaded from
-//! SQLite on first use and kept in [`RosterCache`]; every change ([`update`]) is written to
-//! the store first and only then to the cache, so the cache never shows state the database
-//! lacks, and is pushed (§2.1.6) to the resources that asked for the roster. The roster
+//! SQLite on first use and kept in [`RosterCache`]; every change ([`update`]) is made to the
+//! cache and queued for the store's writer thread at once, and pushed (§2.1.6) to the
+//! resources that asked for the roster. The cache is ahead of the database only by writes
+//! queued and not yet committed, and acknowledgements to the client that caused them wait for
+//! that commit; a write that fails marks the cached roster stale, so the next use reads the
+//! store again. The roster
 //! protocol is `modules/roster.rs`; the subscription state machine, PEP, the archive and the
 //! transport read and change rosters through here.
 
@@ -31,6 +34,8 @@ pub struct Roster {
     pub account: i64,
     pub version: i64,
     pub rows: BTreeMap<BareJid, RosterRow>,
+    /// A queued write of this roster failed: the store, not this copy, is right.
+    stale: bool,
 }
 
 /// The roster cache: module state on the server (`server.ext::<RosterCache>()`).
@@ -59,8 +64,12 @@ impl Change {
 /// account (or the store failed, which is logged).
 pub fn load(server: &Server, user: &BareJid) -> Option<Rc<RefCell<Roster>>> {
     let cache = server.ext::<RosterCache>();
-    if let Some(r) = cache.rosters.borrow().get(user) {
-        return Some(r.clone());
+    let cached = cache.rosters.borrow().get(user).cloned();
+    if let Some(r) = cached {
+        if !r.borrow().stale {
+            return Some(r);
+        }
+        cache.rosters.borrow_mut().remove(user);
     }
     let node = user.node()?;
     let domain = user.domain().as_str();
@@ -97,6 +106,7 @@ pub fn load(server: &Server, user: &BareJid) -> Option<Rc<RefCell<Roster>>> {
         account,
         version,
         rows,
+        stale: false,
     }));
     cache
         .rosters
@@ -216,8 +226,9 @@ pub fn version(server: &Server, user: &BareJid) -> Option<i64> {
 /// and, when the visible roster item changed, bumps the version and pushes the item (or its
 /// removal) to `user`'s interested resources. A row left without state is deleted.
 ///
-/// Returns `None` when `user` is not a local account or the store failed (then nothing
-/// changed). `f` must not call back into this module.
+/// Returns `None` when `user` is not a local account or its roster could not be loaded (then
+/// nothing changed). The change is written by the store's writer thread; a failure there is
+/// logged and makes the cached roster stale. `f` must not call back into this module.
 pub fn update(
     server: &Server,
     user: &BareJid,
@@ -238,16 +249,22 @@ pub fn update(
             return Some(Change { before, after });
         }
         let visible_changed = visible(&before) != visible(&after);
-        let version = match server
-            .store
-            .save_roster_row(r.account, &after, visible_changed)
-        {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::error!(%user, %contact, "cannot store roster change: {e}");
-                return None;
-            }
-        };
+        let version = r.version + i64::from(visible_changed);
+        // Written by the store's writer thread, with the version numbered here.
+        let (account, row, bump) = (r.account, after.clone(), visible_changed.then_some(version));
+        let failed = Rc::downgrade(&roster);
+        let (owner, who) = (user.clone(), contact.clone());
+        server.store.write(
+            move |tx| crate::store::roster::save_row(tx, account, &row, bump),
+            move |done| {
+                if let Err(e) = done {
+                    tracing::error!(user = %owner, contact = %who, "cannot store roster change: {e}");
+                    if let Some(r) = failed.upgrade() {
+                        r.borrow_mut().stale = true;
+                    }
+                }
+            },
+        );
         r.version = version;
         if after.is_empty() {
             r.rows.remove(contact);

@@ -27,7 +27,7 @@ use std::rc::Rc;
 use jid::{BareJid, FullJid, Jid};
 
 use crate::core::account::{Addressee, addressee};
-use crate::core::blocklist::{is_blocked, set_list, update_cache};
+use crate::core::blocklist::{self, is_blocked, update_cache};
 use crate::core::stanza::{Condition, ErrorType, error_reply};
 use crate::core::{AccountDeleted, Flow, Incoming, Module, Name, Point, Routed, Server, To};
 use crate::xml::{Element, ns};
@@ -163,18 +163,14 @@ fn get_blocklist(iq: Incoming) {
     let Some((iq, me)) = own_account(iq) else {
         return;
     };
-    let Some((iq, id)) = account_id(iq, &me) else {
+    let Some((iq, _)) = account_id(iq, &me) else {
         return;
     };
-    let list = match iq.server().store.blocklist(id) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(%me, "store error reading blocklist: {e}");
-            return iq.fail(Condition::InternalServerError, "");
-        }
+    // The cached list: it has every change queued for the store, committed or not.
+    let Some(list) = blocklist::list(iq.server(), &me) else {
+        return iq.fail(Condition::InternalServerError, "");
     };
     let server = iq.server().clone();
-    set_list(&server, &me, list.iter().cloned().collect());
     let state = server.ext::<Blocking>();
     if let (Some(full), Some(conn)) = (iq.from.clone(), iq.connection()) {
         let mut requested = state.requested.borrow_mut();
@@ -214,14 +210,34 @@ fn block(iq: Incoming) {
     let Some((iq, id)) = account_id(iq, &me) else {
         return;
     };
-    if let Err(e) = iq.server().store.block(id, &jids) {
-        tracing::error!(%me, "store error writing blocklist: {e}");
+    let server = iq.server().clone();
+    // Routing applies the change at once; the store has it once the job is committed, and
+    // the request is answered then.
+    if update_cache(&server, &me, |list| list.extend(jids.iter().cloned())).is_none() {
         return iq.fail(Condition::InternalServerError, "");
     }
+    let payload = items_element("block", &jids);
+    server.store.write(
+        move |tx| crate::store::xeps::block(tx, id, &jids),
+        move |done| stored(iq, me, done, payload),
+    );
+}
+
+/// Answers a block or unblock once its write is committed, and pushes the change.
+fn stored(iq: Incoming, me: BareJid, done: Result<(), crate::store::StoreError>, payload: Element) {
     let server = iq.server().clone();
-    update_cache(&server, &me, |list| list.extend(jids.iter().cloned()));
-    iq.result(None);
-    push(&server, &me, items_element("block", &jids));
+    match done {
+        Ok(()) => {
+            iq.result(None);
+            push(&server, &me, payload);
+        }
+        Err(e) => {
+            tracing::error!(%me, "store error writing blocklist: {e}");
+            // What routing applies may no longer be what is stored: read it again.
+            blocklist::forget(&server, &me);
+            iq.fail(Condition::InternalServerError, "");
+        }
+    }
 }
 
 fn unblock(iq: Incoming) {
@@ -238,17 +254,8 @@ fn unblock(iq: Incoming) {
     let Some((iq, id)) = account_id(iq, &me) else {
         return;
     };
-    let stored = if jids.is_empty() {
-        iq.server().store.unblock_all(id)
-    } else {
-        iq.server().store.unblock(id, &jids)
-    };
-    if let Err(e) = stored {
-        tracing::error!(%me, "store error writing blocklist: {e}");
-        return iq.fail(Condition::InternalServerError, "");
-    }
     let server = iq.server().clone();
-    update_cache(&server, &me, |list| {
+    let changed = update_cache(&server, &me, |list| {
         if jids.is_empty() {
             list.clear();
         } else {
@@ -257,8 +264,20 @@ fn unblock(iq: Incoming) {
             }
         }
     });
-    iq.result(None);
-    push(&server, &me, items_element("unblock", &jids));
+    if changed.is_none() {
+        return iq.fail(Condition::InternalServerError, "");
+    }
+    let payload = items_element("unblock", &jids);
+    server.store.write(
+        move |tx| {
+            if jids.is_empty() {
+                crate::store::xeps::unblock_all(tx, id)
+            } else {
+                crate::store::xeps::unblock(tx, id, &jids)
+            }
+        },
+        move |done| stored(iq, me, done, payload),
+    );
 }
 
 fn items_element(name: &str, jids: &[String]) -> Element {

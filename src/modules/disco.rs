@@ -36,7 +36,14 @@ pub fn install(s: &mut Module) {
     s.iqs().rule(ns::DISCO_ITEMS, "query").get(items);
 }
 
+/// Answers once the writes queued so far are committed: what an account's service reports
+/// (PEP nodes) then includes a change its owner sent just before.
 fn info(iq: Incoming) {
+    let server = iq.server().clone();
+    server.store.after_commit(move || info_now(iq));
+}
+
+fn info_now(iq: Incoming) {
     let addressee = addressee(&iq);
     if let Some(node) = node(&iq) {
         // An account's nodes are its PEP nodes (XEP-0060 §5.3); the server has none.
@@ -95,7 +102,13 @@ fn info(iq: Incoming) {
     }
 }
 
+/// Answers once the writes queued so far are committed (see [`info`]).
 fn items(iq: Incoming) {
+    let server = iq.server().clone();
+    server.store.after_commit(move || items_now(iq));
+}
+
+fn items_now(iq: Incoming) {
     if has_node(&iq) {
         return iq.fail(Condition::ItemNotFound, "no such node");
     }

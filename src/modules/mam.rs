@@ -406,14 +406,36 @@ fn prefs(iq: Incoming) {
         let (Ok(always), Ok(never)) = (list("always"), list("never")) else {
             return iq.fail(Condition::JidMalformed, "bad JID in a list");
         };
-        server.ext::<PrefsCache>().0.borrow_mut().remove(&account);
-        if let Err(e) =
-            crate::store::mam::set_prefs(&server.store, account, default, &always, &never)
-        {
-            tracing::error!("storing archive prefs: {e}");
-            return iq.fail(Condition::InternalServerError, "");
-        }
+        // Archiving follows the new preferences at once; the store has them once the job is
+        // committed, and the request is answered then (with what is stored).
+        let cached = Prefs::new(default, &always, &never);
+        server
+            .ext::<PrefsCache>()
+            .0
+            .borrow_mut()
+            .insert(account, cached);
+        let default = default.to_owned();
+        server.store.write(
+            move |tx| crate::store::mam::write_prefs(tx, account, &default, &always, &never),
+            move |done| match done {
+                Ok(()) => answer_prefs(iq, account),
+                Err(e) => {
+                    tracing::error!("storing archive prefs: {e}");
+                    let server = iq.server().clone();
+                    forget(&server, account);
+                    iq.fail(Condition::InternalServerError, "");
+                }
+            },
+        );
+        return;
     }
+    // Read once the writes queued so far are committed: a get right behind a set sees it.
+    server.store.after_commit(move || answer_prefs(iq, account));
+}
+
+/// Answers a prefs request with the stored preferences of `account`.
+fn answer_prefs(iq: Incoming, account: i64) {
+    let server = iq.server().clone();
     let (default, always, never) = match crate::store::mam::prefs(&server.store, account) {
         Ok(p) => p,
         Err(e) => {
@@ -533,13 +555,18 @@ enum Verdict {
 impl Prefs {
     fn load(server: &Server, account: i64) -> Result<Prefs, crate::store::StoreError> {
         let (default, always, never) = crate::store::mam::prefs(&server.store, account)?;
-        let jids = |l: Vec<String>| l.iter().filter_map(|j| Jid::new(j).ok()).collect();
-        Ok(Prefs {
+        Ok(Prefs::new(&default, &always, &never))
+    }
+
+    /// From stored (or just checked) values.
+    fn new(default: &str, always: &[String], never: &[String]) -> Prefs {
+        let jids = |l: &[String]| l.iter().filter_map(|j| Jid::new(j).ok()).collect();
+        Prefs {
             // Stored values were checked when set; anything else is read as the default.
-            default: Mode::parse(&default).unwrap_or(Mode::Always),
+            default: Mode::parse(default).unwrap_or(Mode::Always),
             always: jids(always),
             never: jids(never),
-        })
+        }
     }
 
     fn verdict(&self, other: &Jid) -> Verdict {

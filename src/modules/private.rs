@@ -16,14 +16,22 @@
 use crate::core::account::{Addressee, addressee};
 use crate::core::stanza::{Condition, IqResult, StanzaError};
 use crate::core::{Incoming, Module};
-use crate::store::xeps::PrivateXmlError;
+use crate::store::xeps::{PrivateXmlError, set_private_xml};
 use crate::xml::{Element, ns, parse};
 
 pub fn install(m: &mut Module) {
     m.iqs()
         .rule(ns::PRIVATE, "query")
-        .get_result(get)
-        .set_result(set);
+        .get(|iq| {
+            // Reads run once the writes queued so far are committed: a get right behind a
+            // set sees what it stored.
+            let server = iq.server().clone();
+            server.store.after_commit(move || {
+                let result = get(&iq);
+                iq.answer(result);
+            });
+        })
+        .set(set);
 }
 
 fn reserved(namespace: &str) -> bool {
@@ -81,7 +89,41 @@ fn get(iq: &Incoming) -> IqResult {
     Ok(Some(Element::new("query", ns::PRIVATE).child(el)))
 }
 
-fn set(iq: &Incoming) -> IqResult {
+fn set(iq: Incoming) {
+    let (account, items) = match checked_set(&iq) {
+        Ok(set) => set,
+        Err(e) => return iq.fail_with(e),
+    };
+    let quotas = &iq.server().config.quotas;
+    let (max_items, max_bytes) = (quotas.private_max_items, quotas.private_max_bytes);
+    let server = iq.server().clone();
+    // Written by the store's writer thread; answered once committed. `Ok(Err(()))`: the quota
+    // refused it (nothing was stored).
+    server.store.write(
+        move |tx| match set_private_xml(tx, account, &items, max_items, max_bytes) {
+            Ok(()) => Ok(Ok(())),
+            Err(PrivateXmlError::Quota { .. }) => Ok(Err(())),
+            Err(PrivateXmlError::Store(e)) => Err(e),
+        },
+        move |done| match done {
+            Ok(Ok(())) => iq.result(None),
+            Ok(Err(())) => iq.fail_with(StanzaError::new(
+                Condition::ResourceConstraint,
+                format!(
+                    "private storage is limited to {max_items} items and {max_bytes} bytes \
+                         per account"
+                ),
+            )),
+            Err(e) => iq.fail_with(e.into()),
+        },
+    );
+}
+
+/// A stored item: namespace, element name, serialised XML.
+type Item = (String, String, String);
+
+/// The account and the items of a set, once checked.
+fn checked_set(iq: &Incoming) -> Result<(i64, Vec<Item>), StanzaError> {
     let account = own_account(iq)?;
     if iq.payload.elements().any(|c| reserved(&c.ns)) {
         return Err(refuse(Condition::NotAcceptable, "reserved namespace"));
@@ -102,20 +144,5 @@ fn set(iq: &Incoming) -> IqResult {
     if items.is_empty() {
         return Err(refuse(Condition::NotAcceptable, "nothing to store"));
     }
-    let quotas = &iq.server().config.quotas;
-    let (max_items, max_bytes) = (quotas.private_max_items, quotas.private_max_bytes);
-    match iq
-        .server()
-        .store
-        .set_private_xml(account, &items, max_items, max_bytes)
-    {
-        Ok(()) => Ok(None),
-        Err(PrivateXmlError::Quota { .. }) => Err(StanzaError::new(
-            Condition::ResourceConstraint,
-            format!(
-                "private storage is limited to {max_items} items and {max_bytes} bytes per account"
-            ),
-        )),
-        Err(PrivateXmlError::Store(e)) => Err(e.into()),
-    }
+    Ok((account, items))
 }

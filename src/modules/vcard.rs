@@ -30,7 +30,14 @@ pub fn install(m: &mut Module) {
     m.iqs().rule(ns::VCARD, "vCard").get(get).set(set);
 }
 
+/// Reads run once the writes queued so far are committed: a get right behind a set (from the
+/// same client or any other) sees the new vCard.
 fn get(iq: Incoming) {
+    let server = iq.server().clone();
+    server.store.after_commit(move || get_now(iq));
+}
+
+fn get_now(iq: Incoming) {
     let account = match addressee(&iq) {
         Addressee::Unaddressed | Addressee::Own => iq.account(),
         Addressee::Server => None,
@@ -84,38 +91,43 @@ fn set(iq: Incoming) {
         Ok(h) => h,
         Err(()) => return iq.fail(Condition::BadRequest, "PHOTO/BINVAL is not base64"),
     };
-    let xml = String::from_utf8_lossy(&xml);
+    let xml = String::from_utf8_lossy(&xml).into_owned();
     let server = iq.server().clone();
-    // What contacts were last told (loaded now if not cached: a set is rare, presence is not).
-    let before = photo_hash(&server, &account);
-    let stored = server
-        .store
-        .account_id_of(&account)
-        .and_then(|id| match id {
-            Some(id) => server
-                .store
-                .set_vcard(id, &xml, hash.as_deref())
-                .map(|_| true),
-            None => Ok(false),
-        });
-    match stored {
-        Ok(true) => {
-            let after = Some(hash.unwrap_or_default());
-            set_hash(&server, &account, after.clone());
-            iq.result(None);
-            // XEP-0153: contacts learn of the new avatar from presence.
-            if before != after {
-                server
-                    .hooks
-                    .fire(&server, &mut PhotoChanged { user: account });
-            }
-        }
-        Ok(false) => iq.fail(Condition::ItemNotFound, "no such account"),
+    // Loaded into the cache now if it was not (a set is rare, presence is not), so that what
+    // contacts were last told is known when the write is committed.
+    photo_hash(&server, &account);
+    let id = match server.store.account_id_of(&account) {
+        Ok(Some(id)) => id,
+        Ok(None) => return iq.fail(Condition::ItemNotFound, "no such account"),
         Err(e) => {
             tracing::error!(%account, "store error writing vCard: {e}");
-            iq.fail(Condition::InternalServerError, "");
+            return iq.fail(Condition::InternalServerError, "");
         }
-    }
+    };
+    // Written by the store's writer thread; answered (and announced) once committed.
+    let job_hash = hash.clone();
+    server.store.write(
+        move |tx| crate::store::xeps::set_vcard(tx, id, &xml, job_hash.as_deref()),
+        move |done| match done {
+            Ok(()) => {
+                let server = iq.server().clone();
+                let before = photo_hash(&server, &account);
+                let after = Some(hash.unwrap_or_default());
+                set_hash(&server, &account, after.clone());
+                iq.result(None);
+                // XEP-0153: contacts learn of the new avatar from presence.
+                if before != after {
+                    server
+                        .hooks
+                        .fire(&server, &mut PhotoChanged { user: account });
+                }
+            }
+            Err(e) => {
+                tracing::error!(%account, "store error writing vCard: {e}");
+                iq.fail(Condition::InternalServerError, "");
+            }
+        },
+    );
 }
 
 /// The hex SHA-1 of the decoded PHOTO/BINVAL of a vCard, `None` without one; `Err` when the

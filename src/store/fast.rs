@@ -105,21 +105,71 @@ pub fn store_new(
     expires: i64,
 ) -> Result<(), StoreError> {
     let id = account(store, user, domain)?;
-    let sealed = seal(initiator, responder);
-    store.conn().execute(
-        "INSERT OR REPLACE INTO fast_tokens
-         (account, user_agent, slot, mechanism, proof_hash, responder_sealed, expires)
-         VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6)",
-        params![
-            id,
-            user_agent,
-            mechanism,
-            proof_hash(initiator),
-            sealed,
-            expires
-        ],
-    )?;
-    Ok(())
+    let row = NewToken::new(id, user_agent, mechanism, initiator, responder, expires);
+    row.insert(store.conn())
+}
+
+/// A token for the "new" slot, in the form it is stored (see the module documentation):
+/// owned, so that a write job on the store's writer thread can carry it.
+#[derive(Clone, Debug)]
+pub struct NewToken {
+    account: i64,
+    user_agent: String,
+    mechanism: String,
+    proof_hash: Vec<u8>,
+    sealed: Vec<u8>,
+    expires: i64,
+}
+
+impl NewToken {
+    /// See [`store_new`] for `initiator` and `responder`.
+    pub fn new(
+        account: i64,
+        user_agent: &str,
+        mechanism: &str,
+        initiator: &[u8],
+        responder: &[u8],
+        expires: i64,
+    ) -> NewToken {
+        NewToken {
+            account,
+            user_agent: user_agent.to_owned(),
+            mechanism: mechanism.to_owned(),
+            proof_hash: proof_hash(initiator),
+            sealed: seal(initiator, responder),
+            expires,
+        }
+    }
+
+    /// Puts it into the "new" slot (replacing an unused one), on any connection (the writer
+    /// thread's, inside its batch).
+    pub fn insert(&self, conn: &rusqlite::Connection) -> Result<(), StoreError> {
+        conn.prepare_cached(
+            "INSERT OR REPLACE INTO fast_tokens
+             (account, user_agent, slot, mechanism, proof_hash, responder_sealed, expires)
+             VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![
+            self.account,
+            self.user_agent,
+            self.mechanism,
+            self.proof_hash,
+            self.sealed,
+            self.expires
+        ])?;
+        Ok(())
+    }
+}
+
+/// A proof that [`check`] accepted.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Accepted {
+    /// The responder value for the client.
+    pub responder: Vec<u8>,
+    /// The account's row id.
+    pub account: i64,
+    /// The token was in the "new" slot: [`promote`] it.
+    pub promote: bool,
 }
 
 /// Checks a proof; on success returns the responder value and promotes a "new" token to
@@ -133,6 +183,26 @@ pub fn verify(
     proof: &[u8],
     now: i64,
 ) -> Result<Option<Vec<u8>>, StoreError> {
+    let Some(ok) = check(store, user, domain, user_agent, mechanism, proof, now)? else {
+        return Ok(None);
+    };
+    if ok.promote {
+        store.transaction(|tx| promote(tx, ok.account, user_agent))?;
+    }
+    Ok(Some(ok.responder))
+}
+
+/// Checks a proof without writing anything; a token accepted from the "new" slot is to be
+/// [`promote`]d (the caller queues that for the store's writer).
+pub fn check(
+    store: &Store,
+    user: &str,
+    domain: &str,
+    user_agent: &str,
+    mechanism: &str,
+    proof: &[u8],
+    now: i64,
+) -> Result<Option<Accepted>, StoreError> {
     let Some(id) = store.account_id(user, domain)? else {
         return Ok(None);
     };
@@ -154,23 +224,41 @@ pub fn verify(
         if mech != mechanism || expires < now || !bool::from(stored_hash.ct_eq(&hash)) {
             continue;
         }
-        let responder = seal(proof, &sealed);
-        if slot == 1 {
-            store.transaction(|tx| {
-                tx.execute(
-                    "DELETE FROM fast_tokens WHERE account = ?1 AND user_agent = ?2 AND slot = 0",
-                    params![id, user_agent],
-                )?;
-                tx.execute(
-                    "UPDATE fast_tokens SET slot = 0 WHERE account = ?1 AND user_agent = ?2 AND slot = 1",
-                    params![id, user_agent],
-                )?;
-                Ok::<_, StoreError>(())
-            })?;
-        }
-        return Ok(Some(responder));
+        return Ok(Some(Accepted {
+            responder: seal(proof, &sealed),
+            account: id,
+            promote: slot == 1,
+        }));
     }
     Ok(None)
+}
+
+/// Makes the client's "new" token its "current" one, dropping the older one; on any
+/// connection (the writer thread's, inside its batch). Nothing happens when the "new" slot
+/// is empty (already promoted).
+pub fn promote(
+    conn: &rusqlite::Connection,
+    account: i64,
+    user_agent: &str,
+) -> Result<(), StoreError> {
+    let new: bool = conn
+        .prepare_cached(
+            "SELECT count(*) > 0 FROM fast_tokens
+             WHERE account = ?1 AND user_agent = ?2 AND slot = 1",
+        )?
+        .query_row(params![account, user_agent], |r| r.get(0))?;
+    if !new {
+        return Ok(());
+    }
+    conn.prepare_cached(
+        "DELETE FROM fast_tokens WHERE account = ?1 AND user_agent = ?2 AND slot = 0",
+    )?
+    .execute(params![account, user_agent])?;
+    conn.prepare_cached(
+        "UPDATE fast_tokens SET slot = 0 WHERE account = ?1 AND user_agent = ?2 AND slot = 1",
+    )?
+    .execute(params![account, user_agent])?;
+    Ok(())
 }
 
 /// Forgets every token of a client (`<fast invalidate='true'/>`).
@@ -181,10 +269,17 @@ pub fn invalidate(
     user_agent: &str,
 ) -> Result<(), StoreError> {
     let id = account(store, user, domain)?;
-    store.conn().execute(
-        "DELETE FROM fast_tokens WHERE account = ?1 AND user_agent = ?2",
-        params![id, user_agent],
-    )?;
+    forget_client(store.conn(), id, user_agent)
+}
+
+/// [`invalidate`] by account row id, on any connection (the writer thread's, inside its batch).
+pub fn forget_client(
+    conn: &rusqlite::Connection,
+    account: i64,
+    user_agent: &str,
+) -> Result<(), StoreError> {
+    conn.prepare_cached("DELETE FROM fast_tokens WHERE account = ?1 AND user_agent = ?2")?
+        .execute(params![account, user_agent])?;
     Ok(())
 }
 
@@ -194,9 +289,13 @@ pub fn revoke_all(store: &Store, user: &str, domain: &str) -> Result<(), StoreEr
     let Some(id) = store.account_id(user, domain)? else {
         return Ok(());
     };
-    store
-        .conn()
-        .execute("DELETE FROM fast_tokens WHERE account = ?1", params![id])?;
+    forget_account(store.conn(), id)
+}
+
+/// [`revoke_all`] by account row id, on any connection.
+pub fn forget_account(conn: &rusqlite::Connection, account: i64) -> Result<(), StoreError> {
+    conn.prepare_cached("DELETE FROM fast_tokens WHERE account = ?1")?
+        .execute(params![account])?;
     Ok(())
 }
 

@@ -42,9 +42,23 @@ pub fn set_prefs(
     always: &[String],
     never: &[String],
 ) -> Result<(), StoreError> {
-    store.conn().execute(
-        "INSERT OR REPLACE INTO mam_prefs VALUES (?1, ?2, ?3, ?4)",
-        params![account, default, always.join("\n"), never.join("\n")],
-    )?;
+    write_prefs(store.conn(), account, default, always, never)
+}
+
+/// [`set_prefs`] on any connection (the writer thread's, inside its batch).
+pub fn write_prefs(
+    conn: &rusqlite::Connection,
+    account: i64,
+    default: &str,
+    always: &[String],
+    never: &[String],
+) -> Result<(), StoreError> {
+    conn.prepare_cached("INSERT OR REPLACE INTO mam_prefs VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![
+            account,
+            default,
+            always.join("\n"),
+            never.join("\n")
+        ])?;
     Ok(())
 }

@@ -209,6 +209,211 @@ fn trim(conn: &rusqlite::Connection, node: i64, keep: u32) -> rusqlite::Result<u
     .execute(params![node, keep])
 }
 
+// ---- writes on any connection (the writer thread's, inside its batch) ---------------------------
+
+/// Creates a node; returns its id.
+pub fn create_node(
+    conn: &rusqlite::Connection,
+    account: i64,
+    node: &str,
+    config: &NodeConfig,
+    now: i64,
+) -> Result<i64, StoreError> {
+    let c = config;
+    conn.prepare_cached(
+        "INSERT INTO pep_nodes (account, node, access_model, roster_groups, persist_items,
+             max_items, send_last, deliver_notifications, deliver_payloads, notify_retract,
+             notify_delete, title, created)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )?
+    .execute(params![
+        account,
+        node,
+        c.access_model.as_str(),
+        c.roster_groups.join("\n"),
+        c.persist_items,
+        c.max_items,
+        c.send_last.as_str(),
+        c.deliver_notifications,
+        c.deliver_payloads,
+        c.notify_retract,
+        c.notify_delete,
+        c.title,
+        now,
+    ])?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// See [`Store::pep_configure`].
+pub fn configure(
+    conn: &rusqlite::Connection,
+    node: i64,
+    config: &NodeConfig,
+    limit: u32,
+) -> Result<usize, StoreError> {
+    let c = config;
+    conn.prepare_cached(
+        "UPDATE pep_nodes SET access_model = ?2, roster_groups = ?3, persist_items = ?4,
+             max_items = ?5, send_last = ?6, deliver_notifications = ?7,
+             deliver_payloads = ?8, notify_retract = ?9, notify_delete = ?10, title = ?11
+         WHERE id = ?1",
+    )?
+    .execute(params![
+        node,
+        c.access_model.as_str(),
+        c.roster_groups.join("\n"),
+        c.persist_items,
+        c.max_items,
+        c.send_last.as_str(),
+        c.deliver_notifications,
+        c.deliver_payloads,
+        c.notify_retract,
+        c.notify_delete,
+        c.title,
+    ])?;
+    Ok(trim(conn, node, keep(config, limit))?)
+}
+
+/// Deletes a node and its items.
+pub fn delete_node(conn: &rusqlite::Connection, node: i64) -> Result<(), StoreError> {
+    conn.prepare_cached("DELETE FROM pep_nodes WHERE id = ?1")?
+        .execute([node])?;
+    Ok(())
+}
+
+/// Deletes every item of a node.
+pub fn purge(conn: &rusqlite::Connection, node: i64) -> Result<(), StoreError> {
+    conn.prepare_cached("DELETE FROM pep_items WHERE node = ?1")?
+        .execute([node])?;
+    Ok(())
+}
+
+/// See [`Store::pep_publish`]; `config` is the node's.
+pub fn publish(
+    conn: &rusqlite::Connection,
+    node: i64,
+    config: &NodeConfig,
+    item: &PepItem,
+    limit: u32,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO pep_items (node, item_id, publisher, payload, published)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        node,
+        item.item_id,
+        item.publisher,
+        item.payload,
+        item.published
+    ])?;
+    trim(conn, node, keep(config, limit))?;
+    Ok(())
+}
+
+/// Deletes one item; false when the node has no such item.
+pub fn retract(conn: &rusqlite::Connection, node: i64, item_id: &str) -> Result<bool, StoreError> {
+    let n = conn
+        .prepare_cached("DELETE FROM pep_items WHERE node = ?1 AND item_id = ?2")?
+        .execute(params![node, item_id])?;
+    Ok(n > 0)
+}
+
+/// A node a [`PepWrite`] works on: one that exists, or one it creates first.
+#[derive(Clone, Debug)]
+pub enum Target {
+    Existing(i64),
+    New {
+        account: i64,
+        name: String,
+        config: NodeConfig,
+        now: i64,
+    },
+}
+
+/// A PEP change, as data: a write job on the store's writer thread carries it (and may run it
+/// twice, should its batch be retried).
+#[derive(Clone, Debug)]
+pub enum PepWrite {
+    /// Creates the node (when new); nothing else.
+    Create(Target),
+    Publish {
+        node: Target,
+        config: NodeConfig,
+        item: PepItem,
+        limit: u32,
+    },
+    Retract {
+        node: i64,
+        item_id: String,
+    },
+    Configure {
+        node: i64,
+        config: NodeConfig,
+        limit: u32,
+    },
+    DeleteNode(i64),
+    Purge(i64),
+}
+
+/// What [`apply`] did: the node's id (a created node's new one) and, for a retraction,
+/// whether the item existed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PepWritten {
+    pub node: i64,
+    pub found: bool,
+}
+
+fn target(conn: &rusqlite::Connection, t: &Target) -> Result<i64, StoreError> {
+    match t {
+        Target::Existing(id) => Ok(*id),
+        Target::New {
+            account,
+            name,
+            config,
+            now,
+        } => create_node(conn, *account, name, config, *now),
+    }
+}
+
+/// Makes the change `w` on `conn` (the writer's, inside its batch).
+pub fn apply(conn: &rusqlite::Connection, w: &PepWrite) -> Result<PepWritten, StoreError> {
+    let done = |node| PepWritten { node, found: true };
+    match w {
+        PepWrite::Create(t) => Ok(done(target(conn, t)?)),
+        PepWrite::Publish {
+            node,
+            config,
+            item,
+            limit,
+        } => {
+            let id = target(conn, node)?;
+            publish(conn, id, config, item, *limit)?;
+            Ok(done(id))
+        }
+        PepWrite::Retract { node, item_id } => Ok(PepWritten {
+            node: *node,
+            found: retract(conn, *node, item_id)?,
+        }),
+        PepWrite::Configure {
+            node,
+            config,
+            limit,
+        } => {
+            configure(conn, *node, config, *limit)?;
+            Ok(done(*node))
+        }
+        PepWrite::DeleteNode(node) => {
+            delete_node(conn, *node)?;
+            Ok(done(*node))
+        }
+        PepWrite::Purge(node) => {
+            purge(conn, *node)?;
+            Ok(done(*node))
+        }
+    }
+}
+
 impl Store {
     /// One node of `account`.
     pub fn pep_node(&self, account: i64, node: &str) -> Result<Option<PepNode>, StoreError> {
@@ -246,30 +451,7 @@ impl Store {
         config: &NodeConfig,
         now: i64,
     ) -> Result<i64, StoreError> {
-        let c = config;
-        self.conn()
-            .prepare_cached(
-                "INSERT INTO pep_nodes (account, node, access_model, roster_groups, persist_items,
-                     max_items, send_last, deliver_notifications, deliver_payloads, notify_retract,
-                     notify_delete, title, created)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-            )?
-            .execute(params![
-                account,
-                node,
-                c.access_model.as_str(),
-                c.roster_groups.join("\n"),
-                c.persist_items,
-                c.max_items,
-                c.send_last.as_str(),
-                c.deliver_notifications,
-                c.deliver_payloads,
-                c.notify_retract,
-                c.notify_delete,
-                c.title,
-                now,
-            ])?;
-        Ok(self.conn().last_insert_rowid())
+        create_node(self.conn(), account, node, config, now)
     }
 
     /// Replaces a node's configuration and drops the items it no longer keeps (at most
@@ -280,45 +462,17 @@ impl Store {
         config: &NodeConfig,
         limit: u32,
     ) -> Result<usize, StoreError> {
-        let c = config;
-        self.transaction(|tx| {
-            tx.prepare_cached(
-                "UPDATE pep_nodes SET access_model = ?2, roster_groups = ?3, persist_items = ?4,
-                     max_items = ?5, send_last = ?6, deliver_notifications = ?7,
-                     deliver_payloads = ?8, notify_retract = ?9, notify_delete = ?10, title = ?11
-                 WHERE id = ?1",
-            )?
-            .execute(params![
-                node,
-                c.access_model.as_str(),
-                c.roster_groups.join("\n"),
-                c.persist_items,
-                c.max_items,
-                c.send_last.as_str(),
-                c.deliver_notifications,
-                c.deliver_payloads,
-                c.notify_retract,
-                c.notify_delete,
-                c.title,
-            ])?;
-            Ok(trim(tx, node, keep(config, limit))?)
-        })
+        self.transaction(|tx| configure(tx, node, config, limit))
     }
 
     /// Deletes a node and its items.
     pub fn pep_delete_node(&self, node: i64) -> Result<(), StoreError> {
-        self.conn()
-            .prepare_cached("DELETE FROM pep_nodes WHERE id = ?1")?
-            .execute([node])?;
-        Ok(())
+        delete_node(self.conn(), node)
     }
 
     /// Deletes every item of a node.
     pub fn pep_purge(&self, node: i64) -> Result<(), StoreError> {
-        self.conn()
-            .prepare_cached("DELETE FROM pep_items WHERE node = ?1")?
-            .execute([node])?;
-        Ok(())
+        purge(self.conn(), node)
     }
 
     /// Stores an item (replacing one with the same ItemID, which becomes the newest) and
@@ -329,30 +483,12 @@ impl Store {
         item: &PepItem,
         limit: u32,
     ) -> Result<(), StoreError> {
-        self.transaction(|tx| {
-            tx.prepare_cached(
-                "INSERT OR REPLACE INTO pep_items (node, item_id, publisher, payload, published)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?
-            .execute(params![
-                node.id,
-                item.item_id,
-                item.publisher,
-                item.payload,
-                item.published
-            ])?;
-            trim(tx, node.id, keep(&node.config, limit))?;
-            Ok(())
-        })
+        self.transaction(|tx| publish(tx, node.id, &node.config, item, limit))
     }
 
     /// Deletes one item; false when the node has no such item.
     pub fn pep_retract(&self, node: i64, item_id: &str) -> Result<bool, StoreError> {
-        let n = self
-            .conn()
-            .prepare_cached("DELETE FROM pep_items WHERE node = ?1 AND item_id = ?2")?
-            .execute(params![node, item_id])?;
-        Ok(n > 0)
+        retract(self.conn(), node, item_id)
     }
 
     /// The newest `max` items (all without a limit), oldest first.

@@ -174,37 +174,7 @@ impl Store {
         bump: bool,
     ) -> Result<i64, StoreError> {
         self.transaction(|tx| {
-            if row.is_empty() {
-                delete_row(tx, account, &row.contact)?;
-            } else {
-                tx.prepare_cached(
-                    "INSERT INTO roster_items
-                        (account, contact, name, subscription, ask, pending_in, approved, in_roster)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                     ON CONFLICT (account, contact) DO UPDATE SET
-                        name = excluded.name, subscription = excluded.subscription,
-                        ask = excluded.ask, pending_in = excluded.pending_in,
-                        approved = excluded.approved, in_roster = excluded.in_roster",
-                )?
-                .execute(params![
-                    account,
-                    row.contact,
-                    row.name,
-                    row.subscription.as_str(),
-                    row.ask,
-                    row.pending_in,
-                    row.approved,
-                    row.in_roster
-                ])?;
-                tx.prepare_cached("DELETE FROM roster_groups WHERE account = ?1 AND contact = ?2")?
-                    .execute(params![account, row.contact])?;
-                let mut ins = tx.prepare_cached(
-                    "INSERT OR IGNORE INTO roster_groups (account, contact, name) VALUES (?1, ?2, ?3)",
-                )?;
-                for g in &row.groups {
-                    ins.execute(params![account, row.contact, g])?;
-                }
-            }
+            write_row(tx, account, row)?;
             finish(tx, account, bump)
         })
     }
@@ -221,6 +191,61 @@ impl Store {
             finish(tx, account, bump)
         })
     }
+}
+
+/// Stores `row` as [`Store::save_roster_row`] does, on any connection (the writer thread's,
+/// inside its batch), and sets the roster version to `version` when given (the roster cache
+/// numbers versions as it changes, before the write is committed).
+pub fn save_row(
+    conn: &Connection,
+    account: i64,
+    row: &RosterRow,
+    version: Option<i64>,
+) -> Result<(), StoreError> {
+    write_row(conn, account, row)?;
+    if let Some(v) = version {
+        conn.prepare_cached(
+            "INSERT INTO roster_versions (account, version) VALUES (?1, ?2)
+             ON CONFLICT (account) DO UPDATE SET version = excluded.version",
+        )?
+        .execute(params![account, v])?;
+    }
+    Ok(())
+}
+
+/// Stores `row`, replacing what was stored for its contact; an empty row is deleted.
+fn write_row(conn: &Connection, account: i64, row: &RosterRow) -> Result<(), StoreError> {
+    if row.is_empty() {
+        return delete_row(conn, account, &row.contact);
+    }
+    conn.prepare_cached(
+        "INSERT INTO roster_items
+            (account, contact, name, subscription, ask, pending_in, approved, in_roster)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (account, contact) DO UPDATE SET
+            name = excluded.name, subscription = excluded.subscription,
+            ask = excluded.ask, pending_in = excluded.pending_in,
+            approved = excluded.approved, in_roster = excluded.in_roster",
+    )?
+    .execute(params![
+        account,
+        row.contact,
+        row.name,
+        row.subscription.as_str(),
+        row.ask,
+        row.pending_in,
+        row.approved,
+        row.in_roster
+    ])?;
+    conn.prepare_cached("DELETE FROM roster_groups WHERE account = ?1 AND contact = ?2")?
+        .execute(params![account, row.contact])?;
+    let mut ins = conn.prepare_cached(
+        "INSERT OR IGNORE INTO roster_groups (account, contact, name) VALUES (?1, ?2, ?3)",
+    )?;
+    for g in &row.groups {
+        ins.execute(params![account, row.contact, g])?;
+    }
+    Ok(())
 }
 
 fn delete_row(conn: &Connection, account: i64, contact: &str) -> Result<(), StoreError> {

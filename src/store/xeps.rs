@@ -108,13 +108,7 @@ impl Store {
         xml: &str,
         photo_hash: Option<&str>,
     ) -> Result<(), StoreError> {
-        self.conn()
-            .prepare_cached(
-                "INSERT INTO vcards (account, xml, photo_hash) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (account) DO UPDATE SET xml = excluded.xml, photo_hash = excluded.photo_hash",
-            )?
-            .execute(params![account, xml, photo_hash])?;
-        Ok(())
+        set_vcard(self.conn(), account, xml, photo_hash)
     }
 
     // ---- XEP-0049 private XML --------------------------------------------------------------
@@ -134,9 +128,7 @@ impl Store {
             .optional()?)
     }
 
-    /// Stores each `(ns, name, xml)`, replacing what was stored under that (ns, name), in one
-    /// transaction; stores nothing when the account would then hold more than `max_items`
-    /// items or more than `max_bytes` bytes of XML in all.
+    /// See [`set_private_xml`], in a transaction of its own.
     pub fn set_private_xml(
         &self,
         account: i64,
@@ -144,27 +136,7 @@ impl Store {
         max_items: usize,
         max_bytes: usize,
     ) -> Result<(), PrivateXmlError> {
-        self.transaction(|tx| {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO private_xml (account, ns, name, xml) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (account, ns, name) DO UPDATE SET xml = excluded.xml",
-            )?;
-            for (ns, name, xml) in items {
-                stmt.execute(params![account, ns, name, xml])?;
-            }
-            // Checked after the writes, inside the transaction: an error rolls them back.
-            let (count, bytes): (i64, i64) = tx
-                .prepare_cached(
-                    "SELECT count(*), coalesce(sum(length(CAST(xml AS BLOB))), 0)
-                     FROM private_xml WHERE account = ?1",
-                )?
-                .query_row([account], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            let (count, bytes) = (count.unsigned_abs(), bytes.unsigned_abs());
-            if count > max_items as u64 || bytes > max_bytes as u64 {
-                return Err(PrivateXmlError::Quota { count, bytes });
-            }
-            Ok(())
-        })
+        self.transaction(|tx| set_private_xml(tx, account, items, max_items, max_bytes))
     }
 
     // ---- XEP-0191 blocklists ---------------------------------------------------------------
@@ -179,32 +151,15 @@ impl Store {
     }
 
     pub fn block(&self, account: i64, jids: &[String]) -> Result<(), StoreError> {
-        self.transaction(|tx| {
-            let mut stmt = tx
-                .prepare_cached("INSERT OR IGNORE INTO blocklist (account, jid) VALUES (?1, ?2)")?;
-            for j in jids {
-                stmt.execute(params![account, j])?;
-            }
-            Ok(())
-        })
+        self.transaction(|tx| block(tx, account, jids))
     }
 
     pub fn unblock(&self, account: i64, jids: &[String]) -> Result<(), StoreError> {
-        self.transaction(|tx| {
-            let mut stmt =
-                tx.prepare_cached("DELETE FROM blocklist WHERE account = ?1 AND jid = ?2")?;
-            for j in jids {
-                stmt.execute(params![account, j])?;
-            }
-            Ok(())
-        })
+        self.transaction(|tx| unblock(tx, account, jids))
     }
 
     pub fn unblock_all(&self, account: i64) -> Result<(), StoreError> {
-        self.conn()
-            .prepare_cached("DELETE FROM blocklist WHERE account = ?1")?
-            .execute([account])?;
-        Ok(())
+        unblock_all(self.conn(), account)
     }
 
     // ---- XEP-0012 last activity ------------------------------------------------------------
@@ -226,6 +181,101 @@ impl Store {
             .query_row([account], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?)
     }
+}
+
+// ---- writes on any connection (the writer thread's, inside its batch) ---------------------------
+
+/// Stores the account's vCard, replacing the previous one.
+pub fn set_vcard(
+    conn: &rusqlite::Connection,
+    account: i64,
+    xml: &str,
+    photo_hash: Option<&str>,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO vcards (account, xml, photo_hash) VALUES (?1, ?2, ?3)
+         ON CONFLICT (account) DO UPDATE SET xml = excluded.xml, photo_hash = excluded.photo_hash",
+    )?
+    .execute(params![account, xml, photo_hash])?;
+    Ok(())
+}
+
+/// Stores each `(ns, name, xml)`, replacing what was stored under that (ns, name); stores
+/// nothing when the account would then hold more than `max_items` items or more than
+/// `max_bytes` bytes of XML in all. Runs in a savepoint of its own, so a refusal undoes its
+/// writes whatever transaction it is in.
+pub fn set_private_xml(
+    conn: &rusqlite::Connection,
+    account: i64,
+    items: &[(String, String, String)],
+    max_items: usize,
+    max_bytes: usize,
+) -> Result<(), PrivateXmlError> {
+    conn.execute_batch("SAVEPOINT private_xml")?;
+    let result = write_private_xml(conn, account, items, max_items, max_bytes);
+    match &result {
+        Ok(()) => conn.execute_batch("RELEASE private_xml")?,
+        Err(_) => conn.execute_batch("ROLLBACK TO private_xml; RELEASE private_xml")?,
+    }
+    result
+}
+
+fn write_private_xml(
+    conn: &rusqlite::Connection,
+    account: i64,
+    items: &[(String, String, String)],
+    max_items: usize,
+    max_bytes: usize,
+) -> Result<(), PrivateXmlError> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO private_xml (account, ns, name, xml) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (account, ns, name) DO UPDATE SET xml = excluded.xml",
+    )?;
+    for (ns, name, xml) in items {
+        stmt.execute(params![account, ns, name, xml])?;
+    }
+    // Checked after the writes, inside the savepoint: an error rolls them back.
+    let (count, bytes): (i64, i64) = conn
+        .prepare_cached(
+            "SELECT count(*), coalesce(sum(length(CAST(xml AS BLOB))), 0)
+             FROM private_xml WHERE account = ?1",
+        )?
+        .query_row([account], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let (count, bytes) = (count.unsigned_abs(), bytes.unsigned_abs());
+    if count > max_items as u64 || bytes > max_bytes as u64 {
+        return Err(PrivateXmlError::Quota { count, bytes });
+    }
+    Ok(())
+}
+
+/// Adds `jids` to the account's blocklist (those already there stay).
+pub fn block(conn: &rusqlite::Connection, account: i64, jids: &[String]) -> Result<(), StoreError> {
+    let mut stmt =
+        conn.prepare_cached("INSERT OR IGNORE INTO blocklist (account, jid) VALUES (?1, ?2)")?;
+    for j in jids {
+        stmt.execute(params![account, j])?;
+    }
+    Ok(())
+}
+
+/// Removes `jids` from the account's blocklist.
+pub fn unblock(
+    conn: &rusqlite::Connection,
+    account: i64,
+    jids: &[String],
+) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached("DELETE FROM blocklist WHERE account = ?1 AND jid = ?2")?;
+    for j in jids {
+        stmt.execute(params![account, j])?;
+    }
+    Ok(())
+}
+
+/// Empties the account's blocklist.
+pub fn unblock_all(conn: &rusqlite::Connection, account: i64) -> Result<(), StoreError> {
+    conn.prepare_cached("DELETE FROM blocklist WHERE account = ?1")?
+        .execute([account])?;
+    Ok(())
 }
 
 /// Records when the account's last session ended (Unix seconds) and its last status text; on

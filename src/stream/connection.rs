@@ -118,6 +118,9 @@ pub struct Connection {
     /// into; 0 once committed. Acknowledgements to this client (XEP-0198 `<a/>`, IQ results,
     /// `<resumed/>`, the closing tag) wait for it: "acknowledged means on disk".
     dirty_seq: Cell<u64>,
+    /// While this client's input is being handled: `Store::queued_writes` before it. An
+    /// acknowledgement sent during the handling then waits for a write queued earlier in it.
+    writes_before: Cell<Option<u64>>,
     pub(super) negotiation: RefCell<Negotiation>,
     pub(super) sasl: RefCell<SaslState>,
     pub(super) sasl2: RefCell<Sasl2State>,
@@ -173,6 +176,7 @@ impl Connection {
             read_source: RefCell::new(None),
             flush_queued: Cell::new(false),
             dirty_seq: Cell::new(0),
+            writes_before: Cell::new(None),
             negotiation: RefCell::new(Negotiation::new(server.config.default_domain())),
             sasl: RefCell::default(),
             sasl2: RefCell::default(),
@@ -445,11 +449,13 @@ impl Connection {
                 Some(Ok(Input::Element(el))) => {
                     let server = self.server.upgrade();
                     let writes = server.as_ref().map(|s| s.store.queued_writes());
+                    self.writes_before.set(writes);
                     // A bug in one handler ends this stream, not the process (the release
                     // profile unwinds; every libpurple callback catches on its own).
                     let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         self.on_element(el)
                     }));
+                    self.writes_before.set(None);
                     // It wrote something: acknowledgements wait for that batch's commit.
                     if let Some(s) = &server
                         && Some(s.store.queued_writes()) != writes
@@ -574,6 +580,9 @@ impl Connection {
         }
         let log_xml = self.server.upgrade().is_some_and(|s| s.config.log.xml);
         let track = self.sm_enabled() && super::sm::is_stanza(el);
+        if is_acknowledgement(el) {
+            self.note_writes_so_far();
+        }
         let wait = if self.dirty_seq.get() != 0 && is_acknowledgement(el) {
             self.must_wait()
         } else {
@@ -802,6 +811,28 @@ impl Connection {
         }
         self.set_write_watch(blocked);
         true
+    }
+
+    /// A write for this client was just queued outside the handling of its input (say, when
+    /// a password check finished on another thread): acknowledgements wait for it.
+    pub(crate) fn note_write(&self) {
+        if let Some(server) = self.server.upgrade() {
+            self.dirty_seq.set(server.store.filling_seq());
+        }
+    }
+
+    /// During the handling of this client's input: if it queued a write so far, marks the
+    /// batch it went into as the one acknowledgements wait for (an IQ result sent right after
+    /// queueing its write waits for that write).
+    fn note_writes_so_far(&self) {
+        let Some(before) = self.writes_before.get() else {
+            return;
+        };
+        if let Some(server) = self.server.upgrade()
+            && server.store.queued_writes() != before
+        {
+            self.dirty_seq.set(server.store.filling_seq());
+        }
     }
 
     /// The batch an acknowledgement to this client must wait for, if it is not committed yet.

@@ -255,7 +255,7 @@ impl Connection {
             return self.sasl2_failed(server, "malformed-request");
         };
         let node = account.node().map(|n| n.to_string()).unwrap_or_default();
-        match tokens::verify(
+        match tokens::check(
             &server.store,
             &node,
             &self.domain(),
@@ -264,14 +264,32 @@ impl Connection {
             proof,
             now_secs(),
         ) {
-            Ok(Some(responder)) => {
+            Ok(Some(ok)) => {
                 let invalidate = el
                     .get_child("fast", FAST)
                     .is_some_and(|f| matches!(f.get_attr("invalidate"), Some("1" | "true")));
-                if invalidate {
-                    let _ = tokens::invalidate(&server.store, &node, &self.domain(), &ua);
+                // Written by the store's writer thread; the success waits for the commit.
+                let (id, agent) = (ok.account, ua.clone());
+                if ok.promote || invalidate {
+                    let promote = ok.promote;
+                    server.store.write(
+                        move |tx| {
+                            if promote {
+                                tokens::promote(tx, id, &agent)?;
+                            }
+                            if invalidate {
+                                tokens::forget_client(tx, id, &agent)?;
+                            }
+                            Ok(())
+                        },
+                        |done| {
+                            if let Err(e) = done {
+                                tracing::error!("FAST token update: {e}");
+                            }
+                        },
+                    );
                 }
-                self.sasl2_succeeded(server, account, el, Some(&responder));
+                self.sasl2_succeeded(server, account, el, Some(&ok.responder));
             }
             Ok(None) => self.sasl2_failed(server, "not-authorized"),
             Err(e) => {
@@ -411,21 +429,28 @@ impl Connection {
         let node = account.node().map(|n| n.to_string()).unwrap_or_default();
         let initiator = hmac(token.as_bytes(), b"Initiator");
         let responder = hmac(token.as_bytes(), b"Responder");
-        match tokens::store_new(
-            &server.store,
-            &node,
-            account.domain().as_str(),
-            ua,
-            HT,
-            &initiator,
-            &responder,
-            expires,
-        ) {
-            Ok(()) => Some((token, crate::core::time::datetime(expires * 1_000_000))),
+        let id = match server.store.account_id(&node, account.domain().as_str()) {
+            Ok(Some(id)) => id,
+            Ok(None) => return None,
             Err(e) => {
                 tracing::error!("storing a FAST token: {e}");
-                None
+                return None;
             }
-        }
+        };
+        let row = tokens::NewToken::new(id, ua, HT, &initiator, &responder, expires);
+        // Written by the store's writer thread: the success that carries the token waits for
+        // its commit, so a client never holds a token the database lacks.
+        server.store.write(
+            move |tx| row.insert(tx),
+            |done| {
+                if let Err(e) = done {
+                    tracing::error!("storing a FAST token: {e}");
+                }
+            },
+        );
+        // The success may be sent after the input was handled (a password check runs on
+        // another thread): it waits for this write all the same.
+        self.note_write();
+        Some((token, crate::core::time::datetime(expires * 1_000_000)))
     }
 }

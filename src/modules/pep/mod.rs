@@ -48,7 +48,7 @@ use crate::core::{
     ResourceAvailable, ResourceUnavailable, Server, SessionEnded, SubscriptionApproved, roster,
 };
 use crate::store::StoreError;
-use crate::store::pep::{NodeConfig, PepItem, PepNode};
+use crate::store::pep::{NodeConfig, PepItem, PepNode, PepWrite, Target};
 use crate::xml::{Element, ns};
 
 use notify::Denied;
@@ -255,19 +255,27 @@ impl Fails {
     }
 }
 
-/// What a successful request produces: the IQ result's payload, then notifications.
+/// What a successful request produces: the change to store, then the IQ result's payload and
+/// notifications (once the change is committed).
 #[derive(Default)]
 struct Done {
     reply: Option<Element>,
     events: Vec<(PepNode, Element)>,
+    /// Written by the store's writer thread; the rest waits for its commit.
+    write: Option<PepWrite>,
 }
 
 impl Done {
     fn reply(el: Element) -> Done {
         Done {
             reply: Some(el),
-            events: Vec::new(),
+            ..Done::default()
         }
+    }
+
+    fn write(mut self, w: PepWrite) -> Done {
+        self.write = Some(w);
+        self
     }
 
     fn event(mut self, node: PepNode, payload: Element) -> Done {
@@ -349,7 +357,8 @@ impl Ctx {
             .ok_or(Fails::plain(Condition::ItemNotFound, "no such node"))
     }
 
-    fn create(&self, name: &str, config: NodeConfig) -> Result<PepNode, Fail> {
+    /// A node to create (its id is known once written: 0 until then), within the quota.
+    fn create(&self, name: &str, config: NodeConfig) -> Result<(PepNode, Target), Fail> {
         if self.server.store.pep_node_count(self.account)? >= self.quotas().pep_max_nodes {
             return Err(Fails::app(
                 Condition::ResourceConstraint,
@@ -358,17 +367,18 @@ impl Ctx {
             )
             .typed(ErrorType::Cancel));
         }
-        let id = self.server.store.pep_create_node(
-            self.account,
-            name,
-            &config,
-            crate::core::time::now_secs(),
-        )?;
-        Ok(PepNode {
-            id,
+        let target = Target::New {
+            account: self.account,
+            name: name.to_owned(),
+            config: config.clone(),
+            now: crate::core::time::now_secs(),
+        };
+        let node = PepNode {
+            id: 0,
             name: name.to_owned(),
             config,
-        })
+        };
+        Ok((node, target))
     }
 }
 
@@ -388,12 +398,6 @@ fn publish_if_missing(
     let Some(account) = server.store.account_id_of(owner)? else {
         return Ok(false);
     };
-    let existing = server.store.pep_node(account, node)?;
-    if let Some(n) = &existing
-        && server.store.pep_item(n.id, item_id)?.is_some()
-    {
-        return Ok(false);
-    }
     let Ok(from) = FullJid::new(&format!("{owner}/wockd")) else {
         return Ok(false);
     };
@@ -403,27 +407,44 @@ fn publish_if_missing(
         owner: owner.clone(),
         account,
     };
-    let request = Element::new("publish", ns::PUBSUB)
-        .attr("node", node)
-        .child(
-            Element::new("item", ns::PUBSUB)
-                .attr("id", item_id)
-                .child(payload),
-        );
-    // An existing node keeps the configuration its clients gave it: no preconditions then.
-    let options = options.filter(|_| existing.is_none());
-    match publish(&ctx, &request, options.as_ref()) {
-        Ok(done) => {
-            for (node, payload) in done.events {
-                notify::broadcast(&ctx.server, &ctx.owner, &node, &payload);
+    let (node, item_id) = (node.to_owned(), item_id.to_owned());
+    // In turn with the owner's own requests: what exists is known once theirs are stored.
+    in_turn(server, account, move || {
+        let checked = (|| {
+            let existing = ctx.server.store.pep_node(account, &node)?;
+            if let Some(n) = &existing
+                && ctx.server.store.pep_item(n.id, &item_id)?.is_some()
+            {
+                return Ok(None);
             }
-            Ok(true)
+            let request = Element::new("publish", ns::PUBSUB)
+                .attr("node", node.as_str())
+                .child(
+                    Element::new("item", ns::PUBSUB)
+                        .attr("id", item_id.as_str())
+                        .child(payload),
+                );
+            // An existing node keeps the configuration its clients gave it: no preconditions
+            // then.
+            let options = options.filter(|_| existing.is_none());
+            Ok(Some(publish(&ctx, &request, options.as_ref())))
+        })();
+        match checked {
+            Ok(Some(Ok(done))) => finish(ctx, done, None),
+            Ok(Some(Err(fail))) => {
+                tracing::warn!(owner = %ctx.owner, node, "server-side publish refused: {:?} {}", fail.cond, fail.text);
+                next_turn(&ctx.server, account);
+            }
+            Ok(None) => next_turn(&ctx.server, account),
+            Err(e) => {
+                let e: StoreError = e;
+                tracing::warn!(owner = %ctx.owner, node, "server-side publish failed: {e}");
+                next_turn(&ctx.server, account);
+            }
         }
-        Err(fail) => {
-            tracing::warn!(%owner, node, "server-side publish refused: {:?} {}", fail.cond, fail.text);
-            Ok(false)
-        }
-    }
+    });
+    // Queued: the outcome is logged.
+    Ok(true)
 }
 
 fn pubsub_get(iq: Incoming) {
@@ -520,20 +541,105 @@ fn owner_unsupported(p: &Element) -> Result<Done, Fail> {
     }
 }
 
-/// Runs a request handler and answers: the result first, then its notifications.
-fn handle(iq: Incoming, f: impl FnOnce(&Ctx, &Element) -> Result<Done, Fail>) {
-    let outcome = Ctx::of(&iq).and_then(|ctx| {
-        let done = f(&ctx, &iq.payload)?;
-        Ok((ctx, done))
-    });
-    match outcome {
-        Ok((ctx, done)) => {
-            iq.result(done.reply);
-            for (node, payload) in done.events {
-                notify::broadcast(&ctx.server, &ctx.owner, &node, &payload);
-            }
+/// Runs a request handler in turn with the other requests to the same account (after the
+/// changes they made are committed, so that it reads them), then answers: the result first,
+/// then its notifications, both once its own change is committed.
+fn handle(iq: Incoming, f: impl FnOnce(&Ctx, &Element) -> Result<Done, Fail> + 'static) {
+    let ctx = match Ctx::of(&iq) {
+        Ok(ctx) => ctx,
+        Err(fail) => return iq.fail_with(fail),
+    };
+    let (server, account) = (ctx.server.clone(), ctx.account);
+    in_turn(&server, account, move || match f(&ctx, &iq.payload) {
+        Ok(done) => finish(ctx, done, Some(iq)),
+        Err(fail) => {
+            iq.fail_with(fail);
+            next_turn(&ctx.server, ctx.account);
         }
-        Err(fail) => iq.fail_with(fail),
+    });
+}
+
+/// Stores what `done` changes (if anything), then answers `iq` and notifies, and lets the
+/// account's next request run.
+fn finish(ctx: Ctx, mut done: Done, iq: Option<Incoming>) {
+    let Some(w) = done.write.take() else {
+        answer(&ctx, done, iq);
+        return next_turn(&ctx.server, ctx.account);
+    };
+    let retraction = matches!(w, PepWrite::Retract { .. });
+    let server = ctx.server.clone();
+    server.store.write(
+        move |tx| crate::store::pep::apply(tx, &w),
+        move |written| {
+            match written {
+                Ok(w) if retraction && !w.found => {
+                    if let Some(iq) = iq {
+                        iq.fail_with(Fails::plain(Condition::ItemNotFound, "no such item"));
+                    }
+                }
+                Ok(w) => {
+                    // A node created by the write has its id now.
+                    for (node, _) in &mut done.events {
+                        node.id = w.node;
+                    }
+                    answer(&ctx, done, iq);
+                }
+                Err(e) => {
+                    tracing::error!(owner = %ctx.owner, "store error writing PEP: {e}");
+                    if let Some(iq) = iq {
+                        iq.fail(Condition::InternalServerError, "");
+                    }
+                }
+            }
+            next_turn(&ctx.server, ctx.account);
+        },
+    );
+}
+
+fn answer(ctx: &Ctx, done: Done, iq: Option<Incoming>) {
+    if let Some(iq) = iq {
+        iq.result(done.reply);
+    }
+    for (node, payload) in done.events {
+        notify::broadcast(&ctx.server, &ctx.owner, &node, &payload);
+    }
+}
+
+/// Requests to one account's service that wait for the one running (see [`in_turn`]).
+#[derive(Default)]
+struct Turns(std::cell::RefCell<std::collections::HashMap<i64, std::collections::VecDeque<Turn>>>);
+
+type Turn = Box<dyn FnOnce()>;
+
+/// Runs `task` now if no other request to `account`'s service runs (waits for its write),
+/// else after those before it. `task` must end with [`next_turn`], at once or once its write
+/// is committed.
+fn in_turn(server: &Server, account: i64, task: impl FnOnce() + 'static) {
+    {
+        let state = server.ext::<Turns>();
+        let mut turns = state.0.borrow_mut();
+        if let Some(waiting) = turns.get_mut(&account) {
+            waiting.push_back(Box::new(task));
+            return;
+        }
+        turns.insert(account, Default::default());
+    }
+    task();
+}
+
+/// The request to `account`'s service that ran is done: the next one runs.
+fn next_turn(server: &Server, account: i64) {
+    let next = {
+        let state = server.ext::<Turns>();
+        let mut turns = state.0.borrow_mut();
+        let next = turns.get_mut(&account).and_then(|w| w.pop_front());
+        if next.is_none() {
+            turns.remove(&account);
+        }
+        next
+    };
+    if let Some(task) = next {
+        task();
     }
 }
 
@@ -620,7 +726,7 @@ fn publish(ctx: &Ctx, publish: &Element, options: Option<&Element>) -> Result<Do
         ));
     }
     let bad_options = |_| Fails::plain(Condition::BadRequest, "invalid publish-options");
-    let node = match ctx.server.store.pep_node(ctx.account, name)? {
+    let (node, target) = match ctx.server.store.pep_node(ctx.account, name)? {
         Some(node) => {
             if let Some(x) = options
                 && !config::preconditions_met(&node.config, x, ctx.max_items())
@@ -633,7 +739,8 @@ fn publish(ctx: &Ctx, publish: &Element, options: Option<&Element>) -> Result<Do
                 )
                 .typed(ErrorType::Cancel));
             }
-            node
+            let id = node.id;
+            (node, Target::Existing(id))
         }
         None => {
             let config = match options {
@@ -650,16 +757,19 @@ fn publish(ctx: &Ctx, publish: &Element, options: Option<&Element>) -> Result<Do
         payload: String::from_utf8_lossy(&serialised).into_owned(),
         published: crate::core::time::now_micros(),
     };
-    ctx.server
-        .store
-        .pep_publish(&node, &stored, ctx.max_items())?;
+    let write = PepWrite::Publish {
+        node: target,
+        config: node.config.clone(),
+        item: stored.clone(),
+        limit: ctx.max_items(),
+    };
     let reply = Element::new("pubsub", ns::PUBSUB).child(
         Element::new("publish", ns::PUBSUB)
             .attr("node", name)
             .child(Element::new("item", ns::PUBSUB).attr("id", stored.item_id.as_str())),
     );
     let event = notify::items_event(&node, &stored, Some(payload));
-    Ok(Done::reply(reply).event(node, event))
+    Ok(Done::reply(reply).event(node, event).write(write))
 }
 
 /// XEP-0060 §7.2: delete an item, notifying when asked (or configured) to.
@@ -684,10 +794,11 @@ fn retract(ctx: &Ctx, retract: &Element) -> Result<Done, Fail> {
         Some(_) => return Err(Fails::plain(Condition::BadRequest, "notify is a boolean")),
         None => node.config.notify_retract,
     };
-    if !ctx.server.store.pep_retract(node.id, item_id)? {
-        return Err(Fails::plain(Condition::ItemNotFound, "no such item"));
-    }
-    let mut done = Done::default();
+    // "No such item" is what the write finds (see `finish`).
+    let mut done = Done::default().write(PepWrite::Retract {
+        node: node.id,
+        item_id: item_id.to_owned(),
+    });
     if notify {
         let event = Element::new("items", ns::PUBSUB_EVENT)
             .attr("node", name)
@@ -758,8 +869,8 @@ fn create(ctx: &Ctx, create: &Element, form: Option<&Element>) -> Result<Done, F
             .map_err(|_| Fails::plain(Condition::NotAcceptable, "invalid node configuration"))?,
         None => NodeConfig::default(),
     };
-    ctx.create(name, config)?;
-    Ok(Done::default())
+    let (_, target) = ctx.create(name, config)?;
+    Ok(Done::default().write(PepWrite::Create(target)))
 }
 
 /// XEP-0060 §8.2.1: the configuration form.
@@ -793,10 +904,11 @@ fn configure_set(ctx: &Ctx, configure: &Element) -> Result<Done, Fail> {
     }
     let config = config::apply(&node.config, x, ctx.max_items())
         .map_err(|_| Fails::plain(Condition::NotAcceptable, "invalid node configuration"))?;
-    ctx.server
-        .store
-        .pep_configure(node.id, &config, ctx.max_items())?;
-    Ok(Done::default())
+    Ok(Done::default().write(PepWrite::Configure {
+        node: node.id,
+        config,
+        limit: ctx.max_items(),
+    }))
 }
 
 /// XEP-0060 §8.4: delete a node with its items.
@@ -804,8 +916,7 @@ fn delete(ctx: &Ctx, delete: &Element) -> Result<Done, Fail> {
     ctx.require_owner()?;
     let name = node_name(delete)?;
     let node = ctx.node(name)?;
-    ctx.server.store.pep_delete_node(node.id)?;
-    let mut done = Done::default();
+    let mut done = Done::default().write(PepWrite::DeleteNode(node.id));
     if node.config.notify_delete {
         let event = Element::new("delete", ns::PUBSUB_EVENT).attr("node", name);
         done = done.event(node, event);
@@ -818,8 +929,7 @@ fn purge(ctx: &Ctx, purge: &Element) -> Result<Done, Fail> {
     ctx.require_owner()?;
     let name = node_name(purge)?;
     let node = ctx.node(name)?;
-    ctx.server.store.pep_purge(node.id)?;
-    let mut done = Done::default();
+    let mut done = Done::default().write(PepWrite::Purge(node.id));
     if node.config.notify_retract {
         let event = Element::new("purge", ns::PUBSUB_EVENT).attr("node", name);
         done = done.event(node, event);
