@@ -159,10 +159,19 @@ fn expect(c: &mut Client, parts: &[&str]) -> String {
     }))
 }
 
-#[test]
-fn federates_with_prosody() {
+/// Prosody and wockd federating, each with one account (`pat`, `wendy`); `None` when Prosody
+/// is missing and the test may skip.
+struct Fed {
+    w: TestServer,
+    data: std::path::PathBuf,
+    pc2s: u16,
+    _prosody: Guard,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+fn setup(tweak: impl Fn(&mut wockd::config::Config) + Send + 'static) -> Option<Fed> {
     if require("prosody").is_none() {
-        return;
+        return None;
     }
     if !Path::new("/usr/share/lua/5.4/lunbound.so").exists()
         && !Path::new("/usr/lib/x86_64-linux-gnu/lua/5.4/lunbound.so").exists()
@@ -176,7 +185,7 @@ fn federates_with_prosody() {
             panic!("lua-unbound is not installed (CI=true: .ci/run must install it)");
         }
         eprintln!("\n*** SKIPPING: lua-unbound is not installed ***\n");
-        return;
+        return None;
     }
     let certs = make_certs();
     let pdir = tempfile::tempdir().unwrap();
@@ -205,6 +214,7 @@ fn federates_with_prosody() {
             c.s2s.ca_file = Some(base.join("ca.pem"));
             c.s2s.routes.insert(P.into(), format!("{P_IP}:5269"));
             c.s2s.connect_timeout_secs = 20;
+            tweak(c);
         },
         |_| {},
     );
@@ -217,6 +227,19 @@ fn federates_with_prosody() {
         ];
         store.create_account("wendy", W, &keys).unwrap();
     }
+    Some(Fed {
+        w,
+        data,
+        pc2s,
+        _prosody,
+        _dirs: (pdir, wdir),
+    })
+}
+
+#[test]
+fn federates_with_prosody() {
+    let Some(fed) = setup(|_| {}) else { return };
+    let (w, data, pc2s) = (&fed.w, fed.data.clone(), fed.pc2s);
     let mut wendy = login(w.trusted, W, "wendy", "laptop");
     let mut pat = login(
         SocketAddr::new(P_IP.parse().unwrap(), pc2s),
@@ -318,5 +341,71 @@ fn federates_with_prosody() {
     assert!(got.contains("urn:xmpp:delay"), "{got}");
     // Her initial presence probed Prosody: pat's presence comes back.
     expect(&mut wendy, &["<presence", "from=\"pat@p.test/phone\""]);
-    drop(w);
+}
+
+/// Figures for the closing note, not a test: `cargo test --release --test s2s_prosody --
+/// --ignored --nocapture`. Round trip wockd → Prosody → wockd over one link (a ping of
+/// p.test), and messages per second over one link each way. wockd's read-rate limits are off
+/// for it; Prosody runs as configured above (no mod_limits).
+#[test]
+#[ignore]
+fn measure_with_prosody() {
+    let Some(fed) = setup(|c| {
+        c.limits.read_rate = 1 << 40;
+        c.limits.read_burst = 1 << 40;
+        c.s2s.read_rate = 1 << 40;
+        c.s2s.read_burst = 1 << 40;
+    }) else {
+        return;
+    };
+    let mut wendy = login(fed.w.trusted, W, "wendy", "laptop");
+    let mut pat = login(
+        SocketAddr::new(P_IP.parse().unwrap(), fed.pc2s),
+        P,
+        "pat",
+        "phone",
+    );
+    pat.send("<presence/>");
+    wendy.send("<presence/>");
+    wendy.iq("get", Some(P), "<ping xmlns='urn:xmpp:ping'/>");
+    let mut rtts = Vec::new();
+    for _ in 0..2000 {
+        let t = std::time::Instant::now();
+        let r = wendy.iq("get", Some(P), "<ping xmlns='urn:xmpp:ping'/>");
+        rtts.push(t.elapsed());
+        assert!(norm(&r).contains("type=\"result\""), "{r}");
+    }
+    rtts.sort();
+    let pct = |p: f64| rtts[((rtts.len() as f64 - 1.0) * p).round() as usize];
+    println!(
+        "rtt wockd client → wockd → Prosody → wockd → client (ping of p.test, one link): p50 {:?} p99 {:?} max {:?}",
+        pct(0.5),
+        pct(0.99),
+        rtts[rtts.len() - 1]
+    );
+    let n = 10_000;
+    for (from, to, label) in [(0, 1, "wockd → Prosody"), (1, 0, "Prosody → wockd")] {
+        let clients = [&mut wendy, &mut pat];
+        let to_jid = if to == 1 {
+            "pat@p.test/phone"
+        } else {
+            "wendy@w.test/laptop"
+        };
+        let mut out = String::new();
+        let t = std::time::Instant::now();
+        for i in 0..n {
+            out.push_str(&format!(
+                "<message to='{to_jid}' type='chat'><body>{label} m{i} xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx</body></message>"
+            ));
+        }
+        clients[from].send(&out);
+        clients[to].timeout = std::time::Duration::from_secs(300);
+        let last = format!("{label} m{} ", n - 1);
+        clients[to].wait(|s| s.contains(&last));
+        println!(
+            "{n} messages {label} over one link: {:.0} msg/s",
+            n as f64 / t.elapsed().as_secs_f64()
+        );
+        clients[to].queue.clear();
+    }
 }
