@@ -246,6 +246,15 @@ fn subscription_handshake_ends_in_both_and_presence_flows() {
         rb.contains("jid=\"alice@a.test\"") && rb.contains("subscription=\"both\""),
         "{rb}"
     );
+    // PEP: alice's nickname reaches her remote subscriber.
+    let r = alice.iq(
+        "set",
+        None,
+        "<pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='http://jabber.org/protocol/nick'><item><nick xmlns='http://jabber.org/protocol/nick'>Ally</nick></item></publish></pubsub>",
+    );
+    assert!(r.contains("type=\"result\""), "{r}");
+    let ev = bob.expect(&["http://jabber.org/protocol/pubsub#event", "Ally"]);
+    assert!(ev.contains("from=\"alice@a.test\""), "{ev}");
     // Presence updates both ways.
     alice.send("<presence><show>away</show></presence>");
     bob.expect(&["from=\"alice@a.test/laptop\"", "<show>away</show>"]);
@@ -747,4 +756,96 @@ fn measure_wockd_to_wockd() {
         after.saturating_sub(before) as f64 / (2 * (domains.len() - 1)) as f64
     );
     drop(b);
+}
+
+#[test]
+fn blocked_domains_do_not_federate() {
+    let (pa, pb) = (free_port(), free_port());
+    let a = start(
+        None,
+        A,
+        pa,
+        vec![(B, SocketAddr::from(([127, 0, 0, 1], pb)))],
+        |c| {
+            c.s2s.block = vec![B.to_owned()];
+        },
+    );
+    let b = start(
+        None,
+        B,
+        pb,
+        vec![(A, SocketAddr::from(([127, 0, 0, 1], pa)))],
+        |_| {},
+    );
+    add_user(&a, A, "alice");
+    add_user(&b, B, "bob");
+    let mut alice = login(&a, A, "alice", "laptop");
+    let mut bob = login(&b, B, "bob", "phone");
+    alice.send("<message to='bob@b.test' type='chat' id='b1'><body>?</body></message>");
+    let err = alice.expect(&["type=\"error\"", "id=\"b1\""]);
+    assert!(err.contains("not-allowed"), "{err}");
+    // b.test's attempt is refused by a.test: its dialback gets an error, the message bounces.
+    bob.send("<message to='alice@a.test' type='chat' id='b2'><body>?</body></message>");
+    let err = bob.expect(&["type=\"error\"", "id=\"b2\""]);
+    assert!(err.contains("remote-server-not-found"), "{err}");
+    alice.assert_none("a message from a blocked domain", |s| {
+        s.contains("id=\"b2\"")
+    });
+}
+
+#[test]
+fn each_hosted_domain_presents_its_own_certificate() {
+    // a.test also hosts a2.test; each has a certificate of its own in `certificates_dir`,
+    // and b.test accepts only valid certificates (dialback off).
+    const A2: &str = "a2.test";
+    let (ca, leaves) = common::test_ca(&[A, A2, B]);
+    let certs = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let dir = certs.path().join("per-domain");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("a2.test.crt"), &leaves[1].0).unwrap();
+    std::fs::write(dir.join("a2.test.key"), &leaves[1].1).unwrap();
+    let ta = trusting_ca(&certs.path().join("a"), A, &leaves[0], &ca);
+    let tb = trusting_ca(&certs.path().join("b"), B, &leaves[2], &ca);
+    let a = start(
+        None,
+        A,
+        pa,
+        vec![(B, SocketAddr::from(([127, 0, 0, 1], pb)))],
+        move |c| {
+            ta(c);
+            c.domains = vec![A.to_owned(), A2.to_owned()];
+            c.tls.certificates_dir = Some(dir);
+            c.s2s.dialback = false;
+        },
+    );
+    let b = start(
+        None,
+        B,
+        pb,
+        vec![
+            (A, SocketAddr::from(([127, 0, 0, 1], pa))),
+            (A2, SocketAddr::from(([127, 0, 0, 1], pa))),
+        ],
+        move |c| {
+            tb(c);
+            c.s2s.dialback = false;
+        },
+    );
+    add_user(&b, B, "bob");
+    {
+        let store = wockd::store::Store::open(&a.dir.join("wockd.sqlite")).unwrap();
+        use wockd::auth::scram::{Hash, new_keys};
+        let keys = vec![(Hash::Sha256, new_keys(Hash::Sha256, "pw", 4096).unwrap())];
+        store.create_account("ann", A2, &keys).unwrap();
+    }
+    let mut ann = login(&a, A2, "ann", "laptop");
+    let mut bob = login(&b, B, "bob", "phone");
+    bob.send("<presence/>");
+    ann.send("<presence/>");
+    bob.barrier();
+    ann.send("<message to='bob@b.test/phone' type='chat'><body>from a2</body></message>");
+    bob.expect(&["from a2", "from=\"ann@a2.test/laptop\""]);
+    bob.send("<message to='ann@a2.test/laptop' type='chat'><body>to a2</body></message>");
+    ann.expect(&["to a2"]);
 }

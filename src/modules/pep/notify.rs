@@ -79,8 +79,26 @@ pub fn broadcast(server: &Rc<Server>, owner: &BareJid, node: &PepNode, payload: 
         return;
     }
     for to in recipients(server, owner, node) {
-        server.deliver_to_full(&to, &message(owner, &to, payload.clone(), None));
+        server.deliver_to_full(&to, &message(owner, to.as_str(), payload.clone(), None));
     }
+    // Subscribers on other servers: their resources' caps are not known here, so the event
+    // goes to the bare JID and their server delivers it (to its available resources).
+    for to in remote_subscribers(server, owner, node) {
+        server.route_local(message(owner, to.as_str(), payload.clone(), None));
+    }
+}
+
+/// `owner`'s subscribers at other servers that may get notifications about `node`.
+fn remote_subscribers(server: &Server, owner: &BareJid, node: &PepNode) -> Vec<BareJid> {
+    roster::subscribers(server, owner)
+        .into_iter()
+        .filter(|c| {
+            let d = c.domain().as_str();
+            !server.config.is_hosted(d)
+                && server.service(d).is_none()
+                && may_notify(server, owner, c, node)
+        })
+        .collect()
 }
 
 /// `<items node=…><item id=…>payload</item></items>` (the payload left out when the node does
@@ -99,10 +117,10 @@ pub fn items_event(node: &PepNode, item: &PepItem, payload: Option<Element>) -> 
 
 /// The headline carrying a notification (XEP-0163 §4.3.1: from the owner's bare JID), with a
 /// XEP-0203 delay for a last item sent later.
-fn message(owner: &BareJid, to: &FullJid, payload: Element, published: Option<i64>) -> Element {
+fn message(owner: &BareJid, to: &str, payload: Element, published: Option<i64>) -> Element {
     let mut m = Element::stanza("message")
         .attr("from", owner.to_string())
-        .attr("to", to.to_string())
+        .attr("to", to)
         .attr("type", "headline")
         .attr("id", super::new_id())
         .child(Element::new("event", ns::PUBSUB_EVENT).child(payload));
@@ -181,6 +199,9 @@ pub fn send_last_items_of(server: &Rc<Server>, to: &FullJid, owner: &BareJid, no
             continue;
         };
         let event = items_event(&node, &item, Some(payload));
-        server.deliver_to_full(to, &message(owner, to, event, Some(item.published)));
+        server.deliver_to_full(
+            to,
+            &message(owner, to.as_str(), event, Some(item.published)),
+        );
     }
 }
