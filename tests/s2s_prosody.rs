@@ -170,9 +170,7 @@ struct Fed {
 }
 
 fn setup(tweak: impl Fn(&mut wockd::config::Config) + Send + 'static) -> Option<Fed> {
-    if require("prosody").is_none() {
-        return None;
-    }
+    require("prosody")?;
     if !Path::new("/usr/share/lua/5.4/lunbound.so").exists()
         && !Path::new("/usr/lib/x86_64-linux-gnu/lua/5.4/lunbound.so").exists()
         && Command::new("dpkg")
