@@ -4,7 +4,7 @@
 set -euo pipefail
 
 build_pkgs=(libpurple-dev libglib2.0-dev libclang-dev pkg-config)
-test_pkgs=(ngircd prosody lua-unbound mktorrent aria2 ejabberd)
+test_pkgs=(ngircd prosody lua-unbound mktorrent aria2 ejabberd biboumi)
 
 want=("${build_pkgs[@]}")
 if [ "${1:-}" = "--test" ]; then
@@ -23,7 +23,7 @@ echo "install-deps: installing ${missing[*]}" >&2
 $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
 $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 # The Debian packages start their daemons; tests run their own instances on other ports.
-for svc in prosody ngircd ejabberd; do
+for svc in prosody ngircd ejabberd biboumi; do
   if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl stop "$svc" 2>/dev/null || true; fi
   if [ -x "/etc/init.d/$svc" ]; then $SUDO "/etc/init.d/$svc" stop >/dev/null 2>&1 || true; fi
 done

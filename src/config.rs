@@ -53,6 +53,161 @@ pub struct Config {
     /// [`S2s::embedded`] (off: nothing listens, remote stanzas bounce).
     #[serde(default)]
     pub s2s: S2s,
+    /// Where external components (XEP-0114) connect; listens only when `components` is not
+    /// empty.
+    pub component_listener: ComponentListener,
+    /// External components this server hosts (`[[components]]`): Biboumi, Slidge, Spectrum 2,
+    /// wockd's own gateways in another process.
+    pub components: Vec<Component>,
+}
+
+/// `[component_listener]` (src/component/).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ComponentListener {
+    /// Default `127.0.0.1:5347`: components are trusted peers on the same machine or network;
+    /// the stream is plaintext like Prosody's and ejabberd's component ports.
+    pub listen: Vec<SocketAddr>,
+    /// Bytes a second one component stream may read, and the burst (a gateway carries many
+    /// users' traffic).
+    pub read_rate: usize,
+    pub read_burst: usize,
+    /// Stanzas a component may leave unread before its stream is closed is bounded by the
+    /// output cap of links; this bounds how long a handshake may take.
+    pub handshake_timeout_secs: u64,
+}
+
+impl Default for ComponentListener {
+    fn default() -> Self {
+        ComponentListener {
+            listen: vec!["127.0.0.1:5347".parse().expect("constant address")],
+            read_rate: 4 * 1024 * 1024,
+            read_burst: 16 * 1024 * 1024,
+            handshake_timeout_secs: 30,
+        }
+    }
+}
+
+/// One `[[components]]` entry.
+#[derive(Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Component {
+    /// The component's domain (`biboumi.example.org`): every stanza for it or a JID under it
+    /// goes to the component.
+    pub domain: String,
+    /// The shared secret of the handshake, or `secret_file` (its first line).
+    pub secret: Option<String>,
+    pub secret_file: Option<PathBuf>,
+    /// XEP-0356 privileges granted to it.
+    pub privileges: Privileges,
+}
+
+impl std::fmt::Debug for Component {
+    // The secret is never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Component")
+            .field("domain", &self.domain)
+            .field("secret_file", &self.secret_file)
+            .field("privileges", &self.privileges)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Component {
+    /// The shared secret: `secret`, or the first line of `secret_file`.
+    pub fn load_secret(&self) -> Result<String, ConfigError> {
+        let secret = match (&self.secret, &self.secret_file) {
+            (Some(s), None) => s.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| {
+                    ConfigError::Invalid(format!(
+                        "component `{}`: cannot read `secret_file` {}: {e}",
+                        self.domain,
+                        path.display()
+                    ))
+                })?
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_owned(),
+            _ => {
+                return Err(ConfigError::Invalid(format!(
+                    "component `{}` needs exactly one of `secret` and `secret_file`",
+                    self.domain
+                )));
+            }
+        };
+        if secret.is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "component `{}` has an empty secret",
+                self.domain
+            )));
+        }
+        Ok(secret)
+    }
+}
+
+/// XEP-0356 permissions of a component (all `none` by default).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Privileges {
+    /// Users' rosters: `none`, `get`, `set`, `both`.
+    pub roster: Access,
+    /// Roster pushes sent to the component (with `roster` get or both).
+    pub roster_push: bool,
+    /// `outgoing`: send messages on behalf of users (carbons and archive as if they had sent
+    /// them from a client).
+    pub message: MessagePerm,
+    /// `managed_entity`: users' own presence; `roster`: also their contacts' presence.
+    pub presence: PresencePerm,
+    /// IQs on behalf of users, by namespace (XEP-0356 v2 `privileged_iq`):
+    /// `{ "http://jabber.org/protocol/pubsub" = "both" }`.
+    pub iq: std::collections::BTreeMap<String, Access>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Access {
+    #[default]
+    None,
+    Get,
+    Set,
+    Both,
+}
+
+impl Access {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::None => "none",
+            Access::Get => "get",
+            Access::Set => "set",
+            Access::Both => "both",
+        }
+    }
+    pub fn allows_get(self) -> bool {
+        matches!(self, Access::Get | Access::Both)
+    }
+    pub fn allows_set(self) -> bool {
+        matches!(self, Access::Set | Access::Both)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum MessagePerm {
+    #[default]
+    None,
+    Outgoing,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PresencePerm {
+    #[default]
+    None,
+    ManagedEntity,
+    Roster,
 }
 
 /// `[s2s]`: links to other XMPP servers (src/s2s/).
@@ -496,6 +651,8 @@ impl Default for Config {
             quotas: Quotas::default(),
             mam: Mam::default(),
             s2s: S2s::embedded(),
+            component_listener: ComponentListener::default(),
+            components: Vec::new(),
         }
     }
 }
@@ -683,6 +840,27 @@ impl Config {
         {
             return Err(ConfigError::Invalid(
                 "`s2s.connect_timeout_secs`, `idle_timeout_secs` and `max_links_per_domain` must be positive".into(),
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for c in &self.components {
+            if jid::BareJid::new(&c.domain).map_or(true, |j| j.node().is_some()) {
+                return Err(ConfigError::Invalid(format!(
+                    "component domain `{}` is not a domain",
+                    c.domain
+                )));
+            }
+            if self.is_hosted(&c.domain) || !seen.insert(c.domain.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "component domain `{}` is hosted here or named twice",
+                    c.domain
+                )));
+            }
+            c.load_secret()?;
+        }
+        if !self.components.is_empty() && self.component_listener.handshake_timeout_secs == 0 {
+            return Err(ConfigError::Invalid(
+                "`component_listener.handshake_timeout_secs` must be positive".into(),
             ));
         }
         if self.auth.scram_iterations < 4096 {

@@ -37,6 +37,7 @@
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod component;
 pub mod core;
 pub mod iq;
 pub mod modules;

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use glib::{ControlFlow, IOCondition, Source};
 use jid::{BareJid, FullJid};
-use socket2::{Domain, Socket, Type};
 
 use crate::config::{Config, Listener};
 use crate::core::events::{SessionEnded, Tick};
@@ -101,6 +100,9 @@ impl Server {
         if config.s2s.enabled {
             crate::s2s::install(&hooks);
         }
+        if !config.components.is_empty() {
+            crate::component::install(&hooks);
+        }
         install(&mut Module::new(&mut stream, &hooks, &config));
         let server = Rc::new(Server {
             config,
@@ -169,6 +171,7 @@ impl Server {
             ));
         }
         crate::s2s::start(self)?;
+        crate::component::start(self)?;
         let weak = Rc::downgrade(self);
         let timer = source::every(Duration::from_secs(1), move || match weak.upgrade() {
             Some(s) => {
@@ -182,21 +185,7 @@ impl Server {
     }
 
     fn listen(self: &Rc<Self>, l: &Listener) -> io::Result<std::net::SocketAddr> {
-        let domain = if l.address.is_ipv6() {
-            Domain::IPV6
-        } else {
-            Domain::IPV4
-        };
-        let sock = Socket::new(domain, Type::STREAM, None)?;
-        if l.address.is_ipv6() {
-            // Separate v4 and v6 listeners may share a port.
-            sock.set_only_v6(true)?;
-        }
-        sock.set_reuse_address(true)?;
-        sock.bind(&l.address.into())?;
-        sock.listen(1024)?;
-        sock.set_nonblocking(true)?;
-        let listener: TcpListener = sock.into();
+        let listener = crate::net::listen_tcp(l.address, 1024)?;
         let addr = listener.local_addr()?;
         let src = self.watch_listener(listener.as_raw_fd(), l.trusted_loopback, l.direct_tls);
         self.listeners.borrow_mut().push((listener, src));
@@ -744,6 +733,7 @@ impl Server {
             src.destroy();
         }
         crate::s2s::stop(self);
+        crate::component::stop(self);
         for t in self.timers.borrow_mut().drain(..) {
             t.destroy();
         }

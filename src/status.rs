@@ -9,7 +9,9 @@
 //!
 //! One line with the server's process id, then one line per bound resource with its presence
 //! priority (`-`: bound but not available), sorted, then one line per federation link:
-//! `s2s <in|out> <peer> <tls|plain> <auth> <stanzas in> <stanzas out>`. The file has mode 0600 and is replaced
+//! `s2s <in|out> <peer> <tls|plain> <auth> <stanzas in> <stanzas out>`, then one line per
+//! configured component: `component <domain> <connected|down> <stanzas in> <stanzas out>`.
+//! The file has mode 0600 and is replaced
 //! atomically (written to a temporary file, then renamed), at most once a second and only when
 //! something changed. It is removed when the server shuts down cleanly; after a crash it stays,
 //! and [`is_running`] tells that its pid is no running wockd.
@@ -123,6 +125,15 @@ fn render(server: &Server) -> String {
             l.auth.as_str(),
             l.stanzas_in,
             l.stanzas_out
+        ));
+    }
+    for c in crate::component::components(server) {
+        text.push_str(&format!(
+            "component {} {} {} {}\n",
+            c.domain,
+            if c.connected { "connected" } else { "down" },
+            c.stanzas_in,
+            c.stanzas_out
         ));
     }
     text

@@ -18,7 +18,6 @@
 //! Choices that differ from Prosody/ejabberd are in README.md ("Federation").
 
 pub mod dialback;
-mod link;
 mod resolve;
 mod tls;
 
@@ -33,8 +32,6 @@ use std::time::{Duration, Instant};
 
 use glib::{ControlFlow, IOCondition, Source};
 use jid::Jid;
-use rand::Rng;
-use socket2::{Domain, Socket, Type};
 
 use crate::core::events::{Routed, Tick};
 use crate::core::hooks::{Flow, Hooks, Name, Point, To};
@@ -43,8 +40,17 @@ use crate::net::source;
 use crate::server::Server;
 use crate::xml::{Element, ns};
 
-pub use link::{Auth, Dir};
-use link::{Input, Link};
+use crate::net::link::{self, Input, Kind, Link};
+pub use crate::net::link::{Auth, Dir};
+
+/// Server-to-server links: `jabber:server` streams, read at `[s2s] read_rate`.
+static KIND: Kind = Kind {
+    name: "s2s",
+    stream_ns: ns::SERVER,
+    on_input,
+    on_closed: link_closed,
+    read_rate: |server| (server.config.s2s.read_rate, server.config.s2s.read_burst),
+};
 
 /// (our domain, remote domain).
 type Route = (String, String);
@@ -183,20 +189,7 @@ pub fn links(server: &Server) -> Vec<LinkInfo> {
 }
 
 fn listen(server: &Rc<Server>, addr: SocketAddr, direct_tls: bool) -> io::Result<SocketAddr> {
-    let domain = if addr.is_ipv6() {
-        Domain::IPV6
-    } else {
-        Domain::IPV4
-    };
-    let sock = Socket::new(domain, Type::STREAM, None)?;
-    if addr.is_ipv6() {
-        sock.set_only_v6(true)?;
-    }
-    sock.set_reuse_address(true)?;
-    sock.bind(&addr.into())?;
-    sock.listen(128)?;
-    sock.set_nonblocking(true)?;
-    let listener: TcpListener = sock.into();
+    let listener = crate::net::listen_tcp(addr, 128)?;
     let local = listener.local_addr()?;
     let weak = Rc::downgrade(server);
     let fd = listener.as_raw_fd();
@@ -263,7 +256,7 @@ fn accept_all(server: &Rc<Server>, fd: i32, direct_tls: bool) {
             None
         };
         let id = next_id(server);
-        let link = Link::new(server, id, Dir::In, "", "");
+        let link = Link::new(server, &KIND, id, Dir::In, "", "");
         st.links.borrow_mut().insert(id, link.clone());
         if let Err(e) = link.attach(sock, tls) {
             tracing::debug!(%peer, "s2s: cannot set up the connection: {e}");
@@ -333,17 +326,7 @@ fn is_ours(server: &Server, domain: &str) -> bool {
     server.config.is_hosted(domain) || server.service(domain).is_some()
 }
 
-fn random_id() -> String {
-    rand::thread_rng()
-        .sample_iter(&rand::distributions::Alphanumeric)
-        .take(16)
-        .map(char::from)
-        .collect()
-}
-
-fn attr(v: &str) -> std::borrow::Cow<'_, str> {
-    quick_xml::escape::escape(v)
-}
+use link::{attr, random_id};
 
 // ---- outgoing -------------------------------------------------------------------------------
 
@@ -416,7 +399,7 @@ fn out_link(server: &Rc<Server>, local: &str, remote: &str) -> Rc<Link> {
         return l.clone();
     }
     let id = next_id(server);
-    let link = Link::new(server, id, Dir::Out, local, remote);
+    let link = Link::new(server, &KIND, id, Dir::Out, local, remote);
     st.links.borrow_mut().insert(id, link.clone());
     st.out.borrow_mut().insert(key, id);
     tracing::debug!(link = id, %local, %remote, "s2s: connecting");

@@ -1,7 +1,9 @@
-//! One server-to-server TCP stream on the glib loop: the socket, TLS (rustls, either side),
-//! framing with the same limits as client streams, buffered output flushed once per loop
-//! turn, and the stream's negotiation state. What the stream *means* (dialback, routing) is
-//! in `mod.rs`; this file only moves bytes and elements.
+//! One XML stream between wockd and another server-side peer on the glib loop — a server
+//! (s2s, `src/s2s/`) or an external component (XEP-0114, `src/component/`): the socket, TLS
+//! (rustls, either side), framing with the same limits as client streams, buffered output
+//! flushed once per loop turn, and the stream's negotiation state. What the stream *means*
+//! (dialback, handshake, routing) is in its owner, named by a [`Kind`]; this file only moves
+//! bytes and elements.
 //!
 //! Borrowing rule, as for client connections: no cell is borrowed while calling out.
 
@@ -28,6 +30,21 @@ const READ_BUDGET: usize = 256 * 1024;
 /// Output a peer may leave unread before the link is dropped.
 const MAX_OUTPUT: usize = 8 * 1024 * 1024;
 
+/// The owner of a kind of link: what its stanzas' stream namespace is, who reads its input,
+/// who is told when it closes, and its read rate limit.
+pub struct Kind {
+    /// For logs: "s2s", "component".
+    pub name: &'static str,
+    /// The stream's content namespace (`jabber:server`, `jabber:component:accept`): read as
+    /// `jabber:client` inside the server, written back without a namespace so that it is
+    /// the stream's default again.
+    pub stream_ns: &'static str,
+    pub on_input: fn(&Rc<Link>, Input),
+    pub on_closed: fn(&Rc<Server>, u64),
+    /// (bytes per second, burst)
+    pub read_rate: fn(&Server) -> (usize, usize),
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dir {
     /// A remote server connected to us: it sends stanzas, we receive.
@@ -42,6 +59,8 @@ pub enum Auth {
     Dialback,
     /// The peer's certificate was valid for its domain (SASL EXTERNAL, or dialback shortcut).
     Certificate,
+    /// A component's shared secret (XEP-0114 handshake).
+    Secret,
 }
 
 impl Auth {
@@ -50,6 +69,7 @@ impl Auth {
             Auth::None => "none",
             Auth::Dialback => "dialback",
             Auth::Certificate => "certificate",
+            Auth::Secret => "secret",
         }
     }
 }
@@ -121,6 +141,7 @@ struct Io {
 pub struct Link {
     pub id: u64,
     pub dir: Dir,
+    pub kind: &'static Kind,
     pub peer: Cell<Option<SocketAddr>>,
     server: Weak<Server>,
     me: Weak<Link>,
@@ -134,12 +155,20 @@ thread_local! {
 }
 
 impl Link {
-    pub fn new(server: &Rc<Server>, id: u64, dir: Dir, local: &str, remote: &str) -> Rc<Link> {
+    pub fn new(
+        server: &Rc<Server>,
+        kind: &'static Kind,
+        id: u64,
+        dir: Dir,
+        local: &str,
+        remote: &str,
+    ) -> Rc<Link> {
         let limits = &server.config.limits;
         let now = Instant::now();
         Rc::new_cyclic(|me| Link {
             id,
             dir,
+            kind,
             me: me.clone(),
             peer: Cell::new(None),
             server: Rc::downgrade(server),
@@ -156,7 +185,7 @@ impl Link {
                 } else {
                     Phase::AwaitHeader
                 },
-                bucket: TokenBucket::new(server.config.s2s.read_burst, now),
+                bucket: TokenBucket::new((kind.read_rate)(server).1, now),
                 last_read: now,
                 write_source: None,
                 read_source: None,
@@ -256,8 +285,8 @@ impl Link {
         let (eof, n) = match self.read_available() {
             Ok(r) => r,
             Err(e) => {
-                tracing::debug!(link = self.id, "s2s read error: {e}");
-                super::on_input(
+                tracing::debug!(link = self.id, "{} read error: {e}", self.kind.name);
+                (self.kind.on_input)(
                     self,
                     Input::Error(StreamError::UndefinedCondition, e.to_string()),
                 );
@@ -268,21 +297,21 @@ impl Link {
         self.charge(n);
         self.process_input();
         if eof && !self.is_closed() {
-            super::on_input(self, Input::Close);
+            (self.kind.on_input)(self, Input::Close);
             self.teardown();
         }
     }
 
-    /// The read rate limit of links (`[s2s] read_rate`).
+    /// The read rate limit of the link's kind (`[s2s] read_rate`…).
     fn charge(self: &Rc<Self>, n: usize) {
         let Some(server) = self.server.upgrade() else {
             return;
         };
-        let l = &server.config.s2s;
+        let (rate, burst) = (self.kind.read_rate)(&server);
         let wait = {
             let mut io = self.io.borrow_mut();
             let now = io.last_read;
-            io.bucket.take(n, l.read_rate, l.read_burst, now)
+            io.bucket.take(n, rate, burst, now)
         };
         if let Some(wait) = wait {
             if let Some(s) = self.io.borrow_mut().read_source.take() {
@@ -393,8 +422,9 @@ impl Link {
                     Ok(Some(Token::StreamOpen(r))) => {
                         Some(match parse::stream_header(&io.inbuf[r]) {
                             Ok(h) => {
-                                // Stanzas of a server stream are read as `jabber:client`
-                                // ones: the namespace they have inside the server.
+                                // Stanzas of a server or component stream are read as
+                                // `jabber:client` ones: the namespace they have inside
+                                // the server.
                                 io.scope = h.scope.with_default_replaced(ns::CLIENT);
                                 io.phase = Phase::Open;
                                 Input::Header(h)
@@ -406,13 +436,14 @@ impl Link {
                         if log_xml {
                             tracing::info!(
                                 link = self.id,
-                                "s2s << {}",
+                                "{} << {}",
+                                self.kind.name,
                                 String::from_utf8_lossy(&io.inbuf[r.clone()])
                             );
                         }
                         Some(match parse::element(&io.inbuf[r], &io.scope) {
                             Ok(mut el) => {
-                                as_client_ns(&mut el);
+                                as_client_ns(&mut el, self.kind.stream_ns);
                                 Input::Element(el)
                             }
                             Err(e) => Input::Error(StreamError::NotWellFormed, e.to_string()),
@@ -432,10 +463,14 @@ impl Link {
             let Some(input) = next else { break };
             let stop = matches!(input, Input::Close | Input::Error(..));
             let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                super::on_input(self, input)
+                (self.kind.on_input)(self, input)
             }));
             if handled.is_err() {
-                tracing::error!(link = self.id, "an s2s handler panicked; closing the link");
+                tracing::error!(
+                    link = self.id,
+                    "a {} handler panicked; closing the link",
+                    self.kind.name
+                );
                 self.close(Some((StreamError::InternalServerError, "")));
                 break;
             }
@@ -490,9 +525,9 @@ impl Link {
 
     // ---- output ---------------------------------------------------------------------------
 
-    /// Queues a stanza, serialised as a top-level element of a server stream: written with
+    /// Queues a stanza, serialised as a top-level element of the stream: written with
     /// `jabber:client` as the parent namespace, so client-namespace stanzas inherit the
-    /// stream's `jabber:server` default.
+    /// stream's default (`jabber:server`, `jabber:component:accept`).
     pub fn send(&self, el: &Element) {
         self.send_with(|buf| el.write_to(buf, ns::CLIENT));
     }
@@ -519,7 +554,8 @@ impl Link {
             if log_xml {
                 tracing::info!(
                     link = self.id,
-                    "s2s >> {}",
+                    "{} >> {}",
+                    self.kind.name,
                     String::from_utf8_lossy(&buf[before..])
                 );
             }
@@ -528,7 +564,8 @@ impl Link {
         if over {
             tracing::warn!(
                 link = self.id,
-                "s2s peer leaves too much output unread; closing"
+                "{} peer leaves too much output unread; closing",
+                self.kind.name
             );
             self.teardown();
             return;
@@ -573,7 +610,7 @@ impl Link {
             }
             Ok(false) => self.watch_writable(),
             Err(e) => {
-                tracing::debug!(link = self.id, "s2s write error: {e}");
+                tracing::debug!(link = self.id, "{} write error: {e}", self.kind.name);
                 self.teardown();
             }
         }
@@ -598,7 +635,7 @@ impl Link {
     }
 
     /// Closes the stream: an optional stream error, the closing tag, TLS close_notify, then
-    /// the socket. The owner (`mod.rs`) is told through [`super::link_closed`].
+    /// the socket. The owner is told through [`Kind::on_closed`].
     pub fn close(&self, error: Option<(StreamError, &str)>) {
         if self.is_closed() {
             return;
@@ -641,7 +678,7 @@ impl Link {
         if was != Phase::Closed
             && let Some(server) = self.server.upgrade()
         {
-            super::link_closed(&server, self.id);
+            (self.kind.on_closed)(&server, self.id);
         }
     }
 }
@@ -692,15 +729,16 @@ fn write_out(
     }
 }
 
-/// A server stream's stanzas may also name `jabber:server` explicitly on an element; inside
-/// the server everything is `jabber:client` (see [`Link::send`] for the way out).
-fn as_client_ns(el: &mut Element) {
-    if el.ns == ns::SERVER {
+/// A server or component stream's stanzas may also name the stream's namespace explicitly on
+/// an element; inside the server everything is `jabber:client` (see [`Link::send`] for the
+/// way out).
+fn as_client_ns(el: &mut Element, stream_ns: &str) {
+    if el.ns == stream_ns {
         el.ns = ns::CLIENT.to_owned();
     }
     for c in el.children.iter_mut() {
         if let crate::xml::element::Node::Element(c) = c {
-            as_client_ns(c);
+            as_client_ns(c, stream_ns);
         }
     }
 }
@@ -722,4 +760,19 @@ pub fn server_tls(config: &Arc<rustls::ServerConfig>) -> Result<rustls::Connecti
     rustls::ServerConnection::new(config.clone())
         .map(rustls::Connection::Server)
         .map_err(|e| e.to_string())
+}
+
+/// A fresh stream id.
+pub fn random_id() -> String {
+    use rand::Rng;
+    rand::thread_rng()
+        .sample_iter(&rand::distributions::Alphanumeric)
+        .take(16)
+        .map(char::from)
+        .collect()
+}
+
+/// `v` escaped for an attribute of a hand-written stream header.
+pub fn attr(v: &str) -> std::borrow::Cow<'_, str> {
+    quick_xml::escape::escape(v)
 }
