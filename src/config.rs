@@ -904,6 +904,11 @@ impl Config {
         self.domains.iter().any(|d| d == domain)
     }
 
+    /// Whether `domain` is an external component's (`[[components]]`).
+    pub fn is_component(&self, domain: &str) -> bool {
+        self.components.iter().any(|c| c.domain == domain)
+    }
+
     pub fn default_domain(&self) -> &str {
         &self.domains[0]
     }

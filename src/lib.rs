@@ -36,8 +36,8 @@
 
 pub mod auth;
 pub mod cli;
-pub mod config;
 pub mod component;
+pub mod config;
 pub mod core;
 pub mod iq;
 pub mod modules;

@@ -718,9 +718,11 @@ impl Server {
         self.services.borrow().get(domain).cloned()
     }
 
-    /// The domains of the registered services, sorted (XEP-0030 items of the server).
+    /// The domains of the registered services and the external components, sorted (XEP-0030
+    /// items of the server).
     pub fn service_domains(&self) -> Vec<String> {
         let mut domains: Vec<String> = self.services.borrow().keys().cloned().collect();
+        domains.extend(self.config.components.iter().map(|c| c.domain.clone()));
         domains.sort();
         domains
     }

@@ -123,6 +123,10 @@ fn stanzas_flow_both_ways_and_component_messages_are_archived_and_carbon_copied(
     let mut desk = Client::login(&srv, "alice", "desk");
     enable_carbons(&mut phone);
     enable_carbons(&mut desk);
+    phone.send("<presence/>");
+    desk.send("<presence/>");
+    phone.clear();
+    desk.clear();
 
     // User → component: `from` is the user's full JID, `to` kept.
     phone.send(&format!(
@@ -241,7 +245,10 @@ fn presence_subscription_with_a_gateway_contact() {
     let p = alice.expect(&["dave%irc@", "<show>away</show>"]);
     assert!(!p.contains("type="), "{p}");
     let roster = alice.iq("get", None, "<query xmlns='jabber:iq:roster'/>");
-    assert!(roster.contains(&format!("jid=\"dave%irc@{COMP}\"")), "{roster}");
+    assert!(
+        roster.contains(&format!("jid=\"dave%irc@{COMP}\"")),
+        "{roster}"
+    );
     drop(comp);
     srv.stop();
 }
@@ -261,7 +268,10 @@ fn stanzas_for_a_disconnected_component_bounce() {
         Some(COMP),
         "<query xmlns='http://jabber.org/protocol/disco#info'/>",
     );
-    assert!(r.contains("type=\"error\"") && r.contains("<service-unavailable"), "{r}");
+    assert!(
+        r.contains("type=\"error\"") && r.contains("<service-unavailable"),
+        "{r}"
+    );
     // Connected, then gone.
     let comp = connect(addr);
     alice.send(&format!(
@@ -372,12 +382,16 @@ fn a_spoofed_from_is_invalid_from() {
     alice.assert_none("the spoofed message", |s| s.contains("i am bob"));
     // Nor a JID at another server.
     let mut comp = connect(addr);
-    comp.send("<message from='eve@elsewhere.example' to='alice@localhost'><body>hi</body></message>");
+    comp.send(
+        "<message from='eve@elsewhere.example' to='alice@localhost'><body>hi</body></message>",
+    );
     let rest = comp.until_closed();
     assert!(rest.contains("<invalid-from"), "{rest}");
     // A stanza without 'to' is improper addressing.
     let mut comp = connect(addr);
-    comp.send(&format!("<message from='{COMP}'><body>to nobody</body></message>"));
+    comp.send(&format!(
+        "<message from='{COMP}'><body>to nobody</body></message>"
+    ));
     let rest = comp.until_closed();
     assert!(rest.contains("<improper-addressing"), "{rest}");
     srv.stop();
@@ -395,7 +409,10 @@ fn hostile_component_input_closes_only_that_stream() {
     let mut raw = Raw::connect(addr);
     raw.send("GET / HTTP/1.1\r\n\r\n");
     let rest = raw.until_closed();
-    assert!(rest.contains("<not-well-formed") || rest.is_empty(), "{rest}");
+    assert!(
+        rest.contains("<not-well-formed") || rest.is_empty(),
+        "{rest}"
+    );
     // An oversized stanza from an authenticated component.
     let mut comp = connect(addr);
     let big = "x".repeat(100 * 1024);
@@ -431,4 +448,3 @@ fn status_lists_components() {
     wait_status(&srv, &format!("component {COMP} connected"));
     srv.stop();
 }
-

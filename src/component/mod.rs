@@ -4,7 +4,9 @@
 //! `<handshake>`, the hex SHA-1 of the stream id and the shared secret, compared in constant
 //! time.
 //!
-//! A configured component is a service of the router (`Server::add_service`): stanzas for its
+//! A configured component's domain is of the router's `Service` class (`Config::is_component`)
+//! but, unlike an in-process service, the rest of the server treats its JIDs as another
+//! server's: presence subscriptions, probes and rosters follow RFC 6121. Stanzas for its
 //! domain, or any JID under it, go down its stream whoever sent them (local users, remote
 //! servers, the server itself). What it sends comes in through `router::route_from_remote`,
 //! the path of every stanza from outside: messages to users are delivered, archived,
@@ -33,7 +35,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use glib::{ControlFlow, IOCondition, Source};
-use jid::{FullJid, Jid};
+use jid::Jid;
 use sha1::{Digest, Sha1};
 use subtle::ConstantTimeEq;
 
@@ -42,7 +44,6 @@ use crate::core::hooks::{Flow, Hooks, Name, Point, To};
 use crate::core::stanza::{Condition, StreamError, stanza_error};
 use crate::net::link::{Auth, Dir, Input, Kind, Link, attr, random_id};
 use crate::net::source;
-use crate::router::Service;
 use crate::server::Server;
 use crate::xml::{Element, ns};
 
@@ -84,21 +85,6 @@ pub struct ComponentInfo {
     pub stanzas_out: u64,
 }
 
-/// A configured component, as the router sees it.
-struct Component {
-    domain: String,
-}
-
-impl Service for Component {
-    fn handle(&self, server: &Rc<Server>, mut stanza: Element, from: &FullJid) {
-        // Stanzas handed over by the presence module and the client path: from a local user.
-        stanza.set_attr("from", from.as_str());
-        if !forward(server, &self.domain, &stanza) {
-            unreachable_component(server, &stanza);
-        }
-    }
-}
-
 /// Installs the delivery hook for component domains (when components are configured).
 pub fn install(hooks: &Hooks) {
     // Before the server's own service hook (priority 0), which serves only local senders.
@@ -106,7 +92,7 @@ pub fn install(hooks: &Hooks) {
     hooks.on(0, |server, _: &mut Tick| housekeeping(server));
 }
 
-/// Reads the secrets, registers the components as services and binds the listener.
+/// Reads the secrets and binds the listener.
 pub fn start(server: &Rc<Server>) -> io::Result<Vec<SocketAddr>> {
     let components = &server.config.components;
     if components.is_empty() {
@@ -122,12 +108,6 @@ pub fn start(server: &Rc<Server>) -> io::Result<Vec<SocketAddr>> {
         }
         let secret = c.load_secret().map_err(io::Error::other)?;
         st.secrets.borrow_mut().insert(c.domain.clone(), secret);
-        server.add_service(
-            &c.domain,
-            Rc::new(Component {
-                domain: c.domain.clone(),
-            }),
-        );
     }
     let mut bound = Vec::new();
     for addr in &server.config.component_listener.listen {
@@ -184,11 +164,6 @@ pub fn components(server: &Server) -> Vec<ComponentInfo> {
             }
         })
         .collect()
-}
-
-/// Whether `domain` is a configured component's.
-pub fn is_component(server: &Server, domain: &str) -> bool {
-    server.config.components.iter().any(|c| c.domain == domain)
 }
 
 fn connected_link(st: &State, domain: &str) -> Option<Rc<Link>> {
@@ -251,7 +226,14 @@ fn accept_all(server: &Rc<Server>, fd: i32) {
         }
         let id = st.next_id.get() + 1;
         st.next_id.set(id);
-        let link = Link::new(server, &KIND, id, Dir::In, server.config.default_domain(), "");
+        let link = Link::new(
+            server,
+            &KIND,
+            id,
+            Dir::In,
+            server.config.default_domain(),
+            "",
+        );
         st.links.borrow_mut().insert(id, link.clone());
         if let Err(e) = link.attach(sock, None) {
             tracing::debug!(%peer, "components: cannot set up the connection: {e}");
@@ -430,7 +412,7 @@ fn to_component(server: &Rc<Server>, ev: &mut Routed<'_>) -> Flow {
     let Some(domain) = ev.to.as_ref().map(|t| t.domain().as_str()) else {
         return Flow::Continue;
     };
-    if !is_component(server, domain) {
+    if !server.config.is_component(domain) {
         return Flow::Continue;
     }
     let domain = domain.to_owned();
@@ -464,7 +446,10 @@ fn forward(server: &Rc<Server>, domain: &str, stanza: &Element) -> bool {
 /// bounce with `service-unavailable`; presence and answers are dropped.
 fn bounce_unreachable(ev: &Routed<'_>) {
     if wants_bounce(&ev.stanza) {
-        ev.bounce(Condition::ServiceUnavailable, "the gateway is not connected");
+        ev.bounce(
+            Condition::ServiceUnavailable,
+            "the gateway is not connected",
+        );
     }
 }
 

@@ -100,6 +100,7 @@ pub fn install(m: &mut Module) {
     m.hook(Point::Deliver(Name::Presence, To::Host), 0, to_bare);
     m.hook(Point::Deliver(Name::Presence, To::Full), 0, to_full);
     m.hook(Point::Pre(Name::Presence, To::Remote), 0, to_remote);
+    m.hook(Point::Pre(Name::Presence, To::Service), 0, to_component);
     m.on(0, |server, e: &mut SessionEnded| {
         session_gone(server, &e.jid, e.was_available)
     });
@@ -172,6 +173,16 @@ fn to_remote(server: &Rc<Server>, ev: &mut Routed<'_>) -> Flow {
             }
             None => Flow::Continue,
         },
+    }
+}
+
+/// `Pre(Presence, Service)`: an external component's JIDs are handled like another server's
+/// (subscriptions in the roster, directed presence tracked); in-process services keep their
+/// own state.
+fn to_component(server: &Rc<Server>, ev: &mut Routed<'_>) -> Flow {
+    match ev.to.as_ref() {
+        Some(to) if server.config.is_component(to.domain().as_str()) => to_remote(server, ev),
+        _ => Flow::Continue,
     }
 }
 

@@ -208,7 +208,10 @@ pub fn classify(server: &Server, to: Option<&Jid>) -> To {
             (true, false) => To::Bare,
             (false, false) => To::Host,
         }
-    } else if server.service(domain).is_some() {
+    } else if server.service(domain).is_some() || server.config.is_component(domain) {
+        // External components are reached like in-process services (their own delivery
+        // hook), but the rest of the server treats their JIDs as remote ones: RFC 6121
+        // subscriptions, probes and rosters as with another server's users.
         To::Service
     } else {
         To::Remote

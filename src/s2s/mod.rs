@@ -321,9 +321,12 @@ fn secret(server: &Server) -> Rc<dialback::Secret> {
         .clone()
 }
 
-/// A domain this server answers for on federation: hosted, or one of its services.
+/// A domain this server answers for on federation: hosted, one of its services, or an
+/// external component's.
 fn is_ours(server: &Server, domain: &str) -> bool {
-    server.config.is_hosted(domain) || server.service(domain).is_some()
+    server.config.is_hosted(domain)
+        || server.service(domain).is_some()
+        || server.config.is_component(domain)
 }
 
 use link::{attr, random_id};
