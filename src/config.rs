@@ -154,8 +154,6 @@ impl Component {
 pub struct Privileges {
     /// Users' rosters: `none`, `get`, `set`, `both`.
     pub roster: Access,
-    /// Roster pushes sent to the component (with `roster` get or both).
-    pub roster_push: bool,
     /// `outgoing`: send messages on behalf of users (carbons and archive as if they had sent
     /// them from a client).
     pub message: MessagePerm,
@@ -857,6 +855,12 @@ impl Config {
                 )));
             }
             c.load_secret()?;
+            if c.privileges.presence == PresencePerm::Roster && !c.privileges.roster.allows_get() {
+                return Err(ConfigError::Invalid(format!(
+                    "component `{}`: presence = \"roster\" needs roster = \"get\" or \"both\" (XEP-0356 §7)",
+                    c.domain
+                )));
+            }
         }
         if !self.components.is_empty() && self.component_listener.handshake_timeout_secs == 0 {
             return Err(ConfigError::Invalid(

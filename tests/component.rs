@@ -448,3 +448,220 @@ fn status_lists_components() {
     wait_status(&srv, &format!("component {COMP} connected"));
     srv.stop();
 }
+
+// ---- XEP-0356 privileges ----------------------------------------------------------------------
+
+fn start_privileged() -> (TestServer, SocketAddr) {
+    start_tweaked(|c| {
+        use wockd::config::{Access, MessagePerm, PresencePerm};
+        let p = &mut c.components[0].privileges;
+        p.roster = Access::Both;
+        p.message = MessagePerm::Outgoing;
+        p.presence = PresencePerm::ManagedEntity;
+        p.iq.insert("http://jabber.org/protocol/pubsub".into(), Access::Both);
+    })
+}
+
+#[test]
+fn privileges_are_advertised_after_the_handshake() {
+    let (srv, addr) = start_privileged();
+    let mut comp = connect(addr);
+    let adv = expect(&mut comp, &["urn:xmpp:privilege:2"]);
+    assert!(adv.contains("from=\"localhost\""), "{adv}");
+    assert!(adv.contains(&format!("to=\"{COMP}\"")), "{adv}");
+    for perm in [
+        "access=\"roster\" type=\"both\"",
+        "access=\"message\" type=\"outgoing\"",
+        "access=\"presence\" type=\"managed_entity\"",
+        "ns=\"http://jabber.org/protocol/pubsub\" type=\"both\"",
+    ] {
+        assert!(adv.contains(perm), "{perm} missing: {adv}");
+    }
+    // Without privileges, nothing is advertised and roster access is forbidden.
+    drop(comp);
+    srv.stop();
+    let (srv, addr) = start();
+    let mut comp = connect(addr);
+    comp.send(&format!(
+        "<iq type='get' id='r0' from='{COMP}' to='alice@localhost'><query xmlns='jabber:iq:roster'/></iq>"
+    ));
+    let r = expect(&mut comp, &["id=\"r0\""]);
+    assert!(
+        r.contains("type=\"error\"") && r.contains("<forbidden"),
+        "{r}"
+    );
+    assert!(!r.contains("urn:xmpp:privilege"), "{r}");
+    srv.stop();
+}
+
+#[test]
+fn a_privileged_component_reads_and_writes_the_users_roster() {
+    let (srv, addr) = start_privileged();
+    let mut comp = connect(addr);
+    let mut alice = Client::login(&srv, "alice", "phone");
+    let r = alice.iq("get", None, "<query xmlns='jabber:iq:roster'/>");
+    assert!(r.contains("type=\"result\""), "{r}");
+    comp.send(&format!(
+        "<iq type='set' id='r1' from='{COMP}' to='alice@localhost'><query xmlns='jabber:iq:roster'>\
+         <item jid='erin%irc@{COMP}' subscription='both' name='Erin'><group>IRC</group></item></query></iq>"
+    ));
+    let r = expect(&mut comp, &["id=\"r1\""]);
+    assert!(r.contains("type=\"result\""), "{r}");
+    assert!(r.contains("from=\"alice@localhost\""), "{r}");
+    // The user's client gets the push, with the subscription the gateway stated.
+    let push = alice.expect(&["jabber:iq:roster", "erin%irc@"]);
+    assert!(push.contains("subscription=\"both\""), "{push}");
+    // The component reads it back.
+    comp.send(&format!(
+        "<iq type='get' id='r2' from='{COMP}' to='alice@localhost'><query xmlns='jabber:iq:roster'/></iq>"
+    ));
+    let r = expect(&mut comp, &["id=\"r2\""]);
+    assert!(
+        r.contains(&format!("jid=\"erin%irc@{COMP}\"")) && r.contains("<group>IRC</group>"),
+        "{r}"
+    );
+    // Not a user here: item-not-found; another server's user: not served as a roster request.
+    comp.send(&format!(
+        "<iq type='get' id='r3' from='{COMP}' to='nobody@localhost'><query xmlns='jabber:iq:roster'/></iq>"
+    ));
+    let r = expect(&mut comp, &["id=\"r3\""]);
+    assert!(r.contains("type=\"error\""), "{r}");
+    srv.stop();
+}
+
+#[test]
+fn a_privileged_outgoing_message_is_carbon_copied_archived_and_delivered() {
+    let (srv, addr) = start_privileged();
+    let mut comp = connect(addr);
+    let mut phone = Client::login(&srv, "alice", "phone");
+    let r = phone.iq("set", None, "<enable xmlns='urn:xmpp:carbons:2'/>");
+    assert!(r.contains("type=\"result\""), "{r}");
+    phone.send("<presence/>");
+    phone.clear();
+    comp.send(&format!(
+        "<message from='{COMP}' to='localhost'><privilege xmlns='urn:xmpp:privilege:2'>\
+         <forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' from='alice@localhost' \
+         to='frank%irc@{COMP}' type='chat' id='slidge-carbon-1'><body>sent from the official app</body></message>\
+         </forwarded></privilege></message>"
+    ));
+    // A sent carbon on the user's client.
+    let carbon = phone.expect(&["sent from the official app"]);
+    assert!(
+        carbon.contains("<sent xmlns=\"urn:xmpp:carbons:2\">"),
+        "{carbon}"
+    );
+    // Delivered to its `to`: the gateway gets its own message back, from the user.
+    let back = expect(&mut comp, &["sent from the official app"]);
+    assert!(back.contains("from=\"alice@localhost"), "{back}");
+    // In the user's archive, as sent by the user.
+    let id = phone.send_iq("type='set'", "<query xmlns='urn:xmpp:mam:2' queryid='s'/>");
+    let fin = phone.answer(&id, 10);
+    assert!(fin.contains("<fin"), "{fin}");
+    let rows = phone
+        .collect_for(Duration::ZERO, |s| {
+            s.contains("<result xmlns=\"urn:xmpp:mam:2\"")
+        })
+        .concat();
+    assert!(rows.contains("sent from the official app"), "{rows}");
+    // Forged: a user of another server, or a full JID.
+    for from in ["mallory@elsewhere.example", "alice@localhost/phone"] {
+        comp.send(&format!(
+            "<message from='{COMP}' to='localhost' id='forged'><privilege xmlns='urn:xmpp:privilege:2'>\
+             <forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' from='{from}' \
+             to='frank%irc@{COMP}' type='chat'><body>forged</body></message></forwarded></privilege></message>"
+        ));
+        let e = expect(&mut comp, &["id=\"forged\"", "type=\"error\""]);
+        assert!(e.contains("<forbidden"), "{e}");
+    }
+    phone.assert_none("a forged message", |s| s.contains("forged"));
+    srv.stop();
+}
+
+#[test]
+fn outgoing_messages_need_the_privilege() {
+    let (srv, addr) = start();
+    let mut comp = connect(addr);
+    let mut phone = Client::login(&srv, "alice", "phone");
+    phone.send("<presence/>");
+    comp.send(&format!(
+        "<message from='{COMP}' to='localhost' id='np'><privilege xmlns='urn:xmpp:privilege:2'>\
+         <forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client' from='alice@localhost' \
+         to='bob@localhost' type='chat'><body>not allowed</body></message></forwarded></privilege></message>"
+    ));
+    let e = expect(&mut comp, &["id=\"np\"", "type=\"error\""]);
+    assert!(e.contains("<forbidden"), "{e}");
+    let mut bob = Client::login(&srv, "bob", "desk");
+    bob.send("<presence/>");
+    bob.assert_none("the unprivileged message", |s| s.contains("not allowed"));
+    srv.stop();
+}
+
+#[test]
+fn managed_entity_presence_and_privileged_iq() {
+    let (srv, addr) = start_privileged();
+    let mut comp = connect(addr);
+    let mut phone = Client::login(&srv, "alice", "phone");
+    phone.send("<presence><show>dnd</show></presence>");
+    let p = expect(&mut comp, &["<show>dnd</show>"]);
+    assert!(p.contains("from=\"alice@localhost/phone\""), "{p}");
+    assert!(p.contains(&format!("to=\"{COMP}\"")), "{p}");
+
+    // Publish to the user's own PEP through privileged_iq (what Slidge does for bookmarks).
+    comp.send(&format!(
+        "<iq type='set' id='pi1' from='{COMP}' to='alice@localhost'><privileged_iq xmlns='urn:xmpp:privilege:2'>\
+         <iq xmlns='jabber:client' type='set' to='alice@localhost' id='inner1'>\
+         <pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='urn:example:gw'>\
+         <item id='one'><entry xmlns='urn:example:gw'>from the gateway</entry></item></publish></pubsub>\
+         </iq></privileged_iq></iq>"
+    ));
+    let r = expect(&mut comp, &["id=\"pi1\""]);
+    assert!(r.contains("type=\"result\""), "{r}");
+    assert!(
+        r.contains("<privilege xmlns=\"urn:xmpp:privilege:2\">")
+            && r.contains("<forwarded xmlns=\"urn:xmpp:forward:0\">")
+            && r.contains("id=\"inner1\""),
+        "{r}"
+    );
+    let items = phone.iq(
+        "get",
+        Some("alice@localhost"),
+        "<pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='urn:example:gw'/></pubsub>",
+    );
+    assert!(items.contains("from the gateway"), "{items}");
+    // A namespace that is not granted, and another user's account: forbidden.
+    comp.send(&format!(
+        "<iq type='get' id='pi2' from='{COMP}' to='alice@localhost'><privileged_iq xmlns='urn:xmpp:privilege:2'>\
+         <iq xmlns='jabber:client' type='get' to='alice@localhost' id='inner2'><vCard xmlns='vcard-temp'/></iq>\
+         </privileged_iq></iq>"
+    ));
+    let r = expect(&mut comp, &["id=\"pi2\""]);
+    assert!(
+        r.contains("type=\"error\"") && r.contains("<forbidden"),
+        "{r}"
+    );
+    comp.send(&format!(
+        "<iq type='get' id='pi3' from='{COMP}' to='alice@localhost'><privileged_iq xmlns='urn:xmpp:privilege:2'>\
+         <iq xmlns='jabber:client' type='get' to='bob@localhost' id='inner3'>\
+         <pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='urn:example:gw'/></pubsub></iq>\
+         </privileged_iq></iq>"
+    ));
+    let r = expect(&mut comp, &["id=\"pi3\""]);
+    assert!(
+        r.contains("type=\"error\"") && r.contains("<forbidden"),
+        "{r}"
+    );
+    // An error of the inner request comes back wrapped, with the error on the outer IQ too.
+    comp.send(&format!(
+        "<iq type='get' id='pi4' from='{COMP}' to='alice@localhost'><privileged_iq xmlns='urn:xmpp:privilege:2'>\
+         <iq xmlns='jabber:client' type='get' to='alice@localhost' id='inner4'>\
+         <pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='urn:example:none'/></pubsub></iq>\
+         </privileged_iq></iq>"
+    ));
+    let r = expect(&mut comp, &["id=\"pi4\""]);
+    assert!(
+        r.contains("type=\"error\"") && r.contains("<item-not-found"),
+        "{r}"
+    );
+    assert!(r.contains("id=\"inner4\""), "{r}");
+    srv.stop();
+}

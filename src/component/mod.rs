@@ -90,6 +90,7 @@ pub fn install(hooks: &Hooks) {
     // Before the server's own service hook (priority 0), which serves only local senders.
     hooks.hook(Point::Deliver(Name::Any, To::Service), 10, to_component);
     hooks.on(0, |server, _: &mut Tick| housekeeping(server));
+    privilege::install(hooks);
 }
 
 /// Reads the secrets and binds the listener.

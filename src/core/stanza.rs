@@ -212,11 +212,7 @@ impl StreamError {
 /// Splits a get/set IQ into its type and single payload; `None` when it is not a well-formed
 /// request (the router answers those with `bad-request`).
 pub fn request_parts(el: &Element) -> Option<(IqType, &Element)> {
-    let kind = match el.get_attr("type")? {
-        "get" => IqType::Get,
-        "set" => IqType::Set,
-        _ => return None,
-    };
+    let kind = IqType::parse(el.get_attr("type")?)?;
     let mut children = el.elements();
     let payload = children.next()?;
     if children.next().is_some() {

@@ -19,7 +19,17 @@ pub enum ReplyTo {
     Route,
     /// Back over federation to a remote requester (a server's bare domain, or a full JID).
     Remote(jid::Jid),
+    /// To an external component acting for the user under XEP-0356 (`component` is its
+    /// domain): a roster request is answered to it directly; a `privileged_iq` (`wrap`: the
+    /// outer IQ's id) gets the answer inside `<privilege><forwarded>` of an IQ with that id.
+    Privileged {
+        component: jid::Jid,
+        wrap: Option<String>,
+    },
 }
+
+/// XEP-0356 v2.
+pub const NS_PRIVILEGE: &str = "urn:xmpp:privilege:2";
 
 /// An IQ get/set awaiting its answer. Answer with [`Incoming::result`] or [`Incoming::error`];
 /// dropping it unanswered sends `internal-server-error`, so a requester never waits forever.
@@ -71,8 +81,15 @@ impl Incoming {
     pub fn connection(&self) -> Option<Rc<Connection>> {
         match &self.reply_to {
             ReplyTo::Stream(w) => w.upgrade(),
-            ReplyTo::Route | ReplyTo::Remote(_) => None,
+            ReplyTo::Route | ReplyTo::Remote(_) | ReplyTo::Privileged { .. } => None,
         }
+    }
+
+    /// The request is a privileged component's, made for the user `from` (XEP-0356): what
+    /// the user could do from a client, and what only a trusted gateway may (setting a
+    /// roster item's subscription).
+    pub fn privileged(&self) -> bool {
+        matches!(self.reply_to, ReplyTo::Privileged { .. })
     }
 
     /// The account the request acts for: the sender's bare JID, when it is a local one (a
@@ -153,6 +170,36 @@ impl Incoming {
                 let mut iq = iq;
                 iq.set_attr("to", to.to_string());
                 self.server.route_local(iq);
+            }
+            ReplyTo::Privileged { component, wrap } => {
+                let mut iq = iq;
+                match wrap {
+                    None => {
+                        iq.set_attr("to", component.to_string());
+                        self.server.route_local(iq);
+                    }
+                    Some(outer_id) => {
+                        let user = self.from.as_ref().map(|f| f.to_bare().to_string());
+                        let kind = iq.get_attr("type").unwrap_or("error").to_owned();
+                        let mut outer = Element::stanza("iq")
+                            .attr("type", kind)
+                            .attr("id", outer_id.as_str())
+                            .attr("to", component.to_string());
+                        if let Some(user) = user {
+                            iq.set_attr("to", user.as_str());
+                            outer.set_attr("from", user);
+                        }
+                        // The component sees a failure on the outer IQ too.
+                        if let Some(err) = iq.get_child("error", crate::xml::ns::CLIENT) {
+                            outer.push(err.clone());
+                        }
+                        let outer =
+                            outer.child(Element::new("privilege", NS_PRIVILEGE).child(
+                                Element::new("forwarded", crate::xml::ns::FORWARD).child(iq),
+                            ));
+                        self.server.route_local(outer);
+                    }
+                }
             }
         }
     }

@@ -11,5 +11,5 @@
 mod incoming;
 mod rules;
 
-pub use incoming::{Incoming, ReplyTo};
+pub use incoming::{Incoming, NS_PRIVILEGE, ReplyTo};
 pub use rules::{Handler, IqRules, IqType, RuleBuilder};

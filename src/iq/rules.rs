@@ -15,6 +15,15 @@ pub enum IqType {
 }
 
 impl IqType {
+    /// `get` or `set` (the request types).
+    pub fn parse(s: &str) -> Option<IqType> {
+        match s {
+            "get" => Some(IqType::Get),
+            "set" => Some(IqType::Set),
+            _ => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             IqType::Get => "get",

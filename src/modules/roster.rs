@@ -157,10 +157,19 @@ fn set(iq: Incoming) {
             return iq.fail(Condition::NotAllowed, "the roster is full");
         }
     }
+    // A privileged gateway (XEP-0356) states the subscription of its legacy contacts, as in
+    // Prosody's mod_privilege; a client's `subscription` is ignored (§2.1.2.2).
+    let subscription = item
+        .get_attr("subscription")
+        .filter(|_| iq.privileged())
+        .and_then(crate::store::roster::Subscription::parse);
     let updated = update(&server, &user, &contact, |r| {
         r.in_roster = true;
         r.name = name;
         r.groups = groups;
+        if let Some(s) = subscription {
+            r.subscription = s;
+        }
     });
     match updated {
         Some(_) => iq.result(None),

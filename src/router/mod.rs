@@ -147,6 +147,36 @@ pub fn route_from_remote(server: &Rc<Server>, el: Element, from: Jid, to: Jid) {
     deliver(server, &mut ev);
 }
 
+/// A message a privileged component (XEP-0356 "outgoing") sends for the local user `from`:
+/// routed as if the user had sent it from a client — the user's Pre hooks (blocking, sent
+/// carbons, the sender's archive), then delivery to `to` — like ejabberd's and Prosody's
+/// mod_privilege. `from` is the user's bare JID with a resource naming the component, so
+/// every one of the user's own clients gets the sent carbon.
+pub fn route_on_behalf(server: &Rc<Server>, from: &FullJid, mut el: Element) {
+    let Some(name) = Name::of(&el.name) else {
+        return;
+    };
+    el.set_attr("from", from.to_bare().as_str());
+    let to = match parse_to(&el) {
+        Ok(Some(to)) => to,
+        _ => return,
+    };
+    let class = classify(server, Some(&to));
+    let mut ev = Routed {
+        stanza: el,
+        origin: Origin::OnBehalf { jid: from },
+        to: Some(to),
+        name,
+        class,
+        reachable: class != To::Remote || server.hooks.handles(Point::Deliver(name, To::Remote)),
+        delivery: Delivery::default(),
+    };
+    if server.hooks.run(server, Point::Pre(name, class), &mut ev) == Flow::Handled {
+        return;
+    }
+    deliver(server, &mut ev);
+}
+
 /// Routes a stanza the server itself makes (an error for a local sender, an answer to a
 /// remote one, presence for remote contacts) by its `to`: delivery hooks only, no Pre hooks.
 pub fn route_local(server: &Rc<Server>, el: Element) {
