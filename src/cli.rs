@@ -42,6 +42,9 @@ enum Command {
     Config,
     /// Show whether the server runs, who is online and the size of each mailbox.
     Status,
+    /// Run only the services (IM transport, torrent) attached to another XMPP server as
+    /// XEP-0114 components (`[[component_link]]`): no clients, no federation.
+    Component,
 }
 
 #[derive(clap::Args)]
@@ -59,6 +62,7 @@ pub fn main() -> Result<()> {
     let embedded = cli.config.is_none();
     match cli.command.unwrap_or(Command::Run) {
         Command::Run => run(config, embedded),
+        Command::Component => run(component_config(config)?, false),
         Command::Adduser(args) => {
             let (store, node, domain) = open_for(&config, &args.jid)?;
             let password = read_password(args.password_stdin, true)?;
@@ -237,6 +241,59 @@ fn init_logging(config: &Config) {
 
 /// Runs the server until SIGINT or SIGTERM.
 /// `embedded`: no configuration file was given, so the first run also makes a ready account.
+/// The configuration of a component process: the services named by `[[component_link]]`
+/// only, no client listener, no federation, no hosted users. `domains` in the file name the
+/// host's users' domain, for the services' default domains (`irc.<domain>`); the process
+/// itself hosts nobody (`component.invalid`), so that the host's users are routed over the
+/// link.
+pub fn component_config(mut config: Config) -> Result<Config> {
+    if config.component_link.is_empty() {
+        bail!("`wockd component` needs at least one [[component_link]] in the configuration file");
+    }
+    let linked = |d: &str| config.component_link.iter().any(|l| l.domain == d);
+    let d = config.default_domain().to_owned();
+    if config.transport.services.is_empty() {
+        for (domain, prpl) in [
+            (format!("irc.{d}"), "prpl-irc"),
+            (format!("xmpp.{d}"), "prpl-jabber"),
+        ] {
+            config
+                .transport
+                .services
+                .push(crate::config::TransportService {
+                    domain,
+                    prpl: prpl.into(),
+                    name: None,
+                    defaults: Default::default(),
+                    allow_private_addresses: None,
+                });
+        }
+    }
+    let services: Vec<_> = config
+        .transport
+        .services
+        .iter()
+        .filter(|s| linked(&s.domain))
+        .cloned()
+        .collect();
+    config.transport.enabled = config.transport.enabled && !services.is_empty();
+    config.transport.services = services;
+    let torrent = config.torrent_domain();
+    config.torrent.enabled = config.torrent.enabled && linked(&torrent);
+    config.torrent.domain = Some(torrent);
+    let served = config.transport.services.len() + usize::from(config.torrent.enabled);
+    if served != config.component_link.len() {
+        bail!(
+            "every [[component_link]] domain must be an enabled service of this process (a `[[transport.services]]` domain or the torrent domain)"
+        );
+    }
+    config.domains = vec!["component.invalid".into()];
+    config.listen.clear();
+    config.s2s.enabled = false;
+    config.components.clear();
+    Ok(config)
+}
+
 pub fn run(config: Config, embedded: bool) -> Result<()> {
     init_logging(&config);
     raise_open_file_limit();

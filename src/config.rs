@@ -59,6 +59,73 @@ pub struct Config {
     /// External components this server hosts (`[[components]]`): Biboumi, Slidge, Spectrum 2,
     /// wockd's own gateways in another process.
     pub components: Vec<Component>,
+    /// `wockd component`: this process's services (transport, torrent) attach to another
+    /// XMPP server as XEP-0114 components, one stream per service domain.
+    pub component_link: Vec<ComponentLink>,
+}
+
+/// One `[[component_link]]`: a service of this process, attached to another server.
+#[derive(Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ComponentLink {
+    /// The service's domain (the transport's `irc.example.org`, the torrent service's), as the
+    /// host server's component configuration names it.
+    pub domain: String,
+    /// The host server's component port.
+    pub address: Option<SocketAddr>,
+    pub secret: Option<String>,
+    pub secret_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for ComponentLink {
+    // The secret is never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ComponentLink")
+            .field("domain", &self.domain)
+            .field("address", &self.address)
+            .field("secret_file", &self.secret_file)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ComponentLink {
+    pub fn load_secret(&self) -> Result<String, ConfigError> {
+        load_secret(&self.domain, &self.secret, &self.secret_file)
+    }
+}
+
+/// A component's shared secret: `secret`, or the first line of `secret_file`.
+fn load_secret(
+    domain: &str,
+    secret: &Option<String>,
+    secret_file: &Option<PathBuf>,
+) -> Result<String, ConfigError> {
+    let secret = match (secret, secret_file) {
+        (Some(s), None) => s.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "component `{domain}`: cannot read `secret_file` {}: {e}",
+                    path.display()
+                ))
+            })?
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_owned(),
+        _ => {
+            return Err(ConfigError::Invalid(format!(
+                "component `{domain}` needs exactly one of `secret` and `secret_file`"
+            )));
+        }
+    };
+    if secret.is_empty() {
+        return Err(ConfigError::Invalid(format!(
+            "component `{domain}` has an empty secret"
+        )));
+    }
+    Ok(secret)
 }
 
 /// `[component_listener]` (src/component/).
@@ -116,35 +183,7 @@ impl std::fmt::Debug for Component {
 impl Component {
     /// The shared secret: `secret`, or the first line of `secret_file`.
     pub fn load_secret(&self) -> Result<String, ConfigError> {
-        let secret = match (&self.secret, &self.secret_file) {
-            (Some(s), None) => s.clone(),
-            (None, Some(path)) => std::fs::read_to_string(path)
-                .map_err(|e| {
-                    ConfigError::Invalid(format!(
-                        "component `{}`: cannot read `secret_file` {}: {e}",
-                        self.domain,
-                        path.display()
-                    ))
-                })?
-                .lines()
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_owned(),
-            _ => {
-                return Err(ConfigError::Invalid(format!(
-                    "component `{}` needs exactly one of `secret` and `secret_file`",
-                    self.domain
-                )));
-            }
-        };
-        if secret.is_empty() {
-            return Err(ConfigError::Invalid(format!(
-                "component `{}` has an empty secret",
-                self.domain
-            )));
-        }
-        Ok(secret)
+        load_secret(&self.domain, &self.secret, &self.secret_file)
     }
 }
 
@@ -651,6 +690,7 @@ impl Default for Config {
             s2s: S2s::embedded(),
             component_listener: ComponentListener::default(),
             components: Vec::new(),
+            component_link: Vec::new(),
         }
     }
 }
@@ -861,6 +901,15 @@ impl Config {
                     c.domain
                 )));
             }
+        }
+        for l in &self.component_link {
+            if l.address.is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "`component_link` `{}` needs the host server's `address`",
+                    l.domain
+                )));
+            }
+            l.load_secret()?;
         }
         if !self.components.is_empty() && self.component_listener.handshake_timeout_secs == 0 {
             return Err(ConfigError::Invalid(

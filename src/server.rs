@@ -103,6 +103,9 @@ impl Server {
         if !config.components.is_empty() {
             crate::component::install(&hooks);
         }
+        if !config.component_link.is_empty() {
+            crate::component::uplink::install(&hooks);
+        }
         install(&mut Module::new(&mut stream, &hooks, &config));
         let server = Rc::new(Server {
             config,
@@ -164,7 +167,10 @@ impl Server {
                 Err(e) => tracing::warn!(address = %l.address, "cannot listen: {e}"),
             }
         }
-        if bound.is_empty() {
+        // A component process (`wockd component`) may serve no clients at all.
+        let component_only =
+            self.config.listen.is_empty() && !self.config.component_link.is_empty();
+        if bound.is_empty() && !component_only {
             return Err(io::Error::new(
                 io::ErrorKind::AddrNotAvailable,
                 "no listener could be bound",
@@ -172,6 +178,7 @@ impl Server {
         }
         crate::s2s::start(self)?;
         crate::component::start(self)?;
+        crate::component::uplink::start(self).map_err(io::Error::other)?;
         let weak = Rc::downgrade(self);
         let timer = source::every(Duration::from_secs(1), move || match weak.upgrade() {
             Some(s) => {
@@ -736,6 +743,7 @@ impl Server {
         }
         crate::s2s::stop(self);
         crate::component::stop(self);
+        crate::component::uplink::stop(self);
         for t in self.timers.borrow_mut().drain(..) {
             t.destroy();
         }

@@ -25,6 +25,7 @@
 //! XEP-0356 privileges are in [`privilege`].
 
 pub mod privilege;
+pub mod uplink;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;

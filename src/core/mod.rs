@@ -16,6 +16,7 @@ pub mod roster;
 pub mod sessions;
 pub mod stanza;
 pub mod time;
+pub mod uplink;
 
 /// Registers the core's own event handlers (caches that drop a deleted account).
 pub fn install(hooks: &Hooks) {

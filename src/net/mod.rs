@@ -8,8 +8,12 @@ pub mod source;
 pub mod tls;
 
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use glib::{ControlFlow, IOCondition};
 use socket2::{Domain, Socket, Type};
 
 /// A non-blocking listening socket on `addr`. An IPv6 address listens on IPv6 only, so that
@@ -23,5 +27,43 @@ pub fn listen_tcp(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
     sock.bind(&addr.into())?;
     sock.listen(backlog)?;
     sock.set_nonblocking(true)?;
+    Ok(sock.into())
+}
+
+/// A non-blocking TCP connect to `addr`, awaited on the loop, with a timeout.
+pub async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    sock.set_nonblocking(true)?;
+    match sock.connect(&addr.into()) {
+        Ok(()) => return Ok(sock.into()),
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        Err(e) => return Err(e),
+    }
+    let (tx, rx) = async_channel::bounded::<bool>(1);
+    let writable = {
+        let tx = tx.clone();
+        crate::net::source::watch_fd(
+            sock.as_raw_fd(),
+            IOCondition::OUT | IOCondition::ERR | IOCondition::HUP,
+            move |_, _| {
+                let _ = tx.try_send(true);
+                ControlFlow::Break
+            },
+        )
+    };
+    let timer = crate::net::source::every(timeout, move || {
+        let _ = tx.try_send(false);
+        ControlFlow::Break
+    });
+    let done = rx.recv().await.unwrap_or(false);
+    writable.destroy();
+    timer.destroy();
+    if !done {
+        return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"));
+    }
+    if let Some(e) = sock.take_error()? {
+        return Err(e);
+    }
     Ok(sock.into())
 }

@@ -47,22 +47,59 @@ pub trait ServiceHost {
 }
 
 impl ServiceHost for Rc<Server> {
+    // A user of another server (a service of `wockd component` acts for the host's users):
+    // the stanza is routed by its `to`, which takes it over the component link.
+
     fn to_session(&self, to: &FullJid, stanza: &Element) {
-        self.deliver_to_full(to, stanza);
+        if !self.deliver_to_full(to, stanza) && !self.config.is_hosted(to.domain().as_str()) {
+            let mut el = stanza.clone();
+            el.set_attr("to", to.as_str());
+            self.route_local(el);
+        }
     }
 
     fn to_available(&self, owner: &BareJid, stanza: &Element) {
+        if crate::core::uplink::is_foreign(self, owner) {
+            // The host delivers presence to a bare JID to every available resource.
+            let mut el = stanza.clone();
+            el.set_attr("to", owner.as_str());
+            return self.route_local(el);
+        }
         let conns: Vec<Rc<Connection>> = self.sessions.borrow().available_connections(owner);
         for c in conns {
             c.send(stanza);
         }
     }
 
-    fn to_account(&self, owner: &BareJid, message: Element) {
+    fn to_account(&self, owner: &BareJid, mut message: Element) {
+        if crate::core::uplink::is_foreign(self, owner) {
+            message.set_attr("to", owner.as_str());
+            return self.route_local(message);
+        }
         deliver_to_account(self, owner, message);
     }
 
     fn sent_elsewhere(&self, from: &FullJid, to: &BareJid, message: &Element) {
+        let user = from.to_bare();
+        if crate::core::uplink::is_foreign(self, &user) {
+            // XEP-0356 "outgoing" when the host granted it; else the host's user has no sent
+            // copy (as with Slidge or Spectrum 2 without privileges).
+            let service = to.domain().as_str();
+            if !crate::core::uplink::Uplinks::get(self, service).message_outgoing {
+                return;
+            }
+            let mut inner = message.clone();
+            inner.set_attr("from", user.as_str());
+            inner.set_attr("to", to.as_str());
+            let wrapped = Element::stanza("message")
+                .attr("from", service)
+                .attr("to", user.domain().as_str())
+                .child(
+                    Element::new("privilege", crate::core::uplink::NS_PRIVILEGE)
+                        .child(Element::new("forwarded", crate::xml::ns::FORWARD).child(inner)),
+                );
+            return self.route_local(wrapped);
+        }
         // The Pre hooks of a message the user sent (sent carbons, the sender's archive),
         // without delivering it: the foreign network has it already.
         // The message as the service wrote it; `from` is the user in the origin.

@@ -443,7 +443,7 @@ async fn connect(server: std::rc::Weak<Server>, link: Rc<Link>) {
                 break;
             }
             tried += 1;
-            match resolve::connect(addr, left.min(Duration::from_secs(10))).await {
+            match crate::net::connect_tcp(addr, left.min(Duration::from_secs(10))).await {
                 Ok(sock) => {
                     let Some(server) = server.upgrade() else {
                         return;

@@ -2,19 +2,13 @@
 //! the config, else DNS SRV `_xmpps-server._tcp` (direct TLS) and `_xmpp-server._tcp`, else
 //! the domain's A/AAAA records on port 5269. Lookups go through gio's `GResolver`, which runs
 //! them off the loop and orders SRV targets by priority and weight. Connections are
-//! non-blocking connects watched by a glib source, tried one address after another.
+//! non-blocking connects (`net::connect_tcp`), tried one address after another.
 
-use std::io;
-use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::os::fd::AsRawFd;
-use std::time::Duration;
+use std::net::{IpAddr, SocketAddr};
 
 use gio::prelude::*;
-use glib::{ControlFlow, IOCondition};
-use socket2::{Domain, Socket, Type};
 
 use crate::config::S2s;
-use crate::net::source;
 
 /// One way to reach a server: a host name (or address) and port, and whether TLS starts at
 /// once (XEP-0368) rather than after STARTTLS.
@@ -109,44 +103,6 @@ pub async fn addresses(config: &S2s, target: &Target) -> Vec<SocketAddr> {
         }
     }
     out
-}
-
-/// A non-blocking TCP connect to `addr`, awaited on the loop, with a timeout.
-pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
-    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    sock.set_nonblocking(true)?;
-    match sock.connect(&addr.into()) {
-        Ok(()) => return Ok(sock.into()),
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-        Err(e) => return Err(e),
-    }
-    let (tx, rx) = async_channel::bounded::<bool>(1);
-    let writable = {
-        let tx = tx.clone();
-        source::watch_fd(
-            sock.as_raw_fd(),
-            IOCondition::OUT | IOCondition::ERR | IOCondition::HUP,
-            move |_, _| {
-                let _ = tx.try_send(true);
-                ControlFlow::Break
-            },
-        )
-    };
-    let timer = source::every(timeout, move || {
-        let _ = tx.try_send(false);
-        ControlFlow::Break
-    });
-    let done = rx.recv().await.unwrap_or(false);
-    writable.destroy();
-    timer.destroy();
-    if !done {
-        return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"));
-    }
-    if let Some(e) = sock.take_error()? {
-        return Err(e);
-    }
-    Ok(sock.into())
 }
 
 #[cfg(test)]

@@ -50,7 +50,7 @@ fn buddy_ctx(b: Buddy) -> Option<(Rc<Server>, i64, BareJid, BareJid, String)> {
     Some((server, id, owner, contact, name))
 }
 
-fn write_item(server: &Server, owner: &BareJid, contact: &BareJid, b: Buddy) {
+fn write_item(server: &Rc<Server>, owner: &BareJid, contact: &BareJid, b: Buddy) {
     let alias = text::line(&b.alias().unwrap_or_default());
     let groups: Vec<String> = b.group().map(|g| text::line(&g)).into_iter().collect();
     roster_bridge::set_item(server, owner, &contact.to_string(), &alias, &groups, "both");

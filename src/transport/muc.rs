@@ -147,6 +147,33 @@ fn bookmark(server: &Rc<Server>, owner: &BareJid, room_jid: &BareJid, room: &str
         ("pubsub#send_last_published_item", "never"),
         ("pubsub#access_model", "whitelist"),
     ]);
+    if crate::core::uplink::is_foreign(server, owner) {
+        // The user's PEP is the host's: published there when the host granted pubsub.
+        let service = room_jid.domain().as_str();
+        if crate::core::uplink::Uplinks::get(server, service)
+            .iq_set
+            .contains(crate::xml::ns::PUBSUB)
+        {
+            let publish = Element::new("pubsub", crate::xml::ns::PUBSUB)
+                .child(
+                    Element::new("publish", crate::xml::ns::PUBSUB)
+                        .attr("node", NS)
+                        .child(
+                            Element::new("item", crate::xml::ns::PUBSUB)
+                                .attr("id", room_jid.as_str())
+                                .child(conference),
+                        ),
+                )
+                .child(Element::new("publish-options", crate::xml::ns::PUBSUB).child(options));
+            server.route_local(crate::core::uplink::privileged_set(
+                service,
+                owner,
+                &crate::net::link::random_id(),
+                publish,
+            ));
+        }
+        return;
+    }
     let mut publish = crate::core::PepPublish {
         owner: owner.clone(),
         node: NS.to_owned(),

@@ -1,0 +1,95 @@
+//! A service attached to another server (`wockd component`, `[[component_link]]`): what the
+//! host granted it under XEP-0356, so that the service picks the privileged request (roster
+//! set, outgoing message, PEP publish on the user's behalf) or its degraded form (subscription
+//! presences, nothing) the way Slidge and Spectrum 2 do. Written by `component::uplink` when
+//! the host's `<privilege/>` arrives; read by the services through the server.
+
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
+
+use jid::BareJid;
+
+use crate::server::Server;
+use crate::xml::Element;
+
+pub const NS_PRIVILEGE: &str = crate::iq::NS_PRIVILEGE;
+
+/// What one service domain was granted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grants {
+    pub roster_set: bool,
+    pub message_outgoing: bool,
+    /// Namespaces of `privileged_iq` requests the service may send as `set`.
+    pub iq_set: BTreeSet<String>,
+}
+
+impl Grants {
+    /// Reads a `<privilege xmlns='urn:xmpp:privilege:2'/>` advertisement.
+    pub fn parse(privilege: &Element) -> Grants {
+        let mut g = Grants::default();
+        for perm in privilege.elements().filter(|e| e.name == "perm") {
+            let kind = perm.get_attr("type").unwrap_or("none");
+            match perm.get_attr("access") {
+                Some("roster") => g.roster_set = matches!(kind, "set" | "both"),
+                Some("message") => g.message_outgoing = kind == "outgoing",
+                Some("iq") => {
+                    for n in perm.elements().filter(|e| e.name == "namespace") {
+                        if let (Some(ns), Some("set" | "both")) =
+                            (n.get_attr("ns"), n.get_attr("type"))
+                        {
+                            g.iq_set.insert(ns.to_owned());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        g
+    }
+}
+
+/// `Server::ext` state: grants by service domain.
+#[derive(Default)]
+pub struct Uplinks {
+    grants: RefCell<HashMap<String, Grants>>,
+}
+
+impl Uplinks {
+    pub fn set(&self, domain: &str, grants: Grants) {
+        self.grants.borrow_mut().insert(domain.to_owned(), grants);
+    }
+
+    pub fn get(server: &Server, domain: &str) -> Grants {
+        server
+            .ext::<Uplinks>()
+            .grants
+            .borrow()
+            .get(domain)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// `user` is not an account of this server: a service of a component process acting for a
+/// user of the host server.
+pub fn is_foreign(server: &Server, user: &BareJid) -> bool {
+    !server.config.is_hosted(user.domain().as_str())
+}
+
+/// A `privileged_iq` set of `payload` on `user`'s own account, from `service` (XEP-0356 §5).
+pub fn privileged_set(service: &str, user: &BareJid, id: &str, payload: Element) -> Element {
+    Element::stanza("iq")
+        .attr("type", "set")
+        .attr("id", id)
+        .attr("from", service)
+        .attr("to", user.to_string())
+        .child(
+            Element::new("privileged_iq", NS_PRIVILEGE).child(
+                Element::stanza("iq")
+                    .attr("type", "set")
+                    .attr("id", id)
+                    .attr("to", user.to_string())
+                    .child(payload),
+            ),
+        )
+}

@@ -1,0 +1,224 @@
+//! wockd's own IM transport as an external component (`wockd component`, XEP-0114) of a wockd
+//! that hosts it with XEP-0356 privileges: a user of the host registers an IRC account on a
+//! loopback ngircd through the component, joins a channel, messages both ways; IRC messages are
+//! archived by the host; the room lands in the host's PEP bookmarks through `privileged_iq`;
+//! the component process is killed with SIGKILL and comes back: the host's users stay
+//! connected, stanzas to the gateway bounce meanwhile, the legacy account logs in again.
+
+mod common;
+mod transport_support;
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Raw, TestServer};
+use transport_support::*;
+
+const SVC: &str = "irc.localhost";
+const SECRET: &str = "link-secret";
+
+fn component_config(dir: &Path, host_port: u16) -> std::path::PathBuf {
+    let path = dir.join("component.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"domains = ["localhost"]
+data_dir = "{data}"
+
+[log]
+level = "info"
+
+[transport]
+enabled = true
+allow_private_addresses = true
+
+[[transport.services]]
+domain = "{SVC}"
+prpl = "prpl-irc"
+defaults = {{ "ratelimit-interval" = "0", "ratelimit-burst" = "100" }}
+
+[torrent]
+enabled = false
+
+[[component_link]]
+domain = "{SVC}"
+address = "127.0.0.1:{host_port}"
+secret = "{SECRET}"
+"#,
+            data = dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn spawn_component(dir: &tempfile::TempDir, config: &Path) -> Guard {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.path().join("component.log"))
+        .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_wockd"))
+        .process_group(0)
+        .arg("-c")
+        .arg(config)
+        .arg("component")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("cannot start wockd component");
+    Guard {
+        child,
+        extra_pidfile: None,
+        dir: tempfile::tempdir().unwrap(),
+    }
+}
+
+fn wait_status(srv: &TestServer, line: &str) {
+    let path = srv.dir.join("online.txt");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if text.lines().any(|l| l.starts_with(line)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status never showed {line:?}: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_transport_as_a_component_of_wockd() {
+    let Some(bin) = require("ngircd") else { return };
+    let (_ircd, irc_port) = ngircd(&bin);
+    let host_port = free_port();
+    let srv = TestServer::start_with(
+        move |c| {
+            use wockd::config::{Access, MessagePerm, PresencePerm};
+            c.component_listener.listen = vec![([127, 0, 0, 1], host_port).into()];
+            let mut comp = wockd::config::Component {
+                domain: SVC.into(),
+                secret: Some(SECRET.into()),
+                ..Default::default()
+            };
+            comp.privileges.roster = Access::Both;
+            comp.privileges.message = MessagePerm::Outgoing;
+            comp.privileges.presence = PresencePerm::ManagedEntity;
+            comp.privileges
+                .iq
+                .insert("http://jabber.org/protocol/pubsub".into(), Access::Both);
+            c.components = vec![comp];
+        },
+        |_| {},
+    );
+    srv.add_user("alice", "pw");
+    let dir = tempfile::tempdir().unwrap();
+    let config = component_config(dir.path(), host_port);
+    let mut child = spawn_component(&dir, &config);
+    wait_status(&srv, &format!("component {SVC} connected"));
+
+    let mut c = Raw::login_plain(srv.trusted, "alice", "pw", "laptop");
+    c.send("<iq type='get' id='r1'><query xmlns='jabber:iq:roster'/></iq>");
+    c.until("</iq>");
+    c.send("<presence/>");
+
+    // Discovery through the host.
+    c.send(&format!(
+        "<iq type='get' id='d1' to='{SVC}'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>"
+    ));
+    let info = c.until("id=\"d1\"") + &c.until("</iq>");
+    assert!(
+        info.contains("category=\"gateway\"") && info.contains("type=\"irc\""),
+        "{info}"
+    );
+
+    // Registration (XEP-0077) and login of the legacy account.
+    let mut bob = Irc::connect(irc_port, "bob");
+    bob.send("JOIN #wockd");
+    bob.expect(" 366 ");
+    c.send(&register_form(
+        SVC,
+        "reg1",
+        &[
+            ("username", "alicebot"),
+            ("split:0", "127.0.0.1"),
+            ("opt:port", &irc_port.to_string()),
+            ("opt:ssl", "0"),
+        ],
+    ));
+    let r = c.until("id=\"reg1\"") + &c.until(">");
+    assert!(r.contains("type=\"result\""), "registration failed: {r}");
+    until_all(&mut c, &["alicebot@127.0.0.1: online"]);
+
+    // The channel as a room, groupchat both ways.
+    c.send(&format!(
+        "<presence to='#wockd@{SVC}/alicebot'><x xmlns='http://jabber.org/protocol/muc'/></presence>"
+    ));
+    until_all(
+        &mut c,
+        &[&format!("from=\"#wockd@{SVC}/bob\""), "code=\"110\""],
+    );
+    bob.expect("JOIN");
+    bob.send("PRIVMSG #wockd :hello from irc");
+    let m = until_all(&mut c, &["hello from irc"]);
+    assert!(m.contains("type=\"groupchat\""), "{m}");
+    c.send(&format!(
+        "<message to='#wockd@{SVC}' type='groupchat' id='gc1'><body>hi irc</body></message>"
+    ));
+    let l = bob.expect("PRIVMSG #wockd");
+    assert!(l.contains(":hi irc"), "{l}");
+
+    // 1:1 from IRC: delivered and archived by the host.
+    bob.send("PRIVMSG alicebot :private hello");
+    let pm = until_all(&mut c, &["private hello"]);
+    assert!(pm.contains(&format!("from=\"bob@{SVC}\"")), "{pm}");
+    c.send(&format!(
+        "<iq type='set' id='mam1'><query xmlns='urn:xmpp:mam:2' queryid='q1'><x xmlns='jabber:x:data' type='submit'>\
+         <field var='FORM_TYPE' type='hidden'><value>urn:xmpp:mam:2</value></field>\
+         <field var='with'><value>bob@{SVC}</value></field></x></query></iq>"
+    ));
+    let archive = c.until("id=\"mam1\"");
+    assert!(archive.contains("private hello"), "not archived: {archive}");
+
+    // The joined room reached the host's PEP bookmarks through privileged_iq.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        c.send("<iq type='get' id='bm'><pubsub xmlns='http://jabber.org/protocol/pubsub'><items node='urn:xmpp:bookmarks:1'/></pubsub></iq>");
+        let bm = c.until("id=\"bm\"") + &c.until("</iq>");
+        if bm.contains(&format!("<item id=\"#wockd@{SVC}\">")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no bookmark: {bm}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The component process dies: the user stays connected, the gateway bounces.
+    // SAFETY: kill(2) on the child this test started.
+    unsafe { libc::kill(child.child.id() as i32, libc::SIGKILL) };
+    let _ = child.child.wait();
+    wait_status(&srv, &format!("component {SVC} down"));
+    c.send(&format!(
+        "<message to='bob@{SVC}' type='chat' id='away1'><body>are you there</body></message>"
+    ));
+    let e = c.until("id=\"away1\"") + &c.until("</message>");
+    assert!(e.contains("service-unavailable"), "{e}");
+    c.send("<iq type='get' id='ping1'><ping xmlns='urn:xmpp:ping'/></iq>");
+    c.until("id=\"ping1\"");
+
+    // It comes back: the stored legacy account logs in again by itself.
+    let _child = spawn_component(&dir, &config);
+    wait_status(&srv, &format!("component {SVC} connected"));
+    until_all(&mut c, &["alicebot@127.0.0.1: online"]);
+    c.send(&format!(
+        "<message to='bob@{SVC}' type='chat' id='back1'><body>back again</body></message>"
+    ));
+    let l = bob.expect("PRIVMSG bob");
+    assert!(l.contains(":back again"), "{l}");
+    srv.stop();
+}
