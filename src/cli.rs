@@ -251,24 +251,7 @@ pub fn component_config(mut config: Config) -> Result<Config> {
         bail!("`wockd component` needs at least one [[component_link]] in the configuration file");
     }
     let linked = |d: &str| config.component_link.iter().any(|l| l.domain == d);
-    let d = config.default_domain().to_owned();
-    if config.transport.services.is_empty() {
-        for (domain, prpl) in [
-            (format!("irc.{d}"), "prpl-irc"),
-            (format!("xmpp.{d}"), "prpl-jabber"),
-        ] {
-            config
-                .transport
-                .services
-                .push(crate::config::TransportService {
-                    domain,
-                    prpl: prpl.into(),
-                    name: None,
-                    defaults: Default::default(),
-                    allow_private_addresses: None,
-                });
-        }
-    }
+    config.transport.services = config.transport.effective_services(config.default_domain());
     let services: Vec<_> = config
         .transport
         .services
@@ -314,9 +297,14 @@ pub fn run(config: Config, embedded: bool) -> Result<()> {
         eprintln!("(shown once; change it with `wockd passwd me@{domain}`)");
         accounts = store.list_accounts()?;
     }
+    let mut config = config;
+    let child = crate::component::child::prepare(&mut config);
     let server = Server::new(config, store, crate::modules::install_all)?;
     let bound = server.start()?;
     crate::modules::install_services(&server);
+    if let Some(plan) = child {
+        crate::component::child::start(&server, plan);
+    }
     crate::status::start(&server);
     print_welcome(&server, &bound, &accounts);
 
@@ -353,6 +341,7 @@ pub fn run(config: Config, embedded: bool) -> Result<()> {
         tracing::error!("store: writes lost at shutdown: {e}");
     }
     crate::modules::stop_services(&server);
+    crate::component::child::stop(&server);
     crate::status::stop(&server);
     Ok(())
 }

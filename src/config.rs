@@ -556,6 +556,41 @@ pub struct Transport {
     /// server is refused, and libpurple's name lookups drop such addresses. Each service can
     /// override it with its own `allow_private_addresses`.
     pub allow_private_addresses: bool,
+    /// `embedded` (default): libpurple runs inside the server. `separate`: the server starts
+    /// the transport as its own child process (`wockd component`) attached over a loopback
+    /// component link with XEP-0356 privileges, and restarts it with backoff if it dies, so a
+    /// protocol plugin that crashes takes only the gateway down.
+    pub process: TransportProcess,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TransportProcess {
+    #[default]
+    Embedded,
+    Separate,
+}
+
+impl Transport {
+    /// The services offered: `services`, or the default pair for `domain` (the first hosted).
+    pub fn effective_services(&self, domain: &str) -> Vec<TransportService> {
+        if !self.services.is_empty() {
+            return self.services.clone();
+        }
+        [
+            (format!("irc.{domain}"), "prpl-irc"),
+            (format!("xmpp.{domain}"), "prpl-jabber"),
+        ]
+        .into_iter()
+        .map(|(domain, prpl)| TransportService {
+            domain,
+            prpl: prpl.into(),
+            name: None,
+            defaults: std::collections::BTreeMap::new(),
+            allow_private_addresses: None,
+        })
+        .collect()
+    }
 }
 
 impl Default for Transport {
@@ -563,6 +598,7 @@ impl Default for Transport {
         Transport {
             enabled: false,
             services: Vec::new(),
+            process: TransportProcess::Embedded,
             stall_timeout: 300,
             allow_private_addresses: false,
         }

@@ -10,7 +10,8 @@
 //! One line with the server's process id, then one line per bound resource with its presence
 //! priority (`-`: bound but not available), sorted, then one line per federation link:
 //! `s2s <in|out> <peer> <tls|plain> <auth> <stanzas in> <stanzas out>`, then one line per
-//! configured component: `component <domain> <connected|down> <stanzas in> <stanzas out>`.
+//! configured component: `component <domain> <connected|down> <stanzas in> <stanzas out>`
+//! (after `transport-process <pid>` when the transport runs in its own process).
 //! The file has mode 0600 and is replaced
 //! atomically (written to a temporary file, then renamed), at most once a second and only when
 //! something changed. It is removed when the server shuts down cleanly; after a crash it stays,
@@ -126,6 +127,9 @@ fn render(server: &Server) -> String {
             l.stanzas_in,
             l.stanzas_out
         ));
+    }
+    if let Some(pid) = crate::component::child::pid(server) {
+        text.push_str(&format!("transport-process {pid}\n"));
     }
     for c in crate::component::components(server) {
         text.push_str(&format!(

@@ -24,6 +24,7 @@
 //!
 //! XEP-0356 privileges are in [`privilege`].
 
+pub mod child;
 pub mod privilege;
 pub mod uplink;
 
@@ -72,6 +73,8 @@ struct State {
     links: RefCell<HashMap<u64, Rc<Link>>>,
     /// The authenticated stream of each connected component domain.
     connected: RefCell<HashMap<String, u64>>,
+    /// The bound listener addresses.
+    bound: RefCell<Vec<SocketAddr>>,
     /// Shared secrets by domain, read once at start.
     secrets: RefCell<HashMap<String, String>>,
     next_id: Cell<u64>,
@@ -127,7 +130,13 @@ pub fn start(server: &Rc<Server>) -> io::Result<Vec<SocketAddr>> {
             "no component listener could be bound",
         ));
     }
+    *st.bound.borrow_mut() = bound.clone();
     Ok(bound)
+}
+
+/// The addresses the component listener is bound to.
+pub fn bound(server: &Server) -> Vec<SocketAddr> {
+    server.ext::<State>().bound.borrow().clone()
 }
 
 /// Closes every component stream (`system-shutdown`) and stops listening.

@@ -204,19 +204,7 @@ pub fn install(server: &Rc<Server>) {
         tracing::error!("IM transport not started: {e}");
         return;
     }
-    let mut list = cfg.services.clone();
-    if list.is_empty() {
-        let d = server.config.default_domain();
-        let default = |domain: String, prpl: &str| crate::config::TransportService {
-            domain,
-            prpl: prpl.into(),
-            name: None,
-            defaults: BTreeMap::new(),
-            allow_private_addresses: None,
-        };
-        list.push(default(format!("irc.{d}"), "prpl-irc"));
-        list.push(default(format!("xmpp.{d}"), "prpl-jabber"));
-    }
+    let list = cfg.effective_services(server.config.default_domain());
     let t = Transport::get(server);
     events::subscribe_all(&t.events);
     for crate::config::TransportService {
