@@ -222,3 +222,66 @@ fn the_transport_as_a_component_of_wockd() {
     assert!(l.contains(":back again"), "{l}");
     srv.stop();
 }
+
+/// The torrent service as a component: a user of the host lists and sets settings through it.
+#[test]
+fn the_torrent_service_as_a_component_of_wockd() {
+    let host_port = free_port();
+    let srv = TestServer::start_with(
+        move |c| {
+            c.component_listener.listen = vec![([127, 0, 0, 1], host_port).into()];
+            c.components = vec![wockd::config::Component {
+                domain: "torrent.localhost".into(),
+                secret: Some(SECRET.into()),
+                ..Default::default()
+            }];
+        },
+        |_| {},
+    );
+    srv.add_user("alice", "pw");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("component.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"domains = ["localhost"]
+data_dir = "{data}"
+
+[transport]
+enabled = false
+
+[torrent]
+enabled = true
+domain = "torrent.localhost"
+dht = false
+lsd = false
+upnp = false
+
+[[component_link]]
+domain = "torrent.localhost"
+address = "127.0.0.1:{host_port}"
+secret = "{SECRET}"
+"#,
+            data = dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let _child = spawn_component(&dir, &path);
+    wait_status(&srv, "component torrent.localhost connected");
+    let mut c = Raw::login_plain(srv.trusted, "alice", "pw", "phone");
+    c.send("<presence/>");
+    c.send("<iq type='get' id='l1' to='torrent.localhost'><list xmlns='http://wockd.org/ns/torrent'/></iq>");
+    let r = c.until("id=\"l1\"") + &c.until(">");
+    assert!(r.contains("type=\"result\""), "{r}");
+    c.send("<iq type='set' id='s1' to='torrent.localhost'><settings xmlns='http://wockd.org/ns/torrent' notify='none'/></iq>");
+    let r = c.until("id=\"s1\"") + &c.until(">");
+    assert!(r.contains("type=\"result\""), "{r}");
+    c.send("<iq type='get' id='s2' to='torrent.localhost'><settings xmlns='http://wockd.org/ns/torrent'/></iq>");
+    let r = c.until("id=\"s2\"") + &c.until("</iq>");
+    assert!(r.contains("notify=\"none\""), "{r}");
+    // Chat with the service works too, answered from its domain.
+    c.send("<message to='torrent.localhost' type='chat' id='h1'><body>help</body></message>");
+    let m = c.until("</message>");
+    assert!(m.contains("from=\"torrent.localhost\""), "{m}");
+    srv.stop();
+}

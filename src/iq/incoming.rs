@@ -95,9 +95,15 @@ impl Incoming {
     /// The account the request acts for: the sender's bare JID, when it is a local one (a
     /// remote requester acts for no account here).
     pub fn account(&self) -> Option<jid::BareJid> {
+        // In a component process (`wockd component`) the host's users are the services'
+        // users: the host authenticated them.
+        let component = !self.server.config.component_link.is_empty();
         self.from
             .as_ref()
-            .filter(|f| self.server.config.is_hosted(f.domain().as_str()))
+            .filter(|f| {
+                self.server.config.is_hosted(f.domain().as_str())
+                    || (component && f.node().is_some())
+            })
             .map(|f| f.to_bare())
     }
 
@@ -163,7 +169,10 @@ impl Incoming {
             }
             ReplyTo::Route => {
                 if let Some(from) = &self.from {
-                    self.server.deliver_to_full(from, &iq);
+                    // Through ServiceHost: a local session, or (a service attached to another
+                    // server) over the component link.
+                    use crate::router::ServiceHost;
+                    self.server.to_session(from, &iq);
                 }
             }
             ReplyTo::Remote(to) => {

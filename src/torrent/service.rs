@@ -39,7 +39,7 @@ use crate::core::stanza::Condition;
 use crate::core::stanza::{request_parts, stanza_error};
 use crate::iq::{Incoming, IqType, ReplyTo};
 use crate::net::source;
-use crate::router::Service;
+use crate::router::{Service, ServiceHost};
 use crate::server::Server;
 use crate::xml::{Element, ns};
 
@@ -256,10 +256,10 @@ impl Service for TorrentService {
     }
 }
 
-fn reply_error(server: &Server, to: &FullJid, stanza: &Element, cond: Condition, text: &str) {
+fn reply_error(server: &Rc<Server>, to: &FullJid, stanza: &Element, cond: Condition, text: &str) {
     if let Some(mut e) = stanza_error(stanza, cond, text) {
         e.set_attr("to", to.to_string());
-        server.deliver_to_full(to, &e);
+        server.to_session(to, &e);
     }
 }
 
@@ -335,7 +335,7 @@ impl TorrentService {
             let p = Element::stanza("presence")
                 .attr("from", self.domain.as_str())
                 .attr("to", from.to_string());
-            server.deliver_to_full(from, &p);
+            server.to_session(from, &p);
         }
     }
 
@@ -1086,7 +1086,9 @@ impl TorrentService {
         if let Some(p) = payload {
             el.push(p);
         }
-        crate::router::deliver_to_account(&server, to, el);
+        // Through ServiceHost: delivered here, or over the component link when the service
+        // is attached to another server.
+        server.to_account(to, el);
     }
 
     // ---- operations: the front doors reach them through `command::apply` ------------------
