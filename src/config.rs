@@ -1008,6 +1008,56 @@ mod tests {
     use super::*;
 
     #[test]
+    fn components_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("s");
+        std::fs::write(&secret, "from-a-file\nsecond line ignored\n").unwrap();
+        let text = format!(
+            "domains = ['example.org']\n[[components]]\ndomain = 'irc.example.org'\nsecret_file = '{}'\n\
+             privileges.roster = 'both'\nprivileges.message = 'outgoing'\n\
+             privileges.iq = {{ 'http://jabber.org/protocol/pubsub' = 'set' }}\n",
+            secret.display()
+        );
+        let c: Config = toml::from_str(&text).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.components[0].load_secret().unwrap(), "from-a-file");
+        assert!(c.is_component("irc.example.org") && !c.is_component("example.org"));
+        // The secret is never printed.
+        let mut with_secret = c.components[0].clone();
+        with_secret.secret_file = None;
+        with_secret.secret = Some("hunter2".into());
+        assert!(!format!("{with_secret:?}").contains("hunter2"));
+        let bad = |extra: &str| {
+            let c: Config = toml::from_str(&format!("domains = ['example.org']\n{extra}")).unwrap();
+            c.validate().unwrap_err().to_string()
+        };
+        assert!(
+            bad("[[components]]\ndomain = 'example.org'\nsecret = 'x'\n").contains("hosted here")
+        );
+        assert!(bad("[[components]]\ndomain = 'a.example.org'\n").contains("exactly one"));
+        assert!(bad("[[components]]\ndomain = 'a.example.org'\nsecret = ''\n").contains("empty"));
+        assert!(
+            bad("[[components]]\ndomain = 'a@example.org'\nsecret = 'x'\n")
+                .contains("not a domain")
+        );
+        assert!(
+            bad("[[components]]\ndomain = 'a.example.org'\nsecret = 'x'\n[[components]]\ndomain = 'a.example.org'\nsecret = 'y'\n")
+                .contains("twice")
+        );
+        assert!(
+            bad("[[components]]\ndomain = 'a.example.org'\nsecret = 'x'\nprivileges.presence = 'roster'\n")
+                .contains("roster")
+        );
+        assert!(
+            bad("[[component_link]]\ndomain = 'a.example.org'\nsecret = 'x'\n").contains("address")
+        );
+        assert!(
+            bad("[[components]]\ndomain = 'a.example.org'\nsecret_file = '/nonexistent/wockd-secret'\n")
+                .contains("cannot read")
+        );
+    }
+
+    #[test]
     fn default_is_loopback_and_valid() {
         let c = Config::default();
         c.validate().unwrap();
