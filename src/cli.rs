@@ -135,6 +135,16 @@ fn status(config: &Config) -> Result<()> {
             for l in &snap.links {
                 println!("  {l}");
             }
+            if let Some(pid) = snap.transport_pid {
+                println!("transport process: pid {pid}");
+            }
+            if !snap.components.is_empty() {
+                println!("components: {}", snap.components.len());
+                println!("  domain  state  stanzas-in  stanzas-out");
+            }
+            for c in &snap.components {
+                println!("  {c}");
+            }
         }
         Some(snap) => println!(
             "server not running (pid {} is gone; it did not shut down cleanly)",

@@ -166,6 +166,10 @@ pub struct Snapshot {
     pub sessions: Vec<(String, Option<i8>)>,
     /// Federation links, as written after `s2s `.
     pub links: Vec<String>,
+    /// Configured components, as written after `component `.
+    pub components: Vec<String>,
+    /// The transport's own process, when it runs separately.
+    pub transport_pid: Option<u32>,
 }
 
 /// Reads the file in `data_dir`; `None` if there is none.
@@ -184,9 +188,19 @@ fn parse(text: &str) -> Option<Snapshot> {
     let pid = lines.next()?.strip_prefix("pid ")?.parse().ok()?;
     let mut sessions = Vec::new();
     let mut links = Vec::new();
+    let mut components = Vec::new();
+    let mut transport_pid = None;
     for l in lines {
         if let Some(link) = l.strip_prefix("s2s ") {
             links.push(link.to_owned());
+            continue;
+        }
+        if let Some(c) = l.strip_prefix("component ") {
+            components.push(c.to_owned());
+            continue;
+        }
+        if let Some(p) = l.strip_prefix("transport-process ") {
+            transport_pid = p.trim().parse().ok();
             continue;
         }
         let (jid, prio) = l.rsplit_once(' ')?;
@@ -196,6 +210,8 @@ fn parse(text: &str) -> Option<Snapshot> {
         pid,
         sessions,
         links,
+        components,
+        transport_pid,
     })
 }
 
@@ -224,10 +240,13 @@ mod tests {
     #[test]
     fn parses_what_it_writes() {
         let s = parse(
-            "pid 42\nalice@localhost/a b 5\nbob@localhost/x -\ns2s out example.net tls dialback 0 3\n",
+            "pid 42\nalice@localhost/a b 5\nbob@localhost/x -\ns2s out example.net tls dialback 0 3\n\
+             transport-process 77\ncomponent irc.localhost connected 4 5\n",
         )
         .unwrap();
         assert_eq!(s.links, ["out example.net tls dialback 0 3"]);
+        assert_eq!(s.components, ["irc.localhost connected 4 5"]);
+        assert_eq!(s.transport_pid, Some(77));
         assert_eq!(s.pid, 42);
         assert_eq!(
             s.sessions,
