@@ -163,21 +163,29 @@ fn create_account(iq: Incoming) {
         return iq.fail(Condition::Conflict, "the username is taken");
     }
     derive_keys_then(iq, password, move |iq, keys| {
-        match iq.server().store.create_account(&node, &domain, &keys) {
-            Ok(()) => {
-                tracing::info!(account = %format!("{node}@{domain}"), "account registered in-band");
-                let server = iq.server().clone();
-                iq.result(None);
-                if let Ok(account) = BareJid::new(&format!("{node}@{domain}")) {
-                    server.hooks.fire(&server, &mut AccountCreated { account });
+        // Written by the store's writer thread; answered once committed.
+        let server = iq.server().clone();
+        let (n, d) = (node.clone(), domain.clone());
+        server.store.write(
+            move |tx| crate::store::accounts::create_account_tx(tx, &n, &d, &keys),
+            move |done| match done {
+                Ok(()) => {
+                    tracing::info!(account = %format!("{node}@{domain}"), "account registered in-band");
+                    let server = iq.server().clone();
+                    iq.result(None);
+                    if let Ok(account) = BareJid::new(&format!("{node}@{domain}")) {
+                        server.hooks.fire(&server, &mut AccountCreated { account });
+                    }
                 }
-            }
-            Err(StoreError::AccountExists) => iq.fail(Condition::Conflict, "the username is taken"),
-            Err(e) => {
-                tracing::error!("store error creating account: {e}");
-                iq.fail(Condition::InternalServerError, "");
-            }
-        }
+                Err(StoreError::AccountExists) => {
+                    iq.fail(Condition::Conflict, "the username is taken")
+                }
+                Err(e) => {
+                    tracing::error!("store error creating account: {e}");
+                    iq.fail(Condition::InternalServerError, "");
+                }
+            },
+        );
     });
 }
 
@@ -240,31 +248,41 @@ fn change_or_remove(iq: Incoming) {
     };
     derive_keys_then(iq, password, move |iq, keys| {
         let server = iq.server().clone();
-        match server.store.set_keys(&node, &domain, &keys) {
-            Ok(()) => {
-                // set_keys revoked the FAST tokens in the same transaction.
-                tracing::info!(account = %me, "password changed in-band");
-                note_login(&server, &me);
-                iq.result(None);
-                end_sessions(
-                    &server,
-                    &me,
-                    Some(this_stream),
-                    "the account's password was changed",
-                );
-                server.hooks.fire(
-                    &server,
-                    &mut PasswordChanged {
-                        account: me.clone(),
-                    },
-                );
-            }
-            Err(e) => {
-                tracing::error!(account = %me, "store error changing password: {e}");
-                iq.fail(Condition::InternalServerError, "");
-            }
-        }
+        let (n, d) = (node.clone(), domain.clone());
+        server.store.write(
+            move |tx| crate::store::accounts::set_keys_tx(tx, &n, &d, &keys),
+            move |done| password_set(iq, me, this_stream, done),
+        );
     });
+}
+
+/// A password change committed (or failed): the answer, then the other streams end.
+fn password_set(iq: Incoming, me: BareJid, this_stream: u64, done: Result<(), StoreError>) {
+    let server = iq.server().clone();
+    match done {
+        Ok(()) => {
+            // set_keys revoked the FAST tokens in the same transaction.
+            tracing::info!(account = %me, "password changed in-band");
+            note_login(&server, &me);
+            iq.result(None);
+            end_sessions(
+                &server,
+                &me,
+                Some(this_stream),
+                "the account's password was changed",
+            );
+            server.hooks.fire(
+                &server,
+                &mut PasswordChanged {
+                    account: me.clone(),
+                },
+            );
+        }
+        Err(e) => {
+            tracing::error!(account = %me, "store error changing password: {e}");
+            iq.fail(Condition::InternalServerError, "");
+        }
+    }
 }
 
 fn remove_account(iq: Incoming, me: &BareJid) {
@@ -275,18 +293,31 @@ fn remove_account(iq: Incoming, me: &BareJid) {
         .account_id(&node, me.domain().as_str())
         .ok()
         .flatten();
-    match server.store.delete_account(&node, me.domain().as_str()) {
-        Ok(()) => {}
-        Err(StoreError::NoSuchAccount) => return iq.fail(Condition::RegistrationRequired, ""),
-        Err(e) => {
-            tracing::error!(account = %me, "store error deleting account: {e}");
-            return iq.fail(Condition::InternalServerError, "");
-        }
-    }
-    tracing::info!(account = %me, "account deleted in-band");
-    // The answer goes out before the stream error that ends the requesting stream.
-    iq.result(None);
-    account_deleted(&server, me, account_id);
+    let domain = me.domain().to_string();
+    let me = me.clone();
+    // Written by the store's writer thread; answered (and the account's streams ended) once
+    // committed.
+    server.store.write(
+        move |tx| crate::store::accounts::delete_account_tx(tx, &node, &domain),
+        move |done| {
+            let server = iq.server().clone();
+            server.store.forget_account_ids();
+            match done {
+                Ok(()) => {}
+                Err(StoreError::NoSuchAccount) => {
+                    return iq.fail(Condition::RegistrationRequired, "");
+                }
+                Err(e) => {
+                    tracing::error!(account = %me, "store error deleting account: {e}");
+                    return iq.fail(Condition::InternalServerError, "");
+                }
+            }
+            tracing::info!(account = %me, "account deleted in-band");
+            // The answer goes out before the stream error that ends the requesting stream.
+            iq.result(None);
+            account_deleted(&server, &me, account_id);
+        },
+    );
 }
 
 /// Everything held for a deleted account goes: its streams are closed, its hibernating

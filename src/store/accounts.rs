@@ -121,6 +121,56 @@ impl IdCache {
     }
 }
 
+/// [`Store::create_account`] inside a transaction (a write job of the store's writer).
+pub fn create_account_tx(
+    tx: &rusqlite::Transaction<'_>,
+    username: &str,
+    domain: &str,
+    keys: &[(Hash, ScramKeys)],
+) -> Result<(), StoreError> {
+    let inserted = tx
+        .prepare_cached(
+            "INSERT INTO accounts (username, domain, created) VALUES (?1, ?2, ?3)
+             ON CONFLICT (username, domain) DO NOTHING",
+        )?
+        .execute(params![username, domain, unix_now()])?;
+    if inserted == 0 {
+        return Err(StoreError::AccountExists);
+    }
+    insert_keys(tx, tx.last_insert_rowid(), keys)
+}
+
+/// [`Store::set_keys`] inside a transaction.
+pub fn set_keys_tx(
+    tx: &rusqlite::Transaction<'_>,
+    username: &str,
+    domain: &str,
+    keys: &[(Hash, ScramKeys)],
+) -> Result<(), StoreError> {
+    let id = lookup_id(tx, username, domain)?.ok_or(StoreError::NoSuchAccount)?;
+    tx.prepare_cached("DELETE FROM account_keys WHERE account = ?1")?
+        .execute([id])?;
+    tx.prepare_cached("DELETE FROM fast_tokens WHERE account = ?1")?
+        .execute([id])?;
+    insert_keys(tx, id, keys)
+}
+
+/// [`Store::delete_account`] inside a transaction (the caller forgets cached ids after it
+/// commits: [`Store::forget_account_ids`]).
+pub fn delete_account_tx(
+    tx: &rusqlite::Transaction<'_>,
+    username: &str,
+    domain: &str,
+) -> Result<(), StoreError> {
+    let deleted = tx
+        .prepare_cached("DELETE FROM accounts WHERE username = ?1 AND domain = ?2")?
+        .execute(params![username, domain])?;
+    if deleted == 0 {
+        return Err(StoreError::NoSuchAccount);
+    }
+    Ok(())
+}
+
 impl Store {
     /// Creates the account `username@domain` with the given SCRAM verifiers
     /// (normally one per supported hash), in one transaction.
@@ -132,18 +182,7 @@ impl Store {
         domain: &str,
         keys: &[(Hash, ScramKeys)],
     ) -> Result<(), StoreError> {
-        self.transaction(|tx| {
-            let inserted = tx
-                .prepare_cached(
-                    "INSERT INTO accounts (username, domain, created) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (username, domain) DO NOTHING",
-                )?
-                .execute(params![username, domain, unix_now()])?;
-            if inserted == 0 {
-                return Err(StoreError::AccountExists);
-            }
-            insert_keys(tx, tx.last_insert_rowid(), keys)
-        })
+        self.transaction(|tx| create_account_tx(tx, username, domain, keys))
     }
 
     /// Replaces all SCRAM verifiers of `username@domain` with `keys` (a
@@ -158,14 +197,7 @@ impl Store {
         domain: &str,
         keys: &[(Hash, ScramKeys)],
     ) -> Result<(), StoreError> {
-        self.transaction(|tx| {
-            let id = lookup_id(tx, username, domain)?.ok_or(StoreError::NoSuchAccount)?;
-            tx.prepare_cached("DELETE FROM account_keys WHERE account = ?1")?
-                .execute([id])?;
-            tx.prepare_cached("DELETE FROM fast_tokens WHERE account = ?1")?
-                .execute([id])?;
-            insert_keys(tx, id, keys)
-        })
+        self.transaction(|tx| set_keys_tx(tx, username, domain, keys))
     }
 
     /// Deletes `username@domain` and, through `ON DELETE CASCADE`, its keys
@@ -183,6 +215,11 @@ impl Store {
             return Err(StoreError::NoSuchAccount);
         }
         Ok(())
+    }
+
+    /// Forgets the cached account ids (after an account was deleted by a write job).
+    pub fn forget_account_ids(&self) {
+        self.account_ids.clear();
     }
 
     /// SQLite's `PRAGMA data_version`: changes whenever another connection (the command

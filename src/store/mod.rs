@@ -61,7 +61,7 @@
 //! gets `SQLITE_BUSY` at once, without waiting, if another process committed
 //! in between.
 
-mod accounts;
+pub mod accounts;
 pub mod fast;
 pub mod mailbox;
 pub mod mam;
