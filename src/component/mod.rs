@@ -31,12 +31,11 @@ pub mod uplink;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
-use std::net::{SocketAddr, TcpListener};
-use std::os::fd::AsRawFd;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use glib::{ControlFlow, IOCondition, Source};
+use glib::Source;
 use jid::Jid;
 use sha1::{Digest, Sha1};
 use subtle::ConstantTimeEq;
@@ -45,7 +44,6 @@ use crate::core::events::{Routed, Tick};
 use crate::core::hooks::{Flow, Hooks, Name, Point, To};
 use crate::core::stanza::{Condition, StreamError, stanza_error};
 use crate::net::link::{Auth, Dir, Input, Kind, Link, attr, random_id};
-use crate::net::source;
 use crate::server::Server;
 use crate::xml::{Element, ns};
 
@@ -69,7 +67,7 @@ const MAX_PENDING: usize = 16;
 
 #[derive(Default)]
 struct State {
-    listeners: RefCell<Vec<(TcpListener, Source)>>,
+    listeners: RefCell<Vec<Source>>,
     links: RefCell<HashMap<u64, Rc<Link>>>,
     /// The authenticated stream of each connected component domain.
     connected: RefCell<HashMap<String, u64>>,
@@ -142,7 +140,7 @@ pub fn bound(server: &Server) -> Vec<SocketAddr> {
 /// Closes every component stream (`system-shutdown`) and stops listening.
 pub fn stop(server: &Rc<Server>) {
     let st = server.ext::<State>();
-    for (_, src) in st.listeners.borrow_mut().drain(..) {
+    for src in st.listeners.borrow_mut().drain(..) {
         src.destroy();
     }
     let links: Vec<Rc<Link>> = st.links.borrow().values().cloned().collect();
@@ -185,73 +183,39 @@ fn connected_link(st: &State, domain: &str) -> Option<Rc<Link>> {
 // ---- listening ------------------------------------------------------------------------------
 
 fn listen(server: &Rc<Server>, addr: SocketAddr) -> io::Result<SocketAddr> {
-    let listener = crate::net::listen_tcp(addr, 64)?;
-    let local = listener.local_addr()?;
-    let weak = Rc::downgrade(server);
-    let src = source::watch_fd(
-        listener.as_raw_fd(),
-        IOCondition::IN,
-        move |fd, _| match weak.upgrade() {
-            Some(server) => {
-                accept_all(&server, fd);
-                ControlFlow::Continue
-            }
-            None => ControlFlow::Break,
-        },
-    );
-    server
-        .ext::<State>()
-        .listeners
-        .borrow_mut()
-        .push((listener, src));
+    let (local, src) = crate::net::serve(server, addr, 64, "component", accept)?;
+    server.ext::<State>().listeners.borrow_mut().push(src);
     Ok(local)
 }
 
-fn accept_all(server: &Rc<Server>, fd: i32) {
+fn accept(server: &Rc<Server>, sock: std::net::TcpStream, peer: SocketAddr) {
     let st = server.ext::<State>();
-    loop {
-        let accepted = {
-            let listeners = st.listeners.borrow();
-            let Some((l, _)) = listeners.iter().find(|(l, _)| l.as_raw_fd() == fd) else {
-                return;
-            };
-            l.accept()
-        };
-        let (sock, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-            Err(e) => {
-                tracing::warn!("component accept: {e}");
-                return;
-            }
-        };
-        let pending = st
-            .links
-            .borrow()
-            .values()
-            .filter(|l| l.nego.borrow().auth == Auth::None)
-            .count();
-        if pending >= MAX_PENDING {
-            tracing::warn!(%peer, "components: too many streams without a handshake; refusing");
-            continue;
-        }
-        let id = st.next_id.get() + 1;
-        st.next_id.set(id);
-        let link = Link::new(
-            server,
-            &KIND,
-            id,
-            Dir::In,
-            server.config.default_domain(),
-            "",
-        );
-        st.links.borrow_mut().insert(id, link.clone());
-        if let Err(e) = link.attach(sock, None) {
-            tracing::debug!(%peer, "components: cannot set up the connection: {e}");
-            link.teardown();
-        } else {
-            tracing::debug!(link = id, %peer, "components: incoming connection");
-        }
+    let pending = st
+        .links
+        .borrow()
+        .values()
+        .filter(|l| l.nego.borrow().auth == Auth::None)
+        .count();
+    if pending >= MAX_PENDING {
+        tracing::warn!(%peer, "components: too many streams without a handshake; refusing");
+        return;
+    }
+    let id = st.next_id.get() + 1;
+    st.next_id.set(id);
+    let link = Link::new(
+        server,
+        &KIND,
+        id,
+        Dir::In,
+        server.config.default_domain(),
+        "",
+    );
+    st.links.borrow_mut().insert(id, link.clone());
+    if let Err(e) = link.attach(sock, None) {
+        tracing::debug!(%peer, "components: cannot set up the connection: {e}");
+        link.teardown();
+    } else {
+        tracing::debug!(link = id, %peer, "components: incoming connection");
     }
 }
 

@@ -284,6 +284,7 @@ fn roster(
         domain,
         el,
         &user,
+        Jid::from(user.clone()),
         kind,
         query,
         None,
@@ -293,6 +294,7 @@ fn roster(
 
 /// Runs the server's IQ rule for `payload` as `user`'s own request; the answer goes to the
 /// component (wrapped when `wrap` names the outer IQ's id).
+/// `to`: the user's own account, or the user's server.
 #[allow(clippy::too_many_arguments)]
 fn serve_as_user(
     server: &Rc<Server>,
@@ -300,6 +302,7 @@ fn serve_as_user(
     domain: &str,
     el: &Element,
     user: &BareJid,
+    to: Jid,
     kind: IqType,
     payload: Element,
     wrap: Option<String>,
@@ -326,7 +329,7 @@ fn serve_as_user(
         id.to_owned(),
         kind,
         Some(origin),
-        Some(Jid::from(user.clone())),
+        Some(to),
         el.get_attr("xml:lang").map(str::to_owned),
         payload,
     ));
@@ -396,46 +399,21 @@ fn privileged_iq(
         return forbid("only requests to the user's own account or server are served");
     }
     let outer_id = el.get_attr("id").unwrap_or_default().to_owned();
-    let payload = payload.clone();
-    if host {
-        // Served by the server's rules for the domain: the answer is from the domain.
-        let Some(origin) = acting_as(&user, domain) else {
-            return;
-        };
-        let Some(handler) =
-            server
-                .stream
-                .session_stage()
-                .rules()
-                .find(&payload.ns, &payload.name, kind)
-        else {
-            return answer_error(link, el, Condition::ServiceUnavailable, "");
-        };
-        let Ok(component) = Jid::new(domain) else {
-            return;
-        };
-        return handler(Incoming::new(
-            server.clone(),
-            ReplyTo::Privileged {
-                component,
-                wrap: Some(outer_id),
-            },
-            inner_id.to_owned(),
-            kind,
-            Some(origin),
-            Some(Jid::from(user.domain().to_owned())),
-            None,
-            payload,
-        ));
-    }
+    // The user's server answers from its domain; the account from the user's bare JID.
+    let to = if host {
+        Jid::from(user.domain().to_owned())
+    } else {
+        Jid::from(user.clone())
+    };
     serve_as_user(
         server,
         link,
         domain,
         el,
         &user,
+        to,
         kind,
-        payload,
+        payload.clone(),
         Some(outer_id),
         inner_id,
     );

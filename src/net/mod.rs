@@ -67,3 +67,36 @@ pub async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> io::Result<TcpS
     }
     Ok(sock.into())
 }
+
+/// Listens on `addr` on the loop: every accepted connection goes to `accept` with the server,
+/// while the server lives. Returns the bound address and the source (destroying it closes
+/// the listener). `what` names the listener in logs.
+pub fn serve(
+    server: &std::rc::Rc<crate::server::Server>,
+    addr: SocketAddr,
+    backlog: i32,
+    what: &'static str,
+    accept: impl Fn(&std::rc::Rc<crate::server::Server>, TcpStream, SocketAddr) + 'static,
+) -> io::Result<(SocketAddr, glib::Source)> {
+    let listener = listen_tcp(addr, backlog)?;
+    let local = listener.local_addr()?;
+    let weak = std::rc::Rc::downgrade(server);
+    let fd = listener.as_raw_fd();
+    let src = crate::net::source::watch_fd(fd, IOCondition::IN, move |_, _| {
+        let Some(server) = weak.upgrade() else {
+            return ControlFlow::Break;
+        };
+        loop {
+            match listener.accept() {
+                Ok((sock, peer)) => accept(&server, sock, peer),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ControlFlow::Continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::warn!("{what} accept: {e}");
+                    return ControlFlow::Continue;
+                }
+            }
+        }
+    });
+    Ok((local, src))
+}

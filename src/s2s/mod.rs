@@ -24,13 +24,12 @@ mod tls;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
-use std::net::{SocketAddr, TcpListener};
-use std::os::fd::AsRawFd;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use glib::{ControlFlow, IOCondition, Source};
+use glib::Source;
 use jid::Jid;
 
 use crate::core::events::{Routed, Tick};
@@ -61,7 +60,7 @@ struct State {
     links: RefCell<HashMap<u64, Rc<Link>>>,
     /// The outgoing link of each (our domain, remote domain).
     out: RefCell<HashMap<Route, u64>>,
-    listeners: RefCell<Vec<(TcpListener, Source)>>,
+    listeners: RefCell<Vec<Source>>,
     next_id: Cell<u64>,
     secret: RefCell<Option<Rc<dialback::Secret>>>,
     trust: RefCell<Option<Rc<tls::Trust>>>,
@@ -141,7 +140,7 @@ pub fn start(server: &Rc<Server>) -> io::Result<Vec<SocketAddr>> {
 /// Closes every link (`system-shutdown`) and stops listening.
 pub fn stop(server: &Rc<Server>) {
     let st = server.ext::<State>();
-    for (_, src) in st.listeners.borrow_mut().drain(..) {
+    for src in st.listeners.borrow_mut().drain(..) {
         src.destroy();
     }
     let links: Vec<Rc<Link>> = st.links.borrow().values().cloned().collect();
@@ -189,81 +188,50 @@ pub fn links(server: &Server) -> Vec<LinkInfo> {
 }
 
 fn listen(server: &Rc<Server>, addr: SocketAddr, direct_tls: bool) -> io::Result<SocketAddr> {
-    let listener = crate::net::listen_tcp(addr, 128)?;
-    let local = listener.local_addr()?;
-    let weak = Rc::downgrade(server);
-    let fd = listener.as_raw_fd();
-    let src = source::watch_fd(fd, IOCondition::IN, move |fd, _| match weak.upgrade() {
-        Some(server) => {
-            accept_all(&server, fd, direct_tls);
-            ControlFlow::Continue
-        }
-        None => ControlFlow::Break,
-    });
-    server
-        .ext::<State>()
-        .listeners
-        .borrow_mut()
-        .push((listener, src));
+    let (local, src) = crate::net::serve(server, addr, 128, "s2s", move |server, sock, peer| {
+        accept(server, sock, peer, direct_tls)
+    })?;
+    server.ext::<State>().listeners.borrow_mut().push(src);
     Ok(local)
 }
 
-fn accept_all(server: &Rc<Server>, fd: i32, direct_tls: bool) {
+fn accept(server: &Rc<Server>, sock: std::net::TcpStream, peer: SocketAddr, direct_tls: bool) {
     let st = server.ext::<State>();
-    loop {
-        let accepted = {
-            let listeners = st.listeners.borrow();
-            let Some((l, _)) = listeners.iter().find(|(l, _)| l.as_raw_fd() == fd) else {
-                return;
-            };
-            l.accept()
-        };
-        let (sock, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+    // Unauthenticated streams from one address are capped like a domain's links.
+    let cap = server.config.s2s.max_links_per_domain * 2;
+    let pending_from_ip = st
+        .links
+        .borrow()
+        .values()
+        .filter(|l| {
+            l.dir == Dir::In
+                && l.peer.get().map(|a| a.ip()) == Some(peer.ip())
+                && l.nego.borrow().verified.is_empty()
+        })
+        .count();
+    if pending_from_ip >= cap || st.links.borrow().len() >= server.config.limits.max_connections {
+        tracing::warn!(%peer, "s2s: too many connections; refusing");
+        return;
+    }
+    let tls = if direct_tls {
+        match link::server_tls(&server_tls(server)) {
+            Ok(t) => Some(t),
             Err(e) => {
-                tracing::warn!("s2s accept: {e}");
+                tracing::warn!("s2s: TLS: {e}");
                 return;
             }
-        };
-        // Unauthenticated streams from one address are capped like a domain's links.
-        let cap = server.config.s2s.max_links_per_domain * 2;
-        let pending_from_ip = st
-            .links
-            .borrow()
-            .values()
-            .filter(|l| {
-                l.dir == Dir::In
-                    && l.peer.get().map(|a| a.ip()) == Some(peer.ip())
-                    && l.nego.borrow().verified.is_empty()
-            })
-            .count();
-        if pending_from_ip >= cap || st.links.borrow().len() >= server.config.limits.max_connections
-        {
-            tracing::warn!(%peer, "s2s: too many connections; refusing");
-            drop(sock);
-            continue;
         }
-        let tls = if direct_tls {
-            match link::server_tls(&server_tls(server)) {
-                Ok(t) => Some(t),
-                Err(e) => {
-                    tracing::warn!("s2s: TLS: {e}");
-                    continue;
-                }
-            }
-        } else {
-            None
-        };
-        let id = next_id(server);
-        let link = Link::new(server, &KIND, id, Dir::In, "", "");
-        st.links.borrow_mut().insert(id, link.clone());
-        if let Err(e) = link.attach(sock, tls) {
-            tracing::debug!(%peer, "s2s: cannot set up the connection: {e}");
-            link.teardown();
-        } else {
-            tracing::debug!(link = id, %peer, "s2s: incoming connection");
-        }
+    } else {
+        None
+    };
+    let id = next_id(server);
+    let link = Link::new(server, &KIND, id, Dir::In, "", "");
+    st.links.borrow_mut().insert(id, link.clone());
+    if let Err(e) = link.attach(sock, tls) {
+        tracing::debug!(%peer, "s2s: cannot set up the connection: {e}");
+        link.teardown();
+    } else {
+        tracing::debug!(link = id, %peer, "s2s: incoming connection");
     }
 }
 
