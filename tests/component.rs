@@ -665,3 +665,64 @@ fn managed_entity_presence_and_privileged_iq() {
     assert!(r.contains("id=\"inner4\""), "{r}");
     srv.stop();
 }
+
+/// Round trip user → wockd → raw component → wockd → user (the component echoes at once),
+/// and messages per second from a component to one user. `cargo test --release --test
+/// component -- --ignored --nocapture measure` (read-rate limits off).
+#[test]
+#[ignore]
+fn measure_component_round_trip() {
+    let (srv, addr) = start_tweaked(|c| {
+        c.limits.read_rate = 1 << 40;
+        c.limits.read_burst = 1 << 40;
+        c.component_listener.read_rate = 1 << 40;
+        c.component_listener.read_burst = 1 << 40;
+    });
+    let mut comp = connect(addr);
+    let mut alice = Client::login(&srv, "alice", "phone");
+    alice.send("<presence/>");
+    alice.clear();
+    let mut times = Vec::new();
+    for i in 0..2000 {
+        let t = std::time::Instant::now();
+        alice.send(&format!(
+            "<message to='echo@{COMP}' type='chat' id='e{i}'><body>{i}</body></message>"
+        ));
+        expect(&mut comp, &[&format!("id=\"e{i}\"")]);
+        comp.send(&format!(
+            "<message from='echo@{COMP}' to='alice@localhost/phone' type='chat' id='r{i}'><body>{i}</body></message>"
+        ));
+        let id = format!("id=\"r{i}\"");
+        alice.wait(|s| s.contains(&id));
+        times.push(t.elapsed());
+    }
+    times.sort();
+    println!(
+        "user → component → user: p50 {:?} p99 {:?} max {:?} (2000, archived)",
+        times[times.len() / 2],
+        times[times.len() * 99 / 100],
+        times[times.len() - 1]
+    );
+    let n = 20_000;
+    let t = std::time::Instant::now();
+    let mut batch = String::new();
+    for i in 0..n {
+        batch.push_str(&format!(
+            "<message from='flood@{COMP}' to='alice@localhost/phone' type='chat'><body>{i}</body></message>"
+        ));
+        if batch.len() > 64 * 1024 {
+            comp.send(&batch);
+            batch.clear();
+        }
+    }
+    comp.send(&batch);
+    let last = format!("<body>{}</body>", n - 1);
+    alice.timeout = Duration::from_secs(60);
+    alice.wait(|s| s.contains(&last));
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "{n} messages component → user: {:.0} msg/s (each archived)",
+        n as f64 / secs
+    );
+    srv.stop();
+}

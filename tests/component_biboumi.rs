@@ -511,3 +511,47 @@ fn biboumi_persistent_channel_while_offline() {
     );
     drop(w);
 }
+
+/// Relay latency XMPP → IRC → XMPP through Biboumi attached to wockd: the user's groupchat
+/// line reaches the raw IRC client, which answers at once; the time until the answer is back
+/// at the user. Median and max of 50 (`cargo test --release --test component_biboumi --
+/// --ignored --nocapture measure`).
+#[test]
+#[ignore]
+fn measure_biboumi_relay() {
+    let Some(w) = world() else { return };
+    let mut laptop = online(&w.srv, "laptop");
+    configure_irc_server(&mut laptop, w.port);
+    let mut bob = Irc::connect(w.port, "bob");
+    bob.send("JOIN #chan");
+    bob.expect(" 366 ");
+    join(&mut laptop, "#chan", 0);
+    bob.expect("JOIN");
+    let r = room("#chan");
+    let (mut out, mut back) = (Vec::new(), Vec::new());
+    for i in 0..50 {
+        let t = std::time::Instant::now();
+        laptop.send(&format!(
+            "<message to='{r}' type='groupchat' id='m{i}'><body>ping {i}</body></message>"
+        ));
+        bob.expect(&format!(":ping {i}"));
+        out.push(t.elapsed());
+        let t = std::time::Instant::now();
+        bob.send(&format!("PRIVMSG #chan :pong {i}"));
+        laptop.wait_for("the pong", 10, |s| {
+            s.starts_with("<message") && s.contains(&format!("pong {i}<"))
+        });
+        back.push(t.elapsed());
+    }
+    for v in [&mut out, &mut back] {
+        v.sort();
+    }
+    println!(
+        "Biboumi on wockd, XMPP → IRC: median {:?}, max {:?}; IRC → XMPP: median {:?}, max {:?} (50 each; ngircd's own per-client penalty is in these)",
+        out[out.len() / 2],
+        out[out.len() - 1],
+        back[back.len() / 2],
+        back[back.len() - 1]
+    );
+    drop(w);
+}
