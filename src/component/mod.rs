@@ -117,6 +117,10 @@ pub fn start(server: &Rc<Server>) -> io::Result<Vec<SocketAddr>> {
         match listen(server, *addr) {
             Ok(a) => {
                 tracing::info!(address = %a, "listening for components");
+                if !a.ip().is_loopback() {
+                    // The stream is plaintext: the handshake is a hash, but the stanzas are not.
+                    tracing::warn!(address = %a, "the component listener is not on loopback: component streams are not encrypted");
+                }
                 bound.push(a);
             }
             Err(e) => tracing::warn!(address = %addr, "components: cannot listen: {e}"),
