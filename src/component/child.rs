@@ -6,8 +6,9 @@
 //!
 //! The child keeps its own data directory (`<data_dir>/transport`: its SQLite with the legacy
 //! accounts, libpurple's files) and logs in the stored legacy accounts when it starts. When it
-//! dies, the server tells each online user with contacts at the gateway once, and starts it
-//! again after 1 s, doubling up to 60 s while it keeps dying within a minute. The child gets
+//! dies, the server starts it again after 1 s, doubling up to 60 s while it keeps dying within
+//! a minute; the new child tells each user with legacy accounts once (a headline message from
+//! the gateway; like any headline, not kept for a user who is offline). The child gets
 //! SIGTERM when the server goes (`PR_SET_PDEATHSIG` also when the server is killed).
 
 use std::cell::RefCell;
@@ -20,7 +21,6 @@ use crate::config::{
     Access, Component, ComponentLink, Config, MessagePerm, PresencePerm, TransportProcess,
 };
 use crate::server::Server;
-use crate::xml::Element;
 
 /// What the parent needs to start the child, made before the server (its components are in
 /// the server's configuration).
@@ -38,6 +38,8 @@ struct State {
     started: RefCell<Option<Instant>>,
     backoff: RefCell<Duration>,
     stopping: RefCell<bool>,
+    /// A previous child died: the next one tells the users (`transport::RESTARTED_ENV`).
+    restarted: RefCell<bool>,
 }
 
 /// With `process = "separate"`: turns the transport off in `config` and hosts its domains as
@@ -189,6 +191,9 @@ fn spawn(server: &Rc<Server>) {
     };
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("-c").arg(&config).arg("component");
+    if *st.restarted.borrow() {
+        cmd.env(crate::transport::RESTARTED_ENV, "1");
+    }
     // SAFETY: prctl in the forked child before exec; async-signal-safe.
     unsafe {
         cmd.pre_exec(|| {
@@ -230,7 +235,7 @@ fn exited(server: &Rc<Server>, pid: i32, status: i32) {
     if ran >= Duration::from_secs(60) {
         *st.backoff.borrow_mut() = Duration::from_secs(1);
     }
-    tell_users(server);
+    *st.restarted.borrow_mut() = true;
     schedule(server);
 }
 
@@ -250,37 +255,4 @@ fn schedule(server: &Rc<Server>) {
             spawn(&server);
         }
     });
-}
-
-/// One notice per online user who has contacts at a gateway of the child.
-fn tell_users(server: &Rc<Server>) {
-    let domains = match server.ext::<State>().plan.borrow().as_ref() {
-        Some(p) => p.domains.clone(),
-        None => return,
-    };
-    let users: std::collections::BTreeSet<jid::BareJid> = server
-        .sessions
-        .borrow()
-        .all()
-        .map(|s| s.jid.to_bare())
-        .collect();
-    for user in users {
-        let gateway = crate::core::roster::items(server, &user)
-            .into_iter()
-            .find_map(|row| {
-                let domain = row.contact.rsplit('@').next().unwrap_or(&row.contact);
-                domains.iter().find(|d| d.as_str() == domain).cloned()
-            });
-        let Some(gateway) = gateway else { continue };
-        server.route_local(
-            Element::stanza("message")
-                .attr("type", "headline")
-                .attr("from", gateway)
-                .attr("to", user.to_string())
-                .child(Element::stanza("body").text(
-                    "The gateway process stopped unexpectedly. It is being restarted; your \
-                     accounts on other networks will reconnect by themselves.",
-                )),
-        );
-    }
 }

@@ -191,6 +191,35 @@ impl Transport {
     }
 }
 
+/// Set by the server in the environment of a transport process it starts again after the
+/// previous one died (`[transport] process = "separate"`, `component::child`).
+pub const RESTARTED_ENV: &str = "WOCKD_TRANSPORT_RESTARTED";
+
+/// After a crash of the transport process: each user with legacy accounts is told once, from
+/// the gateway of their first account, while the accounts log in again.
+fn tell_restarted(server: &Rc<Server>) {
+    use crate::router::ServiceHost;
+    let owners: BTreeMap<BareJid, String> = Transport::get(server)
+        .legacy
+        .borrow()
+        .values()
+        .map(|l| (l.owner.clone(), l.service.clone()))
+        .collect();
+    for (owner, service) in owners {
+        server.to_account(
+            &owner,
+            crate::xml::Element::stanza("message")
+                .attr("type", "headline")
+                .attr("from", service)
+                .attr("to", owner.to_string())
+                .child(crate::xml::Element::stanza("body").text(
+                    "The gateway stopped unexpectedly and has been restarted; your accounts on \
+                     other networks are reconnecting.",
+                )),
+        );
+    }
+}
+
 /// Starts the transport for `server` if the configuration enables it: initialises libpurple
 /// (once per process), registers one service per network and logs in the stored accounts.
 /// Call after `server.start()` on the thread that runs the server's main loop.
@@ -230,6 +259,9 @@ pub fn install(server: &Rc<Server>) {
         );
     }
     accounts::load_all(server);
+    if std::env::var_os(RESTARTED_ENV).is_some() {
+        tell_restarted(server);
+    }
     reconnect::start_watchdog(server);
     // A deleted local account takes its legacy accounts along: logged out, removed from
     // libpurple and the store.
