@@ -285,3 +285,89 @@ secret = "{SECRET}"
     assert!(m.contains("from=\"torrent.localhost\""), "{m}");
     srv.stop();
 }
+
+/// A host that grants the roster privilege but refuses the roster set (ejabberd 23.01 does,
+/// with an internal error): the component asks the user to subscribe instead (XEP-0100), and
+/// later items go that way at once. The host here is a raw XEP-0114 server in the test.
+#[test]
+fn a_refused_roster_set_falls_back_to_a_subscription_request() {
+    use std::io::{Read, Write};
+    let Some(bin) = require("ngircd") else { return };
+    let (_ircd, irc_port) = ngircd(&bin);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host_port = listener.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = component_config(dir.path(), host_port);
+    let _child = spawn_component(&dir, &config);
+    let (mut sock, _) = listener.accept().unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut buf = String::new();
+    let mut read_until = |sock: &mut std::net::TcpStream, buf: &mut String, needle: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(i) = buf.find(needle) {
+                let out = buf[..i + needle.len()].to_owned();
+                buf.drain(..i + needle.len());
+                return out;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waiting for {needle:?}; have {buf:?}"
+            );
+            let mut chunk = [0u8; 65536];
+            if let Ok(n) = sock.read(&mut chunk) {
+                assert!(n > 0, "the component closed; have {buf:?}");
+                buf.push_str(&String::from_utf8_lossy(&chunk[..n]));
+            }
+        }
+    };
+    read_until(&mut sock, &mut buf, &format!("to='{SVC}'>"));
+    sock.write_all(format!(
+        "<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' id='abc' from='{SVC}'>"
+    ).as_bytes()).unwrap();
+    read_until(&mut sock, &mut buf, "</handshake>");
+    sock.write_all(b"<handshake/>").unwrap();
+    // Roster set granted.
+    sock.write_all(format!(
+        "<message from='localhost' to='{SVC}'><privilege xmlns='urn:xmpp:privilege:2'><perm access='roster' type='both' push='false'/></privilege></message>"
+    ).as_bytes()).unwrap();
+    // A user of the host registers an IRC account.
+    let form = register_form(
+        SVC,
+        "reg1",
+        &[
+            ("username", "alicebot"),
+            ("split:0", "127.0.0.1"),
+            ("opt:port", &irc_port.to_string()),
+            ("opt:ssl", "0"),
+        ],
+    )
+    .replacen("<iq ", "<iq from='alice@localhost/laptop' ", 1);
+    sock.write_all(form.as_bytes()).unwrap();
+    read_until(&mut sock, &mut buf, "id=\"reg1\"");
+    // The gateway's own roster item comes as a privileged roster set: refuse it.
+    let set = read_until(&mut sock, &mut buf, "jabber:iq:roster");
+    let id = set
+        .rsplit("<iq ")
+        .next()
+        .and_then(|s| s.split("id=\"").nth(1))
+        .and_then(|s| s.split('"').next())
+        .expect("the roster set has an id")
+        .to_owned();
+    sock.write_all(format!(
+        "<iq type='error' id='{id}' from='alice@localhost' to='{SVC}'><error type='wait'><internal-server-error xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
+    ).as_bytes()).unwrap();
+    // The fallback: a subscription request from the gateway to the user.
+    let before = read_until(&mut sock, &mut buf, "type=\"subscribe\"");
+    let start = before.rfind("<presence").expect("a presence");
+    let sub = before[start..].to_owned() + &read_until(&mut sock, &mut buf, ">");
+    assert!(
+        sub.contains("to=\"alice@localhost\"") && sub.contains(&format!("from=\"{SVC}\"")),
+        "{sub}"
+    );
+    assert!(
+        !before[..start].contains("type=\"subscribe\""),
+        "no subscription request before the refusal: {before}"
+    );
+}

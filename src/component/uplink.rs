@@ -272,10 +272,22 @@ fn from_host(server: &Rc<Server>, link: &Rc<Link>, domain: &str, el: Element) {
         server.ext::<Uplinks>().set(domain, grants);
         return;
     }
-    // Answers to what we sent (roster sets, privileged IQs): nothing waits for them.
+    // Answers to what we sent (roster sets, privileged IQs). A refused roster set falls back
+    // to the XEP-0100 way: a subscription request from the contact.
     if el.name == "iq" && matches!(el.get_attr("type"), Some("result" | "error")) {
-        if el.get_attr("type") == Some("error") {
+        let refused = el.get_attr("type") == Some("error");
+        if refused {
             tracing::debug!(component = %domain, "the host answered an error: {el}");
+        }
+        let id = el.get_attr("id").unwrap_or_default();
+        if let Some((user, contact)) = Uplinks::roster_set_answered(server, id, refused) {
+            tracing::info!(component = %domain, "the host refused a roster set; asking the user to subscribe instead");
+            server.route_local(
+                Element::stanza("presence")
+                    .attr("type", "subscribe")
+                    .attr("from", contact.as_str())
+                    .attr("to", user.as_str()),
+            );
         }
         return;
     }

@@ -48,13 +48,48 @@ impl Grants {
     }
 }
 
-/// `Server::ext` state: grants by service domain.
+/// `Server::ext` state: grants by service domain, and the roster sets awaiting the host's
+/// answer (id → user, contact) so that a refusal falls back to a subscription request.
 #[derive(Default)]
 pub struct Uplinks {
     grants: RefCell<HashMap<String, Grants>>,
+    roster_sets: RefCell<HashMap<String, (BareJid, BareJid)>>,
 }
 
+/// Roster sets remembered at once, at most (the oldest are forgotten: their answer is long
+/// overdue).
+const MAX_PENDING_ROSTER_SETS: usize = 10_000;
+
 impl Uplinks {
+    /// A roster set with `id` went to the host for `user`'s item `contact`.
+    pub fn roster_set_sent(server: &Server, id: &str, user: &BareJid, contact: &BareJid) {
+        let u = server.ext::<Uplinks>();
+        let mut m = u.roster_sets.borrow_mut();
+        if m.len() >= MAX_PENDING_ROSTER_SETS {
+            m.clear();
+        }
+        m.insert(id.to_owned(), (user.clone(), contact.clone()));
+    }
+
+    /// The host answered `id`: the roster set's user and contact when it was one, and
+    /// whether it was refused. A refusal also withdraws the roster grant of the contact's
+    /// service (the next items go the XEP-0100 way at once).
+    pub fn roster_set_answered(
+        server: &Server,
+        id: &str,
+        refused: bool,
+    ) -> Option<(BareJid, BareJid)> {
+        let u = server.ext::<Uplinks>();
+        let entry = u.roster_sets.borrow_mut().remove(id)?;
+        if refused {
+            if let Some(g) = u.grants.borrow_mut().get_mut(entry.1.domain().as_str()) {
+                g.roster_set = false;
+            }
+            return Some(entry);
+        }
+        None
+    }
+
     pub fn set(&self, domain: &str, grants: Grants) {
         self.grants.borrow_mut().insert(domain.to_owned(), grants);
     }

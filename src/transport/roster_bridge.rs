@@ -36,10 +36,14 @@ fn remote_item(
             }
             None => el.set_attr("subscription", "remove"),
         }
+        let id = crate::net::link::random_id();
+        if item.is_some() {
+            Uplinks::roster_set_sent(server, &id, owner, contact);
+        }
         server.route_local(
             Element::stanza("iq")
                 .attr("type", "set")
-                .attr("id", crate::net::link::random_id())
+                .attr("id", id)
                 .attr("from", service)
                 .attr("to", owner.as_str())
                 .child(Element::new("query", ns::ROSTER).child(el)),
