@@ -303,7 +303,7 @@ fn a_refused_roster_set_falls_back_to_a_subscription_request() {
     sock.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
     let mut buf = String::new();
-    let mut read_until = |sock: &mut std::net::TcpStream, buf: &mut String, needle: &str| {
+    let read_until = |sock: &mut std::net::TcpStream, buf: &mut String, needle: &str| {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(i) = buf.find(needle) {
