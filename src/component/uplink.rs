@@ -349,7 +349,9 @@ fn to_host(server: &Rc<Server>, ev: &mut Routed<'_>) -> Flow {
         let mut ups = st.ups.borrow_mut();
         let key = match from_domain {
             Some(d) if ups.contains_key(&d) => d,
-            // A stanza the server made (an error): the first link.
+            // In a process that also serves clients, other remote stanzas are federation's.
+            _ if !server.config.listen.is_empty() => return Flow::Continue,
+            // A stanza the component process made (an error): the first link.
             _ => match ups.keys().next() {
                 Some(k) => k.clone(),
                 None => return Flow::Continue,
