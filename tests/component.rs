@@ -413,6 +413,27 @@ fn hostile_component_input_closes_only_that_stream() {
         rest.contains("<not-well-formed") || rest.is_empty(),
         "{rest}"
     );
+    // A control character (not allowed in XML 1.0) in a component's stanza.
+    let mut comp = connect(addr);
+    comp.send(&format!(
+        "<message from='{COMP}' to='alice@localhost'><body>bell \u{7} here</body></message>"
+    ));
+    let rest = comp.until_closed();
+    assert!(rest.contains("<not-well-formed"), "{rest}");
+    // A stream that stops mid-stanza and goes away: nothing of it is delivered.
+    let mut comp = connect(addr);
+    comp.send(&format!(
+        "<message from='{COMP}' to='alice@localhost'><body>unterminated"
+    ));
+    drop(comp);
+    // A stanza deeper than the depth limit.
+    let mut comp = connect(addr);
+    let deep = "<x>".repeat(200) + &"</x>".repeat(200);
+    comp.send(&format!(
+        "<message from='{COMP}' to='alice@localhost'>{deep}</message>"
+    ));
+    let rest = comp.until_closed();
+    assert!(rest.contains("<policy-violation"), "{rest}");
     // An oversized stanza from an authenticated component.
     let mut comp = connect(addr);
     let big = "x".repeat(100 * 1024);
@@ -433,6 +454,9 @@ fn hostile_component_input_closes_only_that_stream() {
             .expect("the server reads byte by byte");
     }
     alice.expect(&["héllo ☃ 𝄞 ok"]);
+    alice.assert_none("a broken stanza", |s| {
+        s.contains("unterminated") || s.contains("bell")
+    });
     // The server still serves clients and the component.
     Client::login(&srv, "bob", "after").barrier();
     drop(comp);

@@ -168,6 +168,18 @@ pub enum StreamError {
 }
 
 impl StreamError {
+    /// The stream error RFC 6120 §4.9.3 names for a framing failure (client, server and
+    /// component streams alike).
+    pub fn for_framing(e: &crate::xml::FramerError) -> StreamError {
+        use crate::xml::FramerError;
+        match e {
+            FramerError::TooLarge(_) | FramerError::TooDeep(_) => StreamError::PolicyViolation,
+            FramerError::Restricted(_) => StreamError::RestrictedXml,
+            FramerError::NotWellFormed(_) => StreamError::NotWellFormed,
+            FramerError::TextAtStreamLevel => StreamError::BadFormat,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         use StreamError::*;
         match self {

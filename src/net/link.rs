@@ -450,14 +450,7 @@ impl Link {
                         })
                     }
                     Ok(Some(Token::StreamClose)) => Some(Input::Close),
-                    Err(e) => Some(Input::Error(
-                        match e {
-                            crate::xml::FramerError::TooLarge(_) => StreamError::PolicyViolation,
-                            crate::xml::FramerError::Restricted(_) => StreamError::RestrictedXml,
-                            _ => StreamError::NotWellFormed,
-                        },
-                        e.to_string(),
-                    )),
+                    Err(e) => Some(Input::Error(StreamError::for_framing(&e), e.to_string())),
                 }
             };
             let Some(input) = next else { break };

@@ -1085,13 +1085,7 @@ fn is_acknowledgement(el: &Element) -> bool {
 
 /// Maps a framing failure to the stream error RFC 6120 §4.9.3 names for it.
 fn framer_error(e: FramerError) -> (StreamError, Option<String>) {
-    let cond = match e {
-        FramerError::TooLarge(_) | FramerError::TooDeep(_) => StreamError::PolicyViolation,
-        FramerError::Restricted(_) => StreamError::RestrictedXml,
-        FramerError::NotWellFormed(_) => StreamError::NotWellFormed,
-        FramerError::TextAtStreamLevel => StreamError::BadFormat,
-    };
-    (cond, Some(e.to_string()))
+    (StreamError::for_framing(&e), Some(e.to_string()))
 }
 
 /// Maps a parsing failure to the stream error RFC 6120 §4.9.3 names for it.
