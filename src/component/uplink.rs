@@ -86,16 +86,6 @@ pub fn start(server: &Rc<Server>) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether the link of `domain` is up (authenticated), for `wockd status` and tests.
-pub fn is_up(server: &Server, domain: &str) -> bool {
-    server
-        .ext::<State>()
-        .ups
-        .borrow()
-        .get(domain)
-        .is_some_and(|u| u.ready)
-}
-
 /// Closes the links (shutdown).
 pub fn stop(server: &Rc<Server>) {
     let links: Vec<Rc<Link>> = server
