@@ -7,7 +7,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{Client, Raw, TestServer};
@@ -15,14 +15,6 @@ use sha1::{Digest, Sha1};
 
 const COMP: &str = "gw.localhost";
 const SECRET: &str = "s3cret-for-tests";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A server with accounts alice and bob and the component `COMP` configured; returns it and
 /// the component listener's address.
@@ -33,10 +25,11 @@ fn start() -> (TestServer, SocketAddr) {
 fn start_tweaked(
     tweak: impl FnOnce(&mut wockd::config::Config) + Send + 'static,
 ) -> (TestServer, SocketAddr) {
-    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    // Port 0: the listener's address is read back (a port picked beforehand could be taken
+    // by a parallel test in between).
     let srv = TestServer::start_with(
         move |c| {
-            c.component_listener.listen = vec![addr];
+            c.component_listener.listen = vec![SocketAddr::from(([127, 0, 0, 1], 0))];
             c.components = vec![wockd::config::Component {
                 domain: COMP.into(),
                 secret: Some(SECRET.into()),
@@ -48,6 +41,7 @@ fn start_tweaked(
     );
     srv.add_user("alice", "pw");
     srv.add_user("bob", "pw");
+    let addr = srv.components[0];
     (srv, addr)
 }
 

@@ -36,7 +36,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Client, TestServer};
-use transport_support::{Guard, Irc, free_port, ngircd, require};
+use transport_support::{Guard, Irc, ngircd, require};
 
 const BIB: &str = "biboumi.localhost";
 const SECRET: &str = "s3cret";
@@ -151,10 +151,10 @@ fn world() -> Option<World> {
     let bib_bin = require("biboumi")?;
     let ircd_bin = require("ngircd")?;
     let (ircd, port) = ngircd(&ircd_bin);
-    let component = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let srv = TestServer::start_with(
         move |c| {
-            c.component_listener.listen = vec![component];
+            // Port 0, read back below: a port picked beforehand could be taken in between.
+            c.component_listener.listen = vec![SocketAddr::from(([127, 0, 0, 1], 0))];
             c.components = vec![wockd::config::Component {
                 domain: BIB.into(),
                 secret: Some(SECRET.into()),
@@ -165,7 +165,7 @@ fn world() -> Option<World> {
         |_| {},
     );
     srv.add_user("alice", "pw");
-    let bib = biboumi(&bib_bin, component);
+    let bib = biboumi(&bib_bin, srv.components[0]);
     Some(World {
         port,
         bib,

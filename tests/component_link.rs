@@ -97,11 +97,11 @@ fn wait_status(srv: &TestServer, line: &str) {
 fn the_transport_as_a_component_of_wockd() {
     let Some(bin) = require("ngircd") else { return };
     let (_ircd, irc_port) = ngircd(&bin);
-    let host_port = free_port();
     let srv = TestServer::start_with(
         move |c| {
             use wockd::config::{Access, MessagePerm, PresencePerm};
-            c.component_listener.listen = vec![([127, 0, 0, 1], host_port).into()];
+            // Port 0, read back below: a port picked beforehand could be taken in between.
+            c.component_listener.listen = vec![([127, 0, 0, 1], 0).into()];
             let mut comp = wockd::config::Component {
                 domain: SVC.into(),
                 secret: Some(SECRET.into()),
@@ -118,6 +118,7 @@ fn the_transport_as_a_component_of_wockd() {
         |_| {},
     );
     srv.add_user("alice", "pw");
+    let host_port = srv.components[0].port();
     let dir = tempfile::tempdir().unwrap();
     let config = component_config(dir.path(), host_port);
     let mut child = spawn_component(&dir, &config);
@@ -226,10 +227,9 @@ fn the_transport_as_a_component_of_wockd() {
 /// The torrent service as a component: a user of the host lists and sets settings through it.
 #[test]
 fn the_torrent_service_as_a_component_of_wockd() {
-    let host_port = free_port();
     let srv = TestServer::start_with(
         move |c| {
-            c.component_listener.listen = vec![([127, 0, 0, 1], host_port).into()];
+            c.component_listener.listen = vec![([127, 0, 0, 1], 0).into()];
             c.components = vec![wockd::config::Component {
                 domain: "torrent.localhost".into(),
                 secret: Some(SECRET.into()),
@@ -239,6 +239,7 @@ fn the_torrent_service_as_a_component_of_wockd() {
         |_| {},
     );
     srv.add_user("alice", "pw");
+    let host_port = srv.components[0].port();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("component.toml");
     std::fs::write(

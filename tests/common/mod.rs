@@ -32,6 +32,8 @@ pub struct TestServer {
     pub untrusted: SocketAddr,
     /// XEP-0368 direct TLS listener.
     pub direct_tls: SocketAddr,
+    /// The component listener's addresses (XEP-0114), when components are configured.
+    pub components: Vec<SocketAddr>,
     pub dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     stop: Option<async_channel::Sender<()>>,
@@ -95,7 +97,9 @@ impl TestServer {
                 let bound = server.start().unwrap();
                 wockd::modules::install_services(&server);
                 wockd::status::start(&server);
-                addr_tx.send(bound).unwrap();
+                addr_tx
+                    .send((bound, wockd::component::bound(&server)))
+                    .unwrap();
                 let main_loop = glib::MainLoop::new(Some(&ctx), false);
                 let ml = main_loop.clone();
                 let srv = server.clone();
@@ -110,13 +114,14 @@ impl TestServer {
             })
             .unwrap();
         });
-        let bound = addr_rx
+        let (bound, components) = addr_rx
             .recv_timeout(Duration::from_secs(30))
             .expect("server did not start");
         TestServer {
             trusted: bound[0].0,
             untrusted: bound[1].0,
             direct_tls: bound[2].0,
+            components,
             dir: dir.to_owned(),
             _tmp: None,
             stop: Some(stop_tx),
