@@ -6,76 +6,15 @@
 //! connected, stanzas to the gateway bounce meanwhile, the legacy account logs in again.
 
 mod common;
+mod component_hosts;
 mod transport_support;
 
-use std::os::unix::process::CommandExt;
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Raw, TestServer};
 use transport_support::*;
 
-const SVC: &str = "irc.localhost";
-const SECRET: &str = "link-secret";
-
-fn component_config(dir: &Path, host_port: u16) -> std::path::PathBuf {
-    let path = dir.join("component.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"domains = ["localhost"]
-data_dir = "{data}"
-
-[log]
-level = "info"
-
-[transport]
-enabled = true
-allow_private_addresses = true
-
-[[transport.services]]
-domain = "{SVC}"
-prpl = "prpl-irc"
-defaults = {{ "ratelimit-interval" = "0", "ratelimit-burst" = "100" }}
-
-[torrent]
-enabled = false
-
-[[component_link]]
-domain = "{SVC}"
-address = "127.0.0.1:{host_port}"
-secret = "{SECRET}"
-"#,
-            data = dir.join("data").display()
-        ),
-    )
-    .unwrap();
-    path
-}
-
-fn spawn_component(dir: &tempfile::TempDir, config: &Path) -> Guard {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.path().join("component.log"))
-        .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_wockd"))
-        .process_group(0)
-        .arg("-c")
-        .arg(config)
-        .arg("component")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("cannot start wockd component");
-    Guard {
-        child,
-        extra_pidfile: None,
-        dir: tempfile::tempdir().unwrap(),
-    }
-}
+use component_hosts::{SECRET, SVC, component_config, spawn_component};
 
 fn wait_status(srv: &TestServer, line: &str) {
     let path = srv.dir.join("online.txt");
@@ -120,8 +59,8 @@ fn the_transport_as_a_component_of_wockd() {
     srv.add_user("alice", "pw");
     let host_port = srv.components[0].port();
     let dir = tempfile::tempdir().unwrap();
-    let config = component_config(dir.path(), host_port);
-    let mut child = spawn_component(&dir, &config);
+    let config = component_config(dir.path(), SVC, host_port);
+    let mut child = spawn_component(&config);
     wait_status(&srv, &format!("component {SVC} connected"));
 
     let mut c = Raw::login_plain(srv.trusted, "alice", "pw", "laptop");
@@ -213,7 +152,7 @@ fn the_transport_as_a_component_of_wockd() {
     c.until("id=\"ping1\"");
 
     // It comes back: the stored legacy account logs in again by itself.
-    let _child = spawn_component(&dir, &config);
+    let _child = spawn_component(&config);
     wait_status(&srv, &format!("component {SVC} connected"));
     until_all(&mut c, &["alicebot@127.0.0.1: online"]);
     c.send(&format!(
@@ -267,7 +206,7 @@ secret = "{SECRET}"
         ),
     )
     .unwrap();
-    let _child = spawn_component(&dir, &path);
+    let _child = spawn_component(&path);
     wait_status(&srv, "component torrent.localhost connected");
     let mut c = Raw::login_plain(srv.trusted, "alice", "pw", "phone");
     c.send("<presence/>");
@@ -298,8 +237,8 @@ fn a_refused_roster_set_falls_back_to_a_subscription_request() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let host_port = listener.local_addr().unwrap().port();
     let dir = tempfile::tempdir().unwrap();
-    let config = component_config(dir.path(), host_port);
-    let _child = spawn_component(&dir, &config);
+    let config = component_config(dir.path(), SVC, host_port);
+    let _child = spawn_component(&config);
     let (mut sock, _) = listener.accept().unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
