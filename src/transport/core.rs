@@ -53,8 +53,8 @@ pub enum InitError {
     AlreadyInitialised,
     #[error("cannot create {0}: {1}")]
     Dir(String, std::io::Error),
-    #[error("purple_core_init failed (see the purple log target)")]
-    CoreInit,
+    #[error("{0}")]
+    CoreInit(#[from] purple::init::CoreInitFailed),
 }
 
 /// The server libpurple works for, if called on its thread and the server is alive.
@@ -97,11 +97,10 @@ pub fn init(server: &Rc<Server>, dir: &Path) -> Result<(), InitError> {
         })
     });
     purple::eventloop::pump_default_context();
-    purple::init::init(dir, UI_ID, ui_init, super::policy::filter_resolved)
-        .map_err(|_| InitError::CoreInit)?;
+    purple::init::init(dir, UI_ID, ui_init, super::policy::filter_resolved)?;
     // Certificate trust per wockd user, not per process (certs.rs).
     super::certs::install(dir);
-    let (maj, min, mic) = purple::init::version();
+    let (maj, min, mic) = purple::init::version().unwrap_or_default();
     tracing::info!(user_dir = %dir.display(), "libpurple {maj}.{min}.{mic} initialised");
     Ok(())
 }

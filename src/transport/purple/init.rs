@@ -14,9 +14,16 @@ thread_local! {
     static UI_INIT: Cell<Option<fn()>> = const { Cell::new(None) };
 }
 
-/// `purple_core_init` failed (see the purple log target).
-#[derive(Debug)]
-pub struct CoreInitFailed;
+/// libpurple could not be initialised.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreInitFailed {
+    /// The library could not be opened (it is loaded at run time, see `purple_sys::load`).
+    #[error("{0}")]
+    Load(#[from] p::LoadError),
+    /// `purple_core_init` returned false.
+    #[error("purple_core_init failed (see the purple log target)")]
+    Core,
+}
 
 /// Initialises libpurple (once per process, on the main thread) with its user dir at `dir`
 /// and UI id `ui`. `ui_init` runs when libpurple asks the UI to set its ui-ops; DNS answers
@@ -27,6 +34,7 @@ pub fn init(
     ui_init: fn(),
     dns_filter: super::dns::Filter,
 ) -> Result<(), CoreInitFailed> {
+    p::load()?;
     UI_INIT.set(Some(ui_init));
     let dir_c = cstring(&dir.to_string_lossy());
     let ui = cstring(ui);
@@ -48,7 +56,7 @@ pub fn init(
         p::purple_dnsquery_set_ui_ops(dns);
         p::purple_srv_txt_query_set_ui_ops(srv);
         if p::purple_core_init(ui.as_ptr()) == 0 {
-            return Err(CoreInitFailed);
+            return Err(CoreInitFailed::Core);
         }
         // Desktop privacy: no other process on a session bus may drive the accounts.
         p::purple_dbus_uninit();
@@ -70,8 +78,8 @@ pub fn init(
     Ok(())
 }
 
-/// The `(major, minor, micro)` version of the libpurple linked at run time.
-pub fn version() -> (u32, u32, u32) {
+/// The `(major, minor, micro)` version of the libpurple loaded at run time (after `init`).
+pub fn version() -> Option<(u32, u32, u32)> {
     purple_sys::version()
 }
 
