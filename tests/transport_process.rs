@@ -147,12 +147,20 @@ fn a_crashing_transport_process_does_not_take_the_server_down() {
     ));
     assert!(bob.expect("PRIVMSG bob").contains(":before the crash"));
 
-    // SIGKILL to the transport process.
     let pid: i32 = first
         .trim_start_matches("transport-process ")
         .trim()
         .parse()
         .unwrap();
+    // libpurple (opened at run time) is mapped in the transport process only.
+    let maps = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    assert!(
+        !maps(_server.child.id()).contains("libpurple"),
+        "the main process mapped libpurple"
+    );
+    assert!(maps(pid as u32).contains("libpurple.so"));
+
+    // SIGKILL to the transport process.
     // SAFETY: kill(2) on the transport process the server under test started.
     unsafe { libc::kill(pid, libc::SIGKILL) };
 
