@@ -173,8 +173,9 @@ echo "================ wockd-bench summary ($(git rev-parse --short HEAD 2>/dev/
 while IFS= read -r line; do
   case "$line" in
     "RESULT idle "*)
-      printf '%-22s RSS idle %s KiB, %s KiB with %s sessions = %s KiB/session\n' "idle" \
-        "$(get rss_idle_kb "$line")" "$(get rss_open_kb "$line")" "$(get sessions "$line")" "$(get kb_per_session "$line")" ;;
+      printf '%-22s RSS idle %s KiB, %s KiB with %s sessions = %s KiB/session (anonymous %s KiB/session)\n' "idle" \
+        "$(get rss_idle_kb "$line")" "$(get rss_open_kb "$line")" "$(get sessions "$line")" "$(get kb_per_session "$line")" \
+        "$(get anon_kb_per_session "$line")" ;;
     "RESULT logins "*)
       printf '%-22s %8s logins/s  p50 %s ms  p99 %s ms  server %s µs/login  (%s failed)\n' "logins $(get mech "$line")" \
         "$(get rate "$line")" "$(get p50_ms "$line")" "$(get p99_ms "$line")" "$(get server_us_per_login "$line")" "$(get failed "$line")" ;;

@@ -92,6 +92,7 @@ pub fn run(
         );
     }
     let rss_before = pid.and_then(stats::rss_kb);
+    let anon_before = pid.and_then(stats::rss_anon_kb);
     let t = ctx.threads.min(sessions.max(1));
     let barrier = Arc::new(Barrier::new(t + 1));
     let mut handles = Vec::new();
@@ -133,6 +134,7 @@ pub fn run(
     let open_secs = t0.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs(settle));
     let rss_open = pid.and_then(stats::rss_kb);
+    let anon_open = pid.and_then(stats::rss_anon_kb);
     barrier.wait();
     let mut hist = Hist::default();
     let mut errors = Errors::default();
@@ -165,6 +167,14 @@ pub fn run(
             println!(
                 "  server RSS: {b} KiB idle, {o} KiB with {ok} sessions = {per:.1} KiB/session"
             );
+            if let (Some(ab), Some(ao)) = (anon_before, anon_open) {
+                let per = (ao as f64 - ab as f64) / ok.max(1) as f64;
+                println!(
+                    "  of which anonymous: {ab} KiB idle, {ao} KiB with {ok} sessions = {per:.1} KiB/session \
+                     (the rest is code run for the first time)"
+                );
+                let _ = write!(result, " anon_kb_per_session={per:.2}");
+            }
             if let Some(c) = rss_closed {
                 println!("  server RSS after closing them: {c} KiB");
             }

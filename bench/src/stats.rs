@@ -170,9 +170,19 @@ pub fn stat_cpu_ns(pid: u32) -> Option<u64> {
 
 /// VmRSS of a process in KiB.
 pub fn rss_kb(pid: u32) -> Option<u64> {
+    status_kb(pid, "VmRSS:")
+}
+
+/// The anonymous part of a process's RSS (heap, stacks, written data), in KiB: unlike VmRSS
+/// it does not grow when a code path runs for the first time and its pages are mapped in.
+pub fn rss_anon_kb(pid: u32) -> Option<u64> {
+    status_kb(pid, "RssAnon:")
+}
+
+fn status_kb(pid: u32, field: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
 }
