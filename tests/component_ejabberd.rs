@@ -388,18 +388,23 @@ fn the_transport_as_a_component_of_ejabberd() {
             && granted.contains("message = outgoing"),
         "{granted}"
     );
-    // wockd reads only `urn:xmpp:privilege:2` advertisements: 23.01's grants go unread, and
-    // the transport degrades as under a host that grants nothing: the gateway and bob ask
-    // for subscriptions instead of being set in the roster. (Just as well: 23.01's mod_roster
-    // fails a privileged roster set from a component, `module_not_loaded, mod_roster,
-    // <<"irc.localhost">>` in `process_local_iq`, which reads its options for the sender's
-    // domain; a wockd reading `:1` would get an error and leave no item at all.)
+    // wockd reads the `:1` grants and tries the privileged roster set, which 23.01's
+    // mod_roster fails for a component (`module_not_loaded, mod_roster, <<"irc.localhost">>`
+    // in `process_local_iq`, which reads its options for the sender's domain): wockd then
+    // falls back as under a host that grants nothing, the gateway and bob ask for
+    // subscriptions, and the roster grant is withdrawn for the following items.
     for way in [&seen.gateway_item, &seen.buddy_item] {
         let RosterWay::Asked(p) = way else {
-            panic!("a roster push: wockd read ejabberd's privilege:1 grants? {way:?}");
+            panic!("a roster push: did ejabberd accept a component's roster set? {way:?}");
         };
         assert!(p.contains("to=\"alice@localhost"), "{p}");
     }
+    let log = std::fs::read_to_string(s.configs[0].parent().unwrap().join("component.log"))
+        .unwrap_or_default();
+    assert!(
+        log.contains("privileges granted by the host") && log.contains("urn:xmpp:privilege:1"),
+        "wockd did not read the :1 grants:\n{log}"
+    );
     assert_roster(&seen.roster);
     // No `iq` permission in 23.01 (XEP-0356 0.2.1): no bookmark in ejabberd's PEP.
     assert!(

@@ -24,7 +24,7 @@ use super::NS_ACCEPT;
 use crate::core::events::Routed;
 use crate::core::hooks::{Flow, Hooks, Name, Point, To};
 use crate::core::stanza::{Condition, StreamError, stanza_error};
-use crate::core::uplink::{Grants, NS_PRIVILEGE, Uplinks};
+use crate::core::uplink::{Grants, NS_PRIVILEGE, NS_PRIVILEGE_1, Uplinks};
 use crate::net::link::{Dir, Input, Kind, Link, attr};
 use crate::net::source;
 use crate::server::Server;
@@ -254,7 +254,9 @@ fn element(server: &Rc<Server>, link: &Rc<Link>, domain: &str, el: Element) {
 fn from_host(server: &Rc<Server>, link: &Rc<Link>, domain: &str, el: Element) {
     // The host's privilege advertisement.
     if el.name == "message"
-        && let Some(p) = el.get_child("privilege", NS_PRIVILEGE)
+        && let Some(p) = el
+            .get_child("privilege", NS_PRIVILEGE)
+            .or_else(|| el.get_child("privilege", NS_PRIVILEGE_1))
         && el.get_attr("from").is_some_and(|f| !f.contains('@'))
     {
         let grants = Grants::parse(p);

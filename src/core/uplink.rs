@@ -13,6 +13,8 @@ use crate::server::Server;
 use crate::xml::Element;
 
 pub const NS_PRIVILEGE: &str = crate::iq::NS_PRIVILEGE;
+/// XEP-0356 0.2.x, what ejabberd up to 23.x and Spectrum 2's hosts speak.
+pub const NS_PRIVILEGE_1: &str = "urn:xmpp:privilege:1";
 
 /// What one service domain was granted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -21,18 +23,29 @@ pub struct Grants {
     pub message_outgoing: bool,
     /// Namespaces of `privileged_iq` requests the service may send as `set`.
     pub iq_set: BTreeSet<String>,
+    /// The XEP-0356 namespace the host advertised in (`:2`, or `:1` from older hosts);
+    /// privileged requests are wrapped in the same one.
+    pub ns: &'static str,
 }
 
 impl Grants {
-    /// Reads a `<privilege xmlns='urn:xmpp:privilege:2'/>` advertisement.
+    /// Reads a `<privilege xmlns='urn:xmpp:privilege:2'/>` (or `:1`) advertisement. `:1`
+    /// has no `iq` permission; its roster and message permissions read the same.
     pub fn parse(privilege: &Element) -> Grants {
-        let mut g = Grants::default();
+        let mut g = Grants {
+            ns: if privilege.is("privilege", NS_PRIVILEGE_1) {
+                NS_PRIVILEGE_1
+            } else {
+                NS_PRIVILEGE
+            },
+            ..Grants::default()
+        };
         for perm in privilege.elements().filter(|e| e.name == "perm") {
             let kind = perm.get_attr("type").unwrap_or("none");
             match perm.get_attr("access") {
                 Some("roster") => g.roster_set = matches!(kind, "set" | "both"),
                 Some("message") => g.message_outgoing = kind == "outgoing",
-                Some("iq") => {
+                Some("iq") if g.ns == NS_PRIVILEGE => {
                     for n in perm.elements().filter(|e| e.name == "namespace") {
                         if let (Some(ns), Some("set" | "both")) =
                             (n.get_attr("ns"), n.get_attr("type"))

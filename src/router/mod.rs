@@ -85,7 +85,8 @@ impl ServiceHost for Rc<Server> {
             // XEP-0356 "outgoing" when the host granted it; else the host's user has no sent
             // copy (as with Slidge or Spectrum 2 without privileges).
             let service = to.domain().as_str();
-            if !crate::core::uplink::Uplinks::get(self, service).message_outgoing {
+            let grants = crate::core::uplink::Uplinks::get(self, service);
+            if !grants.message_outgoing {
                 return;
             }
             let mut inner = message.clone();
@@ -95,7 +96,7 @@ impl ServiceHost for Rc<Server> {
                 .attr("from", service)
                 .attr("to", user.domain().as_str())
                 .child(
-                    Element::new("privilege", crate::core::uplink::NS_PRIVILEGE)
+                    Element::new("privilege", grants.ns)
                         .child(Element::new("forwarded", crate::xml::ns::FORWARD).child(inner)),
                 );
             return self.route_local(wrapped);
