@@ -42,6 +42,7 @@ fn order_file() {
     if release
         && target == "x86_64-unknown-linux-gnu"
         && rustc_minor() >= 90
+        && self_contained_lld()
         && !other_linker
         && !off
         && path.exists()
@@ -53,6 +54,22 @@ fn order_file() {
         // Names the compiler inlined away or renamed since the list was made are skipped.
         println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
     }
+}
+
+/// True when the toolchain ships the `ld.lld` wrapper rustc links with by default (official
+/// builds do; a distribution's rustc may link with the system `ld`, which lacks the flag).
+fn self_contained_lld() -> bool {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
+    Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .is_some_and(|root| {
+            std::path::Path::new(root.trim())
+                .join("lib/rustlib/x86_64-unknown-linux-gnu/bin/gcc-ld/ld.lld")
+                .exists()
+        })
 }
 
 /// The minor version of the rustc building this (1.x), 0 if unknown.
