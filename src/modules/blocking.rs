@@ -99,9 +99,18 @@ fn intercept(
     if to_local && to.node().is_none() {
         return false;
     }
-    let me = from.to_bare();
-    let to_bare = to.to_bare();
-    if to_bare == me {
+    // Per routed stanza: `to_bare()` formats a new string; a bare `to` is borrowed as is and
+    // the sender's bare JID is its full JID truncated.
+    let me = from.clone().into_bare();
+    let to_full;
+    let to_bare: &BareJid = match to.try_as_full() {
+        Err(bare) => bare,
+        Ok(full) => {
+            to_full = full.clone().into_bare();
+            &to_full
+        }
+    };
+    if *to_bare == me {
         return false;
     }
     let kind = el.get_attr("type");
@@ -118,7 +127,7 @@ fn intercept(
         }
         return true;
     }
-    if to_local && is_blocked(server, &to_bare, from) {
+    if to_local && is_blocked(server, to_bare, from) {
         if !is_response
             && el.name != "presence"
             && let Some(reply) =
