@@ -172,7 +172,8 @@ impl<'a> Routed<'a> {
 pub fn bare_of(to: &Jid) -> std::borrow::Cow<'_, BareJid> {
     match to.try_as_full() {
         Err(bare) => std::borrow::Cow::Borrowed(bare),
-        Ok(full) => std::borrow::Cow::Owned(full.to_bare()),
+        // `to_bare()` would format a new string; this copies and truncates.
+        Ok(full) => std::borrow::Cow::Owned(full.clone().into_bare()),
     }
 }
 

@@ -102,14 +102,8 @@ fn intercept(
     // Per routed stanza: `to_bare()` formats a new string; a bare `to` is borrowed as is and
     // the sender's bare JID is its full JID truncated.
     let me = from.clone().into_bare();
-    let to_full;
-    let to_bare: &BareJid = match to.try_as_full() {
-        Err(bare) => bare,
-        Ok(full) => {
-            to_full = full.clone().into_bare();
-            &to_full
-        }
-    };
+    let to_bare = crate::core::events::bare_of(to);
+    let to_bare: &BareJid = &to_bare;
     if *to_bare == me {
         return false;
     }

@@ -471,21 +471,21 @@ fn archive_outgoing(server: &Rc<Server>, from: &jid::FullJid, to: &Jid, el: &Ele
     {
         return;
     }
-    let owner = from.to_bare();
-    let node = owner.node().map(|n| n.to_string()).unwrap_or_default();
-    let Ok(Some(account)) = server.store.account_id(&node, owner.domain().as_str()) else {
+    let owner = from.clone().into_bare();
+    let node = owner.node().map_or("", |n| n.as_str());
+    let Ok(Some(account)) = server.store.account_id(node, owner.domain().as_str()) else {
         return;
     };
     if !archives(server, account, &owner, to) {
         return;
     }
-    let with = to.to_bare().to_string();
+    let with = bare_of(to).as_str().to_owned();
     let stanza_id = new_stanza_id();
     let mut copy = el.clone();
     copy.push(
         Element::new("stanza-id", crate::xml::ns::SID)
             .attr("id", stanza_id.as_str())
-            .attr("by", owner.to_string()),
+            .attr("by", owner.as_str()),
     );
     let mut xml = Vec::with_capacity(256);
     copy.write_to(&mut xml, "");
