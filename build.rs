@@ -59,30 +59,23 @@ fn order_file() {
 /// True when the toolchain ships the `ld.lld` wrapper rustc links with by default (official
 /// builds do; a distribution's rustc may link with the system `ld`, which lacks the flag).
 fn self_contained_lld() -> bool {
-    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
-    Command::new(rustc)
-        .args(["--print", "sysroot"])
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .is_some_and(|root| {
-            std::path::Path::new(root.trim())
-                .join("lib/rustlib/x86_64-unknown-linux-gnu/bin/gcc-ld/ld.lld")
-                .exists()
-        })
+    rustc(&["--print", "sysroot"]).is_some_and(|root| {
+        std::path::Path::new(root.trim())
+            .join("lib/rustlib/x86_64-unknown-linux-gnu/bin/gcc-ld/ld.lld")
+            .exists()
+    })
 }
 
 /// The minor version of the rustc building this (1.x), 0 if unknown.
 fn rustc_minor() -> u32 {
-    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
-    Command::new(rustc)
-        .arg("--version")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|v| {
-            let ver = v.split_whitespace().nth(1)?.to_owned();
-            ver.split('.').nth(1)?.parse().ok()
-        })
+    rustc(&["--version"])
+        .and_then(|v| v.split_whitespace().nth(1)?.split('.').nth(1)?.parse().ok())
         .unwrap_or(0)
+}
+
+/// What the rustc building this prints with `args`.
+fn rustc(args: &[&str]) -> Option<String> {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
+    let out = Command::new(rustc).args(args).output().ok()?;
+    String::from_utf8(out.stdout).ok()
 }
