@@ -2,7 +2,7 @@
 //! queued with `Store::queue_mailbox` and committed by the store's writer thread in batches (see `store::writer`).
 
 use base64::Engine;
-use jid::{BareJid, Jid};
+use jid::{BareJid, FullJid, Jid};
 use rand::Rng;
 
 use crate::store::mailbox::{Direction, NewEntry};
@@ -18,29 +18,45 @@ pub fn own_stanza_id<'a>(el: &'a Element, owner: &BareJid) -> Option<&'a str> {
 
 /// Stamps `el` with a new XEP-0359 stanza id for `owner`'s mailbox and builds its row.
 pub fn stamp(owner: &BareJid, account: i64, el: &mut Element, offline: bool) -> NewEntry {
+    stamp_from(owner, account, el, offline, None)
+}
+
+/// [`stamp`] for a message whose sender the caller knows (the full JID of the client that
+/// sent it, which the router wrote into `from`): its bare JID is not parsed again.
+pub fn stamp_from(
+    owner: &BareJid,
+    account: i64,
+    el: &mut Element,
+    offline: bool,
+    sender: Option<&FullJid>,
+) -> NewEntry {
     let by = owner.as_str();
     // XEP-0359 §5: a stanza id in our name that we did not add is a forgery.
     el.children.retain(|n| {
         !matches!(n, Node::Element(c) if c.is("stanza-id", ns::SID) && c.get_attr("by") == Some(by))
     });
-    let stanza_id = new_stanza_id();
+    let (stanza_id, ts) = new_stanza_id();
     el.push(
         Element::new("stanza-id", ns::SID)
             .attr("id", stanza_id.as_str())
             .attr("by", by),
     );
-    let with = el
-        .get_attr("from")
-        .and_then(|f| Jid::new(f).ok())
-        .map(|j| j.into_bare().into_inner())
-        .unwrap_or_default();
+    // A full JID's bare part ends at its first '/': no '/' in a localpart or a domain.
+    let with = match sender.and_then(|j| j.as_str().split_once('/')) {
+        Some((bare, _)) => bare.to_owned(),
+        None => el
+            .get_attr("from")
+            .and_then(|f| Jid::new(f).ok())
+            .map(|j| j.into_bare().into_inner())
+            .unwrap_or_default(),
+    };
     let mut xml = Vec::with_capacity(256);
     // With its xmlns, so the row stands on its own.
     el.write_to(&mut xml, "");
     NewEntry {
         account,
         stanza_id,
-        ts: super::time::now_micros(),
+        ts,
         with,
         direction: Direction::In,
         offline,
@@ -68,7 +84,9 @@ const SORTED_BASE64: base64::engine::GeneralPurpose =
 /// the timestamp never repeats within the process, and the random bits separate ids of
 /// processes whose clocks went back. The timestamp says nothing the archive's own time stamps
 /// do not; the ids are only ever shown to the account that owns the archive.
-pub fn new_stanza_id() -> String {
+///
+/// Returns the id and its timestamp, which is also the row's `ts` (one clock reading).
+pub fn new_stanza_id() -> (String, i64) {
     use std::sync::atomic::{AtomicU64, Ordering};
     static LAST: AtomicU64 = AtomicU64::new(0);
     let now = u64::try_from(super::time::now_micros()).unwrap_or(0);
@@ -81,7 +99,10 @@ pub fn new_stanza_id() -> String {
     let mut bytes = [0u8; 12];
     bytes[..7].copy_from_slice(&micros.to_be_bytes()[1..]);
     rand::thread_rng().fill(&mut bytes[7..]);
-    SORTED_BASE64.encode(bytes)
+    (
+        SORTED_BASE64.encode(bytes),
+        i64::try_from(micros).unwrap_or(i64::MAX),
+    )
 }
 
 fn hint(el: &Element, name: &str) -> bool {
@@ -143,7 +164,7 @@ mod tests {
 
     #[test]
     fn stanza_ids_are_unique_and_grow() {
-        let ids: Vec<String> = (0..1000).map(|_| new_stanza_id()).collect();
+        let ids: Vec<String> = (0..1000).map(|_| new_stanza_id().0).collect();
         for pair in ids.windows(2) {
             // Byte order is what the mailbox's index (and SQLite's BINARY collation) uses.
             assert!(pair[0] < pair[1], "{} !< {}", pair[0], pair[1]);

@@ -22,7 +22,7 @@ use jid::{BareJid, Jid};
 
 use std::rc::Rc;
 
-use crate::core::mailbox::{archived_live, new_stanza_id, stamp};
+use crate::core::mailbox::{archived_live, new_stanza_id, stamp_from};
 use crate::core::stanza::Condition;
 use crate::core::{
     AccountDeleted, AccountDiscoInfo, Flow, Incoming, Module, Name, Point, Routed, Server, Tick,
@@ -95,7 +95,8 @@ fn archive_received(server: &Rc<Server>, ev: &mut Routed<'_>) -> Flow {
         },
     };
     if archives_incoming(server, account, &owner, ev.stanza.get_attr("from")) {
-        ev.delivery.entry = Some(stamp(&owner, account, &mut ev.stanza, false));
+        let sender = ev.sender();
+        ev.delivery.entry = Some(stamp_from(&owner, account, &mut ev.stanza, false, sender));
     }
     Flow::Continue
 }
@@ -480,19 +481,18 @@ fn archive_outgoing(server: &Rc<Server>, from: &jid::FullJid, to: &Jid, el: &Ele
         return;
     }
     let with = bare_of(to).as_str().to_owned();
-    let stanza_id = new_stanza_id();
-    let mut copy = el.clone();
-    copy.push(
-        Element::new("stanza-id", crate::xml::ns::SID)
-            .attr("id", stanza_id.as_str())
-            .attr("by", owner.as_str()),
-    );
+    let (stanza_id, ts) = new_stanza_id();
+    let sid = Element::new("stanza-id", crate::xml::ns::SID)
+        .attr("id", stanza_id.as_str())
+        .attr("by", owner.as_str());
     let mut xml = Vec::with_capacity(256);
-    copy.write_to(&mut xml, "");
+    // The row is the message with the stanza id; written straight from the routed stanza,
+    // which goes on unstamped to its recipient (no clone of the whole stanza).
+    el.write_with_child(&mut xml, "", &sid);
     server.store.queue_mailbox(mailbox::NewEntry {
         account,
         stanza_id,
-        ts: crate::core::time::now_micros(),
+        ts,
         with,
         direction: mailbox::Direction::Out,
         offline: false,

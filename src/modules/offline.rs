@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use jid::{BareJid, FullJid};
 
-use crate::core::mailbox::{own_stanza_id, stamp, stored_offline};
+use crate::core::mailbox::{own_stanza_id, stamp, stamp_from, stored_offline};
 use crate::core::stanza::{Condition, ErrorType, error_reply};
 use crate::core::{
     AccountDeleted, Connection, Flow, Module, Name, Origin, Point, ResourceAvailable, Routed,
@@ -97,7 +97,8 @@ fn keep(server: &Rc<Server>, ev: &mut Routed<'_>) -> Flow {
 
 /// Stores `ev`'s message as a new offline row of `to`, or refuses it when the mailbox is full.
 fn keep_new(server: &Rc<Server>, to: &BareJid, account: i64, ev: &mut Routed<'_>) {
-    let entry = stamp(to, account, &mut ev.stanza, true);
+    let sender = ev.sender();
+    let entry = stamp_from(to, account, &mut ev.stanza, true, sender);
     if let Err(full) = store(server, to, entry)
         && let Some(reply) = error_reply(
             &ev.stanza,

@@ -364,7 +364,7 @@ pub(crate) fn end_sessions(server: &Rc<Server>, account: &BareJid, except: Optio
 
 // ---- changes made by the command line ---------------------------------------------------------
 
-/// What [`notice_outside_changes`] remembers: the database's `data_version` at the last look,
+/// What [`notice_outside_changes`] remembers: the accounts' change counter at the last look,
 /// and the id and SCRAM-SHA-256 `StoredKey` of every account that logged in (bounded by the
 /// number of accounts).
 #[derive(Default)]
@@ -403,16 +403,19 @@ fn note_login(server: &Server, account: &BareJid) {
 }
 
 /// `wockd deluser` and `wockd passwd` change the database from another process. Called every
-/// second: when another connection has committed since the last call (`PRAGMA data_version`),
+/// second: when an account was deleted or its verifiers changed since the last call (the
+/// accounts' change counter, `Store::account_changes`; not `PRAGMA data_version`, which every
+/// commit of the mailbox's writer changes, and which had this look up every account that ever
+/// logged in, every second, under load),
 /// every account that logged in is looked up again. A deleted one (or one deleted and made
 /// again: its id changed) is torn down as by an in-band removal; one whose verifier changed has
 /// its sessions closed as after an in-band password change (its FAST tokens went with the
 /// change, see `Store::set_keys`).
 fn notice_outside_changes(server: &Rc<Server>) {
-    let version = match server.store.data_version() {
+    let version = match server.store.account_changes() {
         Ok(v) => v,
         Err(e) => {
-            tracing::error!("cannot read the database's data version: {e}");
+            tracing::error!("cannot read the accounts' change counter: {e}");
             return;
         }
     };

@@ -55,6 +55,29 @@ fn lookup_id(conn: &Connection, username: &str, domain: &str) -> Result<Option<i
         .optional()?)
 }
 
+/// A counter of changes to accounts, kept by triggers, so that the server notices what another
+/// process (the command line, or anyone with the database file) does to accounts and their
+/// verifiers without being woken by every other commit (the mailbox's, many per second).
+/// Creating an account does not count: nothing cached depends on an account being absent.
+pub(super) const CHANGES: &str = r#"
+    CREATE TABLE account_changes (n INTEGER NOT NULL);
+    INSERT INTO account_changes (n) VALUES (0);
+    CREATE TRIGGER accounts_deleted AFTER DELETE ON accounts
+        BEGIN UPDATE account_changes SET n = n + 1; END;
+    CREATE TRIGGER accounts_updated AFTER UPDATE ON accounts
+        BEGIN UPDATE account_changes SET n = n + 1; END;
+    CREATE TRIGGER account_keys_deleted AFTER DELETE ON account_keys
+        BEGIN UPDATE account_changes SET n = n + 1; END;
+    CREATE TRIGGER account_keys_updated AFTER UPDATE ON account_keys
+        BEGIN UPDATE account_changes SET n = n + 1; END;
+"#;
+
+fn changes(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT n FROM account_changes")?
+        .query_row([], |r| r.get(0))?)
+}
+
 /// How long a check that no other process changed the database vouches for the cached account
 /// ids (see [`IdCache`]). Short: under load that is still a thousand lookups or more per check.
 const ID_CACHE_TRUST: Duration = Duration::from_millis(1);
@@ -64,18 +87,23 @@ const ID_CACHE_TRUST: Duration = Duration::from_millis(1);
 /// transaction (file locks on the WAL index) each time.
 ///
 /// Only existing accounts are cached. The server's own deletions clear the cache at once;
-/// the command line (`wockd deluser`/`adduser`) writes from another process, which the cache
-/// notices through `PRAGMA data_version` (it changes whenever another connection commits).
-/// That check is itself a read transaction, so it is made at most every [`ID_CACHE_TRUST`]: an
-/// account another process deletes is seen as gone at most that long afterwards. (Account ids
-/// can be reused — `INTEGER PRIMARY KEY`, no `AUTOINCREMENT` — so a deletion and a new account
-/// within that millisecond could hand out the new account's id for the old name. Uncached
-/// lookups have the same race over a longer window: a message's mailbox row is written by the
-/// commit at the end of the loop turn, after its recipient's id was looked up.)
+/// the command line (`wockd deluser`/`passwd`) writes from another process, which the cache
+/// notices through the change counter (see [`CHANGES`]). That check is itself a read
+/// transaction, so it is made at most every [`ID_CACHE_TRUST`]: an account another process
+/// deletes is seen as gone at most that long afterwards. (Account ids can be reused —
+/// `INTEGER PRIMARY KEY`, no `AUTOINCREMENT` — so a deletion and a new account within that
+/// millisecond could hand out the new account's id for the old name. Uncached lookups have the
+/// same race over a longer window: a message's mailbox row is written by the commit at the end
+/// of the loop turn, after its recipient's id was looked up.)
+///
+/// Not `PRAGMA data_version`: that changes with every commit of any other connection, and the
+/// store's writer thread is another connection, committing every few milliseconds under load.
+/// The cache was then emptied after nearly every commit and refilled by SQL lookups on the
+/// message path.
 #[derive(Debug, Default)]
 pub(super) struct IdCache {
     ids: RefCell<HashMap<String, HashMap<String, i64>>>,
-    /// `PRAGMA data_version` when `ids` was last known to be current, and when that was.
+    /// The change counter when `ids` was last known to be current, and when that was.
     checked: Cell<Option<(i64, Instant)>>,
 }
 
@@ -91,9 +119,7 @@ impl IdCache {
         match self.checked.get() {
             Some((_, at)) if now.duration_since(at) < ID_CACHE_TRUST => {}
             previous => {
-                let version: i64 = conn
-                    .prepare_cached("PRAGMA data_version")?
-                    .query_row([], |r| r.get(0))?;
+                let version = changes(conn)?;
                 if previous.is_none_or(|(v, _)| v != version) {
                     self.ids.borrow_mut().clear();
                 }
@@ -222,13 +248,11 @@ impl Store {
         self.account_ids.clear();
     }
 
-    /// SQLite's `PRAGMA data_version`: changes whenever another connection (the command
-    /// line: `wockd passwd`, `wockd deluser`) committed a change to the database.
-    pub fn data_version(&self) -> Result<i64, StoreError> {
-        Ok(self
-            .conn
-            .prepare_cached("PRAGMA data_version")?
-            .query_row([], |r| r.get(0))?)
+    /// The accounts' change counter (see [`CHANGES`]): different from an earlier reading when
+    /// an account was deleted or renamed or its verifiers changed since, by this server or by
+    /// another process (the command line: `wockd passwd`, `wockd deluser`).
+    pub fn account_changes(&self) -> Result<i64, StoreError> {
+        changes(&self.conn)
     }
 
     /// Whether `username@domain` exists.
@@ -495,6 +519,47 @@ mod tests {
         cli.delete_account("alice", "example.org").unwrap();
         std::thread::sleep(ID_CACHE_TRUST * 2);
         assert_eq!(server.account_id("alice", "example.org").unwrap(), None);
+    }
+
+    /// The change counter moves with deletions and verifier changes, from any connection, and
+    /// not with the mailbox's commits (the writer thread's, many per second under load).
+    #[test]
+    fn change_counter_ignores_the_mailbox() {
+        let tmp = tempfile::tempdir().unwrap();
+        let db = tmp.path().join("wockd.db");
+        let server = Store::open(&db).unwrap();
+        server
+            .create_account("alice", "example.org", &both(1))
+            .unwrap();
+        server
+            .create_account("bob", "example.org", &both(2))
+            .unwrap();
+        let alice = server.account_id("alice", "example.org").unwrap().unwrap();
+        let start = server.account_changes().unwrap();
+
+        let other = Store::open(&db).unwrap();
+        for n in 0..3 {
+            super::super::mailbox::append(
+                other.conn(),
+                &super::super::mailbox::NewEntry {
+                    account: alice,
+                    stanza_id: format!("sid-{n}"),
+                    ts: n,
+                    with: "bob@example.org".into(),
+                    direction: super::super::mailbox::Direction::In,
+                    offline: false,
+                    xml: b"<message/>".to_vec(),
+                },
+            )
+            .unwrap();
+        }
+        assert_eq!(server.account_changes().unwrap(), start);
+
+        other.set_keys("bob", "example.org", &both(3)).unwrap();
+        let after_passwd = server.account_changes().unwrap();
+        assert_ne!(after_passwd, start);
+        other.delete_account("bob", "example.org").unwrap();
+        assert_ne!(server.account_changes().unwrap(), after_passwd);
     }
 
     #[test]

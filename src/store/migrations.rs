@@ -64,6 +64,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
     super::transport::SLOTS,
     // XEP-0484 FAST tokens kept as a hash of the proof, not the proof (src/store/fast.rs).
     super::fast::HASHED,
+    // A counter of changes to accounts, kept by triggers (src/store/accounts.rs).
+    super::accounts::CHANGES,
 ];
 
 /// Brings the schema of `conn` up to date with [`MIGRATIONS`].
