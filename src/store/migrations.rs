@@ -66,6 +66,9 @@ pub(super) const MIGRATIONS: &[&str] = &[
     super::fast::HASHED,
     // A counter of changes to accounts, kept by triggers (src/store/accounts.rs).
     super::accounts::CHANGES,
+    // The mailbox's time stamps non-decreasing in id order; no index on (account, ts)
+    // (src/store/mailbox.rs).
+    super::mailbox::MONOTONIC_TS,
 ];
 
 /// Brings the schema of `conn` up to date with [`MIGRATIONS`].
