@@ -1,8 +1,8 @@
 //! The server: configuration, store, listeners, the connection registry and the session table,
 //! all owned by the thread that runs the glib main context.
 
+use foldhash::HashMap;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::io;
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
@@ -115,14 +115,14 @@ impl Server {
             tls,
             certs,
             sessions: RefCell::new(Sessions::default()),
-            conns: RefCell::new(HashMap::new()),
-            services: RefCell::new(HashMap::new()),
-            pending_iqs: RefCell::new(HashMap::new()),
+            conns: RefCell::new(HashMap::default()),
+            services: RefCell::new(HashMap::default()),
+            pending_iqs: RefCell::new(HashMap::default()),
             next_id: Cell::new(1),
             flush_queue: RefCell::new(Vec::new()),
             listeners: RefCell::new(Vec::new()),
             timers: RefCell::new(Vec::new()),
-            ext: RefCell::new(HashMap::new()),
+            ext: RefCell::new(HashMap::default()),
             started: Instant::now(),
             store_failing: Cell::new(false),
             held: RefCell::new(Vec::new()),

@@ -3,8 +3,8 @@
 //! restarts). The blocking protocol is `modules/blocking.rs`; presence and PEP consult
 //! [`is_blocked`] too.
 
+use foldhash::{HashMap, HashSet};
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
 
 use jid::{BareJid, Jid};
 

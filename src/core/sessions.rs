@@ -1,6 +1,6 @@
 //! The table of bound resources: bare JID → its sessions.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::rc::{Rc, Weak};
 
 use jid::{BareJid, FullJid};

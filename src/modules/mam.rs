@@ -602,7 +602,7 @@ impl Prefs {
 
 /// Preferences per account, cached: consulted for every archived message.
 #[derive(Default)]
-struct PrefsCache(std::cell::RefCell<std::collections::HashMap<i64, Prefs>>);
+struct PrefsCache(std::cell::RefCell<foldhash::HashMap<i64, Prefs>>);
 
 /// Drops the cached preferences of account `account` (it was deleted: its id may be reused).
 fn forget(server: &Server, account: i64) {

@@ -4,8 +4,8 @@
 //! caller has already normalised them (nodeprep / nameprep), so equal
 //! accounts are equal byte strings.
 
+use foldhash::HashMap;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, params};
