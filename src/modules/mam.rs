@@ -22,7 +22,7 @@ use jid::{BareJid, Jid};
 
 use std::rc::Rc;
 
-use crate::core::mailbox::{archived_live, new_stanza_id, stamp_from};
+use crate::core::mailbox::{ROW_CAPACITY, archived_live, new_stanza_id, stamp_from};
 use crate::core::stanza::Condition;
 use crate::core::{
     AccountDeleted, AccountDiscoInfo, Flow, Incoming, Module, Name, Point, Routed, Server, Tick,
@@ -94,8 +94,8 @@ fn archive_received(server: &Rc<Server>, ev: &mut Routed<'_>) -> Flow {
             }
         },
     };
-    if archives_incoming(server, account, &owner, ev.stanza.get_attr("from")) {
-        let sender = ev.sender();
+    let sender = ev.sender();
+    if archives_incoming(server, account, &owner, sender, ev.stanza.get_attr("from")) {
         ev.delivery.entry = Some(stamp_from(&owner, account, &mut ev.stanza, false, sender));
     }
     Flow::Continue
@@ -485,7 +485,7 @@ fn archive_outgoing(server: &Rc<Server>, from: &jid::FullJid, to: &Jid, el: &Ele
     let sid = Element::new("stanza-id", crate::xml::ns::SID)
         .attr("id", stanza_id.as_str())
         .attr("by", owner.as_str());
-    let mut xml = Vec::with_capacity(256);
+    let mut xml = Vec::with_capacity(ROW_CAPACITY);
     // The row is the message with the stanza id; written straight from the routed stanza,
     // which goes on unstamped to its recipient (no clone of the whole stanza).
     el.write_with_child(&mut xml, "", &sid);
@@ -504,7 +504,17 @@ fn archive_outgoing(server: &Rc<Server>, from: &jid::FullJid, to: &Jid, el: &Ele
 /// its resources from `from` (the message's `from` attribute), by the account's preferences.
 /// For the message module: messages stored because no resource was available are kept
 /// whatever this says (offline delivery goes through the mailbox).
-fn archives_incoming(server: &Server, account: i64, owner: &BareJid, from: Option<&str>) -> bool {
+fn archives_incoming(
+    server: &Server,
+    account: i64,
+    owner: &BareJid,
+    sender: Option<&jid::FullJid>,
+    from: Option<&str>,
+) -> bool {
+    // A local client's message: its `from` is the client's JID, no need to parse it again.
+    if let Some(sender) = sender {
+        return archives(server, account, owner, &Jid::from(sender.clone()));
+    }
     // Without a usable sender the message comes from the server itself.
     let from = from
         .and_then(|f| Jid::new(f).ok())
