@@ -128,13 +128,14 @@ fn entry(r: &Row<'_>) -> rusqlite::Result<Entry> {
 
 /// Appends a row; returns its archive id.
 pub fn append(conn: &Connection, e: &NewEntry) -> rusqlite::Result<i64> {
-    insert(&mut conn.prepare_cached(INSERT)?, e)?;
+    insert(&mut conn.prepare_cached(INSERT)?, e, e.ts)?;
     Ok(conn.last_insert_rowid())
 }
 
-/// The one statement that adds mailbox rows. The time stamp is clamped to the last row's, so
-/// that `ts` never decreases in id order whatever the clock did (see the module documentation).
-pub(super) const INSERT: &str =
+/// The statement that adds one mailbox row on its own ([`append`]). The time stamp is clamped
+/// to the last row's, so that `ts` never decreases in id order whatever the clock did (see the
+/// module documentation); batches clamp in [`Appender`] instead.
+const INSERT: &str =
     "INSERT INTO mailbox (account, stanza_id, ts, with_jid, direction, offline, xml)
      VALUES (?1, ?2,
              max(?3, coalesce((SELECT ts FROM mailbox ORDER BY id DESC LIMIT 1), ?3)),
@@ -183,11 +184,74 @@ pub fn first_id_from(conn: &Connection, t: i64) -> rusqlite::Result<i64> {
     Ok(answer)
 }
 
-fn insert(stmt: &mut rusqlite::CachedStatement<'_>, e: &NewEntry) -> rusqlite::Result<()> {
+/// [`INSERT`] with the time stamp given: for [`Appender`], which clamps it itself.
+const INSERT_AT: &str =
+    "INSERT INTO mailbox (account, stanza_id, ts, with_jid, direction, offline, xml)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+
+/// The time of the newest row.
+fn last_ts(conn: &Connection) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached("SELECT ts FROM mailbox ORDER BY id DESC LIMIT 1")?
+        .query_row([], |r| r.get(0))
+        .optional()
+}
+
+/// Appends rows inside a write transaction with one prepared statement, keeping `ts`
+/// non-decreasing in id order: the newest row's time is read once, and each row gets the later
+/// of its own time and the previous row's. (The same clamp as [`INSERT`]'s subquery, which
+/// cost ~1,700 instructions per row on the writer thread, 7% of its work.) Exact because no
+/// other connection can write while the transaction holds the write lock; whoever else writes
+/// rows within it (a write job using [`append`]) is followed by [`Appender::resync`].
+pub struct Appender<'c> {
+    stmt: rusqlite::CachedStatement<'c>,
+    last: Option<i64>,
+}
+
+impl<'c> Appender<'c> {
+    pub fn new(conn: &'c Connection) -> rusqlite::Result<Appender<'c>> {
+        Ok(Appender {
+            stmt: conn.prepare_cached(INSERT_AT)?,
+            last: last_ts(conn)?,
+        })
+    }
+
+    /// Reads the newest row's time again (after rows were written another way).
+    pub fn resync(&mut self, conn: &Connection) -> rusqlite::Result<()> {
+        self.last = last_ts(conn)?;
+        Ok(())
+    }
+
+    /// Appends `e`. A row that violates a constraint (its account was deleted meanwhile, a
+    /// stanza id collision) is not written — SQLite undoes just that statement — and is handed
+    /// to `dropped` with the error. Any other error is returned (the caller's transaction then
+    /// rolls back).
+    pub fn push(
+        &mut self,
+        e: &NewEntry,
+        dropped: impl FnOnce(&NewEntry, rusqlite::Error),
+    ) -> rusqlite::Result<()> {
+        let ts = self.last.map_or(e.ts, |last| last.max(e.ts));
+        match insert(&mut self.stmt, e, ts) {
+            Ok(()) => {
+                self.last = Some(ts);
+                Ok(())
+            }
+            Err(err @ rusqlite::Error::SqliteFailure(f, _))
+                if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                dropped(e, err);
+                Ok(())
+            }
+            Err(err) => Err(err),
+        }
+    }
+}
+
+fn insert(stmt: &mut rusqlite::CachedStatement<'_>, e: &NewEntry, ts: i64) -> rusqlite::Result<()> {
     stmt.execute(params![
         e.account,
         e.stanza_id,
-        e.ts,
+        ts,
         e.with,
         e.direction.to_sql(),
         e.offline,
@@ -196,13 +260,11 @@ fn insert(stmt: &mut rusqlite::CachedStatement<'_>, e: &NewEntry) -> rusqlite::R
     Ok(())
 }
 
-/// Appends `entries` in order (their row ids increase in that order), with one prepared
-/// statement for all of them: the write path of a loop turn's batch, inside its transaction.
+/// Appends `entries` in order (their row ids increase in that order) with an [`Appender`]:
+/// the write path of a loop turn's batch. Call it inside a write transaction.
 ///
-/// A row that violates a constraint (its account was deleted meanwhile, a stanza id collision)
-/// is not written — SQLite undoes just that statement — and is handed to `dropped` with the
-/// error; the others are written. Any other error is returned at once (the caller's
-/// transaction then rolls back).
+/// A row that violates a constraint is handed to `dropped` with the error and not written;
+/// the others are written. Any other error is returned at once.
 ///
 /// One row per statement on purpose: a multi-row `INSERT` would have SQLite keep a statement
 /// journal (a copy of every page the statement touches, to undo it as a whole on a bad row),
@@ -212,29 +274,11 @@ pub fn append_all(
     entries: &[NewEntry],
     mut dropped: impl FnMut(&NewEntry, rusqlite::Error),
 ) -> rusqlite::Result<()> {
-    let mut stmt = conn.prepare_cached(INSERT)?;
+    let mut rows = Appender::new(conn)?;
     for e in entries {
-        insert_or_drop(&mut stmt, e, &mut dropped)?;
+        rows.push(e, &mut dropped)?;
     }
     Ok(())
-}
-
-/// One row of [`append_all`] with its prepared [`INSERT`] statement.
-pub(super) fn insert_or_drop(
-    stmt: &mut rusqlite::CachedStatement<'_>,
-    e: &NewEntry,
-    mut dropped: impl FnMut(&NewEntry, rusqlite::Error),
-) -> rusqlite::Result<()> {
-    match insert(stmt, e) {
-        Ok(()) => Ok(()),
-        Err(err @ rusqlite::Error::SqliteFailure(f, _))
-            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
-        {
-            dropped(e, err);
-            Ok(())
-        }
-        Err(err) => Err(err),
-    }
 }
 
 /// Puts an archived row that was delivered live back into the offline view (stream
@@ -658,6 +702,38 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A batch clamps like a single append: against the newest row and within the batch.
+    #[test]
+    fn batches_keep_time_monotonic() {
+        let store = Store::open_in_memory().unwrap();
+        let conn = store.conn();
+        let alice = account(&store, "alice");
+        let mut first = new(alice, 0, false);
+        first.ts = 50;
+        append(conn, &first).unwrap();
+        let rows: Vec<NewEntry> = [40, 60, 55, 70]
+            .iter()
+            .enumerate()
+            .map(|(n, t)| NewEntry {
+                ts: *t,
+                ..new(alice, n as u32 + 1, false)
+            })
+            .collect();
+        let tx =
+            rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)
+                .unwrap();
+        append_all(&tx, &rows, |_, e| panic!("{e}")).unwrap();
+        tx.commit().unwrap();
+        let ts: Vec<i64> = conn
+            .prepare("SELECT ts FROM mailbox ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(ts, [50, 50, 60, 60, 70]);
     }
 
     /// The migration makes old rows' times non-decreasing and drops the time index.

@@ -84,10 +84,10 @@ fn write(conn: &Connection, ops: &mut [Op]) -> Result<Vec<Result<Value, StoreErr
     let tx = Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
     let mut results = Vec::new();
     {
-        let mut insert = tx.prepare_cached(mailbox::INSERT)?;
+        let mut rows = mailbox::Appender::new(&tx)?;
         for op in ops.iter_mut() {
             match op {
-                Op::Row(e) => mailbox::insert_or_drop(&mut insert, e, |e, err| {
+                Op::Row(e) => rows.push(e, |e, err| {
                     tracing::warn!(account = e.account, "mailbox: row dropped: {err}");
                 })?,
                 Op::Job(job) => {
@@ -106,6 +106,8 @@ fn write(conn: &Connection, ops: &mut [Op]) -> Result<Vec<Result<Value, StoreErr
                             results.push(Err(e));
                         }
                     }
+                    // The job may have written mailbox rows of its own.
+                    rows.resync(&tx)?;
                 }
             }
         }
