@@ -704,6 +704,16 @@ mod tests {
         }
     }
 
+    /// Every row's `ts`, in id order.
+    fn stored_times(conn: &Connection) -> Vec<i64> {
+        conn.prepare("SELECT ts FROM mailbox ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
     /// A batch clamps like a single append: against the newest row and within the batch.
     #[test]
     fn batches_keep_time_monotonic() {
@@ -726,13 +736,7 @@ mod tests {
                 .unwrap();
         append_all(&tx, &rows, |_, e| panic!("{e}")).unwrap();
         tx.commit().unwrap();
-        let ts: Vec<i64> = conn
-            .prepare("SELECT ts FROM mailbox ORDER BY id")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let ts = stored_times(conn);
         assert_eq!(ts, [50, 50, 60, 60, 70]);
     }
 
@@ -759,13 +763,7 @@ mod tests {
             .unwrap();
         }
         conn.execute_batch(MONOTONIC_TS).unwrap();
-        let ts: Vec<i64> = conn
-            .prepare("SELECT ts FROM mailbox ORDER BY id")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let ts = stored_times(&conn);
         assert_eq!(ts, [5, 5, 7, 7, 7, 8]);
         let indexes: i64 = conn
             .query_row(
